@@ -1,0 +1,56 @@
+# Helpers that apply developer flags to the project's *own* targets
+# (tests, examples, benchmarks). Never applied to the oft::oft interface
+# library, so consumers are not affected.
+
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  set(_oft_gnu_like ON)
+else()
+  set(_oft_gnu_like OFF)
+endif()
+
+# Warnings (+ -Werror when OFT_WARNINGS_AS_ERRORS) and -march=native.
+function(oft_dev_target target)
+  if(_oft_gnu_like)
+    target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+    if(OFT_WARNINGS_AS_ERRORS)
+      target_compile_options(${target} PRIVATE -Werror)
+    endif()
+    if(OFT_MARCH_NATIVE)
+      target_compile_options(${target} PRIVATE -march=native)
+    endif()
+    if(NOT OFT_WITH_OPENMP)
+      # Without -fopenmp, -Wall warns about every `#pragma omp`.
+      target_compile_options(${target} PRIVATE -Wno-unknown-pragmas)
+    endif()
+  elseif(MSVC)
+    target_compile_options(${target} PRIVATE /W4 /permissive-)
+    if(OFT_WARNINGS_AS_ERRORS)
+      target_compile_options(${target} PRIVATE /WX)
+    endif()
+  endif()
+endfunction()
+
+# ASan + UBSan when OFT_SANITIZE (tests and examples only).
+function(oft_sanitize_target target)
+  if(OFT_SANITIZE)
+    if(NOT _oft_gnu_like)
+      message(FATAL_ERROR "oft: OFT_SANITIZE requires GCC or Clang")
+    endif()
+    set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
+    target_compile_options(${target} PRIVATE ${_san})
+    target_link_options(${target} PRIVATE ${_san})
+  endif()
+endfunction()
+
+# Benchmarks: always optimised, regardless of CMAKE_BUILD_TYPE.
+function(oft_bench_target target)
+  oft_dev_target(${target})
+  if(_oft_gnu_like)
+    # Appended after CMAKE_CXX_FLAGS_<CONFIG>, so -O3 wins over e.g. -O0/-O2.
+    target_compile_options(${target} PRIVATE -O3)
+    if(NOT OFT_MARCH_NATIVE)  # otherwise already added by oft_dev_target
+      target_compile_options(${target} PRIVATE -march=native)
+    endif()
+    target_compile_definitions(${target} PRIVATE NDEBUG)
+  endif()
+endfunction()

@@ -1,0 +1,358 @@
+#pragma once
+/// \file block_orthogonal.hpp
+/// Block-diagonal orthogonal operator R = diag(R_1, ..., R_r), each R_i = f(Q_i) for a
+/// parameterization policy f (cayley.hpp, cayley_neumann.hpp, exponential.hpp), applied to
+/// activations without ever forming the d x d matrix (OFTv2's input-centric form).
+///
+/// Orientation (SPEC section 2, PEFT's): `apply` computes Y = X * R, i.e. for block i the N x b
+/// slice X_i becomes X_i * R_i (a column vector x becomes R^T x).
+///
+///   BlockOrthogonal<float, CayleyNeumann> rot(BlockSpec::from_features(4096, 32), CayleyNeumann{4});
+///   rot.set_generators(theta);                 // theta -> R_i, once per step
+///   rot.apply(x, y);                           // y = x R     (y may be x itself)
+///   rot.backward(x, dy, dx, dtheta, workspace);// dx = dy R^T, dtheta = d<dy, x R>/dtheta
+///
+/// Backward (SPEC section 3): dX_i = dY_i R_i^T and G_i = X_i^T dY_i summed over tokens in one
+/// fused pass over X and dY, then dQ_i from the policy's vector-Jacobian product, packed as
+/// dtheta(p,q) = dQ(p,q) - dQ(q,p) (summed over blocks when they share a generator).
+/// Extra memory: threads x generators x b^2 scalars of caller-owned workspace.
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <Eigen/Eigenvalues>
+
+#include "cpu/gemm_tile.hpp"
+#include "errors.hpp"
+#include "index.hpp"
+#include "parameterization.hpp"
+#include "skew.hpp"
+#include "view.hpp"
+#include "workspace.hpp"
+
+namespace oft {
+
+namespace detail {
+template <class>
+inline constexpr bool always_false = false;
+}
+
+/// Primary template: only backend specializations exist. A missing one is a compile error.
+template <class Scalar, class Parameterization, class Backend = cpu>
+class BlockOrthogonal {
+  static_assert(detail::always_false<Backend>,
+                "oft::BlockOrthogonal has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
+};
+
+template <class Scalar_, class Parameterization_>
+class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
+ public:
+  using Scalar = Scalar_;
+  using Parameterization = Parameterization_;
+  using Plan = typename Parameterization::Plan;
+  static_assert(std::is_floating_point_v<Scalar>, "oft::BlockOrthogonal needs float or double");
+
+  /// Operator for `spec` (validated) with identity blocks until set_generators is called.
+  explicit BlockOrthogonal(const BlockSpec& spec, Parameterization parameterization = {})
+      : spec_(checked(spec)),
+        parameterization_(parameterization),
+        theta_(spec.generators(), spec.block_size),
+        plans_(static_cast<size_t>(spec.generators())),
+        rotations_(static_cast<size_t>(spec.generators() * block_area())),
+        rotations_t_(rotations_.size()),
+        active_(static_cast<size_t>(spec.blocks), 1) {
+    for (Index g = 0; g < spec_.generators(); ++g) {
+      Eigen::Map<RowMatrix<Scalar>>(rotation(g), spec_.block_size, spec_.block_size).setIdentity();
+      Eigen::Map<RowMatrix<Scalar>>(rotation_t(g), spec_.block_size, spec_.block_size)
+          .setIdentity();
+    }
+  }
+
+  const BlockSpec& spec() const { return spec_; }
+  const Parameterization& parameterization() const { return parameterization_; }
+  Index features() const { return spec_.features(); }
+
+  /// theta -> R_i for every generator (theta: generators() x b(b-1)/2). Throws
+  /// std::invalid_argument on a shape mismatch and std::domain_error for non-finite theta or a
+  /// policy refusal (e.g. a divergent series in tolerance mode); the operator is unchanged then.
+  void set_generators(GeneratorView<const Scalar> theta) {
+    detail::require(theta.count() == spec_.generators() && theta.block_size() == spec_.block_size,
+                    "theta holds ", theta.count(), " generators of block size ",
+                    theta.block_size(), ", expected ", spec_.generators(), " of block size ",
+                    spec_.block_size, " (", theta.count(), "x", theta.packed(), " vs ",
+                    spec_.generators(), "x", spec_.packed(), ")");
+    theta.require_finite();
+    const Index b = spec_.block_size, count = spec_.generators();
+    // Plans first: a refusal must leave the operator untouched.
+    std::vector<Plan> plans(static_cast<size_t>(count));
+    for (Index g = 0; g < count; ++g) plans[static_cast<size_t>(g)] = parameterization_.plan(
+        theta.dense(g));
+    plans_ = std::move(plans);
+    for (Index g = 0; g < count; ++g)
+      std::copy(theta.row(g), theta.row(g) + spec_.packed(), theta_.row(g));
+#pragma omp parallel for schedule(dynamic) if (count > 1)
+    for (Index g = 0; g < count; ++g) {
+      SquareMatrix<Scalar> q(b, b), r(b, b);
+      unpack_skew(theta_.row(g), b, q);
+      parameterization_.rotation(q, plans_[static_cast<size_t>(g)], r);
+      Eigen::Map<RowMatrix<Scalar>>(rotation(g), b, b) = r;
+      Eigen::Map<RowMatrix<Scalar>>(rotation_t(g), b, b) = r.transpose();
+    }
+  }
+
+  /// Blocks whose flag is 0 act as the identity (multiplicative dropout, see dropout.hpp) in
+  /// apply, apply_transposed and backward; pass an empty vector to re-activate all.
+  void set_active_blocks(const std::vector<unsigned char>& active) {
+    detail::require(active.empty() || static_cast<Index>(active.size()) == spec_.blocks,
+                    "active-block mask has ", active.size(), " entries, expected r=",
+                    spec_.blocks);
+    if (active.empty())
+      std::fill(active_.begin(), active_.end(), 1);
+    else
+      active_ = active;
+  }
+  bool block_active(Index i) const { return active_[static_cast<size_t>(i)] != 0; }
+
+  /// Y = X * R (N x d, row-major with any row stride). `y` may be the same view as `x`
+  /// (in place); partial overlap is refused.
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    check_apply(x, y);
+    apply_impl(x, y, rotations_.data());
+  }
+
+  /// Y = X * R^T: the inverse of apply when R is orthogonal.
+  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    check_apply(x, y);
+    apply_impl(x, y, rotations_t_.data());
+  }
+
+  /// Scalars of workspace that backward needs with the current OpenMP thread count.
+  Index workspace_size() const {
+    return static_cast<Index>(detail::max_threads()) * spec_.generators() * block_area();
+  }
+
+  /// Vector-Jacobian product of Y = X * R(theta) for the upstream gradient dY:
+  /// dX = dY * R^T and dtheta = dL/dtheta. Pass an empty view ({}) to skip either output.
+  /// dX may be the same view as dY or X (in place). dtheta is overwritten, not accumulated.
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
+    backward(x, dy, dx, dtheta, workspace.reserve(workspace_size()), workspace_size());
+  }
+
+  /// Same, with a raw workspace of `workspace_count` >= workspace_size() scalars.
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    const Index d = spec_.features();
+    const bool want_dx = dx.data() != nullptr, want_dtheta = dtheta.data() != nullptr;
+    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
+    detail::require_shape(dy, x.rows(), d, "dY");
+    if (want_dx) {
+      detail::require_shape(dx, x.rows(), d, "dX");
+      detail::require_in_place_or_disjoint(dx, dy, "dX", "dY");
+      detail::require_in_place_or_disjoint(dx, x, "dX", "X");
+    }
+    if (want_dtheta) {
+      detail::require(dtheta.count() == spec_.generators() &&
+                          dtheta.block_size() == spec_.block_size,
+                      "dtheta holds ", dtheta.count(), " generators of block size ",
+                      dtheta.block_size(), ", expected ", spec_.generators(), " of block size ",
+                      spec_.block_size);
+      detail::require(workspace_count >= workspace_size(), "backward workspace has ",
+                      workspace_count, " scalars, needs ", workspace_size());
+    }
+    backward_impl(x, dy, dx, dtheta, workspace, want_dx, want_dtheta);
+  }
+
+  /// dtheta from per-block gradients G_i = dL/dR_i, stacked as an (r*b) x b row-major matrix
+  /// (block i in rows [i*b, (i+1)*b)). Blocks sharing a generator are summed; inactive blocks
+  /// contribute nothing. Used by the weight-centric path, where G_i = dW'_i^T W0_i.
+  void backward_from_block_gradients(ConstMatrixView<Scalar> block_gradients,
+                                     GeneratorView<Scalar> dtheta) const {
+    const Index b = spec_.block_size;
+    detail::require_shape(block_gradients, spec_.blocks * b, b, "block gradients");
+    detail::require(dtheta.count() == spec_.generators() && dtheta.block_size() == b,
+                    "dtheta holds ", dtheta.count(), " generators of block size ",
+                    dtheta.block_size(), ", expected ", spec_.generators(), " of block size ", b);
+    std::vector<Scalar> summed(static_cast<size_t>(spec_.generators() * block_area()), Scalar(0));
+    for (Index i = 0; i < spec_.blocks; ++i) {
+      if (!block_active(i)) continue;
+      Eigen::Map<RowMatrix<Scalar>>(summed.data() + spec_.generator_of(i) * block_area(), b, b) +=
+          block_gradients.block(i * b, 0, b, b).map();
+    }
+    generator_gradients(summed.data(), dtheta);
+  }
+
+  /// R_i (b x b) of block i (the identity when the block is inactive).
+  RowMatrix<Scalar> block(Index i) const {
+    detail::require(i >= 0 && i < spec_.blocks, "block index ", i, " outside [0, ", spec_.blocks,
+                    ")");
+    const Index b = spec_.block_size;
+    if (!block_active(i)) return RowMatrix<Scalar>::Identity(b, b);
+    return Eigen::Map<const RowMatrix<Scalar>>(rotation(spec_.generator_of(i)), b, b);
+  }
+
+  /// The whole d x d block-diagonal R (a slow reference; O(d^2) memory).
+  RowMatrix<Scalar> dense() const {
+    const Index b = spec_.block_size, d = spec_.features();
+    RowMatrix<Scalar> out = RowMatrix<Scalar>::Zero(d, d);
+    for (Index i = 0; i < spec_.blocks; ++i) out.block(i * b, i * b, b, b) = block(i);
+    return out;
+  }
+
+  /// max_i ||R_i^T R_i - I||_2 over the generators, computed in double.
+  double orthogonality_error() const {
+    const Index b = spec_.block_size;
+    double worst = 0.0;
+    for (Index g = 0; g < spec_.generators(); ++g) {
+      const SquareMatrix<double> r =
+          Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b).template cast<double>();
+      const SquareMatrix<double> defect =
+          r.transpose() * r - SquareMatrix<double>::Identity(b, b);
+      Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig(defect, Eigen::EigenvaluesOnly);
+      worst = std::max(worst, eig.eigenvalues().cwiseAbs().maxCoeff());
+    }
+    return worst;
+  }
+
+  /// The policy's decision for generator g (e.g. the k chosen in tolerance mode).
+  PlanSummary plan(Index g) const {
+    return parameterization_.summary(plans_.at(static_cast<size_t>(g)));
+  }
+  /// The packed generators last given to set_generators.
+  const Generators<Scalar>& generators() const { return theta_; }
+
+ private:
+  // Rows per work item: one register tile, so the rows in flight stay few enough for the
+  // hardware prefetchers and the per-item copy stays in L1.
+  static constexpr Index kPanelRows = cpu_detail::kTileRows;
+  // Stack scratch for one panel; larger blocks fall back to heap scratch.
+  static constexpr Index kStackScratch = kPanelRows * 1024;
+  // Below this many flops the OpenMP fork costs more than it saves.
+  static constexpr double kParallelFlops = 1 << 18;
+
+  static const BlockSpec& checked(const BlockSpec& spec) {
+    spec.validate();
+    return spec;
+  }
+  Index block_area() const { return spec_.block_size * spec_.block_size; }
+  Scalar* rotation(Index g) { return rotations_.data() + g * block_area(); }
+  const Scalar* rotation(Index g) const { return rotations_.data() + g * block_area(); }
+  Scalar* rotation_t(Index g) { return rotations_t_.data() + g * block_area(); }
+
+  void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
+    detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
+                    spec_.features(), " (r=", spec_.blocks, " blocks of b=", spec_.block_size,
+                    ")");
+    detail::require_shape(y, x.rows(), x.cols(), "Y");
+    detail::require_in_place_or_disjoint(y, x, "Y", "X");
+  }
+
+  /// Runs body(first_row, rows, scratch) over panels of kPanelRows rows, split across threads.
+  template <class Body>
+  void for_each_panel(Index n, Body&& body) const {
+    const Index b = spec_.block_size;
+    const Index panels = (n + kPanelRows - 1) / kPanelRows;
+    const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(spec_.features() * b);
+    const bool on_stack = kPanelRows * b <= kStackScratch;
+#pragma omp parallel if (flops > kParallelFlops && panels > 1)
+    {
+      alignas(64) Scalar stack_scratch[kStackScratch];
+      std::vector<Scalar> heap_scratch(on_stack ? 0 : static_cast<size_t>(kPanelRows * b));
+      Scalar* scratch = on_stack ? stack_scratch : heap_scratch.data();
+      int thread = 0;
+#if defined(_OPENMP)
+      thread = omp_get_thread_num();
+#endif
+#pragma omp for schedule(static)
+      for (Index panel = 0; panel < panels; ++panel) {
+        const Index first = panel * kPanelRows;
+        body(first, std::min(kPanelRows, n - first), scratch, thread);
+      }
+    }
+  }
+
+  void apply_impl(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y,
+                  const Scalar* blocks) const {
+    const Index b = spec_.block_size;
+    for_each_panel(x.rows(), [&](Index first, Index rows, Scalar* scratch, int) {
+      for (Index i = 0; i < spec_.blocks; ++i) {
+        const Scalar* in = x.row(first) + i * b;
+        Scalar* out = y.row(first) + i * b;
+        if (!block_active(i)) {
+          if (in != out)
+            for (Index t = 0; t < rows; ++t) std::copy(in + t * x.stride(), in + t * x.stride() + b,
+                                                       out + t * y.stride());
+          continue;
+        }
+        // Copy the slice first: makes in-place use safe and gives the kernel contiguous rows.
+        for (Index t = 0; t < rows; ++t)
+          std::copy(in + t * x.stride(), in + t * x.stride() + b, scratch + t * b);
+        cpu_detail::gemm_small(rows, b, b, scratch, b, 1,
+                               blocks + spec_.generator_of(i) * block_area(), b, out, y.stride(),
+                               false);
+      }
+    });
+  }
+
+  void backward_impl(const ConstMatrixView<Scalar>& x, const ConstMatrixView<Scalar>& dy,
+                     const MatrixView<Scalar>& dx, const GeneratorView<Scalar>& dtheta,
+                     Scalar* workspace, bool want_dx, bool want_dtheta) const {
+    const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
+    const Index slab = count * area;  // one thread's partial sums of G
+    const int threads = detail::max_threads();
+    if (want_dtheta) std::fill(workspace, workspace + threads * slab, Scalar(0));
+
+    for_each_panel(x.rows(), [&](Index first, Index rows, Scalar* scratch, int thread) {
+      Scalar* partial = workspace + thread * slab;
+      for (Index i = 0; i < spec_.blocks; ++i) {
+        const Scalar* grad_in = dy.row(first) + i * b;
+        for (Index t = 0; t < rows; ++t)
+          std::copy(grad_in + t * dy.stride(), grad_in + t * dy.stride() + b, scratch + t * b);
+        const bool active = block_active(i);
+        const Index g = spec_.generator_of(i);
+        // G_g += X_i^T dY_i: A(k, n) = X(n, k) walks X transposed.
+        if (want_dtheta && active)
+          cpu_detail::gemm_small(b, b, rows, x.row(first) + i * b, 1, x.stride(), scratch, b,
+                                 partial + g * area, b, true);
+        if (!want_dx) continue;
+        Scalar* grad_out = dx.row(first) + i * b;
+        if (active)
+          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, rotations_t_.data() + g * area, b,
+                                 grad_out, dx.stride(), false);
+        else
+          for (Index t = 0; t < rows; ++t)
+            std::copy(scratch + t * b, scratch + (t + 1) * b, grad_out + t * dx.stride());
+      }
+    });
+    if (!want_dtheta) return;
+    for (int t = 1; t < threads; ++t)
+      for (Index e = 0; e < slab; ++e) workspace[e] += workspace[t * slab + e];
+    generator_gradients(workspace, dtheta);
+  }
+
+  void generator_gradients(const Scalar* block_gradients, const GeneratorView<Scalar>& dtheta) const {
+    const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
+#pragma omp parallel for schedule(dynamic) if (count > 1)
+    for (Index g = 0; g < count; ++g) {
+      SquareMatrix<Scalar> q(b, b), r(b, b), dq(b, b);
+      unpack_skew(theta_.row(g), b, q);
+      r = Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b);
+      const SquareMatrix<Scalar> grad =
+          Eigen::Map<const RowMatrix<Scalar>>(block_gradients + g * area, b, b);
+      parameterization_.rotation_vjp(q, r, plans_[static_cast<size_t>(g)], grad, dq);
+      pack_skew_gradient(dq, dtheta.row(g));
+    }
+  }
+
+  BlockSpec spec_;
+  Parameterization parameterization_;
+  Generators<Scalar> theta_;
+  std::vector<Plan> plans_;
+  std::vector<Scalar> rotations_;    // R_g, row-major, generators x b x b
+  std::vector<Scalar> rotations_t_;  // R_g^T, for dX = dY R^T and apply_transposed
+  std::vector<unsigned char> active_;
+};
+
+}  // namespace oft

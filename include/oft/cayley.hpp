@@ -1,0 +1,44 @@
+#pragma once
+/// \file cayley.hpp
+/// Exact Cayley transform R(Q) = (I + Q)(I - Q)^-1 = (I - Q)^-1 (I + Q) (SPEC section 3).
+/// Orthogonal with det +1 for every skew Q: I - Q is always invertible (Q has imaginary
+/// eigenvalues). Computed by an LU solve, never an explicit inverse.
+///
+/// Gradient: with G = dL/dR, dL/dQ = (I + R)^T G (I - Q)^-T; since (I - Q)^-T = (I + Q)^-1 the
+/// same LU factorization of I - Q serves: dQ^T = (I - Q)^-1 (G^T (I + R)).
+
+#include <Eigen/LU>
+
+#include "parameterization.hpp"
+
+namespace oft {
+
+struct ExactCayley {
+  struct Plan {};
+  static constexpr const char* name = "cayley";
+
+  template <class Scalar>
+  Plan plan(const SquareMatrix<Scalar>& /*q*/) const { return {}; }
+
+  static PlanSummary summary(Plan) { return PlanSummary{true, -1}; }
+
+  template <class Scalar>
+  void rotation(const SquareMatrix<Scalar>& q, Plan, SquareMatrix<Scalar>& r) const {
+    const Index b = q.rows();
+    const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
+    Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
+    r = lu.solve(identity + q);
+  }
+
+  template <class Scalar>
+  void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& r, Plan,
+                    const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) const {
+    const Index b = q.rows();
+    const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
+    Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
+    const SquareMatrix<Scalar> rhs = g.transpose() * (identity + r);  // ((I+R)^T G)^T
+    dq = lu.solve(rhs).transpose();
+  }
+};
+
+}  // namespace oft

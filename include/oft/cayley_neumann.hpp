@@ -1,0 +1,186 @@
+#pragma once
+/// \file cayley_neumann.hpp
+/// Cayley–Neumann parameterization (OFTv2): the inverse in the Cayley transform is replaced by a
+/// truncated Neumann series, R_k(Q) = (I + Q)(I + Q + ... + Q^k) = I + 2Q + ... + 2Q^k + Q^(k+1).
+/// No matrix inverse; exact as a polynomial for every Q, but only close to orthogonal when
+/// rho = ||Q||_2 < 1 (see neumann.hpp for the error formulas).
+///
+/// Gradient: the backward differentiates the truncated polynomial that the forward computed (not
+/// the exact Cayley map). For p(Q) = sum_j c_j Q^j, dL/dQ is the upper-right block of
+/// p([[Q^T, G], [0, Q^T]]) (the adjoint Fréchet derivative), which one Horner pass over the
+/// block-triangular matrix produces with three b x b products per term and no stored powers.
+///
+/// Two policies:
+/// - CayleyNeumann{k}: a fixed number of terms (PEFT's num_cayley_neumann_terms t is k = t - 2,
+///   see peft.hpp).
+/// - CayleyNeumannTolerance{tol}: per generator, the smallest even k whose orthogonality error
+///   bound meets tol, from an upper bound of rho. When rho >= 1 (series diverges) or no
+///   k <= max_terms suffices it throws std::domain_error, or, with OnDivergence::UseExactCayley,
+///   uses the exact Cayley transform for that generator (reported by summary()).
+
+#include <cmath>
+#include <Eigen/Eigenvalues>
+
+#include "cayley.hpp"
+#include "errors.hpp"
+#include "neumann.hpp"
+#include "parameterization.hpp"
+
+namespace oft {
+
+namespace detail {
+
+/// R = sum_{j=0}^{k+1} c_j Q^j by Horner's rule: k+1 products.
+template <class Scalar>
+void neumann_rotation(const SquareMatrix<Scalar>& q, int k, SquareMatrix<Scalar>& r) {
+  const Index b = q.rows();
+  r.setIdentity(b, b);  // c_{k+1} = 1
+  SquareMatrix<Scalar> next(b, b);
+  for (int j = k; j >= 0; --j) {
+    next.noalias() = r * q;
+    next.diagonal().array() += Scalar(neumann_coefficient(j, k));
+    r.swap(next);
+  }
+}
+
+/// dQ = sum_j c_j sum_{a+b=j-1} (Q^T)^a G (Q^T)^b via Horner on [[Q^T, G], [0, Q^T]].
+template <class Scalar>
+void neumann_rotation_vjp(const SquareMatrix<Scalar>& q, int k, const SquareMatrix<Scalar>& g,
+                          SquareMatrix<Scalar>& dq) {
+  const Index b = q.rows();
+  const SquareMatrix<Scalar> a = q.transpose();
+  SquareMatrix<Scalar> p1 = SquareMatrix<Scalar>::Identity(b, b);  // c_{k+1} = 1
+  SquareMatrix<Scalar> next1(b, b), next2(b, b);
+  dq.setZero(b, b);
+  for (int j = k; j >= 0; --j) {
+    next2.noalias() = p1 * g;
+    next2.noalias() += dq * a;
+    next1.noalias() = p1 * a;
+    next1.diagonal().array() += Scalar(neumann_coefficient(j, k));
+    p1.swap(next1);
+    dq.swap(next2);
+  }
+}
+
+/// Cheap guaranteed upper bound on ||Q||_2 for skew Q: min(||Q||_F / sqrt(2), ||Q||_1).
+template <class Scalar>
+double skew_spectral_norm_bound(const SquareMatrix<Scalar>& q) {
+  const double frobenius = static_cast<double>(q.norm()) / std::sqrt(2.0);
+  const double one_norm =
+      q.size() == 0 ? 0.0 : static_cast<double>(q.cwiseAbs().colwise().sum().maxCoeff());
+  return std::min(frobenius, one_norm);
+}
+
+/// ||Q||_2 computed exactly (largest eigenvalue of Q^T Q), O(b^3).
+template <class Scalar>
+double skew_spectral_norm(const SquareMatrix<Scalar>& q) {
+  if (q.size() == 0) return 0.0;
+  const SquareMatrix<double> qd = q.template cast<double>();
+  Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig(qd.transpose() * qd,
+                                                          Eigen::EigenvaluesOnly);
+  return std::sqrt(std::max(0.0, eig.eigenvalues().maxCoeff()));
+}
+
+}  // namespace detail
+
+/// Cayley–Neumann with a fixed number of terms k >= 0.
+struct CayleyNeumann {
+  struct Plan {};
+  static constexpr const char* name = "cayley_neumann";
+
+  explicit CayleyNeumann(int k = 4) : terms(k) {
+    detail::require(k >= 0, "Cayley-Neumann needs k >= 0 terms, got k=", k);
+  }
+
+  int terms;
+
+  template <class Scalar>
+  Plan plan(const SquareMatrix<Scalar>& /*q*/) const { return {}; }
+  PlanSummary summary(Plan) const { return PlanSummary{false, terms}; }
+
+  template <class Scalar>
+  void rotation(const SquareMatrix<Scalar>& q, Plan, SquareMatrix<Scalar>& r) const {
+    detail::neumann_rotation(q, terms, r);
+  }
+  template <class Scalar>
+  void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& /*r*/, Plan,
+                    const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) const {
+    detail::neumann_rotation_vjp(q, terms, g, dq);
+  }
+};
+
+/// What CayleyNeumannTolerance does for a generator whose series cannot meet the tolerance.
+enum class OnDivergence {
+  Throw,           ///< std::domain_error naming rho, the tolerance and the generator
+  UseExactCayley,  ///< exact Cayley for that generator (orthogonal; costs one LU of size b)
+};
+
+/// Cayley–Neumann whose k is chosen per generator from an orthogonality tolerance.
+struct CayleyNeumannTolerance {
+  struct Plan {
+    int terms = 0;       ///< chosen k (meaningless when exact)
+    bool exact = false;  ///< fell back to the exact Cayley transform
+    double rho = 0.0;    ///< the bound of ||Q||_2 the choice used
+  };
+  static constexpr const char* name = "cayley_neumann_tolerance";
+
+  explicit CayleyNeumannTolerance(double tol = 1e-6,
+                                  OnDivergence on_divergence = OnDivergence::Throw,
+                                  int max_terms = 64)
+      : tolerance(tol), on_divergence(on_divergence), max_terms(max_terms) {
+    detail::require(tol > 0.0 && std::isfinite(tol),
+                    "Cayley-Neumann tolerance must be finite and > 0, got ", tol);
+    detail::require(max_terms >= 0, "Cayley-Neumann max_terms must be >= 0, got ", max_terms);
+  }
+
+  double tolerance;
+  OnDivergence on_divergence;
+  int max_terms;
+
+  /// Uses the cheap bound min(||Q||_F/sqrt(2), ||Q||_1); only when that bound fails (>= 1 or too
+  /// many terms) is the exact spectral norm computed, so no generator with rho < 1 is refused
+  /// because of a loose bound.
+  template <class Scalar>
+  Plan plan(const SquareMatrix<Scalar>& q) const {
+    Plan p;
+    p.rho = detail::skew_spectral_norm_bound(q);
+    p.terms = neumann_terms_for_tolerance(p.rho, tolerance, max_terms);
+    if (p.terms < 0) {
+      p.rho = detail::skew_spectral_norm(q);
+      p.terms = neumann_terms_for_tolerance(p.rho, tolerance, max_terms);
+    }
+    if (p.terms >= 0) return p;
+    if (on_divergence == OnDivergence::UseExactCayley) {
+      p.exact = true;
+      return p;
+    }
+    detail::require_domain(false, "Cayley-Neumann series cannot meet tolerance ", tolerance,
+                           ": ||Q||_2 = ", p.rho,
+                           p.rho >= 1.0 ? " >= 1, so the series diverges"
+                                        : " needs more than max_terms terms",
+                           " (max_terms=", max_terms,
+                           "); use OnDivergence::UseExactCayley or a smaller step");
+    return p;
+  }
+  static PlanSummary summary(const Plan& p) {
+    return p.exact ? PlanSummary{true, -1} : PlanSummary{false, p.terms};
+  }
+
+  template <class Scalar>
+  void rotation(const SquareMatrix<Scalar>& q, const Plan& p, SquareMatrix<Scalar>& r) const {
+    if (p.exact)
+      ExactCayley{}.rotation(q, ExactCayley::Plan{}, r);
+    else
+      detail::neumann_rotation(q, p.terms, r);
+  }
+  template <class Scalar>
+  void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& r, const Plan& p,
+                    const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) const {
+    if (p.exact)
+      ExactCayley{}.rotation_vjp(q, r, ExactCayley::Plan{}, g, dq);
+    else
+      detail::neumann_rotation_vjp(q, p.terms, g, dq);
+  }
+};
+
+}  // namespace oft

@@ -1,0 +1,42 @@
+#pragma once
+/// \file config.hpp
+/// Basic types, macros and backend tags shared by every oft header.
+
+#include <cstddef>
+#include <Eigen/Core>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define OFT_HOST_DEVICE __host__ __device__
+#else
+#define OFT_HOST_DEVICE
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace oft {
+
+/// Signed index type used for every size, stride and offset (Eigen's convention).
+using Index = Eigen::Index;
+
+/// Marker for a block size known only at run time (same value as Eigen::Dynamic).
+inline constexpr int Dynamic = Eigen::Dynamic;
+
+/// Backend tags. Operators are specialized on these; a backend that was not included
+/// (e.g. `cuda` without <oft/cuda.hpp>) is a readable compile error.
+struct cpu {};
+struct cuda {};
+
+namespace detail {
+/// Number of threads the CPU backend may use (OpenMP's setting, 1 without OpenMP).
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+}  // namespace detail
+
+}  // namespace oft

@@ -1,0 +1,24 @@
+#pragma once
+/// \file oft.hpp
+/// Umbrella header for oft on the CPU: orthogonal finetuning (OFT / OFTv2) parameterizations,
+/// block-diagonal orthogonal operators and the OFT linear layer. Conventions: docs/conventions.md.
+/// The CUDA backend is opt-in (<oft/cuda.hpp>, from .cu files only).
+
+#include "config.hpp"            // Index, backend tags
+#include "errors.hpp"            // exception conventions
+#include "index.hpp"             // packed layout, BlockSpec
+#include "view.hpp"              // MatrixView over raw memory
+#include "skew.hpp"              // packed skew generators: views, owning type, pack/unpack
+#include "neumann.hpp"           // Neumann coefficients and error bounds
+#include "parameterization.hpp"  // policy concept
+#include "cayley.hpp"            // ExactCayley
+#include "cayley_neumann.hpp"    // CayleyNeumann, CayleyNeumannTolerance
+#include "exponential.hpp"       // MatrixExponential
+#include "expressions.hpp"       // lazy skew / cayley / cayley_neumann
+#include "workspace.hpp"         // caller-owned scratch
+#include "block_orthogonal.hpp"  // BlockOrthogonal operator
+#include "linear.hpp"            // OftLinear layer
+#include "coft.hpp"              // COFT projection
+#include "dropout.hpp"           // multiplicative block dropout
+#include "peft.hpp"              // PEFT compatibility helpers
+#include "finite_difference.hpp" // numerical gradients

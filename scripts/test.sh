@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Configure, build and run the full oft test suite.
+#
+#   scripts/test.sh             -> build/      (Release, -Werror, tests+examples+bench, ctest)
+#   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g with asserts, no bench, ctest)
+#
+# Env: OFT_JOBS (default 2) controls build and ctest parallelism.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SANITIZE=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) SANITIZE=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+JOBS="${OFT_JOBS:-2}"
+
+bash "$ROOT/scripts/setup.sh"
+
+if [[ $SANITIZE -eq 1 ]]; then
+  BUILD_DIR=build-asan
+  # RelWithDebInfo but without -DNDEBUG so eigen_assert/assert stay active.
+  CONFIG_ARGS=(
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g"
+    -DOFT_SANITIZE=ON
+    -DOFT_BUILD_BENCH=OFF
+  )
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}"
+  export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+else
+  BUILD_DIR=build
+  CONFIG_ARGS=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DOFT_SANITIZE=OFF
+    -DOFT_BUILD_BENCH=ON
+  )
+fi
+
+echo "== oft: configure $BUILD_DIR"
+cmake -S . -B "$BUILD_DIR" \
+  -DOFT_WARNINGS_AS_ERRORS=ON \
+  -DOFT_BUILD_TESTS=ON \
+  -DOFT_BUILD_EXAMPLES=ON \
+  "${CONFIG_ARGS[@]}"
+
+echo "== oft: build $BUILD_DIR (-j$JOBS)"
+cmake --build "$BUILD_DIR" -j "$JOBS"
+
+echo "== oft: ctest $BUILD_DIR (-j$JOBS)"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
