@@ -92,7 +92,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     plans_ = std::move(plans);
     for (Index g = 0; g < count; ++g)
       std::copy(theta.row(g), theta.row(g) + spec_.packed(), theta_.row(g));
-#pragma omp parallel for schedule(dynamic) if (count > 1)
+    OFT_OMP(parallel for schedule(dynamic) if (count > 1))
     for (Index g = 0; g < count; ++g) {
       SquareMatrix<Scalar> q(b, b), r(b, b);
       unpack_skew(theta_.row(g), b, q);
@@ -224,13 +224,24 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   const Generators<Scalar>& generators() const { return theta_; }
 
  private:
-  // Rows per work item: one register tile, so the rows in flight stay few enough for the
-  // hardware prefetchers and the per-item copy stays in L1.
-  static constexpr Index kPanelRows = cpu_detail::kTileRows;
-  // Stack scratch for one panel; larger blocks fall back to heap scratch.
-  static constexpr Index kStackScratch = kPanelRows * 1024;
+  // Rows per work item of apply: one register tile, so few rows stream at once (friendly to the
+  // hardware prefetchers; X rows d apart alias to the same L1 sets) and the copy stays in L1.
+  static constexpr Index kApplyPanelRows = cpu_detail::kTileRows;
+  // Rows per work item of backward: deep enough that the G_i = X_i^T dY_i tiles are loaded and
+  // stored once per 48 tokens instead of once per 6.
+  static constexpr Index kBackwardPanelRows = 8 * cpu_detail::kTileRows;
+  // Per-thread stack scratch (scalars); a panel that does not fit uses heap scratch (b > 682).
+  static constexpr Index kStackScratch = 8192;
   // Below this many flops the OpenMP fork costs more than it saves.
   static constexpr double kParallelFlops = 1 << 18;
+
+  /// Rows per panel: `wanted`, reduced (to a multiple of the register tile) until `copies` panel
+  /// slices of b columns fit the stack scratch.
+  Index panel_rows(Index wanted, Index copies) const {
+    const Index fit = kStackScratch / (copies * spec_.block_size);
+    const Index rows = std::min(wanted, fit / cpu_detail::kTileRows * cpu_detail::kTileRows);
+    return std::max(rows, Index(cpu_detail::kTileRows));
+  }
 
   static const BlockSpec& checked(const BlockSpec& spec) {
     spec.validate();
@@ -249,46 +260,50 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     detail::require_in_place_or_disjoint(y, x, "Y", "X");
   }
 
-  /// Runs body(first_row, rows, scratch) over panels of kPanelRows rows, split across threads.
+  /// Runs body(first_row, rows, scratch, thread) over panels of `rows_per_panel` rows, split
+  /// across threads in contiguous chunks; scratch holds `copies` panel slices of b columns.
   template <class Body>
-  void for_each_panel(Index n, Body&& body) const {
+  void for_each_panel(Index n, Index rows_per_panel, Index copies, Body&& body) const {
     const Index b = spec_.block_size;
-    const Index panels = (n + kPanelRows - 1) / kPanelRows;
-    const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(spec_.features() * b);
-    const bool on_stack = kPanelRows * b <= kStackScratch;
-#pragma omp parallel if (flops > kParallelFlops && panels > 1)
+    const Index panels = (n + rows_per_panel - 1) / rows_per_panel;
+    [[maybe_unused]] const double flops =
+        2.0 * static_cast<double>(n) * static_cast<double>(spec_.features() * b);
+    const Index scratch_size = copies * rows_per_panel * b;
+    const bool on_stack = scratch_size <= kStackScratch;
+    OFT_OMP(parallel if (flops > kParallelFlops && panels > 1))
     {
       alignas(64) Scalar stack_scratch[kStackScratch];
-      std::vector<Scalar> heap_scratch(on_stack ? 0 : static_cast<size_t>(kPanelRows * b));
+      std::vector<Scalar> heap_scratch(on_stack ? 0 : static_cast<size_t>(scratch_size));
       Scalar* scratch = on_stack ? stack_scratch : heap_scratch.data();
-      int thread = 0;
-#if defined(_OPENMP)
-      thread = omp_get_thread_num();
-#endif
-#pragma omp for schedule(static)
+      const int thread = detail::thread_id();
+      OFT_OMP(for schedule(static))
       for (Index panel = 0; panel < panels; ++panel) {
-        const Index first = panel * kPanelRows;
-        body(first, std::min(kPanelRows, n - first), scratch, thread);
+        const Index first = panel * rows_per_panel;
+        body(first, std::min(rows_per_panel, n - first), scratch, thread);
       }
     }
+  }
+
+  /// Copies rows x b elements starting at `from` (row stride `stride`) into contiguous `to`.
+  static void copy_slice(const Scalar* from, Index stride, Index rows, Index b, Scalar* to) {
+    for (Index t = 0; t < rows; ++t) std::copy(from + t * stride, from + t * stride + b, to + t * b);
   }
 
   void apply_impl(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y,
                   const Scalar* blocks) const {
     const Index b = spec_.block_size;
-    for_each_panel(x.rows(), [&](Index first, Index rows, Scalar* scratch, int) {
+    for_each_panel(x.rows(), kApplyPanelRows, 1, [&](Index first, Index rows, Scalar* scratch, int) {
       for (Index i = 0; i < spec_.blocks; ++i) {
         const Scalar* in = x.row(first) + i * b;
         Scalar* out = y.row(first) + i * b;
         if (!block_active(i)) {
           if (in != out)
-            for (Index t = 0; t < rows; ++t) std::copy(in + t * x.stride(), in + t * x.stride() + b,
-                                                       out + t * y.stride());
+            for (Index t = 0; t < rows; ++t)
+              std::copy(in + t * x.stride(), in + t * x.stride() + b, out + t * y.stride());
           continue;
         }
         // Copy the slice first: makes in-place use safe and gives the kernel contiguous rows.
-        for (Index t = 0; t < rows; ++t)
-          std::copy(in + t * x.stride(), in + t * x.stride() + b, scratch + t * b);
+        copy_slice(in, x.stride(), rows, b, scratch);
         cpu_detail::gemm_small(rows, b, b, scratch, b, 1,
                                blocks + spec_.generator_of(i) * block_area(), b, out, y.stride(),
                                false);
@@ -304,26 +319,33 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     const int threads = detail::max_threads();
     if (want_dtheta) std::fill(workspace, workspace + threads * slab, Scalar(0));
 
-    for_each_panel(x.rows(), [&](Index first, Index rows, Scalar* scratch, int thread) {
+    // Per panel and block: copy dY_i (and X_i) into contiguous scratch, G_g += X_i^T dY_i, then
+    // dX_i = dY_i R_i^T. The copies make dX == dY or dX == X safe: both are read before dX_i is
+    // written, and other panels and blocks are disjoint.
+    const Index rows_per_panel = panel_rows(kBackwardPanelRows, 2);
+    for_each_panel(x.rows(), rows_per_panel, 2,
+                   [&](Index first, Index rows, Scalar* scratch, int thread) {
       Scalar* partial = workspace + thread * slab;
+      Scalar* scratch_dy = scratch;
+      Scalar* scratch_x = scratch + rows_per_panel * b;
       for (Index i = 0; i < spec_.blocks; ++i) {
-        const Scalar* grad_in = dy.row(first) + i * b;
-        for (Index t = 0; t < rows; ++t)
-          std::copy(grad_in + t * dy.stride(), grad_in + t * dy.stride() + b, scratch + t * b);
+        copy_slice(dy.row(first) + i * b, dy.stride(), rows, b, scratch_dy);
         const bool active = block_active(i);
         const Index g = spec_.generator_of(i);
-        // G_g += X_i^T dY_i: A(k, n) = X(n, k) walks X transposed.
-        if (want_dtheta && active)
-          cpu_detail::gemm_small(b, b, rows, x.row(first) + i * b, 1, x.stride(), scratch, b,
-                                 partial + g * area, b, true);
+        if (want_dtheta && active) {
+          copy_slice(x.row(first) + i * b, x.stride(), rows, b, scratch_x);
+          // A(k, n) = X_i(n, k): the kernel walks the copied X_i transposed.
+          cpu_detail::gemm_small(b, b, rows, scratch_x, 1, b, scratch_dy, b, partial + g * area, b,
+                                 true);
+        }
         if (!want_dx) continue;
         Scalar* grad_out = dx.row(first) + i * b;
         if (active)
-          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, rotations_t_.data() + g * area, b,
+          cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
                                  grad_out, dx.stride(), false);
         else
           for (Index t = 0; t < rows; ++t)
-            std::copy(scratch + t * b, scratch + (t + 1) * b, grad_out + t * dx.stride());
+            std::copy(scratch_dy + t * b, scratch_dy + (t + 1) * b, grad_out + t * dx.stride());
       }
     });
     if (!want_dtheta) return;
@@ -334,7 +356,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
 
   void generator_gradients(const Scalar* block_gradients, const GeneratorView<Scalar>& dtheta) const {
     const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
-#pragma omp parallel for schedule(dynamic) if (count > 1)
+    OFT_OMP(parallel for schedule(dynamic) if (count > 1))
     for (Index g = 0; g < count; ++g) {
       SquareMatrix<Scalar> q(b, b), r(b, b), dq(b, b);
       unpack_skew(theta_.row(g), b, q);

@@ -15,6 +15,15 @@
 #include <omp.h>
 #endif
 
+/// OpenMP directive that vanishes without OpenMP, so builds without -fopenmp see no
+/// unknown-pragma warnings: OFT_OMP(parallel for schedule(static)).
+#define OFT_STRINGIFY(...) #__VA_ARGS__
+#if defined(_OPENMP)
+#define OFT_OMP(...) _Pragma(OFT_STRINGIFY(omp __VA_ARGS__))
+#else
+#define OFT_OMP(...)
+#endif
+
 namespace oft {
 
 /// Signed index type used for every size, stride and offset (Eigen's convention).
@@ -35,6 +44,14 @@ inline int max_threads() {
   return omp_get_max_threads();
 #else
   return 1;
+#endif
+}
+/// Index of the calling thread inside an OpenMP parallel region (0 outside or without OpenMP).
+inline int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
 #endif
 }
 }  // namespace detail
