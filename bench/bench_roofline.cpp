@@ -1,0 +1,200 @@
+/// \file bench_roofline.cpp
+/// This machine's ceilings, measured the same way as everything else (summarize.py builds the
+/// roofline min(FMA peak, bandwidth x flops/byte) from these numbers):
+///
+///   BM_FmaPeak<float|double>/threads:T   register-only FMA chains, no memory traffic
+///   BM_StreamScaleInPlace/threads:T      a[i] = s * a[i] over 256 MiB (read + write, the
+///                                        access pattern of an in-place apply)
+///   BM_StreamScale/threads:T             b[i] = s * a[i], 128 MiB -> 128 MiB (the counted bytes
+///                                        leave out the write-allocate read of b)
+///   BM_StreamRead/threads:T              sum of 256 MiB with SIMD partial sums (not latency bound)
+///   BM_GemmCeiling/n                     one large square float GEMM through Eigen (and the linked
+///                                        BLAS when EIGEN_USE_BLAS): the practical compute ceiling
+///
+/// The kernels use Eigen's packet primitives: AVX2/FMA with -march=native on x86, NEON on ARM,
+/// plain scalars without SIMD, so the file builds everywhere. Buffers are allocated and touched
+/// before timing (first touch of fresh pages is several times slower than streaming).
+
+#include <memory>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using namespace oft_bench;
+namespace ei = Eigen::internal;
+
+template <class Scalar>
+using Packet = typename ei::packet_traits<Scalar>::type;
+template <class Scalar>
+constexpr int kLanes = ei::unpacket_traits<Packet<Scalar>>::size;
+
+int thread_count(const benchmark::State& state) { return static_cast<int>(state.range(0)); }
+
+// ---------------------------------------------------------------------------------------------
+// FMA peak
+// ---------------------------------------------------------------------------------------------
+// 12 independent accumulators cover latency x throughput (4 cycles x 2 pipes on Zen 3 and most
+// AVX2 cores) and, with the two constants, fit in 16 vector registers.
+constexpr int kChains = 12;
+constexpr Index kFmaSteps = Index(1) << 19;
+
+template <class Scalar>
+Scalar fma_chains(Index steps, Scalar seed) {
+  using P = Packet<Scalar>;
+  P acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = ei::pset1<P>(seed + Scalar(j) * Scalar(0.01));
+  // acc <- acc * a + c converges to c / (1 - a): values stay normal and finite forever.
+  const P a = ei::pset1<P>(Scalar(0.999)), c = ei::pset1<P>(Scalar(0.001));
+  for (Index s = 0; s < steps; ++s) {
+#if defined(__GNUC__)
+#pragma GCC unroll 12
+#endif
+    for (int j = 0; j < kChains; ++j) acc[j] = ei::pmadd(acc[j], a, c);
+  }
+  P total = acc[0];
+  for (int j = 1; j < kChains; ++j) total = ei::padd(total, acc[j]);
+  return ei::predux(total);
+}
+
+template <class Scalar>
+void BM_FmaPeak(benchmark::State& state) {
+  const int threads = thread_count(state);
+  std::vector<Scalar> sink(static_cast<size_t>(threads));
+  for (auto _ : state) {
+#pragma omp parallel num_threads(threads)
+    {
+      int t = 0;
+#if defined(_OPENMP)
+      t = omp_get_thread_num();
+#endif
+      sink[static_cast<size_t>(t)] = fma_chains<Scalar>(kFmaSteps, Scalar(t));
+    }
+    benchmark::DoNotOptimize(sink.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * kLanes<Scalar> * kChains * static_cast<double>(kFmaSteps) * threads;
+  set_rate_counters(state, {flops, 0.0});
+  state.counters["lanes"] = kLanes<Scalar>;
+}
+
+BENCHMARK_TEMPLATE(BM_FmaPeak, float)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+BENCHMARK_TEMPLATE(BM_FmaPeak, double)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+
+// ---------------------------------------------------------------------------------------------
+// Streaming bandwidth
+// ---------------------------------------------------------------------------------------------
+constexpr Index kStreamBytes = Index(256) << 20;
+constexpr Index kFloats = kStreamBytes / Index(sizeof(float));
+
+/// 256 MiB of floats, allocated and touched once per process.
+float* stream_buffer(int which) {
+  static std::unique_ptr<float[]> buffers[2];
+  auto& buf = buffers[which];
+  if (!buf) {
+    buf.reset(new float[static_cast<size_t>(kFloats)]);
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < kFloats; ++i) buf[static_cast<size_t>(i)] = 1.0f;
+  }
+  return buf.get();
+}
+
+/// Scale factor the compiler cannot see (1.0f keeps the data unchanged across iterations).
+float opaque_one() {
+  volatile float one = 1.0f;
+  return one;
+}
+
+void BM_StreamScaleInPlace(benchmark::State& state) {
+  const int threads = thread_count(state);
+  float* a = stream_buffer(0);
+  const float s = opaque_one();
+  for (auto _ : state) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Index i = 0; i < kFloats; ++i) a[i] *= s;
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, {0.0, 2.0 * kStreamBytes});
+}
+
+void BM_StreamScale(benchmark::State& state) {
+  const int threads = thread_count(state);
+  const Index n = kFloats / 2;  // 128 MiB in, 128 MiB out
+  const float* a = stream_buffer(0);
+  float* b = stream_buffer(1);
+  const float s = opaque_one();
+  for (auto _ : state) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Index i = 0; i < n; ++i) b[i] = s * a[i];
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, {0.0, 2.0 * n * sizeof(float)});
+}
+
+/// Sum of a[begin, end) with 8 packet accumulators, so loads, not the add latency, set the pace.
+float read_sum(const float* a, Index begin, Index end) {
+  using P = Packet<float>;
+  constexpr int L = kLanes<float>, kAcc = 8;
+  P acc[kAcc];
+  for (auto& p : acc) p = ei::pset1<P>(0.0f);
+  Index i = begin;
+  for (; i + kAcc * L <= end; i += kAcc * L)
+    for (int j = 0; j < kAcc; ++j) acc[j] = ei::padd(acc[j], ei::ploadu<P>(a + i + j * L));
+  P total = acc[0];
+  for (int j = 1; j < kAcc; ++j) total = ei::padd(total, acc[j]);
+  float sum = ei::predux(total);
+  for (; i < end; ++i) sum += a[i];
+  return sum;
+}
+
+void BM_StreamRead(benchmark::State& state) {
+  const int threads = thread_count(state);
+  const float* a = stream_buffer(0);
+  // Per-thread sums in separate cache lines (an OpenMP reduction clause lost the result here
+  // with GCC 12 when the variable is also passed to DoNotOptimize).
+  std::vector<double> sums(static_cast<size_t>(threads) * 8, 0.0);
+  for (auto _ : state) {
+#pragma omp parallel num_threads(threads)
+    {
+      int t = 0, nt = 1;
+#if defined(_OPENMP)
+      t = omp_get_thread_num();
+      nt = omp_get_num_threads();
+#endif
+      const Index chunk = (kFloats / nt + 63) / 64 * 64;
+      sums[static_cast<size_t>(t) * 8] =
+          read_sum(a, std::min(kFloats, t * chunk), std::min(kFloats, (t + 1) * chunk));
+    }
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::ClobberMemory();
+  }
+  double total = 0;
+  for (int t = 0; t < threads; ++t) total += sums[static_cast<size_t>(t) * 8];
+  if (std::abs(total - static_cast<double>(kFloats)) > 1e-3 * static_cast<double>(kFloats))
+    state.SkipWithError(("read reduction gave a wrong sum: " + std::to_string(total)).c_str());
+  set_rate_counters(state, {0.0, static_cast<double>(kStreamBytes)});
+}
+
+BENCHMARK(BM_StreamScaleInPlace)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+BENCHMARK(BM_StreamScale)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+BENCHMARK(BM_StreamRead)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+
+// ---------------------------------------------------------------------------------------------
+// Practical GEMM ceiling (default thread count, like every other benchmark)
+// ---------------------------------------------------------------------------------------------
+void BM_GemmCeiling(benchmark::State& state) {
+  const Index n = state.range(0);
+  const Matrix<float> a = random_matrix<float>(n, n, 1), b = random_matrix<float>(n, n, 2);
+  Matrix<float> c = Matrix<float>::Zero(n, n);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, {2.0 * n * n * n, 3.0 * n * n * sizeof(float)});
+}
+
+BENCHMARK(BM_GemmCeiling)->Arg(2048)->ArgName("n")->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
