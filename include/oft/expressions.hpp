@@ -173,7 +173,14 @@ SkewExpr<std::remove_const_t<Element>> skew(const GeneratorView<Element>& theta,
   return SkewExpr<std::remove_const_t<Element>>(theta.row(i), theta.block_size());
 }
 
-template <class Generator>
+namespace detail {
+/// True for Eigen types: those take the dense-matrix overloads below, not the generic ones (a
+/// by-value template parameter would otherwise be the better match for an Eigen matrix).
+template <class T>
+inline constexpr bool is_eigen_v = std::is_base_of_v<Eigen::EigenBase<T>, T>;
+}  // namespace detail
+
+template <class Generator, class = std::enable_if_t<!detail::is_eigen_v<Generator>>>
 CayleyExpr<Generator> cayley(Generator q) {
   return CayleyExpr<Generator>(std::move(q));
 }
@@ -183,7 +190,7 @@ CayleyExpr<DenseSkewExpr<typename Derived::Scalar>> cayley(const Eigen::MatrixBa
       DenseSkewExpr<typename Derived::Scalar>(q));
 }
 
-template <class Generator>
+template <class Generator, class = std::enable_if_t<!detail::is_eigen_v<Generator>>>
 CayleyNeumannExpr<Generator> cayley_neumann(Generator q, int k) {
   return CayleyNeumannExpr<Generator>(std::move(q), k);
 }
