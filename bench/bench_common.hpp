@@ -16,19 +16,17 @@
 
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <oft/oft.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <Eigen/Eigenvalues>
-
-#include <oft/oft.hpp>
 
 namespace oft_bench {
 

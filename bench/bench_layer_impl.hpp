@@ -155,11 +155,11 @@ void BM_WeightCentricForward(benchmark::State& state) {
   set_rate_counters(state, {base_flops(s) + merge_flops(s), 0.0});
 }
 
-#define OFT_LAYER_BENCH(fn)                   \
-  BENCHMARK(fn)                               \
-      ->Args({4096, 4096, 32, 2048})          \
-      ->ArgNames({"d", "n_out", "b", "N"})    \
-      ->UseRealTime()                         \
+#define OFT_LAYER_BENCH(fn)                \
+  BENCHMARK(fn)                            \
+      ->Args({4096, 4096, 32, 2048})       \
+      ->ArgNames({"d", "n_out", "b", "N"}) \
+      ->UseRealTime()                      \
       ->Unit(benchmark::kMillisecond)
 
 OFT_LAYER_BENCH(BM_BaseGemmStep);

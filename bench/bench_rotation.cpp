@@ -82,8 +82,8 @@ std::string validate(const oft::BlockOrthogonal<Scalar, Policy>& rot, Index n) {
 
   const double tol = tolerance<Scalar>(b);
   for (Index t : {Index(0), n - 1}) {
-    const double e_apply = relative_error(
-        y.row(t), reference_row(rot, x.row(t).template cast<double>()));
+    const double e_apply =
+        relative_error(y.row(t), reference_row(rot, x.row(t).template cast<double>()));
     // dX row = dY row * R^T, i.e. per block dy_i R_i^T.
     Eigen::RowVectorXd dx_ref(d);
     for (Index i = 0; i < rot.spec().blocks; ++i)
@@ -92,17 +92,16 @@ std::string validate(const oft::BlockOrthogonal<Scalar, Policy>& rot, Index n) {
     const double e_dx = relative_error(dx.row(t), dx_ref);
     if (!(e_apply <= tol && e_dx <= tol)) {
       std::ostringstream os;
-      os << "validation failed at row " << t << ": apply error " << e_apply << ", dX error "
-         << e_dx << " (tolerance " << tol << ")";
+      os << "validation failed at row " << t << ": apply error " << e_apply << ", dX error " << e_dx
+         << " (tolerance " << tol << ")";
       return os.str();
     }
   }
   Matrix<Scalar> g(d, b);
   for (Index i = 0; i < rot.spec().blocks; ++i)
-    g.middleRows(i * b, b) =
-        (x.middleCols(i * b, b).template cast<double>().transpose() *
-         dy.middleCols(i * b, b).template cast<double>())
-            .template cast<Scalar>();
+    g.middleRows(i * b, b) = (x.middleCols(i * b, b).template cast<double>().transpose() *
+                              dy.middleCols(i * b, b).template cast<double>())
+                                 .template cast<Scalar>();
   rot.backward_from_block_gradients(oft::view(g), dtheta_ref.view());
   const double e_dtheta = relative_error(dtheta.values(), dtheta_ref.values());
   if (!(e_dtheta <= tolerance<Scalar>(n) * 4)) {
@@ -255,9 +254,8 @@ void register_policy(const std::string& label, Policy policy) {
   std::set<std::pair<Index, Index>> build_shapes;  // theta -> R depends on (d, b) only
   for (const auto& s : step_shapes()) {
     if (build_shapes.insert({s[0], s[1]}).second)
-      benchmark::RegisterBenchmark(
-          ("BM_SetGenerators/" + label).c_str(),
-          [policy](benchmark::State& st) { BM_SetGenerators(st, policy); })
+      benchmark::RegisterBenchmark(("BM_SetGenerators/" + label).c_str(),
+                                   [policy](benchmark::State& st) { BM_SetGenerators(st, policy); })
           ->Args({s[0], s[1]})
           ->ArgNames({"d", "b"})
           ->UseRealTime()

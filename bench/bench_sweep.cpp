@@ -9,7 +9,8 @@
 ///   time      one rotation step in float at d = 2048, N = 256: set_generators (theta -> R),
 ///             Y = X R, backward (dX = dY R^T in place, dtheta)
 ///   counters  (computed once, outside the timed loop)
-///     orth_err_f32 / orth_err_f64   max_i ||R_i^T R_i - I||_2 (BlockOrthogonal::orthogonality_error)
+///     orth_err_f32 / orth_err_f64   max_i ||R_i^T R_i - I||_2
+///     (BlockOrthogonal::orthogonality_error)
 ///                                   of the float operator that was timed / of the same theta in
 ///                                   double (the math, without float rounding)
 ///     dist_cayley_f32 / _f64        max_i ||R_i - Rcayley_i||_2, Rcayley in double
@@ -51,8 +52,8 @@ struct Accuracy {
 };
 
 template <class Policy>
-void BM_Sweep(benchmark::State& state, Policy policy, std::string label, int k, double rho,
-              Index b, std::shared_ptr<Accuracy> acc) {
+void BM_Sweep(benchmark::State& state, Policy policy, std::string label, int k, double rho, Index b,
+              std::shared_ptr<Accuracy> acc) {
   const oft::BlockSpec spec = oft::BlockSpec::from_features(kFeatures, b);
   oft::Generators<double> theta64 = random_generators<double>(spec.generators(), b, rho, 7);
   oft::Generators<Scalar> theta(spec.generators(), b);
@@ -105,13 +106,10 @@ template <class Policy>
 void register_point(const std::string& label, Policy policy, int k, double rho, Index b) {
   char rho_text[16];
   std::snprintf(rho_text, sizeof rho_text, "%.2f", rho);
-  const std::string name =
-      "BM_Sweep/" + label + "/rho:" + rho_text + "/b:" + std::to_string(b);
+  const std::string name = "BM_Sweep/" + label + "/rho:" + rho_text + "/b:" + std::to_string(b);
   auto acc = std::make_shared<Accuracy>();
-  benchmark::RegisterBenchmark(name.c_str(),
-                               [=](benchmark::State& st) {
-                                 BM_Sweep(st, policy, label, k, rho, b, acc);
-                               })
+  benchmark::RegisterBenchmark(
+      name.c_str(), [=](benchmark::State& st) { BM_Sweep(st, policy, label, k, rho, b, acc); })
       ->UseRealTime()
       ->Unit(benchmark::kMicrosecond);
 }
@@ -124,8 +122,8 @@ const bool registered = [] {
         register_point("neumann_k" + std::to_string(k), oft::CayleyNeumann{k}, k, rho, b);
       register_point("exponential", oft::MatrixExponential{}, -1, rho, b);
       register_point("tolerance_1e-6",
-                     oft::CayleyNeumannTolerance{kTolerance, oft::OnDivergence::UseExactCayley},
-                     -1, rho, b);
+                     oft::CayleyNeumannTolerance{kTolerance, oft::OnDivergence::UseExactCayley}, -1,
+                     rho, b);
     }
   return true;
 }();
