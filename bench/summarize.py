@@ -123,6 +123,10 @@ def main():
     print(f"  roofline uses: compute {fmt(peak, '.1f')} GFLOP/s (best FMA fp32), "
           f"bandwidth {fmt(bandwidth, '.1f')} GB/s (best in-place scale)")
 
+    if gemm and peak and gemm > 1.05 * peak:
+        print(f"  WARNING: sgemm ({gemm:.0f} GFLOP/s) beats the measured FMA peak ({peak:.0f}): the FMA "
+              "run was disturbed (busy machine?); the roofline below is too low")
+
     def roofline(flop_per_byte):
         if not peak or not bandwidth or not flop_per_byte:
             return None

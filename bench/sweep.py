@@ -172,6 +172,14 @@ def main():
     print(f"[sweep] {len(rows)} points -> {os.path.relpath(csv_path, ROOT)}, "
           f"{os.path.relpath(plot_path, ROOT)}{'  [SMOKE: timings noisy]' if a.smoke else ''}")
 
+    # The closed form ||R - R_k||_2 = rho^(k+1) (SPEC section 3) against the measured float64 value.
+    neumann = [r for r in rows if r["dist_theory"] != "" and r["dist_theory"] > 1e-13]
+    if neumann:
+        worst = max(neumann, key=lambda r: abs(r["dist_cayley_f64"] / r["dist_theory"] - 1))
+        print(f"  Neumann distance to Cayley vs rho^(k+1): worst relative deviation "
+              f"{abs(worst['dist_cayley_f64'] / worst['dist_theory'] - 1):.1e} "
+              f"({worst['param']}, rho={worst['rho']}, b={worst['b']})")
+
     # A few lines for the console: the cheapest parameterization meeting 1e-6 in float64, per rho.
     for b in sorted({r["b"] for r in rows}):
         for rho in sorted({r["rho"] for r in rows}):
