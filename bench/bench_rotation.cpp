@@ -67,10 +67,11 @@ Eigen::RowVectorXd reference_row(const Op& rot, const Eigen::RowVectorXd& x) {
 /// dY_i fed through backward_from_block_gradients) once per (policy, b, d, N). Returns an error
 /// message, empty when everything matches.
 template <class Policy>
-std::string validate(const oft::BlockOrthogonal<Scalar, Policy>& rot, Index n) {
+std::string validate(const oft::BlockOrthogonal<Scalar, Policy>& rot, Index n,
+                     const std::string& label = Policy::name) {
   static std::set<std::tuple<std::string, Index, Index, Index>> done;
   const Index d = rot.features(), b = rot.spec().block_size;
-  const auto key = std::make_tuple(std::string(Policy::name), b, d, n);
+  const auto key = std::make_tuple(label, b, d, n);
   if (done.count(key)) return {};
 
   const Matrix<Scalar> x = random_matrix<Scalar>(n, d, 11), dy = random_matrix<Scalar>(n, d, 12);
@@ -202,10 +203,10 @@ void BM_SetGenerators(benchmark::State& state, Policy policy) {
 }
 
 template <class Policy>
-void BM_RotationStep(benchmark::State& state, Policy policy) {
+void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& label) {
   const Index d = state.range(0), b = state.range(1), n = state.range(2);
   auto rot = make_rotation<Policy>(d, b, policy);
-  if (auto err = validate(rot, n); !err.empty()) return state.SkipWithError(err.c_str());
+  if (auto err = validate(rot, n, label); !err.empty()) return state.SkipWithError(err.c_str());
   const auto theta = random_generators<Scalar>(rot.spec().generators(), b, kRho, 7);
   Activations& a = activations(d, n);
   oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
@@ -260,8 +261,9 @@ void register_policy(const std::string& label, Policy policy) {
           ->ArgNames({"d", "b"})
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("BM_RotationStep/" + label).c_str(),
-                                 [policy](benchmark::State& st) { BM_RotationStep(st, policy); })
+    benchmark::RegisterBenchmark(
+        ("BM_RotationStep/" + label).c_str(),
+        [policy, label](benchmark::State& st) { BM_RotationStep(st, policy, label); })
         ->Args({s[0], s[1], s[2]})
         ->ArgNames({"d", "b", "N"})
         ->UseRealTime()
