@@ -208,6 +208,39 @@ Mat<Scalar> policy_rotation(const Policy& policy, const Mat<Scalar>& q) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Scales that enter the gradient bounds.
+// ---------------------------------------------------------------------------------------------
+
+/// P(rho) = sum_j c_j rho^j with the Cayley-Neumann coefficients 1, 2, ..., 2, 1: bounds
+/// ||R_k||_2 and every intermediate of the Horner pass.
+inline double neumann_scale(double rho, int k) {
+  double p = 0.0;
+  for (int j = 0; j <= k + 1; ++j) p += (j == 0 || j == k + 1 ? 1.0 : 2.0) * std::pow(rho, j);
+  return p;
+}
+
+/// P'(rho) = sum_j c_j j rho^(j-1) (at least 1): bounds the norm of the Frechet derivative of
+/// R_k at a Q with ||Q||_2 <= rho, hence how the VJP amplifies an error in G.
+inline double neumann_derivative_scale(double rho, int k) {
+  double p = 0.0;
+  for (int j = 1; j <= k + 1; ++j)
+    p += (j == k + 1 ? 1.0 : 2.0) * j * std::pow(rho, j - 1);
+  return std::max(1.0, p);
+}
+
+/// The same for the exact Cayley VJP dQ = (I + R)^T G (I - Q)^-T: ||I + R|| <= 2,
+/// ||(I - Q)^-1|| <= 1, times cond(I - Q) = sqrt(1 + rho^2) for the LU solve's rounding.
+inline double cayley_derivative_scale(double rho) { return 2.0 * std::sqrt(1.0 + rho * rho); }
+
+/// ||theta_row||_2 = ||Q||_F / sqrt(2) >= ||Q||_2.
+template <class Scalar>
+double row_rho_bound(const Scalar* row, Index m) {
+  double squares = 0.0;
+  for (Index k = 0; k < m; ++k) squares += double(row[k]) * double(row[k]);
+  return std::sqrt(squares);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Comparison predicates (report the worst entry on failure).
 // ---------------------------------------------------------------------------------------------
 
@@ -279,6 +312,17 @@ template <class Scalar>
                                            << " was overwritten (sentinel " << sentinel << ")";
   return ::testing::AssertionSuccess();
 }
+
+/// Every test program starts single-threaded: ctest -j runs test programs side by side on few
+/// cores, where each OpenMP fork/join of a small problem waits for a scheduler time slice
+/// (measured: 0.1 ms -> 12 ms per apply on a loaded 2-core machine). Tests of the threaded
+/// paths raise the count explicitly with ScopedThreads.
+inline const bool kSingleThreadedByDefault = [] {
+#if defined(_OPENMP)
+  omp_set_num_threads(1);
+#endif
+  return true;
+}();
 
 /// Sets the OpenMP thread count for the lifetime of the object (no-op without OpenMP).
 class ScopedThreads {
