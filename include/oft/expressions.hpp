@@ -44,19 +44,21 @@ class SkewExpr {
     return q;
   }
 
-  /// out = x * Q for rows x, straight from packed storage (2 b^2 flops per row).
+  /// out = x * Q for rows x, straight from packed storage (2 b^2 flops per row). Row p of U is
+  /// contiguous in the packed layout, so each step is one axpy and one dot over it:
+  ///   (xQ)_c += x_p U(p,c)  for c > p,      (xQ)_p -= sum_{c>p} x_c U(p,c).
   template <class In, class Out>
   void right_multiply(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& out) const {
     const Index b = size();
     out.setZero();
-    for (Index p = 0; p < b; ++p) {
-      const Scalar* u = row_ + packed_row_start(p, b) - (p + 1);
-      for (Index c = p + 1; c < b; ++c) {
-        // Q(p,c) = u[c], Q(c,p) = -u[c]:  (xQ)_c += x_p u,  (xQ)_p -= x_c u
-        out.col(c) += u[c] * x.col(p);
-        out.col(p) -= u[c] * x.col(c);
+    for (Index t = 0; t < x.rows(); ++t)
+      for (Index p = 0; p + 1 < b; ++p) {
+        const Index len = b - p - 1;
+        const Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> u(
+            row_ + packed_row_start(p, b), len);
+        out.row(t).segment(p + 1, len) += x(t, p) * u;
+        out(t, p) -= u.dot(x.row(t).segment(p + 1, len));
       }
-    }
   }
 
  private:
