@@ -11,6 +11,8 @@
 ///                         (dY = dZ W0, dX = dY R^T in place, dtheta): input-centric, OFTv2
 ///   BM_WeightCentricStep  set_generators + forward_weight_centric + backward_weight_centric
 ///                         (W' = W0 R^T, Z = X W'^T; dX = dZ W', dW' = dZ^T X, G_i = dW'_i^T W0_i)
+///   BM_DenseWeightCentricStep  the original OFT code path, which makes R dense (d x d):
+///                         W' = W0 R^T and dR^T = W0^T dW' as full GEMMs (2 n_out d^2 flops each)
 ///   BM_*Forward           the forward halves alone
 ///
 /// Flops per step: base 4 N d n_out; OFT adds 6 N d b; weight-centric 6 N d n_out + 4 n_out d b
@@ -34,6 +36,7 @@ struct LayerData {
   oft::Generators<Scalar> theta, dtheta;
   Matrix<Scalar> x, z, dz, dx;
   oft::Workspace<Scalar> ws;
+  Matrix<Scalar> dense_r, merged, merged_grad, dense_grad, block_grads;  // dense-R path buffers
   std::string error;  // validation failure, empty when fine
 };
 
@@ -53,6 +56,11 @@ LayerData& layer_data(Index d, Index n_out, Index b, Index n) {
   cache.z = random_matrix<Scalar>(n, n_out, 3);
   cache.dx = random_matrix<Scalar>(n, d, 4);
   cache.ws.reserve(cache.layer->workspace_size(n));
+  cache.dense_r = Matrix<Scalar>::Zero(d, d);
+  cache.merged = Matrix<Scalar>::Zero(n_out, d);
+  cache.merged_grad = Matrix<Scalar>::Zero(n_out, d);
+  cache.dense_grad = Matrix<Scalar>::Zero(d, d);
+  cache.block_grads = Matrix<Scalar>::Zero(d, b);
 
   // Validation: input-centric and weight-centric forward/backward agree (rows 0 and N-1, dtheta).
   Matrix<Scalar> z_wc(n, n_out), dx_wc(n, d);
@@ -155,6 +163,42 @@ void BM_WeightCentricForward(benchmark::State& state) {
   set_rate_counters(state, {base_flops(s) + merge_flops(s), 0.0});
 }
 
+// Original OFT: R materialized as a dense d x d matrix and multiplied into W0 by a full GEMM.
+void dense_weight_centric_step(LayerData& s) {
+  Layer& layer = *s.layer;
+  const Matrix<Scalar>& w0 = layer.weight();
+  layer.set_generators(s.theta.view());
+  s.dense_r = layer.rotation().dense();
+  s.merged.noalias() = w0 * s.dense_r.transpose();      // W' = W0 R^T
+  s.z.noalias() = s.x * s.merged.transpose();            // Z = X W'^T
+  s.dx.noalias() = s.dz * s.merged;                       // dX = dZ W'
+  s.merged_grad.noalias() = s.dz.transpose() * s.x;       // dW' = dZ^T X
+  s.dense_grad.noalias() = s.merged_grad.transpose() * w0;  // dL/dR = dW'^T W0 (d x d)
+  for (Index i = 0; i < s.d / s.b; ++i)
+    s.block_grads.middleRows(i * s.b, s.b) = s.dense_grad.block(i * s.b, i * s.b, s.b, s.b);
+  layer.rotation().backward_from_block_gradients(oft::view(s.block_grads), s.dtheta.view());
+}
+
+void BM_DenseWeightCentricStep(benchmark::State& state) {
+  LayerData& s = setup(state);
+  {  // validate against the input-centric gradient once, outside the timed loop
+    oft::Generators<Scalar> reference(s.d / s.b, s.b);
+    Matrix<Scalar> dx_ref(s.n, s.d);
+    s.layer->backward(oft::view(s.x), oft::view(s.dz), oft::view(dx_ref), reference.view(), s.ws);
+    dense_weight_centric_step(s);
+    const double et = relative_error(s.dtheta.values(), reference.values());
+    const double ex = relative_error(s.dx.row(0), dx_ref.row(0));
+    if (!(et <= tolerance<Scalar>(s.n * s.n_out / s.b) && ex <= tolerance<Scalar>(s.d)))
+      state.SkipWithError(("dense weight-centric path disagrees: dtheta " + std::to_string(et) +
+                           ", dX " + std::to_string(ex)).c_str());
+  }
+  for (auto _ : state) {
+    dense_weight_centric_step(s);
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, {3 * base_flops(s) + 4.0 * s.n_out * double(s.d) * s.d, 0.0});
+}
+
 #define OFT_LAYER_BENCH(fn)                \
   BENCHMARK(fn)                            \
       ->Args({4096, 4096, 32, 2048})       \
@@ -165,6 +209,7 @@ void BM_WeightCentricForward(benchmark::State& state) {
 OFT_LAYER_BENCH(BM_BaseGemmStep);
 OFT_LAYER_BENCH(BM_OftLayerStep);
 OFT_LAYER_BENCH(BM_WeightCentricStep);
+OFT_LAYER_BENCH(BM_DenseWeightCentricStep);
 OFT_LAYER_BENCH(BM_BaseForward);
 OFT_LAYER_BENCH(BM_OftLayerForward);
 OFT_LAYER_BENCH(BM_WeightCentricForward);
