@@ -12,16 +12,14 @@
 // This example is also a test: it exits non-zero unless the loss fell by at least 1e4 and the
 // two paths agree. Set OFT_EXAMPLE_QUICK=1 (or pass --quick) for a smaller, faster run.
 
-#include <oft/oft.hpp>
-
 #include <Eigen/SVD>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <oft/oft.hpp>
 #include <random>
 #include <vector>
 
@@ -59,8 +57,11 @@ Matrix gaussian(oft::Index rows, oft::Index cols, double sigma, std::mt19937_64&
 class Adam {
  public:
   explicit Adam(oft::Index size, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-12)
-      : m_(static_cast<size_t>(size), 0.0), v_(static_cast<size_t>(size), 0.0),
-        beta1_(beta1), beta2_(beta2), eps_(eps) {}
+      : m_(static_cast<size_t>(size), 0.0),
+        v_(static_cast<size_t>(size), 0.0),
+        beta1_(beta1),
+        beta2_(beta2),
+        eps_(eps) {}
 
   void step(Scalar* params, const Scalar* grad, double lr) {
     ++t_;
@@ -91,9 +92,15 @@ double mse(const Matrix& z, const Matrix& target, Matrix& dz) {
 double spectral_radius(const oft::Generators<Scalar>& theta) {
   double rho = 0.0;
   for (oft::Index g = 0; g < theta.count(); ++g)
-    rho = std::max(rho, double(Eigen::JacobiSVD<oft::SquareMatrix<Scalar>>(theta.dense(g))
-                                   .singularValues()(0)));
+    rho = std::max(
+        rho,
+        double(Eigen::JacobiSVD<oft::SquareMatrix<Scalar>>(theta.dense(g)).singularValues()(0)));
   return rho;
+}
+
+double median(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
 }
 
 double relative_difference(const Matrix& a, const Matrix& b) {
@@ -134,13 +141,13 @@ bool quick_mode(int argc, char** argv) {
 int main(int argc, char** argv) {
   prefer_passive_openmp_waiting(argv);
   const bool quick = quick_mode(argc, argv);
-  const oft::Index d = quick ? 256 : 512;        // input features
-  const oft::Index n_out = quick ? 512 : 1024;   // output features
-  const oft::Index b = 32;                       // block size
-  const oft::Index tokens = quick ? 256 : 512;   // N rows of X
+  const oft::Index d = quick ? 256 : 512;       // input features
+  const oft::Index n_out = quick ? 512 : 1024;  // output features
+  const oft::Index b = 32;                      // block size
+  const oft::Index tokens = quick ? 256 : 512;  // N rows of X
   const int steps = 200;
   const int report_every = 20;
-  const int timed_steps = 20;
+  const int timed_steps = 21;
   const double lr_start = 1e-2, lr_end = 1e-4;
   const double required_drop = 1e4;
 
@@ -176,9 +183,8 @@ int main(int argc, char** argv) {
   std::printf("  data     N = %td tokens; targets from a hidden rotation, max ||Q*||_2 = %.3f\n",
               tokens, rho_star);
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("  cpu      %d OpenMP thread(s)%s%s, base GEMMs by %s%s\n\n",
-              openmp_threads(), wait_policy ? ", OMP_WAIT_POLICY=" : "",
-              wait_policy ? wait_policy : "",
+  std::printf("  cpu      %d OpenMP thread(s)%s%s, base GEMMs by %s%s\n\n", openmp_threads(),
+              wait_policy ? ", OMP_WAIT_POLICY=" : "", wait_policy ? wait_policy : "",
 #if defined(EIGEN_USE_BLAS)
               "BLAS",
 #else
@@ -190,8 +196,8 @@ int main(int argc, char** argv) {
   double loss0 = 0.0, loss = 0.0;
   const auto train_start = Clock::now();
   for (int step = 0; step <= steps; ++step) {
-    layer.set_generators(theta);                                     // theta -> R_i
-    layer.forward(oft::view(x), oft::view(z), workspace);            // Z = (X R) W0^T + bias
+    layer.set_generators(theta);                           // theta -> R_i
+    layer.forward(oft::view(x), oft::view(z), workspace);  // Z = (X R) W0^T + bias
     loss = mse(z, target, dz);
     if (step == 0) loss0 = loss;
     if (step % report_every == 0)
@@ -210,9 +216,9 @@ int main(int argc, char** argv) {
   std::printf("\n  loss fell by %.1e in %d steps, %.2f s   (goal >= %.0e: %s)\n", drop, steps,
               train_seconds, required_drop, trained ? "ok" : "FAILED");
   const double rho = spectral_radius(theta);
-  std::printf("  orthogonality error max_i ||R_i^T R_i - I||_2 = %.1e   (rho^10 = %.1e, float eps"
-              " = %.1e)\n",
-              layer.rotation().orthogonality_error(), oft::neumann_orthogonality_bound(rho, 4),
+  std::printf("  orthogonality error max_i ||R_i^T R_i - I||_2 = %.1e",
+              layer.rotation().orthogonality_error());
+  std::printf("   (rho^10 = %.1e, float eps = %.1e)\n", oft::neumann_orthogonality_bound(rho, 4),
               double(Eigen::NumTraits<Scalar>::epsilon()));
   std::printf("  theta vs hidden theta*: relative error %.1e\n",
               relative_difference(theta.values(), theta_star.values()));
@@ -229,32 +235,38 @@ int main(int argc, char** argv) {
   probe.values() = Scalar(0.5) * theta_star.values();
   Matrix z_wc(tokens, n_out), dz_wc(tokens, n_out);
   oft::Generators<Scalar> dtheta_wc(spec);
-  const auto time_steps = [&](bool input_centric) {
+  const auto one_step = [&](bool input_centric) {
     const auto start = Clock::now();
-    for (int i = 0; i < timed_steps; ++i) {
-      layer.set_generators(probe);
-      if (input_centric) {
-        layer.forward(oft::view(x), oft::view(z), workspace);
-        mse(z, target, dz);
-        layer.backward(oft::view(x), oft::view(dz), {}, dtheta, workspace);
-      } else {
-        layer.forward_weight_centric(oft::view(x), oft::view(z_wc));
-        mse(z_wc, target, dz_wc);
-        layer.backward_weight_centric(oft::view(x), oft::view(dz_wc), {}, dtheta_wc);
-      }
+    layer.set_generators(probe);
+    if (input_centric) {
+      layer.forward(oft::view(x), oft::view(z), workspace);
+      mse(z, target, dz);
+      layer.backward(oft::view(x), oft::view(dz), {}, dtheta, workspace);
+    } else {
+      layer.forward_weight_centric(oft::view(x), oft::view(z_wc));
+      mse(z_wc, target, dz_wc);
+      layer.backward_weight_centric(oft::view(x), oft::view(dz_wc), {}, dtheta_wc);
     }
-    return 1e3 * seconds_since(start) / timed_steps;
+    return 1e3 * seconds_since(start);
   };
-  time_steps(true);  // warm up both paths once (first-touch of buffers, thread pools)
-  time_steps(false);
-  const double ms_input = time_steps(true);
-  const double ms_weight = time_steps(false);
+  // Alternate the two paths step by step, so both see the same machine load, and report the
+  // median step of each.
+  std::vector<double> ms_input_steps, ms_weight_steps;
+  one_step(true);  // warm up both paths once (first touch of buffers, thread pools)
+  one_step(false);
+  for (int i = 0; i < timed_steps; ++i) {
+    ms_input_steps.push_back(one_step(true));
+    ms_weight_steps.push_back(one_step(false));
+  }
+  const double ms_input = median(ms_input_steps);
+  const double ms_weight = median(ms_weight_steps);
   const double z_diff = relative_difference(z_wc, z);
   const double grad_diff = relative_difference(dtheta_wc.values(), dtheta.values());
   const bool agree = z_diff < 1e-5 && grad_diff < 1e-4;
 
-  std::printf("\n  time per step (set_generators + forward + MSE gradient + backward, mean of %d):\n",
-              timed_steps);
+  std::printf(
+      "\n  time per step (set_generators + forward + MSE gradient + backward, median of %d):\n",
+      timed_steps);
   std::printf("    input-centric  (OFTv2: Z = (X R) W0^T)   %7.2f ms\n", ms_input);
   std::printf("    weight-centric (OFT:   Z = X (W0 R^T)^T) %7.2f ms   (%.2fx the input-centric)\n",
               ms_weight, ms_weight / ms_input);

@@ -9,13 +9,11 @@
 // ||R - R_k||_2 = rho^(k+1), and ||R_k^T R_k - I||_2 = rho^(2m) for odd m = k + 1,
 // 2 rho^m -+ rho^(2m) for even m (minus when 4 divides m). Exits non-zero on any mismatch.
 
-#include <oft/oft.hpp>
-
 #include <Eigen/SVD>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <oft/oft.hpp>
 #include <random>
 #include <vector>
 
@@ -57,7 +55,8 @@ int main() {
   const double scale = 0.5 / norm2(oft::skew(row.data(), b).eval());
   for (double& v : row) v *= scale;
 
-  std::printf("oft expressions: one generator of block size b = %td (%td packed numbers)\n\n", b, m);
+  std::printf("oft expressions: one generator of block size b = %td (%td packed numbers)\n\n", b,
+              m);
 
   // --- skew: Q = U - U^T, read from the packed row -------------------------------------------
   const auto q = oft::skew(row.data(), b);  // lazy: holds the pointer and b
@@ -65,8 +64,7 @@ int main() {
   const double rho = norm2(Q);
   std::printf("  Q = skew(row, b): rho = ||Q||_2 = %.3f\n", rho);
   check((Q + Q.transpose()).norm() == 0.0, "Q is skew-symmetric (Q^T = -Q)");
-  check(Q(2, 5) == row[static_cast<size_t>(oft::packed_index(2, 5, b))] &&
-            Q(5, 2) == -Q(2, 5),
+  check(Q(2, 5) == row[static_cast<size_t>(oft::packed_index(2, 5, b))] && Q(5, 2) == -Q(2, 5),
         "Q(p,q) = row[p(2b-p-1)/2 + q-p-1], Q(q,p) = -Q(p,q)");
 
   // --- exact Cayley -----------------------------------------------------------------------------
@@ -137,9 +135,10 @@ int main() {
   const oft::CayleyNeumannTolerance tol(1e-12);
   const oft::CayleyNeumannTolerance::Plan plan = tol.plan(Q);
   const int k_tol = plan.terms;
-  std::printf("\n  tolerance 1e-12: CayleyNeumannTolerance picks k = %d from its bound %.3f of rho\n"
-              "  (the exact rho = %.3f would allow k = %d; the bound is free, rho costs O(b^3))\n",
-              k_tol, plan.rho, rho, oft::neumann_terms_for_tolerance(rho, 1e-12, 64));
+  std::printf(
+      "\n  tolerance 1e-12: CayleyNeumannTolerance picks k = %d from its bound %.3f of rho\n"
+      "  (the exact rho = %.3f would allow k = %d; the bound is free, rho costs O(b^3))\n",
+      k_tol, plan.rho, rho, oft::neumann_terms_for_tolerance(rho, 1e-12, 64));
   check(k_tol % 2 == 0 && neumann_orthogonality_exact(rho, k_tol) <= 1e-12,
         "an even k whose orthogonality error meets the tolerance");
   bool refused = false;

@@ -14,13 +14,11 @@
 //
 // Everything is verified against a dense double-precision reference; exits non-zero on mismatch.
 
-#include <oft/oft.hpp>
-
 #include <Eigen/SVD>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <oft/oft.hpp>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -91,18 +89,21 @@ int main() {
   for (oft::Index i = 0; i < r; ++i) {
     const oft::PlanSummary plan = rot.plan(i);
     const Eigen::MatrixXd Ri = rot.block(i).cast<double>();
-    const double defect = Eigen::JacobiSVD<Eigen::MatrixXd>(Ri.transpose() * Ri -
-                                                             Eigen::MatrixXd::Identity(b, b))
-                              .singularValues()(0);
+    const double defect =
+        Eigen::JacobiSVD<Eigen::MatrixXd>(Ri.transpose() * Ri - Eigen::MatrixXd::Identity(b, b))
+            .singularValues()(0);
     if (plan.exact)
-      std::printf("    generator %td  rho = %.2f  ->  exact Cayley (series diverges)   error %.1e\n",
-                  i, rhos[i], defect);
+      std::printf(
+          "    generator %td  rho = %.2f  ->  exact Cayley (series diverges)   error %.1e\n", i,
+          rhos[i], defect);
     else
-      std::printf("    generator %td  rho = %.2f  ->  Cayley-Neumann, k = %2d           error %.1e\n",
-                  i, rhos[i], plan.terms, defect);
+      std::printf(
+          "    generator %td  rho = %.2f  ->  Cayley-Neumann, k = %2d           error %.1e\n", i,
+          rhos[i], plan.terms, defect);
   }
-  std::printf("    (k comes from the free bound min(||Q||_F/sqrt2, ||Q||_1) >= rho, so it may be\n"
-              "    larger than rho itself needs; float rounding adds about 1e-7 to each error)\n\n");
+  std::printf(
+      "    (k comes from the free bound min(||Q||_F/sqrt2, ||Q||_1) >= rho, so it may be\n"
+      "    larger than rho itself needs; float rounding adds about 1e-7 to each error)\n\n");
   check(!rot.plan(0).exact && !rot.plan(2).exact && rot.plan(3).exact &&
             rot.plan(0).terms < rot.plan(1).terms && rot.plan(1).terms < rot.plan(2).terms,
         "small rho -> few terms, rho >= 1 -> exact Cayley");
@@ -111,10 +112,11 @@ int main() {
   // Reference in double.
   std::vector<double> theta_d(theta.begin(), theta.end());
   const MatrixD R = reference_rotation(theta_d.data(), m, rot);
-  const MatrixD X = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic,
-                                                   Eigen::RowMajor>>(activations.data(), N, width)
-                        .middleCols(offset, d)
-                        .cast<double>();
+  const MatrixD X =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          activations.data(), N, width)
+          .middleCols(offset, d)
+          .cast<double>();
   const std::vector<float> before = activations;
 
   // ---- in-place apply on a strided slice -------------------------------------------------------
@@ -145,15 +147,19 @@ int main() {
                oft::GeneratorView<float>(grad_theta.data(), r, b, grad_stride), workspace.data(),
                static_cast<oft::Index>(workspace.size()));
 
-  const MatrixD dY = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic,
-                                                    Eigen::RowMajor>>(grad_out.data(), N, d)
-                         .cast<double>();
-  const MatrixD dX = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic,
-                                                    Eigen::RowMajor>>(grad_in.data(), N, d)
-                         .cast<double>();
+  const MatrixD dY =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          grad_out.data(), N, d)
+          .cast<double>();
+  const MatrixD dX =
+      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          grad_in.data(), N, d)
+          .cast<double>();
   // dtheta reference: central differences in double of L(theta) = <dY, X R(theta)>, with the
   // per-generator choices (k, or exact) held fixed, as the backward differentiates them.
-  const auto loss = [&] { return (dY.cwiseProduct(X * reference_rotation(theta_d.data(), m, rot))).sum(); };
+  const auto loss = [&] {
+    return (dY.cwiseProduct(X * reference_rotation(theta_d.data(), m, rot))).sum();
+  };
   const std::vector<double> fd = oft::numerical_gradient(theta_d.data(), r * m, loss);
   double diff = 0.0, norm = 0.0;
   bool padding_untouched = true;

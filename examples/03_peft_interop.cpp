@@ -5,7 +5,8 @@
 //
 //   - b from the row length (peft::block_size_from_row_length), r = rows, d = r * b;
 //   - use_cayley_neumann=True, num_cayley_neumann_terms=t  ->  CayleyNeumann{k},
-//     k = peft::neumann_terms_to_k(t) (k = t - 2; t = 3 computes the same as t = 4; t <= 2 refused);
+//     k = peft::neumann_terms_to_k(t) (k = t - 2; t = 3 computes the same as t = 4; t <= 2
+//     refused);
 //   - use_cayley_neumann=False  ->  ExactCayley on NEGATED theta (peft::flip_exact_branch), since
 //     PEFT's exact branch computes (I - Q)(I + Q)^-1 = R(-Q);
 //   - merge like PEFT's Linear: W' = W0 R^T; unmerge is the true inverse;
@@ -15,12 +16,11 @@
 // The tensor is simulated in memory; PEFT's formulas are re-implemented below in double as the
 // reference. Exits non-zero on any mismatch.
 
-#include <oft/oft.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <oft/oft.hpp>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -103,8 +103,9 @@ int main() {
   // ---- 1. shapes and the number of terms --------------------------------------------------
   const oft::Index b = oft::peft::block_size_from_row_length(cols);
   const int k = oft::peft::neumann_terms_to_k(t);
-  std::printf("  load: b = %td from the row length, r = %td rows, num_cayley_neumann_terms %d -> k = %d\n",
-              b, rows, t, k);
+  std::printf(
+      "  load: b = %td from the row length, r = %td rows, num_cayley_neumann_terms %d -> k = %d\n",
+      b, rows, t, k);
   check(b == 32 && rows * b == d, "b = 32 from 496 = b(b-1)/2, and r * b = in_features");
   bool rejected = false;
   try {
@@ -135,7 +136,8 @@ int main() {
 
   // ---- 2. the layer: forward as PEFT computes it ------------------------------------------
   // GeneratorView over the tensor as it is: [rows, cols], b deduced from cols.
-  const oft::GeneratorView<const float> theta(oft::ConstMatrixView<float>(oft_R.data(), rows, cols));
+  const oft::GeneratorView<const float> theta(
+      oft::ConstMatrixView<float>(oft_R.data(), rows, cols));
   oft::OftLinear<float, oft::CayleyNeumann> layer(oft::view(w0), bias.data(), b, false,
                                                   oft::CayleyNeumann{k});
   layer.set_generators(theta);
@@ -198,8 +200,8 @@ int main() {
     if (g % 2 == 1)
       for (oft::Index j = 0; j < cols; ++j) stepped[size_t(g * cols + j)] *= 5.0f;
   const std::vector<float> before = stepped;
-  const oft::Index scaled = oft::coft_project(
-      oft::GeneratorView<float>(stepped.data(), rows, b), radius);
+  const oft::Index scaled =
+      oft::coft_project(oft::GeneratorView<float>(stepped.data(), rows, b), radius);
   bool coft_ok = true;
   for (oft::Index g = 0; g < rows; ++g) {
     double norm_before = 0.0;
@@ -219,8 +221,8 @@ int main() {
   const double p = 0.25;
   const oft::BlockSpec spec = layer.rotation().spec();
   const std::vector<unsigned char> mask = oft::dropout_mask(spec, p, /*seed=*/1000 + 7);
-  std::printf("\n  module_dropout p = %.2f: floor(p r) = %td of %td blocks dropped this step:  ",
-              p, static_cast<oft::Index>(p * double(rows)), rows);
+  std::printf("\n  module_dropout p = %.2f: floor(p r) = %td of %td blocks dropped this step:  ", p,
+              static_cast<oft::Index>(p * double(rows)), rows);
   oft::Index dropped = 0;
   for (unsigned char keep : mask) {
     std::printf("%c", keep ? '1' : '0');
