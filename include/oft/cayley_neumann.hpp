@@ -105,7 +105,9 @@ struct CayleyNeumann {
   struct Plan {};
   static constexpr const char* name = "cayley_neumann";
 
-  explicit CayleyNeumann(int k = 4) : terms(k) {
+  /// k = 4 (not explicit, so that an operator's defaulted `Parameterization p = {}` compiles).
+  CayleyNeumann() : CayleyNeumann(4) {}
+  explicit CayleyNeumann(int k) : terms(k) {
     detail::require(k >= 0, "Cayley-Neumann needs k >= 0 terms, got k=", k);
   }
 
@@ -141,8 +143,9 @@ struct CayleyNeumannTolerance {
   };
   static constexpr const char* name = "cayley_neumann_tolerance";
 
-  explicit CayleyNeumannTolerance(double tol = 1e-6,
-                                  OnDivergence on_divergence = OnDivergence::Throw,
+  /// tol = 1e-6, OnDivergence::Throw, max_terms = 64 (not explicit, see CayleyNeumann()).
+  CayleyNeumannTolerance() : CayleyNeumannTolerance(1e-6) {}
+  explicit CayleyNeumannTolerance(double tol, OnDivergence on_divergence = OnDivergence::Throw,
                                   int max_terms = 64)
       : tolerance(tol), on_divergence(on_divergence), max_terms(max_terms) {
     detail::require(tol > 0.0 && std::isfinite(tol),
