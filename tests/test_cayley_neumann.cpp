@@ -205,6 +205,21 @@ TEST(CayleyNeumann, ConstructionAndSummary) {
   EXPECT_THROW(oft::CayleyNeumann{-1}, std::invalid_argument);
 }
 
+// Operators default their policy argument with `= {}`: copy-list-initialization, which needs a
+// non-explicit default constructor (regression: an explicit `CayleyNeumann(int k = 4)` made
+// `BlockOrthogonal<S, CayleyNeumann> op(spec)` ill-formed).
+TEST(CayleyNeumann, DefaultPolicyArgumentOfOperators) {
+  const auto spec = oft::BlockSpec::from_features(8, 4);
+  const oft::BlockOrthogonal<double, oft::CayleyNeumann> op(spec);
+  EXPECT_EQ(op.parameterization().terms, 4);
+  const oft::BlockOrthogonal<float, oft::CayleyNeumannTolerance> tol_op(spec);
+  EXPECT_EQ(tol_op.parameterization().tolerance, 1e-6);
+  EXPECT_EQ(tol_op.parameterization().on_divergence, oft::OnDivergence::Throw);
+  EXPECT_EQ(tol_op.parameterization().max_terms, 64);
+  const oft::CayleyNeumann copy_initialized = {};
+  EXPECT_EQ(copy_initialized.terms, 4);
+}
+
 // --- tolerance mode ---------------------------------------------------------------------------
 
 // Whenever a k <= max_terms can meet the tolerance for the true rho, the policy must not refuse;
