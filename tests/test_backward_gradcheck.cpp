@@ -15,16 +15,15 @@
 // while still catching any wrong term of the gradient, and the second is the rigorous rounding
 // allowance of two loss evaluations (it matters only for the largest N d).
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <oft/block_orthogonal.hpp>
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/exponential.hpp>
 #include <oft/finite_difference.hpp>
-
-#include <gtest/gtest.h>
-
-#include <algorithm>
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -100,8 +99,9 @@ void check_gradient(double* values, Index count, const std::vector<double>& anal
     const double fd = oft::numerical_gradient(&t, 1, along, kStep)[0];
     for (Index j = 0; j < count; ++j) values[j] = base[static_cast<size_t>(j)];
     // A unit direction: the directional derivative is bounded by sqrt(count) * scale.
-    EXPECT_NEAR(expected, fd, kRelative * scale * std::sqrt(double(count)) +
-                                  4.0 * oft_test::eps<double>() * loss_abs / kStep)
+    EXPECT_NEAR(expected, fd,
+                kRelative * scale * std::sqrt(double(count)) +
+                    4.0 * oft_test::eps<double>() * loss_abs / kStep)
         << what << ": direction " << k;
   }
 }
@@ -112,8 +112,8 @@ void gradcheck_operator(const Policy& policy, Index b, Index n, bool shared, Rng
   const Index r = b <= 8 ? 3 : 2;
   const Index d = r * b;
   const auto spec = oft::BlockSpec::from_features(d, b, shared);
-  const std::string what = std::string(Policy::name) + " b=" + std::to_string(b) + " N=" +
-                           std::to_string(n) + (shared ? " shared" : " unshared");
+  const std::string what = std::string(Policy::name) + " b=" + std::to_string(b) +
+                           " N=" + std::to_string(n) + (shared ? " shared" : " unshared");
   const oft::Generators<double> theta =
       oft_test::random_generators<double>(spec.generators(), b, kRowNorm, rng);
   const RowMat<double> x = oft_test::random_matrix<double>(n, d, rng);
@@ -126,8 +126,7 @@ void gradcheck_operator(const Policy& policy, Index b, Index n, bool shared, Rng
   oft::Workspace<double> workspace;
   op.backward(oft::view(x), oft::view(dy), oft::view(dx), dtheta.view(), workspace);
   const RowMat<double> dense = op.dense();
-  const double loss_abs =
-      (dy.cwiseAbs().array() * (x.cwiseAbs() * dense.cwiseAbs()).array()).sum();
+  const double loss_abs = (dy.cwiseAbs().array() * (x.cwiseAbs() * dense.cwiseAbs()).array()).sum();
 
   // dL/dtheta.
   oft::Generators<double> work = theta;

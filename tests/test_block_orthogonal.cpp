@@ -12,14 +12,13 @@
 //    rounding of a few b eps K ||G||_F; packing adds sqrt(2). Bound per generator:
 //    ||d dtheta_g||_2 <= c eps (n_g + b) K ||A_g||_F with c = 4.
 
-#include <oft/block_orthogonal.hpp>
-#include <oft/cayley.hpp>
-#include <oft/cayley_neumann.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <oft/block_orthogonal.hpp>
+#include <oft/cayley.hpp>
+#include <oft/cayley_neumann.hpp>
 #include <string>
 #include <vector>
 
@@ -67,10 +66,14 @@ const Regime kRegimes[] = {Regime::Zero, Regime::Tiny, Regime::Random, Regime::N
 
 std::string regime_name(Regime r) {
   switch (r) {
-    case Regime::Zero: return "zero";
-    case Regime::Tiny: return "tiny";
-    case Regime::Random: return "random";
-    case Regime::NearOne: return "rho0.95";
+    case Regime::Zero:
+      return "zero";
+    case Regime::Tiny:
+      return "tiny";
+    case Regime::Random:
+      return "random";
+    case Regime::NearOne:
+      return "rho0.95";
   }
   return "?";
 }
@@ -78,10 +81,14 @@ std::string regime_name(Regime r) {
 template <class Scalar>
 oft::Generators<Scalar> make_theta(Regime regime, Index count, Index b, Rng& rng) {
   switch (regime) {
-    case Regime::Zero: return oft::Generators<Scalar>(count, b);
-    case Regime::Tiny: return oft_test::uniform_generators<Scalar>(count, b, 1e-8, rng);
-    case Regime::Random: return oft_test::random_generators_with_rho<Scalar>(count, b, 0.6, rng);
-    case Regime::NearOne: return oft_test::random_generators_with_rho<Scalar>(count, b, 0.95, rng);
+    case Regime::Zero:
+      return oft::Generators<Scalar>(count, b);
+    case Regime::Tiny:
+      return oft_test::uniform_generators<Scalar>(count, b, 1e-8, rng);
+    case Regime::Random:
+      return oft_test::random_generators_with_rho<Scalar>(count, b, 0.6, rng);
+    case Regime::NearOne:
+      return oft_test::random_generators_with_rho<Scalar>(count, b, 0.95, rng);
   }
   return oft::Generators<Scalar>(count, b);
 }
@@ -101,7 +108,8 @@ MatD product_bound(const SA& a, const SB& b, Index terms, double unit_gamma) {
 template <class Scalar, class Policy>
 RowMat<Scalar> reference_dtheta(const Policy& policy, const oft::BlockSpec& spec,
                                 const oft::Generators<Scalar>& theta, const RowMat<Scalar>& x,
-                                const RowMat<Scalar>& dy, const std::vector<unsigned char>& active) {
+                                const RowMat<Scalar>& dy,
+                                const std::vector<unsigned char>& active) {
   const Index b = spec.block_size;
   RowMat<Scalar> out(spec.generators(), spec.packed());
   for (Index g = 0; g < spec.generators(); ++g) {
@@ -153,8 +161,8 @@ template <class A, class E>
     if (!(err <= tol[static_cast<size_t>(g)]))
       return ::testing::AssertionFailure()
              << "generator " << g << ": ||error|| = " << err << " > bound "
-             << tol[static_cast<size_t>(g)] << " (||expected|| = "
-             << expected.row(g).template cast<double>().norm() << ")";
+             << tol[static_cast<size_t>(g)]
+             << " (||expected|| = " << expected.row(g).template cast<double>().norm() << ")";
   }
   return ::testing::AssertionSuccess();
 }
@@ -169,12 +177,11 @@ RowMat<Scalar> as_matrix(const oft::Generators<Scalar>& g) {
 template <class Config>
 class BlockOrthogonalTyped : public ::testing::Test {};
 constexpr Index kBlocks = 3;  // r in the typed tests (d = r b)
-using Configs = ::testing::Types<oft_test::Config<float, 2>, oft_test::Config<float, 3>,
-                                 oft_test::Config<float, 8>, oft_test::Config<float, 16>,
-                                 oft_test::Config<float, 32>, oft_test::Config<float, 64>,
-                                 oft_test::Config<double, 2>, oft_test::Config<double, 3>,
-                                 oft_test::Config<double, 8>, oft_test::Config<double, 16>,
-                                 oft_test::Config<double, 32>, oft_test::Config<double, 64>>;
+using Configs = ::testing::Types<
+    oft_test::Config<float, 2>, oft_test::Config<float, 3>, oft_test::Config<float, 8>,
+    oft_test::Config<float, 16>, oft_test::Config<float, 32>, oft_test::Config<float, 64>,
+    oft_test::Config<double, 2>, oft_test::Config<double, 3>, oft_test::Config<double, 8>,
+    oft_test::Config<double, 16>, oft_test::Config<double, 32>, oft_test::Config<double, 64>>;
 TYPED_TEST_SUITE(BlockOrthogonalTyped, Configs, oft_test::ConfigNames);
 
 const Index kTokens[] = {1, 7, 13, 128};
@@ -194,8 +201,8 @@ void check_apply_matches_dense_reference(const Index b) {
         const auto theta = make_theta<Scalar>(regime, spec.generators(), b, rng);
         Op op(spec, policy);
         op.set_generators(theta);
-        const std::string where = policy_name(policy) + " " + regime_name(regime) +
-                                  (shared ? " shared" : " unshared");
+        const std::string where =
+            policy_name(policy) + " " + regime_name(regime) + (shared ? " shared" : " unshared");
         const RowMat<Scalar> dense = op.dense();
         ASSERT_EQ(dense.rows(), d);
         for (Index i = 0; i < r; ++i)
@@ -222,8 +229,8 @@ void check_apply_matches_dense_reference(const Index b) {
           op.apply(oft::view(x), oft::view(y));
           op.apply_transposed(oft::view(x), oft::view(yt));
           const double g = oft_test::gamma<Scalar>(b);
-          EXPECT_TRUE(oft_test::within_bound(y, RowMat<Scalar>(x * dense),
-                                             product_bound(x, dense, b, g)))
+          EXPECT_TRUE(
+              oft_test::within_bound(y, RowMat<Scalar>(x * dense), product_bound(x, dense, b, g)))
               << where << " N=" << n;
           EXPECT_TRUE(oft_test::within_bound(yt, RowMat<Scalar>(x * dense.transpose()),
                                              product_bound(x, dense.transpose(), b, g)))
@@ -254,8 +261,7 @@ void check_backward_matches_dense_reference(const Index b) {
         oft::Workspace<Scalar> workspace;
         for (Index n : kTokens) {
           const std::string where = policy_name(policy) + " " + regime_name(regime) +
-                                    (shared ? " shared" : " unshared") + " N=" +
-                                    std::to_string(n);
+                                    (shared ? " shared" : " unshared") + " N=" + std::to_string(n);
           const RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
           const RowMat<Scalar> dy = oft_test::random_matrix<Scalar>(n, d, rng);
           RowMat<Scalar> dx(n, d);
@@ -366,8 +372,8 @@ void check_in_place_equals_out_of_place(const Index b) {
         op.set_generators(theta);
         const RowMat<Scalar> dense = op.dense();
         const double g = oft_test::gamma<Scalar>(b);
-        const std::string where = policy_name(policy) + (shared ? " shared" : " unshared") +
-                                  " N=" + std::to_string(n);
+        const std::string where =
+            policy_name(policy) + (shared ? " shared" : " unshared") + " N=" + std::to_string(n);
         const RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
         const RowMat<Scalar> dy = oft_test::random_matrix<Scalar>(n, d, rng);
 
@@ -439,7 +445,8 @@ void check_active_block_mask(const Index b) {
     oft::Workspace<Scalar> workspace;
     op.backward(oft::view(x), oft::view(dy), oft::view(dx), dtheta.view(), workspace);
     const double g = oft_test::gamma<Scalar>(b);
-    EXPECT_TRUE(oft_test::within_bound(y, RowMat<Scalar>(x * dense), product_bound(x, dense, b, g)));
+    EXPECT_TRUE(
+        oft_test::within_bound(y, RowMat<Scalar>(x * dense), product_bound(x, dense, b, g)));
     EXPECT_TRUE(oft_test::within_bound(dx, RowMat<Scalar>(dy * dense.transpose()),
                                        product_bound(dy, dense.transpose(), b, g)));
     for (Index i = 0; i < r; ++i)
@@ -524,8 +531,7 @@ void check_thread_count_does_not_change_results(const Index b) {
     EXPECT_TRUE(oft_test::all_equal(y[1], y[0])) << where;
     EXPECT_TRUE(oft_test::all_equal(yt[1], yt[0])) << where;
     EXPECT_TRUE(oft_test::all_equal(dx[1], dx[0])) << where;
-    EXPECT_TRUE(rows_within(dtheta[1], dtheta[0],
-                            dtheta_tolerance(policy, spec, theta, x, dy, {})))
+    EXPECT_TRUE(rows_within(dtheta[1], dtheta[0], dtheta_tolerance(policy, spec, theta, x, dy, {})))
         << where;
   }
 }
@@ -584,8 +590,7 @@ TEST(BlockOrthogonal, BackwardOptionalOutputs) {
   // A raw workspace of exactly workspace_size() scalars.
   std::vector<double> raw(static_cast<size_t>(op.workspace_size()));
   oft::Generators<double> dtheta_raw(spec.generators(), b);
-  op.backward(oft::view(x), oft::view(dy), {}, dtheta_raw.view(), raw.data(),
-              op.workspace_size());
+  op.backward(oft::view(x), oft::view(dy), {}, dtheta_raw.view(), raw.data(), op.workspace_size());
   EXPECT_TRUE(oft_test::all_equal(dtheta_raw.values(), dtheta.values()));
 }
 

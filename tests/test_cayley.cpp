@@ -1,10 +1,9 @@
 // Exact Cayley transform R(Q) = (I + Q)(I - Q)^-1 (cayley.hpp, SPEC section 3).
 
-#include <oft/cayley.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <oft/cayley.hpp>
 #include <vector>
 
 #include "test_support.hpp"
@@ -24,12 +23,11 @@ oft_test::Mat<Scalar> cayley(const oft_test::Mat<Scalar>& q) {
 
 template <class Config>
 class ExactCayleyTyped : public ::testing::Test {};
-using Configs = ::testing::Types<oft_test::Config<float, 2>, oft_test::Config<float, 3>,
-                                 oft_test::Config<float, 8>, oft_test::Config<float, 16>,
-                                 oft_test::Config<float, 32>, oft_test::Config<float, 64>,
-                                 oft_test::Config<double, 2>, oft_test::Config<double, 3>,
-                                 oft_test::Config<double, 8>, oft_test::Config<double, 16>,
-                                 oft_test::Config<double, 32>, oft_test::Config<double, 64>>;
+using Configs = ::testing::Types<
+    oft_test::Config<float, 2>, oft_test::Config<float, 3>, oft_test::Config<float, 8>,
+    oft_test::Config<float, 16>, oft_test::Config<float, 32>, oft_test::Config<float, 64>,
+    oft_test::Config<double, 2>, oft_test::Config<double, 3>, oft_test::Config<double, 8>,
+    oft_test::Config<double, 16>, oft_test::Config<double, 32>, oft_test::Config<double, 64>>;
 TYPED_TEST_SUITE(ExactCayleyTyped, Configs, oft_test::ConfigNames);
 
 // Orthogonality and det R = +1. Bound: c * b * eps * kappa with c = 4 and kappa = sqrt(1 + rho^2)
@@ -64,8 +62,7 @@ TYPED_TEST(ExactCayleyTyped, NegatedGeneratorGivesTranspose) {
     // Both sides are entries of an orthogonal matrix (|.| <= 1) from two LU solves:
     // c = 4 as above, times kappa.
     const double tol = 4.0 * b * oft_test::eps<Scalar>() * std::sqrt(1.0 + rho * rho);
-    EXPECT_TRUE(oft_test::within_abs(cayley(minus_q), cayley(q).transpose(), tol))
-        << "rho=" << rho;
+    EXPECT_TRUE(oft_test::within_abs(cayley(minus_q), cayley(q).transpose(), tol)) << "rho=" << rho;
   }
 }
 

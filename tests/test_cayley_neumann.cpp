@@ -1,15 +1,14 @@
 // Cayley–Neumann parameterization (cayley_neumann.hpp, neumann.hpp, SPEC section 3):
 // fixed k, tolerance mode, error formulas.
 
-#include <oft/block_orthogonal.hpp>
-#include <oft/cayley.hpp>
-#include <oft/cayley_neumann.hpp>
-#include <oft/neumann.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <oft/block_orthogonal.hpp>
+#include <oft/cayley.hpp>
+#include <oft/cayley_neumann.hpp>
+#include <oft/neumann.hpp>
 #include <stdexcept>
 #include <vector>
 
@@ -188,8 +187,8 @@ TEST(CayleyNeumann, FloatMatchesDouble) {
       const MatD q = oft_test::random_skew_with_rho(b, rho, rng);
       const oft_test::Mat<float> qf = q.cast<float>();
       const MatD reference = neumann(MatD(qf.cast<double>()), k);
-      const double tol =
-          2.0 * (k + 2) * b * (oft_test::eps<float>() + oft_test::eps<double>()) * poly_scale(rho, k);
+      const double tol = 2.0 * (k + 2) * b * (oft_test::eps<float>() + oft_test::eps<double>()) *
+                         poly_scale(rho, k);
       EXPECT_TRUE(oft_test::within_abs(neumann(qf, k), reference, tol)) << "b=" << b << " k=" << k;
     }
 }
@@ -286,8 +285,8 @@ TEST(CayleyNeumannTolerance, DivergentSeriesThrows) {
     MatD q(2, 2);
     q << 0.0, a, -a, 0.0;
     const oft::CayleyNeumannTolerance policy(1e-6, oft::OnDivergence::Throw);
-    EXPECT_TRUE(oft_test::throws_with<std::domain_error>([&] { policy.plan(q); },
-                                                         {">= 1", "1e-06"}))
+    EXPECT_TRUE(
+        oft_test::throws_with<std::domain_error>([&] { policy.plan(q); }, {">= 1", "1e-06"}))
         << "a=" << a;
   }
   // rho < 1 but more than max_terms terms needed: refused with that reason.

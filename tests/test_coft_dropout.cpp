@@ -1,15 +1,14 @@
 // COFT projection (coft.hpp) and multiplicative block dropout (dropout.hpp).
 
-#include <oft/block_orthogonal.hpp>
-#include <oft/cayley.hpp>
-#include <oft/coft.hpp>
-#include <oft/dropout.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <oft/block_orthogonal.hpp>
+#include <oft/cayley.hpp>
+#include <oft/coft.hpp>
+#include <oft/dropout.hpp>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -29,8 +28,8 @@ TEST(Coft, RadiusIsEpsOverSqrtR) {
   EXPECT_EQ(oft::coft_radius(6e-5, 4), 3e-5);  // division by 2 is exact
   for (Index r : {2, 3, 7, 256})
     EXPECT_DOUBLE_EQ(oft::coft_radius(0.1, r), 0.1 / std::sqrt(static_cast<double>(r)));
-  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>([] { oft::coft_radius(0.1, 0); },
-                                                           {"0"}));
+  EXPECT_TRUE(
+      oft_test::throws_with<std::invalid_argument>([] { oft::coft_radius(0.1, 0); }, {"0"}));
 }
 
 template <class Scalar>
@@ -48,7 +47,8 @@ void check_projection() {
   }
   const oft::Generators<Scalar> before = theta;
   std::vector<double> norms_before(count);
-  for (Index g = 0; g < count; ++g) norms_before[g] = before.dense(g).template cast<double>().norm();
+  for (Index g = 0; g < count; ++g)
+    norms_before[g] = before.dense(g).template cast<double>().norm();
 
   const Index scaled = oft::coft_project(theta.view(), radius);
   Index expected_scaled = 0;
@@ -204,8 +204,8 @@ TEST(Dropout, RejectsProbabilityOutsideUnitInterval) {
   const oft::BlockSpec spec{8, 4, false};
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [&] { oft::dropout_mask(spec, -0.1, 0); }, {"-0.1"}));
-  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
-      [&] { oft::dropout_mask(spec, 1.5, 0); }, {"1.5"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>([&] { oft::dropout_mask(spec, 1.5, 0); },
+                                                           {"1.5"}));
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [&] { oft::dropout_mask(spec, std::nan(""), 0); }, {"nan"}));
   EXPECT_THROW(oft::dropout_mask(oft::BlockSpec{0, 4, false}, 0.5, 0), std::invalid_argument);

@@ -3,15 +3,14 @@
 // math's domain), its what() names the values at fault, and outputs are left untouched (filled
 // with a sentinel first) or, for set_generators, the operator keeps its previous state.
 
-#include <oft/block_orthogonal.hpp>
-#include <oft/cayley.hpp>
-#include <oft/cayley_neumann.hpp>
-#include <oft/linear.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <oft/block_orthogonal.hpp>
+#include <oft/cayley.hpp>
+#include <oft/cayley_neumann.hpp>
+#include <oft/linear.hpp>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -52,9 +51,8 @@ TEST(TestSupport, PredicatesDetectMismatches) {
       throws_with<std::invalid_argument>([] { throw std::domain_error("1.5 >= 1"); }, {"1.5"}));
   EXPECT_FALSE(
       throws_with<std::invalid_argument>([] { throw std::invalid_argument("d=100"); }, {"d=10 "}));
-  EXPECT_TRUE(
-      throws_with<std::invalid_argument>([] { throw std::invalid_argument("d=100 b=32"); },
-                                         {"d=100", "b=32"}));
+  EXPECT_TRUE(throws_with<std::invalid_argument>([] { throw std::invalid_argument("d=100 b=32"); },
+                                                 {"d=100", "b=32"}));
   const RowMat<double> a = RowMat<double>::Ones(2, 2);
   RowMat<double> b = a;
   b(1, 0) = 1.0 + 1e-12;
@@ -74,10 +72,13 @@ TEST(TestSupport, PredicatesDetectMismatches) {
 TEST(Errors, FeatureSizeNotDivisibleByBlockSize) {
   EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::BlockSpec::from_features(100, 32); },
                                                  {"d=100", "b=32"}));
-  EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::BlockSpec::from_features(12, 0); },
-                                                 {"b=0"}));
-  EXPECT_TRUE(throws_with<std::invalid_argument>([] { Op(oft::BlockSpec{0, 4, false}); },
-                                                 {"r=0", "b=4"}));
+  EXPECT_TRUE(
+      throws_with<std::invalid_argument>([] { oft::BlockSpec::from_features(12, 0); }, {"b=0"}));
+  EXPECT_TRUE(throws_with<std::invalid_argument>(
+      [] {
+        Op(oft::BlockSpec{0, 4, false});
+      },
+      {"r=0", "b=4"}));
   // The linear layer derives d from W0's width.
   const RowMat<double> w = RowMat<double>::Zero(8, 100);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
@@ -110,8 +111,8 @@ TEST(Errors, ApplyWidthAndShape) {
   Fixture f;
   const RowMat<double> wide = oft_test::random_matrix<double>(kN, kD + 1, f.rng);
   RowMat<double> y = sentinel_matrix(kN, kD + 1);
-  EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] { f.op.apply(oft::view(wide), oft::view(y)); }, {"13 columns", "d=12"}));
+  EXPECT_TRUE(throws_with<std::invalid_argument>([&] { f.op.apply(oft::view(wide), oft::view(y)); },
+                                                 {"13 columns", "d=12"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [&] { f.op.apply_transposed(oft::view(wide), oft::view(y)); }, {"13 columns", "d=12"}));
   EXPECT_TRUE(oft_test::all_sentinel(y.data(), y.size(), kSentinel));
@@ -152,9 +153,7 @@ TEST(Errors, BackwardShapes) {
   // Wrong dtheta shape: count and block size.
   oft::Generators<double> dtheta_few(2, kB);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] {
-        f.op.backward(oft::view(f.x), oft::view(f.dy), oft::view(dx), dtheta_few.view(), ws);
-      },
+      [&] { f.op.backward(oft::view(f.x), oft::view(f.dy), oft::view(dx), dtheta_few.view(), ws); },
       {"dtheta holds 2 generators", "expected 3"}));
   oft::Generators<double> dtheta_b(kR, 3);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
@@ -184,7 +183,10 @@ TEST(Errors, TooSmallRawWorkspace) {
 TEST(Errors, MasksAndBlockIndex) {
   Fixture f;
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] { f.op.set_active_blocks({1, 0}); }, {"2 entries", "r=3"}));
+      [&] {
+        f.op.set_active_blocks({1, 0});
+      },
+      {"2 entries", "r=3"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>([&] { (void)f.op.block(3); }, {"index 3"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>([&] { (void)f.op.block(-1); }, {"index -1"}));
   const RowMat<double> grads = RowMat<double>::Zero(kD + 1, kB);
@@ -197,10 +199,10 @@ TEST(Errors, MasksAndBlockIndex) {
 TEST(Errors, NegativeTermsAndBadTolerance) {
   EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::CayleyNeumann{-1}; }, {"k=-1"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::CayleyNeumann{-7}; }, {"k=-7"}));
-  EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::CayleyNeumannTolerance{0.0}; },
-                                                 {"got 0"}));
-  EXPECT_TRUE(throws_with<std::invalid_argument>([] { oft::CayleyNeumannTolerance{-1e-3}; },
-                                                 {"-0.001"}));
+  EXPECT_TRUE(
+      throws_with<std::invalid_argument>([] { oft::CayleyNeumannTolerance{0.0}; }, {"got 0"}));
+  EXPECT_TRUE(
+      throws_with<std::invalid_argument>([] { oft::CayleyNeumannTolerance{-1e-3}; }, {"-0.001"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [] { oft::CayleyNeumannTolerance(std::numeric_limits<double>::infinity()); }, {"inf"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
@@ -256,8 +258,8 @@ TEST(Errors, DivergentSeriesInToleranceModeLeavesOperatorUnchanged) {
   oft::Generators<double> bad = good;
   for (Index k = 0; k < bad.packed(); ++k) bad.row(2)[k] = 0.0;
   bad.row(2)[oft::packed_index(0, 1, kB)] = 1.5;
-  EXPECT_TRUE(throws_with<std::domain_error>([&] { op.set_generators(bad); },
-                                             {"1.5", ">= 1", "1e-06"}));
+  EXPECT_TRUE(
+      throws_with<std::domain_error>([&] { op.set_generators(bad); }, {"1.5", ">= 1", "1e-06"}));
   EXPECT_TRUE(oft_test::all_equal(op.dense(), before));
   EXPECT_TRUE(oft_test::all_equal(op.generators().values(), good.values()));
   EXPECT_EQ(op.plan(2).terms, plan_before.terms);

@@ -1,10 +1,9 @@
 // Matrix exponential parameterization R = exp(Q) (exponential.hpp).
 
-#include <oft/exponential.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <oft/exponential.hpp>
 
 #include "test_support.hpp"
 

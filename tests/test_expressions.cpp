@@ -1,12 +1,11 @@
 // Lazy expressions oft::skew / oft::cayley / oft::cayley_neumann (expressions.hpp).
 
-#include <oft/cayley.hpp>
-#include <oft/cayley_neumann.hpp>
-#include <oft/expressions.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <oft/cayley.hpp>
+#include <oft/cayley_neumann.hpp>
+#include <oft/expressions.hpp>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -66,9 +65,9 @@ TYPED_TEST(Expressions, SkewEvalAndRightMultiply) {
     q.right_multiply(x, out);
     const RowMat<Scalar> expected = x * theta.dense(0);
     // Two dot products of length b in different orders: 2 gamma_b |X| |Q| (Higham 3.5).
-    const MatD bound = 2.0 * oft_test::gamma<Scalar>(b) *
-                       (x.template cast<double>().cwiseAbs() *
-                        theta.dense(0).template cast<double>().cwiseAbs());
+    const MatD bound =
+        2.0 * oft_test::gamma<Scalar>(b) *
+        (x.template cast<double>().cwiseAbs() * theta.dense(0).template cast<double>().cwiseAbs());
     EXPECT_TRUE(oft_test::within_bound(out, expected, bound)) << "N=" << n;
   }
 }
@@ -155,14 +154,16 @@ TEST(ExpressionsDense, EigenArgumentsUseDenseOverloads) {
   Rng rng(3);
   const Index b = 5;
   const MatD q = oft_test::random_skew_with_rho(b, 0.4, rng);
-  static_assert(std::is_same_v<decltype(oft::cayley(q)), oft::CayleyExpr<oft::DenseSkewExpr<double>>>);
+  static_assert(
+      std::is_same_v<decltype(oft::cayley(q)), oft::CayleyExpr<oft::DenseSkewExpr<double>>>);
   static_assert(std::is_same_v<decltype(oft::cayley_neumann(q, 2)),
                                oft::CayleyNeumannExpr<oft::DenseSkewExpr<double>>>);
-  static_assert(std::is_same_v<decltype(oft::cayley(-q)), oft::CayleyExpr<oft::DenseSkewExpr<double>>>);
+  static_assert(
+      std::is_same_v<decltype(oft::cayley(-q)), oft::CayleyExpr<oft::DenseSkewExpr<double>>>);
   // R(-Q) = R(Q)^T through an Eigen expression argument.
   const double unit = 4.0 * b * oft_test::eps<double>() * std::sqrt(1.16);
-  EXPECT_TRUE(oft_test::within_abs(oft::cayley(-q).eval(), oft::cayley(q).eval().transpose(),
-                                   2.0 * unit));
+  EXPECT_TRUE(
+      oft_test::within_abs(oft::cayley(-q).eval(), oft::cayley(q).eval().transpose(), 2.0 * unit));
   EXPECT_TRUE(oft_test::within_abs(oft::cayley_neumann(0.5 * q, 0).eval(),
                                    MatD(MatD::Identity(b, b) + 0.5 * q), 0.0));
 }
@@ -173,8 +174,8 @@ TEST(ExpressionsZero, IdentityEverywhere) {
   const std::vector<double> zero(static_cast<size_t>(oft::packed_size(b)), 0.0);
   Rng rng(2);
   const RowMat<double> x = oft_test::random_matrix<double>(4, b, rng);
-  EXPECT_TRUE(oft_test::all_equal(oft::cayley(oft::skew(zero.data(), b)).eval(),
-                                  MatD::Identity(b, b)));
+  EXPECT_TRUE(
+      oft_test::all_equal(oft::cayley(oft::skew(zero.data(), b)).eval(), MatD::Identity(b, b)));
   EXPECT_TRUE(oft_test::all_equal(oft::cayley_neumann(oft::skew(zero.data(), b), 4).eval(),
                                   MatD::Identity(b, b)));
   EXPECT_TRUE(oft_test::all_equal(oft::cayley_neumann(oft::skew(zero.data(), b), 4).apply(x), x));
@@ -188,8 +189,7 @@ TEST(ExpressionsErrors, ShapesAndTerms) {
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [&] { (void)oft::cayley(oft::skew(row.data(), b)).apply(wrong); }, {"5", "b=4"}));
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
-      [&] { (void)oft::cayley_neumann(oft::skew(row.data(), b), 2).apply(wrong); },
-      {"5", "b=4"}));
+      [&] { (void)oft::cayley_neumann(oft::skew(row.data(), b), 2).apply(wrong); }, {"5", "b=4"}));
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [&] { (void)oft::cayley_neumann(oft::skew(row.data(), b), -1); }, {"-1"}));
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(

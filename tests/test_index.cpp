@@ -1,9 +1,8 @@
 // Index math of the packed skew-symmetric layout (index.hpp, SPEC section 3).
 
-#include <oft/index.hpp>
-
 #include <gtest/gtest.h>
 
+#include <oft/index.hpp>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -86,15 +85,15 @@ TEST(BlockSizeFromPacked, RejectsNonTriangular) {
 // Beyond 2^53 the double square root in the first guess is inexact; the integer correction must
 // still give the exact answer and reject neighbours. b up to 3e9 keeps b(b+1) below 2^63.
 TEST(BlockSizeFromPacked, ExactForLargeM) {
-  const std::vector<Index> sizes = {94906267,   94906268,   134217729,  2147483648LL,
+  const std::vector<Index> sizes = {94906267,     94906268,     134217729,   2147483648LL,
                                     2147483649LL, 3037000000LL, 3000000001LL};
   for (Index b : sizes) {
     const Index m = oft::packed_size(b);
     EXPECT_EQ(oft::block_size_from_packed(m), b) << "b=" << b;
     EXPECT_EQ(oft::block_size_or_negative(m - 1), -1) << "b=" << b;
     EXPECT_EQ(oft::block_size_or_negative(m + 1), -1) << "b=" << b;
-    EXPECT_TRUE(throws_with<std::invalid_argument>(
-        [m] { oft::block_size_from_packed(m + 1); }, {std::to_string(m + 1)}));
+    EXPECT_TRUE(throws_with<std::invalid_argument>([m] { oft::block_size_from_packed(m + 1); },
+                                                   {std::to_string(m + 1)}));
   }
 }
 

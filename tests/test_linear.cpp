@@ -10,14 +10,13 @@
 //    |X_i|^T |dZ| |W0_i|, then the VJP (K, see test_support.hpp) and packing; per generator
 //    ||d dtheta_g|| <= 4 eps (n_g + n_out + b) K ||A_g||_F with A_g = sum_i |X_i|^T |dZ| |W0_i|.
 
+#include <gtest/gtest.h>
+
+#include <cmath>
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/finite_difference.hpp>
 #include <oft/linear.hpp>
-
-#include <gtest/gtest.h>
-
-#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -109,10 +108,10 @@ void check_forward_paths_agree(Index b) {
           if (with_bias)
             for (Index t = 0; t < n; ++t)
               for (Index o = 0; o < kOutputs; ++o) plain(t, o) += l.bias[static_cast<size_t>(o)];
-          const MatD magnitude =
-              x.template cast<double>().cwiseAbs() * dense.template cast<double>().cwiseAbs() *
-                  l.weight.template cast<double>().cwiseAbs().transpose() +
-              l.abs_bias_rows(n);
+          const MatD magnitude = x.template cast<double>().cwiseAbs() *
+                                     dense.template cast<double>().cwiseAbs() *
+                                     l.weight.template cast<double>().cwiseAbs().transpose() +
+                                 l.abs_bias_rows(n);
           const MatD bound = 2.0 * oft_test::gamma<Scalar>(b + d + 1) * magnitude;
           EXPECT_TRUE(oft_test::within_bound(z, zw, bound)) << where;
           EXPECT_TRUE(oft_test::within_bound(z, plain, bound)) << where;
@@ -134,11 +133,10 @@ void check_merge_unmerge(Index b) {
     Layer<Scalar, Policy> l(b, shared, true, rho, policy, rng);
     const RowMat<Scalar> dense = l.layer.rotation().dense();
     const RowMat<Scalar> merged = l.layer.merged();
-    EXPECT_TRUE(oft_test::within_bound(
-        merged, RowMat<Scalar>(l.weight * dense.transpose()),
-        2.0 * oft_test::gamma<Scalar>(b) *
-            (l.weight.template cast<double>().cwiseAbs() *
-             dense.template cast<double>().cwiseAbs().transpose())));
+    EXPECT_TRUE(oft_test::within_bound(merged, RowMat<Scalar>(l.weight * dense.transpose()),
+                                       2.0 * oft_test::gamma<Scalar>(b) *
+                                           (l.weight.template cast<double>().cwiseAbs() *
+                                            dense.template cast<double>().cwiseAbs().transpose())));
     const RowMat<Scalar> back = l.layer.unmerge(oft::view(std::as_const(merged)));
     for (Index i = 0; i < kBlocks; ++i) {
       const MatD block = l.layer.rotation().block(i).template cast<double>();
@@ -190,8 +188,8 @@ void check_zero_theta_is_base_layer(Index b) {
       auto base_map = oft::view(base).map();
       base_map.noalias() = oft::view(x).map() * weight.transpose();
       if (with_bias)
-        base_map.rowwise() += Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(
-            bias.data(), kOutputs);
+        base_map.rowwise() +=
+            Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(bias.data(), kOutputs);
       EXPECT_TRUE(oft_test::all_equal(z, base)) << "N=" << n << " bias=" << with_bias;
       EXPECT_TRUE(oft_test::all_equal(zw, base)) << "N=" << n << " bias=" << with_bias;
       EXPECT_TRUE(oft_test::all_equal(layer.merged(), weight));
@@ -211,8 +209,8 @@ void check_backward_paths_agree(Index b) {
       const auto& spec = l.layer.rotation().spec();
       oft::Workspace<Scalar> ws;
       for (Index n : kTokens) {
-        const std::string where = std::string(decltype(policy)::name) +
-                                  (shared ? " shared" : "") + " N=" + std::to_string(n);
+        const std::string where = std::string(decltype(policy)::name) + (shared ? " shared" : "") +
+                                  " N=" + std::to_string(n);
         const RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
         const RowMat<Scalar> dz = oft_test::random_matrix<Scalar>(n, kOutputs, rng);
         RowMat<Scalar> dx(n, d), dxw(n, d);
@@ -231,15 +229,14 @@ void check_backward_paths_agree(Index b) {
           MatD a = MatD::Zero(b, b);
           for (Index i = 0; i < spec.blocks; ++i)
             if (spec.generator_of(i) == g)
-              a += x.middleCols(i * b, b).template cast<double>().cwiseAbs().transpose() *
-                   dz_abs * w_abs.middleCols(i * b, b);
+              a += x.middleCols(i * b, b).template cast<double>().cwiseAbs().transpose() * dz_abs *
+                   w_abs.middleCols(i * b, b);
           const Index n_g = n * (shared ? spec.blocks : 1);
           const double rho = oft_test::row_rho_bound(l.theta.row(g), spec.packed());
           const double tol = 4.0 * oft_test::eps<Scalar>() * double(n_g + kOutputs + b) *
                              derivative_scale(policy, rho) * a.norm();
-          const double err = (dtheta.values().row(g) - dthetaw.values().row(g))
-                                 .template cast<double>()
-                                 .norm();
+          const double err =
+              (dtheta.values().row(g) - dthetaw.values().row(g)).template cast<double>().norm();
           EXPECT_LE(err, tol) << where << " generator " << g;
         }
         // In place: dX may be X itself.
@@ -358,7 +355,7 @@ TEST(OftLinear, BiasIsOptional) {
   RowMat<double> caller_weight = weight;
   std::vector<double> caller_bias = bias;
   const oft::OftLinear<double, oft::ExactCayley> frozen(oft::view(std::as_const(caller_weight)),
-                                                         caller_bias.data(), b);
+                                                        caller_bias.data(), b);
   caller_weight.setZero();
   caller_bias.assign(caller_bias.size(), 0.0);
   EXPECT_TRUE(oft_test::all_equal(frozen.weight(), weight));

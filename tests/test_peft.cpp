@@ -1,14 +1,13 @@
 // Hugging Face PEFT compatibility helpers (peft.hpp, SPEC section 4), pinned against values and
 // formulas written out by hand here.
 
+#include <gtest/gtest.h>
+
+#include <cmath>
 #include <oft/block_orthogonal.hpp>
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/peft.hpp>
-
-#include <gtest/gtest.h>
-
-#include <cmath>
 #include <stdexcept>
 
 #include "test_support.hpp"
@@ -26,8 +25,9 @@ TEST(PeftTerms, NeumannTermsToK) {
   EXPECT_EQ(oft::peft::neumann_terms_to_k(6), 4);
   EXPECT_EQ(oft::peft::neumann_terms_to_k(10), 8);
   for (int t : {2, 1, 0, -3})
-    EXPECT_TRUE(oft_test::throws_with<std::domain_error>(
-        [t] { oft::peft::neumann_terms_to_k(t); }, {"num_cayley_neumann_terms=" + std::to_string(t)}))
+    EXPECT_TRUE(
+        oft_test::throws_with<std::domain_error>([t] { oft::peft::neumann_terms_to_k(t); },
+                                                 {"num_cayley_neumann_terms=" + std::to_string(t)}))
         << "t=" << t;
 }
 
@@ -35,11 +35,13 @@ TEST(PeftTerms, KToNeumannTerms) {
   EXPECT_EQ(oft::peft::k_to_neumann_terms(3), 5);
   EXPECT_EQ(oft::peft::k_to_neumann_terms(2), 4);
   EXPECT_EQ(oft::peft::k_to_neumann_terms(4), 6);
-  for (int k = 2; k <= 20; ++k) EXPECT_EQ(oft::peft::neumann_terms_to_k(oft::peft::k_to_neumann_terms(k)), k);
-  for (int t = 4; t <= 20; ++t) EXPECT_EQ(oft::peft::k_to_neumann_terms(oft::peft::neumann_terms_to_k(t)), t);
+  for (int k = 2; k <= 20; ++k)
+    EXPECT_EQ(oft::peft::neumann_terms_to_k(oft::peft::k_to_neumann_terms(k)), k);
+  for (int t = 4; t <= 20; ++t)
+    EXPECT_EQ(oft::peft::k_to_neumann_terms(oft::peft::neumann_terms_to_k(t)), t);
   for (int k : {1, 0, -1})
-    EXPECT_TRUE(oft_test::throws_with<std::domain_error>(
-        [k] { oft::peft::k_to_neumann_terms(k); }, {"k=" + std::to_string(k)}))
+    EXPECT_TRUE(oft_test::throws_with<std::domain_error>([k] { oft::peft::k_to_neumann_terms(k); },
+                                                         {"k=" + std::to_string(k)}))
         << "k=" << k;
 }
 
@@ -85,7 +87,8 @@ TEST(PeftNeumann, FiveTermsByHand) {
     const MatD by_hand = MatD::Identity(b, b) + 2.0 * q + 2.0 * q2 + 2.0 * q3 + q4;
     // Two evaluations of a degree-4 polynomial: c = 2 per side times (k + 2) b eps P(rho).
     const double tol = 4.0 * 5 * b * oft_test::eps<double>() * oft_test::neumann_scale(rho, 3);
-    EXPECT_TRUE(oft_test::within_abs(oft_neumann(q, oft::peft::neumann_terms_to_k(5)), by_hand, tol))
+    EXPECT_TRUE(
+        oft_test::within_abs(oft_neumann(q, oft::peft::neumann_terms_to_k(5)), by_hand, tol))
         << "b=" << b;
     EXPECT_TRUE(oft_test::within_abs(peft_neumann(q, 5), by_hand, tol)) << "b=" << b;
   }
@@ -99,7 +102,8 @@ TEST(PeftNeumann, EveryTermCount) {
   const MatD q = oft_test::random_skew_with_rho(b, rho, rng);
   for (int t = 3; t <= 9; ++t) {
     const int k = oft::peft::neumann_terms_to_k(t);
-    const double tol = 4.0 * (k + 2) * b * oft_test::eps<double>() * oft_test::neumann_scale(rho, k);
+    const double tol =
+        4.0 * (k + 2) * b * oft_test::eps<double>() * oft_test::neumann_scale(rho, k);
     EXPECT_TRUE(oft_test::within_abs(oft_neumann(q, k), peft_neumann(q, t), tol)) << "t=" << t;
   }
   // t = 2 (I + 2Q) and t = 1 (I) are no R_k: k = 0 would be I + Q.
@@ -118,8 +122,7 @@ TEST(PeftExact, FlipReproducesPeftExactBranch) {
 
     oft::peft::flip_exact_branch(theta.view());
     for (Index g = 0; g < r; ++g)
-      for (Index k = 0; k < theta.packed(); ++k)
-        EXPECT_EQ(theta.row(g)[k], -saved.row(g)[k]);
+      for (Index k = 0; k < theta.packed(); ++k) EXPECT_EQ(theta.row(g)[k], -saved.row(g)[k]);
 
     oft::BlockOrthogonal<double, oft::ExactCayley> op(oft::BlockSpec::from_features(r * b, b));
     op.set_generators(theta);
@@ -128,15 +131,16 @@ TEST(PeftExact, FlipReproducesPeftExactBranch) {
       const MatD identity = MatD::Identity(b, b);
       const MatD r_peft = (identity - q) * (identity + q).inverse();
       // Orthogonal entries from two different solves: c = 8 b eps sqrt(1 + rho^2).
-      EXPECT_TRUE(oft_test::within_abs(op.block(g), r_peft,
-                                       8.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho)))
+      EXPECT_TRUE(oft_test::within_abs(
+          op.block(g), r_peft, 8.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho)))
           << "b=" << b << " generator " << g;
       // Without the flip, oft would compute the transpose of PEFT's rotation.
       if (b > 1) {
         MatD unflipped;
         oft::ExactCayley{}.rotation(q, oft::ExactCayley::Plan{}, unflipped);
-        EXPECT_TRUE(oft_test::within_abs(unflipped, MatD(r_peft.transpose()),
-                                         8.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho)));
+        EXPECT_TRUE(
+            oft_test::within_abs(unflipped, MatD(r_peft.transpose()),
+                                 8.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho)));
         EXPECT_GT((unflipped - r_peft).norm(), 0.1);
       }
     }

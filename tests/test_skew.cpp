@@ -1,11 +1,10 @@
 // Packed skew-symmetric generators: unpack_skew, pack_skew, pack_skew_gradient (skew.hpp), and
 // compile-time block sizes through oft::skew<B> (expressions.hpp).
 
-#include <oft/expressions.hpp>
-#include <oft/skew.hpp>
-
 #include <gtest/gtest.h>
 
+#include <oft/expressions.hpp>
+#include <oft/skew.hpp>
 #include <type_traits>
 #include <vector>
 
@@ -30,8 +29,8 @@ TEST(UnpackSkew, SignAndPositionOfEveryEntry) {
         MatD expected = MatD::Zero(b, b);
         expected(p, q) = 1.5;
         expected(q, p) = -1.5;
-        EXPECT_TRUE(oft_test::all_equal(dense, expected)) << "b=" << b << " (" << p << "," << q
-                                                          << ")";
+        EXPECT_TRUE(oft_test::all_equal(dense, expected))
+            << "b=" << b << " (" << p << "," << q << ")";
       }
   }
 }
@@ -125,8 +124,7 @@ TEST(PackSkewGradient, IsAdjointOfUnpack) {
       scale += std::abs(g[static_cast<size_t>(k)] * t[static_cast<size_t>(k)]);
     }
     // Two sums of about b^2 terms each: gamma_{b^2} bound on each side.
-    EXPECT_LE(std::abs(lhs - rhs), 2.0 * oft_test::gamma<double>(b * b) * 2.0 * scale)
-        << "b=" << b;
+    EXPECT_LE(std::abs(lhs - rhs), 2.0 * oft_test::gamma<double>(b * b) * 2.0 * scale) << "b=" << b;
   }
 }
 

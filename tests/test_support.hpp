@@ -14,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include <Eigen/Eigenvalues>
+#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -21,18 +23,14 @@
 #include <exception>
 #include <initializer_list>
 #include <limits>
-#include <sstream>
-#include <string>
-#include <type_traits>
-#include <vector>
-
-#include <Eigen/Eigenvalues>
-#include <Eigen/SVD>
-
 #include <oft/config.hpp>
 #include <oft/index.hpp>
 #include <oft/parameterization.hpp>
 #include <oft/skew.hpp>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace oft_test {
 
@@ -223,8 +221,7 @@ inline double neumann_scale(double rho, int k) {
 /// R_k at a Q with ||Q||_2 <= rho, hence how the VJP amplifies an error in G.
 inline double neumann_derivative_scale(double rho, int k) {
   double p = 0.0;
-  for (int j = 1; j <= k + 1; ++j)
-    p += (j == k + 1 ? 1.0 : 2.0) * j * std::pow(rho, j - 1);
+  for (int j = 1; j <= k + 1; ++j) p += (j == k + 1 ? 1.0 : 2.0) * j * std::pow(rho, j - 1);
   return std::max(1.0, p);
 }
 
@@ -251,8 +248,7 @@ template <class A, class E, class B>
                                         const Eigen::MatrixBase<B>& bound) {
   const MatD a = actual.template cast<double>(), e = expected.template cast<double>(),
              t = bound.template cast<double>();
-  if (a.rows() != e.rows() || a.cols() != e.cols() || t.rows() != a.rows() ||
-      t.cols() != a.cols())
+  if (a.rows() != e.rows() || a.cols() != e.cols() || t.rows() != a.rows() || t.cols() != a.cols())
     return ::testing::AssertionFailure() << "shape mismatch " << a.rows() << "x" << a.cols()
                                          << " vs " << e.rows() << "x" << e.cols();
   Index worst_i = -1, worst_j = -1;
@@ -261,7 +257,8 @@ template <class A, class E, class B>
     for (Index j = 0; j < a.cols(); ++j) {
       const double err = std::abs(a(i, j) - e(i, j));
       if (!(err <= t(i, j))) {  // also catches NaN
-        const double ratio = t(i, j) > 0.0 ? err / t(i, j) : std::numeric_limits<double>::infinity();
+        const double ratio =
+            t(i, j) > 0.0 ? err / t(i, j) : std::numeric_limits<double>::infinity();
         if (worst_i < 0 || !(ratio <= worst_ratio)) {
           worst_ratio = ratio;
           worst_i = i;
@@ -274,8 +271,8 @@ template <class A, class E, class B>
   out.precision(17);
   out << "entry (" << worst_i << "," << worst_j << "): actual " << a(worst_i, worst_j)
       << ", expected " << e(worst_i, worst_j) << ", |error| "
-      << std::abs(a(worst_i, worst_j) - e(worst_i, worst_j)) << " > bound "
-      << t(worst_i, worst_j) << " (ratio " << worst_ratio << ")";
+      << std::abs(a(worst_i, worst_j) - e(worst_i, worst_j)) << " > bound " << t(worst_i, worst_j)
+      << " (ratio " << worst_ratio << ")";
   return ::testing::AssertionFailure() << out.str();
 }
 

@@ -1,12 +1,11 @@
 // Non-owning views over raw memory (view.hpp) and packed generator views (skew.hpp).
 
-#include <oft/skew.hpp>
-#include <oft/view.hpp>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <oft/skew.hpp>
+#include <oft/view.hpp>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -46,8 +45,8 @@ static_assert(std::is_convertible_v<MutableGen, ConstGen>);
 static_assert(!std::is_convertible_v<ConstGen, MutableGen>);
 static_assert(!std::is_constructible_v<MutableGen, ConstGen>);
 // Owning generators hand out a const view from a const object only.
-static_assert(std::is_same_v<decltype(std::declval<const oft::Generators<float>&>().view()),
-                             ConstGen>);
+static_assert(
+    std::is_same_v<decltype(std::declval<const oft::Generators<float>&>().view()), ConstGen>);
 static_assert(std::is_convertible_v<const oft::Generators<float>&, ConstGen>);
 static_assert(!std::is_convertible_v<const oft::Generators<float>&, MutableGen>);
 
