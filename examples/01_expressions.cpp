@@ -130,17 +130,19 @@ int main() {
   }
   check(grows, "the error grows with k: use exact Cayley (or a smaller step)");
 
-  // The tolerance policy picks k from the free bound min(||Q||_F/sqrt2, ||Q||_1) >= rho, and
-  // refuses (or falls back to exact Cayley, if asked) when the series cannot meet it.
+  // The tolerance policy picks the smallest even k for the exact rho (the free bound
+  // min(||Q||_F/sqrt2, ||Q||_1) is used only when it already gives k <= 2), and refuses (or
+  // falls back to exact Cayley, if asked) when the series cannot meet the tolerance.
   const oft::CayleyNeumannTolerance tol(1e-12);
   const oft::CayleyNeumannTolerance::Plan plan = tol.plan(Q);
   const int k_tol = plan.terms;
   std::printf(
-      "\n  tolerance 1e-12: CayleyNeumannTolerance picks k = %d from its bound %.3f of rho\n"
-      "  (the exact rho = %.3f would allow k = %d; the bound is free, rho costs O(b^3))\n",
+      "\n  tolerance 1e-12: CayleyNeumannTolerance picks k = %d from rho = %.3f\n"
+      "  (the smallest even k for the exact rho = %.3f is %d)\n",
       k_tol, plan.rho, rho, oft::neumann_terms_for_tolerance(rho, 1e-12, 64));
-  check(k_tol % 2 == 0 && neumann_orthogonality_exact(rho, k_tol) <= 1e-12,
-        "an even k whose orthogonality error meets the tolerance");
+  check(k_tol % 2 == 0 && neumann_orthogonality_exact(rho, k_tol) <= 1e-12 &&
+            k_tol == oft::neumann_terms_for_tolerance(rho, 1e-12, 64),
+        "the smallest even k whose orthogonality error meets the tolerance");
   bool refused = false;
   try {
     (void)tol.plan(Q_big);

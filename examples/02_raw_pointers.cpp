@@ -102,8 +102,8 @@ int main() {
           rhos[i], plan.terms, defect);
   }
   std::printf(
-      "    (k comes from the free bound min(||Q||_F/sqrt2, ||Q||_1) >= rho, so it may be\n"
-      "    larger than rho itself needs; float rounding adds about 1e-7 to each error)\n\n");
+      "    (k from the exact rho, or from the free bound min(||Q||_F/sqrt2, ||Q||_1) when\n"
+      "    that already gives k <= 2; float rounding adds about 1e-7 to each error)\n\n");
   check(!rot.plan(0).exact && !rot.plan(2).exact && rot.plan(3).exact &&
             rot.plan(0).terms < rot.plan(1).terms && rot.plan(1).terms < rot.plan(2).terms,
         "small rho -> few terms, rho >= 1 -> exact Cayley");

@@ -14,7 +14,8 @@
 /// - CayleyNeumann{k}: a fixed number of terms (PEFT's num_cayley_neumann_terms t is k = t - 2,
 ///   see peft.hpp).
 /// - CayleyNeumannTolerance{tol}: per generator, the smallest even k whose orthogonality error
-///   bound meets tol, from an upper bound of rho. When rho >= 1 (series diverges) or no
+///   bound meets tol, from the exact rho (or a free upper bound of it when that already gives
+///   k <= 2). When rho >= 1 (series diverges) or no
 ///   k <= max_terms suffices it throws std::domain_error, or, with OnDivergence::UseExactCayley,
 ///   uses the exact Cayley transform for that generator (reported by summary()).
 
@@ -157,15 +158,20 @@ struct CayleyNeumannTolerance {
   OnDivergence on_divergence;
   int max_terms;
 
-  /// Uses the cheap bound min(||Q||_F/sqrt(2), ||Q||_1); only when that bound fails (>= 1 or too
-  /// many terms) is the exact spectral norm computed, so no generator with rho < 1 is refused
-  /// because of a loose bound.
+  /// Largest k accepted from the free bound without computing the exact rho.
+  static constexpr int kFreeBoundTerms = 2;
+
+  /// Uses the cheap bound min(||Q||_F/sqrt(2), ||Q||_1) when it already gives k <= 2. Otherwise
+  /// the exact spectral norm is computed (an O(b^3) eigenvalue solve, about one b x b product):
+  /// the free bound can be loose by up to sqrt(b/2), and every term it adds costs four products
+  /// (one in theta -> R, three in the backward). So no generator with rho < 1 is refused, and no
+  /// k is larger than the exact rho needs, because of a loose bound.
   template <class Scalar>
   Plan plan(const SquareMatrix<Scalar>& q) const {
     Plan p;
     p.rho = detail::skew_spectral_norm_bound(q);
     p.terms = neumann_terms_for_tolerance(p.rho, tolerance, max_terms);
-    if (p.terms < 0) {
+    if (p.terms < 0 || p.terms > kFreeBoundTerms) {
       p.rho = detail::skew_spectral_norm(q);
       p.terms = neumann_terms_for_tolerance(p.rho, tolerance, max_terms);
     }
