@@ -66,8 +66,7 @@ TYPED_TEST(Expressions, SkewEvalAndRightMultiply) {
     const RowMat<Scalar> expected = x * theta.dense(0);
     // Two dot products of length b in different orders: 2 gamma_b |X| |Q| (Higham 3.5).
     const MatD bound =
-        2.0 * oft_test::gamma<Scalar>(b) *
-        (x.template cast<double>().cwiseAbs() * theta.dense(0).template cast<double>().cwiseAbs());
+        2.0 * oft_test::gamma<Scalar>(b) * (oft_test::abs_d(x) * oft_test::abs_d(theta.dense(0)));
     EXPECT_TRUE(oft_test::within_bound(out, expected, bound)) << "N=" << n;
   }
 }

@@ -108,10 +108,9 @@ void check_forward_paths_agree(Index b) {
           if (with_bias)
             for (Index t = 0; t < n; ++t)
               for (Index o = 0; o < kOutputs; ++o) plain(t, o) += l.bias[static_cast<size_t>(o)];
-          const MatD magnitude = x.template cast<double>().cwiseAbs() *
-                                     dense.template cast<double>().cwiseAbs() *
-                                     l.weight.template cast<double>().cwiseAbs().transpose() +
-                                 l.abs_bias_rows(n);
+          const MatD magnitude =
+              oft_test::abs_d(x) * oft_test::abs_d(dense) * oft_test::abs_d(l.weight).transpose() +
+              l.abs_bias_rows(n);
           const MatD bound = 2.0 * oft_test::gamma<Scalar>(b + d + 1) * magnitude;
           EXPECT_TRUE(oft_test::within_bound(z, zw, bound)) << where;
           EXPECT_TRUE(oft_test::within_bound(z, plain, bound)) << where;
@@ -133,10 +132,10 @@ void check_merge_unmerge(Index b) {
     Layer<Scalar, Policy> l(b, shared, true, rho, policy, rng);
     const RowMat<Scalar> dense = l.layer.rotation().dense();
     const RowMat<Scalar> merged = l.layer.merged();
-    EXPECT_TRUE(oft_test::within_bound(merged, RowMat<Scalar>(l.weight * dense.transpose()),
-                                       2.0 * oft_test::gamma<Scalar>(b) *
-                                           (l.weight.template cast<double>().cwiseAbs() *
-                                            dense.template cast<double>().cwiseAbs().transpose())));
+    EXPECT_TRUE(oft_test::within_bound(
+        merged, RowMat<Scalar>(l.weight * dense.transpose()),
+        2.0 * oft_test::gamma<Scalar>(b) *
+            (oft_test::abs_d(l.weight) * oft_test::abs_d(dense).transpose())));
     const RowMat<Scalar> back = l.layer.unmerge(oft::view(std::as_const(merged)));
     for (Index i = 0; i < kBlocks; ++i) {
       const MatD block = l.layer.rotation().block(i).template cast<double>();
@@ -218,18 +217,18 @@ void check_backward_paths_agree(Index b) {
         l.layer.backward(oft::view(x), oft::view(dz), oft::view(dx), dtheta.view(), ws);
         l.layer.backward_weight_centric(oft::view(x), oft::view(dz), oft::view(dxw),
                                         dthetaw.view());
-        const MatD dz_abs = dz.template cast<double>().cwiseAbs();
-        const MatD w_abs = l.weight.template cast<double>().cwiseAbs();
+        const MatD dz_abs = oft_test::abs_d(dz);
+        const MatD w_abs = oft_test::abs_d(l.weight);
+        const MatD r_abs = oft_test::abs_d(dense);
         EXPECT_TRUE(oft_test::within_bound(
             dx, dxw,
-            2.0 * oft_test::gamma<Scalar>(kOutputs + b) *
-                (dz_abs * w_abs * dense.template cast<double>().cwiseAbs().transpose())))
+            2.0 * oft_test::gamma<Scalar>(kOutputs + b) * (dz_abs * w_abs * r_abs.transpose())))
             << where;
         for (Index g = 0; g < spec.generators(); ++g) {
           MatD a = MatD::Zero(b, b);
           for (Index i = 0; i < spec.blocks; ++i)
             if (spec.generator_of(i) == g)
-              a += x.middleCols(i * b, b).template cast<double>().cwiseAbs().transpose() * dz_abs *
+              a += oft_test::abs_d(x.middleCols(i * b, b)).transpose() * dz_abs *
                    w_abs.middleCols(i * b, b);
           const Index n_g = n * (shared ? spec.blocks : 1);
           const double rho = oft_test::row_rho_bound(l.theta.row(g), spec.packed());
@@ -246,8 +245,7 @@ void check_backward_paths_agree(Index b) {
                          dtheta_in.view(), ws);
         EXPECT_TRUE(oft_test::within_bound(
             xx, dx,
-            2.0 * oft_test::gamma<Scalar>(kOutputs + b) *
-                (dz_abs * w_abs * dense.template cast<double>().cwiseAbs().transpose())))
+            2.0 * oft_test::gamma<Scalar>(kOutputs + b) * (dz_abs * w_abs * r_abs.transpose())))
             << where << " dX==X";
         EXPECT_TRUE(oft_test::all_equal(dtheta_in.values(), dtheta.values())) << where;
       }
@@ -284,11 +282,11 @@ void gradcheck_layer(const Policy& policy, Index b, bool shared, bool with_bias,
   l.layer.backward(oft::view(x), oft::view(dz), oft::view(dx), dtheta.view(), ws);
 
   const double h = 1e-6;
-  const double loss_abs =
-      (dz.cwiseAbs().array() *
-       (x.cwiseAbs() * l.layer.rotation().dense().cwiseAbs() * l.weight.cwiseAbs().transpose())
-           .array())
-          .sum();
+  const double loss_abs = (oft_test::abs_d(dz).array() *
+                           (oft_test::abs_d(x) * oft_test::abs_d(l.layer.rotation().dense()) *
+                            oft_test::abs_d(l.weight).transpose())
+                               .array())
+                              .sum();
   oft::Generators<double> work = l.theta;
   RowMat<double> xw = x, z(n, kOutputs);
   auto loss = [&] {

@@ -205,6 +205,14 @@ Mat<Scalar> policy_rotation(const Policy& policy, const Mat<Scalar>& q) {
   return r;
 }
 
+/// |A| entrywise as a plain column-major double matrix. Bounds are built from these, so every
+/// product in a bound is MatD * MatD (one set of Eigen product kernels per test program instead
+/// of one per expression type: it keeps compile time down).
+template <class Derived>
+MatD abs_d(const Eigen::MatrixBase<Derived>& a) {
+  return a.template cast<double>().cwiseAbs();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scales that enter the gradient bounds.
 // ---------------------------------------------------------------------------------------------
