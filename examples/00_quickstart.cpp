@@ -23,9 +23,6 @@
 #include <random>
 #include <vector>
 
-#if defined(__linux__)
-#include <unistd.h>
-#endif
 
 namespace {
 
@@ -107,20 +104,6 @@ double relative_difference(const Matrix& a, const Matrix& b) {
   return static_cast<double>((a - b).norm()) / std::max(1e-30, static_cast<double>(b.norm()));
 }
 
-// libgomp's worker threads spin for a while after each OpenMP region, and OpenBLAS (Debian's
-// default build) runs its own pthreads, which spin too: with few cores the two thread pools steal
-// each other's cores and a step gets several times slower. Passive waiting avoids that. libgomp
-// reads the setting only at start-up, so set it and restart once (unless the user chose).
-void prefer_passive_openmp_waiting(char** argv) {
-#if defined(__linux__) && defined(_OPENMP) && defined(EIGEN_USE_BLAS)
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "passive", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
-#else
-  (void)argv;
-#endif
-}
-
 int openmp_threads() {
 #if defined(_OPENMP)
   return omp_get_max_threads();
@@ -139,7 +122,6 @@ bool quick_mode(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_waiting(argv);
   const bool quick = quick_mode(argc, argv);
   const oft::Index d = quick ? 256 : 512;       // input features
   const oft::Index n_out = quick ? 512 : 1024;  // output features

@@ -20,6 +20,10 @@ for arg in "$@"; do
 done
 
 JOBS="${OFT_JOBS:-2}"
+# ctest runs test programs side by side: OpenMP threads that spin while waiting would stall each
+# other's barriers (several times slower), so they wait passively unless the user chose.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+unset OPENBLAS_CORETYPE
 
 bash "$ROOT/scripts/setup.sh"
 
