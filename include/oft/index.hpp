@@ -27,15 +27,28 @@ OFT_HOST_DEVICE constexpr Index packed_row_start(Index p, Index b) {
   return p * (2 * b - p - 1) / 2;
 }
 
+namespace detail {
+/// b(b-1)/2 in unsigned 64-bit arithmetic, exact for b <= 2^32 + 1 (halve the even factor first).
+OFT_HOST_DEVICE constexpr unsigned long long triangular(unsigned long long b) {
+  return (b % 2 == 0) ? (b / 2) * (b - 1) : b * ((b - 1) / 2);
+}
+}  // namespace detail
+
 /// Block size b with b(b-1)/2 == m, or -1 when m is not a triangular number (m >= 0).
-/// Exact integer arithmetic: the floating-point square root only gives a first guess.
+/// Exact integer arithmetic for every m an Index holds: the floating-point square root only
+/// gives a first guess, and b never exceeds 2^32 (the largest b with b(b-1)/2 < 2^63).
 OFT_HOST_DEVICE inline Index block_size_or_negative(Index m) {
   if (m < 0) return -1;
-  Index b = static_cast<Index>((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(m))) / 2.0);
+  constexpr unsigned long long kLargest = 1ull << 32;
+  const auto target = static_cast<unsigned long long>(m);
+  auto b = static_cast<unsigned long long>((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(m))) /
+                                           2.0);
+  if (b > kLargest) b = kLargest;
+  if (b < 1) b = 1;
   // Correct a rounding error of the square root in either direction.
-  while (b > 1 && packed_size(b) > m) --b;
-  while (packed_size(b + 1) <= m) ++b;
-  return packed_size(b) == m ? b : -1;
+  while (b > 1 && detail::triangular(b) > target) --b;
+  while (b < kLargest && detail::triangular(b + 1) <= target) ++b;
+  return detail::triangular(b) == target ? static_cast<Index>(b) : -1;
 }
 
 /// Block size b from a packed length m = b(b-1)/2, as SPEC section 3 gives it:
