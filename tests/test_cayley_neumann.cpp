@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <oft/block_orthogonal.hpp>
@@ -277,6 +278,29 @@ TEST(CayleyNeumannTolerance, LooseBoundDoesNotRefuse) {
   EXPECT_FALSE(plan.exact);
   EXPECT_NEAR(plan.rho, 0.9, 8.0 * b * oft_test::eps<double>());
   EXPECT_EQ(plan.terms, oft::neumann_terms_for_tolerance(plan.rho, 1e-2, 64));
+}
+
+// The free bound can overestimate rho by up to sqrt(b/2); whenever it would need more than
+// kFreeBoundTerms terms the policy must use the exact rho, so k is never larger than the exact
+// rho needs (beyond kFreeBoundTerms). Would fail if k came from the free bound alone: for a
+// spread spectrum at b = 32 that bound is several times rho.
+TEST(CayleyNeumannTolerance, NoMoreTermsThanExactRhoNeeds) {
+  Rng rng(6);
+  int tight = 0;
+  for (Index b : {8, 32, 64})
+    for (double rho_target : {0.05, 0.3, 0.6})
+      for (double tol : {1e-3, 1e-6, 1e-10}) {
+        const MatD q = oft_test::random_skew_with_rho(b, rho_target, rng);
+        const double rho = oft_test::spectral_norm(q);
+        const oft::CayleyNeumannTolerance policy(tol);
+        const int needed = oft::neumann_terms_for_tolerance(rho * (1.0 + 1e-9), tol, 64);
+        ASSERT_GE(needed, 0);
+        const auto plan = policy.plan(q);
+        EXPECT_LE(plan.terms, std::max(needed, oft::CayleyNeumannTolerance::kFreeBoundTerms))
+            << "b=" << b << " rho=" << rho << " tol=" << tol << " rho used=" << plan.rho;
+        if (needed > oft::CayleyNeumannTolerance::kFreeBoundTerms) ++tight;
+      }
+  EXPECT_GE(tight, 10);  // most of the grid exercises the exact-rho path
 }
 
 TEST(CayleyNeumannTolerance, DivergentSeriesThrows) {
