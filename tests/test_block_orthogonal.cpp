@@ -93,6 +93,8 @@ oft::Generators<Scalar> make_theta(Regime regime, Index count, Index b, Rng& rng
   return oft::Generators<Scalar>(count, b);
 }
 
+constexpr double kSentinelValue = -777.25;
+
 // --- references -------------------------------------------------------------------------------
 
 /// 2 gamma (|A| |B|): entrywise bound for two evaluations of A * B, with gamma = gamma_b for b
@@ -290,7 +292,7 @@ template <class Scalar>
 void check_strided_views_leave_padding_untouched(const Index b) {
   const Index d = kBlocks * b;
   const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
-  const Scalar sentinel = Scalar(-777.25);
+  const Scalar sentinel = Scalar(kSentinelValue);
   Rng rng(3000 + b);
   for (bool shared : {false, true})
     for (Index n : {Index(1), Index(7), Index(13)}) {
@@ -630,6 +632,39 @@ TEST(BlockOrthogonal, BackwardFromBlockGradients) {
     if (!shared) {
       EXPECT_TRUE(dtheta.values().row(2).isZero(0.0));
     }
+  }
+}
+
+// Degenerate sizes: no tokens (N = 0) and 1 x 1 blocks (b = 1, no parameters, R = [1]).
+TEST(BlockOrthogonal, EmptyBatchAndUnitBlocks) {
+  Rng rng(11);
+  {
+    const auto spec = oft::BlockSpec::from_features(12, 4);
+    oft::BlockOrthogonal<double, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{2});
+    op.set_generators(oft_test::random_generators<double>(3, 4, 0.5, rng));
+    RowMat<double> x(0, 12), y(0, 12), dx(0, 12);
+    op.apply(oft::view(x), oft::view(y));
+    oft::Generators<double> dtheta(3, 4);
+    dtheta.values().setConstant(kSentinelValue);
+    oft::Workspace<double> ws;
+    op.backward(oft::view(x), oft::view(x), oft::view(dx), dtheta.view(), ws);
+    EXPECT_TRUE(dtheta.values().isZero(0.0));  // no tokens: zero gradient, overwritten
+  }
+  {
+    const Index d = 5;
+    const auto spec = oft::BlockSpec::from_features(d, 1);
+    EXPECT_EQ(spec.packed(), 0);
+    oft::BlockOrthogonal<double, oft::ExactCayley> op(spec);
+    op.set_generators(oft::Generators<double>(d, 1));
+    EXPECT_TRUE(oft_test::all_equal(op.dense(), RowMat<double>::Identity(d, d)));
+    const RowMat<double> x = oft_test::random_matrix<double>(7, d, rng);
+    RowMat<double> y(7, d), dx(7, d);
+    op.apply(oft::view(x), oft::view(y));
+    EXPECT_TRUE(oft_test::all_equal(y, x));
+    oft::Generators<double> dtheta(d, 1);
+    oft::Workspace<double> ws;
+    op.backward(oft::view(x), oft::view(x), oft::view(dx), dtheta.view(), ws);
+    EXPECT_TRUE(oft_test::all_equal(dx, x));
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <oft/index.hpp>
 #include <stdexcept>
 #include <string>
@@ -95,6 +96,24 @@ TEST(BlockSizeFromPacked, ExactForLargeM) {
     EXPECT_TRUE(throws_with<std::invalid_argument>([m] { oft::block_size_from_packed(m + 1); },
                                                    {std::to_string(m + 1)}));
   }
+}
+
+// Up to the largest m an Index can hold: b = 2^32 gives m = 2^31 (2^32 - 1) < 2^63, and
+// INT64_MAX lies strictly between two triangular numbers. b (b + 1) overflows 64-bit signed
+// arithmetic here, so this also checks (under UBSan) that the search does not overflow.
+TEST(BlockSizeFromPacked, LargestRepresentableM) {
+  const std::vector<Index> sizes = {3037000500LL, 3037000501LL, 4294967295LL, 4294967296LL};
+  for (Index b : sizes) {
+    const Index m = (b % 2 == 0) ? (b / 2) * (b - 1) : b * ((b - 1) / 2);
+    EXPECT_EQ(oft::block_size_or_negative(m), b) << "b=" << b;
+    EXPECT_EQ(oft::block_size_or_negative(m - 1), -1) << "b=" << b;
+    EXPECT_EQ(oft::block_size_or_negative(m + 1), -1) << "b=" << b;
+  }
+  const Index max = std::numeric_limits<Index>::max();
+  EXPECT_EQ(oft::block_size_or_negative(max), -1);
+  EXPECT_EQ(oft::block_size_or_negative(max - 1), -1);
+  EXPECT_TRUE(throws_with<std::invalid_argument>([max] { oft::block_size_from_packed(max); },
+                                                 {std::to_string(max)}));
 }
 
 TEST(BlockSpec, FromFeatures) {

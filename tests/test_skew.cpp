@@ -131,7 +131,9 @@ TEST(PackSkewGradient, IsAdjointOfUnpack) {
 // A compile-time block size works with unpack_skew and oft::skew<4>.
 TEST(FixedBlockSize, UnpackAndSkewExpression) {
   const double row[6] = {1, 2, 3, 4, 5, 6};
-  Eigen::Matrix<double, 4, 4> fixed;
+  // Initialized: unpack_skew writes through a const reference (Eigen's out-parameter idiom),
+  // which GCC's -Wmaybe-uninitialized cannot see at -O1.
+  Eigen::Matrix<double, 4, 4> fixed = Eigen::Matrix<double, 4, 4>::Constant(99.0);
   oft::unpack_skew(row, 4, fixed);
   MatD dynamic;
   oft::unpack_skew(row, 4, dynamic);

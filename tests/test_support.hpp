@@ -75,12 +75,25 @@ double gamma(Index n) {
   return nu / (1.0 - nu);
 }
 
+/// Every test program starts single-threaded: ctest -j runs test programs side by side on few
+/// cores, where each OpenMP fork/join of a small problem waits for a scheduler time slice
+/// (measured: 0.1 ms -> 12 ms per apply on a loaded 2-core machine). Tests of the threaded
+/// paths raise the count explicitly with ScopedThreads.
+inline const bool kSingleThreadedByDefault = [] {
+#if defined(_OPENMP)
+  omp_set_num_threads(1);
+#endif
+  return true;
+}();
+
 // ---------------------------------------------------------------------------------------------
 // Deterministic random numbers (same sequence on every platform: no std distributions).
 // ---------------------------------------------------------------------------------------------
 class Rng {
  public:
-  explicit Rng(std::uint64_t seed) : state_(seed) {}
+  // Reading kSingleThreadedByDefault guarantees its initialization even where an implementation
+  // defers the dynamic initialization of inline variables to their first use.
+  explicit Rng(std::uint64_t seed) : state_(seed) { (void)kSingleThreadedByDefault; }
   /// SplitMix64 step (an independent implementation from oft's, used only for test data).
   std::uint64_t bits() {
     std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
@@ -317,17 +330,6 @@ template <class Scalar>
                                            << " was overwritten (sentinel " << sentinel << ")";
   return ::testing::AssertionSuccess();
 }
-
-/// Every test program starts single-threaded: ctest -j runs test programs side by side on few
-/// cores, where each OpenMP fork/join of a small problem waits for a scheduler time slice
-/// (measured: 0.1 ms -> 12 ms per apply on a loaded 2-core machine). Tests of the threaded
-/// paths raise the count explicitly with ScopedThreads.
-inline const bool kSingleThreadedByDefault = [] {
-#if defined(_OPENMP)
-  omp_set_num_threads(1);
-#endif
-  return true;
-}();
 
 /// Sets the OpenMP thread count for the lifetime of the object (no-op without OpenMP).
 class ScopedThreads {
