@@ -25,10 +25,12 @@ void unpack_skew(const Scalar* row, Index b, const Eigen::MatrixBase<Derived>& q
   q.resize(b, b);
   for (Index p = 0; p < b; ++p) {
     q(p, p) = Scalar(0);
-    const Scalar* u = row + packed_row_start(p, b) - (p + 1);  // u[q] is element (p, q)
+    // u[j] is element (p, p + 1 + j). Indexing from the row's start never forms a pointer before
+    // `row` (undefined behaviour; `row` is even null for b = 1, where m = 0).
+    const Scalar* u = row + packed_row_start(p, b);
     for (Index c = p + 1; c < b; ++c) {
-      q(p, c) = u[c];
-      q(c, p) = -u[c];
+      q(p, c) = u[c - p - 1];
+      q(c, p) = -u[c - p - 1];
     }
   }
 }
