@@ -78,11 +78,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   /// std::invalid_argument on a shape mismatch and std::domain_error for non-finite theta or a
   /// policy refusal (e.g. a divergent series in tolerance mode); the operator is unchanged then.
   void set_generators(GeneratorView<const Scalar> theta) {
-    detail::require(theta.count() == spec_.generators() && theta.block_size() == spec_.block_size,
-                    "theta holds ", theta.count(), " generators of block size ",
-                    theta.block_size(), ", expected ", spec_.generators(), " of block size ",
-                    spec_.block_size, " (", theta.count(), "x", theta.packed(), " vs ",
-                    spec_.generators(), "x", spec_.packed(), ")");
+    check_generators(theta, "theta");
     theta.require_finite();
     const Index b = spec_.block_size, count = spec_.generators();
     // Plans first: a refusal must leave the operator untouched.
@@ -154,11 +150,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       detail::require_in_place_or_disjoint(dx, x, "dX", "X");
     }
     if (want_dtheta) {
-      detail::require(dtheta.count() == spec_.generators() &&
-                          dtheta.block_size() == spec_.block_size,
-                      "dtheta holds ", dtheta.count(), " generators of block size ",
-                      dtheta.block_size(), ", expected ", spec_.generators(), " of block size ",
-                      spec_.block_size);
+      check_generators(dtheta, "dtheta");
       detail::require(workspace_count >= workspace_size(), "backward workspace has ",
                       workspace_count, " scalars, needs ", workspace_size());
     }
@@ -172,9 +164,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
                                      GeneratorView<Scalar> dtheta) const {
     const Index b = spec_.block_size;
     detail::require_shape(block_gradients, spec_.blocks * b, b, "block gradients");
-    detail::require(dtheta.count() == spec_.generators() && dtheta.block_size() == b,
-                    "dtheta holds ", dtheta.count(), " generators of block size ",
-                    dtheta.block_size(), ", expected ", spec_.generators(), " of block size ", b);
+    check_generators(dtheta, "dtheta");
     std::vector<Scalar> summed(static_cast<size_t>(spec_.generators() * block_area()), Scalar(0));
     for (Index i = 0; i < spec_.blocks; ++i) {
       if (!block_active(i)) continue;
@@ -251,6 +241,16 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   Scalar* rotation(Index g) { return rotations_.data() + g * block_area(); }
   const Scalar* rotation(Index g) const { return rotations_.data() + g * block_area(); }
   Scalar* rotation_t(Index g) { return rotations_t_.data() + g * block_area(); }
+
+  /// Throws unless `theta` holds spec().generators() generators of block size b.
+  template <class Element>
+  void check_generators(const GeneratorView<Element>& theta, const char* name) const {
+    detail::require(theta.count() == spec_.generators() && theta.block_size() == spec_.block_size,
+                    name, " holds ", theta.count(), " generators of block size ",
+                    theta.block_size(), ", expected ", spec_.generators(), " of block size ",
+                    spec_.block_size, " (", theta.count(), "x", theta.packed(), " vs ",
+                    spec_.generators(), "x", spec_.packed(), ")");
+  }
 
   void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
     detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
