@@ -23,6 +23,7 @@
 
 #include <Eigen/Eigenvalues>
 
+#include "backend.hpp"
 #include "cpu/gemm_tile.hpp"
 #include "errors.hpp"
 #include "index.hpp"
@@ -32,19 +33,6 @@
 #include "workspace.hpp"
 
 namespace oft {
-
-namespace detail {
-template <class>
-inline constexpr bool always_false = false;
-}
-
-/// Primary template: only backend specializations exist. A missing one is a compile error.
-template <class Scalar, class Parameterization, class Backend = cpu>
-class BlockOrthogonal {
-  static_assert(detail::always_false<Backend>,
-                "oft::BlockOrthogonal has no implementation for this backend: use oft::cpu, or "
-                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
-};
 
 template <class Scalar_, class Parameterization_>
 class BlockOrthogonal<Scalar_, Parameterization_, cpu> {

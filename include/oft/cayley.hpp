@@ -10,29 +10,22 @@
 #include <Eigen/LU>
 
 #include "parameterization.hpp"
+#include "policies.hpp"
 
 namespace oft {
 
-struct ExactCayley {
-  struct Plan {};
-  static constexpr const char* name = "cayley";
-
-  template <class Scalar>
-  Plan plan(const SquareMatrix<Scalar>& /*q*/) const { return {}; }
-
-  static PlanSummary summary(Plan) { return PlanSummary{true, -1}; }
-
-  template <class Scalar>
-  void rotation(const SquareMatrix<Scalar>& q, Plan, SquareMatrix<Scalar>& r) const {
+namespace detail {
+template <class Scalar>
+struct PolicyOps<ExactCayley, SquareMatrix<Scalar>> {
+  static void rotation(const SquareMatrix<Scalar>& q, SquareMatrix<Scalar>& r) {
     const Index b = q.rows();
     const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
     Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
     r = lu.solve(identity + q);
   }
 
-  template <class Scalar>
-  void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& r, Plan,
-                    const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) const {
+  static void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& r,
+                           const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) {
     const Index b = q.rows();
     const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
     Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
@@ -40,5 +33,6 @@ struct ExactCayley {
     dq = lu.solve(rhs).transpose();
   }
 };
+}  // namespace detail
 
 }  // namespace oft

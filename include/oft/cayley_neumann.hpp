@@ -101,33 +101,18 @@ double skew_spectral_norm(const SquareMatrix<Scalar>& q) {
 
 }  // namespace detail
 
-/// Cayley–Neumann with a fixed number of terms k >= 0.
-struct CayleyNeumann {
-  struct Plan {};
-  static constexpr const char* name = "cayley_neumann";
-
-  /// k = 4 (not explicit, so that an operator's defaulted `Parameterization p = {}` compiles).
-  CayleyNeumann() : CayleyNeumann(4) {}
-  explicit CayleyNeumann(int k) : terms(k) {
-    detail::require(k >= 0, "Cayley-Neumann needs k >= 0 terms, got k=", k);
+namespace detail {
+template <class Scalar>
+struct PolicyOps<CayleyNeumann, SquareMatrix<Scalar>> {
+  static void rotation(int k, const SquareMatrix<Scalar>& q, SquareMatrix<Scalar>& r) {
+    neumann_rotation(q, k, r);
   }
-
-  int terms;
-
-  template <class Scalar>
-  Plan plan(const SquareMatrix<Scalar>& /*q*/) const { return {}; }
-  PlanSummary summary(Plan) const { return PlanSummary{false, terms}; }
-
-  template <class Scalar>
-  void rotation(const SquareMatrix<Scalar>& q, Plan, SquareMatrix<Scalar>& r) const {
-    detail::neumann_rotation(q, terms, r);
-  }
-  template <class Scalar>
-  void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& /*r*/, Plan,
-                    const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) const {
-    detail::neumann_rotation_vjp(q, terms, g, dq);
+  static void rotation_vjp(int k, const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& g,
+                           SquareMatrix<Scalar>& dq) {
+    neumann_rotation_vjp(q, k, g, dq);
   }
 };
+}  // namespace detail
 
 /// What CayleyNeumannTolerance does for a generator whose series cannot meet the tolerance.
 enum class OnDivergence {

@@ -1,9 +1,8 @@
 #pragma once
 /// \file config.hpp
-/// Basic types, macros and backend tags shared by every oft header.
+/// Basic types, macros and backend tags shared by every oft header (CPU and CUDA). Eigen-free.
 
 #include <cstddef>
-#include <Eigen/Core>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define OFT_HOST_DEVICE __host__ __device__
@@ -26,11 +25,13 @@
 
 namespace oft {
 
-/// Signed index type used for every size, stride and offset (Eigen's convention).
-using Index = Eigen::Index;
+/// Signed index type used for every size, stride and offset. It is Eigen's default index type
+/// (std::ptrdiff_t); parameterization.hpp checks that the two agree. config.hpp itself does not
+/// include Eigen, so the CUDA backend's headers compile under nvcc without it.
+using Index = std::ptrdiff_t;
 
 /// Marker for a block size known only at run time (same value as Eigen::Dynamic).
-inline constexpr int Dynamic = Eigen::Dynamic;
+inline constexpr int Dynamic = -1;
 
 /// Backend tags. Operators are specialized on these; a backend that was not included
 /// (e.g. `cuda` without <oft/cuda.hpp>) is a readable compile error.

@@ -18,13 +18,6 @@
 
 namespace oft {
 
-template <class Scalar, class Parameterization, class Backend = cpu>
-class OftLinear {
-  static_assert(detail::always_false<Backend>,
-                "oft::OftLinear has no implementation for this backend: use oft::cpu, or "
-                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
-};
-
 template <class Scalar_, class Parameterization_>
 class OftLinear<Scalar_, Parameterization_, cpu> {
  public:

@@ -14,9 +14,18 @@
 /// Policies: ExactCayley (cayley.hpp), CayleyNeumann and CayleyNeumannTolerance
 /// (cayley_neumann.hpp), MatrixExponential (exponential.hpp).
 
+#include <type_traits>
+
+#include <Eigen/Core>
+
 #include "config.hpp"
+#include "policies.hpp"
 
 namespace oft {
+
+static_assert(std::is_same_v<Index, Eigen::Index>,
+              "oft::Index must equal Eigen::Index (do not redefine EIGEN_DEFAULT_DENSE_INDEX_TYPE)");
+static_assert(Dynamic == Eigen::Dynamic, "oft::Dynamic must equal Eigen::Dynamic");
 
 /// Dense square matrix type used for per-block parameterization math (column-major, dynamic).
 template <class Scalar>
@@ -25,11 +34,5 @@ using SquareMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 /// Dense row-major matrix type returned by operators (dense(), block()).
 template <class Scalar>
 using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-/// What a policy decided for one generator, as plain data (for reports and tests).
-struct PlanSummary {
-  bool exact = false;  ///< exact Cayley (or exponential) was used
-  int terms = -1;      ///< Neumann terms k when a truncated series was used, else -1
-};
 
 }  // namespace oft

@@ -9,6 +9,8 @@
 
 #include <type_traits>
 
+#include <Eigen/Core>
+
 #include "config.hpp"
 #include "errors.hpp"
 

@@ -10,6 +10,8 @@
 /// packet primitives make it portable to SSE, AVX2, AVX-512 and NEON. No checks: callers in
 /// block_orthogonal.hpp validate shapes at the public boundary.
 
+#include <Eigen/Core>
+
 #include "../config.hpp"
 
 namespace oft::cpu_detail {

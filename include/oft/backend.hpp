@@ -1,0 +1,33 @@
+#pragma once
+/// \file backend.hpp
+/// Primary templates of the operators, specialized per backend tag (oft::cpu in
+/// block_orthogonal.hpp and linear.hpp, oft::cuda in cuda/). Eigen-free, so both the CPU headers
+/// and the nvcc-compiled CUDA headers declare their specializations against the same templates.
+
+#include "config.hpp"
+
+namespace oft {
+
+namespace detail {
+template <class>
+inline constexpr bool always_false = false;
+}
+
+/// Block-diagonal orthogonal operator R = diag(R_1, ..., R_r) built from packed generators.
+/// Primary template: only backend specializations exist. A missing one is a compile error.
+template <class Scalar, class Parameterization, class Backend = cpu>
+class BlockOrthogonal {
+  static_assert(detail::always_false<Backend>,
+                "oft::BlockOrthogonal has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
+};
+
+/// Frozen linear layer with an OFT adapter. Primary template, as for BlockOrthogonal.
+template <class Scalar, class Parameterization, class Backend = cpu>
+class OftLinear {
+  static_assert(detail::always_false<Backend>,
+                "oft::OftLinear has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
+};
+
+}  // namespace oft
