@@ -1,0 +1,170 @@
+#pragma once
+/// \file cuda/device_view.hpp
+/// Views over row-major matrices in GPU memory, and a small owning device buffer.
+///
+/// `DeviceMatrixView<T>` is the CUDA backend's boundary type: pointer, rows, cols and leading
+/// dimension (the row stride, in elements). It is a distinct type from the CPU's MatrixView so
+/// that a host pointer cannot be passed to a kernel by accident; the operators also ask the CUDA
+/// runtime whether each pointer is device-accessible and throw std::invalid_argument otherwise.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "error.hpp"
+
+namespace oft {
+
+template <class Element>
+class DeviceMatrixView {
+ public:
+  using Scalar = std::remove_const_t<Element>;
+
+  DeviceMatrixView() = default;
+
+  /// `rows x cols` elements, element (i, j) at data[i * ld + j]; ld defaults to cols.
+  /// Throws std::invalid_argument for negative sizes, ld < cols or a null pointer with elements.
+  DeviceMatrixView(Element* data, Index rows, Index cols, Index ld = -1)
+      : data_(data), rows_(rows), cols_(cols), ld_(ld < 0 ? cols : ld) {
+    detail::require(rows >= 0 && cols >= 0, "device matrix view with negative shape ", rows, "x",
+                    cols);
+    detail::require(ld_ >= cols, "device matrix view leading dimension ", ld_,
+                    " is smaller than its width ", cols);
+    detail::require(data != nullptr || rows == 0 || cols == 0, "device matrix view of shape ",
+                    rows, "x", cols, " over a null pointer");
+  }
+
+  /// A mutable view converts to a const view.
+  template <class Other, class = std::enable_if_t<std::is_same_v<const Other, Element> &&
+                                                  !std::is_same_v<Other, Element>>>
+  DeviceMatrixView(const DeviceMatrixView<Other>& other)  // NOLINT(google-explicit-constructor)
+      : data_(other.data()), rows_(other.rows()), cols_(other.cols()), ld_(other.ld()) {}
+
+  Element* data() const { return data_; }
+  Index rows() const { return rows_; }
+  Index cols() const { return cols_; }
+  Index ld() const { return ld_; }
+  bool empty() const { return rows_ == 0 || cols_ == 0; }
+
+  /// Sub-view of rows [first, first+count) and columns [col, col+width) (no bounds check).
+  DeviceMatrixView block(Index first, Index col, Index count, Index width) const {
+    DeviceMatrixView out;
+    out.data_ = data_ + first * ld_ + col;
+    out.rows_ = count;
+    out.cols_ = width;
+    out.ld_ = ld_;
+    return out;
+  }
+
+  /// Byte range touched, for overlap tests.
+  const char* begin_byte() const { return reinterpret_cast<const char*>(data_); }
+  const char* end_byte() const {
+    return empty() ? begin_byte()
+                   : reinterpret_cast<const char*>(data_ + (rows_ - 1) * ld_ + cols_);
+  }
+
+ private:
+  Element* data_ = nullptr;
+  Index rows_ = 0;
+  Index cols_ = 0;
+  Index ld_ = 0;
+};
+
+/// Owning, uninitialized device memory for `count` elements of T (cudaMalloc / cudaFree).
+/// Used for the operators' own state (generators, rotation blocks), never in a hot path.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    if (count > 0) {
+      void* p = nullptr;
+      cuda_detail::check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc", "DeviceBuffer");
+      data_ = static_cast<T*>(p);
+    }
+  }
+  ~DeviceBuffer() {
+    if (data_ != nullptr) (void)cudaFree(data_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      if (data_ != nullptr) (void)cudaFree(data_);
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+
+  T* data() const { return data_; }
+  std::size_t size() const { return count_; }
+  std::size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+namespace cuda_detail {
+
+/// Throws std::invalid_argument unless `p` is memory a kernel may read (device or managed memory,
+/// or host memory mapped for the device). One cheap runtime query, no synchronization.
+inline void require_device_pointer(const void* p, const char* name, const char* where) {
+  if (p == nullptr) return;  // empty views; shape checks reject null with elements
+  cudaPointerAttributes attributes{};
+  const cudaError_t status = cudaPointerGetAttributes(&attributes, p);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    detail::require(false, where, ": ", name, " is not a pointer the CUDA runtime knows (",
+                    cudaGetErrorString(status), ")");
+  }
+  detail::require(attributes.type == cudaMemoryTypeDevice ||
+                      attributes.type == cudaMemoryTypeManaged ||
+                      (attributes.type == cudaMemoryTypeHost && attributes.devicePointer != nullptr),
+                  where, ": ", name,
+                  " points to host memory; the CUDA backend needs device memory (cudaMalloc)");
+}
+
+template <class A, class B>
+bool overlaps(const DeviceMatrixView<A>& a, const DeviceMatrixView<B>& b) {
+  if (a.empty() || b.empty()) return false;
+  return a.begin_byte() < b.end_byte() && b.begin_byte() < a.end_byte();
+}
+
+template <class A, class B>
+bool same_memory(const DeviceMatrixView<A>& a, const DeviceMatrixView<B>& b) {
+  return static_cast<const void*>(a.data()) == static_cast<const void*>(b.data()) &&
+         a.rows() == b.rows() && a.cols() == b.cols() && a.ld() == b.ld();
+}
+
+template <class A>
+void require_shape(const DeviceMatrixView<A>& m, Index rows, Index cols, const char* name,
+                   const char* where) {
+  detail::require(m.rows() == rows && m.cols() == cols, where, ": ", name, " has shape ",
+                  m.rows(), "x", m.cols(), ", expected ", rows, "x", cols);
+}
+
+template <class A, class B>
+void require_in_place_or_disjoint(const DeviceMatrixView<A>& out, const DeviceMatrixView<B>& in,
+                                  const char* out_name, const char* in_name, const char* where) {
+  detail::require(same_memory(out, in) || !overlaps(out, in), where, ": ", out_name,
+                  " partially overlaps ", in_name,
+                  "; pass the same view for in-place use or disjoint memory");
+}
+
+template <class A, class B>
+void require_disjoint(const DeviceMatrixView<A>& out, const DeviceMatrixView<B>& in,
+                      const char* out_name, const char* in_name, const char* where) {
+  detail::require(!overlaps(out, in), where, ": ", out_name, " overlaps ", in_name,
+                  ", which this operation does not support");
+}
+
+}  // namespace cuda_detail
+}  // namespace oft

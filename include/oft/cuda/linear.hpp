@@ -1,0 +1,210 @@
+#pragma once
+/// \file cuda/linear.hpp
+/// OftLinear<T, Policy, cuda>: a frozen linear layer W0 (n_out x d) with an OFT adapter on the
+/// GPU. The frozen GEMMs go through cuBLAS (cublasGemmEx, fp32 accumulation for 16-bit T); the
+/// adapter is BlockOrthogonal<T, Policy, cuda>.
+///
+///   forward:  Y = X * R (input-centric, into the workspace), Z = Y * W0^T + bias
+///   backward: dY = dZ * W0 (into the workspace), then the rotation's backward gives dX, dtheta
+///   merge:    W' = W0 * R^T;  unmerge: W0 = W' * (R^T)^-1 (true inverse, also for Neumann R)
+///
+/// Construction copies W0 and the bias to device memory the layer owns, creates a cuBLAS handle
+/// and synchronizes. forward and backward allocate nothing: they take a caller-owned workspace of
+/// workspace_bytes(N) bytes and only enqueue work on the given stream (the handle is bound to it
+/// per call). A layer object must not be used from two host threads at once (one cuBLAS handle).
+/// With a bias, Z is first filled with the bias and the GEMM adds Y * W0^T with beta = 1, so Z is
+/// rounded to T once.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <type_traits>
+
+#include "block_orthogonal.hpp"
+#include "kernels_linear.hpp"
+
+namespace oft {
+
+template <class Scalar_, class Parameterization_>
+class OftLinear<Scalar_, Parameterization_, cuda> {
+ public:
+  using Scalar = Scalar_;
+  using Parameterization = Parameterization_;
+  using Rotation = BlockOrthogonal<Scalar, Parameterization, cuda>;
+  using Parameter = typename Rotation::Parameter;
+
+  /// w0: n_out x d frozen weight (device memory, PyTorch nn.Linear layout); bias: n_out values in
+  /// device memory or nullptr. Both are copied. theta starts at zero (R = I).
+  OftLinear(DeviceMatrixView<const Scalar> w0, const Scalar* bias, const BlockSpec& spec,
+            Parameterization parameterization = {})
+      : rotation_(spec, parameterization),
+        out_features_(w0.rows()),
+        w0_(static_cast<std::size_t>(w0.rows() * w0.cols())),
+        bias_(bias != nullptr ? static_cast<std::size_t>(w0.rows()) : 0) {
+    const char* where = "OftLinear<cuda> constructor";
+    detail::require(w0.cols() == spec.features(), where, ": W0 has ", w0.cols(),
+                    " columns, the block spec has d=", spec.features());
+    detail::require(w0.rows() >= 1, where, ": W0 has no rows");
+    cuda_detail::require_device_pointer(w0.data(), "w0", where);
+    cuda_detail::require_device_pointer(bias, "bias", where);
+    const std::size_t row_bytes = static_cast<std::size_t>(w0.cols()) * sizeof(Scalar);
+    cuda_detail::check(cudaMemcpy2D(w0_.data(), row_bytes, w0.data(),
+                                    static_cast<std::size_t>(w0.ld()) * sizeof(Scalar), row_bytes,
+                                    static_cast<std::size_t>(w0.rows()), cudaMemcpyDeviceToDevice),
+                       "cudaMemcpy2D", where);
+    if (bias != nullptr)
+      cuda_detail::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
+                         "cudaMemcpy", where);
+    cuda_detail::check(cublasCreate(&handle_), "cublasCreate", where);
+  }
+  ~OftLinear() {
+    if (handle_ != nullptr) (void)cublasDestroy(handle_);
+  }
+  OftLinear(const OftLinear&) = delete;
+  OftLinear& operator=(const OftLinear&) = delete;
+
+  Index in_features() const { return rotation_.features(); }
+  Index out_features() const { return out_features_; }
+  const Rotation& rotation() const { return rotation_; }
+  Rotation& rotation() { return rotation_; }
+  bool has_bias() const { return bias_.size() > 0; }
+  /// The layer's copy of W0 (n_out x d, row-major, contiguous).
+  DeviceMatrixView<const Scalar> weight() const {
+    return DeviceMatrixView<const Scalar>(w0_.data(), out_features_, in_features());
+  }
+
+  void set_generators(DeviceMatrixView<const Parameter> theta, cudaStream_t stream) {
+    rotation_.set_generators(theta, stream);
+  }
+
+  /// Device workspace bytes for forward and backward with N tokens.
+  std::size_t workspace_bytes(Index tokens) const {
+    return cuda_detail::align_up(activation_bytes(tokens)) + rotation_.workspace_bytes(tokens);
+  }
+
+  /// Z = (X * R) * W0^T + bias. x: N x d, z: N x n_out (device memory, any leading dimension).
+  void forward(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> z, void* workspace,
+               std::size_t workspace_size, cudaStream_t stream) {
+    const char* where = "OftLinear<cuda>::forward";
+    const Index n = x.rows();
+    cuda_detail::require_shape(x, n, in_features(), "x", where);
+    cuda_detail::require_shape(z, n, out_features_, "z", where);
+    cuda_detail::require_device_pointer(z.data(), "z", where);
+    require_workspace(workspace, workspace_size, n, where);
+    if (n == 0) return;
+    DeviceMatrixView<Scalar> y(static_cast<Scalar*>(workspace), n, in_features());
+    rotation_.apply(x, y, stream);
+    float one = 1.0f, zero = 0.0f;
+    double one_d = 1.0, zero_d = 0.0;
+    if (has_bias()) cuda_detail::broadcast_rows<Scalar>(bias_.data(), z.data(), z.ld(), n,
+                                                        out_features_, stream);
+    const bool accumulate = has_bias();
+    bind(stream, where);
+    // Column-major view: Z^T (n_out x N) = W0 (op T of the d x n_out matrix W0^T) * Y^T.
+    cuda_detail::check(
+        cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, to_int(out_features_), to_int(n),
+                     to_int(in_features()), alpha(one, one_d), w0_.data(), data_type(),
+                     to_int(in_features()), y.data(), data_type(), to_int(y.ld()),
+                     accumulate ? alpha(one, one_d) : alpha(zero, zero_d), z.data(), data_type(),
+                     to_int(z.ld()), compute_type(), CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx", where);
+  }
+
+  /// dX and dtheta from dZ (N x n_out). dx may be empty (skip); dtheta may be empty (skip).
+  void backward(DeviceMatrixView<const Scalar> x, DeviceMatrixView<const Scalar> dz,
+                DeviceMatrixView<Scalar> dx, DeviceMatrixView<Parameter> dtheta, void* workspace,
+                std::size_t workspace_size, cudaStream_t stream) {
+    const char* where = "OftLinear<cuda>::backward";
+    const Index n = dz.rows();
+    cuda_detail::require_shape(dz, n, out_features_, "dz", where);
+    cuda_detail::require_shape(x, n, in_features(), "x", where);
+    cuda_detail::require_device_pointer(dz.data(), "dz", where);
+    require_workspace(workspace, workspace_size, n, where);
+    DeviceMatrixView<Scalar> dy(static_cast<Scalar*>(workspace), n, in_features());
+    if (n > 0) {
+      float one = 1.0f, zero = 0.0f;
+      double one_d = 1.0, zero_d = 0.0;
+      bind(stream, where);
+      // Column-major view: dY^T (d x N) = W0^T (d x n_out) * dZ^T (n_out x N).
+      cuda_detail::check(
+          cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, to_int(in_features()), to_int(n),
+                       to_int(out_features_), alpha(one, one_d), w0_.data(), data_type(),
+                       to_int(in_features()), dz.data(), data_type(), to_int(dz.ld()),
+                       alpha(zero, zero_d), dy.data(), data_type(), to_int(dy.ld()),
+                       compute_type(), CUBLAS_GEMM_DEFAULT),
+          "cublasGemmEx", where);
+    }
+    char* rest = static_cast<char*>(workspace) + cuda_detail::align_up(activation_bytes(n));
+    rotation_.backward(x, dy, dx, dtheta, rest, workspace_size - cuda_detail::align_up(activation_bytes(n)),
+                       stream);
+  }
+
+  /// W' = W0 * R^T (n_out x d) into `merged`.
+  void merge(DeviceMatrixView<Scalar> merged, cudaStream_t stream) const {
+    rotation_.apply_transposed(weight(), merged, stream);
+  }
+
+  /// W0 = W' * (R^T)^-1 into `w0_out` (exact inverse per block, so also correct for a truncated
+  /// Neumann R that is only nearly orthogonal). Not a hot path: allocates b x b inverses and
+  /// synchronizes `stream`.
+  void unmerge(DeviceMatrixView<const Scalar> merged, DeviceMatrixView<Scalar> w0_out,
+               cudaStream_t stream) const {
+    const char* where = "OftLinear<cuda>::unmerge";
+    cuda_detail::require_shape(merged, out_features_, in_features(), "merged", where);
+    cuda_detail::require_shape(w0_out, out_features_, in_features(), "w0_out", where);
+    cuda_detail::require_in_place_or_disjoint(w0_out, merged, "w0_out", "merged", where);
+    cuda_detail::require_device_pointer(merged.data(), "merged", where);
+    cuda_detail::require_device_pointer(w0_out.data(), "w0_out", where);
+    const BlockSpec& spec = rotation_.spec();
+    const Index area = spec.block_size * spec.block_size;
+    DeviceBuffer<Parameter> inverses(static_cast<std::size_t>(spec.generators() * area));
+    cuda_detail::invert_transposed_blocks<Parameter>(rotation_.rotation_blocks(),
+                                                     spec.generators(), spec.block_size,
+                                                     inverses.data(), stream);
+    const cuda_detail::BlockLayout layout{spec.blocks, spec.block_size, spec.shared, nullptr};
+    cuda_detail::apply_simt<Scalar, Parameter>(merged.data(), merged.ld(), w0_out.data(),
+                                               w0_out.ld(), out_features_, layout,
+                                               inverses.data(), false, stream);
+    cuda_detail::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
+  }
+
+ private:
+  std::size_t activation_bytes(Index tokens) const {
+    return static_cast<std::size_t>(tokens * in_features()) * sizeof(Scalar);
+  }
+  void require_workspace(void* workspace, std::size_t size, Index n, const char* where) const {
+    detail::require(size >= workspace_bytes(n), where, ": workspace of ", size,
+                    " bytes, needs workspace_bytes(", n, ") = ", workspace_bytes(n));
+    detail::require(workspace != nullptr, where, ": null workspace");
+    cuda_detail::require_device_pointer(workspace, "workspace", where);
+    detail::require(reinterpret_cast<std::uintptr_t>(workspace) % cuda_detail::kAlignment == 0,
+                    where, ": workspace is not ", cuda_detail::kAlignment, "-byte aligned");
+  }
+  void bind(cudaStream_t stream, const char* where) {
+    cuda_detail::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
+  }
+  static int to_int(Index v) {
+    detail::require(v <= 2147483647, "OftLinear<cuda>: dimension ", v,
+                    " exceeds cuBLAS's 32-bit int");
+    return static_cast<int>(v);
+  }
+  static const void* alpha(const float& f, const double& d) {
+    if constexpr (std::is_same_v<Scalar, double>)
+      return &d;
+    else
+      return &f;
+  }
+  static cudaDataType_t data_type() { return cuda_detail::cuda_data_type<Scalar>(); }
+  static cublasComputeType_t compute_type() {
+    return std::is_same_v<Scalar, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  }
+
+  Rotation rotation_;
+  Index out_features_;
+  DeviceBuffer<Scalar> w0_;
+  DeviceBuffer<Scalar> bias_;
+  cublasHandle_t handle_ = nullptr;
+};
+
+}  // namespace oft
