@@ -116,20 +116,34 @@ __device__ void warp_rows_times_block(const T* a, const T* mhi, const T* mlo, fl
   }
 }
 
-/// dst rows [row0, row0+rows) of block column col0 = T(out).
+/// dst rows [row0, row0+rows) of block column col0 = T(out). vec: 8 elements per 16-byte store.
 template <class T>
 __device__ void store_tile(const float* out, int ldo, T* dst, Index ld, Index row0, Index rows,
-                           Index col0, int b) {
-  for (int e = threadIdx.x; e < static_cast<int>(rows) * b; e += blockDim.x) {
-    const int r = e / b, c = e % b;
-    dst[(row0 + r) * ld + col0 + c] = from_accumulator<T>(out[r * ldo + c]);
+                           Index col0, int b, bool vec) {
+  if (vec) {
+    const int per_row = b / 8;
+    for (int e = threadIdx.x; e < static_cast<int>(rows) * per_row; e += blockDim.x) {
+      const int r = e / per_row, c = (e % per_row) * 8;
+      union {
+        uint4 vector;
+        T scalars[8];
+      } pack;
+      for (int k = 0; k < 8; ++k) pack.scalars[k] = from_accumulator<T>(out[r * ldo + c + k]);
+      *reinterpret_cast<uint4*>(dst + (row0 + r) * ld + col0 + c) = pack.vector;
+    }
+  } else {
+    for (int e = threadIdx.x; e < static_cast<int>(rows) * b; e += blockDim.x) {
+      const int r = e / b, c = e % b;
+      dst[(row0 + r) * ld + col0 + c] = from_accumulator<T>(out[r * ldo + c]);
+    }
   }
 }
 
 template <class T>
 __global__ void __launch_bounds__(kTensorThreads)
     apply_tensor_core_kernel(const T* x, Index ldx, T* y, Index ldy, Index n, BlockLayout layout,
-                             const T* hi, const T* lo, bool transpose, bool vec) {
+                             const T* hi, const T* lo, bool transpose, bool vec_in,
+                             bool vec_out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // bf16 WMMA needs sm_80; the host never selects this path on older GPUs
 #else
@@ -150,11 +164,11 @@ __global__ void __launch_bounds__(kTensorThreads)
   const Index tiles = token_tiles(n, kTensorTileRows);
   for (Index tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     const Index row0 = tile * kTensorTileRows, rows = min(kTensorTileRows, n - row0);
-    stage_tile(x, ldx, row0, rows, col0, b, xs, s.lda, vec);
+    stage_tile(x, ldx, row0, rows, col0, b, xs, s.lda, vec_in);
     __syncthreads();
     warp_rows_times_block(xs, mhi, mlo, out, b, s.lda, s.ldo);
     __syncthreads();
-    store_tile(out, s.ldo, y, ldy, row0, rows, col0, b);
+    store_tile(out, s.ldo, y, ldy, row0, rows, col0, b, vec_out);
     __syncthreads();
   }
 #endif
@@ -164,7 +178,7 @@ template <class T>
 __global__ void __launch_bounds__(kTensorThreads)
     backward_tensor_core_kernel(const T* x, Index ldx, const T* dy, Index lddy, T* dx, Index lddx,
                                 Index n, BlockLayout layout, const T* hi, const T* lo,
-                                float* partials, bool vec) {
+                                float* partials, bool vec_in, bool vec_out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
@@ -205,8 +219,8 @@ __global__ void __launch_bounds__(kTensorThreads)
   const Index tiles = token_tiles(n, kTensorTileRows);
   for (Index tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     const Index row0 = tile * kTensorTileRows, rows = min(kTensorTileRows, n - row0);
-    stage_tile(dy, lddy, row0, rows, col0, b, dys, s.lda, vec);
-    if (slot != nullptr) stage_tile(x, ldx, row0, rows, col0, b, xs, s.lda, vec);
+    stage_tile(dy, lddy, row0, rows, col0, b, dys, s.lda, vec_in);
+    if (slot != nullptr) stage_tile(x, ldx, row0, rows, col0, b, xs, s.lda, vec_in);
     __syncthreads();
     if (slot != nullptr) {
       for (int o = 0; o < kMaxOwned; ++o) {
@@ -226,7 +240,7 @@ __global__ void __launch_bounds__(kTensorThreads)
     if (dx != nullptr) {
       warp_rows_times_block(dys, mhi, mlo, out, b, s.lda, s.ldo);
       __syncthreads();
-      store_tile(out, s.ldo, dx, lddx, row0, rows, col0, b);
+      store_tile(out, s.ldo, dx, lddx, row0, rows, col0, b, vec_out);
     }
     __syncthreads();
   }
@@ -289,11 +303,12 @@ void apply_tensor_core(const T* x, Index ldx, T* y, Index ldy, Index n, const Bl
   const TensorSharedLayout s(static_cast<int>(layout.b), false);
   const std::size_t bytes = s.bytes(false);
   allow_shared_bytes(apply_tensor_core_kernel<T>, bytes, where);
-  const bool vec = rows_are_16_byte_aligned(x, ldx);
+  const bool vec_in = rows_are_16_byte_aligned(x, ldx);
+  const bool vec_out = rows_are_16_byte_aligned(y, ldy);
   const dim3 grid(static_cast<unsigned>(layout.blocks),
                   tile_grid(token_tiles(n, kTensorTileRows)));
-  apply_tensor_core_kernel<T><<<grid, kTensorThreads, bytes, stream>>>(x, ldx, y, ldy, n, layout,
-                                                                       hi, lo, transpose, vec);
+  apply_tensor_core_kernel<T><<<grid, kTensorThreads, bytes, stream>>>(
+      x, ldx, y, ldy, n, layout, hi, lo, transpose, vec_in, vec_out);
   check_launch("apply_tensor_core_kernel", where);
 }
 
@@ -306,13 +321,14 @@ void backward_tensor_core(const T* x, Index ldx, const T* dy, Index lddy, T* dx,
   const TensorSharedLayout s(static_cast<int>(layout.b), true);
   const std::size_t bytes = s.bytes(true);
   allow_shared_bytes(backward_tensor_core_kernel<T>, bytes, where);
-  const bool vec = rows_are_16_byte_aligned(dy, lddy) &&
-                   (partials == nullptr || rows_are_16_byte_aligned(x, ldx));
+  const bool vec_in = rows_are_16_byte_aligned(dy, lddy) &&
+                      (partials == nullptr || rows_are_16_byte_aligned(x, ldx));
+  const bool vec_out = dx == nullptr || rows_are_16_byte_aligned(dx, lddx);
   const unsigned rows = partials != nullptr ? static_cast<unsigned>(chunks)
                                             : tile_grid(token_tiles(n, kTensorTileRows));
   const dim3 grid(static_cast<unsigned>(layout.blocks), rows);
   backward_tensor_core_kernel<T><<<grid, kTensorThreads, bytes, stream>>>(
-      x, ldx, dy, lddy, dx, lddx, n, layout, hi, lo, partials, vec);
+      x, ldx, dy, lddy, dx, lddx, n, layout, hi, lo, partials, vec_in, vec_out);
   check_launch("backward_tensor_core_kernel", where);
 }
 
