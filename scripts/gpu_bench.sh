@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Run THERE (the lent GPU machine), from the repo root, after scripts/gpu_bundle.sh ran HERE and
+# .gpu_deps/ was carried. One command, about 9 minutes at most (OFT_GPU_BUDGET_S, default 540):
+#
+#   deps      environment report; GoogleTest built from the carried sources into /tmp/oft-gtest
+#   build     configure (Ninja if present, CUDA arch from nvidia-smi, carried Eigen and Google
+#             Benchmark), build bench_cuda and every test_cuda* target
+#   test      ctest -L cuda (or the test_cuda* binaries directly when no test has that label)
+#   bench     bench_cuda, 5 repetitions, JSON into $OUT/bench_cuda.json
+#   compare   bench/compare_peft.py --out $OUT/compare_peft.json (runs bench_cuda itself)
+#   sanitize  compute-sanitizer memcheck, then racecheck, on each test_cuda* binary, with what is
+#             left of the budget (OFT_SANITIZER_FILTER: a gtest filter, default '*')
+#
+# Each step has a time limit and the later steps get what is left, so the results that matter
+# most (tests, timings) come back first. Files in $OUT (the device tool returns at most 8):
+# build.log tests.log bench_cuda.json bench_cuda.log compare_peft.json compare_peft.log
+# sanitizer.log summary.txt. The summary is printed last.
+#
+# Environment: OUT (set by the device tool; default ./gpu-out), OFT_GPU_PHASES (comma list of
+# the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
+# else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
+# OFT_SANITIZER_FILTER ('*'), PYTHON (python3).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+PHASES=",${OFT_GPU_PHASES:-deps,build,test,bench,compare,sanitize},"
+BUILD=${OFT_GPU_BUILD_DIR:-build-gpu}
+BUDGET=${OFT_GPU_BUDGET_S:-540}
+PY=${PYTHON:-python3}
+JOBS=$(nproc 2>/dev/null || echo 8)
+DEPS=$ROOT/.gpu_deps
+GTEST_PREFIX=/tmp/oft-gtest
+BENCH_BIN=$BUILD/bench/cuda/bench_cuda
+LOG_BUILD=$OUT/build.log LOG_TEST=$OUT/tests.log LOG_SAN=$OUT/sanitizer.log
+LOG_BENCH=$OUT/bench_cuda.log LOG_CMP=$OUT/compare_peft.log SUMMARY=$OUT/summary.txt
+export PYTHONUNBUFFERED=1
+
+T0=$SECONDS
+STATUS=()
+left() { echo $((BUDGET - (SECONDS - T0))); }
+say() { echo "[gpu_bench +$((SECONDS - T0))s] $*"; }
+want() { [[ $PHASES == *",$1,"* ]]; }
+record() { STATUS+=("$1"); say "$1"; }
+
+# run_step NAME CAP LOG CMD...: runs CMD with output appended to LOG, limited to min(CAP, what is
+# left of the budget - 5 s); records ok / FAILED / TIMED OUT / SKIPPED.
+run_step() {
+  local name=$1 cap=$2 log=$3
+  shift 3
+  local limit=$(($(left) - 5))
+  ((limit > cap)) && limit=$cap
+  if ((limit < 10)); then
+    record "$name: SKIPPED (budget of ${BUDGET}s spent)"
+    return 99
+  fi
+  echo "=== $name (limit ${limit}s): $*" >>"$log"
+  say "$name (limit ${limit}s)"
+  local start=$SECONDS rc
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  local took=$((SECONDS - start))
+  case $rc in
+    0) record "$name: ok (${took}s)" ;;
+    124 | 137) record "$name: TIMED OUT after ${took}s (limit ${limit}s), see $(basename "$log")" ;;
+    *) record "$name: FAILED rc=$rc (${took}s), see $(basename "$log")" ;;
+  esac
+  return $rc
+}
+
+cuda_tests() {  # the built test_cuda* executables
+  find "$BUILD" -type f -perm -u+x -name 'test_cuda*' ! -name '*.*' 2>/dev/null | sort
+}
+
+# ---------------------------------------------------------------------------------------------
+if [[ ! -f $DEPS/MANIFEST.txt ]]; then
+  say "ERROR: $DEPS missing: run scripts/gpu_bundle.sh on the development machine and carry .gpu_deps"
+  exit 2
+fi
+
+if want deps; then
+  {
+    echo "=== environment"
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,compute_cap \
+      --format=csv 2>&1 || echo "nvidia-smi failed"
+    nvcc --version 2>&1 | tail -2 || /usr/local/cuda/bin/nvcc --version 2>&1 | tail -2
+    cmake --version | head -1
+    (ninja --version 2>/dev/null | sed 's/^/ninja /') || echo "no ninja"
+    c++ --version 2>&1 | head -1
+    grep -m1 PRETTY_NAME /etc/os-release 2>/dev/null
+    echo "nproc $JOBS"
+    $PY -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")' 2>&1
+    $PY -c 'import peft; print("peft", peft.__version__)' 2>&1
+    (command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer) 2>&1
+    cat "$DEPS/MANIFEST.txt"
+  } >>"$LOG_BUILD" 2>&1
+  GEN=()
+  command -v ninja >/dev/null && GEN=(-G Ninja)
+  run_step "googletest (build + install to $GTEST_PREFIX)" 120 "$LOG_BUILD" bash -c "
+    cmake -S '$DEPS/googletest' -B /tmp/oft-gtest-build ${GEN[*]} -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX=$GTEST_PREFIX -DBUILD_GMOCK=ON -DINSTALL_GTEST=ON &&
+    cmake --build /tmp/oft-gtest-build -j$JOBS && cmake --install /tmp/oft-gtest-build"
+fi
+
+if want build; then
+  GEN=()
+  command -v ninja >/dev/null && GEN=(-G Ninja)
+  ARCH=${OFT_CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null |
+    head -1 | tr -d ' .')}
+  [[ $ARCH =~ ^[0-9]+$ ]] || ARCH=90
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  run_step "configure (sm_$ARCH)" 120 "$LOG_BUILD" cmake -S . -B "$BUILD" "${GEN[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DOFT_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DOFT_BUILD_TESTS=ON -DOFT_BUILD_BENCH=ON \
+    -DOFT_BUILD_EXAMPLES=OFF -DOFT_USE_BLAS=OFF -DOFT_WARNINGS_AS_ERRORS=OFF \
+    -DEigen3_DIR="$DEPS/prefix/share/eigen3/cmake" \
+    -Dbenchmark_DIR="$DEPS/prefix/lib/x86_64-linux-gnu/cmake/benchmark" \
+    -DCMAKE_PREFIX_PATH="$GTEST_PREFIX"
+  TESTS=$(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\btest_cuda[A-Za-z0-9_]*' |
+    sort -u | tr '\n' ' ')
+  echo "CUDA test targets: ${TESTS:-(none)}" >>"$LOG_BUILD"
+  # shellcheck disable=SC2086
+  run_step "build bench_cuda ${TESTS:-(no test_cuda* targets)}" 300 "$LOG_BUILD" \
+    cmake --build "$BUILD" -j"$JOBS" --target bench_cuda $TESTS
+fi
+
+if want test; then
+  if ctest --test-dir "$BUILD" -N -L cuda 2>/dev/null | grep -q 'Total Tests: [1-9]'; then
+    run_step "ctest -L cuda" 150 "$LOG_TEST" ctest --test-dir "$BUILD" -L cuda \
+      --output-on-failure --timeout 120 -j 4
+  else
+    echo "no ctest test labelled 'cuda': running the test_cuda* binaries directly" >>"$LOG_TEST"
+    for bin in $(cuda_tests); do
+      run_step "$(basename "$bin")" 150 "$LOG_TEST" "$bin" --gtest_brief=1
+    done
+    [[ -n $(cuda_tests) ]] || record "tests: no test_cuda* binary was built"
+  fi
+fi
+
+if want bench; then
+  if [[ -x $BENCH_BIN ]]; then
+    run_step "bench_cuda" 170 "$LOG_BENCH" "$BENCH_BIN" \
+      --benchmark_repetitions="${OFT_BENCH_REPS:-5}" --benchmark_report_aggregates_only=true \
+      --benchmark_min_time="${OFT_BENCH_MIN_TIME:-0.1}" \
+      --benchmark_out="$OUT/bench_cuda.json" --benchmark_out_format=json
+  else
+    record "bench_cuda: NOT BUILT ($BENCH_BIN missing)"
+  fi
+fi
+
+if want compare; then
+  run_step "compare_peft.py" 200 "$LOG_CMP" "$PY" bench/compare_peft.py --binary "$BENCH_BIN" \
+    --out "$OUT/compare_peft.json" --bench-repetitions 3
+fi
+
+if want sanitize; then
+  SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  BINS=$(cuda_tests)
+  if [[ ! -x $SAN ]]; then
+    record "sanitizers: compute-sanitizer not found"
+  elif [[ -z $BINS ]]; then
+    record "sanitizers: no test_cuda* binary"
+  else
+    runs=$((2 * $(echo "$BINS" | wc -l)))
+    for tool in memcheck racecheck; do
+      for bin in $BINS; do
+        # Split what is left of the budget evenly between the runs still to come.
+        share=$((($(left) - 5) / runs))
+        runs=$((runs - 1))
+        ((share < 20)) && share=20
+        run_step "$tool $(basename "$bin")" "$share" "$LOG_SAN" "$SAN" --tool "$tool" \
+          --error-exitcode 97 "$bin" --gtest_filter="${OFT_SANITIZER_FILTER:-*}" --gtest_brief=1
+      done
+    done
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+{
+  echo "=== oft GPU run: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+  echo "phases:${PHASES//,/ } budget ${BUDGET}s, used $((SECONDS - T0))s"
+  printf '  %s\n' "${STATUS[@]}"
+  if [[ -f $LOG_TEST ]]; then
+    echo "--- tests"
+    grep -E 'tests passed|tests failed|Total Test time|\[  (PASSED|FAILED) \]|FAILED|Failed' \
+      "$LOG_TEST" | tail -25
+  fi
+  if [[ -f $LOG_SAN ]]; then
+    echo "--- compute-sanitizer"
+    grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY' "$LOG_SAN" | tail -30
+  fi
+  if [[ -f $LOG_BENCH ]]; then
+    echo "--- bench_cuda"
+    grep -E 'CHECK FAILED|ERROR OCCURRED|error' "$LOG_BENCH" | head -10
+    grep -cE '_median' "$LOG_BENCH" | sed 's/^/median rows: /'
+  fi
+  if [[ -f $LOG_CMP ]]; then
+    echo "--- compare_peft.py"
+    sed -n '/^Layer step/,$p' "$LOG_CMP"
+    grep -E 'PEFT failed|oft side failed|WARNING|Traceback|Error' "$LOG_CMP" | head -10
+  fi
+} >"$SUMMARY" 2>&1
+cat "$SUMMARY"
