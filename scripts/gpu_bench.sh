@@ -145,6 +145,7 @@ if want bench; then
       --benchmark_repetitions="${OFT_BENCH_REPS:-5}" --benchmark_report_aggregates_only=true \
       --benchmark_min_time="${OFT_BENCH_MIN_TIME:-0.1}" \
       --benchmark_out="$OUT/bench_cuda.json" --benchmark_out_format=json
+    grep -q 'no CUDA device' "$LOG_BENCH" && record "bench_cuda: found NO CUDA DEVICE"
   else
     record "bench_cuda: NOT BUILT ($BENCH_BIN missing)"
   fi
@@ -193,13 +194,17 @@ fi
   fi
   if [[ -f $LOG_BENCH ]]; then
     echo "--- bench_cuda"
-    grep -E 'CHECK FAILED|ERROR OCCURRED|error' "$LOG_BENCH" | head -10
+    grep -E 'CHECK FAILED|ERROR OCCURRED|error|no CUDA device' "$LOG_BENCH" | head -10
     grep -cE '_median' "$LOG_BENCH" | sed 's/^/median rows: /'
   fi
   if [[ -f $LOG_CMP ]]; then
     echo "--- compare_peft.py"
-    sed -n '/^Layer step/,$p' "$LOG_CMP"
-    grep -E 'PEFT failed|oft side failed|WARNING|Traceback|Error' "$LOG_CMP" | head -10
+    if grep -q '^Layer step' "$LOG_CMP"; then
+      sed -n '/^Layer step/,$p' "$LOG_CMP"
+      grep -E 'PEFT failed|oft side failed|WARNING|Traceback|Error' "$LOG_CMP" | head -10
+    else
+      tail -15 "$LOG_CMP"
+    fi
   fi
 } >"$SUMMARY" 2>&1
 cat "$SUMMARY"

@@ -59,7 +59,8 @@ void add_context() {
   benchmark::AddCustomContext(
       "oft_counters",
       "bytes/GBps/bw_fraction: cost model of bench_cuda_common.cuh over the mean step time, "
-      "bw_fraction against gpu_peak_memory_bandwidth_GBps; kept_bytes = X + theta + R (+ the "
+      "bw_fraction against gpu_peak_memory_bandwidth_GBps (bytes_over_l2 < ~4: partly L2-resident, "
+      "GBps may exceed device memory's); kept_bytes = X + theta + R (+ the "
       "tensor-core copies of R); check_ok/check_err: one-off output checks against a double "
       "host reference");
 }

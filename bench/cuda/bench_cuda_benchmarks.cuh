@@ -252,8 +252,8 @@ struct Fixture {
   CheckResult rotation_check, layer_check;
 
  private:
-  std::vector<double> host_blocks() const {
-    const std::vector<P> raw = rotation->rotation_blocks_host(stream());
+  static std::vector<double> host_blocks(const Rotation& op) {
+    const std::vector<P> raw = op.rotation_blocks_host(stream());
     return std::vector<double>(raw.begin(), raw.end());
   }
 
@@ -261,7 +261,7 @@ struct Fixture {
   /// first, so unwritten values fail); one rotation step: dX rows against dY R^T, dX and dtheta
   /// finite everywhere.
   void check_rotation() {
-    const std::vector<double> blocks = host_blocks();
+    const std::vector<double> blocks = host_blocks(*rotation);
     const double tol = check_tolerance<T>();
     fill_value(act->y.data(), act->y.size(), std::nanf(""));
     rotation->apply(x(), y(), stream());
@@ -287,7 +287,7 @@ struct Fixture {
 
   /// Layer forward rows 0 and N-1 against (X R) W0^T in double; dX and dtheta finite.
   void check_layer() {
-    const std::vector<double> blocks = host_blocks();
+    const std::vector<double> blocks = host_blocks(layer_->rotation());
     const std::vector<float>& w0 = frozen_weight<T>().host;
     const double tol = check_tolerance<T>();
     fill_value(act->z.data(), act->z.size(), std::nanf(""));

@@ -337,8 +337,11 @@ double run_timed(benchmark::State& state, Body&& body) {
 }
 
 /// Bandwidth counters for `bytes` moved per step in `seconds`.
+/// bytes_over_l2 < ~4 warns that part of the traffic may be served by the L2 (back-to-back steps
+/// reuse the same buffers), so GBps can then exceed what device memory alone delivers.
 inline void set_bandwidth_counters(benchmark::State& state, double bytes, double seconds) {
   state.counters["bytes"] = bytes;
+  if (device().l2_bytes > 0) state.counters["bytes_over_l2"] = bytes / device().l2_bytes;
   if (seconds <= 0) return;
   const double rate = bytes / seconds;
   state.counters["GBps"] = rate * 1e-9;
