@@ -367,6 +367,9 @@ def run_bench_cuda(binary, pattern, repetitions, min_time, out_json, timeout):
         raise RuntimeError(f"bench_cuda failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     if "no CUDA device" in proc.stdout:
         raise RuntimeError("bench_cuda found no CUDA device")
+    for line in proc.stdout.splitlines():
+        if "CHECK FAILED" in line or "ERROR OCCURRED" in line or line.startswith("bench_cuda:"):
+            log("bench_cuda:", line.strip())
     return proc.stdout
 
 
