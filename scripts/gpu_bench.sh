@@ -2,9 +2,10 @@
 # Run THERE (the lent GPU machine), from the repo root, after scripts/gpu_bundle.sh ran HERE and
 # .gpu_deps/ was carried. One command, about 9 minutes at most (OFT_GPU_BUDGET_S, default 540):
 #
-#   deps      environment report; GoogleTest built from the carried sources into /tmp/oft-gtest
-#   build     configure (Ninja if present, CUDA arch from nvidia-smi, carried Eigen and Google
-#             Benchmark), build bench_cuda and every test_cuda* target
+#   deps      environment report (GPU, driver, toolchain, torch, peft) into build.log
+#   build     GoogleTest from the carried sources into /tmp/oft-gtest (unless there), configure
+#             (Ninja if present, CUDA arch from nvidia-smi, carried Eigen and Google Benchmark),
+#             build bench_cuda and every test_cuda* target
 #   test      ctest -L cuda (or the test_cuda* binaries directly when no test has that label)
 #   bench     bench_cuda, 5 repetitions, JSON into $OUT/bench_cuda.json
 #   compare   bench/compare_peft.py --out $OUT/compare_peft.json (runs bench_cuda itself)
@@ -16,14 +17,14 @@
 # build.log tests.log bench_cuda.json bench_cuda.log compare_peft.json compare_peft.log
 # sanitizer.log summary.txt. The summary is printed last.
 #
-# Environment: OUT (set by the device tool; default ./gpu-out), OFT_GPU_PHASES (comma list of
+# Environment: OUT (set by the device tool; default /tmp/oft-gpu-out), OFT_GPU_PHASES (comma list of
 # the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
 # else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
 # OFT_SANITIZER_FILTER ('*'), PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
-OUT=${OUT:-$ROOT/gpu-out}
+OUT=${OUT:-/tmp/oft-gpu-out}
 mkdir -p "$OUT"
 PHASES=",${OFT_GPU_PHASES:-deps,build,test,bench,compare,sanitize},"
 BUILD=${OFT_GPU_BUILD_DIR:-build-gpu}
@@ -96,17 +97,17 @@ if want deps; then
     (command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer) 2>&1
     cat "$DEPS/MANIFEST.txt"
   } >>"$LOG_BUILD" 2>&1
-  GEN=()
-  command -v ninja >/dev/null && GEN=(-G Ninja)
-  run_step "googletest (build + install to $GTEST_PREFIX)" 120 "$LOG_BUILD" bash -c "
-    cmake -S '$DEPS/googletest' -B /tmp/oft-gtest-build ${GEN[*]} -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_INSTALL_PREFIX=$GTEST_PREFIX -DBUILD_GMOCK=ON -DINSTALL_GTEST=ON &&
-    cmake --build /tmp/oft-gtest-build -j$JOBS && cmake --install /tmp/oft-gtest-build"
 fi
 
 if want build; then
   GEN=()
   command -v ninja >/dev/null && GEN=(-G Ninja)
+  if [[ ! -d $GTEST_PREFIX ]]; then
+    run_step "googletest (build + install to $GTEST_PREFIX)" 120 "$LOG_BUILD" bash -c "
+      cmake -S '$DEPS/googletest' -B /tmp/oft-gtest-build ${GEN[*]} -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_INSTALL_PREFIX=$GTEST_PREFIX -DBUILD_GMOCK=ON -DINSTALL_GTEST=ON &&
+      cmake --build /tmp/oft-gtest-build -j$JOBS && cmake --install /tmp/oft-gtest-build"
+  fi
   ARCH=${OFT_CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null |
     head -1 | tr -d ' .')}
   [[ $ARCH =~ ^[0-9]+$ ]] || ARCH=90
