@@ -458,36 +458,46 @@ inline ApplyMagnitudes apply_magnitudes(const OpConfig& config,
 
 /// Entrywise bound for Y = X R (or X R^T) computed on the GPU in T against the CPU reference in
 /// double, for inputs exactly representable in T.
+///
+/// float / double: GPU and reference are each within gamma_b |X| |R'| of X R_their own (Higham
+/// eq. 3.5; for T = float the double reference's share is far smaller), and
+/// |R_gpu - R_ref| <= rt entrywise, so |gpu - ref| <= 2 gamma_b(T) mag + rows.
+///
+/// 16-bit T (numeric.hpp, kernels_tensor_core.hpp): the GPU forms a = sum_k x_k R_kj in fp32
+/// from exact 16-bit x and fp32 R (CUDA cores) or from R_hi + R_lo (tensor cores, R_hi = T(R),
+/// R_lo = T(R - R_hi)), then rounds a to T once. The error e of a (apply_error) is
+///   gamma_{2b}(u = eps_f) mag     fp32 accumulation of <= 2b exact products; u = eps_f rather
+///                                 than eps_f / 2 because tensor-core accumulation is not
+///                                 guaranteed to round to nearest
+///   + u_T^2 mag + 2 eta_T sum     R - R_hi - R_lo (<= u_T |R - R_hi| + eta_T), with the
+///                                 subnormal floor of both roundings
+///   + rows                        fp32 R against the reference R (rotation_tolerance)
+///   + gamma_b(double) mag         the reference's own rounding
+/// and |fl_T(a) - a| <= u_T |a| + eta_T <= u_T (|y_ref| + e) + eta_T, so
+///   |gpu - ref| <= u_T (|y_ref| + e) + eta_T + e:
+/// half an ulp of T at the value plus the fp32-level error e (orders of magnitude below
+/// u_T |y|); rigorous for round-to-nearest stores.
+template <class T>
+double apply_error(const ApplyMagnitudes& m, std::size_t e, Index b) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return 2.0 * gamma<T>(b) * m.mag[e] + m.rows[e];
+  } else {
+    const double uT = unit_roundoff<T>();
+    const double acc = gamma_u(2 * b, eps_of<float>()) + uT * uT + gamma<double>(b);
+    return acc * m.mag[e] + m.rows[e] + 2.0 * Rounding<T>::eta * m.sum[e];
+  }
+}
+
 template <class T>
 std::vector<double> apply_bound(const ApplyMagnitudes& m, const std::vector<double>& reference,
                                 Index b) {
   std::vector<double> out(m.mag.size());
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    // GPU and reference are each within gamma_b |X| |R'| of X R_their own (Higham eq. 3.5; for
-    // T = float the double reference's share is far smaller), and |R_gpu - R_ref| <= rt
-    // entrywise: |gpu - ref| <= 2 gamma_b(T) mag + rows.
-    const double gb = 2.0 * gamma<T>(b);
-    for (std::size_t e = 0; e < out.size(); ++e) out[e] = gb * m.mag[e] + m.rows[e];
-  } else {
-    // 16-bit T (numeric.hpp, kernels_tensor_core.hpp): the GPU forms a = sum_k x_k R_kj in fp32
-    // from exact 16-bit x and fp32 R (SIMT) or from R_hi + R_lo (tensor cores, R_hi = T(R),
-    // R_lo = T(R - R_hi)), then rounds a to T once. With e the error of a:
-    //   e <= gamma_{2b}(u = eps_f) mag     fp32 accumulation of <= 2b exact products; u = eps_f
-    //                                       rather than eps_f / 2 because tensor-core
-    //                                       accumulation is not guaranteed round-to-nearest
-    //      + u_T^2 mag + 2 eta_T sum        R - R_hi - R_lo (<= u_T |R - R_hi| + eta_T), with
-    //                                       the subnormal floor of both roundings
-    //      + rows                           fp32 R vs the reference R (rotation_tolerance)
-    //      + gamma_b(double) mag            the reference's own rounding
-    //   |fl_T(a) - a| <= u_T |a| + eta_T <= u_T (|y_ref| + e) + eta_T.
-    // So |gpu - ref| <= u_T (|y_ref| + e) + eta_T + e: half an ulp of T at the value plus the
-    // fp32-level error e (orders of magnitude below u_T |y|), rigorous for round-to-nearest.
-    const double uT = unit_roundoff<T>(), etaT = Rounding<T>::eta;
-    const double acc = gamma_u(2 * b, eps_of<float>()) + uT * uT + gamma<double>(b);
-    for (std::size_t e = 0; e < out.size(); ++e) {
-      const double err = acc * m.mag[e] + m.rows[e] + 2.0 * etaT * m.sum[e];
-      out[e] = uT * (std::abs(reference[e]) + err) + etaT + err;
-    }
+  for (std::size_t e = 0; e < out.size(); ++e) {
+    const double err = apply_error<T>(m, e, b);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
+      out[e] = err;
+    else
+      out[e] = unit_roundoff<T>() * (std::abs(reference[e]) + err) + Rounding<T>::eta + err;
   }
   return out;
 }
