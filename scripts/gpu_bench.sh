@@ -20,7 +20,7 @@
 # Environment: OUT (set by the device tool; default /tmp/oft-gpu-out), OFT_GPU_PHASES (comma list of
 # the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
 # else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
-# OFT_SANITIZER_FILTER ('*'), PYTHON (python3).
+# OFT_SANITIZER_FILTER ('*'), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
@@ -123,7 +123,7 @@ if want build; then
     sort -u | tr '\n' ' ')
   echo "CUDA test targets: ${TESTS:-(none)}" >>"$LOG_BUILD"
   # shellcheck disable=SC2086
-  run_step "build bench_cuda ${TESTS:-(no test_cuda* targets)}" 300 "$LOG_BUILD" \
+  run_step "build bench_cuda ${TESTS:-(no test_cuda* targets)}" "${OFT_GPU_BUILD_CAP_S:-300}" "$LOG_BUILD" \
     cmake --build "$BUILD" -j"$JOBS" --target bench_cuda $TESTS
 fi
 
@@ -186,8 +186,9 @@ fi
   printf '  %s\n' "${STATUS[@]}"
   if [[ -f $LOG_TEST ]]; then
     echo "--- tests"
-    grep -E 'tests passed|tests failed|Total Test time|\[  (PASSED|FAILED) \]|FAILED|Failed' \
+    grep -E 'tests passed|tests failed|Total Test time|\((Failed|Timeout|Exception|SEGFAULT)\)|\[  (PASSED|FAILED)  ?\]' \
       "$LOG_TEST" | tail -25
+    grep -c '(Skipped)' "$LOG_TEST" | sed 's/^/skipped tests: /'
   fi
   if [[ -f $LOG_SAN ]]; then
     echo "--- compute-sanitizer"
