@@ -120,6 +120,9 @@ void check_two_streams(Index b, std::uint64_t seed) {
         "cudaMemset");
   }
 
+  // The memsets ran on the legacy stream, which non-blocking streams do not wait for.
+  oft_cuda_test::sync_device("clearing outputs");
+
   // Interleaved on two non-blocking streams; the host enqueues alternately.
   oft_cuda_test::Stream s1, s2;
   for (int r = 0; r < kRounds; ++r) {
