@@ -7,7 +7,7 @@
 /// Every case: random inputs exactly representable in T (so the double CPU reference sees the
 /// same values), r = 3 blocks, b in {1, 2, 3, 8, 16, 32, 64}, shared and unshared generators.
 ///
-/// Tolerances (cuda_test_support.hpp states the policy):
+/// Tolerances (cuda_test_support.cuh states the policy):
 ///  - rotation blocks: rotation_tolerance (c * n * eps * scale: 2 (k + 2) b eps P(rho) for
 ///    Neumann, 4 b eps sqrt(1 + rho^2) for exact Cayley), max entry, eps of the parameter type;
 ///  - apply / apply_transposed / dX: apply_bound (rigorous: 2 gamma_b |X| |R'| plus the rotation

@@ -76,6 +76,110 @@ double stored_error(double mag, double err) {
   return err + stored_roundoff<T>() * (mag + err) + Rounding<T>::eta;
 }
 
+/// Entrywise bound of Z = (X R) W0^T + bias (n x n_out) against the reference `ref` (file
+/// comment). `bias` is empty without a bias.
+template <class T>
+std::vector<double> layer_forward_bound(const OpConfig& config, const std::vector<double>& x,
+                                        Index n, const std::vector<double>& blocks,
+                                        const std::vector<double>& rt,
+                                        const std::vector<double>& w0,
+                                        const std::vector<double>& bias,
+                                        const std::vector<double>& ref) {
+  const Index d = config.features(), b = config.b;
+  const ApplyMagnitudes my = apply_magnitudes(config, {}, x, n, blocks, rt, false);
+  std::vector<double> e_y(my.mag.size()), a_y(my.mag.size());
+  for (std::size_t e = 0; e < e_y.size(); ++e) {
+    e_y[e] = stored_error<T>(my.mag[e], apply_error<T>(my, e, b));
+    a_y[e] = my.mag[e] + e_y[e];
+  }
+  const std::vector<double> ay_w = abs_product(a_y, w0, n, d, kOutputs, true);
+  const std::vector<double> ey_w = abs_product(e_y, w0, n, d, kOutputs, true);
+  const std::vector<double> my_w = abs_product(my.mag, w0, n, d, kOutputs, true);
+  std::vector<double> bound(static_cast<std::size_t>(n * kOutputs));
+  const double g = gemm_gamma<T>(d + 1), gref = gamma<double>(b + d + 1);
+  for (Index t = 0; t < n; ++t)
+    for (Index o = 0; o < kOutputs; ++o) {
+      const std::size_t at = static_cast<std::size_t>(t * kOutputs + o);
+      const double bias_abs = bias.empty() ? 0.0 : std::abs(bias[static_cast<std::size_t>(o)]);
+      const double err = g * (ay_w[at] + bias_abs) + ey_w[at] + gref * (my_w[at] + bias_abs);
+      bound[at] = oft::is_half_precision_v<T>
+                      ? unit_roundoff<T>() * (std::abs(ref[at]) + err) + Rounding<T>::eta + err
+                      : err;
+    }
+  return bound;
+}
+
+struct LayerBackwardBounds {
+  std::vector<double> dx;      ///< entrywise, n x d
+  std::vector<double> dtheta;  ///< per generator (2-norm of the row)
+};
+
+/// Bounds of the layer's dX (against the reference `dx_ref`) and dtheta for upstream dZ (file
+/// comment).
+template <class T>
+LayerBackwardBounds layer_backward_bounds(const OpConfig& config, const std::vector<double>& x,
+                                          const std::vector<double>& dz, Index n,
+                                          const std::vector<double>& blocks,
+                                          const std::vector<double>& rt,
+                                          const std::vector<double>& rho,
+                                          const std::vector<double>& w0,
+                                          const std::vector<double>& dx_ref) {
+  using P = oft::cuda_parameter_t<T>;
+  const Index d = config.features(), b = config.b;
+  // dY = dZ W0 (cuBLAS, stored in T) and its error.
+  const std::vector<double> mdy = abs_product(dz, w0, n, kOutputs, d, false);
+  std::vector<double> e_dy(mdy.size()), a_dy(mdy.size());
+  for (std::size_t e = 0; e < mdy.size(); ++e) {
+    e_dy[e] = stored_error<T>(mdy[e], gemm_gamma<T>(kOutputs) * mdy[e] +
+                                          gamma<double>(kOutputs) * mdy[e]);
+    a_dy[e] = mdy[e] + e_dy[e];
+  }
+  LayerBackwardBounds out;
+  // dX = dY R^T: the apply_transposed bound on |dY| <= |dZ||W0| + e_dY, plus e_dY |R'|^T.
+  const ApplyMagnitudes ma = apply_magnitudes(config, {}, a_dy, n, blocks, rt, true);
+  const ApplyMagnitudes me = apply_magnitudes(config, {}, e_dy, n, blocks, rt, true);
+  out.dx = apply_bound<T>(ma, dx_ref, b);
+  for (std::size_t e = 0; e < out.dx.size(); ++e)
+    out.dx[e] += (1.0 + stored_roundoff<T>()) * me.mag[e];
+  // dtheta_g: 4 K (||sum_i |X_i|^T e_dY_i||_F + eps_P (n_g + b) ||A_g||_F).
+  out.dtheta.resize(static_cast<std::size_t>(config.generators()));
+  for (Index g = 0; g < config.generators(); ++g) {
+    std::vector<double> a(static_cast<std::size_t>(b * b), 0.0), ee(a.size(), 0.0);
+    Index terms_g = 0;
+    for (Index i = 0; i < config.blocks; ++i) {
+      if (config.generator_of(i) != g) continue;
+      terms_g += n;
+      for (Index t = 0; t < n; ++t)
+        for (Index p = 0; p < b; ++p) {
+          const double xa = std::abs(x[static_cast<std::size_t>(t * d + i * b + p)]);
+          for (Index q = 0; q < b; ++q) {
+            const std::size_t at = static_cast<std::size_t>(t * d + i * b + q);
+            a[static_cast<std::size_t>(p * b + q)] += xa * a_dy[at];
+            ee[static_cast<std::size_t>(p * b + q)] += xa * e_dy[at];
+          }
+        }
+    }
+    double fa = 0.0, fe = 0.0;
+    for (std::size_t e = 0; e < a.size(); ++e) {
+      fa += a[e] * a[e];
+      fe += ee[e] * ee[e];
+    }
+    out.dtheta[static_cast<std::size_t>(g)] =
+        4.0 * derivative_scale(config, rho[static_cast<std::size_t>(g)]) *
+        (std::sqrt(fe) + eps_of<P>() * static_cast<double>(terms_g + b) * std::sqrt(fa));
+  }
+  return out;
+}
+
+/// Per-block unmerge bound (file comment): (2 u_s (cond + 1) + 4 b eps_P cond) ||W0_i||_F.
+template <class T>
+double unmerge_bound(Index b, double cond, double w0_block_norm) {
+  using P = oft::cuda_parameter_t<T>;
+  return (2.0 * stored_roundoff<T>() * (cond + 1.0) +
+          4.0 * static_cast<double>(b) * eps_of<P>() * cond) *
+         w0_block_norm;
+}
+
 /// A layer on the GPU with its inputs (W0 with a leading dimension > d, to test the copy).
 template <class T, class Policy>
 struct GpuLayer {
@@ -159,27 +263,8 @@ void check_layer_forward(int terms, const std::vector<Index>& block_sizes, std::
           const std::vector<double> ref =
               cpu_layer_forward<double>(config, thetad, w0d, kOutputs, biasd, xd, n);
 
-          // Bound (file comment).
-          const ApplyMagnitudes my = apply_magnitudes(config, {}, xd, n, blocks, rt, false);
-          std::vector<double> e_y(my.mag.size()), a_y(my.mag.size());
-          for (std::size_t e = 0; e < e_y.size(); ++e) {
-            e_y[e] = stored_error<T>(my.mag[e], apply_error<T>(my, e, b));
-            a_y[e] = my.mag[e] + e_y[e];
-          }
-          const std::vector<double> ay_w = abs_product(a_y, w0d, n, d, kOutputs, true);
-          const std::vector<double> ey_w = abs_product(e_y, w0d, n, d, kOutputs, true);
-          const std::vector<double> my_w = abs_product(my.mag, w0d, n, d, kOutputs, true);
-          std::vector<double> bound(ref.size());
-          const double g = gemm_gamma<T>(d + 1), gref = gamma<double>(b + d + 1);
-          for (Index t = 0; t < n; ++t)
-            for (Index o = 0; o < kOutputs; ++o) {
-              const std::size_t at = static_cast<std::size_t>(t * kOutputs + o);
-              const double bias_abs = with_bias ? std::abs(biasd[static_cast<std::size_t>(o)]) : 0.0;
-              const double err = g * (ay_w[at] + bias_abs) + ey_w[at] + gref * (my_w[at] + bias_abs);
-              bound[at] = oft::is_half_precision_v<T>
-                              ? unit_roundoff<T>() * (std::abs(ref[at]) + err) + Rounding<T>::eta + err
-                              : err;
-            }
+          const std::vector<double> bound =
+              layer_forward_bound<T>(config, xd, n, blocks, rt, w0d, biasd, ref);
           EXPECT_TRUE(within_bound(to_double(z_dev.dense()), ref, bound, kOutputs));
           EXPECT_TRUE(z_dev.padding_intact());
         }
@@ -236,55 +321,18 @@ void check_layer_backward(int terms, const std::vector<Index>& block_sizes, std:
         cpu_layer_backward<double>(config, thetad, w0d, kOutputs, xd, dzd, n, &dx_ref,
                                    &dtheta_ref);
 
-        // dY = dZ W0 and its error (file comment).
-        const std::vector<double> mdy = abs_product(dzd, w0d, n, kOutputs, d, false);
-        std::vector<double> e_dy(mdy.size()), a_dy(mdy.size());
-        for (std::size_t e = 0; e < mdy.size(); ++e) {
-          e_dy[e] = stored_error<T>(mdy[e], gemm_gamma<T>(kOutputs) * mdy[e] +
-                                                gamma<double>(kOutputs) * mdy[e]);
-          a_dy[e] = mdy[e] + e_dy[e];
-        }
+        const LayerBackwardBounds bounds =
+            layer_backward_bounds<T>(config, xd, dzd, n, blocks, rt, rho, w0d, dx_ref);
         if (c.want_dx) {
           const std::vector<T> dx = c.in_place ? x_dev.download() : dx_dev.download();
-          const ApplyMagnitudes ma = apply_magnitudes(config, {}, a_dy, n, blocks, rt, true);
-          const ApplyMagnitudes me = apply_magnitudes(config, {}, e_dy, n, blocks, rt, true);
-          std::vector<double> bound = apply_bound<T>(ma, dx_ref, b);
-          for (std::size_t e = 0; e < bound.size(); ++e)
-            bound[e] += (1.0 + stored_roundoff<T>()) * me.mag[e];
-          EXPECT_TRUE(within_bound(to_double(dx), dx_ref, bound, d)) << "dX";
+          EXPECT_TRUE(within_bound(to_double(dx), dx_ref, bounds.dx, d)) << "dX";
         } else {
           EXPECT_TRUE(bitwise_equal(dx_dev.download(),
                                     std::vector<T>(static_cast<std::size_t>(n * d), sentinel)));
           EXPECT_TRUE(bitwise_equal(x_dev.download(), x)) << "x modified";
         }
         if (c.want_dtheta) {
-          std::vector<double> tol(static_cast<std::size_t>(gens));
-          for (Index g = 0; g < gens; ++g) {
-            std::vector<double> a(static_cast<std::size_t>(b * b), 0.0), ee(a.size(), 0.0);
-            Index terms_g = 0;
-            for (Index i = 0; i < config.blocks; ++i) {
-              if (config.generator_of(i) != g) continue;
-              terms_g += n;
-              for (Index t = 0; t < n; ++t)
-                for (Index p = 0; p < b; ++p) {
-                  const double xa = std::abs(xd[static_cast<std::size_t>(t * d + i * b + p)]);
-                  for (Index q = 0; q < b; ++q) {
-                    const std::size_t at = static_cast<std::size_t>(t * d + i * b + q);
-                    a[static_cast<std::size_t>(p * b + q)] += xa * a_dy[at];
-                    ee[static_cast<std::size_t>(p * b + q)] += xa * e_dy[at];
-                  }
-                }
-            }
-            double fa = 0.0, fe = 0.0;
-            for (std::size_t e = 0; e < a.size(); ++e) {
-              fa += a[e] * a[e];
-              fe += ee[e] * ee[e];
-            }
-            tol[static_cast<std::size_t>(g)] =
-                4.0 * derivative_scale(config, rho[static_cast<std::size_t>(g)]) *
-                (std::sqrt(fe) + eps_of<P>() * static_cast<double>(terms_g + b) * std::sqrt(fa));
-          }
-          EXPECT_TRUE(rows_within(to_double(dtheta_dev.download()), dtheta_ref, m, tol))
+          EXPECT_TRUE(rows_within(to_double(dtheta_dev.download()), dtheta_ref, m, bounds.dtheta))
               << "dtheta";
         } else {
           EXPECT_TRUE(bitwise_equal(dtheta_dev.download(),
@@ -346,9 +394,7 @@ void check_merge_unmerge(const std::vector<Index>& block_sizes, std::uint64_t se
                   norm += w0d[at] * w0d[at];
                 }
               const double k = cond[static_cast<std::size_t>(config.generator_of(i))];
-              const double tol = (2.0 * stored_roundoff<T>() * (k + 1.0) +
-                                  4.0 * static_cast<double>(b) * eps_of<P>() * k) *
-                                 std::sqrt(norm);
+              const double tol = unmerge_bound<T>(b, k, std::sqrt(norm));
               EXPECT_LE(std::sqrt(err), tol) << what << " block " << i << " cond " << k;
             }
           };
