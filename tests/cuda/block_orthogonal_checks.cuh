@@ -136,13 +136,15 @@ struct ApplyCase {
   bool in_place;
   bool masked;
   bool transposed;
+  Index offset = 0;  ///< x and y start this many elements into their allocations
 };
 
 inline std::string describe(const ApplyCase& c) {
   return std::string(c.transposed ? "apply_transposed" : "apply") + " N=" + std::to_string(c.n) +
          " ld_x=d+" + std::to_string(c.x_pad) +
          (c.in_place ? " in place" : " ld_y=d+" + std::to_string(c.y_pad)) +
-         (c.masked ? " masked" : "");
+         (c.masked ? " masked" : "") +
+         (c.offset != 0 ? " offset " + std::to_string(c.offset) : std::string());
 }
 
 inline std::vector<ApplyCase> apply_cases() {
@@ -153,6 +155,10 @@ inline std::vector<ApplyCase> apply_cases() {
     cases.push_back({128, 0, 0, true, false, transposed});    // in place
     cases.push_back({1000, 7, 7, true, true, transposed});    // in place, strided, mask
     cases.push_back({7, 0, 11, false, true, transposed});     // strided y only
+    // Leading dimensions that keep rows 16-byte aligned relative to the base, but a base one
+    // element past an aligned address: vectorized loads/stores must notice.
+    cases.push_back({128, 8, 8, false, false, transposed, 1});
+    cases.push_back({300, 8, 0, true, true, transposed, 3});  // in place, offset base
   }
   return cases;
 }
@@ -179,9 +185,10 @@ void run_apply_case(GpuOperator<T, Policy>& gpu, const std::vector<double>& ref_
   const std::vector<T> x = random_values<T>(n * d, rng);
   const std::vector<double> xd = to_double(x);
 
-  DeviceMatrix<T> x_dev(x, n, d, d + c.x_pad, c.in_place ? output_sentinel<T>() : input_padding<T>());
+  DeviceMatrix<T> x_dev(x, n, d, d + c.x_pad,
+                        c.in_place ? output_sentinel<T>() : input_padding<T>(), c.offset);
   DeviceMatrix<T> y_dev(std::vector<T>(static_cast<std::size_t>(n * d), output_sentinel<T>()), n,
-                        d, d + c.y_pad, output_sentinel<T>());
+                        d, d + c.y_pad, output_sentinel<T>(), c.offset);
   gpu.op.set_active_blocks(mask, nullptr);
   const oft::DeviceMatrixView<T> y_view = c.in_place ? x_dev.view() : y_dev.view();
   if (c.transposed)
@@ -281,6 +288,7 @@ struct BackwardCase {
   Alias alias;
   bool want_dx;
   bool want_dtheta;
+  Index offset = 0;   ///< x, dy, dx start this many elements into their allocations
 };
 
 inline std::string describe(const BackwardCase& c) {
@@ -290,6 +298,7 @@ inline std::string describe(const BackwardCase& c) {
   if (c.alias == Alias::DxIsX) s += " dx==x";
   if (!c.want_dx) s += " no dx";
   if (!c.want_dtheta) s += " no dtheta";
+  if (c.offset != 0) s += " offset " + std::to_string(c.offset);
   return s;
 }
 
@@ -304,6 +313,9 @@ inline std::vector<BackwardCase> backward_cases() {
   cases.push_back({7, 0, 0, false, Alias::None, false, true});   // dtheta only
   cases.push_back({7, 0, 0, true, Alias::None, true, false});    // dx only (no workspace)
   cases.push_back({0, 0, 0, false, Alias::None, true, false});
+  // 16-byte-aligned leading dimensions over a base that is not (vectorized paths).
+  cases.push_back({128, 8, 0, false, Alias::None, true, true, 1});
+  cases.push_back({300, 8, 0, true, Alias::DxIsDy, true, true, 5});
   return cases;
 }
 
@@ -351,11 +363,11 @@ void run_backward_case(GpuOperator<T, Policy>& gpu, const std::vector<double>& r
   const std::vector<double> xd = to_double(x), dyd = to_double(dy);
 
   const Index ld = d + c.pad;
-  const T in_pad = c.alias == Alias::None ? input_padding<T>() : output_sentinel<T>();
-  DeviceMatrix<T> x_dev(x, n, d, ld, c.alias == Alias::DxIsX ? output_sentinel<T>() : in_pad);
-  DeviceMatrix<T> dy_dev(dy, n, d, ld, c.alias == Alias::DxIsDy ? output_sentinel<T>() : in_pad);
+  // NaN padding of the inputs (also when dx aliases one): read padding would poison results.
+  DeviceMatrix<T> x_dev(x, n, d, ld, input_padding<T>(), c.offset);
+  DeviceMatrix<T> dy_dev(dy, n, d, ld, input_padding<T>(), c.offset);
   DeviceMatrix<T> dx_dev(std::vector<T>(static_cast<std::size_t>(n * d), output_sentinel<T>()),
-                         n, d, ld, output_sentinel<T>());
+                         n, d, ld, output_sentinel<T>(), c.offset);
   const P theta_sentinel = static_cast<P>(-123.0);
   DeviceMatrix<P> dtheta_dev(
       std::vector<P>(static_cast<std::size_t>(gens * m), theta_sentinel), gens, m,

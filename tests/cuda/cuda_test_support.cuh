@@ -109,28 +109,33 @@ class DeviceArray {
   oft::DeviceBuffer<T> buffer_;
 };
 
-/// A rows x cols row-major matrix with leading dimension ld >= cols in device memory; the
-/// ld - cols padding elements of every row hold `pad` (checked untouched after a call).
+/// A rows x cols row-major matrix with leading dimension ld >= cols in device memory, starting
+/// `offset` elements into its allocation (a base pointer that is not 16-byte aligned exercises
+/// the kernels' unaligned paths). The ld - cols padding elements of every row and the `offset`
+/// leading elements hold `pad` (checked untouched after a call).
 template <class T>
 class DeviceMatrix {
  public:
-  DeviceMatrix(const std::vector<T>& dense, Index rows, Index cols, Index ld, T pad)
-      : rows_(rows), cols_(cols), ld_(ld), pad_(pad),
-        storage_(static_cast<std::size_t>(rows * ld)) {
-    if (static_cast<Index>(dense.size()) != rows * cols || ld < cols)
+  DeviceMatrix(const std::vector<T>& dense, Index rows, Index cols, Index ld, T pad,
+               Index offset = 0)
+      : rows_(rows), cols_(cols), ld_(ld), offset_(offset), pad_(pad),
+        storage_(static_cast<std::size_t>(offset + rows * ld)) {
+    if (static_cast<Index>(dense.size()) != rows * cols || ld < cols || offset < 0)
       throw std::invalid_argument("test: DeviceMatrix shape");
-    std::vector<T> host(static_cast<std::size_t>(rows * ld), pad);
+    std::vector<T> host(storage_.size(), pad);
     for (Index i = 0; i < rows; ++i)
       for (Index j = 0; j < cols; ++j)
-        host[static_cast<std::size_t>(i * ld + j)] = dense[static_cast<std::size_t>(i * cols + j)];
+        host[static_cast<std::size_t>(offset + i * ld + j)] =
+            dense[static_cast<std::size_t>(i * cols + j)];
     storage_.upload(host);
   }
 
+  T* data() const { return rows_ * ld_ > 0 ? storage_.data() + offset_ : nullptr; }
   oft::DeviceMatrixView<T> view() const {
-    return oft::DeviceMatrixView<T>(storage_.data(), rows_, cols_, ld_);
+    return oft::DeviceMatrixView<T>(data(), rows_, cols_, ld_);
   }
   oft::DeviceMatrixView<const T> cview() const {
-    return oft::DeviceMatrixView<const T>(storage_.data(), rows_, cols_, ld_);
+    return oft::DeviceMatrixView<const T>(data(), rows_, cols_, ld_);
   }
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -142,24 +147,28 @@ class DeviceMatrix {
     std::vector<T> out(static_cast<std::size_t>(rows_ * cols_));
     for (Index i = 0; i < rows_; ++i)
       for (Index j = 0; j < cols_; ++j)
-        out[static_cast<std::size_t>(i * cols_ + j)] = host[static_cast<std::size_t>(i * ld_ + j)];
+        out[static_cast<std::size_t>(i * cols_ + j)] =
+            host[static_cast<std::size_t>(offset_ + i * ld_ + j)];
     return out;
   }
 
-  /// Success iff every padding element still holds `pad`, bit for bit.
+  /// Success iff every padding element (row tails and the leading offset) still holds `pad`,
+  /// bit for bit.
   ::testing::AssertionResult padding_intact() const {
     const std::vector<T> host = storage_.download();
-    for (Index i = 0; i < rows_; ++i)
-      for (Index j = cols_; j < ld_; ++j)
-        if (std::memcmp(&host[static_cast<std::size_t>(i * ld_ + j)], &pad_, sizeof(T)) != 0)
-          return ::testing::AssertionFailure()
-                 << "padding element (" << i << "," << j << ") beyond the " << cols_
-                 << " columns (ld " << ld_ << ") was overwritten";
+    for (Index e = 0; e < static_cast<Index>(host.size()); ++e) {
+      const Index inside = e - offset_;
+      const bool is_value = inside >= 0 && inside % ld_ < cols_;
+      if (!is_value && std::memcmp(&host[static_cast<std::size_t>(e)], &pad_, sizeof(T)) != 0)
+        return ::testing::AssertionFailure()
+               << "padding element " << e << " of the allocation (offset " << offset_ << ", ld "
+               << ld_ << ", " << cols_ << " columns) was overwritten";
+    }
     return ::testing::AssertionSuccess();
   }
 
  private:
-  Index rows_, cols_, ld_;
+  Index rows_, cols_, ld_, offset_;
   T pad_;
   DeviceArray<T> storage_;
 };
