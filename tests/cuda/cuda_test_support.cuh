@@ -42,15 +42,7 @@ namespace oft_cuda_test {
 
 /// Empty when a CUDA device is usable, else why not (the CUDA runtime's error). Queried once.
 inline const std::string& device_unavailable_reason() {
-  static const std::string reason = [] {
-    if (oft::cuda_device_available()) return std::string();
-    int count = 0;
-    const cudaError_t status = cudaGetDeviceCount(&count);
-    (void)cudaGetLastError();
-    if (status != cudaSuccess)
-      return std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")";
-    return std::string("cudaGetDeviceCount found ") + std::to_string(count) + " devices";
-  }();
+  static const std::string reason = oft::cuda_device_unavailable_reason();
   return reason;
 }
 

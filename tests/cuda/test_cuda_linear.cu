@@ -104,7 +104,7 @@ TEST_F(CudaOftLinear, BadInput) {
       [&] { layer.unmerge(CView(out.data(), n_out, d), View(out.data() + 1, n_out, d), nullptr); },
       {"unmerge", "w0_out partially overlaps merged"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] { layer.merge(View(out.data(), n_out, d + 1), nullptr); }, {"y has shape 6x13"}));
+      [&] { layer.merge(View(out.data(), n_out, d + 1), nullptr); }, {"merge", "merged has shape 6x13", "expected 6x12"}));
   oft_cuda_test::sync_device();
   EXPECT_TRUE(oft_cuda_test::bitwise_equal(out.download(), sentinel)) << "an output was written";
 }

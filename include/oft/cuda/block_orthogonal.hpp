@@ -145,7 +145,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
     apply_impl(x, y, true, stream, "BlockOrthogonal<cuda>::apply_transposed");
   }
 
-  /// Bytes of device workspace that backward needs for `tokens` rows (0 when tokens == 0).
+  /// Bytes of device workspace that backward needs for `tokens` rows. Not 0 for tokens == 0:
+  /// dtheta is then computed (as zero) through the same partial-sum slots.
   std::size_t workspace_bytes(Index tokens) const {
     detail::require(tokens >= 0, "BlockOrthogonal<cuda>::workspace_bytes: negative token count ",
                     tokens);

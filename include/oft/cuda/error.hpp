@@ -31,6 +31,9 @@ namespace cuda_detail {
 
 inline void check(cudaError_t status, const char* call, const char* where) {
   if (status != cudaSuccess) {
+    // Reset the runtime's last error (non-sticky errors such as out-of-memory), so that the next
+    // launch check does not report this failure again for an unrelated kernel.
+    (void)cudaGetLastError();
     throw cuda_error(detail::message("oft: ", call, " in ", where, " failed: ",
                                      cudaGetErrorString(status), " (", cudaGetErrorName(status),
                                      ")"),
@@ -69,16 +72,20 @@ inline void check(cublasStatus_t status, const char* call, const char* where) {
 
 }  // namespace cuda_detail
 
-/// True when a CUDA device can be used by this process (a driver, at least one GPU). Tests and
-/// benchmarks use it to skip cleanly on machines without a GPU.
-inline bool cuda_device_available() {
+/// Why no CUDA device can be used by this process ("" when one can): the runtime's error name
+/// and string (e.g. no driver, or a driver older than the runtime), or "no CUDA device found".
+inline std::string cuda_device_unavailable_reason() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device / no driver" error
-    return false;
+    (void)cudaGetLastError();  // clear the "no device / no driver" error
+    return std::string(cudaGetErrorName(status)) + " (" + cudaGetErrorString(status) + ")";
   }
-  return count > 0;
+  return count > 0 ? std::string() : std::string("no CUDA device found");
 }
+
+/// True when a CUDA device can be used by this process (a driver, at least one GPU). Tests and
+/// benchmarks use it to skip cleanly on machines without a GPU.
+inline bool cuda_device_available() { return cuda_device_unavailable_reason().empty(); }
 
 }  // namespace oft

@@ -57,6 +57,9 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
       cuda_detail::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
                          "cudaMemcpy", where);
     cuda_detail::check(cublasCreate(&handle_), "cublasCreate", where);
+    // Device-to-device cudaMemcpy may return before the copy is done: finish it, so the caller
+    // may overwrite its W0 and bias on any stream once the constructor has returned.
+    cuda_detail::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
   }
   ~OftLinear() {
     if (handle_ != nullptr) (void)cublasDestroy(handle_);
@@ -142,6 +145,10 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
 
   /// W' = W0 * R^T (n_out x d) into `merged`.
   void merge(DeviceMatrixView<Scalar> merged, cudaStream_t stream) const {
+    const char* where = "OftLinear<cuda>::merge";
+    cuda_detail::require_shape(merged, out_features_, in_features(), "merged", where);
+    cuda_detail::require_disjoint(merged, weight(), "merged", "the layer's W0", where);
+    cuda_detail::require_device_pointer(merged.data(), "merged", where);
     rotation_.apply_transposed(weight(), merged, stream);
   }
 
