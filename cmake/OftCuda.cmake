@@ -36,8 +36,11 @@ if(OFT_WITH_CUDA)
   target_include_directories(oft_cuda INTERFACE
     $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
     $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
-  target_compile_features(oft_cuda INTERFACE cxx_std_17 cuda_std_17)
+  # Only a C++ feature: a consumer may link oft::cuda into host-only targets too, and nvcc 13
+  # compiles C++17 by default.
+  target_compile_features(oft_cuda INTERFACE cxx_std_17)
   target_link_libraries(oft_cuda INTERFACE CUDA::cudart CUDA::cublas)
+  set_target_properties(oft_cuda PROPERTIES EXPORT_NAME cuda)
 endif()
 
 # Developer flags for the project's own .cu targets: host-compiler warnings, nvcc warnings as

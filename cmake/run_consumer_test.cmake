@@ -5,7 +5,8 @@
 #   2. configure tests/consumer with CMAKE_PREFIX_PATH=<CONSUMER_PREFIX>
 # add_subdirectory mode (OFT_SOURCE_DIR set):
 #   2. configure tests/consumer with OFT_CONSUMER_SOURCE_DIR=<OFT_SOURCE_DIR>
-# then in both modes: 3. build it, 4. run the `consumer` executable.
+# then in both modes: 3. build it, 4. run the `consumer` executable (and `consumer_cuda`, built
+# when the package provides oft::cuda).
 #
 # Inputs (-D): CONSUMER_SOURCE_DIR, CONSUMER_BINARY_DIR, OFT_CONFIG,
 #   CONSUMER_CXX_COMPILER, CONSUMER_GENERATOR and either
@@ -65,4 +66,13 @@ if(NOT EXISTS "${exe}" AND EXISTS "${CONSUMER_BINARY_DIR}/${OFT_CONFIG}/consumer
   set(exe "${CONSUMER_BINARY_DIR}/${OFT_CONFIG}/consumer")
 endif()
 run_step("run" "${exe}")
+
+# Built only when the package provided oft::cuda (tests/consumer/CMakeLists.txt).
+set(cuda_exe "${CONSUMER_BINARY_DIR}/consumer_cuda")
+if(NOT EXISTS "${cuda_exe}" AND EXISTS "${CONSUMER_BINARY_DIR}/${OFT_CONFIG}/consumer_cuda")
+  set(cuda_exe "${CONSUMER_BINARY_DIR}/${OFT_CONFIG}/consumer_cuda")
+endif()
+if(EXISTS "${cuda_exe}")
+  run_step("run" "${cuda_exe}")
+endif()
 message(STATUS "[consumer] OK")
