@@ -58,6 +58,24 @@ oft::MatrixView<S> matrix_view(std::vector<S>& m, Index rows, Index cols) {
 
 }  // namespace
 
+/// Zeroed, sized dX (n x d) and dtheta outputs as views; an empty view where the pointer is null
+/// (the backward then skips that output).
+template <class S>
+std::pair<oft::MatrixView<S>, oft::GeneratorView<S>> backward_outputs(const OpConfig& config,
+                                                                      Index n, std::vector<S>* dx,
+                                                                      std::vector<S>* dtheta) {
+  std::pair<oft::MatrixView<S>, oft::GeneratorView<S>> views;
+  if (dx != nullptr) {
+    dx->assign(static_cast<std::size_t>(n * config.features()), S(0));
+    views.first = matrix_view(*dx, n, config.features());
+  }
+  if (dtheta != nullptr) {
+    dtheta->assign(static_cast<std::size_t>(config.generators() * config.packed()), S(0));
+    views.second = oft::GeneratorView<S>(dtheta->data(), config.generators(), config.b);
+  }
+  return views;
+}
+
 template <class S>
 std::vector<S> cpu_rotation_blocks(const OpConfig& config, const std::vector<S>& theta) {
   return with_policy(config, [&](auto policy) {
@@ -103,16 +121,7 @@ void cpu_backward(const OpConfig& config, const std::vector<S>& theta,
     op.set_generators(theta_view(config, theta));
     op.set_active_blocks(active);
     const Index d = config.features();
-    oft::MatrixView<S> dx_view;
-    oft::GeneratorView<S> dtheta_view;
-    if (dx != nullptr) {
-      dx->assign(static_cast<std::size_t>(n * d), S(0));
-      dx_view = matrix_view(*dx, n, d);
-    }
-    if (dtheta != nullptr) {
-      dtheta->assign(static_cast<std::size_t>(config.generators() * config.packed()), S(0));
-      dtheta_view = oft::GeneratorView<S>(dtheta->data(), config.generators(), config.b);
-    }
+    const auto [dx_view, dtheta_view] = backward_outputs(config, n, dx, dtheta);
     oft::Workspace<S> workspace;
     op.backward(matrix_view(x, n, d, "x"), matrix_view(dy, n, d, "dy"), dx_view, dtheta_view,
                 workspace);
@@ -147,16 +156,7 @@ void cpu_layer_backward(const OpConfig& config, const std::vector<S>& theta,
     oft::OftLinear<S, decltype(policy)> layer(matrix_view(w0, n_out, d, "w0"), nullptr, config.b,
                                               config.shared, policy);
     layer.set_generators(theta_view(config, theta));
-    oft::MatrixView<S> dx_view;
-    oft::GeneratorView<S> dtheta_view;
-    if (dx != nullptr) {
-      dx->assign(static_cast<std::size_t>(n * d), S(0));
-      dx_view = matrix_view(*dx, n, d);
-    }
-    if (dtheta != nullptr) {
-      dtheta->assign(static_cast<std::size_t>(config.generators() * config.packed()), S(0));
-      dtheta_view = oft::GeneratorView<S>(dtheta->data(), config.generators(), config.b);
-    }
+    const auto [dx_view, dtheta_view] = backward_outputs(config, n, dx, dtheta);
     oft::Workspace<S> workspace;
     layer.backward(matrix_view(x, n, d, "x"), matrix_view(dz, n, n_out, "dz"), dx_view,
                    dtheta_view, workspace);

@@ -78,6 +78,28 @@ __device__ void copy_block_column(const T* src, Index lds, T* dst, Index ldd, In
   }
 }
 
+/// ms (b x b, contiguous) = m or m^T, for a row-major b x b block m.
+template <class P>
+__device__ void stage_block(const P* m, int b, bool transpose, P* ms) {
+  for (int e = threadIdx.x; e < b * b; e += blockDim.x) {
+    const int j = e / b, c = e % b;
+    ms[e] = transpose ? m[c * b + j] : m[e];
+  }
+}
+
+/// dst rows [row0, row0+rows) of block column col0 = T(tile * ms): tile is rows x b, ms is b x b,
+/// both contiguous in shared memory. Used by the apply (X_i M_i) and the backward (dY_i R_i^T).
+template <class T, class P>
+__device__ void store_tile_product(const P* tile, const P* ms, Index rows, int b, T* dst,
+                                   Index ld, Index row0, Index col0) {
+  for (Index e = threadIdx.x; e < rows * b; e += blockDim.x) {
+    const int r = static_cast<int>(e / b), c = static_cast<int>(e % b);
+    P sum = P(0);
+    for (int j = 0; j < b; ++j) sum += tile[r * b + j] * ms[j * b + c];
+    dst[(row0 + r) * ld + col0 + c] = from_accumulator<T>(sum);
+  }
+}
+
 /// Y_i = X_i M_i (transpose: X_i M_i^T), M_g = mats + g*b*b row-major.
 template <class T, class P>
 __global__ void apply_simt_kernel(const T* x, Index ldx, T* y, Index ldy, Index n,
@@ -91,22 +113,13 @@ __global__ void apply_simt_kernel(const T* x, Index ldx, T* y, Index ldy, Index 
     copy_block_column(x, ldx, y, ldy, n, b, col0, kSimtTileRows);
     return;
   }
-  const P* m = mats + (layout.shared ? 0 : i) * static_cast<Index>(b) * b;
-  for (int e = threadIdx.x; e < b * b; e += blockDim.x) {
-    const int j = e / b, c = e % b;
-    ms[e] = transpose ? m[c * b + j] : m[e];
-  }
+  stage_block(mats + (layout.shared ? 0 : i) * static_cast<Index>(b) * b, b, transpose, ms);
   const Index tiles = token_tiles(n, kSimtTileRows);
   for (Index tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     const Index row0 = tile * kSimtTileRows, rows = min(kSimtTileRows, n - row0);
     load_tile(x, ldx, row0, rows, col0, b, xs);
     __syncthreads();
-    for (Index e = threadIdx.x; e < rows * b; e += blockDim.x) {
-      const int r = static_cast<int>(e / b), c = static_cast<int>(e % b);
-      P sum = P(0);
-      for (int j = 0; j < b; ++j) sum += xs[r * b + j] * ms[j * b + c];
-      y[(row0 + r) * ldy + col0 + c] = from_accumulator<T>(sum);
-    }
+    store_tile_product(xs, ms, rows, b, y, ldy, row0, col0);
     __syncthreads();  // the next tile overwrites xs
   }
 }
@@ -134,26 +147,15 @@ __global__ void backward_simt_kernel(const T* x, Index ldx, const T* dy, Index l
       for (int e = threadIdx.x; e < area; e += blockDim.x) slot[e] = P(0);
     return;
   }
-  const P* r = blocks + (layout.shared ? 0 : i) * static_cast<Index>(area);
-  for (int e = threadIdx.x; e < area; e += blockDim.x) {
-    const int j = e / b, c = e % b;
-    ms[e] = r[c * b + j];
-    gs[e] = P(0);
-  }
+  stage_block(blocks + (layout.shared ? 0 : i) * static_cast<Index>(area), b, true, ms);
+  for (int e = threadIdx.x; e < area; e += blockDim.x) gs[e] = P(0);
   const Index tiles = token_tiles(n, kSimtTileRows);
   for (Index tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
     const Index row0 = tile * kSimtTileRows, rows = min(kSimtTileRows, n - row0);
     load_tile(dy, lddy, row0, rows, col0, b, dys);
     if (slot != nullptr) load_tile(x, ldx, row0, rows, col0, b, xs);
     __syncthreads();
-    if (dx != nullptr) {
-      for (Index e = threadIdx.x; e < rows * b; e += blockDim.x) {
-        const int rr = static_cast<int>(e / b), c = static_cast<int>(e % b);
-        P sum = P(0);
-        for (int j = 0; j < b; ++j) sum += dys[rr * b + j] * ms[j * b + c];
-        dx[(row0 + rr) * lddx + col0 + c] = from_accumulator<T>(sum);
-      }
-    }
+    if (dx != nullptr) store_tile_product(dys, ms, rows, b, dx, lddx, row0, col0);
     if (slot != nullptr) {
       for (int e = threadIdx.x; e < area; e += blockDim.x) {
         const int p = e / b, q = e % b;
