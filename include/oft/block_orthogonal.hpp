@@ -21,6 +21,7 @@
 #include <cmath>
 #include <vector>
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Eigenvalues>
 
 #include "backend.hpp"

@@ -7,6 +7,7 @@
 /// Gradient: with G = dL/dR, dL/dQ = (I + R)^T G (I - Q)^-T; since (I - Q)^-T = (I + Q)^-1 the
 /// same LU factorization of I - Q serves: dQ^T = (I - Q)^-1 (G^T (I + R)).
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/LU>
 
 #include "parameterization.hpp"

@@ -20,6 +20,7 @@
 ///   uses the exact Cayley transform for that generator (reported by summary()).
 
 #include <cmath>
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Eigenvalues>
 
 #include "cayley.hpp"

@@ -33,6 +33,17 @@ using Index = std::ptrdiff_t;
 /// Marker for a block size known only at run time (same value as Eigen::Dynamic).
 inline constexpr int Dynamic = -1;
 
+/// Largest block size b that oft accepts anywhere (block specs, generator views, packed lengths,
+/// skew expressions). Refusing larger b keeps b*b and b(b-1)/2 far from overflowing an Index; a
+/// single 65536 x 65536 float block is already 16 GiB, beyond any OFT layer (PEFT's blocks are
+/// 8 to 256 wide, and full-width OFT of a 16384-wide layer is b = 16384).
+inline constexpr Index kMaxBlockSize = Index(1) << 16;
+
+/// Largest number of Neumann terms k (CayleyNeumann{k}, the tolerance mode's max_terms, PEFT's
+/// num_cayley_neumann_terms - 2). Each term costs one b x b product forward and three backward;
+/// k = 1024 already reaches 1e-6 of exact Cayley at rho = 0.987, where exact Cayley is cheaper.
+inline constexpr int kMaxNeumannTerms = 1024;
+
 /// Backend tags. Operators are specialized on these; a backend that was not included
 /// (e.g. `cuda` without <oft/cuda.hpp>) is a readable compile error.
 struct cpu {};

@@ -7,6 +7,7 @@
 /// Gradient: dL/dQ is the adjoint Fréchet derivative of exp at Q applied to G, which equals the
 /// upper-right block of exp([[Q^T, G], [0, Q^T]]) (Mathias' block-triangular identity).
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <unsupported/Eigen/MatrixFunctions>
 
 #include "parameterization.hpp"

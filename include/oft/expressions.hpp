@@ -11,6 +11,7 @@
 /// `apply` follows the operator orientation (SPEC section 2): each row x of X becomes x * R.
 /// A dense skew matrix works as a generator too: `oft::cayley(Q)` with Q an Eigen matrix.
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/LU>
 #include <type_traits>
 

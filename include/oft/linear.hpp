@@ -12,6 +12,7 @@
 /// GEMMs go through Eigen, which calls an external BLAS when EIGEN_USE_BLAS is defined (CMake
 /// target oft::blas), and parallelizes with OpenMP otherwise.
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/LU>
 
 #include "block_orthogonal.hpp"

@@ -55,7 +55,8 @@ struct CayleyNeumann {
   /// k = 4 (not explicit, so that an operator's defaulted `Parameterization p = {}` compiles).
   CayleyNeumann() : CayleyNeumann(4) {}
   explicit CayleyNeumann(int k) : terms(k) {
-    detail::require(k >= 0, "Cayley-Neumann needs k >= 0 terms, got k=", k);
+    detail::require(k >= 0 && k <= kMaxNeumannTerms, "Cayley-Neumann needs 0 <= k <= ",
+                    kMaxNeumannTerms, " terms (kMaxNeumannTerms), got k=", k);
   }
 
   int terms;

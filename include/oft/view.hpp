@@ -9,6 +9,7 @@
 
 #include <type_traits>
 
+#include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Core>
 
 #include "config.hpp"

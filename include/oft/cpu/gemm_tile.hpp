@@ -10,6 +10,7 @@
 /// packet primitives make it portable to SSE, AVX2, AVX-512 and NEON. No checks: callers in
 /// block_orthogonal.hpp validate shapes at the public boundary.
 
+#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Core>
 
 #include "../config.hpp"
