@@ -59,7 +59,7 @@ echo "[run_all] threads=$THREADS (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, torch),
 
 if [[ $BUILD == 1 ]]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DOFT_BUILD_BENCH=ON \
-    -DOFT_BUILD_TESTS=OFF -DOFT_BUILD_EXAMPLES=OFF -DOFT_MARCH_NATIVE=ON >/dev/null
+    -DOFT_BUILD_TESTS=OFF -DOFT_BUILD_EXAMPLES=OFF -DOFT_MARCH=native >/dev/null
   cmake --build "$BUILD_DIR" -j"$(nproc)"
 fi
 

@@ -8,15 +8,15 @@ else()
   set(_oft_gnu_like OFF)
 endif()
 
-# Warnings (+ -Werror when OFT_WARNINGS_AS_ERRORS) and -march=native.
+# Warnings (+ -Werror when OFT_WARNINGS_AS_ERRORS) and -march=${OFT_MARCH}.
 function(oft_dev_target target)
   if(_oft_gnu_like)
     target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
     if(OFT_WARNINGS_AS_ERRORS)
       target_compile_options(${target} PRIVATE -Werror)
     endif()
-    if(OFT_MARCH_NATIVE)
-      target_compile_options(${target} PRIVATE -march=native)
+    if(NOT OFT_MARCH STREQUAL "")
+      target_compile_options(${target} PRIVATE -march=${OFT_MARCH})
     endif()
     if(NOT OFT_WITH_OPENMP)
       # Without -fopenmp, -Wall warns about every `#pragma omp`.
@@ -48,9 +48,6 @@ function(oft_bench_target target)
   if(_oft_gnu_like)
     # Appended after CMAKE_CXX_FLAGS_<CONFIG>, so -O3 wins over e.g. -O0/-O2.
     target_compile_options(${target} PRIVATE -O3)
-    if(NOT OFT_MARCH_NATIVE)  # otherwise already added by oft_dev_target
-      target_compile_options(${target} PRIVATE -march=native)
-    endif()
     target_compile_definitions(${target} PRIVATE NDEBUG)
   endif()
 endfunction()

@@ -9,7 +9,8 @@
 # when the package provides oft::cuda).
 #
 # Inputs (-D): CONSUMER_SOURCE_DIR, CONSUMER_BINARY_DIR, OFT_CONFIG,
-#   CONSUMER_CXX_COMPILER, CONSUMER_GENERATOR and either
+#   CONSUMER_CXX_COMPILER, CONSUMER_GENERATOR, optional CONSUMER_EXTRA_ARGS (;-list of -D...),
+#   and either
 #   OFT_BUILD_DIR + CONSUMER_PREFIX, or OFT_SOURCE_DIR.
 
 cmake_minimum_required(VERSION 3.25)
@@ -38,6 +39,9 @@ if(CONSUMER_GENERATOR)
 endif()
 if(CONSUMER_CXX_COMPILER)
   list(APPEND configure_args "-DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER}")
+endif()
+if(CONSUMER_EXTRA_ARGS)
+  list(APPEND configure_args ${CONSUMER_EXTRA_ARGS})
 endif()
 
 # Always start from scratch so stale caches cannot hide packaging bugs.

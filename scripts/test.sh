@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Configure, build and run the full oft test suite.
 #
-#   scripts/test.sh             -> build/      (Release, -Werror, tests+examples+bench, ctest;
-#                                               with nvcc also the CUDA tests, which skip without a GPU)
+#   scripts/test.sh             -> build/      (Release, -Werror, -march=native, tests+examples+bench,
+#                                               ctest; with nvcc also the CUDA tests, which skip
+#                                               without a GPU)
 #   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g with asserts, no bench, ctest)
+#   scripts/test.sh --march=ISA -> build-ISA/  (Release, -Werror, -march=ISA, tests+examples, no
+#                                               bench or CUDA; e.g. x86-64-v3 = AVX2,
+#                                               x86-64-v4 = AVX-512)
+#   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
 #
 # Env: OFT_JOBS (default 2) controls build and ctest parallelism.
 set -euo pipefail
@@ -12,10 +17,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 SANITIZE=0
+MARCH=""
+BUILD_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --sanitize) SANITIZE=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --march=?*) MARCH="${arg#--march=}" ;;
+    --build-only) BUILD_ONLY=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +37,23 @@ unset OPENBLAS_CORETYPE
 
 bash "$ROOT/scripts/setup.sh"
 
-if [[ $SANITIZE -eq 1 ]]; then
+if [[ $SANITIZE -eq 1 && -n "$MARCH" ]]; then
+  echo "test.sh: --sanitize and --march are separate builds; pass one of them" >&2
+  exit 2
+fi
+
+if [[ -n "$MARCH" ]]; then
+  BUILD_DIR="build-$MARCH"
+  CONFIG_ARGS=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DOFT_SANITIZE=OFF
+    "-DOFT_MARCH=$MARCH"
+    # The other instruction set's build checks the CPU code: the benchmarks and the CUDA backend
+    # (whose kernels do not depend on -march) are built by the native build.
+    -DOFT_BUILD_BENCH=OFF
+    -DOFT_ENABLE_CUDA=OFF
+  )
+elif [[ $SANITIZE -eq 1 ]]; then
   BUILD_DIR=build-asan
   # RelWithDebInfo but without -DNDEBUG so eigen_assert/assert stay active.
   CONFIG_ARGS=(
@@ -60,6 +85,11 @@ cmake -S . -B "$BUILD_DIR" \
 
 echo "== oft: build $BUILD_DIR (-j$JOBS)"
 cmake --build "$BUILD_DIR" -j "$JOBS"
+
+if [[ $BUILD_ONLY -eq 1 ]]; then
+  echo "== oft: $BUILD_DIR built (--build-only: tests not run)"
+  exit 0
+fi
 
 echo "== oft: ctest $BUILD_DIR (-j$JOBS)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"

@@ -1,0 +1,71 @@
+// Compiled (not run) with -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror: oft's headers
+// must stay warning-free for users who build with strict flags. Templates are only checked when
+// instantiated, so this file instantiates every public template with float and double and every
+// CPU policy. Nothing here is executed; the build of this object is the test.
+
+#include <oft/oft.hpp>
+
+#include <vector>
+
+namespace {
+
+template <class Scalar, class Policy>
+void use_operator(const Policy& policy) {
+  const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
+  oft::BlockOrthogonal<Scalar, Policy> rotation(spec, policy);
+  oft::Generators<Scalar> theta(spec), dtheta(spec);
+  rotation.set_generators(theta);
+  rotation.set_active_blocks(oft::dropout_mask(spec, 0.5, 1));
+  std::vector<Scalar> x(16), y(16);
+  oft::Workspace<Scalar> workspace;
+  rotation.apply(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  rotation.apply_transposed(oft::ConstMatrixView<Scalar>(x.data(), 2, 8),
+                            oft::MatrixView<Scalar>(y.data(), 2, 8));
+  rotation.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8),
+                    oft::ConstMatrixView<Scalar>(y.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8),
+                    dtheta.view(), workspace);
+  (void)rotation.dense();
+  (void)rotation.orthogonality_error();
+  (void)rotation.plan(0);
+
+  std::vector<Scalar> weight(24), z(6);
+  oft::OftLinear<Scalar, Policy> layer(oft::ConstMatrixView<Scalar>(weight.data(), 3, 8), nullptr, 4,
+                                       false, policy);
+  layer.set_generators(theta);
+  layer.forward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(z.data(), 2, 3),
+                workspace);
+  layer.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(z.data(), 2, 3),
+                 oft::MatrixView<Scalar>(y.data(), 2, 8), dtheta.view(), workspace);
+  layer.backward_weight_centric(oft::ConstMatrixView<Scalar>(x.data(), 2, 8),
+                                oft::ConstMatrixView<Scalar>(z.data(), 2, 3),
+                                oft::MatrixView<Scalar>(y.data(), 2, 8), dtheta.view());
+  (void)layer.unmerge(oft::view(layer.merged()));
+  layer.forward_weight_centric(oft::ConstMatrixView<Scalar>(x.data(), 2, 8),
+                               oft::MatrixView<Scalar>(z.data(), 2, 3));
+}
+
+template <class Scalar>
+void use_all() {
+  use_operator<Scalar>(oft::ExactCayley{});
+  use_operator<Scalar>(oft::CayleyNeumann{3});
+  use_operator<Scalar>(oft::CayleyNeumannTolerance{1e-4});
+  use_operator<Scalar>(oft::MatrixExponential{});
+
+  oft::Generators<Scalar> theta(2, 4);
+  (void)oft::coft_project(theta.view(), oft::coft_radius(1e-3, theta.count()));
+  oft::peft::flip_exact_branch(theta.view());
+  const auto q = oft::skew(theta.view(), 0);
+  (void)oft::cayley(q).eval();
+  (void)oft::cayley_neumann(q, 4).eval();
+  oft::RowVectors<Scalar> rows = oft::RowVectors<Scalar>::Zero(3, 4);
+  (void)oft::cayley(q).apply(rows);
+  (void)oft::cayley_neumann(q, 4).apply(rows);
+}
+
+}  // namespace
+
+// Referenced so that the instantiations are compiled; never called.
+void oft_strict_warnings_instantiate() {
+  use_all<float>();
+  use_all<double>();
+}
