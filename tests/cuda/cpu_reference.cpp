@@ -3,12 +3,15 @@
 
 #include "cpu_reference.hpp"
 
-#include <Eigen/Eigenvalues>
-#include <Eigen/SVD>
+// oft's headers first: they include <immintrin.h> with GCC 12's AVX-512 false positive
+// silenced (oft/detail/intrinsics.hpp), which only works before Eigen pulls the header in.
 #include <oft/block_orthogonal.hpp>
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/linear.hpp>
+
+#include <Eigen/Eigenvalues>
+#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
