@@ -133,6 +133,59 @@ TEST(MatrixView, OverlapAndSameMemory) {
   EXPECT_FALSE(oft::detail::overlaps(first, second));
 }
 
+// The overlap test is exact for views with one row stride: interleaved column slices of one
+// buffer share no element; a single shared element anywhere is found.
+TEST(MatrixView, OverlapIsExactForEqualStrides) {
+  std::vector<double> buffer(6 * 10);
+  double* base = buffer.data();
+  const MutableView left(base, 6, 4, 10), right(base + 4, 6, 6, 10);  // columns [0,4) and [4,10)
+  EXPECT_FALSE(oft::detail::overlaps(left, right));
+  EXPECT_FALSE(oft::detail::overlaps(right, left));
+  const MutableView middle(base + 3, 6, 2, 10);  // columns [3,5): shares column 3 with `left`
+  EXPECT_TRUE(oft::detail::overlaps(left, middle));
+  EXPECT_TRUE(oft::detail::overlaps(middle, right));
+  // Right slice starting one row down: still disjoint from the left slice.
+  const MutableView right_lower(base + 10 + 4, 5, 6, 10);
+  EXPECT_FALSE(oft::detail::overlaps(left, right_lower));
+  EXPECT_FALSE(oft::detail::overlaps(right_lower, left));
+  // A slice that wraps: starts at column 8 and is 4 wide with stride 10 covers columns 8, 9 of
+  // row i and 0, 1 of row i + 1 (stride 10 >= width 4 is legal; it reads across the row end).
+  const MutableView wrapping(base + 8, 3, 4, 10);  // rows 0-2 cols 8,9 + rows 1-3 cols 0,1
+  EXPECT_TRUE(oft::detail::overlaps(left, wrapping));
+  const MutableView left_rows_4_5(base + 40, 2, 4, 10);  // rows 4-5, columns [0,4)
+  EXPECT_FALSE(oft::detail::overlaps(left_rows_4_5, wrapping));
+  const MutableView left_row_3(base + 30, 1, 4, 10);  // row 3 columns [0, 4): wrap reaches it
+  EXPECT_TRUE(oft::detail::overlaps(left_row_3, wrapping));
+  EXPECT_TRUE(oft::detail::overlaps(wrapping, left_row_3));
+  // Brute force over every start offset and width in a small buffer, both orders.
+  const auto elements = [&](const MutableView& v) {
+    std::vector<bool> used(buffer.size(), false);
+    for (Index i = 0; i < v.rows(); ++i)
+      for (Index j = 0; j < v.cols(); ++j) used[static_cast<size_t>(&v(i, j) - base)] = true;
+    return used;
+  };
+  for (Index start_a = 0; start_a < 12; ++start_a)
+    for (Index start_b = 0; start_b < 24; ++start_b)
+      for (Index width_a = 1; width_a <= 5; ++width_a)
+        for (Index width_b = 1; width_b <= 5; ++width_b)
+          for (Index rows_a = 1; rows_a <= 3; ++rows_a)
+          for (Index rows_b = 1; rows_b <= 3; ++rows_b) {
+            const MutableView a(base + start_a, rows_a, width_a, 5);
+            const MutableView b(base + start_b, rows_b, width_b, 5);
+            const auto ea = elements(a), eb = elements(b);
+            bool shared = false;
+            for (size_t e = 0; e < ea.size(); ++e) shared = shared || (ea[e] && eb[e]);
+            ASSERT_EQ(oft::detail::overlaps(a, b), shared)
+                << start_a << " " << start_b << " " << width_a << " " << width_b << " " << rows_a
+                << " " << rows_b;
+            ASSERT_EQ(oft::detail::overlaps(b, a), shared);
+          }
+  // Different strides with intersecting address ranges are reported as overlapping
+  // (conservative), even where no element is shared.
+  const MutableView double_stride(base + 4, 2, 2, 20);  // elements 4, 5, 24, 25: columns 4-5
+  EXPECT_TRUE(oft::detail::overlaps(left, double_stride));
+}
+
 TEST(MatrixView, RejectsBadShapes) {
   double data[12] = {};
   EXPECT_TRUE(throws_with<std::invalid_argument>([&] { MutableView(data, 3, 4, 2); },

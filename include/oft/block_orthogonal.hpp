@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "detail/intrinsics.hpp"  // before Eigen: see the file
@@ -34,6 +36,29 @@
 #include "workspace.hpp"
 
 namespace oft {
+
+/// Matrix norm of the orthogonality defect R^T R - I reported by orthogonality_error(s).
+enum class OrthogonalityNorm {
+  Spectral,   ///< ||.||_2, the largest singular value (what SPEC's bounds are stated in)
+  Frobenius,  ///< ||.||_F, the root of the sum of squares (cheap, <= sqrt(b) * spectral)
+};
+
+/// ||R^T R - I|| of one square matrix, computed in double; +infinity when R has a non-finite
+/// entry (a NaN R is never reported as orthogonal).
+template <class Derived>
+double orthogonality_error(const Eigen::MatrixBase<Derived>& r,
+                           OrthogonalityNorm norm = OrthogonalityNorm::Spectral) {
+  detail::require(r.rows() == r.cols(), "orthogonality_error needs a square matrix, got ",
+                  r.rows(), "x", r.cols());
+  const SquareMatrix<double> rd = r.template cast<double>();
+  if (!rd.allFinite()) return std::numeric_limits<double>::infinity();
+  const Index b = rd.rows();
+  const SquareMatrix<double> defect = rd.transpose() * rd - SquareMatrix<double>::Identity(b, b);
+  if (norm == OrthogonalityNorm::Frobenius) return defect.norm();
+  if (b == 0) return 0.0;
+  Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig(defect, Eigen::EigenvaluesOnly);
+  return eig.eigenvalues().cwiseAbs().maxCoeff();
+}
 
 template <class Scalar_, class Parameterization_>
 class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
@@ -51,6 +76,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         plans_(static_cast<size_t>(spec.generators())),
         rotations_(static_cast<size_t>(spec.generators() * block_area())),
         rotations_t_(rotations_.size()),
+        staged_rotations_(rotations_.size()),
         active_(static_cast<size_t>(spec.blocks), 1) {
     for (Index g = 0; g < spec_.generators(); ++g) {
       Eigen::Map<RowMatrix<Scalar>>(rotation(g), spec_.block_size, spec_.block_size).setIdentity();
@@ -64,26 +90,32 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   Index features() const { return spec_.features(); }
 
   /// theta -> R_i for every generator (theta: generators() x b(b-1)/2). Throws
-  /// std::invalid_argument on a shape mismatch and std::domain_error for non-finite theta or a
-  /// policy refusal (e.g. a divergent series in tolerance mode); the operator is unchanged then.
+  /// std::invalid_argument on a shape mismatch and std::domain_error for non-finite theta, a
+  /// policy refusal (e.g. a divergent series in tolerance mode) or an R_i with a non-finite entry
+  /// (finite theta too large for the policy and the type, e.g. a Neumann series overflowing
+  /// float); the operator is unchanged then.
   void set_generators(GeneratorView<const Scalar> theta) {
     check_generators(theta, "theta");
     theta.require_finite();
     const Index b = spec_.block_size, count = spec_.generators();
-    // Plans first: a refusal must leave the operator untouched.
+    // Plans and blocks go to staging first: a refusal must leave the operator untouched.
     std::vector<Plan> plans(static_cast<size_t>(count));
     for (Index g = 0; g < count; ++g) plans[static_cast<size_t>(g)] = parameterization_.plan(
         theta.dense(g));
-    plans_ = std::move(plans);
-    for (Index g = 0; g < count; ++g)
-      std::copy(theta.row(g), theta.row(g) + spec_.packed(), theta_.row(g));
-    OFT_OMP(parallel for schedule(dynamic) if (count > 1))
+    OFT_OMP(parallel for schedule(dynamic) if (parallel_generators()))
     for (Index g = 0; g < count; ++g) {
       SquareMatrix<Scalar> q(b, b), r(b, b);
-      unpack_skew(theta_.row(g), b, q);
-      parameterization_.rotation(q, plans_[static_cast<size_t>(g)], r);
-      Eigen::Map<RowMatrix<Scalar>>(rotation(g), b, b) = r;
-      Eigen::Map<RowMatrix<Scalar>>(rotation_t(g), b, b) = r.transpose();
+      unpack_skew(theta.row(g), b, q);
+      parameterization_.rotation(q, plans[static_cast<size_t>(g)], r);
+      Eigen::Map<RowMatrix<Scalar>>(staged_rotations_.data() + g * block_area(), b, b) = r;
+    }
+    require_finite_rotations(staged_rotations_, plans);
+    plans_ = std::move(plans);
+    rotations_.swap(staged_rotations_);
+    for (Index g = 0; g < count; ++g) {
+      std::copy(theta.row(g), theta.row(g) + spec_.packed(), theta_.row(g));
+      Eigen::Map<RowMatrix<Scalar>>(rotation_t(g), b, b) =
+          Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b).transpose();
     }
   }
 
@@ -98,7 +130,11 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     else
       active_ = active;
   }
-  bool block_active(Index i) const { return active_[static_cast<size_t>(i)] != 0; }
+  /// Whether block i is active (throws std::invalid_argument unless 0 <= i < r).
+  bool block_active(Index i) const {
+    check_block_index(i);
+    return is_active(i);
+  }
 
   /// Y = X * R (N x d, row-major with any row stride). `y` may be the same view as `x`
   /// (in place); partial overlap is refused.
@@ -126,7 +162,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     backward(x, dy, dx, dtheta, workspace.reserve(workspace_size()), workspace_size());
   }
 
-  /// Same, with a raw workspace of `workspace_count` >= workspace_size() scalars.
+  /// Same, with a raw workspace of `workspace_count` >= workspace_size() scalars (only used,
+  /// and so only checked, when dtheta is wanted). dtheta and the workspace must not overlap X,
+  /// dY, dX or each other.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
     const Index d = spec_.features();
@@ -142,6 +180,19 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       check_generators(dtheta, "dtheta");
       detail::require(workspace_count >= workspace_size(), "backward workspace has ",
                       workspace_count, " scalars, needs ", workspace_size());
+      detail::require(workspace != nullptr, "backward workspace is a null pointer with ",
+                      workspace_count, " scalars");
+      const ConstMatrixView<Scalar> scratch(workspace, 1, workspace_size());
+      const MatrixView<Scalar>& gradient = dtheta.matrix();
+      detail::require_disjoint(gradient, x, "dtheta", "X");
+      detail::require_disjoint(gradient, dy, "dtheta", "dY");
+      detail::require_disjoint(scratch, x, "backward workspace", "X");
+      detail::require_disjoint(scratch, dy, "backward workspace", "dY");
+      detail::require_disjoint(scratch, gradient, "backward workspace", "dtheta");
+      if (want_dx) {
+        detail::require_disjoint(gradient, dx, "dtheta", "dX");
+        detail::require_disjoint(scratch, dx, "backward workspace", "dX");
+      }
     }
     backward_impl(x, dy, dx, dtheta, workspace, want_dx, want_dtheta);
   }
@@ -154,9 +205,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     const Index b = spec_.block_size;
     detail::require_shape(block_gradients, spec_.blocks * b, b, "block gradients");
     check_generators(dtheta, "dtheta");
+    detail::require_disjoint(dtheta.matrix(), block_gradients, "dtheta", "block gradients");
     std::vector<Scalar> summed(static_cast<size_t>(spec_.generators() * block_area()), Scalar(0));
     for (Index i = 0; i < spec_.blocks; ++i) {
-      if (!block_active(i)) continue;
+      if (!is_active(i)) continue;
       Eigen::Map<RowMatrix<Scalar>>(summed.data() + spec_.generator_of(i) * block_area(), b, b) +=
           block_gradients.block(i * b, 0, b, b).map();
     }
@@ -165,10 +217,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
 
   /// R_i (b x b) of block i (the identity when the block is inactive).
   RowMatrix<Scalar> block(Index i) const {
-    detail::require(i >= 0 && i < spec_.blocks, "block index ", i, " outside [0, ", spec_.blocks,
-                    ")");
+    check_block_index(i);
     const Index b = spec_.block_size;
-    if (!block_active(i)) return RowMatrix<Scalar>::Identity(b, b);
+    if (!is_active(i)) return RowMatrix<Scalar>::Identity(b, b);
     return Eigen::Map<const RowMatrix<Scalar>>(rotation(spec_.generator_of(i)), b, b);
   }
 
@@ -180,25 +231,47 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     return out;
   }
 
-  /// max_i ||R_i^T R_i - I||_2 over the generators, computed in double.
-  double orthogonality_error() const {
-    const Index b = spec_.block_size;
+  /// ||R_i^T R_i - I|| for every block i (r numbers, in block order), computed in double, in
+  /// the spectral norm (default) or the Frobenius norm. These are the stored blocks: the
+  /// active-block mask (dropout) is not applied. A block with a non-finite entry reports
+  /// +infinity, never 0.
+  std::vector<double> orthogonality_errors(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
+    std::vector<double> per_generator(static_cast<size_t>(spec_.generators()));
+    for (Index g = 0; g < spec_.generators(); ++g)
+      per_generator[static_cast<size_t>(g)] = block_orthogonality_error(rotation(g), norm);
+    std::vector<double> per_block(static_cast<size_t>(spec_.blocks));
+    for (Index i = 0; i < spec_.blocks; ++i)
+      per_block[static_cast<size_t>(i)] = per_generator[static_cast<size_t>(spec_.generator_of(i))];
+    return per_block;
+  }
+
+  /// max_i ||R_i^T R_i - I|| over the blocks (spectral norm by default), computed in double;
+  /// +infinity when any block has a non-finite entry.
+  double orthogonality_error(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
     double worst = 0.0;
-    for (Index g = 0; g < spec_.generators(); ++g) {
-      const SquareMatrix<double> r =
-          Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b).template cast<double>();
-      const SquareMatrix<double> defect =
-          r.transpose() * r - SquareMatrix<double>::Identity(b, b);
-      Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig(defect, Eigen::EigenvaluesOnly);
-      worst = std::max(worst, eig.eigenvalues().cwiseAbs().maxCoeff());
-    }
+    for (Index g = 0; g < spec_.generators(); ++g)
+      worst = std::max(worst, block_orthogonality_error(rotation(g), norm));
     return worst;
   }
 
-  /// The policy's decision for generator g (e.g. the k chosen in tolerance mode).
+  /// The policy's decision for generator g (e.g. the k chosen in tolerance mode). Throws
+  /// std::invalid_argument unless 0 <= g < generators().
   PlanSummary plan(Index g) const {
-    return parameterization_.summary(plans_.at(static_cast<size_t>(g)));
+    detail::require(g >= 0 && g < spec_.generators(), "generator index ", g, " outside [0, ",
+                    spec_.generators(), ")");
+    return parameterization_.summary(plans_[static_cast<size_t>(g)]);
   }
+  /// Throws std::invalid_argument naming both shapes unless `theta` holds spec().generators()
+  /// generators of block size b (`name` says which argument it is).
+  template <class Element>
+  void check_generators(const GeneratorView<Element>& theta, const char* name) const {
+    detail::require(theta.count() == spec_.generators() && theta.block_size() == spec_.block_size,
+                    name, " holds ", theta.count(), " generators of block size ",
+                    theta.block_size(), ", expected ", spec_.generators(), " of block size ",
+                    spec_.block_size, " (", theta.count(), "x", theta.packed(), " vs ",
+                    spec_.generators(), "x", spec_.packed(), ")");
+  }
+
   /// The packed generators last given to set_generators.
   const Generators<Scalar>& generators() const { return theta_; }
 
@@ -222,6 +295,46 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     return std::max(rows, Index(cpu_detail::kTileRows));
   }
 
+  // Below this much theta -> R work (generators x b^3 flops) the generator loops run serially.
+  static constexpr double kParallelGeneratorFlops = 1 << 20;
+
+  bool parallel_generators() const {
+    const double b = static_cast<double>(spec_.block_size);
+    return spec_.generators() > 1 && static_cast<double>(spec_.generators()) * b * b * b >
+                                         kParallelGeneratorFlops;
+  }
+
+  bool is_active(Index i) const { return active_[static_cast<size_t>(i)] != 0; }
+
+  void check_block_index(Index i) const {
+    detail::require(i >= 0 && i < spec_.blocks, "block index ", i, " outside [0, ", spec_.blocks,
+                    ")");
+  }
+
+  /// ||R^T R - I|| of one stored b x b row-major block (see oft::orthogonality_error).
+  double block_orthogonality_error(const Scalar* block_data, OrthogonalityNorm norm) const {
+    const Index b = spec_.block_size;
+    return oft::orthogonality_error(Eigen::Map<const RowMatrix<Scalar>>(block_data, b, b), norm);
+  }
+
+  /// Throws std::domain_error naming the first generator whose staged R has a non-finite entry.
+  void require_finite_rotations(const std::vector<Scalar>& blocks,
+                                const std::vector<Plan>& plans) const {
+    const Index area = block_area();
+    for (Index g = 0; g < spec_.generators(); ++g) {
+      const Scalar* first = blocks.data() + g * area;
+      const bool finite = std::all_of(first, first + area, [](Scalar v) { return std::isfinite(v); });
+      if (finite) continue;
+      const PlanSummary summary = parameterization_.summary(plans[static_cast<size_t>(g)]);
+      detail::require_domain(false, "theta -> R gave a non-finite entry in generator ", g,
+                             " (policy ", Parameterization::name,
+                             summary.exact ? std::string(", exact")
+                                           : detail::message(", k=", summary.terms),
+                             ", b=", spec_.block_size,
+                             "): theta is too large for this policy in this floating-point type");
+    }
+  }
+
   static const BlockSpec& checked(const BlockSpec& spec) {
     spec.validate();
     return spec;
@@ -230,16 +343,6 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   Scalar* rotation(Index g) { return rotations_.data() + g * block_area(); }
   const Scalar* rotation(Index g) const { return rotations_.data() + g * block_area(); }
   Scalar* rotation_t(Index g) { return rotations_t_.data() + g * block_area(); }
-
-  /// Throws unless `theta` holds spec().generators() generators of block size b.
-  template <class Element>
-  void check_generators(const GeneratorView<Element>& theta, const char* name) const {
-    detail::require(theta.count() == spec_.generators() && theta.block_size() == spec_.block_size,
-                    name, " holds ", theta.count(), " generators of block size ",
-                    theta.block_size(), ", expected ", spec_.generators(), " of block size ",
-                    spec_.block_size, " (", theta.count(), "x", theta.packed(), " vs ",
-                    spec_.generators(), "x", spec_.packed(), ")");
-  }
 
   void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
     detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
@@ -285,7 +388,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       for (Index i = 0; i < spec_.blocks; ++i) {
         const Scalar* in = x.row(first) + i * b;
         Scalar* out = y.row(first) + i * b;
-        if (!block_active(i)) {
+        if (!is_active(i)) {
           if (in != out)
             for (Index t = 0; t < rows; ++t)
               std::copy(in + t * x.stride(), in + t * x.stride() + b, out + t * y.stride());
@@ -319,7 +422,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       Scalar* scratch_x = scratch + rows_per_panel * b;
       for (Index i = 0; i < spec_.blocks; ++i) {
         copy_slice(dy.row(first) + i * b, dy.stride(), rows, b, scratch_dy);
-        const bool active = block_active(i);
+        const bool active = is_active(i);
         const Index g = spec_.generator_of(i);
         if (want_dtheta && active) {
           copy_slice(x.row(first) + i * b, x.stride(), rows, b, scratch_x);
@@ -345,7 +448,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
 
   void generator_gradients(const Scalar* block_gradients, const GeneratorView<Scalar>& dtheta) const {
     const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
-    OFT_OMP(parallel for schedule(dynamic) if (count > 1))
+    OFT_OMP(parallel for schedule(dynamic) if (parallel_generators()))
     for (Index g = 0; g < count; ++g) {
       SquareMatrix<Scalar> q(b, b), r(b, b), dq(b, b);
       unpack_skew(theta_.row(g), b, q);
@@ -363,6 +466,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   std::vector<Plan> plans_;
   std::vector<Scalar> rotations_;    // R_g, row-major, generators x b x b
   std::vector<Scalar> rotations_t_;  // R_g^T, for dX = dY R^T and apply_transposed
+  std::vector<Scalar> staged_rotations_;  // set_generators computes here, swaps in on success
   std::vector<unsigned char> active_;
 };
 

@@ -35,7 +35,9 @@ class SkewExpr {
   SkewExpr(const Scalar* packed_row, Index b) : row_(packed_row), size_(b) {
     detail::require(BlockSize == Eigen::Dynamic || b == BlockSize, "skew expression of block size ",
                     b, " does not match the compile-time block size ", BlockSize);
-    detail::require(b >= 1, "skew generator block size must be >= 1, got b=", b);
+    detail::require_block_size(b, "skew generator block size");
+    detail::require(packed_row != nullptr || b == 1, "skew generator of block size b=", b,
+                    " over a null packed row (only b=1, with no entries, may be null)");
   }
   Index size() const { return BlockSize == Eigen::Dynamic ? size_ : BlockSize; }
 

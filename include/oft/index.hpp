@@ -8,6 +8,7 @@
 /// p<q, sits at k = p(2b-p-1)/2 + (q-p-1), and Q = U - U^T.
 
 #include <cmath>
+#include <limits>
 
 #include "config.hpp"
 #include "errors.hpp"
@@ -51,13 +52,23 @@ OFT_HOST_DEVICE inline Index block_size_or_negative(Index m) {
   return detail::triangular(b) == target ? static_cast<Index>(b) : -1;
 }
 
+namespace detail {
+/// Throws std::invalid_argument unless 1 <= b <= kMaxBlockSize; `what` names the quantity.
+inline void require_block_size(Index b, const char* what = "block size") {
+  require(b >= 1 && b <= kMaxBlockSize, what, " must lie in [1, ", kMaxBlockSize,
+          "] (kMaxBlockSize), got b=", b);
+}
+}  // namespace detail
+
 /// Block size b from a packed length m = b(b-1)/2, as SPEC section 3 gives it:
-/// b = (1 + sqrt(1 + 8m)) / 2. Throws std::invalid_argument when m is not triangular.
-/// m = 0 gives b = 1 (a 1 x 1 block has no free parameter; R = [1]).
+/// b = (1 + sqrt(1 + 8m)) / 2. Throws std::invalid_argument when m is not triangular or implies
+/// b > kMaxBlockSize. m = 0 gives b = 1 (a 1 x 1 block has no free parameter; R = [1]).
 inline Index block_size_from_packed(Index m) {
   const Index b = block_size_or_negative(m);
   detail::require(b >= 1, "packed length ", m,
                   " is not a triangular number b(b-1)/2, so it is no packed skew generator");
+  detail::require(b <= kMaxBlockSize, "packed length ", m, " implies block size b=", b,
+                  ", above kMaxBlockSize=", kMaxBlockSize);
   return b;
 }
 
@@ -70,7 +81,7 @@ struct BlockSpec {
 
   /// Builds a spec from the feature size d and the block size b; throws unless b divides d.
   static BlockSpec from_features(Index d, Index b, bool shared = false) {
-    detail::require(b >= 1, "block size must be >= 1, got b=", b);
+    detail::require_block_size(b);
     detail::require(d >= 1 && d % b == 0, "feature size d=", d,
                     " is not divisible by block size b=", b);
     return BlockSpec{d / b, b, shared};
@@ -81,10 +92,14 @@ struct BlockSpec {
   Index packed() const { return packed_size(block_size); }          ///< m = b(b-1)/2
   Index generator_of(Index block) const { return shared ? 0 : block; }
 
-  /// Throws std::invalid_argument unless the spec is usable (r >= 1, b >= 1).
+  /// Throws std::invalid_argument unless the spec is usable: r >= 1, 1 <= b <= kMaxBlockSize,
+  /// and d = r*b fits in an Index.
   void validate() const {
     detail::require(blocks >= 1 && block_size >= 1, "block spec needs r >= 1 and b >= 1, got r=",
                     blocks, " b=", block_size);
+    detail::require_block_size(block_size);
+    detail::require(blocks <= std::numeric_limits<Index>::max() / block_size, "block spec r=",
+                    blocks, " blocks of b=", block_size, " has more features than an Index holds");
   }
 };
 

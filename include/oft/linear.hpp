@@ -72,10 +72,7 @@ class OftLinear<Scalar_, Parameterization_, cpu> {
   /// dX must not overlap dZ; it may be X itself.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dz, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
-    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
-                    features());
-    detail::require_shape(dz, x.rows(), outputs(), "dZ");
-    if (dx.data() != nullptr) detail::require_disjoint(dx, dz, "dX", "dZ");
+    check_backward(x, dz, dx, dtheta, /*dx_may_be_x=*/true);
     Scalar* buffer = workspace.reserve(workspace_size(x.rows()));
     MatrixView<Scalar> dy(buffer, x.rows(), features());
     dy.map().noalias() = dz.map() * weight_;
@@ -87,16 +84,9 @@ class OftLinear<Scalar_, Parameterization_, cpu> {
   /// dX = dZ * W', dW' = dZ^T X, G_i = dW'_i^T W0_i, then the same generator VJP.
   void backward_weight_centric(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dz,
                                MatrixView<Scalar> dx, GeneratorView<Scalar> dtheta) const {
-    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
-                    features());
-    detail::require_shape(dz, x.rows(), outputs(), "dZ");
+    check_backward(x, dz, dx, dtheta, /*dx_may_be_x=*/false);
     const RowMatrix<Scalar> merged_weight = merged();
-    if (dx.data() != nullptr) {
-      detail::require_shape(dx, x.rows(), features(), "dX");
-      detail::require_disjoint(dx, dz, "dX", "dZ");
-      detail::require_disjoint(dx, x, "dX", "X");
-      dx.map().noalias() = dz.map() * merged_weight;
-    }
+    if (dx.data() != nullptr) dx.map().noalias() = dz.map() * merged_weight;
     if (dtheta.data() == nullptr) return;
     const RowMatrix<Scalar> merged_grad = dz.map().transpose() * x.map();  // n_out x d
     const Index b = rotation_.spec().block_size;
@@ -142,6 +132,29 @@ class OftLinear<Scalar_, Parameterization_, cpu> {
                     features(), " (W0 is ", outputs(), "x", features(), ")");
     detail::require_shape(z, x.rows(), outputs(), out_name);
     detail::require_disjoint(z, x, out_name, "X");
+  }
+
+  /// Every check of backward and backward_weight_centric, before either writes anything.
+  void check_backward(const ConstMatrixView<Scalar>& x, const ConstMatrixView<Scalar>& dz,
+                      const MatrixView<Scalar>& dx, const GeneratorView<Scalar>& dtheta,
+                      bool dx_may_be_x) const {
+    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
+                    features());
+    detail::require_shape(dz, x.rows(), outputs(), "dZ");
+    if (dx.data() != nullptr) {
+      detail::require_shape(dx, x.rows(), features(), "dX");
+      detail::require_disjoint(dx, dz, "dX", "dZ");
+      if (dx_may_be_x)
+        detail::require_in_place_or_disjoint(dx, x, "dX", "X");
+      else
+        detail::require_disjoint(dx, x, "dX", "X");
+    }
+    if (dtheta.data() != nullptr) {
+      rotation_.check_generators(dtheta, "dtheta");
+      detail::require_disjoint(dtheta.matrix(), x, "dtheta", "X");
+      detail::require_disjoint(dtheta.matrix(), dz, "dtheta", "dZ");
+      if (dx.data() != nullptr) detail::require_disjoint(dtheta.matrix(), dx, "dtheta", "dX");
+    }
   }
 
   void base_forward(const MatrixView<Scalar>& y, const MatrixView<Scalar>& z) const {

@@ -87,13 +87,19 @@ class GeneratorView {
   Element* row(Index i) const { return matrix_.row(i); }
   const MatrixView<Element>& matrix() const { return matrix_; }
 
-  /// Entry (p, q) of generator i's U (p < q).
+  /// Entry (p, q) of generator i's U. Throws std::invalid_argument unless 0 <= i < count() and
+  /// 0 <= p < q < b (row(i) is the unchecked access for loops).
   Element& operator()(Index i, Index p, Index q) const {
+    check_generator_index(i);
+    detail::require(p >= 0 && p < q && q < block_size_, "generator element (", p, ",", q,
+                    ") is not in the strict upper triangle of a ", block_size_, "x",
+                    block_size_, " block (needs 0 <= p < q < b)");
     return matrix_(i, packed_index(p, q, block_size_));
   }
 
-  /// Dense Q_i.
+  /// Dense Q_i (throws std::invalid_argument unless 0 <= i < count()).
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> dense(Index i) const {
+    check_generator_index(i);
     Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> q(block_size_, block_size_);
     unpack_skew(row(i), block_size_, q);
     return q;
@@ -113,8 +119,12 @@ class GeneratorView {
   }
 
  private:
+  void check_generator_index(Index i) const {
+    detail::require(i >= 0 && i < count(), "generator index ", i, " outside [0, ", count(), ")");
+  }
+
   static Index check_block(Index b) {
-    detail::require(b >= 1, "generator block size must be >= 1, got b=", b);
+    detail::require_block_size(b, "generator block size");
     return b;
   }
 
@@ -132,6 +142,7 @@ class Generators {
   Generators(Index count, Index b) : block_size_(b) {
     detail::require(count >= 0 && b >= 1, "generators need count >= 0 and b >= 1, got count=",
                     count, " b=", b);
+    detail::require_block_size(b, "generator block size");
     values_ = Storage::Zero(count, packed_size(b));
   }
   /// Storage sized for a block spec (1 row when shared).

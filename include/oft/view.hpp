@@ -7,6 +7,9 @@
 /// converts implicitly to a const one. Element (i, j) lives at data[i * stride + j], so a view can
 /// address a slice of a wider buffer (stride >= cols).
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "detail/intrinsics.hpp"  // before Eigen: see the file
@@ -28,15 +31,25 @@ class MatrixView {
 
   MatrixView() = default;
 
-  /// View of `rows x cols` elements with row stride `stride` (defaults to cols).
-  /// Throws std::invalid_argument for negative sizes or stride < cols.
-  MatrixView(Element* data, Index rows, Index cols, Index stride = -1)
-      : data_(data), rows_(rows), cols_(cols), stride_(stride < 0 ? cols : stride) {
+  /// Stride argument meaning "rows are packed": the row stride is the width.
+  static constexpr Index kPackedRows = -1;
+
+  /// View of `rows x cols` elements with row stride `stride` (kPackedRows, the default, means
+  /// cols). Throws std::invalid_argument for negative sizes, a stride smaller than cols or
+  /// negative other than kPackedRows, a null pointer with elements, or an extent that does not
+  /// fit in an Index.
+  MatrixView(Element* data, Index rows, Index cols, Index stride = kPackedRows)
+      : data_(data), rows_(rows), cols_(cols), stride_(stride == kPackedRows ? cols : stride) {
     detail::require(rows >= 0 && cols >= 0, "matrix view with negative shape ", rows, "x", cols);
+    detail::require(stride >= 0 || stride == kPackedRows, "matrix view row stride ", stride,
+                    " is negative (only ", kPackedRows, ", the default, is accepted: rows packed)");
     detail::require(stride_ >= cols, "matrix view row stride ", stride_,
                     " is smaller than its width ", cols);
     detail::require(data != nullptr || rows == 0 || cols == 0,
                     "matrix view of shape ", rows, "x", cols, " over a null pointer");
+    detail::require(rows <= 1 || stride_ <= (kMaxElements - cols) / (rows - 1),
+                    "matrix view of shape ", rows, "x", cols, " with row stride ", stride_,
+                    " spans more elements than an Index holds");
   }
 
   /// A mutable view converts to a const view.
@@ -75,6 +88,10 @@ class MatrixView {
   }
 
  private:
+  // Largest element count a view may span, so that byte offsets cannot overflow either.
+  static constexpr Index kMaxElements =
+      std::numeric_limits<Index>::max() / static_cast<Index>(sizeof(Scalar));
+
   Element* data_ = nullptr;
   Index rows_ = 0;
   Index cols_ = 0;
@@ -102,15 +119,47 @@ auto view(const Eigen::DenseBase<Derived>& m) {
 
 namespace detail {
 
-/// True when the byte ranges of two views overlap.
+/// Floor division for a positive divisor (C++ `/` truncates toward zero).
+inline Index floor_divide(Index numerator, Index divisor) {
+  const Index quotient = numerator / divisor;
+  return (numerator % divisor != 0 && numerator < 0) ? quotient - 1 : quotient;
+}
+
+/// True when the rows [lo, hi) intersect, i.e. lo < hi.
+inline bool nonempty(Index lo, Index hi) { return lo < hi; }
+
+/// True when two views share at least one byte. Exact for views with the same row stride (in
+/// bytes), such as disjoint column slices of one buffer (X = columns [0, d), Y = columns [d, 2d)
+/// of an N x 2d matrix), whose address ranges interleave without sharing an element; views with
+/// different strides whose address ranges intersect are reported as overlapping (conservative).
 template <class A, class B>
 bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
   if (a.empty() || b.empty()) return false;
-  auto lo_a = static_cast<const char*>(a.begin_address());
-  auto hi_a = static_cast<const char*>(a.end_address());
-  auto lo_b = static_cast<const char*>(b.begin_address());
-  auto hi_b = static_cast<const char*>(b.end_address());
-  return lo_a < hi_b && lo_b < hi_a;
+  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  const std::uintptr_t lo_a = address(a.begin_address()), hi_a = address(a.end_address());
+  const std::uintptr_t lo_b = address(b.begin_address()), hi_b = address(b.end_address());
+  if (!(lo_a < hi_b && lo_b < hi_a)) return false;
+
+  // In bytes: s = row stride, wa / wb = row widths. A one-row view may take the other's stride.
+  const Index size_a = static_cast<Index>(sizeof(A)), size_b = static_cast<Index>(sizeof(B));
+  const Index wa = a.cols() * size_a, wb = b.cols() * size_b;
+  const Index sa = a.rows() == 1 ? b.stride() * size_b : a.stride() * size_a;
+  const Index sb = b.rows() == 1 ? sa : b.stride() * size_b;
+  if (sa != sb || wa > sa || wb > sb) return true;
+  const Index s = sa;
+  // B starts delta = q*s + rem bytes after A (0 <= rem < s). B's row i covers [rem, rem + wb)
+  // of A's row band q + i, spilling into band q + i + 1 when rem + wb > s (wb <= s, so never
+  // further). A's row j covers [0, wa) of band j. So they share a byte iff some i in [0, rb)
+  // meets A's row q + i with rem < wa, or A's row q + i + 1 with rem + wb > s.
+  const Index delta = lo_b >= lo_a ? static_cast<Index>(lo_b - lo_a)
+                                   : -static_cast<Index>(lo_a - lo_b);
+  const Index q = floor_divide(delta, s), rem = delta - q * s;
+  const Index ra = a.rows(), rb = b.rows();
+  const bool same_band =
+      rem < wa && nonempty(std::max<Index>(0, -q), std::min<Index>(rb, ra - q));
+  const bool next_band =
+      rem + wb > s && nonempty(std::max<Index>(0, -q - 1), std::min<Index>(rb, ra - q - 1));
+  return same_band || next_band;
 }
 
 /// True when two views address exactly the same elements (supported in-place use).
