@@ -20,9 +20,10 @@
 ///
 /// The label of each run is the parameterization's name ("cayley", "neumann_k4", ...).
 
-#include <Eigen/SVD>
 
-#include "bench_common.hpp"
+#include "bench_common.hpp"  // first: includes oft before Eigen
+
+#include <Eigen/SVD>
 
 namespace {
 

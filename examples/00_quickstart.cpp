@@ -12,6 +12,10 @@
 // This example is also a test: it exits non-zero unless the loss fell by at least 1e4 and the
 // two paths agree. Set OFT_EXAMPLE_QUICK=1 (or pass --quick) for a smaller, faster run.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/oft.hpp>
+
 #include <Eigen/SVD>
 #include <algorithm>
 #include <chrono>
@@ -19,7 +23,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <oft/oft.hpp>
 #include <random>
 #include <vector>
 

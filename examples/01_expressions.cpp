@@ -9,11 +9,14 @@
 // ||R - R_k||_2 = rho^(k+1), and ||R_k^T R_k - I||_2 = rho^(2m) for odd m = k + 1,
 // 2 rho^m -+ rho^(2m) for even m (minus when 4 divides m). Exits non-zero on any mismatch.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/oft.hpp>
+
 #include <Eigen/SVD>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <oft/oft.hpp>
 #include <random>
 #include <vector>
 

@@ -14,11 +14,14 @@
 //
 // Everything is verified against a dense double-precision reference; exits non-zero on mismatch.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/oft.hpp>
+
 #include <Eigen/SVD>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <oft/oft.hpp>
 #include <random>
 #include <stdexcept>
 #include <vector>

@@ -90,7 +90,11 @@ TEST(BlockSizeFromPacked, ExactForLargeM) {
                                     2147483649LL, 3037000000LL, 3000000001LL};
   for (Index b : sizes) {
     const Index m = oft::packed_size(b);
-    EXPECT_EQ(oft::block_size_from_packed(m), b) << "b=" << b;
+    EXPECT_EQ(oft::block_size_or_negative(m), b) << "b=" << b;
+    // Exact, but above the documented cap on b: refused with both numbers named.
+    EXPECT_TRUE(throws_with<std::invalid_argument>([m] { oft::block_size_from_packed(m); },
+                                                   {std::to_string(m), "b=" + std::to_string(b),
+                                                    "kMaxBlockSize"}));
     EXPECT_EQ(oft::block_size_or_negative(m - 1), -1) << "b=" << b;
     EXPECT_EQ(oft::block_size_or_negative(m + 1), -1) << "b=" << b;
     EXPECT_TRUE(throws_with<std::invalid_argument>([m] { oft::block_size_from_packed(m + 1); },

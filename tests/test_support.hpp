@@ -12,6 +12,10 @@
 ///    where no rigorous bound is practical (LU solves, eigen/SVD-based norms).
 /// No tolerance is tuned to make a test pass.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/parameterization.hpp>
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Eigenvalues>
@@ -25,7 +29,6 @@
 #include <limits>
 #include <oft/config.hpp>
 #include <oft/index.hpp>
-#include <oft/parameterization.hpp>
 #include <oft/skew.hpp>
 #include <sstream>
 #include <string>

@@ -7,7 +7,6 @@
 /// converts implicitly to a const one. Element (i, j) lives at data[i * stride + j], so a view can
 /// address a slice of a wider buffer (stride >= cols).
 
-#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -16,6 +15,7 @@
 #include <Eigen/Core>
 
 #include "config.hpp"
+#include "detail/overlap.hpp"
 #include "errors.hpp"
 
 namespace oft {
@@ -119,47 +119,19 @@ auto view(const Eigen::DenseBase<Derived>& m) {
 
 namespace detail {
 
-/// Floor division for a positive divisor (C++ `/` truncates toward zero).
-inline Index floor_divide(Index numerator, Index divisor) {
-  const Index quotient = numerator / divisor;
-  return (numerator % divisor != 0 && numerator < 0) ? quotient - 1 : quotient;
+/// The bytes a view covers, for overlap tests.
+template <class A>
+StridedRegion region(const MatrixView<A>& v) {
+  const Index size = static_cast<Index>(sizeof(A));
+  return StridedRegion{reinterpret_cast<std::uintptr_t>(v.data()), v.rows(), v.cols() * size,
+                       v.stride() * size};
 }
 
-/// True when the rows [lo, hi) intersect, i.e. lo < hi.
-inline bool nonempty(Index lo, Index hi) { return lo < hi; }
-
-/// True when two views share at least one byte. Exact for views with the same row stride (in
-/// bytes), such as disjoint column slices of one buffer (X = columns [0, d), Y = columns [d, 2d)
-/// of an N x 2d matrix), whose address ranges interleave without sharing an element; views with
-/// different strides whose address ranges intersect are reported as overlapping (conservative).
+/// True when two views share an element (exact for equal row strides, such as disjoint column
+/// slices of one buffer; conservative otherwise: see regions_overlap).
 template <class A, class B>
 bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
-  if (a.empty() || b.empty()) return false;
-  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
-  const std::uintptr_t lo_a = address(a.begin_address()), hi_a = address(a.end_address());
-  const std::uintptr_t lo_b = address(b.begin_address()), hi_b = address(b.end_address());
-  if (!(lo_a < hi_b && lo_b < hi_a)) return false;
-
-  // In bytes: s = row stride, wa / wb = row widths. A one-row view may take the other's stride.
-  const Index size_a = static_cast<Index>(sizeof(A)), size_b = static_cast<Index>(sizeof(B));
-  const Index wa = a.cols() * size_a, wb = b.cols() * size_b;
-  const Index sa = a.rows() == 1 ? b.stride() * size_b : a.stride() * size_a;
-  const Index sb = b.rows() == 1 ? sa : b.stride() * size_b;
-  if (sa != sb || wa > sa || wb > sb) return true;
-  const Index s = sa;
-  // B starts delta = q*s + rem bytes after A (0 <= rem < s). B's row i covers [rem, rem + wb)
-  // of A's row band q + i, spilling into band q + i + 1 when rem + wb > s (wb <= s, so never
-  // further). A's row j covers [0, wa) of band j. So they share a byte iff some i in [0, rb)
-  // meets A's row q + i with rem < wa, or A's row q + i + 1 with rem + wb > s.
-  const Index delta = lo_b >= lo_a ? static_cast<Index>(lo_b - lo_a)
-                                   : -static_cast<Index>(lo_a - lo_b);
-  const Index q = floor_divide(delta, s), rem = delta - q * s;
-  const Index ra = a.rows(), rb = b.rows();
-  const bool same_band =
-      rem < wa && nonempty(std::max<Index>(0, -q), std::min<Index>(rb, ra - q));
-  const bool next_band =
-      rem + wb > s && nonempty(std::max<Index>(0, -q - 1), std::min<Index>(rb, ra - q - 1));
-  return same_band || next_band;
+  return regions_overlap(region(a), region(b));
 }
 
 /// True when two views address exactly the same elements (supported in-place use).
