@@ -7,6 +7,7 @@
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/expressions.hpp>
+#include <oft/finite_difference.hpp>
 #include <oft/linear.hpp>
 
 #include <gtest/gtest.h>
@@ -418,6 +419,21 @@ TEST(InputSafety, DisjointColumnSlicesOfOneBufferAreAccepted) {
       },
       {"Y partially overlaps X"}));
   EXPECT_TRUE(oft_test::all_equal(tight, tight_saved));
+}
+
+TEST(InputSafety, NumericalGradientArguments) {
+  double v[2] = {1.0, 2.0};
+  const auto loss = [&] { return v[0] * v[1]; };
+  EXPECT_TRUE(throws_with<std::invalid_argument>(
+      [&] { (void)oft::numerical_gradient(v, -1, loss); }, {"count >= 0", "-1"}));
+  EXPECT_TRUE(throws_with<std::invalid_argument>(
+      [&] { (void)oft::numerical_gradient(static_cast<double*>(nullptr), 2, loss); },
+      {"null", "2 values"}));
+  EXPECT_TRUE(throws_with<std::invalid_argument>(
+      [&] { (void)oft::numerical_gradient(v, 2, loss, 0.0); }, {"h=0"}));
+  const std::vector<double> g = oft::numerical_gradient(v, 2, loss);
+  EXPECT_NEAR(g[0], 2.0, 1e-8);
+  EXPECT_NEAR(g[1], 1.0, 1e-8);
 }
 
 }  // namespace
