@@ -18,6 +18,7 @@
 #include "workspace.hpp"         // caller-owned scratch
 #include "block_orthogonal.hpp"  // BlockOrthogonal operator
 #include "linear.hpp"            // OftLinear layer
+#include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: policy chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
 #include "peft.hpp"              // PEFT compatibility helpers

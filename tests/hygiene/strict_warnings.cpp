@@ -51,6 +51,17 @@ void use_all() {
   use_operator<Scalar>(oft::CayleyNeumannTolerance{1e-4});
   use_operator<Scalar>(oft::MatrixExponential{});
 
+  const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
+  oft::AnyBlockOrthogonal<Scalar> any(spec, oft::CayleyNeumann{3});
+  oft::Generators<Scalar> any_theta(spec);
+  any.set_generators(any_theta);
+  (void)any.orthogonality_errors();
+  (void)oft::policy_name(any.policy());
+  std::vector<Scalar> weight(24);
+  oft::AnyOftLinear<Scalar> any_layer(oft::ConstMatrixView<Scalar>(weight.data(), 3, 8), nullptr, 4,
+                                      false, oft::ExactCayley{});
+  (void)any_layer.merged();
+
   oft::Generators<Scalar> theta(2, 4);
   (void)oft::coft_project(theta.view(), oft::coft_radius(1e-3, theta.count()));
   oft::peft::flip_exact_branch(theta.view());
