@@ -11,10 +11,13 @@
 /// CayleyNeumann{k} and ExactCayley. CayleyNeumannTolerance and MatrixExponential are CPU-only.
 ///
 /// Streams, memory, synchronization:
-/// - Construction queries the device, allocates the operator's state (a copy of theta, the
-///   rotation blocks, the active mask, and for 16-bit T the split blocks of the tensor-core path),
-///   initializes it to the identity and synchronizes. Nothing else allocates or synchronizes,
-///   except the explicitly named copies to the host (rotation_blocks_host).
+/// - Construction queries the device (SM count, compute capability, shared memory), picks the
+///   tensor-core or CUDA-core kernels, sets each kernel's shared-memory limit once
+///   (launch.hpp), allocates the operator's state (a copy of theta, the rotation blocks, the
+///   active mask and its pinned host staging buffer, and for 16-bit T the split blocks of the
+///   tensor-core path), initializes it to the identity and synchronizes. Nothing else allocates
+///   or synchronizes, except the explicitly named copies to the host (rotation_blocks_host) and
+///   set_active_blocks(host vector), which waits only while its previous copy is still pending.
 /// - Every other call takes a cudaStream_t and only enqueues work on it. Calls on one operator
 ///   must be ordered by the caller (one stream, or events): set_generators rewrites the blocks
 ///   that apply and backward read. Different operators on different streams are independent.
@@ -25,6 +28,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -38,6 +42,7 @@
 #include "kernels_apply.hpp"
 #include "kernels_generators.hpp"
 #include "kernels_tensor_core.hpp"
+#include "launch.hpp"
 #include "numeric.hpp"
 
 namespace oft {
@@ -59,24 +64,20 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   explicit BlockOrthogonal(const BlockSpec& spec, Parameterization parameterization = {})
       : spec_(checked(spec)),
         parameterization_(parameterization),
-        device_(cuda_detail::query_device("BlockOrthogonal<cuda>")),
+        device_(cuda_detail::query_device(kConstructor)),
+        tensor_cores_(cuda_detail::use_tensor_core_path<Scalar>(
+            spec.block_size, cuda_detail::tensor_core_environment<Scalar>(device_, kConstructor))),
         theta_(static_cast<std::size_t>(spec.generators() * spec.packed())),
         blocks_(static_cast<std::size_t>(spec.generators() * block_area())),
-        active_(static_cast<std::size_t>(spec.blocks)) {
-    const std::size_t need =
-        cuda_detail::generator_shared_bytes<Parameter>(spec_.block_size, exact());
-    detail::require(need <= device_.max_shared_bytes, "BlockOrthogonal<cuda>: block size b=",
-                    spec_.block_size, " needs ", need,
-                    " bytes of shared memory per thread block for the ", Parameterization::name,
-                    " kernels; this GPU allows ", device_.max_shared_bytes,
-                    " (largest supported b: ",
-                    cuda_detail::largest_block_size<Parameter>(exact(), device_.max_shared_bytes),
-                    ")");
+        active_(static_cast<std::size_t>(spec.blocks)),
+        active_staging_(static_cast<std::size_t>(spec.blocks), kConstructor) {
+    require_generator_kernels_fit();
+    prepare_token_kernels();
     if (use_tensor_cores()) {
       blocks_hi_ = DeviceBuffer<Scalar>(blocks_.size());
       blocks_lo_ = DeviceBuffer<Scalar>(blocks_.size());
     }
-    const char* where = "BlockOrthogonal<cuda> constructor";
+    const char* where = kConstructor;
     if (theta_.size() > 0)
       cuda_detail::check(cudaMemsetAsync(theta_.data(), 0, theta_.bytes(), nullptr),
                          "cudaMemsetAsync", where);
@@ -92,10 +93,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   PlanSummary plan(Index /*generator*/) const {
     return parameterization_.summary(typename Parameterization::Plan{});
   }
-  /// True when apply and backward run on tensor cores (16-bit T and b a multiple of 16).
-  bool use_tensor_cores() const {
-    return cuda_detail::tensor_core_supported<Scalar>(spec_.block_size);
-  }
+  /// True when apply and backward run on tensor cores: 16-bit T, b a multiple of 16 up to 64,
+  /// and a device and compiled kernels with WMMA for T (sm_70+ for __half, sm_80+ for
+  /// __nv_bfloat16; cuda_detail::use_tensor_core_path). Decided once, at construction.
+  bool use_tensor_cores() const { return tensor_cores_; }
 
   /// theta (generators() x b(b-1)/2, device memory) -> R_i, enqueued on `stream`. theta is
   /// copied, so the caller may overwrite it once the stream has passed this call.
@@ -116,22 +117,47 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   }
 
   /// Blocks whose flag is 0 act as the identity (multiplicative dropout) in apply,
-  /// apply_transposed and backward; an empty vector re-activates all. The host vector is copied
-  /// before the call returns (pageable copy), the device sees it in stream order.
+  /// apply_transposed, backward and the layer's merge and unmerge; an empty vector re-activates
+  /// all. The host vector is copied into the operator's pinned staging buffer before the call
+  /// returns (the caller may reuse it at once), and from there to the device asynchronously, in
+  /// stream order. Cost: if the previous call's copy out of the staging buffer has not run yet
+  /// (its stream is busy), this call waits for it (one event wait) before refilling the buffer;
+  /// otherwise it does not block. Not for CUDA graph capture (the graph would re-read the
+  /// staging buffer at every replay): use the device-pointer overload there.
   void set_active_blocks(const std::vector<unsigned char>& active, cudaStream_t stream) {
     const char* where = "BlockOrthogonal<cuda>::set_active_blocks";
     detail::require(active.empty() || static_cast<Index>(active.size()) == spec_.blocks, where,
                     ": active-block mask has ", active.size(), " entries, expected r=",
                     spec_.blocks);
     if (active.empty()) {
-      cuda_detail::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), stream),
-                         "cudaMemsetAsync", where);
-    } else {
-      cuda_detail::check(cudaMemcpyAsync(active_.data(), active.data(), active_.bytes(),
-                                         cudaMemcpyHostToDevice, stream),
-                         "cudaMemcpyAsync", where);
+      activate_all(stream, where);
+      return;
     }
+    unsigned char* staging = active_staging_.acquire(where);
+    std::copy(active.begin(), active.end(), staging);
+    active_staging_.copy_to_device(active_.data(), active_.bytes(), stream, where);
   }
+
+  /// The same from r flags in device memory (a device-to-device copy enqueued on `stream`; the
+  /// caller keeps `active` unchanged until the stream has passed this call). Never blocks the
+  /// host, and can be captured in a CUDA graph (the graph copies the flags at each replay).
+  /// nullptr re-activates all blocks (so `set_active_blocks({}, stream)` does that with either
+  /// overload).
+  void set_active_blocks(const unsigned char* active, cudaStream_t stream) {
+    const char* where = "BlockOrthogonal<cuda>::set_active_blocks";
+    if (active == nullptr) {
+      activate_all(stream, where);
+      return;
+    }
+    cuda_detail::require_device_pointer(active, "active", where);
+    cuda_detail::check(cudaMemcpyAsync(active_.data(), active, active_.bytes(),
+                                       cudaMemcpyDeviceToDevice, stream),
+                       "cudaMemcpyAsync", where);
+  }
+
+  /// Device pointer to the r active-block flags (set_active_blocks), valid for the operator's
+  /// lifetime. OftLinear::unmerge reads it; so may fused user kernels.
+  const unsigned char* active_blocks() const { return active_.data(); }
 
   /// Y = X * R (N x d). `y` may be the same view as `x` (in place); partial overlap is refused.
   void apply(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> y,
@@ -245,9 +271,41 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   }
 
  private:
+  static constexpr const char* kConstructor = "BlockOrthogonal<cuda> constructor";
+
   static const BlockSpec& checked(const BlockSpec& spec) {
     spec.validate();
     return spec;
+  }
+
+  /// The generator kernels keep every b x b matrix in shared memory; the VJP needs the most.
+  void require_generator_kernels_fit() const {
+    const std::size_t need =
+        cuda_detail::generator_shared_bytes<Parameter>(spec_.block_size, exact());
+    const std::size_t limit =
+        cuda_detail::dynamic_shared_limit(cuda_detail::rotation_vjp_kernel<Parameter>, kConstructor);
+    detail::require(need <= limit, "BlockOrthogonal<cuda>: block size b=", spec_.block_size,
+                    " needs ", need, " bytes of shared memory per thread block for the ",
+                    Parameterization::name, " kernels; this GPU allows ", limit,
+                    " (largest supported b: ",
+                    cuda_detail::largest_block_size<Parameter>(exact(), limit), ")");
+  }
+
+  /// Sets the shared-memory limits of the CUDA-core token kernels now (the tensor-core ones
+  /// were set by tensor_core_environment), so that no later call does it for the first time,
+  /// e.g. inside a CUDA graph capture.
+  void prepare_token_kernels() const {
+    (void)cuda_detail::dynamic_shared_limit(cuda_detail::apply_simt_kernel<Scalar, Parameter>,
+                                            kConstructor);
+    (void)cuda_detail::dynamic_shared_limit(cuda_detail::backward_simt_kernel<Scalar, Parameter>,
+                                            kConstructor);
+    (void)cuda_detail::dynamic_shared_limit(cuda_detail::build_rotations_kernel<Parameter>,
+                                            kConstructor);
+  }
+
+  void activate_all(cudaStream_t stream, const char* where) {
+    cuda_detail::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), stream),
+                       "cudaMemsetAsync", where);
   }
   Index block_area() const { return spec_.block_size * spec_.block_size; }
   bool exact() const { return std::is_same_v<Parameterization, ExactCayley>; }
@@ -299,11 +357,13 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   BlockSpec spec_;
   Parameterization parameterization_;
   cuda_detail::DeviceInfo device_;
+  bool tensor_cores_ = false;       ///< apply and backward on tensor cores (use_tensor_cores)
   DeviceBuffer<Parameter> theta_;   ///< generators() x m, packed, contiguous
   DeviceBuffer<Parameter> blocks_;  ///< generators() x b x b, row-major R_g
   DeviceBuffer<Scalar> blocks_hi_;  ///< 16-bit T: R rounded to T (tensor-core path)
   DeviceBuffer<Scalar> blocks_lo_;  ///< 16-bit T: R - hi rounded to T
-  DeviceBuffer<unsigned char> active_;
+  DeviceBuffer<unsigned char> active_;            ///< r flags, 0: block acts as the identity
+  cuda_detail::HostStaging active_staging_;       ///< pinned source of set_active_blocks(vector)
 };
 
 }  // namespace oft

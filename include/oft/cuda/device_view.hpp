@@ -114,6 +114,76 @@ class DeviceBuffer {
 
 namespace cuda_detail {
 
+/// A pinned (page-locked) host buffer that asynchronous host-to-device copies read from, with
+/// an event that marks the end of the last such copy. Pinned memory makes cudaMemcpyAsync truly
+/// asynchronous (a pageable source may make the runtime synchronize, and cannot be captured in
+/// a CUDA graph); the event keeps the next fill from overwriting bytes that a copy still in
+/// flight has yet to read. Used by BlockOrthogonal<cuda>::set_active_blocks.
+class HostStaging {
+ public:
+  HostStaging() = default;
+  /// cudaMallocHost of `bytes` (at least 1) and a timing-free event (construction only).
+  HostStaging(std::size_t bytes, const char* where) : bytes_(bytes > 0 ? bytes : 1) {
+    void* p = nullptr;
+    check(cudaMallocHost(&p, bytes_), "cudaMallocHost", where);
+    data_ = static_cast<unsigned char*>(p);
+    const cudaError_t status = cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming);
+    if (status != cudaSuccess) {
+      (void)cudaFreeHost(data_);
+      data_ = nullptr;
+      check(status, "cudaEventCreateWithFlags", where);
+    }
+  }
+  /// Waits for the last copy out of the buffer (if any is pending) before freeing it.
+  ~HostStaging() { release(); }
+  HostStaging(const HostStaging&) = delete;
+  HostStaging& operator=(const HostStaging&) = delete;
+  HostStaging(HostStaging&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)),
+        bytes_(std::exchange(other.bytes_, 0)),
+        copied_(std::exchange(other.copied_, nullptr)) {}
+  HostStaging& operator=(HostStaging&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+      copied_ = std::exchange(other.copied_, nullptr);
+    }
+    return *this;
+  }
+
+  /// The buffer, once the copy enqueued by the previous copy_to_device has read it: blocks the
+  /// host only while that copy is still pending on its stream (an event wait), else returns at
+  /// once.
+  unsigned char* acquire(const char* where) {
+    check(cudaEventSynchronize(copied_), "cudaEventSynchronize", where);
+    return data_;
+  }
+
+  /// Enqueues on `stream` the copy of the first `bytes` of the buffer (filled after acquire) to
+  /// device memory `dst`, and marks its end with the event.
+  void copy_to_device(void* dst, std::size_t bytes, cudaStream_t stream, const char* where) {
+    check(cudaMemcpyAsync(dst, data_, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync",
+          where);
+    check(cudaEventRecord(copied_, stream), "cudaEventRecord", where);
+  }
+
+ private:
+  void release() noexcept {
+    if (copied_ != nullptr) {
+      (void)cudaEventSynchronize(copied_);
+      (void)cudaEventDestroy(copied_);
+    }
+    if (data_ != nullptr) (void)cudaFreeHost(data_);
+    copied_ = nullptr;
+    data_ = nullptr;
+  }
+
+  unsigned char* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  cudaEvent_t copied_ = nullptr;
+};
+
 /// Throws std::invalid_argument unless `p` is memory a kernel may read (device or managed memory,
 /// or host memory mapped for the device). One cheap runtime query, no synchronization.
 inline void require_device_pointer(const void* p, const char* name, const char* where) {

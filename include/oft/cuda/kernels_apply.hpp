@@ -18,6 +18,7 @@
 #include "../config.hpp"
 #include "error.hpp"
 #include "kernels_generators.hpp"
+#include "launch.hpp"
 #include "numeric.hpp"
 
 namespace oft::cuda_detail {
@@ -37,16 +38,21 @@ inline constexpr Index kTensorTileRows = 128;
 __host__ __device__ inline Index token_tiles(Index n, Index rows) { return (n + rows - 1) / rows; }
 
 /// Token chunks of the backward's partial G sums: enough thread blocks (about 8 per SM) to fill
-/// the GPU, never more than there are token tiles, at least one (so N = 0 still writes zeros).
+/// the GPU, never more than there are token tiles or than token_grid_limit(), at least one (so
+/// N = 0 still writes zeros). Each chunk is one thread block of the grid's y dimension, which
+/// loops over the tiles chunk, chunk + chunks, ...
 inline Index gradient_chunks(Index n, Index blocks, int multiprocessors, bool tensor_cores) {
   const Index tiles = token_tiles(n, tensor_cores ? kTensorTileRows : kSimtTileRows);
   const Index wanted = (8 * static_cast<Index>(multiprocessors) + blocks - 1) / blocks;
-  return std::max<Index>(1, std::min<Index>({tiles, wanted, 65535}));
+  return std::max<Index>(
+      1, std::min<Index>({tiles, wanted, static_cast<Index>(token_grid_limit())}));
 }
 
-/// gridDim.y for a loop over `tiles` token tiles (the kernels stride by gridDim.y).
+/// gridDim.y for a loop over `tiles` token tiles (the kernels stride by gridDim.y): one thread
+/// block per tile up to token_grid_limit() (CUDA's 65,535), beyond that several tiles each.
 inline unsigned tile_grid(Index tiles) {
-  return static_cast<unsigned>(std::max<Index>(1, std::min<Index>(tiles, 65535)));
+  return static_cast<unsigned>(
+      std::max<Index>(1, std::min<Index>(tiles, static_cast<Index>(token_grid_limit()))));
 }
 
 __device__ __forceinline__ bool block_is_active(const BlockLayout& layout, Index i) {
@@ -104,8 +110,7 @@ __device__ void store_tile_product(const P* tile, const P* ms, Index rows, int b
 template <class T, class P>
 __global__ void apply_simt_kernel(const T* x, Index ldx, T* y, Index ldy, Index n,
                                   BlockLayout layout, const P* mats, bool transpose) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  P* ms = reinterpret_cast<P*>(shared_raw);
+  P* ms = reinterpret_cast<P*>(dynamic_shared_memory());
   const int b = static_cast<int>(layout.b);
   const Index i = blockIdx.x, col0 = i * b;
   P* xs = ms + b * b;
@@ -130,11 +135,10 @@ template <class T, class P>
 __global__ void backward_simt_kernel(const T* x, Index ldx, const T* dy, Index lddy, T* dx,
                                      Index lddx, Index n, BlockLayout layout, const P* blocks,
                                      P* partials) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
   const int b = static_cast<int>(layout.b);
   const int area = b * b;
   const Index i = blockIdx.x, col0 = i * b;
-  P* ms = reinterpret_cast<P*>(shared_raw);  // R_i^T
+  P* ms = reinterpret_cast<P*>(dynamic_shared_memory());  // R_i^T
   P* gs = ms + area;
   P* xs = gs + area;
   P* dys = xs + kSimtTileRows * b;
@@ -200,7 +204,7 @@ void apply_simt(const T* x, Index ldx, T* y, Index ldy, Index n, const BlockLayo
   if (n == 0 || layout.blocks == 0) return;
   const std::size_t bytes =
       static_cast<std::size_t>(layout.b * layout.b + kSimtTileRows * layout.b) * sizeof(P);
-  allow_shared_bytes(apply_simt_kernel<T, P>, bytes, where);
+  require_dynamic_shared(apply_simt_kernel<T, P>, bytes, layout.b, "apply_simt_kernel", where);
   const dim3 grid(static_cast<unsigned>(layout.blocks), tile_grid(token_tiles(n, kSimtTileRows)));
   apply_simt_kernel<T, P><<<grid, kSimtThreads, bytes, stream>>>(x, ldx, y, ldy, n, layout, mats,
                                                                  transpose);
@@ -215,7 +219,8 @@ void backward_simt(const T* x, Index ldx, const T* dy, Index lddy, T* dx, Index 
   if (layout.blocks == 0) return;
   const std::size_t bytes =
       static_cast<std::size_t>(2 * layout.b * layout.b + 2 * kSimtTileRows * layout.b) * sizeof(P);
-  allow_shared_bytes(backward_simt_kernel<T, P>, bytes, where);
+  require_dynamic_shared(backward_simt_kernel<T, P>, bytes, layout.b, "backward_simt_kernel",
+                         where);
   const unsigned rows = partials != nullptr ? static_cast<unsigned>(chunks)
                                             : tile_grid(token_tiles(n, kSimtTileRows));
   const dim3 grid(static_cast<unsigned>(layout.blocks), rows);

@@ -14,41 +14,22 @@
 
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstddef>
 #include <utility>
 
 #include "../index.hpp"
 #include "../neumann.hpp"
 #include "error.hpp"
+#include "launch.hpp"
 
 namespace oft::cuda_detail {
 
 inline constexpr std::size_t kAlignment = 256;
 inline constexpr int kGeneratorThreads = 256;
-/// Shared memory a kernel may use without opting in.
-inline constexpr std::size_t kDefaultSharedBytes = 48 * 1024;
 
 inline std::size_t align_up(std::size_t bytes) {
   return (bytes + kAlignment - 1) / kAlignment * kAlignment;
-}
-
-struct DeviceInfo {
-  int device = 0;
-  int multiprocessors = 1;
-  std::size_t max_shared_bytes = kDefaultSharedBytes;  ///< per thread block, with opt-in
-};
-
-inline DeviceInfo query_device(const char* where) {
-  DeviceInfo info;
-  check(cudaGetDevice(&info.device), "cudaGetDevice", where);
-  int sms = 0, shared = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, info.device),
-        "cudaDeviceGetAttribute(MultiProcessorCount)", where);
-  check(cudaDeviceGetAttribute(&shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, info.device),
-        "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)", where);
-  info.multiprocessors = sms > 0 ? sms : 1;
-  info.max_shared_bytes = static_cast<std::size_t>(shared);
-  return info;
 }
 
 /// Shared-memory matrices the generator kernels keep (the VJP is the largest user):
@@ -66,16 +47,6 @@ Index largest_block_size(bool exact, std::size_t limit) {
   Index b = 1;
   while (generator_shared_bytes<P>(b + 1, exact) <= limit) ++b;
   return b;
-}
-
-/// Lets `kernel` use `bytes` of dynamic shared memory (an opt-in above 48 KiB).
-template <class Kernel>
-void allow_shared_bytes(Kernel kernel, std::size_t bytes, const char* where) {
-  if (bytes > kDefaultSharedBytes) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(bytes)),
-          "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", where);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,9 +88,14 @@ __device__ void add_to_diagonal(P* m, int b, P value) {
 /// Solves a X = rhs for X (into rhs) by Gauss-Jordan elimination with partial pivoting; a is
 /// destroyed. `factors` holds b scalars. For a = I - Q with Q skew, a's symmetric part is I, so
 /// every pivot is nonzero; pivoting keeps the growth small for large ||Q||.
+/// Returns, to every thread, whether some pivot had a magnitude <= pivot_floor or was not a
+/// number (the elimination still runs to the end; its result is then meaningless). A negative
+/// pivot_floor skips the test (the callers whose matrix is invertible by construction).
 template <class P>
-__device__ void gauss_jordan_solve(P* a, P* rhs, int b, P* factors) {
+__device__ bool gauss_jordan_solve(P* a, P* rhs, int b, P* factors, P pivot_floor = P(-1)) {
   __shared__ int pivot_row;
+  __shared__ int small_pivot;
+  if (threadIdx.x == 0) small_pivot = 0;  // read after the loop's barriers
   for (int c = 0; c < b; ++c) {
     if (threadIdx.x == 0) {
       int best = c;
@@ -132,6 +108,7 @@ __device__ void gauss_jordan_solve(P* a, P* rhs, int b, P* factors) {
         }
       }
       pivot_row = best;
+      if (pivot_floor >= P(0) && !(best_abs > pivot_floor)) small_pivot = 1;  // NaN included
     }
     __syncthreads();
     const int p = pivot_row;
@@ -164,6 +141,49 @@ __device__ void gauss_jordan_solve(P* a, P* rhs, int b, P* factors) {
     }
     __syncthreads();
   }
+  return small_pivot != 0;
+}
+
+/// Unit roundoff of the parameter type, times 2: FLT_EPSILON / DBL_EPSILON (what Eigen's
+/// NumTraits<P>::epsilon() returns), usable in device code.
+template <class P>
+__host__ __device__ constexpr P machine_epsilon() {
+  return sizeof(P) == sizeof(float) ? P(FLT_EPSILON) : P(DBL_EPSILON);
+}
+
+/// The pivot magnitude at or below which invert_transposed_blocks calls a b x b block singular:
+/// b * eps * max|m_ij|, Eigen's default threshold for FullPivLU::isInvertible (the CPU
+/// unmerge's test), where max|m_ij| is the largest pivot of full pivoting.
+template <class P>
+__host__ __device__ P singular_pivot_floor(int b, P max_abs) {
+  return P(b) * machine_epsilon<P>() * max_abs;
+}
+
+/// max |m_e| over `count` entries, serially in thread 0, broadcast to every thread. Serial
+/// because its one caller (unmerge) runs once per model.
+template <class P>
+__device__ P block_max_abs(const P* m, int count) {
+  __shared__ P result;
+  if (threadIdx.x == 0) {
+    P largest = P(0);
+    for (int e = 0; e < count; ++e)
+      if (fabs(m[e]) > largest) largest = fabs(m[e]);  // NaN entries are caught after the solve
+    result = largest;
+  }
+  __syncthreads();
+  return result;
+}
+
+/// True (to every thread) when some entry of m is infinite or NaN.
+template <class P>
+__device__ bool any_not_finite(const P* m, int count) {
+  __shared__ int found;
+  if (threadIdx.x == 0) found = 0;
+  __syncthreads();
+  for (int e = threadIdx.x; e < count; e += blockDim.x)
+    if (!isfinite(m[e])) found = 1;  // every writer writes the same value
+  __syncthreads();
+  return found != 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,8 +194,7 @@ __device__ void gauss_jordan_solve(P* a, P* rhs, int b, P* factors) {
 template <class P>
 __global__ void build_rotations_kernel(const P* theta, Index ld_theta, int b, int terms,
                                        P* blocks) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  P* s = reinterpret_cast<P*>(shared_raw);
+  P* s = reinterpret_cast<P*>(dynamic_shared_memory());
   const Index g = blockIdx.x;
   const P* row = theta + g * ld_theta;
   P* out = blocks + g * static_cast<Index>(b) * b;
@@ -214,8 +233,7 @@ template <class P>
 __global__ void rotation_vjp_kernel(const P* theta, Index ld_theta, int b, int terms,
                                     const P* blocks, const P* grads, P* dtheta,
                                     Index ld_dtheta) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  P* s = reinterpret_cast<P*>(shared_raw);
+  P* s = reinterpret_cast<P*>(dynamic_shared_memory());
   const Index g = blockIdx.x;
   const int area = b * b;
   const P* row = theta + g * ld_theta;
@@ -287,11 +305,13 @@ __global__ void rotation_vjp_kernel(const P* theta, Index ld_theta, int b, int t
   }
 }
 
-/// out_g = (R_g^T)^-1 for every block (for unmerge with a not exactly orthogonal R).
+/// out_g = (R_g^T)^-1 for every block (for unmerge with a not exactly orthogonal R), and
+/// singular[g] = 1 when R_g is singular by the CPU unmerge's criterion (a pivot of magnitude at
+/// most singular_pivot_floor, or a non-finite pivot or result), else 0. out_g is meaningless
+/// where singular[g] is 1.
 template <class P>
-__global__ void invert_transposed_blocks_kernel(const P* blocks, int b, P* out) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  P* s = reinterpret_cast<P*>(shared_raw);
+__global__ void invert_transposed_blocks_kernel(const P* blocks, int b, P* out, int* singular) {
+  P* s = reinterpret_cast<P*>(dynamic_shared_memory());
   const Index g = blockIdx.x;
   const int area = b * b;
   P* a = s;
@@ -304,7 +324,10 @@ __global__ void invert_transposed_blocks_kernel(const P* blocks, int b, P* out) 
     rhs[e] = i == j ? P(1) : P(0);
   }
   __syncthreads();
-  gauss_jordan_solve(a, rhs, b, factors);
+  const P floor = singular_pivot_floor(b, block_max_abs(a, area));
+  const bool small_pivot = gauss_jordan_solve(a, rhs, b, factors, floor);
+  const bool not_finite = any_not_finite(rhs, area);
+  if (threadIdx.x == 0) singular[g] = (small_pivot || not_finite) ? 1 : 0;
   P* o = out + g * static_cast<Index>(area);
   for (int e = threadIdx.x; e < area; e += blockDim.x) o[e] = rhs[e];
 }
@@ -318,7 +341,7 @@ void build_rotations(const P* theta, Index ld_theta, Index generators, Index b, 
                      P* blocks, cudaStream_t stream, const char* where) {
   if (generators == 0) return;
   const std::size_t bytes = static_cast<std::size_t>(3 * b * b + b) * sizeof(P);
-  allow_shared_bytes(build_rotations_kernel<P>, bytes, where);
+  require_dynamic_shared(build_rotations_kernel<P>, bytes, b, "build_rotations_kernel", where);
   build_rotations_kernel<P><<<static_cast<unsigned>(generators), kGeneratorThreads, bytes,
                               stream>>>(theta, ld_theta, static_cast<int>(b), terms, blocks);
   check_launch("build_rotations_kernel", where);
@@ -331,22 +354,24 @@ void rotation_vjp(const P* theta, Index ld_theta, Index generators, Index b, int
   const char* where = "BlockOrthogonal<cuda>::backward (rotation VJP)";
   if (generators == 0) return;
   const std::size_t bytes = generator_shared_bytes<P>(b, terms < 0);
-  allow_shared_bytes(rotation_vjp_kernel<P>, bytes, where);
+  require_dynamic_shared(rotation_vjp_kernel<P>, bytes, b, "rotation_vjp_kernel", where);
   rotation_vjp_kernel<P><<<static_cast<unsigned>(generators), kGeneratorThreads, bytes,
                            stream>>>(theta, ld_theta, static_cast<int>(b), terms, blocks, grads,
                                      dtheta, ld_dtheta);
   check_launch("rotation_vjp_kernel", where);
 }
 
+/// out_g = (R_g^T)^-1 and singular[g] (invert_transposed_blocks_kernel) for `count` blocks.
 template <class P>
-void invert_transposed_blocks(const P* blocks, Index count, Index b, P* out,
+void invert_transposed_blocks(const P* blocks, Index count, Index b, P* out, int* singular,
                               cudaStream_t stream) {
   const char* where = "OftLinear<cuda>::unmerge";
   if (count == 0) return;
   const std::size_t bytes = static_cast<std::size_t>(2 * b * b + b) * sizeof(P);
-  allow_shared_bytes(invert_transposed_blocks_kernel<P>, bytes, where);
+  require_dynamic_shared(invert_transposed_blocks_kernel<P>, bytes, b,
+                         "invert_transposed_blocks_kernel", where);
   invert_transposed_blocks_kernel<P><<<static_cast<unsigned>(count), kGeneratorThreads, bytes,
-                                       stream>>>(blocks, static_cast<int>(b), out);
+                                       stream>>>(blocks, static_cast<int>(b), out, singular);
   check_launch("invert_transposed_blocks_kernel", where);
 }
 

@@ -6,7 +6,9 @@
 ///
 ///   forward:  Y = X * R (input-centric, into the workspace), Z = Y * W0^T + bias
 ///   backward: dY = dZ * W0 (into the workspace), then the rotation's backward gives dX, dtheta
-///   merge:    W' = W0 * R^T;  unmerge: W0 = W' * (R^T)^-1 (true inverse, also for Neumann R)
+///   merge:    W' = W0 * R^T;  unmerge: W0 = W' * (R^T)^-1 (true inverse, also for Neumann R;
+///             inactive blocks of a dropout mask are I in both; a singular active block throws
+///             std::domain_error before W0 is written)
 ///
 /// Construction copies W0 and the bias to device memory the layer owns, creates a cuBLAS handle
 /// and synchronizes. forward and backward allocate nothing: they take a caller-owned workspace of
@@ -20,6 +22,7 @@
 
 #include <cstddef>
 #include <type_traits>
+#include <vector>
 
 #include "block_orthogonal.hpp"
 #include "kernels_linear.hpp"
@@ -153,8 +156,14 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
   }
 
   /// W0 = W' * (R^T)^-1 into `w0_out` (exact inverse per block, so also correct for a truncated
-  /// Neumann R that is only nearly orthogonal). Not a hot path: allocates b x b inverses and
-  /// synchronizes `stream`.
+  /// Neumann R that is only nearly orthogonal). Blocks made inactive by set_active_blocks are
+  /// the identity, as in merge, so unmerge(merge(W0)) == W0 under a dropout mask too (their
+  /// columns are copied). Throws std::domain_error("... cannot unmerge: block i of R is
+  /// singular") naming the first active block whose R is singular, with `w0_out` untouched:
+  /// singular means a Gauss-Jordan pivot of magnitude at most b * eps * max|R_ij| (Eigen's
+  /// default threshold of the CPU unmerge's FullPivLU::isInvertible, here with partial
+  /// pivoting) or a non-finite pivot or inverse. Not a hot path: allocates the b x b inverses
+  /// and synchronizes `stream` twice (the singularity flags are read before W0 is written).
   void unmerge(DeviceMatrixView<const Scalar> merged, DeviceMatrixView<Scalar> w0_out,
                cudaStream_t stream) const {
     const char* where = "OftLinear<cuda>::unmerge";
@@ -166,10 +175,13 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     const BlockSpec& spec = rotation_.spec();
     const Index area = spec.block_size * spec.block_size;
     DeviceBuffer<Parameter> inverses(static_cast<std::size_t>(spec.generators() * area));
+    DeviceBuffer<int> singular(static_cast<std::size_t>(spec.generators()));
     cuda_detail::invert_transposed_blocks<Parameter>(rotation_.rotation_blocks(),
                                                      spec.generators(), spec.block_size,
-                                                     inverses.data(), stream);
-    const cuda_detail::BlockLayout layout{spec.blocks, spec.block_size, spec.shared, nullptr};
+                                                     inverses.data(), singular.data(), stream);
+    require_active_blocks_invertible(singular, stream, where);
+    const cuda_detail::BlockLayout layout{spec.blocks, spec.block_size, spec.shared,
+                                          rotation_.active_blocks()};
     cuda_detail::apply_simt<Scalar, Parameter>(merged.data(), merged.ld(), w0_out.data(),
                                                w0_out.ld(), out_features_, layout,
                                                inverses.data(), false, stream);
@@ -180,6 +192,29 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
   std::size_t activation_bytes(Index tokens) const {
     return static_cast<std::size_t>(tokens * in_features()) * sizeof(Scalar);
   }
+  /// Reads back the per-generator singularity flags of invert_transposed_blocks and the active
+  /// mask (synchronizes `stream`) and throws std::domain_error for the first active block whose
+  /// generator's R is singular, as the CPU unmerge does (it sees inactive blocks as I).
+  void require_active_blocks_invertible(const DeviceBuffer<int>& singular, cudaStream_t stream,
+                                        const char* where) const {
+    const BlockSpec& spec = rotation_.spec();
+    std::vector<int> flags(singular.size());
+    std::vector<unsigned char> active(static_cast<std::size_t>(spec.blocks));
+    cuda_detail::check(cudaMemcpyAsync(flags.data(), singular.data(), singular.bytes(),
+                                       cudaMemcpyDeviceToHost, stream),
+                       "cudaMemcpyAsync", where);
+    cuda_detail::check(cudaMemcpyAsync(active.data(), rotation_.active_blocks(), active.size(),
+                                       cudaMemcpyDeviceToHost, stream),
+                       "cudaMemcpyAsync", where);
+    cuda_detail::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
+    for (Index i = 0; i < spec.blocks; ++i) {
+      const bool is_active = active[static_cast<std::size_t>(i)] != 0;
+      const bool is_singular = flags[static_cast<std::size_t>(spec.generator_of(i))] != 0;
+      detail::require_domain(!(is_active && is_singular), where, ": cannot unmerge: block ", i,
+                             " of R is singular");
+    }
+  }
+
   void require_workspace(void* workspace, std::size_t size, Index n, const char* where) const {
     detail::require(size >= workspace_bytes(n), where, ": workspace of ", size,
                     " bytes, needs workspace_bytes(", n, ") = ", workspace_bytes(n));
