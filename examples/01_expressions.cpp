@@ -133,19 +133,26 @@ int main() {
   }
   check(grows, "the error grows with k: use exact Cayley (or a smaller step)");
 
-  // The tolerance policy picks the smallest even k for the exact rho (the free bound
-  // min(||Q||_F/sqrt2, ||Q||_1) is used only when it already gives k <= 2), and refuses (or
-  // falls back to exact Cayley, if asked) when the series cannot meet the tolerance.
+  // The tolerance policy picks the smallest k >= 1 whose distance to exact Cayley rho^(k+1)
+  // meets the tolerance, for the exact rho (the free bound min(||Q||_F/sqrt2, ||Q||_1) is used
+  // only when it already gives k <= 2); with ToleranceMeasure::Orthogonality, the smallest even
+  // k whose orthogonality error meets it (fewer terms; not for training, see conventions.md).
+  // Either refuses (or falls back to exact Cayley, if asked) when the series cannot meet it.
   const oft::CayleyNeumannTolerance tol(1e-12);
   const oft::CayleyNeumannTolerance::Plan plan = tol.plan(Q);
   const int k_tol = plan.terms;
+  const int k_orth =
+      tol.with_measure(oft::ToleranceMeasure::Orthogonality).with_min_terms(0).plan(Q).terms;
   std::printf(
       "\n  tolerance 1e-12: CayleyNeumannTolerance picks k = %d from rho = %.3f\n"
-      "  (the smallest even k for the exact rho = %.3f is %d)\n",
-      k_tol, plan.rho, rho, oft::neumann_terms_for_tolerance(rho, 1e-12, 64));
-  check(k_tol % 2 == 0 && neumann_orthogonality_exact(rho, k_tol) <= 1e-12 &&
-            k_tol == oft::neumann_terms_for_tolerance(rho, 1e-12, 64),
-        "the smallest even k whose orthogonality error meets the tolerance");
+      "  (the smallest k for the exact rho = %.3f is %d; on orthogonality instead: k = %d)\n",
+      k_tol, plan.rho, rho, oft::neumann_terms_for_distance(rho, 1e-12, 1, 64), k_orth);
+  check(std::pow(rho, k_tol + 1) <= 1e-12 && std::pow(rho, k_tol) > 1e-12 &&
+            k_tol == oft::neumann_terms_for_distance(rho, 1e-12, 1, 64),
+        "the smallest k whose distance to exact Cayley meets the tolerance");
+  check(k_orth % 2 == 0 && neumann_orthogonality_exact(rho, k_orth) <= 1e-12 &&
+            k_orth == oft::neumann_terms_for_orthogonality(rho, 1e-12, 0, 64),
+        "on orthogonality: the smallest even k meeting the tolerance");
   bool refused = false;
   try {
     (void)tol.plan(Q_big);

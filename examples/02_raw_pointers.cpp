@@ -88,7 +88,7 @@ int main() {
   Rotation rot(oft::BlockSpec::from_features(d, b),
                Policy(1e-6, oft::OnDivergence::UseExactCayley));
   rot.set_generators(oft::GeneratorView<const float>(theta.data(), r, b));
-  std::printf("  tolerance 1e-6 on ||R_i^T R_i - I||_2, per generator:\n");
+  std::printf("  tolerance 1e-6 on ||R_i - cayley(Q_i)||_2, per generator:\n");
   for (oft::Index i = 0; i < r; ++i) {
     const oft::PlanSummary plan = rot.plan(i);
     const Eigen::MatrixXd Ri = rot.block(i).cast<double>();
@@ -110,7 +110,8 @@ int main() {
   check(!rot.plan(0).exact && !rot.plan(2).exact && rot.plan(3).exact &&
             rot.plan(0).terms < rot.plan(1).terms && rot.plan(1).terms < rot.plan(2).terms,
         "small rho -> few terms, rho >= 1 -> exact Cayley");
-  check(rot.orthogonality_error() < 2e-6, "every block within the tolerance + float rounding");
+  // ||R_k - R||_2 <= tol gives ||R_k^T R_k - I||_2 <= 2 tol + tol^2; float adds about 1e-7.
+  check(rot.orthogonality_error() < 2.5e-6, "every block orthogonal to 2 tol + float rounding");
 
   // Reference in double.
   std::vector<double> theta_d(theta.begin(), theta.end());

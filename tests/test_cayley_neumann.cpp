@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <oft/block_orthogonal.hpp>
 #include <oft/cayley.hpp>
@@ -118,6 +119,47 @@ TEST(NeumannTermsForTolerance, EdgeCases) {
     }
 }
 
+// Reference for the closed-form searches: the smallest k of the right parity in
+// [min_terms, max_terms] meeting the measure's bound, by trying every k (small max_terms only).
+int smallest_terms_by_scan(oft::ToleranceMeasure measure, double rho, double tol, int min_terms,
+                           int max_terms) {
+  if (!(rho >= 0.0 && rho < 1.0) || !(tol > 0.0)) return -1;
+  const bool even = measure == oft::ToleranceMeasure::Orthogonality;
+  for (int k = std::max(min_terms, 0); k <= max_terms; ++k) {
+    if (even && k % 2 != 0) continue;
+    const double error = even ? oft::neumann_orthogonality_bound(rho, k)
+                              : oft::neumann_distance_to_cayley(rho, k);
+    if (error <= tol) return k;
+  }
+  return -1;
+}
+
+TEST(NeumannTermsFor, ClosedFormEqualsScan) {
+  int found = 0;
+  for (oft::ToleranceMeasure measure :
+       {oft::ToleranceMeasure::DistanceToCayley, oft::ToleranceMeasure::Orthogonality})
+    for (double rho : {0.0, 1e-9, 0.01, 0.2, 0.5, 0.7, 0.9, 0.99, 0.999, 1.0, 1.5})
+      for (double tol : {10.0, 1.0, 0.3, 1e-2, 1e-6, 1e-12, 1e-300})
+        for (int min_terms : {0, 1, 2, 3, 7})
+          for (int max_terms : {0, 1, 2, 5, 64, 1000}) {
+            const int expected = smallest_terms_by_scan(measure, rho, tol, min_terms, max_terms);
+            EXPECT_EQ(oft::neumann_terms_for(measure, rho, tol, min_terms, max_terms), expected)
+                << "measure=" << int(measure) << " rho=" << rho << " tol=" << tol
+                << " min=" << min_terms << " max=" << max_terms;
+            found += expected >= 0;
+          }
+  EXPECT_GT(found, 500);  // most of the grid has an answer, so the comparison is not vacuous
+  // Exact thresholds (powers of two are exact): rho = 1/2, distance 1/8 = rho^3 -> k = 2.
+  EXPECT_EQ(oft::neumann_terms_for_distance(0.5, 0.125, 0, 64), 2);
+  EXPECT_EQ(oft::neumann_terms_for_distance(0.5, std::nextafter(0.125, 0.0), 0, 64), 3);
+  EXPECT_EQ(oft::neumann_terms_for_distance(0.5, 0.125, 3, 64), 3);  // min_terms binds
+  EXPECT_EQ(oft::neumann_terms_for_orthogonality(0.5, 1.0 / 64.0, 0, 64), 2);
+  EXPECT_EQ(oft::neumann_terms_for_orthogonality(0.5, 1.0 / 64.0, 3, 64), 4);  // even k >= 3
+  // The legacy name is the orthogonality measure from k = 0.
+  EXPECT_EQ(oft::neumann_terms_for_tolerance(0.5, 1.0 / 64.0, 64),
+            oft::neumann_terms_for_orthogonality(0.5, 1.0 / 64.0, 0, 64));
+}
+
 // --- the polynomial itself ------------------------------------------------------------------
 
 TEST(CayleyNeumann, PolynomialForm) {
@@ -216,6 +258,8 @@ TEST(CayleyNeumann, DefaultPolicyArgumentOfOperators) {
   EXPECT_EQ(tol_op.parameterization().tolerance, 1e-6);
   EXPECT_EQ(tol_op.parameterization().on_divergence, oft::OnDivergence::Throw);
   EXPECT_EQ(tol_op.parameterization().max_terms, 64);
+  EXPECT_EQ(tol_op.parameterization().min_terms, 1);
+  EXPECT_EQ(tol_op.parameterization().measure, oft::ToleranceMeasure::DistanceToCayley);
   const oft::CayleyNeumann copy_initialized = {};
   EXPECT_EQ(copy_initialized.terms, 4);
 }
@@ -223,46 +267,70 @@ TEST(CayleyNeumann, DefaultPolicyArgumentOfOperators) {
 // --- tolerance mode ---------------------------------------------------------------------------
 
 // Whenever a k <= max_terms can meet the tolerance for the true rho, the policy must not refuse;
-// it must pick an even k, the smallest for the rho bound it used, and the resulting R_k must meet
-// the tolerance (measured in double with rounding allowance 2 (k + 2) b eps P^2 as above; pairs
-// where that allowance exceeds tol / 2 only get the plan checks).
-TEST(CayleyNeumannTolerance, MeetsToleranceWithEvenK) {
-  Rng rng(4);
+// it must pick the smallest admissible k for the rho bound it used (k >= min_terms = 1 for the
+// distance, even k >= 0 for the orthogonality measure with min_terms = 0, the old behaviour), and
+// the resulting R_k must meet the tolerance in that measure: ||R - R_k||_2 <= tol, or
+// ||R_k^T R_k - I||_2 <= tol, measured in double with rounding allowance 2 (k + 2) b eps P (P^2
+// for orthogonality) as above; pairs where that allowance exceeds tol / 2 only get the plan
+// checks.
+void check_meets_tolerance(const oft::CayleyNeumannTolerance& base, std::uint64_t seed) {
+  Rng rng(seed);
+  const bool orthogonality = base.measure == oft::ToleranceMeasure::Orthogonality;
   int planned = 0, measured = 0;
   for (Index b : {2, 3, 8, 32})
     for (double rho_target : {0.05, 0.2, 0.5, 0.8, 0.95})
       for (double tol : {1e-2, 1e-4, 1e-8, 1e-12}) {
         const MatD q = oft_test::random_skew_with_rho(b, rho_target, rng);
         const double rho = oft_test::spectral_norm(q);
-        const oft::CayleyNeumannTolerance policy(tol);
-        if (oft::neumann_terms_for_tolerance(rho * (1 + 1e-12), tol, policy.max_terms) < 0) {
-          EXPECT_THROW(policy.plan(q), std::domain_error) << "rho=" << rho << " tol=" << tol;
+        const oft::CayleyNeumannTolerance policy(tol, base.on_divergence, base.max_terms);
+        const oft::CayleyNeumannTolerance tuned =
+            policy.with_measure(base.measure).with_min_terms(base.min_terms);
+        if (tuned.terms_for(rho * (1 + 1e-12)) < 0) {
+          EXPECT_THROW(tuned.plan(q), std::domain_error) << "rho=" << rho << " tol=" << tol;
           continue;
         }
-        const auto plan = policy.plan(q);
+        const auto plan = tuned.plan(q);
         ASSERT_FALSE(plan.exact) << "rho=" << rho << " tol=" << tol;
-        EXPECT_EQ(plan.terms % 2, 0);
-        EXPECT_LE(plan.terms, policy.max_terms);
+        if (orthogonality) {
+          EXPECT_EQ(plan.terms % 2, 0);
+        }
+        EXPECT_GE(plan.terms, tuned.min_terms);
+        EXPECT_LE(plan.terms, tuned.max_terms);
         // The rho used is an upper bound of the true one (up to the SVD's rounding).
         EXPECT_GE(plan.rho, rho * (1.0 - 8.0 * b * oft_test::eps<double>()));
-        EXPECT_EQ(plan.terms, oft::neumann_terms_for_tolerance(plan.rho, tol, policy.max_terms));
+        EXPECT_EQ(plan.terms, tuned.terms_for(plan.rho));
         const oft::PlanSummary summary = oft::CayleyNeumannTolerance::summary(plan);
         EXPECT_FALSE(summary.exact);
         EXPECT_EQ(summary.terms, plan.terms);
 
         MatD r;
-        policy.rotation(q, plan, r);
+        tuned.rotation(q, plan, r);
         EXPECT_TRUE(oft_test::all_equal(r, neumann(q, plan.terms)));
         const double p = poly_scale(rho, plan.terms);
-        const double allowance = 2.0 * (plan.terms + 2) * b * oft_test::eps<double>() * p * p;
+        const double allowance = 2.0 * (plan.terms + 2) * b * oft_test::eps<double>() *
+                                 (orthogonality ? p * p : p);
         ++planned;
         if (allowance > 0.5 * tol) continue;  // tol below what double can verify here
-        EXPECT_LE(oft_test::orthogonality_defect(r), tol + allowance)
+        const double error = orthogonality
+                                 ? oft_test::orthogonality_defect(r)
+                                 : oft_test::spectral_norm(MatD(exact_cayley(q) - r));
+        EXPECT_LE(error, tol + allowance)
             << "b=" << b << " rho=" << rho << " tol=" << tol << " k=" << plan.terms;
         ++measured;
       }
-  EXPECT_GE(planned, 60);   // most of the grid is feasible
-  EXPECT_GE(measured, 55);  // and most of it verifiable in double
+  EXPECT_GE(planned, 55);   // most of the grid is feasible
+  EXPECT_GE(measured, 50);  // and most of it verifiable in double
+}
+
+TEST(CayleyNeumannTolerance, MeetsDistanceTolerance) {
+  check_meets_tolerance(oft::CayleyNeumannTolerance{}, 4);
+}
+
+TEST(CayleyNeumannTolerance, MeetsOrthogonalityToleranceWithEvenK) {
+  check_meets_tolerance(oft::CayleyNeumannTolerance{}
+                            .with_measure(oft::ToleranceMeasure::Orthogonality)
+                            .with_min_terms(0),
+                        14);
 }
 
 // A generator whose cheap bounds (||Q||_F / sqrt 2 and ||Q||_1) are >= 1 while rho < 1 must not
@@ -277,7 +345,7 @@ TEST(CayleyNeumannTolerance, LooseBoundDoesNotRefuse) {
   const auto plan = policy.plan(q);
   EXPECT_FALSE(plan.exact);
   EXPECT_NEAR(plan.rho, 0.9, 8.0 * b * oft_test::eps<double>());
-  EXPECT_EQ(plan.terms, oft::neumann_terms_for_tolerance(plan.rho, 1e-2, 64));
+  EXPECT_EQ(plan.terms, policy.terms_for(plan.rho));
 }
 
 // The free bound can overestimate rho by up to sqrt(b/2); whenever it would need more than
@@ -293,7 +361,7 @@ TEST(CayleyNeumannTolerance, NoMoreTermsThanExactRhoNeeds) {
         const MatD q = oft_test::random_skew_with_rho(b, rho_target, rng);
         const double rho = oft_test::spectral_norm(q);
         const oft::CayleyNeumannTolerance policy(tol);
-        const int needed = oft::neumann_terms_for_tolerance(rho * (1.0 + 1e-9), tol, 64);
+        const int needed = policy.terms_for(rho * (1.0 + 1e-9));
         ASSERT_GE(needed, 0);
         const auto plan = policy.plan(q);
         EXPECT_LE(plan.terms, std::max(needed, oft::CayleyNeumannTolerance::kFreeBoundTerms))
@@ -366,9 +434,16 @@ TEST(CayleyNeumannTolerance, PerGeneratorPlansInOperator) {
                                        4.0 * b * oft_test::eps<double>() * std::sqrt(5.0)));
     } else {
       EXPECT_FALSE(s.exact);
-      EXPECT_EQ(s.terms % 2, 0);
+      EXPECT_GE(s.terms, 1);
       EXPECT_TRUE(oft_test::all_equal(fallback.block(g), neumann(q, s.terms)));
-      EXPECT_LE(oft_test::orthogonality_defect(fallback.block(g)), tol);
+      // ||R - R_k||_2 <= tol, and so ||R_k^T R_k - I||_2 <= 2 tol + tol^2 (rounding allowance
+      // 2 (k + 2) b eps P(rho), times P(rho) for the product R_k^T R_k, as above).
+      const double p = poly_scale(rhos[g], s.terms);
+      const double allowance = 2.0 * (s.terms + 2) * b * oft_test::eps<double>() * p;
+      EXPECT_LE(oft_test::spectral_norm(MatD(fallback.block(g) - exact_cayley(q))),
+                tol + allowance);
+      EXPECT_LE(oft_test::orthogonality_defect(fallback.block(g)),
+                2.0 * tol + tol * tol + allowance * p);
     }
   }
   // With OnDivergence::Throw the same theta is refused.
