@@ -40,12 +40,11 @@ inline constexpr std::size_t kWmmaAlignment = 32;
 static_assert(kSharedAlignment % kWmmaAlignment == 0,
               "the shared-memory base must keep WMMA's 32-byte alignment");
 
-/// The dynamic shared memory of the calling kernel. Declared once for the whole backend: every
-/// `extern __shared__` declaration of one symbol in a translation unit must agree on its
-/// alignment, and one declaration cannot disagree with itself. The 128 in __align__ is
-/// kSharedAlignment (the attribute needs a literal).
+/// The dynamic shared memory of the calling kernel, kSharedAlignment-aligned. Declared once for
+/// the whole backend: every `extern __shared__` declaration of one symbol in a translation unit
+/// must agree on its alignment, and one declaration cannot disagree with itself.
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
-  extern __shared__ __align__(128) unsigned char oft_dynamic_shared[];
+  extern __shared__ __align__(kSharedAlignment) unsigned char oft_dynamic_shared[];
   return oft_dynamic_shared;
 }
 
