@@ -15,6 +15,7 @@
 //  - NeededBytesBeyondTheLimitThrowBeforeLaunch: the per-launch check names b and the bytes.
 
 #include <atomic>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <thread>
@@ -113,14 +114,22 @@ TEST_F(CudaSharedMemory, ConcurrentOperatorsWithDifferentBlockSizes) {
   constexpr int kRounds = 200;
   // Operators are constructed concurrently too: both register kernels in the shared registry.
   std::unique_ptr<Backward> lanes[2];
+  std::exception_ptr failures[2];
   {
-    Rng rng_a(3), rng_b(4);
-    std::thread make_a([&] { lanes[0] = std::make_unique<Backward>(64, rng_a); });
-    std::thread make_b([&] { lanes[1] = std::make_unique<Backward>(48, rng_b); });
+    auto make = [&](int l, Index b, std::uint64_t seed) {
+      try {
+        Rng rng(seed);
+        lanes[l] = std::make_unique<Backward>(b, rng);
+      } catch (...) {
+        failures[l] = std::current_exception();
+      }
+    };
+    std::thread make_a(make, 0, Index{64}, 3), make_b(make, 1, Index{48}, 4);
     make_a.join();
     make_b.join();
   }
-  ASSERT_TRUE(lanes[0] && lanes[1]);
+  for (const std::exception_ptr& failure : failures)
+    if (failure) std::rethrow_exception(failure);  // GoogleTest reports it as a failure
   std::vector<float> expected[2];
   for (int l = 0; l < 2; ++l) {
     lanes[l]->run(nullptr);
@@ -128,7 +137,6 @@ TEST_F(CudaSharedMemory, ConcurrentOperatorsWithDifferentBlockSizes) {
     expected[l] = lanes[l]->dtheta.download();
   }
 
-  std::exception_ptr failures[2];
   std::atomic<int> ready{0};
   auto work = [&](int l) {
     try {
