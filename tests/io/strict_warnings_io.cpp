@@ -1,0 +1,49 @@
+// Compiled (not run) with -Wall -Wextra -Wpedantic -Wshadow -Wconversion (-Werror in CI): the
+// oft::io headers must stay warning-free for users who build with strict flags. Templates are
+// only checked when instantiated, so every typed accessor and writer overload is used here.
+
+#include <oft/io/safetensors.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+template <class T>
+void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& writer) {
+  const oft::io::ConstSpan<T> span = view.as<T>();
+  (void)span.size();
+  const std::vector<T> copy = view.copy_as<T>();
+  writer.add("t", {static_cast<std::uint64_t>(copy.size())}, copy.data());
+  writer.add("v", {static_cast<std::uint64_t>(copy.size())}, copy);
+}
+
+[[maybe_unused]] void use_all() {
+  const auto file = oft::io::SafetensorsFile::open("model.safetensors");
+  const auto view = file.tensor("w");
+  oft::io::SafetensorsWriter writer;
+  use_type<double>(view, writer);
+  use_type<float>(view, writer);
+  use_type<oft::io::Float16>(view, writer);
+  use_type<oft::io::BFloat16>(view, writer);
+  use_type<std::int64_t>(view, writer);
+  use_type<std::uint64_t>(view, writer);
+  use_type<std::int32_t>(view, writer);
+  use_type<std::uint32_t>(view, writer);
+  use_type<std::int16_t>(view, writer);
+  use_type<std::uint16_t>(view, writer);
+  use_type<std::int8_t>(view, writer);
+  use_type<std::uint8_t>(view, writer);
+  (void)view.to_floats();
+  writer.add(view);
+  writer.add_metadata("format", "pt");
+  writer.write("out.safetensors");
+  (void)writer.serialize();
+  const auto model = oft::io::ShardedSafetensors::open("model.safetensors.index.json");
+  (void)model.tensor("w");
+  (void)model.index_metadata();
+  (void)oft::io::to_float(oft::io::to_float16(1.0f));
+  (void)oft::io::to_float(oft::io::to_bfloat16(1.0f));
+}
+
+}  // namespace
