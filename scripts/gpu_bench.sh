@@ -10,7 +10,7 @@
 #   bench     bench_cuda, 5 repetitions, JSON into $OUT/bench_cuda.json
 #   compare   bench/compare_peft.py --out $OUT/compare_peft.json (runs bench_cuda itself)
 #   sanitize  compute-sanitizer memcheck, then racecheck, on each test_cuda* binary, with what is
-#             left of the budget (OFT_SANITIZER_FILTER: a gtest filter, default '*')
+#             left of the budget (OFT_SANITIZER_FILTER: a gtest filter, default: all but the > 65,535-tile tests, whose 1.5 GB passes would use up the sanitizer's time)
 #
 # Each step has a time limit and the later steps get what is left, so the results that matter
 # most (tests, timings) come back first. Files in $OUT (the device tool returns at most 8):
@@ -20,7 +20,7 @@
 # Environment: OUT (set by the device tool; default /tmp/oft-gpu-out), OFT_GPU_PHASES (comma list of
 # the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
 # else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
-# OFT_SANITIZER_FILTER ('*'), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
+# OFT_SANITIZER_FILTER ('-CudaTokenGrid.MoreRowTiles*'), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
@@ -173,7 +173,7 @@ if want sanitize; then
         runs=$((runs - 1))
         ((share < 20)) && share=20
         run_step "$tool $(basename "$bin")" "$share" "$LOG_SAN" "$SAN" --tool "$tool" \
-          --error-exitcode 97 "$bin" --gtest_filter="${OFT_SANITIZER_FILTER:-*}" --gtest_brief=1
+          --error-exitcode 97 "$bin" --gtest_filter="${OFT_SANITIZER_FILTER:--CudaTokenGrid.MoreRowTiles*}" --gtest_brief=1
       done
     done
   fi

@@ -17,7 +17,9 @@
 #include <cfloat>
 #include <limits>
 #include <oft/cuda.hpp>
+#include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 namespace {
@@ -137,6 +139,35 @@ TEST(CudaHostLogic, ScopedTokenGridLimitCapsTheGridAndRestoresIt) {
   EXPECT_THROW(oft::cuda_detail::ScopedTokenGridLimit bad(0), std::invalid_argument);
   EXPECT_THROW(oft::cuda_detail::ScopedTokenGridLimit bad(kMaxGridY + 1), std::invalid_argument);
   EXPECT_EQ(oft::cuda_detail::token_grid_limit(), kMaxGridY);
+}
+
+}  // namespace
+
+namespace {
+
+// DeviceMatrixView: only the documented negative leading dimension (kPackedRows) is accepted,
+// and the aliasing test is the CPU's exact one (a fake device address: nothing is dereferenced).
+TEST(CudaHostLogic, DeviceViewLeadingDimensionAndExactOverlap) {
+  using View = oft::DeviceMatrixView<float>;
+  float* base = reinterpret_cast<float*>(std::uintptr_t(1) << 20);
+  EXPECT_EQ(View(base, 4, 8).ld(), 8);
+  EXPECT_EQ(View(base, 4, 8, View::kPackedRows).ld(), 8);
+  for (const Index bad : {Index(-2), Index(-8)}) {
+    try {
+      View(base, 4, 8, bad);
+      ADD_FAILURE() << "leading dimension " << bad << " accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("leading dimension " + std::to_string(bad)),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  // Columns [0, 8) and [8, 16) of a 4 x 16 buffer: interleaved addresses, no shared element.
+  const View left(base, 4, 8, 16), right(base + 8, 4, 8, 16), shifted(base + 7, 4, 8, 16);
+  EXPECT_FALSE(oft::cuda_detail::overlaps(left, right));
+  EXPECT_FALSE(oft::cuda_detail::overlaps(right, left));
+  EXPECT_TRUE(oft::cuda_detail::overlaps(left, shifted));
+  EXPECT_TRUE(oft::cuda_detail::overlaps(shifted, right));
 }
 
 }  // namespace

@@ -10,10 +10,13 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
 #include "../config.hpp"
+#include "../detail/overlap.hpp"
 #include "../errors.hpp"
 #include "error.hpp"
 
@@ -26,16 +29,27 @@ class DeviceMatrixView {
 
   DeviceMatrixView() = default;
 
-  /// `rows x cols` elements, element (i, j) at data[i * ld + j]; ld defaults to cols.
-  /// Throws std::invalid_argument for negative sizes, ld < cols or a null pointer with elements.
-  DeviceMatrixView(Element* data, Index rows, Index cols, Index ld = -1)
-      : data_(data), rows_(rows), cols_(cols), ld_(ld < 0 ? cols : ld) {
+  /// Leading-dimension argument meaning "rows are packed": ld is the width.
+  static constexpr Index kPackedRows = -1;
+
+  /// `rows x cols` elements, element (i, j) at data[i * ld + j]; ld = kPackedRows (the default)
+  /// means cols. Throws std::invalid_argument for negative sizes, ld < cols, a negative ld other
+  /// than kPackedRows, a null pointer with elements, or an extent that does not fit an Index.
+  DeviceMatrixView(Element* data, Index rows, Index cols, Index ld = kPackedRows)
+      : data_(data), rows_(rows), cols_(cols), ld_(ld == kPackedRows ? cols : ld) {
     detail::require(rows >= 0 && cols >= 0, "device matrix view with negative shape ", rows, "x",
                     cols);
+    detail::require(ld >= 0 || ld == kPackedRows, "device matrix view leading dimension ", ld,
+                    " is negative (only ", kPackedRows, ", the default, is accepted: rows packed)");
     detail::require(ld_ >= cols, "device matrix view leading dimension ", ld_,
                     " is smaller than its width ", cols);
     detail::require(data != nullptr || rows == 0 || cols == 0, "device matrix view of shape ",
                     rows, "x", cols, " over a null pointer");
+    constexpr Index kMaxElements =
+        std::numeric_limits<Index>::max() / static_cast<Index>(sizeof(Scalar));
+    detail::require(rows <= 1 || ld_ <= (kMaxElements - cols) / (rows - 1),
+                    "device matrix view of shape ", rows, "x", cols, " with leading dimension ",
+                    ld_, " spans more elements than an Index holds");
   }
 
   /// A mutable view converts to a const view.
@@ -202,10 +216,18 @@ inline void require_device_pointer(const void* p, const char* name, const char* 
                   " points to host memory; the CUDA backend needs device memory (cudaMalloc)");
 }
 
+/// True when two views share an element: exact for views with one leading dimension (disjoint
+/// column slices of one buffer are disjoint), conservative otherwise (detail/overlap.hpp, the
+/// same test as the CPU views').
 template <class A, class B>
 bool overlaps(const DeviceMatrixView<A>& a, const DeviceMatrixView<B>& b) {
-  if (a.empty() || b.empty()) return false;
-  return a.begin_byte() < b.end_byte() && b.begin_byte() < a.end_byte();
+  const auto region = [](const auto& v) {
+    using E = std::remove_reference_t<decltype(*v.data())>;
+    const Index size = static_cast<Index>(sizeof(E));
+    return detail::StridedRegion{reinterpret_cast<std::uintptr_t>(v.data()), v.rows(),
+                                 v.cols() * size, v.ld() * size};
+  };
+  return detail::regions_overlap(region(a), region(b));
 }
 
 template <class A, class B>
