@@ -25,10 +25,16 @@ TEST(PeftTerms, NeumannTermsToK) {
   EXPECT_EQ(oft::peft::neumann_terms_to_k(6), 4);
   EXPECT_EQ(oft::peft::neumann_terms_to_k(10), 8);
   for (int t : {2, 1, 0, -3})
-    EXPECT_TRUE(
-        oft_test::throws_with<std::domain_error>([t] { oft::peft::neumann_terms_to_k(t); },
-                                                 {"num_cayley_neumann_terms=" + std::to_string(t)}))
+    EXPECT_TRUE(oft_test::throws_with<std::domain_error>(
+        [t] { oft::peft::neumann_terms_to_k(t); },
+        {"num_cayley_neumann_terms=" + std::to_string(t), "NeumannBranch"}))
         << "t=" << t;
+  // The cap: k = t - 2 <= kMaxNeumannTerms.
+  EXPECT_EQ(oft::peft::neumann_terms_to_k(oft::kMaxNeumannTerms + 2), oft::kMaxNeumannTerms);
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::neumann_terms_to_k(oft::kMaxNeumannTerms + 3); }, {"1027"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::neumann_terms_to_k(2147483647); }, {"2147483647"}));
 }
 
 TEST(PeftTerms, KToNeumannTerms) {
@@ -43,6 +49,10 @@ TEST(PeftTerms, KToNeumannTerms) {
     EXPECT_TRUE(oft_test::throws_with<std::domain_error>([k] { oft::peft::k_to_neumann_terms(k); },
                                                          {"k=" + std::to_string(k)}))
         << "k=" << k;
+  // No overflow of k + 2: k is capped like CayleyNeumann{k}.
+  EXPECT_EQ(oft::peft::k_to_neumann_terms(oft::kMaxNeumannTerms), oft::kMaxNeumannTerms + 2);
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::k_to_neumann_terms(2147483647); }, {"2147483647"}));
 }
 
 TEST(PeftTerms, BlockSizeFromRowLength) {
@@ -106,8 +116,14 @@ TEST(PeftNeumann, EveryTermCount) {
         4.0 * (k + 2) * b * oft_test::eps<double>() * oft_test::neumann_scale(rho, k);
     EXPECT_TRUE(oft_test::within_abs(oft_neumann(q, k), peft_neumann(q, t), tol)) << "t=" << t;
   }
-  // t = 2 (I + 2Q) and t = 1 (I) are no R_k: k = 0 would be I + Q.
+  // t = 2 (I + 2Q) and t = 1 (I) are no R_k: k = 0 would be I + Q. peft::NeumannBranch
+  // computes them (and every t; test_peft_polynomial.cpp), here bit for bit: no product at all.
   EXPECT_GT((peft_neumann(q, 2) - oft_neumann(q, 0)).norm(), 0.1);
+  for (int t : {0, 1, 2}) {
+    MatD r;
+    oft::peft::NeumannBranch{t}.rotation(q, oft::peft::NeumannBranch::Plan{}, r);
+    EXPECT_TRUE(oft_test::all_equal(r, peft_neumann(q, t))) << "t=" << t;
+  }
 }
 
 // PEFT's exact branch R_peft = (I - Q)(I + Q)^-1, computed here by hand; after flip_exact_branch

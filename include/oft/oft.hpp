@@ -21,5 +21,6 @@
 #include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: policy chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
+#include "peft_polynomial.hpp"   // PEFT's Cayley-Neumann polynomials (peft::NeumannBranch)
 #include "peft.hpp"              // PEFT compatibility helpers
 #include "finite_difference.hpp" // numerical gradients
