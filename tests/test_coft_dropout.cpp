@@ -23,6 +23,7 @@ using oft_test::Rng;
 
 // --- COFT -------------------------------------------------------------------------------------
 
+// The SPEC's real-number radius (double); PEFT's float32 one is tested below.
 TEST(Coft, RadiusIsEpsOverSqrtR) {
   EXPECT_EQ(oft::coft_radius(6e-5, 1), 6e-5);
   EXPECT_EQ(oft::coft_radius(6e-5, 4), 3e-5);  // division by 2 is exact
@@ -112,6 +113,127 @@ TEST(Coft, RejectsBadRadius) {
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [&] { oft::coft_project(theta.view(), std::nan("")); }, {"nan"}));
   EXPECT_TRUE(oft_test::all_equal(theta.values(), before));
+}
+
+// --- COFT in PEFT's float32 arithmetic (peft::coft_radius, peft::coft_project) ------------------
+
+// eps' = fl32(fl32(1 / fl32(sqrt(P))) * fl32(eps)) (SPEC section 8). The expected values were
+// computed by hand in float32 outside C++ (Python: every float32 operation done in double and
+// rounded once to float32 with struct.pack('f'), which is exact for + - * / and sqrt since
+// double carries more than 2 * 24 + 2 bits). For eps = 6e-5 the double radius rounded to float
+// agrees with PEFT's for P = 1, 3, 7, 12 and differs in the last bit for P = 96 (also for
+// P = 2, 6, 8, 24, 32, 128 among P <= 128); more disagreements for other eps below.
+TEST(CoftPeft, Float32RadiusPinnedByHand) {
+  struct Case {
+    double eps;
+    oft::Index rows;
+    float peft, double_rounded;
+  };
+  const Case cases[] = {
+      {6e-5, 1, 0x1.f75104p-15f, 0x1.f75104p-15f},  {6e-5, 3, 0x1.229704p-15f, 0x1.229704p-15f},
+      {6e-5, 7, 0x1.7c78b4p-16f, 0x1.7c78b4p-16f},  {6e-5, 12, 0x1.229704p-16f, 0x1.229704p-16f},
+      {6e-5, 96, 0x1.9af4c6p-18f, 0x1.9af4c8p-18f}, {1e-5, 3, 0x1.837404p-18f, 0x1.837406p-18f},
+      {0.1, 6, 0x1.4e6fdep-5f, 0x1.4e6fep-5f},      {1.0, 7, 0x1.83092p-2f, 0x1.83091ep-2f},
+  };
+  int differing = 0;
+  for (const Case& c : cases) {
+    EXPECT_EQ(oft::peft::coft_radius(c.eps, c.rows), c.peft) << c.eps << " P=" << c.rows;
+    EXPECT_EQ(static_cast<float>(oft::coft_radius(c.eps, c.rows)), c.double_rounded)
+        << c.eps << " P=" << c.rows;
+    differing += c.peft != c.double_rounded;
+  }
+  EXPECT_EQ(differing, 4);
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::coft_radius(1e-3, 0); }, {"generator", "0"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::coft_radius(-1e-3, 4); }, {"-0.001"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [] { oft::peft::coft_radius(std::nan(""), 4); }, {"nan"}));
+}
+
+// PEFT's projection order, fl32(fl32(theta / nu) * eps'), pinned by hand (same float32 method as
+// above): b = 3, row (0.5, -0.25, 0.3f), eps' = peft::coft_radius(0.1, 2) = 0x1.21a186p-4, nu =
+// fl32(sqrt(2 * 0.6525)) = 0x1.cb6026p-1. Its third entry is 0x1.835f40p-6, where the other
+// order fl32(theta * fl32(eps' / nu)) would give 0x1.835f3ep-6.
+TEST(CoftPeft, ProjectionInPeftOrderPinnedByHand) {
+  const float radius = oft::peft::coft_radius(0.1, 2);
+  ASSERT_EQ(radius, 0x1.21a186p-4f);
+  oft::Generators<float> theta(2, 3);
+  theta.row(0)[0] = 0.5f;
+  theta.row(0)[1] = -0.25f;
+  theta.row(0)[2] = 0.3f;
+  theta.row(1)[0] = 0.01f;  // ||Q||_F = 0.01 sqrt(2) < radius: kept bit for bit
+  EXPECT_EQ(oft::peft::coft_project(theta.view(), radius), 1);
+  EXPECT_EQ(theta.row(0)[0], 0x1.42cf5ep-5f);
+  EXPECT_EQ(theta.row(0)[1], -0x1.42cf5ep-6f);
+  EXPECT_EQ(theta.row(0)[2], 0x1.835f40p-6f);
+  EXPECT_EQ(theta.row(1)[0], 0.01f);
+  EXPECT_EQ(theta.row(1)[1], 0.0f);
+
+  // b = 2, theta = 3, eps' = 1: nu = fl32(sqrt(18)) = 0x1.0f876cp+2, 3 / nu = 0x1.6a09e8p-1.
+  oft::Generators<float> single(1, 2);
+  single.row(0)[0] = 3.0f;
+  EXPECT_EQ(oft::peft::coft_project(single.view(), oft::peft::coft_radius(1.0, 1)), 1);
+  EXPECT_EQ(single.row(0)[0], 0x1.6a09e8p-1f);
+}
+
+TEST(CoftPeft, BoundarySignedZeroAndErrors) {
+  // ||Q||_F == eps' exactly (in float): kept, as torch.where(norm <= eps) keeps it.
+  oft::Generators<float> theta(1, 2);
+  theta.row(0)[0] = 0.5f;
+  const float on_sphere = static_cast<float>(std::sqrt(0.5));  // fl32(sqrt(2 * 0.25))
+  EXPECT_EQ(oft::peft::coft_project(theta.view(), on_sphere), 0);
+  EXPECT_EQ(theta.row(0)[0], 0.5f);
+  EXPECT_EQ(oft::peft::coft_project(theta.view(), std::nextafter(on_sphere, 0.0f)), 1);
+  // A scaled row's -0 becomes +0 (PEFT adds the zero matrix); its other entries keep their sign.
+  oft::Generators<float> zeros(1, 3);
+  zeros.row(0)[0] = -0.0f;
+  zeros.row(0)[1] = 3.0f;
+  zeros.row(0)[2] = -4.0f;
+  EXPECT_EQ(oft::peft::coft_project(zeros.view(), 1.0f), 1);
+  EXPECT_FALSE(std::signbit(zeros.row(0)[0]));
+  EXPECT_GT(zeros.row(0)[1], 0.0f);
+  EXPECT_LT(zeros.row(0)[2], 0.0f);
+  // Bad radii are refused before anything is written.
+  const auto before = zeros.values();
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [&] { oft::peft::coft_project(zeros.view(), -1.0f); }, {"-1"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [&] { oft::peft::coft_project(zeros.view(), std::numeric_limits<float>::infinity()); },
+      {"inf"}));
+  EXPECT_TRUE(oft_test::all_equal(zeros.values(), before));
+}
+
+// Random float generators against the same steps written out with explicit float operations
+// (the exact norm rounded to float, then theta / nu, then * eps'), bit for bit; every scaled row
+// ends on the sphere to a few float roundings.
+TEST(CoftPeft, ProjectionMatchesFloatStepsOnRandomRows) {
+  Rng rng(11);
+  const Index b = 8, count = 12;
+  oft::Generators<float> theta = oft_test::uniform_generators<float>(count, b, 0.2, rng);
+  const oft::Generators<float> before = theta;
+  const float radius = oft::peft::coft_radius(1.0, count);
+  const Index scaled = oft::peft::coft_project(theta.view(), radius);
+  Index expected_scaled = 0;
+  for (Index g = 0; g < count; ++g) {
+    long double squares = 0.0L;  // the dense Q: each entry twice
+    for (Index k = 0; k < theta.packed(); ++k)
+      squares += 2.0L * static_cast<long double>(before.row(g)[k]) * before.row(g)[k];
+    const float nu = static_cast<float>(std::sqrt(squares));
+    if (nu <= radius) {
+      for (Index k = 0; k < theta.packed(); ++k) EXPECT_EQ(theta.row(g)[k], before.row(g)[k]);
+      continue;
+    }
+    ++expected_scaled;
+    for (Index k = 0; k < theta.packed(); ++k) {
+      const float direction = before.row(g)[k] / nu;
+      EXPECT_EQ(theta.row(g)[k], direction * radius) << "generator " << g << " entry " << k;
+    }
+    EXPECT_NEAR(std::sqrt(2.0) * oft_test::row_rho_bound(theta.row(g), theta.packed()),
+                double(radius), 4.0 * theta.packed() * oft_test::eps<float>() * radius);
+  }
+  EXPECT_EQ(scaled, expected_scaled);
+  EXPECT_GE(expected_scaled, 6);
 }
 
 // --- SplitMix64 -------------------------------------------------------------------------------
