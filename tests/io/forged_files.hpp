@@ -83,12 +83,17 @@ inline std::vector<ForgedFile> forged_files() {
        {"dimension 0 is \"2\", not a non-negative integer"}, true},
       {"DimensionBeyondU64", forge(one_tensor(R"({"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,8]})"), f32x2),
        {"tensor 'a' shape [", "dimension 0 is", "not a non-negative integer"}, true},
+      // serde_json reads -0 as a float, which is no usize.
+      {"NegativeZeroDimension", forge(one_tensor(R"({"dtype":"F32","shape":[-0],"data_offsets":[0,0]})")),
+       {"tensor 'a' shape [-0]: dimension 0 is -0, not a non-negative integer"}, true},
       {"ShapeNotAnArray", forge(one_tensor(R"({"dtype":"F32","shape":2,"data_offsets":[0,8]})"), f32x2),
        {"tensor 'a' shape is a number (2), not an array"}, true},
       {"OneOffset", forge(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[8]})"), f32x2),
        {"tensor 'a' data_offsets [8] are not two non-negative integers [begin, end]"}, true},
       {"NegativeOffset", forge(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[-8,0]})"), f32x2),
        {"tensor 'a' data_offsets [-8,0] are not two non-negative integers"}, true},
+      {"NegativeZeroOffset", forge(one_tensor(R"({"dtype":"F32","shape":[0],"data_offsets":[0,-0]})")),
+       {"tensor 'a' data_offsets [0,-0] are not two non-negative integers"}, true},
       {"ThreeOffsets", forge(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[0,8,16]})"), f32x2),
        {"tensor 'a' data_offsets [0,8,16] are not two non-negative integers"}, true},
       {"BeginAfterEnd", forge(one_tensor(R"({"dtype":"F32","shape":[0],"data_offsets":[8,0]})"), f32x2),
@@ -125,6 +130,8 @@ inline std::vector<ForgedFile> forged_files() {
        {"tensor 'a' data_offsets [0, 8) run past the data section, which holds 7 bytes"}, true},
       {"TrailingBytes", valid + "junk",
        {"the data section holds 12 bytes but the tensors cover 8: 4 trailing bytes after tensor 'a'"}, true},
+      {"ControlCharacterInName", forge(R"({"a\nb":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", f32x2),
+       {"tensor 'a\\x0ab' data_offsets [4, 8) leave a hole"}, true},  // escaped in the message
       {"TrailingBytesNoTensor", forge("{}", "x"), {"the data section holds 1 bytes but the tensors cover 0: 1 trailing bytes"}, true},
   };
 }

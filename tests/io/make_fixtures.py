@@ -22,10 +22,10 @@ from safetensors.numpy import save_file
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
-def all_dtypes():
-    """One tensor per dtype numpy can hold, an empty tensor and a scalar; one metadata key (the
-    reference orders metadata keys by hash, so one key keeps the file reproducible)."""
-    tensors = {
+def all_dtypes_tensors():
+    """One tensor per dtype numpy can hold, an empty tensor and a scalar (export_for_reference.cpp
+    writes the same values with oft; check_with_reference.py compares)."""
+    return {
         "f64": np.array([[0.5, -1.25, 3.0], [1e300, -0.0, 2.0**-1074]], dtype=np.float64),
         "f32": np.array([[1.5, -2.0], [3.25, 1e-45], [3.4028234663852886e38, -7.0]], dtype=np.float32),
         # 1, -2.5, the largest half, the smallest subnormal half, -inf, 1/3 rounded to half.
@@ -43,7 +43,12 @@ def all_dtypes():
         "empty": np.zeros((0, 3), dtype=np.float32),
         "scalar": np.array(3.25, dtype=np.float64),
     }
-    save_file(tensors, os.path.join(HERE, "reference_all_dtypes.safetensors"), metadata={"format": "pt"})
+
+
+def all_dtypes():
+    """all_dtypes_tensors() with one metadata key (the reference orders metadata keys by hash, so
+    one key keeps the file reproducible)."""
+    save_file(all_dtypes_tensors(), os.path.join(HERE, "reference_all_dtypes.safetensors"), metadata={"format": "pt"})
 
 
 def conversions():

@@ -131,12 +131,6 @@ TEST_F(Accepted, Scalar) {
   EXPECT_EQ(scalar.as<double>()[0], -0.5);
 }
 
-TEST_F(Accepted, NegativeZeroIsZero) {
-  // serde reads -0 as the integer 0; so does oft.
-  const auto file = open(forge(one_tensor(R"({"dtype":"F32","shape":[-0],"data_offsets":[0,-0]})")));
-  EXPECT_EQ(file.tensor("a").shape, std::vector<std::uint64_t>{0});
-}
-
 TEST_F(Accepted, UnicodeNamesAndMetadata) {
   const std::string header = padded(R"({"__metadata__":{"note":"\u00e9t\u00e9 \"q\""},"αβ.weight":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})");
   const auto file = open(forge(header, "\x07"));

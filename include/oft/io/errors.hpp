@@ -17,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -40,6 +41,24 @@ inline std::string dims(const std::vector<std::uint64_t>& values) {
   for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
   out << ']';
   return out.str();
+}
+
+/// `'name'` for messages: a name from a file may hold any character, so control characters
+/// (a NUL would end what()) are written as \xNN; everything else, UTF-8 included, as is.
+inline std::string quote_name(std::string_view name) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "'";
+  for (const char c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
 }
 
 /// Throws format_error "oft: <where>: <parts...>".

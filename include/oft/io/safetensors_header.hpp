@@ -101,28 +101,32 @@ inline bool tensor_bytes(const std::vector<std::uint64_t>& shape, Dtype dtype, s
   return !partial_byte;
 }
 
-/// A JSON number that is a non-negative integer within uint64 (what serde accepts for usize).
+/// A JSON number that is a non-negative integer within uint64, what serde accepts for usize:
+/// not 2.0, not 1e3, not -0 (serde_json reads "-0" as a float and refuses it).
 inline bool json_uint(const nlohmann::json& value, std::uint64_t& out) {
-  if (value.is_number_unsigned()) {
-    out = value.get<std::uint64_t>();
-    return true;
-  }
-  if (value.is_number_integer() && value.get<std::int64_t>() == 0) {  // "-0"
-    out = 0;
-    return true;
-  }
-  return false;
+  if (!value.is_number_unsigned()) return false;
+  out = value.get<std::uint64_t>();
+  return true;
+}
+
+/// `value` as JSON text for messages; nlohmann stores "-0" as the integer 0 and would print 0.
+inline std::string json_text(const nlohmann::json& value) {
+  if (value.is_number_integer() && !value.is_number_unsigned() && value.get<std::int64_t>() == 0) return "-0";
+  if (!value.is_array()) return value.dump();
+  std::string text = "[";
+  for (std::size_t i = 0; i < value.size(); ++i) text += (i ? "," : "") + json_text(value[i]);
+  return text + "]";
 }
 
 inline TensorInfo parse_tensor_entry(const std::string& where, const std::string& name,
                                      const nlohmann::json& entry) {
-  const std::string tensor = "tensor '" + name + "'";
+  const std::string tensor = "tensor " + detail::quote_name(name);
   if (!entry.is_object())
     fail(where, tensor, " is ", json_kind(entry), ", not an object {\"dtype\", \"shape\", \"data_offsets\"}");
   for (const auto& field : entry.items())
     if (field.key() != "dtype" && field.key() != "shape" && field.key() != "data_offsets")
-      fail(where, tensor, " has an unknown field '", field.key(),
-           "' (a tensor entry holds exactly dtype, shape and data_offsets)");
+      fail(where, tensor, " has an unknown field ", detail::quote_name(field.key()),
+           " (a tensor entry holds exactly dtype, shape and data_offsets)");
   for (const char* field : {"dtype", "shape", "data_offsets"})
     if (!entry.contains(field)) fail(where, tensor, " has no \"", field, "\"");
 
@@ -143,7 +147,7 @@ inline TensorInfo parse_tensor_entry(const std::string& where, const std::string
   for (std::size_t i = 0; i < shape.size(); ++i) {
     std::uint64_t d = 0;
     if (!json_uint(shape[i], d))
-      fail(where, tensor, " shape ", shape.dump(), ": dimension ", i, " is ", shape[i].dump(),
+      fail(where, tensor, " shape ", json_text(shape), ": dimension ", i, " is ", json_text(shape[i]),
            ", not a non-negative integer");
     info.shape.push_back(d);
   }
@@ -151,7 +155,7 @@ inline TensorInfo parse_tensor_entry(const std::string& where, const std::string
   const nlohmann::json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !json_uint(offsets[0], info.begin) ||
       !json_uint(offsets[1], info.end))
-    fail(where, tensor, " data_offsets ", offsets.dump(), " are not two non-negative integers [begin, end]");
+    fail(where, tensor, " data_offsets ", json_text(offsets), " are not two non-negative integers [begin, end]");
   if (info.begin > info.end)
     fail(where, tensor, " data_offsets [", info.begin, ", ", info.end, ") begin after they end");
 
@@ -211,7 +215,7 @@ inline Header parse_header(const std::string& where, const std::byte* file, std:
         fail(where, "__metadata__ is ", detail::json_kind(meta), ", not an object of strings");
       for (const auto& kv : meta.items()) {
         if (!kv.value().is_string())
-          fail(where, "__metadata__ key '", kv.key(), "' holds ", detail::json_kind(kv.value()), " (",
+          fail(where, "__metadata__ key ", detail::quote_name(kv.key()), " holds ", detail::json_kind(kv.value()), " (",
                kv.value().dump(), "); safetensors metadata values must be strings");
         header.metadata.emplace(kv.key(), kv.value().get<std::string>());
       }
@@ -223,7 +227,7 @@ inline Header parse_header(const std::string& where, const std::byte* file, std:
   const std::uint64_t data_bytes = size - 8 - n;
   for (const TensorInfo& t : header.tensors)
     if (t.end > data_bytes)
-      fail(where, "tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end, ") run past the data section, which holds ",
+      fail(where, "tensor ", detail::quote_name(t.name), " data_offsets [", t.begin, ", ", t.end, ") run past the data section, which holds ",
            data_bytes, " bytes (file ", size, " bytes, header 8 + ", n, "): truncated?");
 
   std::sort(header.tensors.begin(), header.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -235,20 +239,20 @@ inline Header parse_header(const std::string& where, const std::byte* file, std:
   const TensorInfo* previous = nullptr;
   for (const TensorInfo& t : header.tensors) {
     if (t.begin > covered)
-      fail(where, "tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end, ") leave a hole of ",
+      fail(where, "tensor ", detail::quote_name(t.name), " data_offsets [", t.begin, ", ", t.end, ") leave a hole of ",
            t.begin - covered, " bytes after ",
-           previous ? "tensor '" + previous->name + "' ending at " + std::to_string(covered)
+           previous ? "tensor " + detail::quote_name(previous->name) + " ending at " + std::to_string(covered)
                     : std::string("the start of the data section"),
            " (safetensors forbids holes)");
     if (t.begin < covered)
-      fail(where, "tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end, ") overlap tensor '",
-           previous->name, "' [", previous->begin, ", ", previous->end, ")");
+      fail(where, "tensor ", detail::quote_name(t.name), " data_offsets [", t.begin, ", ", t.end, ") overlap tensor ",
+           detail::quote_name(previous->name), " [", previous->begin, ", ", previous->end, ")");
     covered = t.end;
     previous = &t;
   }
   if (covered != data_bytes)
     fail(where, "the data section holds ", data_bytes, " bytes but the tensors cover ", covered, ": ",
-         data_bytes - covered, " trailing bytes", previous ? " after tensor '" + previous->name + "'" : std::string(),
+         data_bytes - covered, " trailing bytes", previous ? " after tensor " + detail::quote_name(previous->name) : std::string(),
          " (safetensors forbids them)");
   return header;
 }

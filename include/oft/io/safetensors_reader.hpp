@@ -71,8 +71,8 @@ class SafetensorsFile {
   TensorView tensor(std::string_view name) const {
     const TensorInfo* info = find(name);
     if (info == nullptr)
-      throw std::out_of_range(oft::detail::message("oft: ", path().string(), ": no tensor '", name,
-                                                   "' (the file holds ", size(), " tensors)"));
+      throw std::out_of_range(oft::detail::message("oft: ", path().string(), ": no tensor ", detail::quote_name(name),
+                                                   " (the file holds ", size(), " tensors)"));
     return view(*info);
   }
   /// A view of the entry `info`, which must be one of tensors() (std::invalid_argument if not:
@@ -81,8 +81,8 @@ class SafetensorsFile {
     const TensorInfo* first = header_.tensors.data();
     const std::less<const TensorInfo*> before;  // a total order, also for unrelated pointers
     if (header_.tensors.empty() || before(&info, first) || !before(&info, first + header_.tensors.size()))
-      throw std::invalid_argument(oft::detail::message("oft: ", path().string(), ": view() of tensor '", info.name,
-                                                       "', an entry that is not one of this file's tensors()"));
+      throw std::invalid_argument(oft::detail::message("oft: ", path().string(), ": view() of tensor ", detail::quote_name(info.name),
+                                                       ", an entry that is not one of this file's tensors()"));
     TensorView v;
     v.file = path().string();
     v.name = info.name;

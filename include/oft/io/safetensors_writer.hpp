@@ -64,7 +64,7 @@ class SafetensorsWriter {
   SafetensorsWriter& add(std::string name, Dtype dtype, std::vector<std::uint64_t> shape, const void* data,
                          std::size_t bytes) {
     const std::string where = "SafetensorsWriter";
-    const std::string tensor = "tensor '" + name + "'";
+    const std::string tensor = "tensor " + detail::quote_name(name);
     if (name == "__metadata__")
       detail::fail(where, "the tensor name '__metadata__' is reserved for the header's metadata");
     if (const std::size_t bad = detail::utf8_error_offset(name); bad != name.size())
@@ -94,7 +94,7 @@ class SafetensorsWriter {
     std::uint64_t bytes = 0;
     bool partial = false;
     if (!detail::tensor_bytes(shape, dtype_of<T>, bytes, partial))
-      detail::fail("SafetensorsWriter", "tensor '", name, "' shape ", detail::dims(shape), " of ",
+      detail::fail("SafetensorsWriter", "tensor ", detail::quote_name(name), " shape ", detail::dims(shape), " of ",
                    dtype_name(dtype_of<T>), ": elements x ", dtype_bits(dtype_of<T>), " bits overflows 64 bits");
     return add(std::move(name), dtype_of<T>, std::move(shape), data, static_cast<std::size_t>(bytes));
   }
@@ -115,7 +115,8 @@ class SafetensorsWriter {
     if (detail::utf8_error_offset(key) != key.size() || detail::utf8_error_offset(value) != value.size())
       detail::fail(where, "metadata key or value is not valid UTF-8");
     if (metadata_.count(key) != 0)
-      detail::fail(where, "metadata key '", key, "' was already added (value '", metadata_.at(key), "')");
+      detail::fail(where, "metadata key ", detail::quote_name(key), " was already added (value ",
+                   detail::quote_name(metadata_.at(key)), ")");
     metadata_.emplace(std::move(key), std::move(value));
     return *this;
   }

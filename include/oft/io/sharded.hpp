@@ -75,7 +75,7 @@ class ShardedSafetensors {
     std::map<std::string, std::size_t> shard_of_file;  // normalised shard name -> position in shards_
     std::vector<std::string> shard_names;
     for (const auto& item : map->items()) {
-      const std::string tensor = "tensor '" + item.key() + "'";
+      const std::string tensor = "tensor " + detail::quote_name(item.key());
       if (!item.value().is_string())
         fail(where, "weight_map ", tensor, " maps to ", detail::json_kind(item.value()), " (", item.value().dump(),
              "), not a shard file name");
@@ -94,16 +94,18 @@ class ShardedSafetensors {
     // Every listed tensor is in its shard...
     for (const auto& [name, shard] : model.index_)
       if (!model.shards_[shard].contains(name))
-        fail(where, "weight_map puts tensor '", name, "' in '", shard_names[shard], "', which does not hold it");
+        fail(where, "weight_map puts tensor ", detail::quote_name(name), " in ", detail::quote_name(shard_names[shard]),
+             ", which does not hold it");
     // ...and every tensor of a shard is listed, for that shard (else it is in two shards or unlisted).
     for (std::size_t s = 0; s < model.shards_.size(); ++s)
       for (const TensorInfo& info : model.shards_[s].tensors()) {
         const auto listed = model.index_.find(info.name);
         if (listed == model.index_.end())
-          fail(where, "shard '", shard_names[s], "' holds tensor '", info.name, "', which weight_map does not list");
+          fail(where, "shard ", detail::quote_name(shard_names[s]), " holds tensor ", detail::quote_name(info.name),
+               ", which weight_map does not list");
         if (listed->second != s)
-          fail(where, "tensor '", info.name, "' is in two shards: '", shard_names[listed->second], "' (per weight_map) and '",
-               shard_names[s], "'");
+          fail(where, "tensor ", detail::quote_name(info.name), " is in two shards: ", detail::quote_name(shard_names[listed->second]),
+               " (per weight_map) and ", detail::quote_name(shard_names[s]));
       }
     return model;
   }
@@ -125,8 +127,8 @@ class ShardedSafetensors {
   const SafetensorsFile& shard_of(std::string_view name) const {
     const auto it = index_.find(name);
     if (it == index_.end())
-      throw std::out_of_range(oft::detail::message("oft: ", index_path_.string(), ": no tensor '", name,
-                                                   "' in the sharded model (", size(), " tensors)"));
+      throw std::out_of_range(oft::detail::message("oft: ", index_path_.string(), ": no tensor ", detail::quote_name(name),
+                                                   " in the sharded model (", size(), " tensors)"));
     return shards_[it->second];
   }
   /// The shards, each opened once, in the order the weight map (sorted by tensor name) first
@@ -141,7 +143,7 @@ class ShardedSafetensors {
   static std::filesystem::path checked_shard_path(const std::string& where, const std::string& tensor,
                                                   const std::string& shard) {
     const auto refuse = [&](const char* why) {
-      detail::fail(where, "weight_map tensor '", tensor, "' names shard '", shard, "', ", why);
+      detail::fail(where, "weight_map tensor ", detail::quote_name(tensor), " names shard ", detail::quote_name(shard), ", ", why);
     };
     if (shard.empty()) refuse("an empty file name");
     if (shard.find('\0') != std::string::npos) refuse("a name with a NUL character");

@@ -69,7 +69,7 @@ struct TensorView {
     if (count == 0) return {};
     if (reinterpret_cast<std::uintptr_t>(data) % alignof(T) != 0)
       throw std::invalid_argument(oft::detail::message(
-          "oft: ", file, ": tensor '", name, "' (", dtype_name(dtype), ") starts at an address that is not ",
+          "oft: ", file, ": tensor ", detail::quote_name(name), " (", dtype_name(dtype), ") starts at an address that is not ",
           alignof(T), "-byte aligned; safetensors does not promise alignment: use copy_as<T>()"));
     return {reinterpret_cast<const T*>(data), count};
   }
@@ -89,7 +89,7 @@ struct TensorView {
     if (dtype == Dtype::F32) return copy_as<float>();
     if (dtype != Dtype::F16 && dtype != Dtype::BF16)
       throw std::invalid_argument(oft::detail::message(
-          "oft: ", file, ": tensor '", name, "' is ", dtype_name(dtype),
+          "oft: ", file, ": tensor ", detail::quote_name(name), " is ", dtype_name(dtype),
           "; to_floats() converts F32, F16 and BF16 only (exactly)"));
     std::vector<float> out(bytes / 2);
     for (std::size_t i = 0; i < out.size(); ++i) {
@@ -105,7 +105,7 @@ struct TensorView {
   void check_dtype(const char* accessor) const {
     if (dtype_of<T> != dtype)
       throw std::invalid_argument(oft::detail::message(
-          "oft: ", file, ": tensor '", name, "' is ", dtype_name(dtype), ", but ", accessor, "<",
+          "oft: ", file, ": tensor ", detail::quote_name(name), " is ", dtype_name(dtype), ", but ", accessor, "<",
           DtypeOf<T>::cpp_name, ">() reads ", dtype_name(dtype_of<T>)));
   }
 };

@@ -35,7 +35,7 @@ inline nlohmann::json parse_json_strict(const std::string& where, std::string_vi
     if (static_cast<int>(stack.size()) >= max_depth)
       fail(where, root, " nests JSON deeper than the ", max_depth, " levels the format uses");
     std::string label = root;
-    if (!stack.empty()) label = stack.back().object ? "'" + stack.back().last_key + "'" : "an array in " + stack.back().label;
+    if (!stack.empty()) label = stack.back().object ? detail::quote_name(stack.back().last_key) : "an array in " + stack.back().label;
     stack.push_back(Frame{object, std::move(label), {}, {}});
   };
   const nlohmann::json::parser_callback_t callback =
@@ -50,7 +50,7 @@ inline nlohmann::json parse_json_strict(const std::string& where, std::string_vi
             Frame& frame = stack.back();
             std::string key = parsed.get<std::string>();
             if (!frame.keys.insert(key).second)
-              fail(where, "duplicate key '", key, "' in ", frame.label,
+              fail(where, "duplicate key ", detail::quote_name(key), " in ", frame.label,
                    " (safetensors forbids duplicate keys)");
             frame.last_key = std::move(key);
             break;

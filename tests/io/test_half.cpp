@@ -1,0 +1,142 @@
+// The 16-bit float conversions (io/half.hpp): widening is exact for every one of the 65536
+// encodings (checked against an independent decoding by ldexp), narrowing rounds to nearest
+// with ties to even (checked at every midpoint between adjacent values), and both agree with
+// numpy's float16 and ml_dtypes' bfloat16 on the values of reference_conversions.safetensors.
+
+#include <gtest/gtest.h>
+
+#include <oft/io/safetensors.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "io_test_support.hpp"
+
+namespace {
+
+using namespace oft_io_test;
+using oft::io::bf16_to_float;
+using oft::io::f16_to_float;
+using oft::io::float_to_bf16;
+using oft::io::float_to_f16;
+
+std::uint32_t bits_of(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+float float_of(std::uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+
+// binary16 decoded from its definition, in double: (-1)^s 2^(e-15) (1 + m/1024), or 2^-14 m/1024.
+double f16_reference(std::uint16_t h) {
+  const int sign = (h >> 15) != 0 ? -1 : 1;
+  const int e = (h >> 10) & 0x1f;
+  const int m = h & 0x3ff;
+  if (e == 31) return m == 0 ? sign * std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(static_cast<double>(m), -24);
+  return sign * std::ldexp(1024.0 + m, e - 25);
+}
+
+TEST(Half, WideningIsExactForEveryF16) {
+  for (std::uint32_t h = 0; h <= 0xffff; ++h) {
+    const float got = f16_to_float(static_cast<std::uint16_t>(h));
+    const double want = f16_reference(static_cast<std::uint16_t>(h));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << h;
+      EXPECT_EQ(bits_of(got) >> 31, h >> 15) << std::hex << h;                 // sign kept
+      EXPECT_EQ((bits_of(got) >> 13) & 0x3ffu, h & 0x3ffu) << std::hex << h;   // payload kept
+    } else {
+      ASSERT_EQ(static_cast<double>(got), want) << std::hex << h;
+      ASSERT_EQ(std::signbit(got), (h >> 15) != 0) << std::hex << h;  // -0 stays -0
+    }
+  }
+}
+
+TEST(Half, NarrowingInvertsWideningForEveryF16) {
+  for (std::uint32_t h = 0; h <= 0xffff; ++h) {
+    const auto back = float_to_f16(f16_to_float(static_cast<std::uint16_t>(h)));
+    if (std::isnan(f16_reference(static_cast<std::uint16_t>(h))))
+      EXPECT_EQ(back, static_cast<std::uint16_t>(h | 0x200u)) << std::hex << h;  // quieted, payload kept
+    else
+      ASSERT_EQ(back, h) << std::hex << h;
+  }
+}
+
+TEST(Half, F16RoundsToNearestTiesToEvenAtEveryMidpoint) {
+  // Adjacent positive finite halves a < b: their midpoint is exact in float (12 significant
+  // bits) and must go to the even encoding; one float ulp either side goes to the nearer.
+  for (std::uint16_t h = 0; h < 0x7bff; ++h) {
+    const float a = f16_to_float(h), b = f16_to_float(static_cast<std::uint16_t>(h + 1));
+    const float mid = static_cast<float>((static_cast<double>(a) + b) / 2);
+    ASSERT_EQ(static_cast<double>(mid), (static_cast<double>(a) + b) / 2);
+    const std::uint16_t even = (h & 1u) == 0 ? h : static_cast<std::uint16_t>(h + 1);
+    ASSERT_EQ(float_to_f16(mid), even) << std::hex << h;
+    ASSERT_EQ(float_to_f16(std::nextafter(mid, 0.0f)), h) << std::hex << h;
+    ASSERT_EQ(float_to_f16(std::nextafter(mid, 1e9f)), h + 1) << std::hex << h;
+    ASSERT_EQ(float_to_f16(-mid), even | 0x8000u) << std::hex << h;
+  }
+}
+
+TEST(Half, F16OverflowAndUnderflow) {
+  EXPECT_EQ(float_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(float_to_f16(std::nextafter(65520.0f, 0.0f)), 0x7bff);  // below the midpoint to 2^16
+  EXPECT_EQ(float_to_f16(65520.0f), 0x7c00);                         // the tie goes to even: inf
+  EXPECT_EQ(float_to_f16(1e30f), 0x7c00);
+  EXPECT_EQ(float_to_f16(-std::numeric_limits<float>::infinity()), 0xfc00);
+  EXPECT_EQ(float_to_f16(std::ldexp(1.0f, -25)), 0x0000);  // half the smallest subnormal: tie to 0
+  EXPECT_EQ(float_to_f16(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
+  EXPECT_EQ(float_to_f16(-std::ldexp(1.0f, -26)), 0x8000);  // -0 keeps its sign
+  EXPECT_EQ(float_to_f16(std::numeric_limits<float>::denorm_min()), 0x0000);
+  EXPECT_EQ(float_to_f16(std::ldexp(1023.5f, -24)), 0x0400);  // rounds up into the normals
+}
+
+TEST(Half, Bf16WideningIsExactAndNarrowingInvertsIt) {
+  for (std::uint32_t b = 0; b <= 0xffff; ++b) {
+    const float x = bf16_to_float(static_cast<std::uint16_t>(b));
+    ASSERT_EQ(bits_of(x), b << 16) << std::hex << b;
+    if (std::isnan(x))
+      EXPECT_EQ(float_to_bf16(x), b | 0x40u) << std::hex << b;
+    else
+      ASSERT_EQ(float_to_bf16(x), b) << std::hex << b;
+  }
+}
+
+TEST(Half, Bf16RoundsToNearestTiesToEven) {
+  for (std::uint32_t b = 0; b < 0x7f7f; ++b) {
+    const std::uint32_t mid = (b << 16) | 0x8000u;  // exactly between b and b + 1
+    const std::uint32_t even = (b & 1u) == 0 ? b : b + 1;
+    ASSERT_EQ(float_to_bf16(float_of(mid)), even) << std::hex << b;
+    ASSERT_EQ(float_to_bf16(float_of(mid - 1)), b) << std::hex << b;
+    ASSERT_EQ(float_to_bf16(float_of(mid + 1)), b + 1) << std::hex << b;
+  }
+  EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // above the last midpoint: inf
+  EXPECT_EQ(float_to_bf16(float_of(0x7f7f7fffu)), 0x7f7f);
+}
+
+TEST(Half, AgreesWithNumpyAndMlDtypes) {
+  const auto file = oft::io::SafetensorsFile::open(fixture("reference_conversions.safetensors"));
+  const auto src = file.tensor("src").as<float>();
+  const auto f16 = file.tensor("src_f16").as<oft::io::Float16>();
+  const auto bf16 = file.tensor("src_bf16").as<oft::io::BFloat16>();
+  const auto f16_wide = file.tensor("src_f16_widened").as<float>();
+  const auto bf16_wide = file.tensor("src_bf16_widened").as<float>();
+  ASSERT_GT(src.size(), 1000u);
+  ASSERT_EQ(f16.size(), src.size());
+  ASSERT_EQ(bf16.size(), src.size());
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    ASSERT_EQ(float_to_f16(src[i]), f16[i].bits) << i << ": " << src[i];
+    ASSERT_EQ(float_to_bf16(src[i]), bf16[i].bits) << i << ": " << src[i];
+    ASSERT_EQ(bits_of(oft::io::to_float(f16[i])), bits_of(f16_wide[i])) << i;
+    ASSERT_EQ(bits_of(oft::io::to_float(bf16[i])), bits_of(bf16_wide[i])) << i;
+  }
+  EXPECT_EQ(file.tensor("src_f16").to_floats(), std::vector<float>(f16_wide.begin(), f16_wide.end()));
+}
+
+}  // namespace
