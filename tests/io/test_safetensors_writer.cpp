@@ -194,6 +194,21 @@ TEST(Writer, SuccessLeavesOnlyTheFileAndReplacesAnOldOne) {
   EXPECT_EQ(SafetensorsFile::open(dir / "m.safetensors").tensor("v").copy_as<float>(), v);
 }
 
+TEST(Writer, RelativePathWritesInTheCurrentDirectory) {
+  // No parent path: the temporary file goes to ".", next to the destination.
+  ScratchDir dir;
+  const fs::path previous = fs::current_path();
+  fs::current_path(dir.path());
+  const std::vector<float> v{3.0f};
+  SafetensorsWriter writer;
+  writer.add("v", {1}, v);
+  writer.write("m.safetensors");
+  fs::current_path(previous);
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
+  EXPECT_EQ(SafetensorsFile::open(dir / "m.safetensors").tensor("v").copy_as<float>(), v);
+  EXPECT_THROW(writer.write(dir.path() / ""), std::invalid_argument);  // names no file
+}
+
 TEST(Writer, FileModeFollowsTheUmask) {
   ScratchDir dir;
   const ::mode_t old = ::umask(027);
