@@ -32,8 +32,11 @@ class ScratchDir {
  public:
   ScratchDir() {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("oft_io_" + std::to_string(::getpid()) + "_" + (info ? std::string(info->test_suite_name()) + "_" + info->name() : "x"));
+    std::string name = "oft_io_" + std::to_string(::getpid()) + "_" +
+                       (info ? std::string(info->test_suite_name()) + "_" + info->name() : "x");
+    for (char& c : name)
+      if (c == '/') c = '_';  // parameterized tests are named Prefix/Suite.Name/Index
+    path_ = fs::temp_directory_path() / name;
     fs::remove_all(path_);
     fs::create_directories(path_);
   }
