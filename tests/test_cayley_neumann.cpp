@@ -127,8 +127,8 @@ int smallest_terms_by_scan(oft::ToleranceMeasure measure, double rho, double tol
   const bool even = measure == oft::ToleranceMeasure::Orthogonality;
   for (int k = std::max(min_terms, 0); k <= max_terms; ++k) {
     if (even && k % 2 != 0) continue;
-    const double error = even ? oft::neumann_orthogonality_bound(rho, k)
-                              : oft::neumann_distance_to_cayley(rho, k);
+    const double error =
+        even ? oft::neumann_orthogonality_bound(rho, k) : oft::neumann_distance_to_cayley(rho, k);
     if (error <= tol) return k;
   }
   return -1;
@@ -307,13 +307,12 @@ void check_meets_tolerance(const oft::CayleyNeumannTolerance& base, std::uint64_
         tuned.rotation(q, plan, r);
         EXPECT_TRUE(oft_test::all_equal(r, neumann(q, plan.terms)));
         const double p = poly_scale(rho, plan.terms);
-        const double allowance = 2.0 * (plan.terms + 2) * b * oft_test::eps<double>() *
-                                 (orthogonality ? p * p : p);
+        const double allowance =
+            2.0 * (plan.terms + 2) * b * oft_test::eps<double>() * (orthogonality ? p * p : p);
         ++planned;
         if (allowance > 0.5 * tol) continue;  // tol below what double can verify here
-        const double error = orthogonality
-                                 ? oft_test::orthogonality_defect(r)
-                                 : oft_test::spectral_norm(MatD(exact_cayley(q) - r));
+        const double error = orthogonality ? oft_test::orthogonality_defect(r)
+                                           : oft_test::spectral_norm(MatD(exact_cayley(q) - r));
         EXPECT_LE(error, tol + allowance)
             << "b=" << b << " rho=" << rho << " tol=" << tol << " k=" << plan.terms;
         ++measured;

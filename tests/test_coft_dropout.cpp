@@ -143,10 +143,10 @@ TEST(CoftPeft, Float32RadiusPinnedByHand) {
     differing += c.peft != c.double_rounded;
   }
   EXPECT_EQ(differing, 4);
-  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
-      [] { oft::peft::coft_radius(1e-3, 0); }, {"generator", "0"}));
-  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
-      [] { oft::peft::coft_radius(-1e-3, 4); }, {"-0.001"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>([] { oft::peft::coft_radius(1e-3, 0); },
+                                                           {"generator", "0"}));
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>([] { oft::peft::coft_radius(-1e-3, 4); },
+                                                           {"-0.001"}));
   EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
       [] { oft::peft::coft_radius(std::nan(""), 4); }, {"nan"}));
 }

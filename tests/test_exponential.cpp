@@ -85,7 +85,7 @@ TEST(MatrixExponential, MatchesTaylorSeries) {
   EXPECT_TRUE(oft_test::within_abs(expm(q), sum, 8.0 * b * oft_test::eps<double>()));
 }
 
-// --- the vector-Jacobian product -------------------------------------------------------------------
+// --- the vector-Jacobian product -----------------------------------------------------------------
 
 /// Gauss-Legendre nodes and weights on [0, 1] (Newton on the Legendre polynomial P_n).
 void gauss_legendre(int n, std::vector<double>& nodes, std::vector<double>& weights) {

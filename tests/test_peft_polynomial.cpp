@@ -97,27 +97,39 @@ double loss_rounding(const Coefficients& c, const MatD& q, const MatD& g) {
 MatD fixed_generator() {
   const double t[6] = {0.11, -0.23, 0.07, 0.19, -0.05, 0.13};
   MatD q(4, 4);
-  q << 0.0, t[0], t[1], t[2],     //
-      -t[0], 0.0, t[3], t[4],     //
-      -t[1], -t[3], 0.0, t[5],    //
+  q << 0.0, t[0], t[1], t[2],   //
+      -t[0], 0.0, t[3], t[4],   //
+      -t[1], -t[3], 0.0, t[5],  //
       -t[2], -t[4], -t[5], 0.0;
   return q;
 }
 
-// --- coefficients ---------------------------------------------------------------------------------
+// --- coefficients --------------------------------------------------------------------------------
 
 TEST(PeftPolynomial, CoefficientsByHand) {
   // c_0, c_1, ... for T = 0..8, written out from the table in peft_polynomial.hpp.
-  const std::vector<std::vector<double>> current = {
-      {1}, {1}, {1, 2}, {1, 2, 2, 1}, {1, 2, 2, 1}, {1, 2, 2, 2, 1}, {1, 2, 2, 2, 2, 1},
-      {1, 2, 2, 2, 2, 2, 1}, {1, 2, 2, 2, 2, 2, 2, 1}};
-  const std::vector<std::vector<double>> legacy = {
-      {1}, {1}, {1, 2}, {1, 2, 2}, {1, 2, 2, 2}, {1, 2, 2, 2, 2}, {1, 2, 2, 2, 2, 2},
-      {1, 2, 2, 2, 2, 2, 2}, {1, 2, 2, 2, 2, 2, 2, 2}};
+  const std::vector<std::vector<double>> current = {{1},
+                                                    {1},
+                                                    {1, 2},
+                                                    {1, 2, 2, 1},
+                                                    {1, 2, 2, 1},
+                                                    {1, 2, 2, 2, 1},
+                                                    {1, 2, 2, 2, 2, 1},
+                                                    {1, 2, 2, 2, 2, 2, 1},
+                                                    {1, 2, 2, 2, 2, 2, 2, 1}};
+  const std::vector<std::vector<double>> legacy = {{1},
+                                                   {1},
+                                                   {1, 2},
+                                                   {1, 2, 2},
+                                                   {1, 2, 2, 2},
+                                                   {1, 2, 2, 2, 2},
+                                                   {1, 2, 2, 2, 2, 2},
+                                                   {1, 2, 2, 2, 2, 2, 2},
+                                                   {1, 2, 2, 2, 2, 2, 2, 2}};
   for (int terms = 0; terms <= 8; ++terms)
     for (NeumannForm form : kForms) {
-      const auto& expected = form == NeumannForm::Current ? current[size_t(terms)]
-                                                          : legacy[size_t(terms)];
+      const auto& expected =
+          form == NeumannForm::Current ? current[size_t(terms)] : legacy[size_t(terms)];
       const auto c = NeumannBranch{terms, form}.coefficients();
       ASSERT_EQ(c.degree() + 1, static_cast<int>(expected.size())) << describe(terms, form);
       for (int j = 0; j <= c.degree(); ++j)
@@ -127,33 +139,33 @@ TEST(PeftPolynomial, CoefficientsByHand) {
     }
 }
 
-// --- values ---------------------------------------------------------------------------------------
+// --- values --------------------------------------------------------------------------------------
 
 // Each polynomial against sums of explicit powers of the fixed Q, written out by hand.
 TEST(PeftPolynomial, ValuesPinnedByHandForEveryT) {
   const MatD q = fixed_generator();
   const double rho = oft_test::spectral_norm(q);
-  const MatD I = MatD::Identity(4, 4), Q1 = q, Q2 = Q1 * q, Q3 = Q2 * q, Q4 = Q3 * q,
-             Q5 = Q4 * q, Q6 = Q5 * q, Q7 = Q6 * q;
+  const MatD I = MatD::Identity(4, 4), Q1 = q, Q2 = Q1 * q, Q3 = Q2 * q, Q4 = Q3 * q, Q5 = Q4 * q,
+             Q6 = Q5 * q, Q7 = Q6 * q;
   const std::vector<MatD> current = {
-      I,                                                          // T = 0
-      I,                                                          // T = 1
-      I + 2 * Q1,                                                 // T = 2
-      I + 2 * Q1 + 2 * Q2 + Q3,                                   // T = 3 (= T = 4)
-      I + 2 * Q1 + 2 * Q2 + Q3,                                   // T = 4: R_2
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + Q4,                          // T = 5: R_3
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + Q5,                 // T = 6: R_4
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + Q6,        // T = 7: R_5
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + 2 * Q6 + Q7};  // T = 8: R_6
-  const std::vector<MatD> legacy = {
       I,                                                              // T = 0
       I,                                                              // T = 1
       I + 2 * Q1,                                                     // T = 2
-      I + 2 * Q1 + 2 * Q2,                                            // T = 3
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3,                                   // T = 4
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4,                          // T = 5
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5,                 // T = 6
-      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + 2 * Q6,        // T = 7
+      I + 2 * Q1 + 2 * Q2 + Q3,                                       // T = 3 (= T = 4)
+      I + 2 * Q1 + 2 * Q2 + Q3,                                       // T = 4: R_2
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + Q4,                              // T = 5: R_3
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + Q5,                     // T = 6: R_4
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + Q6,            // T = 7: R_5
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + 2 * Q6 + Q7};  // T = 8: R_6
+  const std::vector<MatD> legacy = {
+      I,                                                                  // T = 0
+      I,                                                                  // T = 1
+      I + 2 * Q1,                                                         // T = 2
+      I + 2 * Q1 + 2 * Q2,                                                // T = 3
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3,                                       // T = 4
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4,                              // T = 5
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5,                     // T = 6
+      I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + 2 * Q6,            // T = 7
       I + 2 * Q1 + 2 * Q2 + 2 * Q3 + 2 * Q4 + 2 * Q5 + 2 * Q6 + 2 * Q7};  // T = 8
   for (int terms = 0; terms <= 8; ++terms)
     for (NeumannForm form : kForms) {
@@ -161,8 +173,8 @@ TEST(PeftPolynomial, ValuesPinnedByHandForEveryT) {
       const MatD& expected =
           form == NeumannForm::Current ? current[size_t(terms)] : legacy[size_t(terms)];
       const auto c = policy.coefficients();
-      const double tol = 2.0 * (c.degree() + 1) * 4 * oft_test::eps<double>() *
-                         coefficient_scale(c, rho);
+      const double tol =
+          2.0 * (c.degree() + 1) * 4 * oft_test::eps<double>() * coefficient_scale(c, rho);
       EXPECT_TRUE(oft_test::within_abs(policy_rotation(policy, q), expected, tol))
           << describe(terms, form);
       EXPECT_TRUE(oft_test::within_abs(peft_loop(q, terms, form), expected, tol))
@@ -187,8 +199,8 @@ TEST(PeftPolynomial, MatchesPeftLoopAndCayleyNeumann) {
         const auto c = policy.coefficients();
         const double tol =
             2.0 * (c.degree() + 1) * b * oft_test::eps<double>() * coefficient_scale(c, rho);
-        EXPECT_TRUE(oft_test::within_abs(policy_rotation(policy, q), peft_loop(q, terms, form),
-                                         tol))
+        EXPECT_TRUE(
+            oft_test::within_abs(policy_rotation(policy, q), peft_loop(q, terms, form), tol))
             << describe(terms, form) << " b=" << b;
         if (form == NeumannForm::Current && terms >= 3) {
           MatD r_k;
@@ -215,14 +227,13 @@ TEST(PeftPolynomial, DistanceToExactCayley) {
     for (int terms = 1; terms <= 10; ++terms)
       for (NeumannForm form : kForms) {
         const NeumannBranch policy{terms, form};
-        const double expected =
-            policy.is_truncation()
-                ? std::pow(rho, policy.coefficients().truncation() + 1)
-                : 2.0 * std::pow(rho, terms) / std::sqrt(1.0 + rho * rho);
-        const double allowance =
-            2.0 * (policy.coefficients().degree() + 1) * b * oft_test::eps<double>() *
-                coefficient_scale(policy.coefficients(), rho) +
-            4.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho);
+        const double expected = policy.is_truncation()
+                                    ? std::pow(rho, policy.coefficients().truncation() + 1)
+                                    : 2.0 * std::pow(rho, terms) / std::sqrt(1.0 + rho * rho);
+        const double allowance = 2.0 * (policy.coefficients().degree() + 1) * b *
+                                     oft_test::eps<double>() *
+                                     coefficient_scale(policy.coefficients(), rho) +
+                                 4.0 * b * oft_test::eps<double>() * std::sqrt(1.0 + rho * rho);
         EXPECT_NEAR(oft_test::spectral_norm(MatD(exact - policy_rotation(policy, q))), expected,
                     allowance)
             << describe(terms, form) << " rho=" << rho;
@@ -230,7 +241,7 @@ TEST(PeftPolynomial, DistanceToExactCayley) {
   }
 }
 
-// --- the policy in the operators -------------------------------------------------------------------
+// --- the policy in the operators -----------------------------------------------------------------
 
 TEST(PeftPolynomial, PolicyInOperatorsFloatAndDouble) {
   Rng rng(3);
@@ -266,8 +277,8 @@ TEST(PeftPolynomial, PolicyInOperatorsFloatAndDouble) {
     const RowMat<float> merged = layer.merged();
     const MatD dense = op_f.dense().cast<double>();
     const MatD expected = w.cast<double>() * dense.transpose();
-    const MatD bound = oft_test::gamma<float>(b) * oft_test::abs_d(w) *
-                       MatD(oft_test::abs_d(dense).transpose());
+    const MatD bound =
+        oft_test::gamma<float>(b) * oft_test::abs_d(w) * MatD(oft_test::abs_d(dense).transpose());
     EXPECT_TRUE(oft_test::within_bound(merged, expected, bound)) << describe(4, form);
     // Default-constructed: PEFT's default T = 5, current form.
     const oft::BlockOrthogonal<float, NeumannBranch> defaulted(oft::BlockSpec::from_features(d, b));
@@ -300,13 +311,13 @@ TEST(PeftPolynomial, SettingsAndSummary) {
   EXPECT_EQ(oft::peft::neumann_form_for_version(1, 0), NeumannForm::Current);
 }
 
-// --- gradients --------------------------------------------------------------------------------------
+// --- gradients -----------------------------------------------------------------------------------
 
 /// dtheta of BlockOrthogonal<double, NeumannBranch>::backward against central differences of
 /// L(theta) = <dY, X R(theta)> for one configuration.
 void gradcheck_operator(const NeumannBranch& policy, Index b, Index r, bool shared, Rng& rng) {
-  const std::string what = describe(policy.terms, policy.form) + " b=" + std::to_string(b) +
-                           (shared ? " shared" : "");
+  const std::string what =
+      describe(policy.terms, policy.form) + " b=" + std::to_string(b) + (shared ? " shared" : "");
   const Index d = r * b, n = 4;
   const auto spec = oft::BlockSpec::from_features(d, b, shared);
   const auto theta = oft_test::random_generators<double>(spec.generators(), b, 0.4, rng);
@@ -327,8 +338,7 @@ void gradcheck_operator(const NeumannBranch& policy, Index b, Index r, bool shar
     return (dy.array() * y.array()).sum();
   };
   const Index count = spec.generators() * spec.packed();
-  const std::vector<double> fd =
-      oft::numerical_gradient(work.values().data(), count, loss, 1e-6);
+  const std::vector<double> fd = oft::numerical_gradient(work.values().data(), count, loss, 1e-6);
   if (policy.coefficients().degree() == 0) {
     // R = I whatever theta is: the gradient is exactly zero, and so is every difference.
     for (Index j = 0; j < count; ++j) {
@@ -354,7 +364,8 @@ TEST(PeftPolynomial, GradientMatchesFiniteDifferencesForEveryT) {
       gradcheck_operator(NeumannBranch{terms, form}, 4, 3, true, rng);
     }
   for (int terms : {12, 20})
-    for (NeumannForm form : kForms) gradcheck_operator(NeumannBranch{terms, form}, 5, 2, false, rng);
+    for (NeumannForm form : kForms)
+      gradcheck_operator(NeumannBranch{terms, form}, 5, 2, false, rng);
 }
 
 // rotation_vjp on its own, for a dense (not skew) Q and every one of its b^2 entries: the adjoint
@@ -377,8 +388,7 @@ TEST(PeftPolynomial, RotationVjpOnDenseMatrices) {
         };
         const std::vector<double> fd = oft::numerical_gradient(work.data(), b * b, loss, 1e-6);
         const double largest = dq.cwiseAbs().maxCoeff();
-        const double allowed =
-            1e-6 * largest + loss_rounding(policy.coefficients(), q, g) / 1e-6;
+        const double allowed = 1e-6 * largest + loss_rounding(policy.coefficients(), q, g) / 1e-6;
         for (Index j = 0; j < b * b; ++j)
           EXPECT_NEAR(dq.data()[j], fd[size_t(j)], allowed)
               << describe(terms, form) << " scale=" << scale << " entry " << j;

@@ -25,7 +25,6 @@
 #include <oft/cayley_neumann.hpp>
 #include <oft/finite_difference.hpp>
 #include <oft/neumann.hpp>
-#include <Eigen/QR>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -118,8 +117,7 @@ std::vector<Switch> find_switches(const Policy& policy, const MatD& q0, double s
     const Plan current = policy.plan(MatD(grid[i] * q0));
     if (!same_choice(previous, current)) {
       Switch sw{grid[i - 1], grid[i], previous, current};
-      for (int iteration = 0; iteration < 200 && sw.s_hi - sw.s_lo > 1e-13 * sw.s_hi;
-           ++iteration) {
+      for (int iteration = 0; iteration < 200 && sw.s_hi - sw.s_lo > 1e-13 * sw.s_hi; ++iteration) {
         const double mid = 0.5 * (sw.s_lo + sw.s_hi);
         const Plan at_mid = policy.plan(MatD(mid * q0));
         if (same_choice(at_mid, sw.lo)) {
@@ -137,8 +135,8 @@ std::vector<Switch> find_switches(const Policy& policy, const MatD& q0, double s
 }
 
 struct JumpReport {
-  double largest_jump = 0.0;     ///< max ||R(s+) - R(s-)||_2 over the switches
-  double largest_ratio = 0.0;    ///< the same divided by the measure's per-choice bound
+  double largest_jump = 0.0;        ///< max ||R(s+) - R(s-)||_2 over the switches
+  double largest_ratio = 0.0;       ///< the same divided by the measure's per-choice bound
   double largest_down_ratio = 0.0;  ///< the same over the switches to a smaller k
   int switches = 0, decreasing = 0, to_exact = 0;
   int largest_terms = 0;
@@ -165,8 +163,7 @@ JumpReport check_sweep(const Policy& policy, const MatD& q0, double s_max,
     const MatD q_lo = sw.s_lo * q0, q_hi = sw.s_hi * q0;
     const MatD r_lo = rotation(policy, q_lo, sw.lo), r_hi = rotation(policy, q_hi, sw.hi);
     const double jump = oft_test::spectral_norm(MatD(r_hi - r_lo));
-    const double continuous =
-        oft_test::spectral_norm(MatD(rotation(policy, q_hi, sw.lo) - r_lo));
+    const double continuous = oft_test::spectral_norm(MatD(rotation(policy, q_hi, sw.lo) - r_lo));
     const double allowance = evaluation_allowance(sw.lo, sw.s_hi, b) +
                              2.0 * evaluation_allowance(sw.hi, sw.s_hi, b) + 2.0 * b * eps;
     // The predicted value's own rounding: powers up to k + 1 of Q, each product (k + 1) b eps.
@@ -293,7 +290,7 @@ TEST(ToleranceMode, SettingsAreChecked) {
   EXPECT_TRUE(throws_with<std::invalid_argument>([&] { edited.plan(q); }, {"2147483647"}));
 }
 
-// --- the jump bound -------------------------------------------------------------------------------
+// --- the jump bound ------------------------------------------------------------------------------
 
 // Every switch of k (and the switch to exact Cayley past max_terms) moves R by at most 2 tol, and
 // by exactly the predicted ||Q^(k1+1) - Q^(k2+1)||_2; k -> k+1 from the exact rho by
@@ -311,15 +308,14 @@ TEST(ToleranceMode, DistanceMeasureJumpsAtMostTwiceTheTolerance) {
     ASSERT_NEAR(oft_test::spectral_norm(q0), 1.0, 8.0 * b * oft_test::eps<double>());
     for (double tol : {1e-2, 1e-4, 1e-6}) {
       const Policy policy(tol, oft::OnDivergence::UseExactCayley);
-      const JumpReport report =
-          check_sweep(policy, q0, 0.999,
-                      std::string(kind == 0 ? "distance" : "distance flat") +
-                          " b=" + std::to_string(b) + " tol=" + format(tol));
+      const JumpReport report = check_sweep(policy, q0, 0.999,
+                                            std::string(kind == 0 ? "distance" : "distance flat") +
+                                                " b=" + std::to_string(b) + " tol=" + format(tol));
       EXPECT_LE(report.largest_ratio, 2.0);
       EXPECT_GE(report.switches, policy.max_terms);  // every k from 1 (or 2) to max_terms
       EXPECT_EQ(report.largest_terms, policy.max_terms);
-      EXPECT_EQ(report.to_exact, 1);                  // then exact Cayley, once
-      EXPECT_GT(report.largest_ratio, 1.0);           // the bound sqrt(1 + rho^2) is reached
+      EXPECT_EQ(report.to_exact, 1);         // then exact Cayley, once
+      EXPECT_GT(report.largest_ratio, 1.0);  // the bound sqrt(1 + rho^2) is reached
       decreasing += report.decreasing;
     }
   }
@@ -357,15 +353,16 @@ TEST(ToleranceMode, OrthogonalityMeasureJumpsBySqrtTolerance) {
   }
 }
 
-// --- gradients ------------------------------------------------------------------------------------
+// --- gradients -----------------------------------------------------------------------------------
 
 // dtheta of BlockOrthogonal<double, CayleyNeumannTolerance>::backward against central differences
 // of L(theta) = <dY, X R(theta)>, re-planning at every evaluation (the policy as a trainer sees
 // it), at generators chosen between two switches: s = tol^(1/(k+1/2)) picks k (k = 1 from
-// s = tol^(1/1.2), deeper inside, so that the free bound gives k = 1 too), and h = 1e-6 moves rho by far less than the distance to either switch. The plans at
-// every perturbed theta are checked to equal the base plans. One generator has rho > 1 (exact
-// Cayley fallback). Tolerance as in test_backward_gradcheck.cpp: 1e-6 of the gradient's largest
-// entry (truncation h^2 ~ 1e-12 relative, far below) plus 4 eps |L|_abs / h of rounding.
+// s = tol^(1/1.2), deeper inside, so that the free bound gives k = 1 too), and h = 1e-6 moves rho
+// by far less than the distance to either switch. The plans at every perturbed theta are checked to
+// equal the base plans. One generator has rho > 1 (exact Cayley fallback). Tolerance as in
+// test_backward_gradcheck.cpp: 1e-6 of the gradient's largest entry (truncation h^2 ~ 1e-12
+// relative, far below) plus 4 eps |L|_abs / h of rounding.
 TEST(ToleranceMode, GradientMatchesFiniteDifferencesAwayFromSwitches) {
   Rng rng(4);
   const Index b = 6, n = 5;
@@ -483,7 +480,7 @@ TEST(ToleranceMode, GradientAtZeroEqualsExactCayley) {
   }
 }
 
-// --- caps and extreme settings ---------------------------------------------------------------------
+// --- caps and extreme settings -------------------------------------------------------------------
 
 // The k search is closed-form: max_terms near INT_MAX with rho near 1 (where the old
 // `for (k = 0; k <= max_terms; k += 2)` looped ~1e9 times and overflowed) answers at once, and
@@ -517,8 +514,8 @@ TEST(ToleranceMode, HugeMaxTermsNearRhoOneFinishesQuickly) {
   const Policy capped(1e-6, oft::OnDivergence::Throw, oft::kMaxNeumannTerms);
   EXPECT_TRUE(oft_test::throws_with<std::domain_error>(
       [&] { capped.plan(q); }, {"needs more than max_terms", "max_terms=1024", "1e-06"}));
-  const Plan fallback = Policy(1e-6, oft::OnDivergence::UseExactCayley, oft::kMaxNeumannTerms)
-                            .plan(q);
+  const Plan fallback =
+      Policy(1e-6, oft::OnDivergence::UseExactCayley, oft::kMaxNeumannTerms).plan(q);
   EXPECT_TRUE(fallback.exact);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -528,7 +525,7 @@ TEST(ToleranceMode, HugeMaxTermsNearRhoOneFinishesQuickly) {
 // max_terms caps the k of every plan: at rho = 1/2 and tol = 2^-7 the distance needs k = 6.
 TEST(ToleranceMode, MaxTermsCapsTheChoice) {
   MatD q(2, 2);
-  q << 0.0, 0.5, -0.5, 0.0;  // rho = 1/2 exactly; the free bound is 1/2 too
+  q << 0.0, 0.5, -0.5, 0.0;   // rho = 1/2 exactly; the free bound is 1/2 too
   const double tol = 0x1p-7;  // rho^(k+1) <= 2^-7  <=>  k >= 6
   EXPECT_EQ(Policy(tol).plan(q).terms, 6);
   EXPECT_EQ(Policy(tol, oft::OnDivergence::Throw, 6).plan(q).terms, 6);
@@ -542,9 +539,11 @@ TEST(ToleranceMode, MaxTermsCapsTheChoice) {
   const Policy orth = Policy(tol).with_measure(oft::ToleranceMeasure::Orthogonality);
   EXPECT_EQ(orth.plan(q).terms, 4);
   EXPECT_TRUE(oft_test::throws_with<std::domain_error>(
-      [&] { Policy(tol, oft::OnDivergence::Throw, 3)
-                .with_measure(oft::ToleranceMeasure::Orthogonality)
-                .plan(q); },
+      [&] {
+        Policy(tol, oft::OnDivergence::Throw, 3)
+            .with_measure(oft::ToleranceMeasure::Orthogonality)
+            .plan(q);
+      },
       {"||R_k^T R_k - I||_2", "max_terms=3"}));
   // R of the chosen plans: within tol of exact Cayley (here exactly at it: rho^7 = 2^-7), or
   // orthogonal to tol; rounding allowances of the file comment.

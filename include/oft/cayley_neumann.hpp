@@ -252,12 +252,12 @@ struct CayleyNeumannTolerance {
       p.exact = true;
       return p;
     }
-    detail::require_domain(false, "Cayley-Neumann series cannot meet tolerance ", tolerance, " (",
-                           measure_name(), "): ||Q||_2 = ", p.rho,
-                           p.rho >= 1.0 ? " >= 1, so the series diverges"
-                                        : " needs more than max_terms terms",
-                           " (min_terms=", min_terms, ", max_terms=", max_terms,
-                           "); use OnDivergence::UseExactCayley or a smaller step");
+    detail::require_domain(
+        false, "Cayley-Neumann series cannot meet tolerance ", tolerance, " (", measure_name(),
+        "): ||Q||_2 = ", p.rho,
+        p.rho >= 1.0 ? " >= 1, so the series diverges" : " needs more than max_terms terms",
+        " (min_terms=", min_terms, ", max_terms=", max_terms,
+        "); use OnDivergence::UseExactCayley or a smaller step");
     return p;
   }
   static PlanSummary summary(const Plan& p) {
@@ -282,8 +282,7 @@ struct CayleyNeumannTolerance {
 
  private:
   const char* measure_name() const {
-    return measure == ToleranceMeasure::Orthogonality ? "||R_k^T R_k - I||_2"
-                                                      : "||R - R_k||_2";
+    return measure == ToleranceMeasure::Orthogonality ? "||R_k^T R_k - I||_2" : "||R - R_k||_2";
   }
   void check_settings() const {
     detail::require(tolerance > 0.0 && std::isfinite(tolerance),
@@ -294,13 +293,13 @@ struct CayleyNeumannTolerance {
     detail::require(min_terms >= 0 && min_terms <= max_terms,
                     "Cayley-Neumann min_terms must be in [0, max_terms=", max_terms, "], got ",
                     min_terms);
-    detail::require(measure != ToleranceMeasure::Orthogonality || min_terms + min_terms % 2 <= max_terms,
-                    "Cayley-Neumann tolerance on orthogonality uses even k only: no even k in "
-                    "[min_terms=", min_terms, ", max_terms=", max_terms, "]");
-    detail::require(measure == ToleranceMeasure::DistanceToCayley ||
-                        measure == ToleranceMeasure::Orthogonality,
-                    "Cayley-Neumann tolerance measure ", static_cast<int>(measure),
-                    " is no ToleranceMeasure");
+    const bool has_even_k = min_terms + min_terms % 2 <= max_terms;
+    detail::require(measure != ToleranceMeasure::Orthogonality || has_even_k,
+                    "Cayley-Neumann orthogonality measure needs an even k in [min_terms=",
+                    min_terms, ", max_terms=", max_terms, "]");
+    detail::require(
+        measure == ToleranceMeasure::DistanceToCayley || measure == ToleranceMeasure::Orthogonality,
+        "Cayley-Neumann tolerance measure ", static_cast<int>(measure), " is no ToleranceMeasure");
   }
 };
 

@@ -28,9 +28,7 @@ OFT_HOST_DEVICE constexpr int neumann_coefficient(int j, int k) {
 struct NeumannCoefficients {
   int terms;  ///< k >= 0
   OFT_HOST_DEVICE constexpr int degree() const { return terms + 1; }
-  OFT_HOST_DEVICE constexpr double operator()(int j) const {
-    return neumann_coefficient(j, terms);
-  }
+  OFT_HOST_DEVICE constexpr double operator()(int j) const { return neumann_coefficient(j, terms); }
 };
 
 /// A caller's coefficients c_0, ..., c_(size-1) (not owned; size >= 1), e.g. to evaluate and
@@ -114,8 +112,8 @@ OFT_HOST_DEVICE inline int neumann_terms_search(ToleranceMeasure measure, double
 /// rho >= 1 (or NaN), tolerance <= 0 (or NaN) or no such k exists.
 OFT_HOST_DEVICE inline int neumann_terms_for_distance(double rho, double tolerance, int min_terms,
                                                       int max_terms) {
-  return detail::neumann_terms_search(ToleranceMeasure::DistanceToCayley, rho, tolerance,
-                                      min_terms, max_terms);
+  return detail::neumann_terms_search(ToleranceMeasure::DistanceToCayley, rho, tolerance, min_terms,
+                                      max_terms);
 }
 
 /// Smallest even k in [min_terms, max_terms] with neumann_orthogonality_bound(rho, k) <=
@@ -127,8 +125,8 @@ OFT_HOST_DEVICE inline int neumann_terms_for_orthogonality(double rho, double to
 }
 
 /// Either of the two above, by measure.
-OFT_HOST_DEVICE inline int neumann_terms_for(ToleranceMeasure measure, double rho,
-                                             double tolerance, int min_terms, int max_terms) {
+OFT_HOST_DEVICE inline int neumann_terms_for(ToleranceMeasure measure, double rho, double tolerance,
+                                             int min_terms, int max_terms) {
   return detail::neumann_terms_search(measure, rho, tolerance, min_terms, max_terms);
 }
 

@@ -35,9 +35,9 @@ inline int neumann_terms_to_k(int t) {
                          t == 2 ? " computes I + 2Q" : " computes I",
                          ", which is no Cayley-Neumann truncation R_k (needs t >= 3); "
                          "use oft::peft::NeumannBranch for it");
-  detail::require(t <= kMaxNumCayleyNeumannTerms, "PEFT num_cayley_neumann_terms=", t,
-                  " exceeds ", kMaxNumCayleyNeumannTerms,
-                  " (k = t - 2 <= kMaxNeumannTerms = ", kMaxNeumannTerms, ")");
+  detail::require(t <= kMaxNumCayleyNeumannTerms, "PEFT num_cayley_neumann_terms=", t, " exceeds ",
+                  kMaxNumCayleyNeumannTerms, " (k = t - 2 <= kMaxNeumannTerms = ", kMaxNeumannTerms,
+                  ")");
   return t == 3 ? 2 : t - 2;
 }
 
@@ -47,8 +47,8 @@ inline int neumann_terms_to_k(int t) {
 inline int k_to_neumann_terms(int k) {
   detail::require_domain(k >= 2, "Cayley-Neumann k=", k,
                          " has no PEFT num_cayley_neumann_terms equivalent (PEFT reaches k >= 2)");
-  detail::require(k <= kMaxNeumannTerms, "Cayley-Neumann k=", k, " exceeds kMaxNeumannTerms=",
-                  kMaxNeumannTerms);
+  detail::require(k <= kMaxNeumannTerms, "Cayley-Neumann k=", k,
+                  " exceeds kMaxNeumannTerms=", kMaxNeumannTerms);
   return k + 2;
 }
 

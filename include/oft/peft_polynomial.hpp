@@ -88,7 +88,8 @@ struct NeumannBranch {
   NeumannBranch() : NeumannBranch(5) {}
   /// Throws std::invalid_argument unless 0 <= num_cayley_neumann_terms <=
   /// kMaxNumCayleyNeumannTerms (PEFT computes I for every T <= 1; only T >= 0 is a setting).
-  explicit NeumannBranch(int num_cayley_neumann_terms, NeumannForm polynomial = NeumannForm::Current)
+  explicit NeumannBranch(int num_cayley_neumann_terms,
+                         NeumannForm polynomial = NeumannForm::Current)
       : terms(num_cayley_neumann_terms), form(polynomial) {
     detail::require(terms >= 0 && terms <= kMaxNumCayleyNeumannTerms,
                     "PEFT num_cayley_neumann_terms must be in [0, ", kMaxNumCayleyNeumannTerms,
@@ -106,7 +107,9 @@ struct NeumannBranch {
   bool is_truncation() const { return form == NeumannForm::Current && terms >= 3; }
 
   template <class Scalar>
-  Plan plan(const SquareMatrix<Scalar>& /*q*/) const { return {}; }
+  Plan plan(const SquareMatrix<Scalar>& /*q*/) const {
+    return {};
+  }
   /// Not exact; terms = k when the polynomial is R_k (current form, T >= 3), else -1.
   PlanSummary summary(Plan) const {
     return PlanSummary{false, is_truncation() ? coefficients().truncation() : -1};
