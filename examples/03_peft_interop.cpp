@@ -6,11 +6,12 @@
 //   - b from the row length (peft::block_size_from_row_length), r = rows, d = r * b;
 //   - use_cayley_neumann=True, num_cayley_neumann_terms=t  ->  CayleyNeumann{k},
 //     k = peft::neumann_terms_to_k(t) (k = t - 2; t = 3 computes the same as t = 4; t <= 2
-//     refused);
+//     refused there; peft::NeumannBranch{t} reproduces every t, and the pre-0.18 form);
 //   - use_cayley_neumann=False  ->  ExactCayley on NEGATED theta (peft::flip_exact_branch), since
 //     PEFT's exact branch computes (I - Q)(I + Q)^-1 = R(-Q);
 //   - merge like PEFT's Linear: W' = W0 R^T; unmerge is the true inverse;
-//   - coft=True: project after each step (coft_project, radius eps / sqrt(r));
+//   - coft=True: project after each step (peft::coft_project with PEFT's float32 radius
+//     peft::coft_radius(eps, r); coft_project / coft_radius are the SPEC's double versions);
 //   - module_dropout=p: floor(p r) blocks act as the identity per step (dropout_mask).
 //
 // The tensor is simulated in memory; PEFT's formulas are re-implemented below in double as the

@@ -89,6 +89,9 @@ TEST(AnyOperator, BitIdenticalToTemplatedForEveryPolicy) {
   expect_same_as_templated<double>(oft::CayleyNeumann{4}, "cayley_neumann");
   expect_same_as_templated<float>(oft::CayleyNeumannTolerance(1e-4), "cayley_neumann_tolerance");
   expect_same_as_templated<double>(oft::MatrixExponential{}, "exponential");
+  expect_same_as_templated<float>(oft::peft::NeumannBranch{2}, "peft_neumann_branch");
+  expect_same_as_templated<double>(
+      oft::peft::NeumannBranch{6, oft::peft::NeumannForm::Legacy}, "peft_neumann_branch");
 }
 
 TEST(AnyOperator, PolicyIsKeptAndErrorsPropagate) {

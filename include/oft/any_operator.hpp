@@ -23,11 +23,14 @@
 #include "cayley_neumann.hpp"
 #include "exponential.hpp"
 #include "linear.hpp"
+#include "peft_polynomial.hpp"
 
 namespace oft {
 
-/// Every CPU parameterization, as one value type.
-using AnyPolicy = std::variant<ExactCayley, CayleyNeumann, CayleyNeumannTolerance, MatrixExponential>;
+/// Every CPU parameterization, as one value type (PEFT's polynomial included, so an adapter's
+/// config maps to one value).
+using AnyPolicy = std::variant<ExactCayley, CayleyNeumann, CayleyNeumannTolerance, MatrixExponential,
+                               peft::NeumannBranch>;
 
 /// The policy's `name` ("cayley", "cayley_neumann", ...).
 inline std::string policy_name(const AnyPolicy& policy) {
