@@ -2,6 +2,7 @@
 // oft::io headers must stay warning-free for users who build with strict flags. Templates are
 // only checked when instantiated, so every typed accessor and writer overload is used here.
 
+#include <oft/io/peft_adapter.hpp>
 #include <oft/io/safetensors.hpp>
 
 #include <cstdint>
@@ -16,6 +17,15 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   const std::vector<T> copy = view.copy_as<T>();
   writer.add("t", {static_cast<std::uint64_t>(copy.size())}, copy.data());
   writer.add("v", {static_cast<std::uint64_t>(copy.size())}, copy);
+}
+
+[[maybe_unused]] void use_peft_adapter() {
+  const auto adapter = oft::io::PeftOftAdapter::load("adapter");
+  const oft::RowMatrix<float> base = oft::RowMatrix<float>::Zero(4, 8);
+  (void)adapter.merge(adapter.modules.at(0), oft::view(base), 0.5);
+  (void)adapter.effective_generators(adapter.modules.at(0));
+  (void)adapter.config.policy();
+  adapter.save("out");
 }
 
 [[maybe_unused]] void use_all() {
