@@ -6,7 +6,7 @@
 #                                               without a GPU)
 #   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g with asserts, no bench, ctest)
 #   scripts/test.sh --march=ISA -> build-ISA/  (Release, -Werror, -march=ISA, tests+examples, no
-#                                               bench or CUDA; e.g. x86-64-v3 = AVX2,
+#                                               bench, CUDA or io; e.g. x86-64-v3 = AVX2,
 #                                               x86-64-v4 = AVX-512)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
 #
@@ -52,6 +52,8 @@ if [[ -n "$MARCH" ]]; then
     # (whose kernels do not depend on -march) are built by the native build.
     -DOFT_BUILD_BENCH=OFF
     -DOFT_ENABLE_CUDA=OFF
+    # File I/O has no SIMD code either; its tests run in the other two builds.
+    -DOFT_USE_IO=OFF
   )
 elif [[ $SANITIZE -eq 1 ]]; then
   BUILD_DIR=build-asan
