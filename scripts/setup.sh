@@ -4,7 +4,7 @@
 # Set OFT_FORCE_APT=1 to run apt-get update/install anyway.
 set -euo pipefail
 
-PACKAGES=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev libopenblas-openmp-dev nlohmann-json3-dev)
+PACKAGES=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

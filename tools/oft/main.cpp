@@ -1,0 +1,114 @@
+// The `oft` command-line tool. Subcommands:
+//   oft inspect ADAPTER [--json] [--tolerance TOL]
+//       per module of a PEFT OFT adapter directory: generators, b, shared, rho = ||Q||_2, the
+//       orthogonality error and the distance to exact Cayley of every block under the adapter's
+//       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
+//       needs; a table, or JSON for scripts.
+// Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
+// arguments, from CLI11).
+
+#include "inspect.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <string>
+
+namespace {
+
+std::string yes_no(bool value) { return value ? "yes" : "no"; }
+
+nlohmann::ordered_json to_json(const oft_cli::AdapterReport& report) {
+  nlohmann::ordered_json out;
+  out["peft_version"] = report.peft_version;
+  out["policy"] = report.policy;
+  out["polynomial"] = report.polynomial;
+  out["num_cayley_neumann_terms"] = report.num_cayley_neumann_terms;
+  out["truncation_k"] = report.truncation_k;
+  out["coft"] = report.coft;
+  out["eps"] = report.eps;
+  out["block_share"] = report.block_share;
+  out["tolerance"] = report.tolerance;
+  out["modules"] = nlohmann::ordered_json::array();
+  for (const auto& m : report.modules) {
+    const auto spread = [](const oft_cli::Spread& s) {
+      return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
+    };
+    out["modules"].push_back({{"name", m.name},
+                              {"kind", m.kind},
+                              {"generators", m.generators},
+                              {"block_size", m.block_size},
+                              {"shared", m.shared},
+                              {"rho", spread(m.rho)},
+                              {"orthogonality_error", spread(m.orthogonality)},
+                              {"distance_to_cayley", spread(m.distance)},
+                              {"diverges", m.diverges},
+                              {"terms_for_tolerance", m.terms_for_tolerance}});
+  }
+  return out;
+}
+
+void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
+  std::printf("%s\n", path.c_str());
+  std::printf("  PEFT %s, policy %s (%s", r.peft_version.empty() ? "< 0.18 (no peft_version)" : r.peft_version.c_str(),
+              r.policy.c_str(), r.polynomial.c_str());
+  if (r.policy != "cayley") {
+    std::printf(", T = %d", r.num_cayley_neumann_terms);
+    if (r.truncation_k >= 0) std::printf(" -> R_k with k = %d", r.truncation_k);
+  }
+  std::printf("), coft %s", yes_no(r.coft).c_str());
+  if (r.coft) std::printf(" (eps %g)", r.eps);
+  std::printf(", block_share %s\n\n", yes_no(r.block_share).c_str());
+  std::printf("  %-28s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", "module", "kind", "gens", "b",
+              "rho worst/median", "orth. err worst/med", "dist. Cayley w/med", "diverges",
+              "k for tol");
+  for (const auto& m : r.modules) {
+    char k[32];
+    if (m.terms_for_tolerance >= 0)
+      std::snprintf(k, sizeof k, "%d", m.terms_for_tolerance);
+    else
+      std::snprintf(k, sizeof k, "none (exact)");
+    std::printf("  %-28s %-9s %5lld %4lld  %8.2e/%8.2e   %8.2e/%8.2e   %8.2e/%8.2e   %-8s %s\n",
+                m.name.c_str(), m.kind.c_str(), static_cast<long long>(m.generators),
+                static_cast<long long>(m.block_size), m.rho.worst, m.rho.median,
+                m.orthogonality.worst, m.orthogonality.median, m.distance.worst, m.distance.median,
+                yes_no(m.diverges).c_str(), k);
+  }
+  std::printf("\n  k for tol: smallest Cayley-Neumann k with ||R - R_k||_2 = rho^(k+1) <= %g at the "
+              "worst rho\n", r.tolerance);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"oft: inspect orthogonal finetuning (OFT) adapters"};
+  app.require_subcommand(1);
+  std::string adapter_path;
+  bool as_json = false;
+  double tolerance = 1e-6;
+  CLI::App* inspect = app.add_subcommand("inspect", "Report on a PEFT OFT adapter directory");
+  inspect->add_option("ADAPTER", adapter_path, "directory with adapter_config.json and adapter_model.safetensors")
+      ->required();
+  inspect->add_flag("--json", as_json, "machine-readable output");
+  inspect->add_option("--tolerance", tolerance, "distance to exact Cayley for the 'k for tol' column")
+      ->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const auto adapter = oft::io::PeftOftAdapter::load(adapter_path);
+    const auto report = oft_cli::inspect(adapter, tolerance);
+    if (as_json)
+      std::cout << to_json(report).dump(2) << "\n";
+    else
+      print_table(adapter_path, report);
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
+    std::fprintf(stderr, "oft inspect: %s\n", message.c_str());
+    return 1;
+  }
+  return 0;
+}
