@@ -6,8 +6,8 @@
 /// Why: GCC 12's <immintrin.h> (Debian 12 ships 12.2) defines `_mm256_undefined_pd()` and its kin
 /// as a self-initialized local (`__m256d __Y = __Y;`). Wherever an AVX-512 intrinsic that takes
 /// such a value is inlined (Eigen 3.4's AVX-512 packet transposes, in every GEMM),
-/// -Wmaybe-uninitialized reports `__Y` at a line of avx512fintrin.h, hundreds of times per
-/// translation unit, and -Werror builds fail. GCC files the warning under
+/// -Wmaybe-uninitialized (at -O3 sometimes -Wuninitialized) reports `__Y` at a line of
+/// avx512fintrin.h, hundreds of times per translation unit, and -Werror builds fail. GCC files the warning under
 /// the intrinsic header's own line, so ignoring it for the lines of <immintrin.h> alone, as done
 /// here, silences exactly these reports and leaves the warning on in oft's code and the user's.
 /// A translation unit that includes <immintrin.h> (or Eigen) before any oft header gets the
@@ -18,6 +18,7 @@
     (defined(__x86_64__) || defined(__i386__))
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same report, worded so at -O3
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 #endif
