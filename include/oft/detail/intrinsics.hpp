@@ -7,9 +7,10 @@
 /// as a self-initialized local (`__m256d __Y = __Y;`). Wherever an AVX-512 intrinsic that takes
 /// such a value is inlined (Eigen 3.4's AVX-512 packet transposes, in every GEMM),
 /// -Wmaybe-uninitialized (at -O3 sometimes -Wuninitialized) reports `__Y` at a line of
-/// avx512fintrin.h, hundreds of times per translation unit, and -Werror builds fail. GCC files the warning under
-/// the intrinsic header's own line, so ignoring it for the lines of <immintrin.h> alone, as done
-/// here, silences exactly these reports and leaves the warning on in oft's code and the user's.
+/// avx512fintrin.h, hundreds of times per translation unit, and -Werror builds fail. GCC files
+/// the warning under the intrinsic header's own line, so ignoring it for the lines of
+/// <immintrin.h> alone, as done here, silences exactly these reports and leaves the warning on
+/// in oft's code and the user's.
 /// A translation unit that includes <immintrin.h> (or Eigen) before any oft header gets the
 /// header without this pragma and so still sees the reports.
 
