@@ -10,7 +10,8 @@
 #   bench     bench_cuda, 5 repetitions, JSON into $OUT/bench_cuda.json
 #   compare   bench/compare_peft.py --out $OUT/compare_peft.json (runs bench_cuda itself)
 #   sanitize  compute-sanitizer memcheck, then racecheck, on each test_cuda* binary, with what is
-#             left of the budget (OFT_SANITIZER_FILTER: a gtest filter, default: all but the > 65,535-tile tests, whose 1.5 GB passes would use up the sanitizer's time)
+#             left of the budget (gtest filters OFT_SANITIZER_FILTER for memcheck and
+#             OFT_RACECHECK_FILTER for racecheck; defaults and reasons below)
 #
 # Each step has a time limit and the later steps get what is left, so the results that matter
 # most (tests, timings) come back first. Files in $OUT (the device tool returns at most 8):
@@ -20,7 +21,7 @@
 # Environment: OUT (set by the device tool; default /tmp/oft-gpu-out), OFT_GPU_PHASES (comma list of
 # the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
 # else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
-# OFT_SANITIZER_FILTER ('-CudaTokenGrid.MoreRowTiles*'), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
+# OFT_SANITIZER_FILTER, OFT_RACECHECK_FILTER, OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
@@ -157,6 +158,13 @@ if want compare; then
     --out "$OUT/compare_peft.json" --bench-repetitions 3
 fi
 
+# memcheck: every test but the > 65,535-tile ones (1.5 GB passes would use up the sanitizer's time)
+# and the one that provokes a failed cudaMalloc on purpose (memcheck counts the API error).
+MEMCHECK_FILTER=${OFT_SANITIZER_FILTER:--CudaTokenGrid.MoreRowTiles*:CudaErrors.FailedCudaCallThrowsCudaError}
+# racecheck slows shared-memory kernels ~50x (RotationBlocksMatchCpu: 1.8 s -> 89 s on an H200):
+# it gets a subset that still runs every kernel family once (apply and backward on CUDA cores and
+# tensor cores, the generator kernels with both branches, the layer, unmerge's inversion).
+RACECHECK_FILTER=${OFT_RACECHECK_FILTER:-CudaStreams.*:CudaTokenGrid.ManyTilesPerThreadBlock*:CudaActiveBlocks.DeviceMaskOverload:CudaUnmerge.*:CudaOftLinear.BackwardMatchesCpuFloat:CudaOftLinearHalf.BackwardMatchesCpuBfloat16:CudaBlockOrthogonalDouble.BackwardMatchesFiniteDifferences*}
 if want sanitize; then
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   BINS=$(cuda_tests)
@@ -167,13 +175,14 @@ if want sanitize; then
   else
     runs=$((2 * $(echo "$BINS" | wc -l)))
     for tool in memcheck racecheck; do
+      if [[ $tool == memcheck ]]; then filter=$MEMCHECK_FILTER; else filter=$RACECHECK_FILTER; fi
       for bin in $BINS; do
         # Split what is left of the budget evenly between the runs still to come.
         share=$((($(left) - 5) / runs))
         runs=$((runs - 1))
         ((share < 20)) && share=20
         run_step "$tool $(basename "$bin")" "$share" "$LOG_SAN" "$SAN" --tool "$tool" \
-          --error-exitcode 97 "$bin" --gtest_filter="${OFT_SANITIZER_FILTER:--CudaTokenGrid.MoreRowTiles*}" --gtest_brief=1
+          --error-exitcode 97 "$bin" --gtest_filter="$filter" --gtest_brief=1
       done
     done
   fi

@@ -55,14 +55,17 @@ Index largest_block_size(bool exact, std::size_t limit) {
 // ---------------------------------------------------------------------------------------------
 
 /// Q (b x b, row-major) from the packed strict upper triangle. transposed: Q^T instead.
+/// Negation is written 0 - x, not -x: it is the same for every x != 0 but gives +0 for x = +-0,
+/// so zero theta gives R = I bit for bit as on the CPU (k = 0 keeps Q's entries in R, and a -0
+/// there was the one bitwise difference the first GPU run found).
 template <class P>
 __device__ void unpack_skew_block(const P* theta, int b, P* q, bool transposed) {
   for (int e = threadIdx.x; e < b * b; e += blockDim.x) {
     const int i = e / b, j = e % b;
     P value = P(0);
     if (i < j) value = theta[packed_index(i, j, b)];
-    if (i > j) value = -theta[packed_index(j, i, b)];
-    q[e] = transposed ? -value : value;
+    if (i > j) value = P(0) - theta[packed_index(j, i, b)];
+    q[e] = transposed ? P(0) - value : value;
   }
   __syncthreads();
 }
