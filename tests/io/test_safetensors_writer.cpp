@@ -298,3 +298,53 @@ TEST(Writer, DestinationThatIsADirectoryIsLeftAlone) {
 }
 
 }  // namespace
+
+namespace {
+
+// Deferred tensors (add_deferred + write(path, fill)), the streaming path of `oft merge`.
+TEST(WriterDeferred, FileEqualsTheOneWrittenFromMemory) {
+  ScratchDir dir;
+  const std::vector<float> a{1.5f, -2.0f, 3.25f};
+  const std::vector<std::int32_t> b{7, 8};
+  const std::vector<double> c{0.125, -9.0, 4.0, 1e300};
+  SafetensorsWriter direct;
+  direct.add("a", {3}, a).add("b", {2}, b).add("c", {2, 2}, c).add_metadata("format", "pt");
+  direct.write(dir / "direct.safetensors");
+
+  SafetensorsWriter deferred;
+  deferred.add_deferred("a", Dtype::F32, {3}).add("b", {2}, b).add_deferred("c", Dtype::F64, {2, 2});
+  deferred.add_metadata("format", "pt");
+  std::vector<std::string> order;
+  deferred.write(dir / "deferred.safetensors", [&](const std::string& name, std::byte* out, std::size_t bytes) {
+    order.push_back(name);
+    const void* src = name == "a" ? static_cast<const void*>(a.data()) : static_cast<const void*>(c.data());
+    ASSERT_EQ(bytes, name == "a" ? a.size() * 4 : c.size() * 8);
+    std::memcpy(out, src, bytes);
+  });
+  EXPECT_EQ(read_bytes(dir / "deferred.safetensors"), read_bytes(dir / "direct.safetensors"));
+  // File order: F64 before F32 (widest first), so c is produced before a; b is never asked for.
+  EXPECT_EQ(order, (std::vector<std::string>{"c", "a"}));
+}
+
+TEST(WriterDeferred, AFailingFillLeavesNoFile) {
+  ScratchDir dir;
+  SafetensorsWriter writer;
+  writer.add_deferred("x", Dtype::F32, {4});
+  EXPECT_THROW(writer.write(dir / "m.safetensors",
+                            [](const std::string&, std::byte*, std::size_t) { throw std::runtime_error("boom"); }),
+               std::runtime_error);
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(WriterDeferred, WithoutAFillDeferredTensorsAreRefused) {
+  ScratchDir dir;
+  SafetensorsWriter writer;
+  writer.add_deferred("x", Dtype::BF16, {2, 3});
+  EXPECT_THROW(writer.write(dir / "m.safetensors"), std::logic_error);
+  EXPECT_THROW(writer.serialize(), std::logic_error);
+  EXPECT_TRUE(dir.entries().empty());
+  // Validated as add(): a duplicate name is refused.
+  EXPECT_THROW(writer.add_deferred("x", Dtype::F32, {1}), format_error);
+}
+
+}  // namespace

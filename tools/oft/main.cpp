@@ -4,10 +4,14 @@
 //       orthogonality error and the distance to exact Cayley of every block under the adapter's
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
 //       needs; a table, or JSON for scripts.
+//   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
+//   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
+//       (or taken out: the true inverse), streamed tensor by tensor; see merge.hpp.
 // Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
 // arguments, from CLI11).
 
 #include "inspect.hpp"
+#include "merge.hpp"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -16,6 +20,8 @@
 #include <exception>
 #include <iostream>
 #include <string>
+
+#include <unistd.h>
 
 namespace {
 
@@ -84,7 +90,7 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"oft: inspect orthogonal finetuning (OFT) adapters"};
+  CLI::App app{"oft: inspect, merge and unmerge orthogonal finetuning (OFT) adapters"};
   app.require_subcommand(1);
   std::string adapter_path;
   bool as_json = false;
@@ -95,7 +101,41 @@ int main(int argc, char** argv) {
   inspect->add_flag("--json", as_json, "machine-readable output");
   inspect->add_option("--tolerance", tolerance, "distance to exact Cayley for the 'k for tol' column")
       ->check(CLI::PositiveNumber);
+
+  oft_cli::MergeOptions merge_options;
+  bool quiet = false;
+  CLI::App* merge = app.add_subcommand("merge", "Fold a PEFT OFT adapter into a Hugging Face model directory");
+  CLI::App* unmerge = app.add_subcommand("unmerge", "Take a PEFT OFT adapter out of a merged model directory (true inverse)");
+  for (CLI::App* command : {merge, unmerge}) {
+    command->add_option("--base", merge_options.base, "model directory (model.safetensors or an index and shards)")
+        ->required();
+    command->add_option("--adapter", merge_options.adapter, "PEFT OFT adapter directory")->required();
+    command->add_option("--out,-o", merge_options.out, "output directory (written whole, or not at all)")->required();
+    command->add_option("--strength", merge_options.strength, "rotate by R(s Q) instead of R(Q); default 1");
+    command->add_option("--dtype", merge_options.dtype, "floating-point tensors as: same (default), f32, f16, bf16")
+        ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
+    command->add_flag("--force", merge_options.force, "replace an existing output directory");
+    command->add_flag("--quiet,-q", quiet, "no progress bar");
+  }
   CLI11_PARSE(app, argc, argv);
+
+  if (merge->parsed() || unmerge->parsed()) {
+    const char* name = merge->parsed() ? "merge" : "unmerge";
+    merge_options.unmerge = unmerge->parsed();
+    try {
+      oft_cli::ProgressBar bar(!quiet && ::isatty(2) != 0);
+      const auto report = oft_cli::merge_model(merge_options, std::ref(bar));
+      std::printf("oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n", name,
+                  merge_options.out.string().c_str(), report.tensors, report.shards, report.adapted.size(),
+                  report.other_files);
+    } catch (const std::exception& e) {
+      std::string message = e.what();
+      if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
+      std::fprintf(stderr, "oft %s: %s\n", name, message.c_str());
+      return 1;
+    }
+    return 0;
+  }
 
   try {
     const auto adapter = oft::io::PeftOftAdapter::load(adapter_path);

@@ -34,7 +34,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../any_operator.hpp"
+#include "../any_operator.hpp"  // first: oft includes Eigen after <immintrin.h>
+#include <Eigen/LU>
 #include "../coft.hpp"
 #include "../peft.hpp"
 #include "../peft_polynomial.hpp"
@@ -132,20 +133,50 @@ class PeftOftAdapter {
     return out;
   }
 
+  /// The true inverse of merge(m, ., strength): the frozen weight back from a merged one.
+  /// Linear W0 = W' (R^T)^-1, Embedding E = E' R^-1, each block inverted by full-pivoting LU in
+  /// double (a Neumann R is not exactly orthogonal, so R^T would not undo it). Throws
+  /// std::domain_error naming the block when a block is singular (Eigen's isInvertible()).
+  RowMatrix<float> unmerge(const PeftOftModule& m, ConstMatrixView<float> merged, double strength = 1.0) const {
+    const BlockSpec spec = spec_for(m, merged);
+    Generators<float> theta = effective_generators(m);
+    if (strength != 1.0) theta.values() *= static_cast<float>(strength);
+    AnyBlockOrthogonal<float> rotation(spec, config.policy());
+    rotation.set_generators(theta);
+    const Index b = spec.block_size;
+    RowMatrix<float> out(merged.rows(), merged.cols());
+    for (Index i = 0; i < spec.blocks; ++i) {
+      const Eigen::MatrixXd r = rotation.block(i).cast<double>();
+      const Eigen::FullPivLU<Eigen::MatrixXd> lu(r);
+      oft::detail::require_domain(lu.isInvertible(), "module '", m.name, "': cannot unmerge: block ", i,
+                                  " of R is singular (rank ", lu.rank(), " of ", b, ")");
+      // Linear: W0_blk = W'_blk (R^T)^-1 = W'_blk (R^-1)^T; Embedding: E_blk = E'_blk R^-1.
+      const Eigen::MatrixXd inverse = lu.inverse();
+      const Eigen::MatrixXd right = m.kind == PeftModuleKind::Linear ? Eigen::MatrixXd(inverse.transpose()) : inverse;
+      using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
+      const Strided columns(merged.data() + i * b, merged.rows(), b, Eigen::OuterStride<>(merged.stride()));
+      out.middleCols(i * b, b) = (columns.cast<double>() * right).cast<float>();
+    }
+    return out;
+  }
+
   /// The block layout of module `m` over a base weight of `weight.cols()` features: r = rows of
   /// theta, or, with block_share, as many blocks of b as the features hold (PEFT's
   /// in_features / b). Throws std::invalid_argument when the widths disagree.
   static BlockSpec spec_for(const PeftOftModule& m, ConstMatrixView<float> weight) {
+    return spec_for(m, weight.rows(), weight.cols());
+  }
+  /// The same from the weight's shape alone (to check a base before reading any data).
+  static BlockSpec spec_for(const PeftOftModule& m, Index rows, Index cols) {
     const Index b = m.spec.block_size;
-    const bool fits = m.spec.shared ? (weight.cols() > 0 && weight.cols() % b == 0)
-                                    : weight.cols() == m.spec.features();
-    oft::detail::require(fits, "module '", m.name, "': base weight is ", weight.rows(), "x",
-                    weight.cols(), ", but the adapter rotates ",
+    const bool fits = m.spec.shared ? (cols > 0 && cols % b == 0) : cols == m.spec.features();
+    oft::detail::require(fits, "module '", m.name, "': base weight is ", rows, "x",
+                    cols, ", but the adapter rotates ",
                     m.spec.shared ? oft::detail::message("a multiple of b=", b, " features (block_share)")
                                   : oft::detail::message("d=", m.spec.features(), " features (r=",
                                                     m.spec.blocks, " blocks of b=", b, ")"),
                     "; a Conv2d adapter, or another model's?");
-    return m.spec.shared ? BlockSpec::from_features(weight.cols(), b, true) : m.spec;
+    return m.spec.shared ? BlockSpec::from_features(cols, b, true) : m.spec;
   }
 
   /// Writes adapter_config.json and adapter_model.safetensors that PEFT loads (theta back in

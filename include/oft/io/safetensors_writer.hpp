@@ -41,6 +41,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -109,6 +110,24 @@ class SafetensorsWriter {
     return add(std::move(name), view.dtype, view.shape, view.data, view.bytes);
   }
 
+  /// Adds a tensor whose bytes are produced only while write(path, fill) runs: fill(name, out,
+  /// bytes) must write all `bytes` bytes of tensor `name` at `out`. The tensors are filled one at a
+  /// time, in file order, into one reused buffer, so a file of N tensors is written with the
+  /// memory of its largest deferred tensor (oft merge streams a model this way). Validated as
+  /// add() does.
+  SafetensorsWriter& add_deferred(std::string name, Dtype dtype, std::vector<std::uint64_t> shape) {
+    std::uint64_t bytes = 0;
+    bool partial = false;
+    if (!detail::tensor_bytes(shape, dtype, bytes, partial) || partial)
+      detail::fail("SafetensorsWriter", "tensor ", detail::quote_name(name), " shape ", detail::dims(shape), " of ",
+                   dtype_name(dtype), partial ? " is not a whole number of bytes" : " overflows 64 bits");
+    static const std::byte placeholder{};
+    add(std::move(name), dtype, std::move(shape), &placeholder, static_cast<std::size_t>(bytes));
+    entries_.back().deferred = true;
+    entries_.back().data = nullptr;
+    return *this;
+  }
+
   /// Adds one `__metadata__` entry. Throws format_error for a repeated key or non-UTF-8 text.
   SafetensorsWriter& add_metadata(std::string key, std::string value) {
     const std::string where = "SafetensorsWriter";
@@ -149,8 +168,9 @@ class SafetensorsWriter {
     return text;
   }
 
-  /// The whole file in memory.
+  /// The whole file in memory (no deferred tensors).
   std::vector<std::byte> serialize() const {
+    require_no_deferred("serialize()");
     const std::string head = header();
     std::vector<std::byte> out;
     out.reserve(8 + head.size() + data_bytes());
@@ -169,6 +189,16 @@ class SafetensorsWriter {
   /// Writes the file to `path` atomically (see above). Throws std::system_error naming the path
   /// on an I/O error, format_error for an oversized header; either way nothing is left behind.
   void write(const std::filesystem::path& path) const {
+    require_no_deferred("write(path)");
+    write(path, Fill{});
+  }
+
+  /// Fills a deferred tensor: fill(name, out, bytes).
+  using Fill = std::function<void(const std::string& name, std::byte* out, std::size_t bytes)>;
+
+  /// Writes the file as write(path) does, producing each deferred tensor with `fill` when its
+  /// turn comes. An exception from `fill` leaves no file behind, as any other error.
+  void write(const std::filesystem::path& path, const Fill& fill) const {
     const std::string head = header();  // may throw before any file exists
     if (!path.has_filename())
       throw std::invalid_argument(oft::detail::message("oft: SafetensorsWriter: '", path.string(),
@@ -177,8 +207,17 @@ class SafetensorsWriter {
     const auto length = le64(head.size());
     temp.write(length.data(), length.size());
     temp.write(head.data(), head.size());
-    for (const Entry* e : layout())
-      if (e->bytes != 0) temp.write(e->data, e->bytes);
+    std::vector<std::byte> buffer;  // reused by every deferred tensor
+    for (const Entry* e : layout()) {
+      if (e->bytes == 0) continue;
+      if (!e->deferred) {
+        temp.write(e->data, e->bytes);
+        continue;
+      }
+      if (buffer.size() < e->bytes) buffer.resize(e->bytes);
+      fill(e->name, buffer.data(), e->bytes);
+      temp.write(buffer.data(), e->bytes);
+    }
     temp.commit();
   }
 
@@ -189,7 +228,15 @@ class SafetensorsWriter {
     std::vector<std::uint64_t> shape;
     const std::byte* data;
     std::size_t bytes;
+    bool deferred = false;  ///< bytes come from write(path, fill)
   };
+
+  void require_no_deferred(const char* call) const {
+    for (const Entry& e : entries_)
+      if (e.deferred)
+        throw std::logic_error(oft::detail::message("oft: SafetensorsWriter: ", call, " cannot produce deferred tensor ",
+                                                    detail::quote_name(e.name), "; use write(path, fill)"));
+  }
 
   static std::array<unsigned char, 8> le64(std::uint64_t value) noexcept {
     std::array<unsigned char, 8> bytes{};

@@ -1,0 +1,314 @@
+// `oft merge` / `oft unmerge` (tools/oft/merge.hpp) on model directories built from the PEFT-made
+// fixtures (tests/peft/fixtures/adapters/<config>/reference.safetensors holds each module's base
+// weight and PEFT's merge_and_unload result): the merged tensors equal PEFT's, every other tensor
+// and file is byte-identical, shards and index are preserved, unmerge inverts merge, and bad input
+// leaves no output behind.
+#include "../../tools/oft/merge.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+namespace {
+
+namespace fs = std::filesystem;
+using oft::io::Dtype;
+using oft::io::SafetensorsFile;
+using oft::io::SafetensorsWriter;
+
+fs::path fixture(const std::string& name) { return fs::path(OFT_PEFT_FIXTURES_DIR) / "adapters" / name; }
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string tensor_bytes(const SafetensorsFile& f, const std::string& name) {
+  const auto v = f.tensor(name);
+  return std::string(reinterpret_cast<const char*>(v.data), v.bytes);
+}
+
+/// A fresh directory under the test's temporary root.
+class MergeTool : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    root_ = fs::temp_directory_path() / ("oft_merge_tool_" + std::string(info->name()) + "_" +
+                                         std::to_string(static_cast<long>(::getpid())));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  /// A model directory for fixture `name`: each module's PEFT base weight as `<prefix><m>.weight`
+  /// (dtype `dtype`), a bias per module, an integer buffer, config files; `shards` files with an
+  /// index when > 1.
+  fs::path make_base(const std::string& name, int shards = 1, Dtype dtype = Dtype::F32,
+                     const std::string& prefix = "") {
+    const fs::path dir = root_ / ("base_" + name + "_" + std::to_string(shards) + prefix);
+    fs::create_directories(dir / "1_Pooling");
+    std::ofstream(dir / "config.json") << "{\"model_type\": \"toy\"}\n";
+    std::ofstream(dir / "1_Pooling" / "config.json") << "{\"pooling\": \"mean\"}\n";
+    const auto reference = SafetensorsFile::open(fixture(name) / "reference.safetensors");
+    const auto adapter = oft::io::PeftOftAdapter::load(fixture(name));
+    std::vector<SafetensorsWriter> writers(static_cast<std::size_t>(shards));
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    std::size_t next = 0;
+    const auto shard_name = [&](std::size_t s) {
+      return shards == 1 ? std::string("model.safetensors")
+                         : oft::detail::message("model-0000", s + 1, "-of-0000", shards, ".safetensors");
+    };
+    const auto place = [&](const std::string& tensor, Dtype d, std::vector<std::uint64_t> shape,
+                           std::vector<std::byte> bytes) {
+      storage_.push_back(std::move(bytes));
+      const std::size_t s = next++ % static_cast<std::size_t>(shards);
+      writers[s].add(tensor, d, std::move(shape), storage_.back().data(), storage_.back().size());
+      weight_map[tensor] = shard_name(s);
+    };
+    for (const auto& m : adapter.modules) {
+      const auto base = reference.tensor(m.name + ".base");
+      const std::vector<float> values = base.to_floats();
+      std::vector<std::byte> bytes(values.size() * (dtype == Dtype::F32 ? 4 : 2));
+      oft_cli::merge_detail::encode(values.data(), values.size(), dtype, bytes.data());
+      place(prefix + m.name + ".weight", dtype, base.shape, std::move(bytes));
+      std::vector<std::byte> bias(base.shape[0] * 4);
+      for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = std::byte(i * 7 + 1);
+      place(prefix + m.name + ".bias", Dtype::F32, {base.shape[0]}, std::move(bias));
+    }
+    std::vector<std::byte> ids(6 * 4);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::byte(i);
+    place("position_ids", Dtype::I32, {6}, std::move(ids));
+    for (int s = 0; s < shards; ++s) {
+      writers[static_cast<std::size_t>(s)].add_metadata("format", "pt");
+      writers[static_cast<std::size_t>(s)].write(dir / shard_name(static_cast<std::size_t>(s)));
+    }
+    if (shards > 1) {
+      nlohmann::ordered_json index;
+      index["metadata"] = {{"total_size", 0}};
+      index["weight_map"] = weight_map;
+      std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    }
+    return dir;
+  }
+
+  oft_cli::MergeOptions options(const fs::path& base, const std::string& adapter, const std::string& out) {
+    oft_cli::MergeOptions o;
+    o.base = base;
+    o.adapter = fixture(adapter);
+    o.out = root_ / out;
+    return o;
+  }
+
+  fs::path root_;
+  std::vector<std::vector<std::byte>> storage_;
+};
+
+/// max |a - b| / max |b| over the merged module weights of `out` against PEFT's merge.
+double worst_merge_error(const fs::path& out_file_dir, const std::string& name, const std::string& prefix = "") {
+  const auto reference = SafetensorsFile::open(fixture(name) / "reference.safetensors");
+  const auto adapter = oft::io::PeftOftAdapter::load(fixture(name));
+  double worst = 0.0;
+  for (const auto& m : adapter.modules) {
+    const std::string tensor = prefix + m.name + ".weight";
+    std::vector<float> got;
+    for (const auto& entry : fs::directory_iterator(out_file_dir))
+      if (entry.path().extension() == ".safetensors") {
+        const auto f = SafetensorsFile::open(entry.path());
+        if (f.contains(tensor)) got = f.tensor(tensor).to_floats();
+      }
+    const std::vector<float> expected = reference.tensor(m.name + ".merged").to_floats();
+    EXPECT_EQ(got.size(), expected.size()) << tensor;
+    if (got.size() != expected.size()) return 1.0;
+    double scale = 0.0, diff = 0.0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      scale = std::max(scale, double(std::abs(expected[i])));
+      diff = std::max(diff, double(std::abs(got[i] - expected[i])));
+    }
+    worst = std::max(worst, diff / scale);
+  }
+  return worst;
+}
+
+constexpr double kFloatAgreement = 2e-6;  // as tests/peft/test_peft_adapters.cpp
+
+TEST_F(MergeTool, EveryFixtureMergesAsPeftAndCopiesEverythingElse) {
+  for (const std::string name : {"neumann_t5", "neumann_t2", "exact", "block_share", "coft", "legacy_t5", "embedding"}) {
+    SCOPED_TRACE(name);
+    const fs::path base = make_base(name);
+    const auto report = oft_cli::merge_model(options(base, name, "out_" + name));
+    const fs::path out = root_ / ("out_" + name);
+    EXPECT_LT(worst_merge_error(out, name), kFloatAgreement);
+    EXPECT_EQ(report.adapted.size(), oft::io::PeftOftAdapter::load(fixture(name)).modules.size());
+    EXPECT_EQ(report.other_files, 2u);
+    EXPECT_EQ(read_bytes(out / "config.json"), read_bytes(base / "config.json"));
+    EXPECT_EQ(read_bytes(out / "1_Pooling" / "config.json"), read_bytes(base / "1_Pooling" / "config.json"));
+    const auto in = SafetensorsFile::open(base / "model.safetensors");
+    const auto written = SafetensorsFile::open(out / "model.safetensors");
+    EXPECT_EQ(written.tensor_names(), in.tensor_names());
+    EXPECT_EQ(written.metadata(), in.metadata());
+    for (const std::string& t : in.tensor_names())
+      if (t.size() < 7 || t.compare(t.size() - 7, 7, ".weight") != 0) {
+        EXPECT_EQ(tensor_bytes(written, t), tensor_bytes(in, t)) << t;
+      }
+  }
+}
+
+TEST_F(MergeTool, ShardsAndIndexArePreserved) {
+  const fs::path base = make_base("neumann_t5", 2);
+  const auto report = oft_cli::merge_model(options(base, "neumann_t5", "out"));
+  EXPECT_EQ(report.shards, 2u);
+  const fs::path out = root_ / "out";
+  EXPECT_EQ(read_bytes(out / "model.safetensors.index.json"), read_bytes(base / "model.safetensors.index.json"));
+  for (const char* shard : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    const auto in = SafetensorsFile::open(base / shard);
+    const auto written = SafetensorsFile::open(out / shard);
+    EXPECT_EQ(written.tensor_names(), in.tensor_names()) << shard;
+  }
+  EXPECT_LT(worst_merge_error(out, "neumann_t5"), kFloatAgreement);
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+}
+
+TEST_F(MergeTool, PrefixedBaseNamesAreFound) {
+  const fs::path base = make_base("neumann_t5", 1, Dtype::F32, "bert.");
+  oft_cli::merge_model(options(base, "neumann_t5", "out"));
+  EXPECT_LT(worst_merge_error(root_ / "out", "neumann_t5", "bert."), kFloatAgreement);
+}
+
+TEST_F(MergeTool, UnmergeInvertsMergeAndStrengthZeroIsTheBase) {
+  for (const std::string name : {"neumann_t5", "exact", "embedding", "block_share"}) {
+    SCOPED_TRACE(name);
+    const fs::path base = make_base(name);
+    oft_cli::merge_model(options(base, name, "merged_" + name));
+    auto back = options(root_ / ("merged_" + name), name, "back_" + name);
+    back.unmerge = true;
+    oft_cli::merge_model(back);
+    const auto original = SafetensorsFile::open(base / "model.safetensors");
+    const auto restored = SafetensorsFile::open(root_ / ("back_" + name) / "model.safetensors");
+    for (const auto& m : oft::io::PeftOftAdapter::load(fixture(name)).modules) {
+      const auto a = original.tensor(m.name + ".weight").to_floats();
+      const auto b = restored.tensor(m.name + ".weight").to_floats();
+      double diff = 0.0, scale = 0.0;
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        diff = std::max(diff, double(std::abs(a[i] - b[i])));
+        scale = std::max(scale, double(std::abs(a[i])));
+      }
+      // Two float32 roundings of a product with a well-conditioned R (||R||, ||R^-1|| ~ 1).
+      EXPECT_LT(diff / scale, 1e-5) << m.name;
+      EXPECT_GT(diff, 0.0) << m.name << ": float rounding should leave some trace (not a copy)";
+    }
+    // R(0 * Q) = I: the weights come out bit for bit.
+    auto zero = options(base, name, "zero_" + name);
+    zero.strength = 0.0;
+    oft_cli::merge_model(zero);
+    const auto same = SafetensorsFile::open(root_ / ("zero_" + name) / "model.safetensors");
+    for (const std::string& t : original.tensor_names()) EXPECT_EQ(tensor_bytes(same, t), tensor_bytes(original, t)) << t;
+  }
+}
+
+TEST_F(MergeTool, SixteenBitBasesStayInTheirDtypeAndDtypeConverts) {
+  const fs::path base = make_base("neumann_t5", 2, Dtype::BF16);
+  oft_cli::merge_model(options(base, "neumann_t5", "out"));
+  const fs::path out = root_ / "out";
+  const auto reference = SafetensorsFile::open(fixture("neumann_t5") / "reference.safetensors");
+  for (const auto& entry : fs::directory_iterator(out)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    const auto f = SafetensorsFile::open(entry.path());
+    for (const auto& info : f.tensors()) {
+      const auto v = f.view(info);
+      if (v.name.size() > 7 && v.name.compare(v.name.size() - 7, 7, ".weight") == 0) {
+        EXPECT_EQ(v.dtype, Dtype::BF16) << v.name;
+        // bf16 keeps 8 bits: within a half unit in the last place of the float merge of the
+        // bf16-rounded base (2^-8 relative), plus the float32 merge's own error.
+        const auto got = v.to_floats();
+        const auto expected = reference.tensor(v.name.substr(0, v.name.size() - 7) + ".merged").to_floats();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          EXPECT_NEAR(got[i], expected[i], 2e-2 * std::max(1.0f, std::abs(expected[i]))) << v.name << " " << i;
+      }
+    }
+  }
+  auto to_f32 = options(base, "neumann_t5", "out32");
+  to_f32.dtype = "f32";
+  oft_cli::merge_model(to_f32);
+  const auto index = nlohmann::json::parse(read_bytes(root_ / "out32" / "model.safetensors.index.json"));
+  std::uint64_t total = 0;
+  for (const auto& entry : fs::directory_iterator(root_ / "out32"))
+    if (entry.path().extension() == ".safetensors") {
+      const auto f = SafetensorsFile::open(entry.path());
+      for (const auto& info : f.tensors()) {
+        const auto v = f.view(info);
+        if (v.name != "position_ids") {
+          EXPECT_EQ(v.dtype, Dtype::F32) << v.name;
+        }
+        total += v.bytes;
+      }
+    }
+  EXPECT_EQ(index["metadata"]["total_size"].get<std::uint64_t>(), total);
+}
+
+void expect_refused(const oft_cli::MergeOptions& o, const std::string& fragment) {
+  try {
+    oft_cli::merge_model(o);
+    ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.out)) << o.out;
+  for (const auto& entry : fs::directory_iterator(o.out.parent_path()))
+    EXPECT_EQ(entry.path().filename().string().find(".oft-partial"), std::string::npos) << entry.path();
+}
+
+TEST_F(MergeTool, BadInputIsRefusedBeforeAnythingIsWritten) {
+  // An adapter for another model: the embedding fixture targets 'emb', absent here.
+  expect_refused(options(make_base("neumann_t5"), "embedding", "out1"), "no tensor for adapter module 'emb'");
+  // Existing output without --force.
+  {
+    const fs::path base = make_base("neumann_t5");
+    fs::create_directories(root_ / "taken");
+    std::ofstream(root_ / "taken" / "keep.txt") << "mine";
+    auto o = options(base, "neumann_t5", "taken");
+    try {
+      oft_cli::merge_model(o);
+      ADD_FAILURE() << "existing output accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("--force"), std::string::npos);
+    }
+    EXPECT_EQ(read_bytes(root_ / "taken" / "keep.txt"), "mine");
+    o.force = true;
+    oft_cli::merge_model(o);
+    EXPECT_FALSE(fs::exists(root_ / "taken" / "keep.txt"));
+    EXPECT_TRUE(fs::exists(root_ / "taken" / "model.safetensors"));
+  }
+  // A 4-D (Conv2d) base tensor under the module's name.
+  {
+    const fs::path dir = root_ / "conv";
+    fs::create_directories(dir);
+    std::vector<float> w(16 * 2 * 3 * 4, 0.5f);
+    SafetensorsWriter writer;
+    for (const char* m : {"fc1", "fc2", "odd"}) writer.add(std::string(m) + ".weight", {16, 2, 3, 4}, w.data());
+    writer.write(dir / "model.safetensors");
+    expect_refused(options(dir, "neumann_t5", "out3"), "Conv2d");
+  }
+  // Not a number for --strength, an unknown dtype, a missing base.
+  auto o = options(make_base("neumann_t5"), "neumann_t5", "out4");
+  o.strength = std::numeric_limits<double>::quiet_NaN();
+  expect_refused(o, "not finite");
+  o.strength = 1.0;
+  o.dtype = "f8";
+  expect_refused(o, "--dtype f8");
+  expect_refused(options(root_ / "nowhere", "neumann_t5", "out5"), "is not a directory");
+}
+
+TEST_F(MergeTool, ShapeMismatchNamesTheTensorAndTheWidths) {
+  const fs::path dir = root_ / "wide";
+  fs::create_directories(dir);
+  std::vector<float> w(32 * 25, 0.25f);
+  SafetensorsWriter writer;
+  writer.add("fc1.weight", {32, 25}, w.data());  // fc1's adapter rotates d = 24
+  writer.add("fc2.weight", {16, 32}, w.data());
+  writer.add("odd.weight", {12, 20}, w.data());
+  writer.write(dir / "model.safetensors");
+  expect_refused(options(dir, "neumann_t5", "out"), "base weight is 32x25");
+}
+
+}  // namespace

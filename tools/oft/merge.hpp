@@ -1,0 +1,384 @@
+#pragma once
+// `oft merge` and `oft unmerge`: a PEFT OFT adapter folded into (or out of) a Hugging Face model
+// directory, streamed tensor by tensor.
+//
+//   merge:   Linear W' = W0 R(sQ)^T, Embedding E' = E R(sQ)   (PeftOftAdapter::merge)
+//   unmerge: the true inverse, per-block LU                   (PeftOftAdapter::unmerge)
+//
+// The base is a directory holding either `model.safetensors.index.json` and its shards, or one
+// `*.safetensors` file. The output directory gets the same files: every shard under its own name,
+// the index (its total_size updated when --dtype changes sizes), and every other file of the base
+// (config.json, tokenizer files, sub-directories) copied byte for byte. Tensors the adapter does
+// not touch are copied byte for byte too, unless --dtype converts them.
+//
+// Safety: everything that can be checked before writing is checked first (each module finds
+// exactly one 2-D floating-point base tensor of a width it can rotate; no two modules share one);
+// the output is built in a hidden sibling directory and renamed into place only when complete,
+// so a failure leaves no partial output; an existing output is refused unless --force.
+//
+// Memory: each shard is written through SafetensorsWriter's deferred tensors, so beyond the
+// memory-mapped inputs it holds one tensor at a time (as float, plus its merged copy).
+
+#include <oft/io/peft_adapter.hpp>
+#include <oft/io/sharded.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace oft_cli {
+
+namespace fs = std::filesystem;
+
+/// What `oft merge` / `oft unmerge` were asked to do.
+struct MergeOptions {
+  fs::path base;
+  fs::path adapter;
+  fs::path out;
+  double strength = 1.0;     ///< merges R(strength * Q); -1 gives R(-Q) (see docs/io.md)
+  std::string dtype = "same";  ///< same | f32 | f16 | bf16: the floating-point tensors' output dtype
+  bool force = false;        ///< replace an existing output directory
+  bool unmerge = false;      ///< take the adapter out instead of folding it in
+};
+
+/// Progress after each tensor: done/total tensors and bytes written so far.
+struct MergeProgress {
+  std::size_t tensors_done = 0, tensors_total = 0;
+  std::uint64_t bytes_done = 0, bytes_total = 0;
+  std::string current;
+};
+
+/// What was written.
+struct MergeReport {
+  std::size_t tensors = 0;                ///< tensors written
+  std::size_t shards = 0;                 ///< safetensors files written
+  std::vector<std::string> adapted;       ///< base tensor names the adapter changed
+  std::size_t other_files = 0;            ///< files copied unchanged
+  std::uint64_t bytes = 0;                ///< tensor bytes written
+};
+
+namespace merge_detail {
+
+using oft::io::Dtype;
+
+inline bool is_float16ish(Dtype d) { return d == Dtype::F16 || d == Dtype::BF16; }
+inline bool is_mergeable(Dtype d) { return d == Dtype::F32 || is_float16ish(d); }
+
+inline Dtype parse_dtype(const std::string& name) {
+  if (name == "f32") return Dtype::F32;
+  if (name == "f16") return Dtype::F16;
+  if (name == "bf16") return Dtype::BF16;
+  throw std::invalid_argument("oft: --dtype " + name + ": expected same, f32, f16 or bf16");
+}
+
+/// The base model: one file or an index over shards, as one name -> (file, view) map.
+struct BaseModel {
+  fs::path directory;
+  fs::path index_path;  ///< empty for a single file
+  std::vector<oft::io::SafetensorsFile> files;
+  std::vector<std::string> file_names;  ///< relative to directory, as the index names them
+
+  static BaseModel open(const fs::path& directory) {
+    if (!fs::is_directory(directory))
+      throw std::invalid_argument("oft: base '" + directory.string() +
+                                  "' is not a directory (a Hugging Face model directory is expected)");
+    BaseModel model;
+    model.directory = directory;
+    const fs::path index = directory / "model.safetensors.index.json";
+    if (fs::exists(index)) {
+      model.index_path = index;
+      const oft::io::ShardedSafetensors sharded = oft::io::ShardedSafetensors::open(index);  // validates all
+      std::set<std::string> names;
+      for (const auto& shard : sharded.shards())
+        names.insert(fs::relative(shard.path(), directory).generic_string());
+      for (const std::string& name : names) {
+        model.file_names.push_back(name);
+        model.files.push_back(oft::io::SafetensorsFile::open(directory / name));
+      }
+      return model;
+    }
+    std::vector<std::string> found;
+    for (const auto& entry : fs::directory_iterator(directory))
+      if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
+        found.push_back(entry.path().filename().string());
+    if (found.size() != 1)
+      throw std::invalid_argument(oft::detail::message(
+          "oft: base '", directory.string(), "' has ", found.size(),
+          " .safetensors files and no model.safetensors.index.json; expected one file or an index"));
+    model.file_names = found;
+    model.files.push_back(oft::io::SafetensorsFile::open(directory / found.front()));
+    return model;
+  }
+};
+
+/// Where each adapter module lands in the base: its tensor name, file and view.
+struct Target {
+  const oft::io::PeftOftModule* module = nullptr;
+  std::size_t file = 0;
+  oft::io::TensorView view;
+};
+
+/// The base tensor of module `m`: `<name>.weight`, or the one tensor ending in `.<name>.weight`
+/// (a model saved with a prefix such as `bert.`, adapted without it, or the other way round).
+inline std::map<std::string, Target> plan_targets(const BaseModel& base, const oft::io::PeftOftAdapter& adapter) {
+  std::map<std::string, std::size_t> where;  // tensor -> file
+  for (std::size_t f = 0; f < base.files.size(); ++f)
+    for (const std::string& name : base.files[f].tensor_names()) where[name] = f;
+  std::map<std::string, Target> targets;
+  for (const oft::io::PeftOftModule& m : adapter.modules) {
+    const std::string exact = m.name + ".weight";
+    std::vector<std::string> candidates;
+    if (where.count(exact) != 0) {
+      candidates.push_back(exact);
+    } else {
+      const std::string tail = "." + exact;
+      for (const auto& [name, file] : where)
+        if (name.size() > tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0)
+          candidates.push_back(name);
+      // A module path with a prefix the base lacks (e.g. adapted `model.x`, saved `x`).
+      for (std::size_t dot = m.name.find('.'); candidates.empty() && dot != std::string::npos;
+           dot = m.name.find('.', dot + 1))
+        if (where.count(m.name.substr(dot + 1) + ".weight") != 0) candidates.push_back(m.name.substr(dot + 1) + ".weight");
+    }
+    if (candidates.empty())
+      throw std::invalid_argument(oft::detail::message("oft: the base has no tensor for adapter module '", m.name,
+                                                       "' (looked for '", exact, "' and '*.", exact,
+                                                       "'): an adapter for another model?"));
+    if (candidates.size() > 1)
+      throw std::invalid_argument(oft::detail::message("oft: adapter module '", m.name, "' matches ",
+                                                       candidates.size(), " base tensors ('", candidates[0], "', '",
+                                                       candidates[1], "', ...): ambiguous"));
+    const std::string& name = candidates.front();
+    if (targets.count(name) != 0)
+      throw std::invalid_argument(oft::detail::message("oft: adapter modules '", targets.at(name).module->name,
+                                                       "' and '", m.name, "' both target base tensor '", name, "'"));
+    Target t;
+    t.module = &m;
+    t.file = where.at(name);
+    t.view = base.files[t.file].tensor(name);
+    const std::string at = oft::detail::message("base tensor '", name, "' (", t.view.file, ")");
+    if (t.view.shape.size() == 4)
+      throw std::invalid_argument(oft::detail::message(
+          "oft: ", at, " is 4-D, a Conv2d weight: oft does not merge Conv2d OFT adapters (PEFT's own Conv2d "
+          "path is inconsistent; see docs/io.md)"));
+    if (t.view.shape.size() != 2)
+      throw std::invalid_argument(oft::detail::message("oft: ", at, " has ", t.view.shape.size(),
+                                                       " dimensions; module '", m.name, "' needs a 2-D weight"));
+    if (!is_mergeable(t.view.dtype))
+      throw std::invalid_argument(oft::detail::message("oft: ", at, " is ", oft::io::dtype_name(t.view.dtype),
+                                                       "; merging needs F32, F16 or BF16 (quantized bases: see the QOFT issue)"));
+    (void)oft::io::PeftOftAdapter::spec_for(m, static_cast<oft::Index>(t.view.shape[0]),
+                                            static_cast<oft::Index>(t.view.shape[1]));
+    targets.emplace(name, std::move(t));
+  }
+  return targets;
+}
+
+/// Writes `values` as `dtype` (F32, F16 or BF16; round to nearest even) at `out`.
+inline void encode(const float* values, std::size_t count, Dtype dtype, std::byte* out) {
+  if (dtype == Dtype::F32) {
+    std::memcpy(out, values, count * sizeof(float));
+    return;
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint16_t bits =
+        dtype == Dtype::F16 ? oft::io::float_to_f16(values[i]) : oft::io::float_to_bf16(values[i]);
+    std::memcpy(out + 2 * i, &bits, 2);
+  }
+}
+
+inline std::uint64_t bytes_as(const oft::io::TensorView& v, Dtype dtype) {
+  return v.numel() * static_cast<std::uint64_t>(oft::io::dtype_bits(dtype) / 8);
+}
+
+/// Removes a directory tree on destruction unless released (the partial output on failure).
+class RemoveOnFailure {
+ public:
+  explicit RemoveOnFailure(fs::path path) : path_(std::move(path)) {}
+  RemoveOnFailure(const RemoveOnFailure&) = delete;
+  RemoveOnFailure& operator=(const RemoveOnFailure&) = delete;
+  ~RemoveOnFailure() {
+    if (!path_.empty()) {
+      std::error_code ignored;
+      fs::remove_all(path_, ignored);
+    }
+  }
+  void release() { path_.clear(); }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace merge_detail
+
+/// Runs `oft merge` (or unmerge); see the file comment. Throws std::invalid_argument,
+/// std::domain_error, oft::io::format_error or std::system_error, leaving no output behind.
+inline MergeReport merge_model(const MergeOptions& options,
+                               const std::function<void(const MergeProgress&)>& progress = {}) {
+  using namespace merge_detail;
+  const bool convert = options.dtype != "same";
+  const Dtype wanted = convert ? parse_dtype(options.dtype) : Dtype::F32;
+  if (!std::isfinite(options.strength))
+    throw std::invalid_argument(oft::detail::message("oft: --strength ", options.strength, " is not finite"));
+  if (options.out.empty() || !options.out.has_filename())
+    throw std::invalid_argument("oft: --out '" + options.out.string() + "' names no directory");
+  const fs::path out = fs::absolute(options.out);
+  if (fs::exists(out) && !options.force)
+    throw std::invalid_argument("oft: output '" + options.out.string() + "' exists (pass --force to replace it)");
+  if (fs::exists(options.base) && fs::exists(out) && fs::equivalent(options.base, out))
+    throw std::invalid_argument("oft: --out is the base directory itself");
+
+  const oft::io::PeftOftAdapter adapter = oft::io::PeftOftAdapter::load(options.adapter);
+  const BaseModel base = BaseModel::open(options.base);
+  const std::map<std::string, Target> targets = plan_targets(base, adapter);
+
+  const auto output_dtype = [&](const oft::io::TensorView& v) {
+    return convert && is_mergeable(v.dtype) ? wanted : v.dtype;
+  };
+  MergeProgress state;
+  for (const auto& file : base.files)
+    for (const auto& info : file.tensors()) {
+      const oft::io::TensorView v = file.view(info);
+      ++state.tensors_total;
+      state.bytes_total += bytes_as(v, output_dtype(v));
+    }
+
+  // Build everything in a hidden sibling, rename at the end.
+  const fs::path staging = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-partial-",
+                                                                     static_cast<long>(::getpid()));
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  RemoveOnFailure cleanup(staging);
+
+  MergeReport report;
+  std::set<std::string> written;  // relative paths produced from tensors
+  for (std::size_t f = 0; f < base.files.size(); ++f) {
+    const oft::io::SafetensorsFile& file = base.files[f];
+    oft::io::SafetensorsWriter writer;
+    for (const auto& [key, value] : file.metadata()) writer.add_metadata(key, value);
+    for (const auto& info : file.tensors()) {
+      const oft::io::TensorView v = file.view(info);
+      const bool adapted = targets.count(v.name) != 0;
+      if (adapted || output_dtype(v) != v.dtype)
+        writer.add_deferred(v.name, output_dtype(v), v.shape);
+      else
+        writer.add(v);
+    }
+    const auto fill = [&](const std::string& name, std::byte* dst, std::size_t bytes) {
+      const oft::io::TensorView v = file.tensor(name);
+      std::vector<float> values = v.to_floats();
+      const auto it = targets.find(name);
+      if (it != targets.end()) {
+        const auto rows = static_cast<oft::Index>(v.shape[0]), cols = static_cast<oft::Index>(v.shape[1]);
+        const oft::ConstMatrixView<float> weight(values.data(), rows, cols);
+        const oft::RowMatrix<float> changed = options.unmerge
+                                                  ? adapter.unmerge(*it->second.module, weight, options.strength)
+                                                  : adapter.merge(*it->second.module, weight, options.strength);
+        std::memcpy(values.data(), changed.data(), values.size() * sizeof(float));
+        report.adapted.push_back(name);
+      }
+      encode(values.data(), values.size(), output_dtype(v), dst);
+      (void)bytes;
+      ++state.tensors_done;
+      state.bytes_done += bytes;
+      state.current = name;
+      if (progress) progress(state);
+    };
+    const fs::path destination = staging / base.file_names[f];
+    fs::create_directories(destination.parent_path());
+    writer.write(destination, fill);
+    for (const auto& info : file.tensors()) {
+      const oft::io::TensorView v = file.view(info);
+      if (targets.count(v.name) == 0 && output_dtype(v) == v.dtype) {
+        ++state.tensors_done;
+        state.bytes_done += v.bytes;
+        state.current = v.name;
+      }
+    }
+    if (progress) progress(state);
+    report.tensors += file.size();
+    report.bytes += fs::file_size(destination);
+    ++report.shards;
+    written.insert(base.file_names[f]);
+  }
+
+  // The index: byte for byte, unless the sizes changed (then total_size is rewritten).
+  if (!base.index_path.empty()) {
+    const std::string index_name = base.index_path.filename().string();
+    written.insert(index_name);
+    if (convert) {
+      std::ifstream in(base.index_path);
+      nlohmann::ordered_json index = nlohmann::ordered_json::parse(in);
+      if (!index.contains("metadata") || !index["metadata"].is_object()) index["metadata"] = nlohmann::ordered_json::object();
+      index["metadata"]["total_size"] = state.bytes_total;
+      std::ofstream(staging / index_name) << index.dump(2) << "\n";
+    } else {
+      fs::copy_file(base.index_path, staging / index_name);
+    }
+  }
+  // Every other file of the base, byte for byte.
+  for (auto it = fs::recursive_directory_iterator(options.base); it != fs::recursive_directory_iterator(); ++it) {
+    const fs::path relative = fs::relative(it->path(), options.base);
+    const std::string key = relative.generic_string();
+    if (written.count(key) != 0) continue;
+    if (it->is_directory()) {
+      fs::create_directories(staging / relative);
+    } else if (it->is_regular_file()) {
+      fs::create_directories((staging / relative).parent_path());
+      fs::copy_file(it->path(), staging / relative);
+      ++report.other_files;
+    }
+  }
+
+  // Into place: replace an existing output only now, when the new one is complete.
+  if (fs::exists(out)) {
+    const fs::path old = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-old-",
+                                                                   static_cast<long>(::getpid()));
+    fs::rename(out, old);
+    fs::rename(staging, out);
+    fs::remove_all(old);
+  } else {
+    fs::rename(staging, out);
+  }
+  cleanup.release();
+  return report;
+}
+
+/// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  void operator()(const MergeProgress& p) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const bool last = p.tensors_done == p.tensors_total;
+    if (!last && now - shown_ < std::chrono::milliseconds(100)) return;
+    shown_ = now;
+    const double fraction = p.bytes_total == 0 ? 1.0 : static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
+    const int width = 30, filled = static_cast<int>(fraction * width + 0.5);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.append(static_cast<std::size_t>(width - filled), '.');
+    std::string name = p.current.size() > 40 ? "..." + p.current.substr(p.current.size() - 37) : p.current;
+    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %.2f/%.2f GB  %-40s", bar.c_str(), p.tensors_done, p.tensors_total,
+                 static_cast<double>(p.bytes_done) / 1e9, static_cast<double>(p.bytes_total) / 1e9, name.c_str());
+    if (last) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point shown_{};
+};
+
+}  // namespace oft_cli
