@@ -694,3 +694,59 @@ TEST(BlockOrthogonal, IdentityBeforeSetGeneratorsAndReplacement) {
 }
 
 }  // namespace
+
+namespace {
+
+// apply_inverse: X R^-1 and X R^-T against the dense inverse, for a Neumann R that is far from
+// orthogonal (so R^T would be wrong), strided and in place; a singular block is named.
+TEST(BlockOrthogonal, ApplyInverseUndoesApplyForNonOrthogonalR) {
+  Rng rng(29);
+  const Index b = 6, d = 24, n = 9;
+  const auto spec = oft::BlockSpec::from_features(d, b);
+  oft::BlockOrthogonal<double, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{2});
+  op.set_generators(oft_test::random_generators<double>(spec.generators(), b, 0.7, rng));
+  ASSERT_GT(op.orthogonality_error(), 1e-3);  // R^T is not R^-1 here
+  const RowMat<double> x = oft_test::random_matrix<double>(n, d, rng);
+  const RowMat<double> inverse = op.dense().inverse();
+  for (bool transposed : {false, true}) {
+    SCOPED_TRACE(transposed ? "X R^-T" : "X R^-1");
+    const RowMat<double> expected = transposed ? RowMat<double>(x * inverse.transpose()) : RowMat<double>(x * inverse);
+    // Strided output with padding that must stay untouched.
+    RowMat<double> padded = RowMat<double>::Constant(n, d + 3, kSentinelValue);
+    oft::MatrixView<double> y(padded.data(), n, d, d + 3);
+    op.apply_inverse(oft::view(x), y, transposed);
+    EXPECT_LT((padded.leftCols(d) - expected).cwiseAbs().maxCoeff(), 1e-12);
+    EXPECT_TRUE((padded.rightCols(3).array() == kSentinelValue).all());
+    // In place, and the round trip through apply.
+    RowMat<double> z = x;
+    op.apply_inverse(oft::view(z), oft::view(z), transposed);
+    EXPECT_LT((z - expected).cwiseAbs().maxCoeff(), 1e-12);
+    RowMat<double> back(n, d);
+    if (transposed)
+      op.apply_transposed(oft::view(std::as_const(z)), oft::view(back));
+    else
+      op.apply(oft::view(std::as_const(z)), oft::view(back));
+    EXPECT_LT((back - x).cwiseAbs().maxCoeff(), 1e-12);
+  }
+}
+
+TEST(BlockOrthogonal, ApplyInverseNamesASingularBlock) {
+  // Cayley-Neumann k = 3 on a 2x2 block with theta = 1 (eigenvalues of Q: +-i):
+  // R_3 = (I + Q)^2 (I + Q^2) and I + Q^2 = 0, so R_3 = 0.
+  const auto spec = oft::BlockSpec::from_features(4, 2);
+  oft::BlockOrthogonal<double, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+  oft::Generators<double> theta(2, 2);
+  theta.values() << 0.25, 1.0;
+  op.set_generators(theta);
+  const RowMat<double> x = RowMat<double>::Ones(3, 4);
+  RowMat<double> y = RowMat<double>::Constant(3, 4, kSentinelValue);
+  try {
+    op.apply_inverse(oft::view(x), oft::view(y));
+    ADD_FAILURE() << "a singular R was inverted";
+  } catch (const std::domain_error& e) {
+    EXPECT_NE(std::string(e.what()).find("block 1 of 2 is singular"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE((y.array() == kSentinelValue).all());  // nothing written
+}
+
+}  // namespace

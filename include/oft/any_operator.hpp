@@ -83,6 +83,9 @@ class AnyBlockOrthogonal {
   void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
     visit([&](const auto& op) { op.apply_transposed(x, y); });
   }
+  void apply_inverse(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed = false) const {
+    visit([&](const auto& op) { op.apply_inverse(x, y, transposed); });
+  }
   Index workspace_size() const { return visit([](const auto& op) { return op.workspace_size(); }); }
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {

@@ -21,10 +21,12 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Eigenvalues>
+#include <Eigen/LU>
 
 #include "backend.hpp"
 #include "cpu/gemm_tile.hpp"
@@ -147,6 +149,37 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
     check_apply(x, y);
     apply_impl(x, y, rotations_t_.data());
+  }
+
+  /// Y = X * R^-1, or X * R^-T when `transposed`: the true inverse of apply (apply_transposed),
+  /// also when R is not exactly orthogonal (a truncated Neumann R, where R^T is not R^-1). Each
+  /// block is factored by full-pivoting LU on every call: meant for merging and unmerging weights,
+  /// not for a training loop. Throws std::domain_error naming the first singular block before
+  /// writing y. `y` may be the same view as `x`; partial overlap is refused.
+  void apply_inverse(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed = false) const {
+    check_apply(x, y);
+    // Factor and solve in double also for float: a merge is rounded once, at the end.
+    using Wide = std::conditional_t<(sizeof(Scalar) < sizeof(double)), double, Scalar>;
+    const Index b = spec_.block_size;
+    std::vector<Eigen::FullPivLU<SquareMatrix<Wide>>> factors;
+    factors.reserve(static_cast<std::size_t>(spec_.blocks));
+    for (Index i = 0; i < spec_.blocks; ++i) {
+      factors.emplace_back(SquareMatrix<Wide>(block(i).template cast<Wide>()));
+      detail::require_domain(factors.back().isInvertible(), "cannot invert R: block ", i, " of ", spec_.blocks,
+                             " is singular (rank ", factors.back().rank(), " of ", b, ")");
+    }
+    using Strided = Eigen::Map<RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
+    using ConstStrided = Eigen::Map<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
+    for (Index i = 0; i < spec_.blocks; ++i) {
+      const ConstStrided xi(x.data() + i * b, x.rows(), b, Eigen::OuterStride<>(x.stride()));
+      Strided yi(y.data() + i * b, y.rows(), b, Eigen::OuterStride<>(y.stride()));
+      // Y_i R_i = X_i  <=>  R_i^T Y_i^T = X_i^T;  Y_i R_i^T = X_i  <=>  R_i Y_i^T = X_i^T.
+      const auto& lu = factors[static_cast<std::size_t>(i)];
+      const SquareMatrix<Wide> rhs = xi.transpose().template cast<Wide>();
+      const SquareMatrix<Wide> solved = transposed ? SquareMatrix<Wide>(lu.solve(rhs))
+                                                   : SquareMatrix<Wide>(lu.transpose().solve(rhs));
+      yi = solved.transpose().template cast<Scalar>();
+    }
   }
 
   /// Scalars of workspace that backward needs with the current OpenMP thread count.

@@ -111,17 +111,8 @@ class OftLinear<Scalar_, Parameterization_, cpu> {
   /// (a truncated Neumann R). Throws std::domain_error if a block R_i is singular.
   RowMatrix<Scalar> unmerge(ConstMatrixView<Scalar> merged_weight) const {
     detail::require_shape(merged_weight, outputs(), features(), "merged weight");
-    const Index b = rotation_.spec().block_size;
     RowMatrix<Scalar> out(outputs(), features());
-    for (Index i = 0; i < rotation_.spec().blocks; ++i) {
-      const SquareMatrix<Scalar> r = rotation_.block(i);
-      Eigen::FullPivLU<SquareMatrix<Scalar>> lu(r);
-      detail::require_domain(lu.isInvertible(), "cannot unmerge: block ", i,
-                             " of R is singular");
-      // W0_i R_i^T = W'_i  <=>  R_i W0_i^T = W'_i^T
-      const SquareMatrix<Scalar> rhs = merged_weight.map().middleCols(i * b, b).transpose();
-      out.middleCols(i * b, b) = lu.solve(rhs).transpose();
-    }
+    rotation_.apply_inverse(merged_weight, view(out), /*transposed=*/true);
     return out;
   }
 

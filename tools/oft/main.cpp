@@ -7,10 +7,15 @@
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
 //       (or taken out: the true inverse), streamed tensor by tensor; see merge.hpp.
+//   oft convert --adapter ADAPTER_DIR --out DIR [--expand-block-share --base MODEL_DIR]
+//       [--generators-dtype f32|bf16|f16] [--to-current-polynomial] [--allow-change] [--force]
+//       the adapter in another form PEFT loads; a change of R is measured and refused unless
+//       allowed; see convert.hpp.
 // Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
 // arguments, from CLI11).
 
 #include "inspect.hpp"
+#include "convert.hpp"
 #include "merge.hpp"
 
 #include <CLI/CLI.hpp>
@@ -90,7 +95,7 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"oft: inspect, merge and unmerge orthogonal finetuning (OFT) adapters"};
+  CLI::App app{"oft: inspect, merge, unmerge and convert orthogonal finetuning (OFT) adapters"};
   app.require_subcommand(1);
   std::string adapter_path;
   bool as_json = false;
@@ -117,7 +122,36 @@ int main(int argc, char** argv) {
     command->add_flag("--force", merge_options.force, "replace an existing output directory");
     command->add_flag("--quiet,-q", quiet, "no progress bar");
   }
+  oft_cli::ConvertOptions convert_options;
+  CLI::App* convert = app.add_subcommand("convert", "Rewrite a PEFT OFT adapter in another form PEFT loads");
+  convert->add_option("--adapter", convert_options.adapter, "PEFT OFT adapter directory")->required();
+  convert->add_option("--out,-o", convert_options.out, "output adapter directory")->required();
+  convert->add_flag("--expand-block-share", convert_options.expand_block_share,
+                    "one generator per block instead of one shared (exact; needs --base)");
+  convert->add_option("--base", convert_options.base, "model directory, for --expand-block-share");
+  convert->add_option("--generators-dtype", convert_options.generators_dtype, "f32, bf16 or f16")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  convert->add_flag("--to-current-polynomial", convert_options.to_current_polynomial,
+                    "relabel a pre-0.18 adapter for PEFT >= 0.18 (changes R: needs --allow-change)");
+  convert->add_flag("--allow-change", convert_options.allow_change, "write a conversion that changes R");
+  convert->add_flag("--force", convert_options.force, "replace an existing output directory");
   CLI11_PARSE(app, argc, argv);
+
+  if (convert->parsed()) {
+    try {
+      const auto report = oft_cli::convert_adapter(convert_options);
+      for (const auto& m : report.modules)
+        std::printf("  %-40s max |R_new - R_old| = %.3g\n", m.name.c_str(), m.max_change);
+      std::printf("oft convert: wrote %s (largest change of an entry of R: %.3g)\n",
+                  convert_options.out.string().c_str(), report.max_change);
+    } catch (const std::exception& e) {
+      std::string message = e.what();
+      if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
+      std::fprintf(stderr, "oft convert: %s\n", message.c_str());
+      return 1;
+    }
+    return 0;
+  }
 
   if (merge->parsed() || unmerge->parsed()) {
     const char* name = merge->parsed() ? "merge" : "unmerge";

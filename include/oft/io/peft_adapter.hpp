@@ -34,8 +34,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../any_operator.hpp"  // first: oft includes Eigen after <immintrin.h>
-#include <Eigen/LU>
+#include "../any_operator.hpp"
 #include "../coft.hpp"
 #include "../peft.hpp"
 #include "../peft_polynomial.hpp"
@@ -134,29 +133,17 @@ class PeftOftAdapter {
   }
 
   /// The true inverse of merge(m, ., strength): the frozen weight back from a merged one.
-  /// Linear W0 = W' (R^T)^-1, Embedding E = E' R^-1, each block inverted by full-pivoting LU in
-  /// double (a Neumann R is not exactly orthogonal, so R^T would not undo it). Throws
-  /// std::domain_error naming the block when a block is singular (Eigen's isInvertible()).
+  /// Linear W0 = W' (R^T)^-1, Embedding E = E' R^-1 (BlockOrthogonal::apply_inverse: per-block
+  /// LU, since a Neumann R is not exactly orthogonal and R^T would not undo it). Throws
+  /// std::domain_error naming the block when a block is singular.
   RowMatrix<float> unmerge(const PeftOftModule& m, ConstMatrixView<float> merged, double strength = 1.0) const {
     const BlockSpec spec = spec_for(m, merged);
     Generators<float> theta = effective_generators(m);
     if (strength != 1.0) theta.values() *= static_cast<float>(strength);
     AnyBlockOrthogonal<float> rotation(spec, config.policy());
     rotation.set_generators(theta);
-    const Index b = spec.block_size;
     RowMatrix<float> out(merged.rows(), merged.cols());
-    for (Index i = 0; i < spec.blocks; ++i) {
-      const Eigen::MatrixXd r = rotation.block(i).cast<double>();
-      const Eigen::FullPivLU<Eigen::MatrixXd> lu(r);
-      oft::detail::require_domain(lu.isInvertible(), "module '", m.name, "': cannot unmerge: block ", i,
-                                  " of R is singular (rank ", lu.rank(), " of ", b, ")");
-      // Linear: W0_blk = W'_blk (R^T)^-1 = W'_blk (R^-1)^T; Embedding: E_blk = E'_blk R^-1.
-      const Eigen::MatrixXd inverse = lu.inverse();
-      const Eigen::MatrixXd right = m.kind == PeftModuleKind::Linear ? Eigen::MatrixXd(inverse.transpose()) : inverse;
-      using Strided = Eigen::Map<const RowMatrix<float>, 0, Eigen::OuterStride<>>;
-      const Strided columns(merged.data() + i * b, merged.rows(), b, Eigen::OuterStride<>(merged.stride()));
-      out.middleCols(i * b, b) = (columns.cast<double>() * right).cast<float>();
-    }
+    rotation.apply_inverse(merged, view(out), /*transposed=*/m.kind == PeftModuleKind::Linear);
     return out;
   }
 
@@ -181,17 +168,32 @@ class PeftOftAdapter {
 
   /// Writes adapter_config.json and adapter_model.safetensors that PEFT loads (theta back in
   /// PEFT's convention; metadata {"format": "pt"}). Each file is written atomically.
-  void save(const std::filesystem::path& directory) const {
+  /// `generators_dtype` F32 (default), BF16 or F16: the generators are rounded to nearest even
+  /// for the 16-bit types (oft convert reports what that changes).
+  void save(const std::filesystem::path& directory, Dtype generators_dtype = Dtype::F32) const {
+    oft::detail::require(generators_dtype == Dtype::F32 || generators_dtype == Dtype::BF16 ||
+                             generators_dtype == Dtype::F16,
+                         "PeftOftAdapter::save: generators are written as F32, BF16 or F16, not ",
+                         dtype_name(generators_dtype));
     SafetensorsWriter writer;
+    std::vector<std::vector<std::uint16_t>> halves;
     std::vector<std::vector<float>> rows_out;
+    halves.reserve(modules.size());
     rows_out.reserve(modules.size());
     for (const PeftOftModule& m : modules) {
       rows_out.emplace_back(m.theta.values().data(), m.theta.values().data() + m.theta.values().size());
       if (!config.use_cayley_neumann)
         for (float& v : rows_out.back()) v = -v;
-      writer.add(tensor_key(m), {static_cast<std::uint64_t>(m.theta.count()),
-                                 static_cast<std::uint64_t>(m.theta.packed())},
-                 rows_out.back());
+      const std::vector<std::uint64_t> shape{static_cast<std::uint64_t>(m.theta.count()),
+                                             static_cast<std::uint64_t>(m.theta.packed())};
+      if (generators_dtype == Dtype::F32) {
+        writer.add(tensor_key(m), shape, rows_out.back());
+        continue;
+      }
+      halves.emplace_back();
+      for (const float v : rows_out.back())
+        halves.back().push_back(generators_dtype == Dtype::BF16 ? float_to_bf16(v) : float_to_f16(v));
+      writer.add(tensor_key(m), generators_dtype, shape, halves.back().data(), halves.back().size() * 2);
     }
     writer.add_metadata("format", "pt");
     std::filesystem::create_directories(directory);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Bounded libFuzzer runs of the safetensors reader and the PEFT adapter loader, under ASan+UBSan.
+#
+#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 60), in build-fuzz/
+#
+# Needs clang and libFuzzer (Debian: clang, libclang-rt-14-dev; installed when missing, as root).
+# Seeds: tests/io/fixtures/*.safetensors and the PEFT-made adapters of tests/peft/fixtures (each as
+# adapter_config.json + 0xFF + adapter_model.safetensors, the adapter target's input format). A
+# crash, leak, timeout (10 s per input) or sanitizer report fails the run, and the input that did
+# it is left in build-fuzz/artifacts/. The corpora grow in build-fuzz/corpus-*/ across runs.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SECONDS_PER_TARGET="${1:-60}"
+BUILD=build-fuzz
+
+if ! command -v clang++ >/dev/null || ! echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long){return 0;}' |
+      clang++ -x c++ -fsanitize=fuzzer - -o /dev/null 2>/dev/null; then
+  echo "fuzz.sh: installing clang and libFuzzer (clang, libclang-rt-14-dev)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev
+fi
+
+cmake -S . -B "$BUILD" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DOFT_BUILD_FUZZERS=ON -DOFT_BUILD_TESTS=OFF -DOFT_BUILD_BENCH=OFF -DOFT_BUILD_EXAMPLES=OFF \
+  -DOFT_BUILD_TOOLS=OFF -DOFT_ENABLE_CUDA=OFF -DOFT_USE_BLAS=OFF >/dev/null
+cmake --build "$BUILD" -j "${OFT_JOBS:-2}" --target fuzz_safetensors fuzz_peft_adapter
+
+mkdir -p "$BUILD/corpus-safetensors" "$BUILD/corpus-peft_adapter" "$BUILD/artifacts"
+cp -f tests/io/fixtures/*.safetensors tests/peft/fixtures/adapters/*/adapter_model.safetensors \
+  "$BUILD/corpus-safetensors/" 2>/dev/null || true
+for dir in tests/peft/fixtures/adapters/*/; do
+  name=$(basename "$dir")
+  { cat "$dir/adapter_config.json"; printf '\xff'; cat "$dir/adapter_model.safetensors"; } \
+    >"$BUILD/corpus-peft_adapter/seed_$name"
+done
+
+status=0
+for target in safetensors peft_adapter; do
+  echo "== fuzz: fuzz_$target for ${SECONDS_PER_TARGET} s"
+  if ! "$BUILD/tests/fuzz/fuzz_$target" "$BUILD/corpus-$target" -max_total_time="$SECONDS_PER_TARGET" \
+      -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+      -artifact_prefix="$BUILD/artifacts/fuzz_$target-" 2>"$BUILD/fuzz_$target.log"; then
+    echo "fuzz.sh: fuzz_$target FAILED; input and report: $BUILD/artifacts/, $BUILD/fuzz_$target.log" >&2
+    tail -40 "$BUILD/fuzz_$target.log" >&2
+    status=1
+  else
+    grep -E "stat::number_of_executed_units|cov:" "$BUILD/fuzz_$target.log" | tail -2
+  fi
+done
+exit $status
