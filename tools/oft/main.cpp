@@ -21,6 +21,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -73,7 +74,9 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
   std::printf("), coft %s", yes_no(r.coft).c_str());
   if (r.coft) std::printf(" (eps %g)", r.eps);
   std::printf(", block_share %s\n\n", yes_no(r.block_share).c_str());
-  std::printf("  %-28s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", "module", "kind", "gens", "b",
+  int width = 28;  // the module column fits the longest name (BERT's run past 40 characters)
+  for (const auto& m : r.modules) width = std::max(width, static_cast<int>(m.name.size()));
+  std::printf("  %-*s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", width, "module", "kind", "gens", "b",
               "rho worst/median", "orth. err worst/med", "dist. Cayley w/med", "diverges",
               "k for tol");
   for (const auto& m : r.modules) {
@@ -81,9 +84,9 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
     if (m.terms_for_tolerance >= 0)
       std::snprintf(k, sizeof k, "%d", m.terms_for_tolerance);
     else
-      std::snprintf(k, sizeof k, "none (exact)");
-    std::printf("  %-28s %-9s %5lld %4lld  %8.2e/%8.2e   %8.2e/%8.2e   %8.2e/%8.2e   %-8s %s\n",
-                m.name.c_str(), m.kind.c_str(), static_cast<long long>(m.generators),
+      std::snprintf(k, sizeof k, "> %d", oft::kMaxNeumannTerms);  // rho too close to 1 (or >= 1)
+    std::printf("  %-*s %-9s %5lld %4lld  %8.2e/%8.2e   %8.2e/%8.2e   %8.2e/%8.2e   %-8s %s\n",
+                width, m.name.c_str(), m.kind.c_str(), static_cast<long long>(m.generators),
                 static_cast<long long>(m.block_size), m.rho.worst, m.rho.median,
                 m.orthogonality.worst, m.orthogonality.median, m.distance.worst, m.distance.median,
                 yes_no(m.diverges).c_str(), k);
