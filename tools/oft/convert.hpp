@@ -46,11 +46,9 @@ namespace convert_detail {
 /// Every block of module m's R under `adapter`'s policy, over `features` input features.
 inline std::vector<oft::RowMatrix<float>> rotation_blocks(const oft::io::PeftOftAdapter& adapter,
                                                           const oft::io::PeftOftModule& m, oft::Index features) {
-  const oft::BlockSpec spec = oft::io::PeftOftAdapter::spec_for(m, 1, features);
-  oft::AnyBlockOrthogonal<float> rotation(spec, adapter.config.policy());
-  rotation.set_generators(adapter.effective_generators(m));
+  const oft::AnyBlockOrthogonal<float> rotation = adapter.rotation_for(m, 1, features);
   std::vector<oft::RowMatrix<float>> blocks;
-  for (oft::Index i = 0; i < spec.blocks; ++i) blocks.push_back(rotation.block(i));
+  for (oft::Index i = 0; i < rotation.spec().blocks; ++i) blocks.push_back(rotation.block(i));
   return blocks;
 }
 
@@ -151,8 +149,7 @@ inline ConvertReport convert_adapter(const ConvertOptions& options) {
   }
 
   // Write next to the destination, rename when complete.
-  const fs::path staging = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-partial-",
-                                                                     static_cast<long>(::getpid()));
+  const fs::path staging = merge_detail::staging_directory(out);
   fs::remove_all(staging);
   merge_detail::RemoveOnFailure cleanup(staging);
   after.save(staging, dtype);
@@ -161,15 +158,7 @@ inline ConvertReport convert_adapter(const ConvertOptions& options) {
     if (entry.is_regular_file() && name != "adapter_config.json" && name != "adapter_model.safetensors")
       fs::copy_file(entry.path(), staging / name);  // README.md and the like
   }
-  if (fs::exists(out)) {
-    const fs::path old = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-old-",
-                                                                   static_cast<long>(::getpid()));
-    fs::rename(out, old);
-    fs::rename(staging, out);
-    fs::remove_all(old);
-  } else {
-    fs::rename(staging, out);
-  }
+  merge_detail::commit_directory(staging, out);
   cleanup.release();
   return report;
 }

@@ -216,6 +216,25 @@ inline void release_pages(const std::byte* data, std::size_t bytes) {
   (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advice only
 }
 
+/// The hidden sibling where `out` is built before commit_directory renames it into place.
+inline fs::path staging_directory(const fs::path& out) {
+  return out.parent_path() /
+         oft::detail::message(".", out.filename().string(), ".oft-partial-", static_cast<long>(::getpid()));
+}
+
+/// Renames the complete `staging` to `out`, replacing an existing `out` only now.
+inline void commit_directory(const fs::path& staging, const fs::path& out) {
+  if (!fs::exists(out)) {
+    fs::rename(staging, out);
+    return;
+  }
+  const fs::path old = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-old-",
+                                                                 static_cast<long>(::getpid()));
+  fs::rename(out, old);
+  fs::rename(staging, out);
+  fs::remove_all(old);
+}
+
 /// Removes a directory tree on destruction unless released (the partial output on failure).
 class RemoveOnFailure {
  public:
@@ -269,8 +288,7 @@ inline MergeReport merge_model(const MergeOptions& options,
     }
 
   // Build everything in a hidden sibling, rename at the end.
-  const fs::path staging = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-partial-",
-                                                                     static_cast<long>(::getpid()));
+  const fs::path staging = staging_directory(out);
   fs::remove_all(staging);
   fs::create_directories(staging);
   RemoveOnFailure cleanup(staging);
@@ -355,16 +373,7 @@ inline MergeReport merge_model(const MergeOptions& options,
     }
   }
 
-  // Into place: replace an existing output only now, when the new one is complete.
-  if (fs::exists(out)) {
-    const fs::path old = out.parent_path() / oft::detail::message(".", out.filename().string(), ".oft-old-",
-                                                                   static_cast<long>(::getpid()));
-    fs::rename(out, old);
-    fs::rename(staging, out);
-    fs::remove_all(old);
-  } else {
-    fs::rename(staging, out);
-  }
+  commit_directory(staging, out);
   cleanup.release();
   return report;
 }

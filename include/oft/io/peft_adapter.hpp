@@ -119,11 +119,7 @@ class PeftOftAdapter {
   /// Linear [n_out, d] -> W0 R^T; Embedding [num_embeddings, d] -> E R. Throws
   /// std::invalid_argument when the weight does not have d = r*b columns.
   RowMatrix<float> merge(const PeftOftModule& m, ConstMatrixView<float> weight, double strength = 1.0) const {
-    const BlockSpec spec = spec_for(m, weight);
-    Generators<float> theta = effective_generators(m);
-    if (strength != 1.0) theta.values() *= static_cast<float>(strength);
-    AnyBlockOrthogonal<float> rotation(spec, config.policy());
-    rotation.set_generators(theta);
+    const AnyBlockOrthogonal<float> rotation = rotation_for(m, weight.rows(), weight.cols(), strength);
     RowMatrix<float> out(weight.rows(), weight.cols());
     if (m.kind == PeftModuleKind::Linear)
       rotation.apply_transposed(weight, view(out));  // each row w -> w R^T
@@ -137,14 +133,20 @@ class PeftOftAdapter {
   /// LU, since a Neumann R is not exactly orthogonal and R^T would not undo it). Throws
   /// std::domain_error naming the block when a block is singular.
   RowMatrix<float> unmerge(const PeftOftModule& m, ConstMatrixView<float> merged, double strength = 1.0) const {
-    const BlockSpec spec = spec_for(m, merged);
-    Generators<float> theta = effective_generators(m);
-    if (strength != 1.0) theta.values() *= static_cast<float>(strength);
-    AnyBlockOrthogonal<float> rotation(spec, config.policy());
-    rotation.set_generators(theta);
+    const AnyBlockOrthogonal<float> rotation = rotation_for(m, merged.rows(), merged.cols(), strength);
     RowMatrix<float> out(merged.rows(), merged.cols());
     rotation.apply_inverse(merged, view(out), /*transposed=*/m.kind == PeftModuleKind::Linear);
     return out;
+  }
+
+  /// Module m's R(strength * Q) over a rows x cols base weight, as PEFT uses it (COFT projection
+  /// included). Throws std::invalid_argument when the width does not fit (spec_for).
+  AnyBlockOrthogonal<float> rotation_for(const PeftOftModule& m, Index rows, Index cols, double strength = 1.0) const {
+    Generators<float> theta = effective_generators(m);
+    if (strength != 1.0) theta.values() *= static_cast<float>(strength);
+    AnyBlockOrthogonal<float> rotation(spec_for(m, rows, cols), config.policy());
+    rotation.set_generators(theta);
+    return rotation;
   }
 
   /// The block layout of module `m` over a base weight of `weight.cols()` features: r = rows of
