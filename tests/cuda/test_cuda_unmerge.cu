@@ -9,7 +9,7 @@
 //  - SingularBlockThrowsDomainError*: Cayley-Neumann k = 3 of Q = [[0, 1], [-1, 0]] is exactly
 //    zero (Q^2 = -I: R = I + 2Q + 2Q^2 + 2Q^3 + Q^4 = 0), so a generator whose Q holds that 2 x 2
 //    block next to a regular one is singular (rank b - 2). The CPU unmerge throws
-//    std::domain_error("cannot unmerge: block 1 of R is singular"); the GPU must throw the same
+//    std::domain_error("cannot invert R: block 1 of 3 is singular"); the GPU must throw the same
 //    (it used to return NaN), with the output untouched (sentinel) also in place, and succeed
 //    once that block is made inactive (then it is the identity, as on the CPU).
 
@@ -164,7 +164,7 @@ void check_singular_block(Index b, std::uint64_t seed) {
         (void)oft_cuda_test::cpu_layer_unmerge<double>(config, thetad,
                                                        oft_cuda_test::to_double(w0), kOutputs);
       },
-      {"cannot unmerge: block 1 of R is singular"}));
+      {"cannot invert R: block 1 of 3 is singular"}));
 
   const std::vector<T> merged_host = oft_cuda_test::random_values<T>(kOutputs * d, rng);
   DeviceArray<T> merged(merged_host);
@@ -175,10 +175,10 @@ void check_singular_block(Index b, std::uint64_t seed) {
       [&] {
         l.layer.unmerge(merged_view, oft::DeviceMatrixView<T>(out.data(), kOutputs, d), nullptr);
       },
-      {"unmerge", "cannot unmerge: block 1 of R is singular"}));
+      {"unmerge", "cannot invert R: block 1 of 3 is singular"}));
   EXPECT_TRUE(oft_cuda_test::throws_with<std::domain_error>(
       [&] { l.layer.unmerge(merged_view, merged_view, nullptr); },
-      {"cannot unmerge: block 1 of R is singular"}));
+      {"cannot invert R: block 1 of 3 is singular"}));
   oft_cuda_test::sync_device("unmerge");
   EXPECT_TRUE(oft_cuda_test::bitwise_equal(out.download(), sentinel)) << "W0 output written";
   EXPECT_TRUE(oft_cuda_test::bitwise_equal(merged.download(), merged_host))

@@ -158,8 +158,8 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
   /// W0 = W' * (R^T)^-1 into `w0_out` (exact inverse per block, so also correct for a truncated
   /// Neumann R that is only nearly orthogonal). Blocks made inactive by set_active_blocks are
   /// the identity, as in merge, so unmerge(merge(W0)) == W0 under a dropout mask too (their
-  /// columns are copied). Throws std::domain_error("... cannot unmerge: block i of R is
-  /// singular") naming the first active block whose R is singular, with `w0_out` untouched:
+  /// columns are copied). Throws std::domain_error("... cannot invert R: block i of r is
+  /// singular"), the CPU unmerge's words, naming the first active block whose R is singular, with `w0_out` untouched:
   /// singular means a Gauss-Jordan pivot of magnitude at most b * eps * max|R_ij| (Eigen's
   /// default threshold of the CPU unmerge's FullPivLU::isInvertible, here with partial
   /// pivoting) or a non-finite pivot or inverse. Not a hot path: allocates the b x b inverses
@@ -210,8 +210,8 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     for (Index i = 0; i < spec.blocks; ++i) {
       const bool is_active = active[static_cast<std::size_t>(i)] != 0;
       const bool is_singular = flags[static_cast<std::size_t>(spec.generator_of(i))] != 0;
-      detail::require_domain(!(is_active && is_singular), where, ": cannot unmerge: block ", i,
-                             " of R is singular");
+      detail::require_domain(!(is_active && is_singular), where, ": cannot invert R: block ", i,
+                             " of ", spec.blocks, " is singular");
     }
   }
 
