@@ -1,0 +1,275 @@
+"""PyTorch ops and modules over oft's kernels.
+
+Two differentiable ops, registered with ``torch.library.custom_op`` (so ``torch.compile`` sees each
+as one opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in double):
+
+- ``rotate(x, theta, block_size, ...)``: ``Y = X R`` over the last dimension of ``x`` (any leading
+  shape), with the analytic backward: ``dX = dY R^T`` and ``dtheta``, from one fused pass over X
+  and dY, with nothing saved but X and theta (R is rebuilt from theta in the backward, which costs
+  ``O(r b^3)``, nothing next to the ``O(N d b)`` of the pass).
+- ``rotation_blocks(theta, block_size, ...)``: ``theta -> [R_1, ..., R_g]`` as a ``[g, b, b]``
+  tensor, with the policy's exact vector-Jacobian product.
+
+And ``OFTRotation``, an ``nn.Module`` holding PEFT's parameter (``weight``, ``[r, b(b-1)/2]``, or
+``[1, ...]`` when the blocks share one generator).
+
+Orientation (SPEC section 2, PEFT's): for block i the slice ``X_i`` becomes ``X_i R_i``.
+Policies: ``"peft_neumann"`` (PEFT's ``num_cayley_neumann_terms = T``, any T), ``"cayley_neumann"``
+(oft's ``R_k``), ``"cayley"`` (exact; note that PEFT's *exact branch* is ``R(-Q)``, see
+``oft.peft``), ``"tolerance"`` (fewest terms meeting ``tol``) and ``"exponential"``.
+Second derivatives (double backward) are not provided: ``rotate``'s backward is not itself
+differentiable and says so if asked.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _core
+
+__all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES"]
+
+POLICIES = ("peft_neumann", "cayley_neumann", "cayley", "tolerance", "exponential")
+_FLOAT_TYPES = (torch.float32, torch.float64)
+
+
+def _policy(kind: str, terms: int, tol: float) -> _core.Policy:
+    if kind == "peft_neumann":
+        return _core.Policy.peft_neumann(terms)
+    if kind == "cayley_neumann":
+        return _core.Policy.cayley_neumann(terms)
+    if kind == "cayley":
+        return _core.Policy.cayley()
+    if kind == "tolerance":
+        return _core.Policy.tolerance(tol)
+    if kind == "exponential":
+        return _core.Policy.exponential()
+    raise ValueError(f"oft: unknown policy {kind!r}; expected one of {', '.join(POLICIES)}")
+
+
+def _operator(dtype: torch.dtype, features: int, block_size: int, shared: bool, kind: str,
+              terms: int, tol: float):
+    cls = _core.RotationFloat32 if dtype == torch.float32 else _core.RotationFloat64
+    return cls(features, block_size, shared, _policy(kind, terms, tol))
+
+
+def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: int,
+                  shared: bool) -> None:
+    """Python-level checks with the names a user knows (the C++ side checks again)."""
+    for name, t in (("x", x), ("theta", theta)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_TYPES:
+            raise TypeError(f"{where}: {name} {list(t.shape)} is {t.dtype}; oft's CPU kernels take "
+                            "float32 or float64 (cast first, as PEFT does to its weight's dtype)")
+        if t.device.type != "cpu":
+            raise ValueError(f"{where}: {name} {list(t.shape)} is on {t.device}; this build of oft "
+                             "runs on the CPU only (oft.has_cuda is False)")
+    if x.dtype != theta.dtype:
+        raise TypeError(f"{where}: x {list(x.shape)} is {x.dtype} but theta {list(theta.shape)} is "
+                        f"{theta.dtype}; both must have one dtype")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"{where}: block_size must be a positive int, got {block_size!r}")
+    m = block_size * (block_size - 1) // 2
+    if x.dim() < 1 or x.shape[-1] % block_size != 0:
+        raise ValueError(f"{where}: x {list(x.shape)}: its last dimension is not a multiple of "
+                         f"block_size {block_size}")
+    r = x.shape[-1] // block_size
+    g = 1 if shared else r
+    if theta.dim() != 2 or theta.shape[0] != g or theta.shape[1] != m:
+        raise ValueError(f"{where}: theta {list(theta.shape)} must be [{g}, {m}] for features "
+                         f"{x.shape[-1]}, block_size {block_size}"
+                         f"{' shared' if shared else ''} (r = {r}, b(b-1)/2 = {m})")
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [N, d] without a copy where the kernel can take its layout (rows with any stride)."""
+    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    if x2.shape[1] > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return x2
+
+
+@torch.library.custom_op("oft::rotate", mutates_args=())
+def _rotate_op(x: torch.Tensor, theta: torch.Tensor, block_size: int, shared: bool, policy: str,
+               terms: int, tol: float) -> torch.Tensor:
+    x2 = _rows(x)
+    op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
+    op.set_generators(theta.detach().contiguous())
+    y = torch.empty(x2.shape, dtype=x.dtype)
+    op.apply(x2.detach(), y)
+    return y.view(x.shape)
+
+
+@_rotate_op.register_fake
+def _(x, theta, block_size, shared, policy, terms, tol):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("oft::rotate_backward", mutates_args=())
+def _rotate_backward_op(x: torch.Tensor, theta: torch.Tensor, dy: torch.Tensor, block_size: int,
+                        shared: bool, policy: str, terms: int, tol: float, want_dx: bool,
+                        want_dtheta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = _rows(x)
+    dy2 = _rows(dy)
+    op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
+    op.set_generators(theta.detach().contiguous())
+    dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else torch.empty(0, dtype=x.dtype)
+    dtheta = torch.empty(theta.shape, dtype=theta.dtype) if want_dtheta else torch.empty(0, dtype=x.dtype)
+    op.backward(x2.detach(), dy2.detach(), dx if want_dx else None, dtheta if want_dtheta else None)
+    return (dx.view(x.shape) if want_dx else dx), dtheta
+
+
+@_rotate_backward_op.register_fake
+def _(x, theta, dy, block_size, shared, policy, terms, tol, want_dx, want_dtheta):
+    dx = torch.empty_like(x) if want_dx else x.new_empty(0)
+    dtheta = torch.empty_like(theta) if want_dtheta else x.new_empty(0)
+    return dx, dtheta
+
+
+def _rotate_setup(ctx, inputs, output):
+    x, theta, block_size, shared, policy, terms, tol = inputs
+    ctx.save_for_backward(x, theta)
+    ctx.args = (block_size, shared, policy, terms, tol)
+
+
+def _rotate_backward(ctx, dy):
+    x, theta = ctx.saved_tensors
+    want_dx, want_dtheta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (want_dx or want_dtheta):
+        return None, None, None, None, None, None, None
+    dx, dtheta = _rotate_backward_op(x, theta, dy, *ctx.args, want_dx, want_dtheta)
+    return (dx if want_dx else None), (dtheta if want_dtheta else None), None, None, None, None, None
+
+
+_rotate_op.register_autograd(_rotate_backward, setup_context=_rotate_setup)
+
+
+@torch.library.custom_op("oft::rotation_blocks", mutates_args=())
+def _blocks_op(theta: torch.Tensor, block_size: int, policy: str, terms: int,
+               tol: float) -> torch.Tensor:
+    g = theta.shape[0]
+    op = _operator(theta.dtype, g * block_size, block_size, False, policy, terms, tol)
+    op.set_generators(theta.detach().contiguous())
+    out = torch.empty((g, block_size, block_size), dtype=theta.dtype)
+    op.rotation_blocks(out.view(g * block_size, block_size))
+    return out
+
+
+@_blocks_op.register_fake
+def _(theta, block_size, policy, terms, tol):
+    return theta.new_empty((theta.shape[0], block_size, block_size))
+
+
+@torch.library.custom_op("oft::rotation_blocks_backward", mutates_args=())
+def _blocks_backward_op(theta: torch.Tensor, grad: torch.Tensor, block_size: int, policy: str,
+                        terms: int, tol: float) -> torch.Tensor:
+    g = theta.shape[0]
+    op = _operator(theta.dtype, g * block_size, block_size, False, policy, terms, tol)
+    op.set_generators(theta.detach().contiguous())
+    dtheta = torch.empty(theta.shape, dtype=theta.dtype)
+    op.backward_from_blocks(grad.detach().contiguous().view(g * block_size, block_size), dtheta)
+    return dtheta
+
+
+@_blocks_backward_op.register_fake
+def _(theta, grad, block_size, policy, terms, tol):
+    return torch.empty_like(theta)
+
+
+def _blocks_setup(ctx, inputs, output):
+    theta, block_size, policy, terms, tol = inputs
+    ctx.save_for_backward(theta)
+    ctx.args = (block_size, policy, terms, tol)
+
+
+def _blocks_backward(ctx, grad):
+    (theta,) = ctx.saved_tensors
+    return _blocks_backward_op(theta, grad, *ctx.args), None, None, None, None
+
+
+_blocks_op.register_autograd(_blocks_backward, setup_context=_blocks_setup)
+
+
+def _policy_args(policy: str, num_terms: int | None, k: int | None, tol: float | None):
+    if policy not in POLICIES:
+        raise ValueError(f"oft: unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    if policy == "peft_neumann":
+        return policy, 5 if num_terms is None else int(num_terms), 0.0
+    if policy == "cayley_neumann":
+        return policy, 3 if k is None else int(k), 0.0
+    if policy == "tolerance":
+        return policy, 0, 1e-6 if tol is None else float(tol)
+    return policy, 0, 0.0
+
+
+def rotate(x: torch.Tensor, theta: torch.Tensor, block_size: int, *, shared: bool = False,
+           policy: str = "peft_neumann", num_terms: int | None = None, k: int | None = None,
+           tol: float | None = None) -> torch.Tensor:
+    """``Y = X R(theta)`` over the last dimension of ``x`` (differentiable in x and theta).
+
+    ``theta`` is ``[r, b(b-1)/2]`` (``[1, ...]`` with ``shared``), PEFT's packed order. ``policy``
+    and its setting: ``num_terms`` (PEFT's T, default 5), ``k`` (oft's R_k, default 3), ``tol``.
+    """
+    _check_inputs("oft.torch.rotate", x, theta, block_size, shared)
+    kind, terms, tol_value = _policy_args(policy, num_terms, k, tol)
+    return _rotate_op(x, theta, block_size, bool(shared), kind, terms, tol_value)
+
+
+def rotation_blocks(theta: torch.Tensor, block_size: int, *, policy: str = "peft_neumann",
+                    num_terms: int | None = None, k: int | None = None,
+                    tol: float | None = None) -> torch.Tensor:
+    """``[R(theta_1), ..., R(theta_g)]`` as a ``[g, b, b]`` tensor (differentiable in theta)."""
+    if not isinstance(theta, torch.Tensor) or theta.dtype not in _FLOAT_TYPES:
+        raise TypeError("oft.torch.rotation_blocks: theta must be a float32 or float64 tensor, got "
+                        f"{getattr(theta, 'dtype', type(theta).__name__)}")
+    if theta.device.type != "cpu":
+        raise ValueError(f"oft.torch.rotation_blocks: theta is on {theta.device}; CPU only")
+    m = block_size * (block_size - 1) // 2
+    if theta.dim() != 2 or theta.shape[1] != m:
+        raise ValueError(f"oft.torch.rotation_blocks: theta {list(theta.shape)} must be [g, {m}] "
+                         f"for block_size {block_size}")
+    kind, terms, tol_value = _policy_args(policy, num_terms, k, tol)
+    return _blocks_op(theta, block_size, kind, terms, tol_value)
+
+
+class OFTRotation(torch.nn.Module):
+    """The rotation of an OFT layer: ``forward(x) = x R`` over the last dimension.
+
+    The parameter is PEFT's: ``weight`` ``[r, b(b-1)/2]`` (``[1, ...]`` with ``block_share``),
+    zero at start (``R = I``). ``policy``: see ``oft.torch``; PEFT's default is
+    ``policy="peft_neumann", num_terms=5`` (= ``policy="cayley_neumann", k=3``).
+    """
+
+    def __init__(self, in_features: int, block_size: int, *, block_share: bool = False,
+                 policy: str = "peft_neumann", num_terms: int | None = None, k: int | None = None,
+                 tol: float | None = None, dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        if block_size < 1 or in_features % block_size != 0:
+            raise ValueError(f"OFTRotation: in_features {in_features} is not a multiple of "
+                             f"block_size {block_size}")
+        self.in_features = in_features
+        self.block_size = block_size
+        self.block_share = block_share
+        self.r = in_features // block_size
+        self.policy, self.terms, self.tol = _policy_args(policy, num_terms, k, tol)
+        rows = 1 if block_share else self.r
+        self.weight = torch.nn.Parameter(
+            torch.zeros(rows, block_size * (block_size - 1) // 2, dtype=dtype, device=device))
+
+    def _settings(self):
+        return dict(policy=self.policy, num_terms=self.terms, k=self.terms, tol=self.tol)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rotate(x, self.weight, self.block_size, shared=self.block_share, **self._settings())
+
+    def rotation_matrices(self) -> torch.Tensor:
+        """``[R_1, ..., R_g]`` (``[g, b, b]``), differentiable in ``weight``."""
+        return rotation_blocks(self.weight, self.block_size, **self._settings())
+
+    def extra_repr(self) -> str:
+        setting = {"peft_neumann": f", num_terms={self.terms}", "cayley_neumann": f", k={self.terms}",
+                   "tolerance": f", tol={self.tol}"}.get(self.policy, "")
+        return (f"in_features={self.in_features}, block_size={self.block_size}, r={self.r}, "
+                f"block_share={self.block_share}, policy={self.policy!r}{setting}")
