@@ -15,8 +15,9 @@
 #
 # The default build then runs the live check against the real PEFT on a real model
 # (scripts/peft_check.sh: a Python virtual environment from PyPI, ~5.5 GB once); set
-# OFT_SKIP_PEFT_CHECK=1 to skip it (it says so). The strict-warning compiles (OFT_BUILD_HYGIENE)
-# are part of the default build only.
+# OFT_SKIP_PEFT_CHECK=1 to skip it (it says so), and then builds the Python package into that
+# environment and runs its pytest suite (scripts/python_check.sh; skipped with the PEFT check).
+# The strict-warning compiles (OFT_BUILD_HYGIENE) are part of the default build only.
 #
 # Env: OFT_JOBS (default 2) controls build and ctest parallelism.
 set -euo pipefail
@@ -107,5 +108,6 @@ if [[ $SANITIZE -eq 0 && -z "$MARCH" ]]; then
     echo "== oft: SKIPPED the live check against the real PEFT (OFT_SKIP_PEFT_CHECK=1)"
   else
     bash "$ROOT/scripts/peft_check.sh" "$BUILD_DIR"
+    bash "$ROOT/scripts/python_check.sh" "$BUILD_DIR"
   fi
 fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds and installs oft's Python package (python/, scikit-build-core + nanobind) into the
+# PyPI virtual environment of the PEFT check and runs its pytest suite (python/tests): gradcheck
+# of every op, parity with the real PEFT, a MiniLM training run, DDP with gloo, bad input, RSS.
+# Run by scripts/test.sh after scripts/peft_check.sh (OFT_SKIP_PEFT_CHECK=1 skips both).
+#
+#   scripts/python_check.sh BUILD_DIR      (venv: ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv})
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${1:?usage: scripts/python_check.sh BUILD_DIR}"
+VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
+PY="$VENV/bin/python"
+if [[ ! -x $PY ]]; then
+  echo "python_check.sh: no virtual environment at $VENV (scripts/peft_check.sh makes it)" >&2
+  exit 1
+fi
+start=$SECONDS
+# The build backend and the test tools, pinned; torch, PEFT, transformers come from peft_check.sh.
+"$PY" -m pip install -q nanobind==3.1.0 scikit-build-core==1.1.2 pytest==9.2.0 numpy==2.4.6
+echo "== oft: building and installing the Python package (pip install ./python)"
+# No build isolation: the pinned backend above builds it, offline from PyPI after this point.
+"$PY" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$ROOT/python"
+echo "== oft: Python package installed in $((SECONDS - start)) s; pytest python/tests"
+# From the repository root, so that `import oft` finds the installed package, not python/oft.
+cd "$ROOT"
+HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" -m pytest -q -p no:cacheprovider python/tests
+echo "== oft: Python checks done in $((SECONDS - start)) s"
