@@ -32,6 +32,7 @@ __all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES"]
 
 POLICIES = ("peft_neumann", "cayley_neumann", "cayley", "tolerance", "exponential")
 _FLOAT_TYPES = (torch.float32, torch.float64)
+_CUDA_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _policy(kind: str, terms: int, tol: float) -> _core.Policy:
@@ -60,15 +61,24 @@ def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: 
     for name, t in (("x", x), ("theta", theta)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type == "cuda" and _core.has_cuda:
+            if t.dtype not in _CUDA_TYPES:
+                raise TypeError(f"{where}: {name} {list(t.shape)} is {t.dtype}; oft's CUDA kernels "
+                                "take float32, float64, float16 or bfloat16")
+            continue
         if t.dtype not in _FLOAT_TYPES:
             raise TypeError(f"{where}: {name} {list(t.shape)} is {t.dtype}; oft's CPU kernels take "
                             "float32 or float64 (cast first, as PEFT does to its weight's dtype)")
         if t.device.type != "cpu":
             raise ValueError(f"{where}: {name} {list(t.shape)} is on {t.device}; this build of oft "
-                             "runs on the CPU only (oft.has_cuda is False)")
-    if x.dtype != theta.dtype:
+                             "runs on the CPU" + (" and CUDA" if _core.has_cuda else
+                                                  " only (oft.has_cuda is False)"))
+    if x.device != theta.device:
+        raise ValueError(f"{where}: x is on {x.device} but theta on {theta.device}")
+    half_x_float_theta = x.dtype in (torch.float16, torch.bfloat16) and theta.dtype == torch.float32
+    if x.dtype != theta.dtype and not half_x_float_theta:
         raise TypeError(f"{where}: x {list(x.shape)} is {x.dtype} but theta {list(theta.shape)} is "
-                        f"{theta.dtype}; both must have one dtype")
+                        f"{theta.dtype}; both must have one dtype (or float32 theta for 16-bit x)")
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"{where}: block_size must be a positive int, got {block_size!r}")
     m = block_size * (block_size - 1) // 2
@@ -91,9 +101,70 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2
 
 
+# ---- CUDA path (only when oft._core was built with OFT_PYTHON_CUDA) ----------------------------
+_cuda_operators = {}
+
+
+def _cuda_policy(kind: str, terms: int):
+    """(exact, k) of the CUDA backend, which has CayleyNeumann{k} and ExactCayley only."""
+    if kind == "cayley":
+        return True, 0
+    if kind == "cayley_neumann":
+        return False, terms
+    if kind == "peft_neumann" and terms >= 3:
+        return False, 2 if terms == 3 else terms - 2
+    raise ValueError(f"oft: policy {kind!r}" + (f" with num_terms={terms}" if kind == "peft_neumann" else "")
+                     + " has no CUDA kernel (CUDA runs cayley, cayley_neumann and peft_neumann with "
+                     "T >= 3); move the tensors to the CPU")
+
+
+def _cuda_operator(x: torch.Tensor, block_size: int, shared: bool, kind: str, terms: int):
+    """One operator per device, dtype, shape, policy and stream: its calls are stream-ordered."""
+    exact, k = _cuda_policy(kind, terms)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    key = (x.device, x.dtype, x.shape[-1], block_size, shared, exact, k, stream)
+    op = _cuda_operators.get(key)
+    if op is None:
+        with torch.cuda.device(x.device):
+            op = _core.CudaRotation(x.shape[-1], block_size, shared, exact, k,
+                                    str(x.dtype).replace("torch.", ""))
+        _cuda_operators[key] = op
+    return op, stream
+
+
+def _cuda_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    wanted = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return theta.detach().to(wanted).contiguous()
+
+
+def _cuda_rotate(x, theta, block_size, shared, kind, terms):
+    x2 = _rows(x)
+    op, stream = _cuda_operator(x, block_size, shared, kind, terms)
+    op.set_generators(_cuda_theta(theta, x), stream)
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    op.apply(x2.detach(), y, False, stream)
+    return y.view(x.shape)
+
+
+def _cuda_rotate_backward(x, theta, dy, block_size, shared, kind, terms, want_dx, want_dtheta):
+    x2, dy2 = _rows(x), _rows(dy)
+    op, stream = _cuda_operator(x, block_size, shared, kind, terms)
+    theta_c = _cuda_theta(theta, x)
+    op.set_generators(theta_c, stream)
+    dx = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if want_dx else None
+    dtheta = torch.empty_like(theta_c) if want_dtheta else None
+    workspace = torch.empty(op.workspace_bytes(x2.shape[0]), dtype=torch.uint8, device=x.device)
+    op.backward(x2.detach(), dy2.detach(), dx, dtheta, workspace, stream)
+    empty = x.new_empty(0)
+    return (dx.view(x.shape) if want_dx else empty,
+            dtheta.to(theta.dtype) if want_dtheta else empty)
+
+
 @torch.library.custom_op("oft::rotate", mutates_args=())
 def _rotate_op(x: torch.Tensor, theta: torch.Tensor, block_size: int, shared: bool, policy: str,
                terms: int, tol: float) -> torch.Tensor:
+    if x.device.type == "cuda":
+        return _cuda_rotate(x, theta, block_size, shared, policy, terms)
     x2 = _rows(x)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
     op.set_generators(theta.detach().contiguous())
@@ -111,6 +182,9 @@ def _(x, theta, block_size, shared, policy, terms, tol):
 def _rotate_backward_op(x: torch.Tensor, theta: torch.Tensor, dy: torch.Tensor, block_size: int,
                         shared: bool, policy: str, terms: int, tol: float, want_dx: bool,
                         want_dtheta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.device.type == "cuda":
+        return _cuda_rotate_backward(x, theta, dy, block_size, shared, policy, terms, want_dx,
+                                     want_dtheta)
     x2 = _rows(x)
     dy2 = _rows(dy)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)

@@ -22,6 +22,10 @@
 
 #include <oft/oft.hpp>
 
+#ifdef OFT_PYTHON_CUDA
+#include "cuda_rotation.hpp"
+#endif
+
 namespace nb = nanobind;
 
 namespace {
@@ -230,6 +234,119 @@ void bind_rotation(nb::module_& m, const char* name) {
       .def("orthogonality_error", &R::orthogonality_error);
 }
 
+
+#ifdef OFT_PYTHON_CUDA
+/// A device array argument: pointer and row stride, after the same checks as matrix_of (CUDA
+/// device, dtype, 2-D, rows x cols when given, unit column stride).
+struct DeviceArg {
+  void* data;
+  oft::Index ld;
+};
+
+DeviceArg device_matrix(const AnyArray& a, const char* name, const nb::dlpack::dtype& dtype,
+                        const char* dtype_label, oft::Index rows, oft::Index cols) {
+  if (a.device_type() != nb::device::cuda::value) {
+    throw nb::value_error((std::string(name) + " " + shape_of(a) +
+                           " is not on a CUDA device (CudaRotation takes CUDA tensors)")
+                              .c_str());
+  }
+  if (a.dtype() != dtype) {
+    throw nb::type_error((std::string(name) + " " + shape_of(a) + " is " + dtype_name(a.dtype()) +
+                          ", expected " + dtype_label)
+                             .c_str());
+  }
+  if (a.ndim() != 2 || static_cast<oft::Index>(a.shape(0)) != rows ||
+      static_cast<oft::Index>(a.shape(1)) != cols) {
+    throw nb::value_error((std::string(name) + " has shape " + shape_of(a) + ", expected [" +
+                           std::to_string(rows) + ", " + std::to_string(cols) + "]")
+                              .c_str());
+  }
+  oft::Index ld = static_cast<oft::Index>(a.stride(0));
+  if (rows <= 1) ld = cols;
+  if ((cols > 1 && a.stride(1) != 1) || ld < cols) {
+    throw nb::value_error((std::string(name) + " " + shape_of(a) +
+                           " needs unit column stride and a row stride >= the width")
+                              .c_str());
+  }
+  return {a.data(), ld};
+}
+
+/// oft_python::CudaRotation with the Python checks in front (shapes from the operator).
+class PyCudaRotation {
+ public:
+  PyCudaRotation(oft::Index features, oft::Index block_size, bool shared, bool exact, int k,
+                 const std::string& dtype)
+      : features_(features), dtype_(parse(dtype)), dtype_label_(dtype),
+        op_(features, block_size, shared, exact, k, dtype_) {}
+
+  bool tensor_cores() const { return op_.tensor_cores(); }
+
+  void set_generators(const AnyArray& theta, std::uintptr_t stream) {
+    const DeviceArg t = device_matrix(theta, "theta", parameter_dtype(), parameter_label(),
+                                      op_.generators(), op_.packed());
+    op_.set_generators(t.data, t.ld, stream);
+  }
+
+  void apply(const AnyArray& x, const AnyArray& y, bool transposed, std::uintptr_t stream) const {
+    const oft::Index rows = x.ndim() == 2 ? static_cast<oft::Index>(x.shape(0)) : -1;
+    const DeviceArg xa = device_matrix(x, "x", activation_dtype(), dtype_label_.c_str(), rows, features_);
+    const DeviceArg ya = device_matrix(y, "y", activation_dtype(), dtype_label_.c_str(), rows, features_);
+    op_.apply(xa.data, xa.ld, ya.data, ya.ld, rows, transposed, stream);
+  }
+
+  std::size_t workspace_bytes(oft::Index rows) const { return op_.workspace_bytes(rows); }
+
+  void backward(const AnyArray& x, const AnyArray& dy, std::optional<AnyArray> dx,
+                std::optional<AnyArray> dtheta, const AnyArray& workspace,
+                std::uintptr_t stream) const {
+    const oft::Index rows = dy.ndim() == 2 ? static_cast<oft::Index>(dy.shape(0)) : -1;
+    const auto t = activation_dtype();
+    const char* label = dtype_label_.c_str();
+    const DeviceArg xa = device_matrix(x, "x", t, label, rows, features_);
+    const DeviceArg dya = device_matrix(dy, "dy", t, label, rows, features_);
+    const DeviceArg dxa = dx ? device_matrix(*dx, "dx", t, label, rows, features_) : DeviceArg{nullptr, 0};
+    const DeviceArg dtha = dtheta ? device_matrix(*dtheta, "dtheta", parameter_dtype(), parameter_label(),
+                                                  op_.generators(), op_.packed())
+                                  : DeviceArg{nullptr, 0};
+    if (workspace.device_type() != nb::device::cuda::value || workspace.ndim() != 1 ||
+        workspace.dtype() != nb::dtype<uint8_t>()) {
+      throw nb::value_error("workspace must be a 1-D uint8 CUDA tensor");
+    }
+    op_.backward(xa.data, xa.ld, dya.data, dya.ld, dxa.data, dxa.ld, dtha.data, dtha.ld,
+                 workspace.data(), workspace.shape(0), rows, stream);
+  }
+
+ private:
+  static oft_python::CudaDtype parse(const std::string& dtype) {
+    if (dtype == "float32") return oft_python::CudaDtype::Float32;
+    if (dtype == "float64") return oft_python::CudaDtype::Float64;
+    if (dtype == "float16") return oft_python::CudaDtype::Float16;
+    if (dtype == "bfloat16") return oft_python::CudaDtype::Bfloat16;
+    throw nb::type_error(("CudaRotation: dtype " + dtype +
+                          " is not float32, float64, float16 or bfloat16").c_str());
+  }
+  nb::dlpack::dtype activation_dtype() const {
+    switch (dtype_) {
+      case oft_python::CudaDtype::Float64: return nb::dtype<double>();
+      case oft_python::CudaDtype::Float16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+      case oft_python::CudaDtype::Bfloat16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+      default: return nb::dtype<float>();
+    }
+  }
+  nb::dlpack::dtype parameter_dtype() const {
+    return dtype_ == oft_python::CudaDtype::Float64 ? nb::dtype<double>() : nb::dtype<float>();
+  }
+  const char* parameter_label() const {
+    return dtype_ == oft_python::CudaDtype::Float64 ? "float64" : "float32";
+  }
+
+  oft::Index features_;
+  oft_python::CudaDtype dtype_;
+  std::string dtype_label_;
+  oft_python::CudaRotation op_;
+};
+#endif  // OFT_PYTHON_CUDA
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -279,5 +396,21 @@ NB_MODULE(_core, m) {
     return 1;
 #endif
   });
+#ifdef OFT_PYTHON_CUDA
+  nb::class_<PyCudaRotation>(m, "CudaRotation")
+      .def(nb::init<oft::Index, oft::Index, bool, bool, int, const std::string&>(),
+           nb::arg("features"), nb::arg("block_size"), nb::arg("shared"), nb::arg("exact"),
+           nb::arg("k"), nb::arg("dtype"))
+      .def_prop_ro("tensor_cores", &PyCudaRotation::tensor_cores)
+      .def("set_generators", &PyCudaRotation::set_generators, nb::arg("theta"), nb::arg("stream"))
+      .def("apply", &PyCudaRotation::apply, nb::arg("x"), nb::arg("y"), nb::arg("transposed"),
+           nb::arg("stream"))
+      .def("workspace_bytes", &PyCudaRotation::workspace_bytes, nb::arg("rows"))
+      .def("backward", &PyCudaRotation::backward, nb::arg("x"), nb::arg("dy"),
+           nb::arg("dx").none(), nb::arg("dtheta").none(), nb::arg("workspace"),
+           nb::arg("stream"));
+  m.attr("has_cuda") = true;
+#else
   m.attr("has_cuda") = false;
+#endif
 }
