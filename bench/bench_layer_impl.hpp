@@ -4,7 +4,9 @@
 /// bench_layer_eigen.cpp (the same, with EIGEN_USE_BLAS undefined: Eigen's own GEMM). The GEMM
 /// backend is written into the run context ("oft_gemm_backend").
 ///
-/// One training step of a frozen linear layer at d = n_out = 4096, b = 32, N = 2048, float:
+/// One training step of a frozen linear layer at d = n_out = 4096, b = 32, N = 2048, float, with
+/// Cayley-Neumann k as the fifth argument (k = 3, the R_k of PEFT's default
+/// num_cayley_neumann_terms = 5, and k = 4):
 ///
 ///   BM_BaseGemmStep       Z = X W0^T and dX = dZ W0 (the layer without any adapter; W0 frozen)
 ///   BM_OftLayerStep       set_generators + forward (Y = X R, Z = Y W0^T) + backward
@@ -28,10 +30,10 @@ using Policy = oft::CayleyNeumann;
 using Layer = oft::OftLinear<Scalar, Policy>;
 
 constexpr double kRho = 0.5;
-constexpr int kTerms = 4;
 
 struct LayerData {
   Index d = 0, n_out = 0, b = 0, n = 0;
+  int k = -1;
   std::unique_ptr<Layer> layer;
   oft::Generators<Scalar> theta, dtheta;
   Matrix<Scalar> x, z, dz, dx;
@@ -41,13 +43,13 @@ struct LayerData {
 };
 
 /// Layer, activations and validation for one shape, built once per process.
-LayerData& layer_data(Index d, Index n_out, Index b, Index n) {
+LayerData& layer_data(Index d, Index n_out, Index b, Index n, int k) {
   static LayerData cache;
-  if (cache.d == d && cache.n_out == n_out && cache.b == b && cache.n == n) return cache;
+  if (cache.d == d && cache.n_out == n_out && cache.b == b && cache.n == n && cache.k == k) return cache;
   cache = LayerData{};
-  cache.d = d, cache.n_out = n_out, cache.b = b, cache.n = n;
+  cache.d = d, cache.n_out = n_out, cache.b = b, cache.n = n, cache.k = k;
   const Matrix<Scalar> w0 = random_matrix<Scalar>(n_out, d, 21) / std::sqrt(Scalar(d));
-  cache.layer = std::make_unique<Layer>(oft::view(w0), nullptr, b, false, Policy{kTerms});
+  cache.layer = std::make_unique<Layer>(oft::view(w0), nullptr, b, false, Policy{k});
   cache.theta = random_generators<Scalar>(d / b, b, kRho, 7);
   cache.dtheta = oft::Generators<Scalar>(d / b, b);
   cache.layer->set_generators(cache.theta.view());
@@ -87,7 +89,8 @@ LayerData& layer_data(Index d, Index n_out, Index b, Index n) {
 }
 
 LayerData& setup(benchmark::State& state) {
-  LayerData& data = layer_data(state.range(0), state.range(1), state.range(2), state.range(3));
+  LayerData& data = layer_data(state.range(0), state.range(1), state.range(2), state.range(3),
+                               static_cast<int>(state.range(4)));
   if (!data.error.empty()) state.SkipWithError(data.error.c_str());
   return data;
 }
@@ -201,8 +204,9 @@ void BM_DenseWeightCentricStep(benchmark::State& state) {
 
 #define OFT_LAYER_BENCH(fn)                \
   BENCHMARK(fn)                            \
-      ->Args({4096, 4096, 32, 2048})       \
-      ->ArgNames({"d", "n_out", "b", "N"}) \
+      ->Args({4096, 4096, 32, 2048, 3})         \
+      ->Args({4096, 4096, 32, 2048, 4})         \
+      ->ArgNames({"d", "n_out", "b", "N", "k"}) \
       ->UseRealTime()                      \
       ->Unit(benchmark::kMillisecond)
 

@@ -169,9 +169,11 @@ def main():
     for rep, title in ((layer, "bench_layer"), (layer_eigen, "bench_layer_eigen")):
         if not rep:
             continue
-        section(f"Layer step, float, d=n_out=4096 b=32 N=2048 ({title}: "
+        args, k = "d:4096/n_out:4096/b:32/N:2048/k:3", 3  # k = 3: PEFT's default T = 5
+        if rep.ms(f"BM_OftLayerStep/{args}") is None:  # results from before k was an argument
+            args, k = "d:4096/n_out:4096/b:32/N:2048", 4
+        section(f"Layer step, float, d=n_out=4096 b=32 N=2048 k={k} ({title}: "
                 f"{rep.context.get('oft_gemm_backend', '?')})")
-        args = "d:4096/n_out:4096/b:32/N:2048"
         base, oft_step, wc = (rep.ms(f"BM_BaseGemmStep/{args}"), rep.ms(f"BM_OftLayerStep/{args}"),
                               rep.ms(f"BM_WeightCentricStep/{args}"))
         base_f, oft_f, wc_f = (rep.ms(f"BM_BaseForward/{args}"), rep.ms(f"BM_OftLayerForward/{args}"),
