@@ -24,4 +24,6 @@ echo "== oft: Python package installed in $((SECONDS - start)) s; pytest python/
 # From the repository root, so that `import oft` finds the installed package, not python/oft.
 cd "$ROOT"
 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" -m pytest -q -p no:cacheprovider python/tests
+echo "== oft: the README's Python example (examples/python/accelerate_peft.py)"
+HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" examples/python/accelerate_peft.py
 echo "== oft: Python checks done in $((SECONDS - start)) s"
