@@ -126,7 +126,7 @@ template <class Scalar>
 class Rotation {
  public:
   Rotation(oft::Index features, oft::Index block_size, bool shared, const Policy& policy)
-      : op_(spec_for(features, block_size, shared), policy.value) {}
+      : op_(oft::BlockSpec::from_features(features, block_size, shared), policy.value) {}
 
   oft::Index features() const { return op_.features(); }
   oft::Index block_size() const { return op_.spec().block_size; }
@@ -193,16 +193,6 @@ class Rotation {
   double orthogonality_error() const { return op_.orthogonality_error(); }
 
  private:
-  static oft::BlockSpec spec_for(oft::Index features, oft::Index block_size, bool shared) {
-    if (block_size < 1 || features < 1 || features % block_size != 0) {
-      throw nb::value_error(("features " + std::to_string(features) +
-                             " is not a positive multiple of block_size " +
-                             std::to_string(block_size))
-                                .c_str());
-    }
-    return oft::BlockSpec::from_features(features, block_size, shared);
-  }
-
   oft::AnyBlockOrthogonal<Scalar> op_;
 };
 

@@ -88,7 +88,7 @@ def test_bad_input_names_the_argument():
         rot.apply(x, torch.empty(3, 8, requires_grad=True))
     with pytest.raises(ValueError, match=r"non-finite"):
         rot.set_generators(torch.full((2, 6), float("nan")))
-    with pytest.raises(ValueError, match=r"not a positive multiple of block_size 3"):
+    with pytest.raises(ValueError, match=r"feature size d=8 is not divisible by block size b=3"):
         oft.Rotation(8, 3)
     with pytest.raises(TypeError, match=r"not float32 or float64"):
         oft.Rotation(8, 4, dtype="float16")
