@@ -64,8 +64,11 @@ class AcceleratedOFTRotationModule(_layer.OFTRotationModule):
         return y.to(required_dtype)
 
 
-def _rotation_dicts(module):
-    return [getattr(module, name) for name in ("oft_R", "oft_embedding_R") if hasattr(module, name)]
+def _rotations(module):
+    """(dict name, adapter, rotation) of every PEFT rotation a layer holds."""
+    for dict_name in ("oft_R", "oft_embedding_R"):
+        for adapter, rotation in getattr(module, dict_name, {}).items():
+            yield dict_name, adapter, rotation
 
 
 def accelerate(model: torch.nn.Module, *, skip_unsupported: bool = False) -> list[str]:
@@ -90,10 +93,9 @@ def accelerate(model: torch.nn.Module, *, skip_unsupported: bool = False) -> lis
                             f"{type(module).__name__}; oft accelerates PEFT's OFT Linear and "
                             "Embedding layers only (skip_unsupported=True leaves the others on "
                             "PEFT's path)")
-        for rotations in _rotation_dicts(module):
-            for adapter, rotation in rotations.items():
-                if type(rotation) is _layer.OFTRotationModule:
-                    plan.append((f"{name}.{rotation_dict_name(module, rotations)}.{adapter}", rotation))
+        for dict_name, adapter, rotation in _rotations(module):
+            if type(rotation) is _layer.OFTRotationModule:
+                plan.append((f"{name}.{dict_name}.{adapter}", rotation))
     if not found:
         raise ValueError("oft.peft.accelerate: the model has no PEFT OFT layer (wrap it with "
                          "peft.get_peft_model and an OFTConfig first)")
@@ -112,9 +114,3 @@ def restore(model: torch.nn.Module) -> int:
             count += 1
     return count
 
-
-def rotation_dict_name(module, rotations) -> str:
-    for name in ("oft_R", "oft_embedding_R"):
-        if getattr(module, name, None) is rotations:
-            return name
-    return "?"
