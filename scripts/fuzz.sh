@@ -7,7 +7,8 @@
 # Seeds: tests/io/fixtures/*.safetensors and the PEFT-made adapters of tests/peft/fixtures (each as
 # adapter_config.json + 0xFF + adapter_model.safetensors, the adapter target's input format). A
 # crash, leak, timeout (10 s per input) or sanitizer report fails the run, and the input that did
-# it is left in build-fuzz/artifacts/. The corpora grow in build-fuzz/corpus-*/ across runs.
+# it is left in build-fuzz/artifacts/ (add it to tests/fuzz/regressions/<target>/ with the fix). The
+# corpora grow in build-fuzz/corpus-*/ across runs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -36,10 +37,23 @@ for dir in tests/peft/fixtures/adapters/*/; do
 done
 
 status=0
+# Inputs that once failed (tests/fuzz/regressions/<target>/) run first, one by one, every time.
+for target in safetensors peft_adapter; do
+  regressions=(tests/fuzz/regressions/$target/*)
+  [ -e "${regressions[0]}" ] || continue
+  echo "== fuzz: fuzz_$target on ${#regressions[@]} regression inputs"
+  if ! "$BUILD/tests/fuzz/fuzz_$target" "${regressions[@]}" >"$BUILD/regressions_$target.log" 2>&1; then
+    echo "fuzz.sh: fuzz_$target FAILED on a regression input" >&2
+    tail -40 "$BUILD/regressions_$target.log" >&2
+    status=1
+  fi
+done
+# A fixed seed (OFT_FUZZ_SEED, default 1) so that CI explores the same way each run; set it to 0
+# for libFuzzer's random seed when hunting.
 for target in safetensors peft_adapter; do
   echo "== fuzz: fuzz_$target for ${SECONDS_PER_TARGET} s"
   if ! "$BUILD/tests/fuzz/fuzz_$target" "$BUILD/corpus-$target" -max_total_time="$SECONDS_PER_TARGET" \
-      -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+      -seed="${OFT_FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$BUILD/artifacts/fuzz_$target-" 2>"$BUILD/fuzz_$target.log"; then
     echo "fuzz.sh: fuzz_$target FAILED; input and report: $BUILD/artifacts/, $BUILD/fuzz_$target.log" >&2
     tail -40 "$BUILD/fuzz_$target.log" >&2

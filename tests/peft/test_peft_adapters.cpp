@@ -163,6 +163,16 @@ TEST(PeftAdapters, BadInputIsRefusedWithTheValues) {
   expect_refused("{not json", "not JSON");
   expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": -1})",
                  "got -1");
+  // Integer fields take JSON integers only: a float out of int's range was undefined behaviour in
+  // the conversion (found by fuzz_peft_adapter), a fraction was silently truncated.
+  expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 5.66667e+28})",
+                 "field 'num_cayley_neumann_terms' is 5.66667e+28, expected an integer in");
+  expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 2.5})",
+                 "field 'num_cayley_neumann_terms' is 2.5");
+  expect_refused(R"({"peft_type": "OFT", "num_cayley_neumann_terms": 4294967301})",
+                 "field 'num_cayley_neumann_terms' is 4294967301");
+  expect_refused(R"({"peft_type": "OFT", "r": 18446744073709551615})", "field 'r' is 18446744073709551615");
+  expect_refused(R"({"peft_type": "OFT", "oft_block_size": 1e3})", "field 'oft_block_size' is 1000.0");
   fs::remove_all(dir);
 }
 

@@ -25,9 +25,11 @@
 /// Errors: format_error naming the file, the key and the values (a missing or malformed field, a
 /// tensor that is not [rows, b(b-1)/2], a peft_type other than OFT, an unknown tensor).
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -229,6 +231,25 @@ class PeftOftAdapter {
     }
   }
 
+  // nlohmann's get<int>() of 1e30 or 2.5 is a static_cast (undefined for out-of-range values, a
+  // silent truncation otherwise), so integer fields take JSON integers in T's range only.
+  template <class T>
+  static T integer_field(const nlohmann::ordered_json& json, const char* key, const std::string& where,
+                         T fallback) {
+    if (!json.contains(key) || json.at(key).is_null()) return fallback;
+    const auto& value = json.at(key);
+    const bool in_range =
+        value.is_number_unsigned()
+            ? value.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())
+            : value.is_number_integer() && value.get<std::int64_t>() >= std::numeric_limits<T>::min() &&
+                  value.get<std::int64_t>() <= std::numeric_limits<T>::max();
+    if (!in_range)
+      throw format_error(oft::detail::message("oft: ", where, ": field '", key, "' is ", value.dump(),
+                                         ", expected an integer in [", std::numeric_limits<T>::min(),
+                                         ", ", std::numeric_limits<T>::max(), "]"));
+    return static_cast<T>(value.get<std::int64_t>());
+  }
+
   static PeftOftConfig read_config(const std::filesystem::path& path) {
     std::ifstream in(path);
     if (!in) throw format_error(oft::detail::message("oft: ", path.string(), ": cannot be read"));
@@ -249,12 +270,12 @@ class PeftOftAdapter {
                                          "', expected 'OFT'"));
     config.peft_version = field<std::string>(json, "peft_version", where, "");
     config.use_cayley_neumann = field<bool>(json, "use_cayley_neumann", where, false);
-    config.num_cayley_neumann_terms = field<int>(json, "num_cayley_neumann_terms", where, 5);
+    config.num_cayley_neumann_terms = integer_field<int>(json, "num_cayley_neumann_terms", where, 5);
     config.block_share = field<bool>(json, "block_share", where, false);
     config.coft = field<bool>(json, "coft", where, false);
     config.eps = field<double>(json, "eps", where, 6e-5);
-    config.oft_block_size = field<Index>(json, "oft_block_size", where, 0);
-    config.r = field<Index>(json, "r", where, 0);
+    config.oft_block_size = integer_field<Index>(json, "oft_block_size", where, 0);
+    config.r = integer_field<Index>(json, "r", where, 0);
     config.module_dropout = field<double>(json, "module_dropout", where, 0.0);
     if (json.contains("target_modules") && json.at("target_modules").is_string())
       config.target_modules = {json.at("target_modules").get<std::string>()};
