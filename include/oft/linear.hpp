@@ -16,6 +16,7 @@
 #include <Eigen/LU>
 
 #include "block_orthogonal.hpp"
+#include "detail/layer_checks.hpp"
 
 namespace oft {
 
@@ -119,33 +120,14 @@ class OftLinear<Scalar_, Parameterization_, cpu> {
  private:
   void check_io(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& z,
                 const char* out_name) const {
-    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
-                    features(), " (W0 is ", outputs(), "x", features(), ")");
-    detail::require_shape(z, x.rows(), outputs(), out_name);
-    detail::require_disjoint(z, x, out_name, "X");
+    detail::check_layer_forward(x, z, features(), outputs(), out_name);
   }
 
   /// Every check of backward and backward_weight_centric, before either writes anything.
   void check_backward(const ConstMatrixView<Scalar>& x, const ConstMatrixView<Scalar>& dz,
                       const MatrixView<Scalar>& dx, const GeneratorView<Scalar>& dtheta,
                       bool dx_may_be_x) const {
-    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
-                    features());
-    detail::require_shape(dz, x.rows(), outputs(), "dZ");
-    if (dx.data() != nullptr) {
-      detail::require_shape(dx, x.rows(), features(), "dX");
-      detail::require_disjoint(dx, dz, "dX", "dZ");
-      if (dx_may_be_x)
-        detail::require_in_place_or_disjoint(dx, x, "dX", "X");
-      else
-        detail::require_disjoint(dx, x, "dX", "X");
-    }
-    if (dtheta.data() != nullptr) {
-      rotation_.check_generators(dtheta, "dtheta");
-      detail::require_disjoint(dtheta.matrix(), x, "dtheta", "X");
-      detail::require_disjoint(dtheta.matrix(), dz, "dtheta", "dZ");
-      if (dx.data() != nullptr) detail::require_disjoint(dtheta.matrix(), dx, "dtheta", "dX");
-    }
+    detail::check_layer_backward(rotation_, x, dz, dx, dtheta, features(), outputs(), dx_may_be_x);
   }
 
   void base_forward(const MatrixView<Scalar>& y, const MatrixView<Scalar>& z) const {

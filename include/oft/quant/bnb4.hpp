@@ -4,7 +4,7 @@
 /// blockwise quantizer and the dequantizer, so that a frozen base quantized by bitsandbytes (or
 /// by oft) is read and written exactly as bitsandbytes does (QOFT, SPEC section 9). Facts from
 /// bitsandbytes 0.50.2 (functional.py, backends/default/ops.py), checked against it by
-/// tests/io/test_bnb4.cpp on fixtures made by tests/io/make_bnb4_fixtures.py:
+/// tests/quant/test_bnb4.cpp on fixtures made by tests/quant/make_bnb4_fixtures.py:
 ///
 /// - The weight is flattened row-major and cut into blocks of `blocksize` values (blocks cross
 ///   rows); a ragged last block has its own absmax. absmax is float32, max |w| of the block.

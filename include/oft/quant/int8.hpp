@@ -3,8 +3,8 @@
 /// bitsandbytes' LLM.int8 weight format (Dettmers et al., 2022), bit for bit: one int8 row per
 /// output feature and one float32 scale per row (QOFT, SPEC section 9). Facts from bitsandbytes
 /// 0.50.2 (backends/default/ops.py `int8_vectorwise_quant`, _ops.py `int8_vectorwise_dequant`,
-/// nn/modules.py `Int8Params`), checked against it by tests/io/test_int8.cpp on fixtures made by
-/// tests/io/make_int8_fixtures.py:
+/// nn/modules.py `Int8Params`), checked against it by tests/quant/test_int8.cpp on fixtures made by
+/// tests/quant/make_int8_fixtures.py:
 ///
 /// - SCB[row] = max |W[row, :]| in float32 (a Linear8bitLt quantizes its weight after casting it
 ///   to float16, so SCB is then an fp16 value widened).
@@ -39,10 +39,9 @@ struct Int8Tensor {
 
   /// W[row, j], exactly as bitsandbytes' int8_vectorwise_dequant.
   float dequantize(Index row, Index j) const {
-    // volatile: two roundings in bitsandbytes' order, never one fused multiply-add.
-    const volatile float scaled = static_cast<float>(values[static_cast<std::size_t>(row * cols + j)]) *
-                                  scales[static_cast<std::size_t>(row)];
-    return scaled * kInt8InverseScale;
+    // Two products, each rounded, in bitsandbytes' order ((q * SCB) * 1/127 is not q * (SCB/127)).
+    return static_cast<float>(values[static_cast<std::size_t>(row * cols + j)]) *
+           scales[static_cast<std::size_t>(row)] * kInt8InverseScale;
   }
 };
 

