@@ -4,7 +4,9 @@
 // CPU policy. Nothing here is executed; the build of this object is the test.
 
 #include <oft/oft.hpp>
+#include <oft/quant.hpp>
 
+#include <cstdint>
 #include <vector>
 
 namespace {
@@ -73,10 +75,48 @@ void use_all() {
   (void)oft::cayley_neumann(q, 4).apply(rows);
 }
 
+template <class Scalar, class Base>
+void use_quantized_layers(const Base& base) {
+  oft::quant::QoftLinear<Scalar, oft::CayleyNeumann, Base> qoft(base, nullptr, 4, false, oft::CayleyNeumann{3});
+  oft::quant::QloraLinear<Scalar, Base> qlora(base, nullptr, 2, 4.0);
+  std::vector<Scalar> x(16), z(6), dx(16);
+  oft::Generators<Scalar> dtheta(2, 4);
+  oft::RowMatrix<Scalar> da, db;
+  oft::Workspace<Scalar> workspace;
+  const oft::ConstMatrixView<Scalar> xv(x.data(), 2, 8), zv(z.data(), 2, 3);
+  qoft.forward(xv, oft::MatrixView<Scalar>(z.data(), 2, 3), workspace);
+  qoft.backward(xv, zv, oft::MatrixView<Scalar>(dx.data(), 2, 8), dtheta.view(), workspace);
+  (void)qoft.dequantized();
+  (void)qoft.frozen_bytes();
+  qlora.forward(xv, oft::MatrixView<Scalar>(z.data(), 2, 3), workspace);
+  qlora.backward(xv, zv, oft::MatrixView<Scalar>(dx.data(), 2, 8), da, db, workspace);
+  (void)oft::quant::dequantize_all<Scalar>(base);
+}
+
+void use_quant() {
+  const std::vector<float> w(24, 0.5f);
+  oft::quant::Bnb4Tensor nf4 = oft::quant::quantize_bnb4(w.data(), 24, 64, oft::quant::Bnb4Type::NF4);
+  std::vector<float> out(24);
+  oft::quant::dequantize_bnb4(nf4, out.data());
+  const std::vector<std::uint8_t> q(1, 0);
+  const float code[256] = {};
+  (void)oft::quant::dequantize_bnb4_nested_absmax(q.data(), 1, out.data(), 1, code, 0.0f);
+  const oft::quant::Bnb4Base bnb4(nf4, 3, 8);
+  const oft::quant::Int8Base int8(oft::quant::quantize_int8(w.data(), 3, 8));
+  const oft::quant::DenseBase dense(w.data(), 3, 8);
+  (void)oft::quant::dequantize_int8(int8.tensor());
+  use_quantized_layers<float>(bnb4);
+  use_quantized_layers<double>(bnb4);
+  use_quantized_layers<float>(int8);
+  use_quantized_layers<double>(int8);
+  use_quantized_layers<float>(dense);
+}
+
 }  // namespace
 
 // Referenced so that the instantiations are compiled; never called.
 void oft_strict_warnings_instantiate() {
   use_all<float>();
   use_all<double>();
+  use_quant();
 }

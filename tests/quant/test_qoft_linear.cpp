@@ -129,8 +129,10 @@ void check_fused_products(const Base& base, Index n, Rng& rng, const std::string
 
 TEST(FusedGemm, EqualsTheDenseProductsOverTheDequantizedWeight) {
   Rng rng(3);
-  // n_out = 130 and d = 300: panel tails in both products (128 + 2 rows, 2 x 128 + 44 columns).
-  for (const auto& shape : std::vector<std::pair<Index, Index>>{{130, 300}, {7, 5}, {256, 128}}) {
+  // Panels are kFusedPanelWidth = 512 wide: n_out = 520 and d = 1100 leave tails in both
+  // products (512 + 8 rows; 2 x 512 + 76 columns).
+  static_assert(oft::quant::kFusedPanelWidth == 512, "update the tail shapes below");
+  for (const auto& shape : std::vector<std::pair<Index, Index>>{{520, 1100}, {7, 5}, {512, 128}}) {
     const Index n_out = shape.first, d = shape.second;
     const std::vector<float> w = random_weight(n_out, d, rng);
     const std::string s = std::to_string(n_out) + "x" + std::to_string(d);
@@ -203,7 +205,7 @@ void check_layer_equals_oft_linear(const Base& base, const Policy& policy, Index
 
 TEST(QoftLinear, EqualsOftLinearOverTheDequantizedWeight) {
   Rng rng(5);
-  const Index n_out = 130, d = 144;  // panel tails; 144 = 18 x 8 = 9 x 16
+  const Index n_out = 515, d = 528;  // panel tails (512 + 3 rows, 512 + 16 columns); 528 = 66 x 8 = 33 x 16
   const std::vector<float> w = random_weight(n_out, d, rng);
   for (Index n : {Index(0), Index(1), Index(40)})
     for (bool shared : {false, true}) {

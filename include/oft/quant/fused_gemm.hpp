@@ -24,10 +24,12 @@
 
 namespace oft::quant {
 
-/// Rows of W per forward panel and columns per backward panel: 128 keeps the GEMM's narrow side
-/// wide enough for full register tiles (AVX-512: 16 floats x several) and a d = 4096 panel at
-/// 2 MiB, about one core's L2.
-inline constexpr Index kFusedPanelWidth = 128;
+/// Rows of W per forward panel and columns per backward panel. The GEMM packs the token-side
+/// operand (Y or dZ, N x d) again for every panel, so narrow panels cost passes over it: measured
+/// at d = n_out = 4096, N = 2048 on 2 threads (bench_qoft, float panels, docs/quant.md), 128
+/// made the two products 1.23-1.31x the single dense GEMMs, 256 1.08x, 512 1.0-1.06x. A 512-wide
+/// panel of a d = 4096 layer is 8 MiB of scratch, shared by every layer that uses the workspace.
+inline constexpr Index kFusedPanelWidth = 512;
 
 /// Floats of panel scratch that dequant_gemm_nt and dequant_gemm_nn need for `base`.
 template <class Base>
@@ -46,6 +48,13 @@ void dequantize_panel(const Base& base, Index row0, Index nrows, Index col0, Ind
   for (Index i = 0; i < nrows; ++i) base.dequantize(row0 + i, 1, col0, ncols, out + i * ncols, ncols);
 }
 
+/// Blocks template deduction, so views convert (MatrixView<T> -> MatrixView<const T>) and the
+/// scalar type comes from the panel pointer alone.
+template <class T>
+struct Same {
+  using type = T;
+};
+
 template <class Scalar>
 using PanelMap = Eigen::Map<const RowMatrix<Scalar>>;
 template <class Scalar>
@@ -57,7 +66,8 @@ using StridedMap = Eigen::Map<RowMatrix<Scalar>, Eigen::Unaligned, Eigen::OuterS
 /// scalars. Shapes are the caller's to check (QoftLinear does). Scalar: float, or double (the
 /// base's float values widened; references and FD checks).
 template <class Base, class Scalar>
-void dequant_gemm_nt(const Base& base, ConstMatrixView<Scalar> y, MatrixView<Scalar> z, Scalar* panel) {
+void dequant_gemm_nt(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type y,
+                     typename detail_fused::Same<MatrixView<Scalar>>::type z, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
   for (Index p = 0; p < n_out; p += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, n_out - p);
@@ -70,7 +80,8 @@ void dequant_gemm_nt(const Base& base, ConstMatrixView<Scalar> y, MatrixView<Sca
 /// dY = dZ W, dZ: N x n_out, dY: N x d (dY must not overlap dZ). `panel`: fused_panel_size(base)
 /// scalars.
 template <class Base, class Scalar>
-void dequant_gemm_nn(const Base& base, ConstMatrixView<Scalar> dz, MatrixView<Scalar> dy, Scalar* panel) {
+void dequant_gemm_nn(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type dz,
+                     typename detail_fused::Same<MatrixView<Scalar>>::type dy, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
   for (Index c = 0; c < d; c += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, d - c);
