@@ -93,6 +93,16 @@ void use_quantized_layers(const Base& base) {
   (void)oft::quant::dequantize_all<Scalar>(base);
 }
 
+template <class Base>
+void use_merge(const Base& base) {
+  oft::BlockOrthogonal<float, oft::CayleyNeumann> rotation(oft::BlockSpec::from_features(8, 4), oft::CayleyNeumann{3});
+  oft::quant::MergeReport report;
+  (void)oft::quant::merge_rotation(base, rotation, &report);
+  (void)oft::quant::merged_weight(base, rotation);
+  const oft::RowMatrix<float> a = oft::RowMatrix<float>::Zero(2, 8), b = oft::RowMatrix<float>::Zero(3, 2);
+  (void)oft::quant::merge_lora(base, a, b, 1.0f, &report);
+}
+
 void use_quant() {
   const std::vector<float> w(24, 0.5f);
   oft::quant::Bnb4Tensor nf4 = oft::quant::quantize_bnb4(w.data(), 24, 64, oft::quant::Bnb4Type::NF4);
@@ -110,6 +120,9 @@ void use_quant() {
   use_quantized_layers<float>(int8);
   use_quantized_layers<double>(int8);
   use_quantized_layers<float>(dense);
+  use_merge(bnb4);
+  use_merge(int8);
+  use_merge(dense);
 }
 
 }  // namespace
