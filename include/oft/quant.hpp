@@ -1,9 +1,12 @@
 #pragma once
 /// \file quant.hpp
-/// QOFT: quantized frozen bases. The formats (bitsandbytes NF4/FP4 and LLM.int8, bit for bit),
-/// the frozen-base views, the fused dequantize-GEMMs, the QOFT layer, the QLoRA baseline and merging into a quantized base.
+/// QOFT: quantized frozen bases. The formats (bitsandbytes NF4/FP4 with double quantization and
+/// LLM.int8, bit for bit), the frozen-base views, the fused dequantize-GEMMs, the QOFT layer, the
+/// QLoRA baseline and merging into a quantized base.
 /// See docs/quant.md.
 #include "quant/bnb4.hpp"
+#include "quant/bnb4_double.hpp"
+#include "quant/bnb_dynamic.hpp"
 #include "quant/frozen_base.hpp"
 #include "quant/fused_gemm.hpp"
 #include "quant/int8.hpp"

@@ -20,7 +20,7 @@
 /// - Double quantization (`compress_statistics=True`): absmax - offset (offset = mean absmax) is
 ///   stored as 8-bit indices into a 256-value code (bitsandbytes' signed dynamic map, saved with
 ///   the checkpoint), blocks of 256 with their own float32 absmax. Reading it back is here
-///   (dequantize_bnb4_nested_absmax); writing it bit for bit is not yet.
+///   (dequantize_bnb4_nested_absmax); writing it is quant/bnb4_double.hpp.
 #include <algorithm>
 #include <array>
 #include <cmath>
