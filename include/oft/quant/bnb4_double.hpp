@@ -50,11 +50,13 @@ inline float bnb4_absmax_offset(const std::vector<float>& absmax) {
 
 /// Double-quantizes `absmax` as quantize_4bit(compress_statistics=True) does. `offset`: the
 /// value to subtract (bitsandbytes' own, for bit-for-bit parity with a given run); by default
-/// bnb4_absmax_offset(absmax).
+/// bnb4_absmax_offset(absmax). `nested_blocksize`: bitsandbytes always uses 256.
 inline Bnb4NestedAbsmax double_quantize_absmax(const std::vector<float>& absmax,
-                                               std::optional<float> offset = std::nullopt) {
+                                               std::optional<float> offset = std::nullopt,
+                                               Index nested_blocksize = 256) {
   oft::detail::require(!absmax.empty(), "double_quantize_absmax: no absmax values");
   Bnb4NestedAbsmax out;
+  out.nested_blocksize = nested_blocksize;
   out.offset = offset ? *offset : bnb4_absmax_offset(absmax);
   oft::detail::require_domain(std::isfinite(out.offset), "double_quantize_absmax: offset ",
                               out.offset, " is not finite");

@@ -24,11 +24,31 @@
 
 #include "../errors.hpp"
 #include "../index.hpp"
+#include "../io/half.hpp"
 #include "bnb4.hpp"
 #include "bnb4_panel.hpp"
 #include "int8.hpp"
 
 namespace oft::quant {
+
+/// The dtype a format dequantizes to. bitsandbytes' dequantize_4bit writes code * absmax (a
+/// float32 product) into a tensor of the quant_state's dtype: a float16 or bfloat16 model's base
+/// is that product rounded to nearest even, which the layer then multiplies by.
+enum class DequantDtype { F32, F16, BF16 };
+
+inline const char* name(DequantDtype dtype) {
+  return dtype == DequantDtype::F32 ? "float32" : dtype == DequantDtype::F16 ? "float16" : "bfloat16";
+}
+
+namespace detail_base {
+inline void round_to(DequantDtype dtype, float* values, Index count) {
+  if (dtype == DequantDtype::F16) {
+    for (Index i = 0; i < count; ++i) values[i] = io::f16_to_float(io::float_to_f16(values[i]));
+  } else if (dtype == DequantDtype::BF16) {
+    for (Index i = 0; i < count; ++i) values[i] = io::bf16_to_float(io::float_to_bf16(values[i]));
+  }
+}
+}  // namespace detail_base
 
 /// A float32 base (the dense reference: the same fused path over unquantized values).
 class DenseBase {
@@ -57,10 +77,12 @@ class DenseBase {
 
 /// bitsandbytes NF4 or FP4 (blocks over the flattened row-major weight; see bnb4.hpp). With
 /// double quantization, pass the absmax read back by dequantize_bnb4_nested_absmax: the base then
-/// keeps it as float32 (4 bytes per block instead of ~1), which bytes() counts.
+/// keeps it as float32 (4 bytes per block instead of ~1), which bytes() counts. `dtype`: what the
+/// values are rounded to (the quant_state's dtype; float32 leaves code * absmax as it is).
 class Bnb4Base {
  public:
-  Bnb4Base(Bnb4Tensor tensor, Index rows, Index cols) : rows_(rows), cols_(cols), t_(std::move(tensor)) {
+  Bnb4Base(Bnb4Tensor tensor, Index rows, Index cols, DequantDtype dtype = DequantDtype::F32)
+      : rows_(rows), cols_(cols), dtype_(dtype), t_(std::move(tensor)) {
     oft::detail::require(rows >= 1 && cols >= 1, "Bnb4Base: shape ", rows, "x", cols, " is empty");
     oft::detail::require(t_.numel == rows * cols, "Bnb4Base: the ", name(t_.type), " tensor holds ",
                          t_.numel, " values, a ", rows, "x", cols, " weight needs ", rows * cols);
@@ -77,6 +99,7 @@ class Bnb4Base {
   Index cols() const { return cols_; }
   const char* format() const { return name(t_.type); }
   const Bnb4Tensor& tensor() const { return t_; }
+  DequantDtype dtype() const { return dtype_; }
   std::size_t bytes() const { return t_.packed.size() + t_.absmax.size() * sizeof(float); }
 
   template <class Out>
@@ -93,11 +116,13 @@ class Bnb4Base {
         const float absmax = t_.absmax[static_cast<std::size_t>(block)];
         if constexpr (std::is_same_v<Out, float>) {
           detail_bnb4::dequantize_run(t_.packed.data(), e, run, code, absmax, dst);
+          detail_base::round_to(dtype_, dst, run);
         } else {  // the float values, widened (double layers: references and FD checks)
           float chunk[256];
           for (Index done = 0; done < run; done += 256) {
             const Index n = std::min<Index>(256, run - done);
             detail_bnb4::dequantize_run(t_.packed.data(), e + done, n, code, absmax, chunk);
+            detail_base::round_to(dtype_, chunk, n);
             std::copy(chunk, chunk + n, dst + done);
           }
         }
@@ -109,6 +134,7 @@ class Bnb4Base {
 
  private:
   Index rows_, cols_;
+  DequantDtype dtype_;
   Bnb4Tensor t_;
 };
 

@@ -58,7 +58,7 @@ inline MergeReport measure(const std::vector<float>& base, const std::vector<flo
 /// The same format and settings as `like`, over new float values.
 inline Bnb4Base requantize_like(const Bnb4Base& like, const std::vector<float>& w) {
   return Bnb4Base(quantize_bnb4(w.data(), like.rows() * like.cols(), like.tensor().blocksize, like.tensor().type),
-                  like.rows(), like.cols());
+                  like.rows(), like.cols(), like.dtype());
 }
 inline Int8Base requantize_like(const Int8Base& like, const std::vector<float>& w) {
   return Int8Base(quantize_int8(w.data(), like.rows(), like.cols()));
