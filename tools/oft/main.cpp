@@ -165,6 +165,15 @@ int main(int argc, char** argv) {
       std::printf("oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n", name,
                   merge_options.out.string().c_str(), report.tensors, report.shards, report.adapted.size(),
                   report.other_files);
+      for (const auto& q : report.quantized) {
+        std::printf("  %s: %s%s requantized: error vs the float merge max %.3g, RMS %.3g; the adapter's change max "
+                    "%.3g, RMS %.3g\n",
+                    q.layer.c_str(), q.format.c_str(), q.double_quant ? " (double quantization)" : "", q.max_error,
+                    q.rms_error, q.max_change, q.rms_change);
+        if (q.rms_error >= 0.5 * q.rms_change)
+          std::printf("    note: requantization rounds away about as much as the adapter changed; consider keeping "
+                      "the adapter unmerged or merging into a float base\n");
+      }
     } catch (const std::exception& e) {
       std::string message = e.what();
       if (message.rfind("oft: ", 0) == 0) message = message.substr(5);

@@ -20,13 +20,24 @@
 // time (as float, plus its merged copy), and each tensor's pages of the memory-mapped base are
 // released once it is written, so the peak resident memory is about the largest tensor, not the
 // model (bench/compare_merge.py measures it).
+//
+// Quantized bases (bitsandbytes NF4/FP4, with or without double quantization, and LLM.int8,
+// read by their real keys, io/quantized_linear.hpp): an adapted layer is dequantized, merged in
+// float32 and requantized the way it was stored (same type, blocksize, dtype, double
+// quantization; int8 rows), and its tensors are replaced; quantization_config in config.json is
+// checked against each layer. The requantized layers are computed before anything is written
+// (they are checked then) and held until written: memory grows by the adapted layers' quantized
+// bytes. Each such layer gets a report: how far the stored result is from the float merge, and
+// how far the float merge moved the weight (docs/quant.md).
 
 #include <oft/io/peft_adapter.hpp>
+#include <oft/io/quantized_linear.hpp>
 #include <oft/io/sharded.hpp>
 
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -37,6 +48,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -62,11 +74,21 @@ struct MergeProgress {
   std::string current;
 };
 
+/// A quantized layer merged and requantized: what the requantization cost.
+struct QuantizedLayerReport {
+  std::string layer;    ///< the module path in the base (its tensors' prefix)
+  std::string format;   ///< nf4, fp4 or int8
+  bool double_quant = false;
+  double max_error = 0, rms_error = 0;    ///< |stored result - float merge|
+  double max_change = 0, rms_change = 0;  ///< |float merge - dequantized base|
+};
+
 /// What was written.
 struct MergeReport {
   std::size_t tensors = 0;                ///< tensors written
   std::size_t shards = 0;                 ///< safetensors files written
   std::vector<std::string> adapted;       ///< base tensor names the adapter changed
+  std::vector<QuantizedLayerReport> quantized;  ///< the adapted layers that were quantized
   std::size_t other_files = 0;            ///< files copied unchanged
   std::uint64_t bytes = 0;                ///< tensor bytes written
 };
@@ -130,7 +152,16 @@ struct Target {
   const oft::io::PeftOftModule* module = nullptr;
   std::size_t file = 0;
   oft::io::TensorView view;
+  bool quantized = false;  ///< stored by bitsandbytes (quant_state or SCB beside the weight)
 };
+
+/// Whether the layer whose weight is `tensor` (`<prefix>.weight`) is stored quantized, by the
+/// keys bitsandbytes writes beside it.
+inline bool is_quantized_layer(const std::map<std::string, std::size_t>& where, const std::string& tensor) {
+  const std::string prefix = tensor.substr(0, tensor.size() - std::string(".weight").size());
+  return where.count(prefix + ".SCB") != 0 || where.count(tensor + ".quant_state.bitsandbytes__nf4") != 0 ||
+         where.count(tensor + ".quant_state.bitsandbytes__fp4") != 0;
+}
 
 /// The base tensor of module `m`: `<name>.weight`, or the one tensor ending in `.<name>.weight`
 /// (a model saved with a prefix such as `bert.`, adapted without it, or the other way round).
@@ -170,6 +201,11 @@ inline std::map<std::string, Target> plan_targets(const BaseModel& base, const o
     t.module = &m;
     t.file = where.at(name);
     t.view = base.files[t.file].tensor(name);
+    t.quantized = is_quantized_layer(where, name);
+    if (t.quantized) {  // its shape comes from the quant_state (checked when it is read)
+      targets.emplace(name, std::move(t));
+      continue;
+    }
     const std::string at = oft::detail::message("base tensor '", name, "' (", t.view.file, ")");
     if (t.view.shape.size() == 4)
       throw std::invalid_argument(oft::detail::message(
@@ -180,12 +216,70 @@ inline std::map<std::string, Target> plan_targets(const BaseModel& base, const o
                                                        " dimensions; module '", m.name, "' needs a 2-D weight"));
     if (!is_mergeable(t.view.dtype))
       throw std::invalid_argument(oft::detail::message("oft: ", at, " is ", oft::io::dtype_name(t.view.dtype),
-                                                       "; merging needs F32, F16 or BF16 (quantized bases: see the QOFT issue)"));
+                                                       "; merging needs F32, F16 or BF16, or a quantized layer stored by bitsandbytes (no quant_state or SCB "
+                                                       "found beside it)"));
     (void)oft::io::PeftOftAdapter::spec_for(m, static_cast<oft::Index>(t.view.shape[0]),
                                             static_cast<oft::Index>(t.view.shape[1]));
     targets.emplace(name, std::move(t));
   }
   return targets;
+}
+
+/// All tensors of the base by name, as io::read_linear reads a layer.
+struct BaseSource {
+  const BaseModel* model = nullptr;
+  std::map<std::string, std::size_t> where;  // tensor -> file
+
+  explicit BaseSource(const BaseModel& m) : model(&m) {
+    for (std::size_t f = 0; f < m.files.size(); ++f)
+      for (const std::string& name : m.files[f].tensor_names()) where[name] = f;
+  }
+  bool contains(const std::string& name) const { return where.count(name) != 0; }
+  oft::io::TensorView tensor(const std::string& name) const { return model->files[where.at(name)].tensor(name); }
+};
+
+/// A quantized layer merged (or unmerged) and requantized as it was stored: the tensors that
+/// replace its own, and the report.
+struct RequantizedLayer {
+  std::vector<oft::io::StoredTensor> tensors;
+  QuantizedLayerReport report;
+};
+
+inline RequantizedLayer merge_quantized(const BaseSource& source, const std::string& tensor, const Target& target,
+                                        const oft::io::PeftOftAdapter& adapter, const oft::io::QuantizationConfig& config,
+                                        const MergeOptions& options) {
+  const std::string prefix = tensor.substr(0, tensor.size() - std::string(".weight").size());
+  const oft::io::StoredLinear layer = oft::io::read_linear(source, prefix, config);
+  (void)oft::io::PeftOftAdapter::spec_for(*target.module, layer.rows(), layer.cols());  // the width fits
+  const std::vector<float> base = layer.dequantized();
+  const oft::ConstMatrixView<float> weight(base.data(), layer.rows(), layer.cols());
+  const oft::RowMatrix<float> merged = options.unmerge ? adapter.unmerge(*target.module, weight, options.strength)
+                                                       : adapter.merge(*target.module, weight, options.strength);
+  const std::vector<float> merged_values(merged.data(), merged.data() + merged.size());
+  const oft::io::StoredLinear requantized = oft::io::requantized_like(layer, merged_values);
+  const std::vector<float> stored = requantized.dequantized();
+
+  RequantizedLayer out;
+  out.tensors = oft::io::write_linear_tensors(requantized);
+  QuantizedLayerReport& r = out.report;
+  r.layer = prefix;
+  r.format = layer.format();
+  r.double_quant = layer.nested.has_value();
+  double error2 = 0, change2 = 0;
+  for (std::size_t i = 0; i < base.size(); ++i) {
+    const double error = std::fabs(double(stored[i]) - double(merged_values[i]));
+    const double change = std::fabs(double(merged_values[i]) - double(base[i]));
+    r.max_error = std::max(r.max_error, error);
+    r.max_change = std::max(r.max_change, change);
+    error2 += error * error;
+    change2 += change * change;
+  }
+  r.rms_error = std::sqrt(error2 / double(base.size()));
+  r.rms_change = std::sqrt(change2 / double(base.size()));
+  for (const oft::io::StoredTensor& t : out.tensors)
+    if (!source.contains(t.name))  // a layout read_linear accepts always names existing keys
+      throw std::logic_error("oft: requantized layer '" + prefix + "' writes '" + t.name + "', which the base lacks");
+  return out;
 }
 
 /// Writes `values` as `dtype` (F32, F16 or BF16; round to nearest even) at `out`.
@@ -276,15 +370,31 @@ inline MergeReport merge_model(const MergeOptions& options,
   const BaseModel base = BaseModel::open(options.base);
   const std::map<std::string, Target> targets = plan_targets(base, adapter);
 
+  MergeReport report;
+  // Quantized layers: merged and requantized now, so that every check runs before writing.
+  std::map<std::string, oft::io::StoredTensor> replaced;
+  {
+    const BaseSource source(base);
+    const oft::io::QuantizationConfig config = oft::io::QuantizationConfig::load(options.base);
+    for (const auto& [name, target] : targets) {
+      if (!target.quantized) continue;
+      RequantizedLayer layer = merge_quantized(source, name, target, adapter, config, options);
+      for (oft::io::StoredTensor& t : layer.tensors) replaced[t.name] = std::move(t);
+      report.quantized.push_back(std::move(layer.report));
+    }
+  }
+
+  // Quantized tensors are not converted by --dtype (they are not float).
   const auto output_dtype = [&](const oft::io::TensorView& v) {
-    return convert && is_mergeable(v.dtype) ? wanted : v.dtype;
+    return convert && is_mergeable(v.dtype) && replaced.count(v.name) == 0 ? wanted : v.dtype;
   };
   MergeProgress state;
   for (const auto& file : base.files)
     for (const auto& info : file.tensors()) {
       const oft::io::TensorView v = file.view(info);
       ++state.tensors_total;
-      state.bytes_total += bytes_as(v, output_dtype(v));
+      const auto r = replaced.find(v.name);
+      state.bytes_total += r != replaced.end() ? r->second.bytes.size() : bytes_as(v, output_dtype(v));
     }
 
   // Build everything in a hidden sibling, rename at the end.
@@ -293,7 +403,6 @@ inline MergeReport merge_model(const MergeOptions& options,
   fs::create_directories(staging);
   RemoveOnFailure cleanup(staging);
 
-  MergeReport report;
   std::set<std::string> written;  // relative paths produced from tensors
   for (std::size_t f = 0; f < base.files.size(); ++f) {
     const oft::io::SafetensorsFile& file = base.files[f];
@@ -304,10 +413,25 @@ inline MergeReport merge_model(const MergeOptions& options,
     // add(view) would leave the whole base mapped in).
     for (const auto& info : file.tensors()) {
       const oft::io::TensorView v = file.view(info);
-      writer.add_deferred(v.name, output_dtype(v), v.shape);
+      const auto r = replaced.find(v.name);
+      if (r != replaced.end())
+        writer.add_deferred(v.name, r->second.dtype, r->second.shape);
+      else
+        writer.add_deferred(v.name, output_dtype(v), v.shape);
     }
     const auto fill = [&](const std::string& name, std::byte* dst, std::size_t bytes) {
       const oft::io::TensorView v = file.tensor(name);
+      const auto r = replaced.find(name);
+      if (r != replaced.end()) {  // a requantized layer's tensor
+        if (bytes != 0) std::memcpy(dst, r->second.bytes.data(), bytes);
+        release_pages(v.data, v.bytes);
+        if (targets.count(name) != 0) report.adapted.push_back(name);
+        ++state.tensors_done;
+        state.bytes_done += bytes;
+        state.current = name;
+        if (progress) progress(state);
+        return;
+      }
       const auto it = targets.find(name);
       if (it == targets.end() && output_dtype(v) == v.dtype) {
         if (bytes != 0) std::memcpy(dst, v.data, bytes);

@@ -335,6 +335,42 @@ StoredLinear read_linear(const Source& source, const std::string& prefix, const 
   return out;
 }
 
+/// A float weight (row-major rows x cols) quantized as bitsandbytes' Linear4bit stores it:
+/// NF4/FP4 in blocks of `blocksize`, optionally with double quantization (oft's own offset, see
+/// quant/bnb4_double.hpp), dequantizing to `dtype`. Its quant_state is the JSON bitsandbytes
+/// writes.
+inline StoredLinear make_bnb4_linear(std::string prefix, const std::vector<float>& weight, Index rows, Index cols,
+                                     quant::Bnb4Type type, Index blocksize = 64, bool double_quant = true,
+                                     quant::DequantDtype dtype = quant::DequantDtype::F32) {
+  oft::detail::require(rows >= 1 && cols >= 1 && static_cast<Index>(weight.size()) == rows * cols,
+                       "make_bnb4_linear: ", weight.size(), " values for a ", rows, "x", cols, " layer");
+  quant::Bnb4Tensor t = quant::quantize_bnb4(weight.data(), rows * cols, blocksize, type);
+  nlohmann::ordered_json state;
+  state["quant_type"] = quant::name(type);
+  state["blocksize"] = blocksize;
+  state["dtype"] = quant::name(dtype);
+  state["shape"] = {rows, cols};
+  std::optional<quant::Bnb4NestedAbsmax> nested;
+  if (double_quant) {
+    nested = quant::double_quantize_absmax(t.absmax);
+    t.absmax = quant::dequantize_absmax(*nested);
+    state["nested_blocksize"] = nested->nested_blocksize;
+    state["nested_dtype"] = "float32";
+    state["nested_offset"] = static_cast<double>(nested->offset);
+  }
+  StoredLinear out(std::move(prefix), quant::Bnb4Base(std::move(t), rows, cols, dtype));
+  out.nested = std::move(nested);
+  out.quant_state = std::move(state);
+  return out;
+}
+
+/// A float weight quantized as bitsandbytes' Linear8bitLt stores it (LLM.int8 rows).
+inline StoredLinear make_int8_linear(std::string prefix, const std::vector<float>& weight, Index rows, Index cols) {
+  oft::detail::require(rows >= 1 && cols >= 1 && static_cast<Index>(weight.size()) == rows * cols,
+                       "make_int8_linear: ", weight.size(), " values for a ", rows, "x", cols, " layer");
+  return StoredLinear(std::move(prefix), quant::Int8Base(quant::quantize_int8(weight.data(), rows, cols)));
+}
+
 /// One tensor to store: what write_linear_tensors() gives for each key of a layer.
 struct StoredTensor {
   std::string name;
