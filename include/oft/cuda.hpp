@@ -15,3 +15,4 @@
 #include "cuda/error.hpp"
 #include "cuda/linear.hpp"
 #include "cuda/numeric.hpp"
+#include "cuda/quant.hpp"
