@@ -12,7 +12,9 @@
 ///   void dequantize(Index row0, Index nrows, Index col0, Index ncols, Out* out, Index ld) const
 ///                                                W[row0 + i, col0 + j] -> out[i * ld + j]
 ///   std::size_t bytes() const                    memory the weight keeps (values and scales)
-///   const char* format() const                   "f32", "nf4", "fp4", "int8"
+///   const char* format() const                   "f32", "nf4", "fp4", "int8", "gptq", "awq"
+///
+/// GPTQ and AWQ int4 weights: Int4GroupBase (quant/int4_base.hpp).
 #include <algorithm>
 #include <array>
 #include <cstddef>

@@ -69,6 +69,7 @@ template <class Base, class Scalar>
 void dequant_gemm_nt(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type y,
                      typename detail_fused::Same<MatrixView<Scalar>>::type z, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
+  if (y.rows() == 0) return;  // no tokens: nothing to write (and Z's data may be null)
   for (Index p = 0; p < n_out; p += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, n_out - p);
     detail_fused::dequantize_panel(base, p, width, 0, d, panel);
@@ -83,6 +84,7 @@ template <class Base, class Scalar>
 void dequant_gemm_nn(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type dz,
                      typename detail_fused::Same<MatrixView<Scalar>>::type dy, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
+  if (dz.rows() == 0) return;  // no tokens: nothing to write (and dY's data may be null)
   for (Index c = 0; c < d; c += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, d - c);
     detail_fused::dequantize_panel(base, 0, n_out, c, width, panel);
