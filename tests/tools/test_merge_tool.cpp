@@ -441,4 +441,15 @@ TEST_F(MergeTool, QuantizedLayersAreCheckedBeforeAnythingIsWritten) {
   }
   writer.write(dir / "model.safetensors");
   expect_refused(options(dir, "neumann_t5", "qout2"), "a 32x26 nf4 weight needs 416");
+
+  // A GPTQ/AWQ layer (qweight, no weight): refused with the reason, nothing written.
+  const fs::path gptq = root_ / "qgptq";
+  fs::create_directories(gptq);
+  SafetensorsWriter w2;
+  std::vector<std::int32_t> words(3 * 32, 0x12345678);
+  w2.add("fc1.qweight", Dtype::I32, {3, 32}, words.data(), words.size() * 4);
+  for (const std::string& name : good.tensor_names())
+    if (name.rfind("fc1.", 0) != 0) w2.add(name, good.tensor(name));
+  w2.write(gptq / "model.safetensors");
+  expect_refused(options(gptq, "neumann_t5", "qout3"), "'fc1' is stored as GPTQ/AWQ int4");
 }

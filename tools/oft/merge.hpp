@@ -185,6 +185,11 @@ inline std::map<std::string, Target> plan_targets(const BaseModel& base, const o
            dot = m.name.find('.', dot + 1))
         if (where.count(m.name.substr(dot + 1) + ".weight") != 0) candidates.push_back(m.name.substr(dot + 1) + ".weight");
     }
+    if (candidates.empty() && where.count(m.name + ".qweight") != 0)
+      throw std::invalid_argument(oft::detail::message(
+          "oft: adapter module '", m.name, "' is stored as GPTQ/AWQ int4 ('", m.name,
+          ".qweight'): requantizing a merge needs GPTQ/AWQ's calibration-based quantizer, which oft does not "
+          "have; merge into the float model, or keep the adapter unmerged (QoftLinear runs on the int4 base)"));
     if (candidates.empty())
       throw std::invalid_argument(oft::detail::message("oft: the base has no tensor for adapter module '", m.name,
                                                        "' (looked for '", exact, "' and '*.", exact,

@@ -18,6 +18,13 @@
 ///                `prefix.weight.nested_quant_map` F32 [256]
 ///   LLM.int8     `prefix.weight` I8 [out, in], `prefix.SCB` F32 [out], optional
 ///                `prefix.weight_format` U8 scalar (0 = row-major, the only layout stored)
+///   GPTQ int4    `prefix.qweight` I32 [in/8, out], `prefix.qzeros` I32 [groups, out/8],
+///                `prefix.scales` F16 [groups, out], `prefix.g_idx` I32 [in] (optional: i/group);
+///                quantization_config (quant_method "gptq", bits 4, group_size,
+///                checkpoint_format "gptq" = zeros stored minus one, or "gptq_v2") is required
+///   AWQ int4     `prefix.qweight` I32 [in, out/8], `prefix.qzeros` I32 [groups, out/8],
+///                `prefix.scales` F16 [groups, out]; quantization_config (quant_method "awq",
+///                bits 4, group_size, version "gemm") is required
 ///   any          `prefix.bias` F32/F16/BF16 [out], optional
 ///
 /// Everything is checked before a value is used: the JSON against the tensors (quant_type and
@@ -38,6 +45,8 @@
 #include "../quant/bnb4.hpp"
 #include "../quant/bnb4_double.hpp"
 #include "../quant/frozen_base.hpp"
+#include "../quant/int4_base.hpp"
+#include "../quant/int4_group.hpp"
 #include "../quant/int8.hpp"
 #include "errors.hpp"
 #include "tensor_view.hpp"
@@ -51,6 +60,11 @@ struct QuantizationConfig {
   bool load_in_8bit = false;
   std::string bnb_4bit_quant_type;  ///< "nf4" / "fp4" ("" when not said)
   std::optional<bool> bnb_4bit_use_double_quant;
+  std::optional<long long> bits;        ///< gptq / awq
+  std::optional<long long> group_size;  ///< gptq / awq (-1: one group)
+  std::string checkpoint_format;        ///< gptq: "gptq" (default) or "gptq_v2"
+  std::string version;                  ///< awq: "gemm" (others are refused)
+  std::optional<bool> zero_point;       ///< awq
 
   /// From config.json's object (its "quantization_config" member) or from that member itself.
   /// A config without one is an unquantized model (method ""). Throws format_error on a member of
@@ -80,6 +94,18 @@ struct QuantizationConfig {
     c.load_in_8bit = flag("load_in_8bit").value_or(false);
     c.bnb_4bit_quant_type = text("bnb_4bit_quant_type");
     c.bnb_4bit_use_double_quant = flag("bnb_4bit_use_double_quant");
+    const auto integer = [&](const char* key) -> std::optional<long long> {
+      if (!q->contains(key) || (*q)[key].is_null()) return std::nullopt;
+      if (!(*q)[key].is_number_integer())
+        throw format_error("oft: " + where + ": quantization_config." + key + " is " + (*q)[key].dump() +
+                           ", expected an integer");
+      return (*q)[key].get<long long>();
+    };
+    c.bits = integer(c.method == "awq" && !q->contains("bits") ? "w_bit" : "bits");
+    c.group_size = integer(c.method == "awq" && !q->contains("group_size") ? "q_group_size" : "group_size");
+    c.checkpoint_format = text("checkpoint_format");
+    c.version = text("version");
+    c.zero_point = flag("zero_point");
     return c;
   }
 
@@ -101,7 +127,7 @@ struct QuantizationConfig {
 
 /// A linear layer's frozen weight as stored.
 struct StoredLinear {
-  using Base = std::variant<quant::DenseBase, quant::Bnb4Base, quant::Int8Base>;
+  using Base = std::variant<quant::DenseBase, quant::Bnb4Base, quant::Int8Base, quant::Int4GroupBase>;
 
   StoredLinear(std::string prefix_, Base base_) : prefix(std::move(prefix_)), base(std::move(base_)) {}
 
@@ -296,6 +322,72 @@ StoredLinear read_int8(const Source& source, const std::string& prefix, const Qu
 }
 
 template <class Source>
+quant::Int4Array<std::int32_t> int32_array(const Source& source, const std::string& name, const std::string& why) {
+  const TensorView v = need(source, name, Dtype::I32, why);
+  if (v.shape.size() != 2)
+    throw format_error("oft: tensor '" + name + "' has shape " + shape_text(v) + ", expected 2 dimensions");
+  return {static_cast<Index>(v.shape[0]), static_cast<Index>(v.shape[1]), v.copy_as<std::int32_t>()};
+}
+
+template <class Source>
+StoredLinear read_int4(const Source& source, const std::string& prefix, const QuantizationConfig& config) {
+  const std::string why = "a GPTQ/AWQ int4 layer";
+  if (config.method != "gptq" && config.method != "awq")
+    throw format_error("oft: layer '" + prefix + "' has a qweight (GPTQ or AWQ int4), but " +
+                       (config.method.empty() ? std::string("no quantization_config says which")
+                                              : "quantization_config says quant_method "" + config.method + """) +
+                       ": pass the model's config.json (quant_method gptq or awq)");
+  if (config.bits.value_or(4) != 4)
+    throw format_error(oft::detail::message("oft: quantization_config says bits ", *config.bits,
+                                            "; oft reads 4-bit GPTQ/AWQ only"));
+  if (!config.group_size)
+    throw format_error("oft: quantization_config has no group_size (needed to read layer '" + prefix + "')");
+  quant::Int4GroupTensor t;
+  if (config.method == "gptq") {
+    const std::string format = config.checkpoint_format.empty() ? "gptq" : config.checkpoint_format;
+    if (format != "gptq" && format != "gptq_v2")
+      throw format_error("oft: quantization_config says checkpoint_format \"" + format +
+                         "\"; oft reads \"gptq\" (zeros stored minus one) and \"gptq_v2\"");
+    t.layout = format == "gptq" ? quant::Int4Layout::GptqV1 : quant::Int4Layout::GptqV2;
+  } else {
+    const std::string version = config.version.empty() ? "gemm" : config.version;
+    if (version != "gemm")
+      throw format_error("oft: quantization_config says AWQ version \"" + version + "\"; oft reads \"gemm\"");
+    if (config.zero_point && !*config.zero_point)
+      throw format_error("oft: quantization_config says zero_point false; oft reads AWQ with zero points");
+    t.layout = quant::Int4Layout::Awq;
+  }
+  t.qweight = int32_array(source, prefix + ".qweight", why);
+  t.qzeros = int32_array(source, prefix + ".qzeros", why);
+  const TensorView scales = need(source, prefix + ".scales", Dtype::F16, why);
+  if (scales.shape.size() != 2)
+    throw format_error("oft: tensor '" + scales.name + "' has shape " + shape_text(scales) + ", expected [groups, out]");
+  std::vector<std::uint16_t> scale_bits(scales.bytes / 2);  // float16 bits, any alignment
+  if (!scale_bits.empty()) std::memcpy(scale_bits.data(), scales.data, scales.bytes);
+  t.scales = {static_cast<Index>(scales.shape[0]), static_cast<Index>(scales.shape[1]), std::move(scale_bits)};
+  t.out = t.scales.cols;
+  t.in = quant::is_gptq(t.layout) ? t.qweight.rows * 8 : t.qweight.rows;
+  t.group_size = static_cast<Index>(*config.group_size);
+  if (quant::is_gptq(t.layout)) {
+    if (source.contains(prefix + ".g_idx")) {
+      const TensorView g = need(source, prefix + ".g_idx", Dtype::I32, why);
+      t.g_idx = g.copy_as<std::int32_t>();
+      if (g.shape.size() != 1)
+        throw format_error("oft: tensor '" + g.name + "' has shape " + shape_text(g) + ", expected [in]");
+    } else if (t.group_size == -1 || (t.group_size >= 1 && t.in % t.group_size == 0)) {
+      t.g_idx = quant::gptq_sequential_g_idx(t.in, t.group_size);
+    }
+  }
+  try {
+    return StoredLinear(prefix, quant::Int4GroupBase(t));
+  } catch (const std::domain_error& e) {
+    throw format_error("oft: layer '" + prefix + "': " + e.what());
+  } catch (const std::invalid_argument& e) {
+    throw format_error("oft: layer '" + prefix + "': " + e.what());
+  }
+}
+
+template <class Source>
 StoredLinear read_dense(const Source& source, const std::string& prefix) {
   if (!source.contains(prefix + ".weight"))
     throw format_error("oft: the checkpoint has no tensor '" + prefix + ".weight'");
@@ -323,9 +415,10 @@ StoredLinear read_linear(const Source& source, const std::string& prefix, const 
   using namespace detail_qlinear;
   quant::Bnb4Type type = quant::Bnb4Type::NF4;
   const auto state = bnb4_state_key(source, prefix, &type);
-  StoredLinear out = state                                ? read_bnb4(source, prefix, *state, type, config)
-                     : source.contains(prefix + ".SCB") ? read_int8(source, prefix, config)
-                                                          : read_dense(source, prefix);
+  StoredLinear out = state                                    ? read_bnb4(source, prefix, *state, type, config)
+                     : source.contains(prefix + ".SCB")     ? read_int8(source, prefix, config)
+                     : source.contains(prefix + ".qweight") ? read_int4(source, prefix, config)
+                                                              : read_dense(source, prefix);
   if (source.contains(prefix + ".bias")) {
     const TensorView b = source.tensor(prefix + ".bias");
     need_count(b, static_cast<std::uint64_t>(out.rows()), "one bias per output row");
@@ -412,6 +505,19 @@ inline std::vector<StoredTensor> write_linear_tensors(const StoredLinear& layer)
   } else if (const auto* int8 = std::get_if<quant::Int8Base>(&layer.base)) {
     out.push_back(stored(w, Dtype::I8, {rows, cols}, int8->tensor().values.data(), int8->tensor().values.size()));
     out.push_back(stored(layer.prefix + ".SCB", Dtype::F32, {rows}, int8->tensor().scales.data(), rows));
+  } else if (const auto* int4 = std::get_if<quant::Int4GroupBase>(&layer.base)) {
+    const quant::Int4GroupTensor t = int4->tensor();
+    const auto shape = [](const auto& a) {
+      return std::vector<std::uint64_t>{static_cast<std::uint64_t>(a.rows), static_cast<std::uint64_t>(a.cols)};
+    };
+    out.push_back(stored(layer.prefix + ".qweight", Dtype::I32, shape(t.qweight), t.qweight.values.data(),
+                         t.qweight.values.size()));
+    out.push_back(stored(layer.prefix + ".qzeros", Dtype::I32, shape(t.qzeros), t.qzeros.values.data(),
+                         t.qzeros.values.size()));
+    out.push_back(stored(layer.prefix + ".scales", Dtype::F16, shape(t.scales), t.scales.values.data(),
+                         t.scales.values.size()));
+    if (quant::is_gptq(t.layout))
+      out.push_back(stored(layer.prefix + ".g_idx", Dtype::I32, {t.g_idx.size()}, t.g_idx.data(), t.g_idx.size()));
   } else {
     const quant::Bnb4Base& b = std::get<quant::Bnb4Base>(layer.base);
     const quant::Bnb4Tensor& t = b.tensor();
@@ -453,6 +559,12 @@ inline StoredLinear requantized_like(const StoredLinear& like, const std::vector
     out.base = quant::DenseBase(rounded.data(), like.rows(), like.cols());
   } else if (std::holds_alternative<quant::Int8Base>(like.base)) {
     out.base = quant::Int8Base(quant::quantize_int8(weight.data(), like.rows(), like.cols()));
+  } else if (std::holds_alternative<quant::Int4GroupBase>(like.base)) {
+    // GPTQ and AWQ choose their codes with calibration data (Hessians, activation scales) that a
+    // checkpoint does not carry; a plain rounding would not be the format's quantizer.
+    throw std::invalid_argument("requantized_like: layer '" + like.prefix + "' is " + like.format() +
+                                " int4: GPTQ/AWQ quantize with calibration data a merge does not have; merge "
+                                "into the float weights, or keep the adapter unmerged");
   } else {
     const quant::Bnb4Base& b = std::get<quant::Bnb4Base>(like.base);
     quant::Bnb4Tensor t = quant::quantize_bnb4(weight.data(), like.rows() * like.cols(), b.tensor().blocksize,
