@@ -73,10 +73,12 @@ __device__ __forceinline__ float round_as(float value, Rounding rounding) {
   return value;
 }
 
-/// out[i * ld + j] = W[row0 + i, col0 + j], one thread per value (grid-stride).
+/// out[i * ld + j] = W[row0 + i, col0 + j], one thread per value (grid-stride). The kernels are
+/// templates (Out = float) so that a header included by several .cu files defines them once.
+template <class Out>
 __global__ void dequantize_bnb4_kernel(const std::uint8_t* packed, const float* absmax, Index cols,
                                        Index blocksize, Code16 code, Rounding rounding, Index row0, Index nrows,
-                                       Index col0, Index ncols, float* out, Index ld) {
+                                       Index col0, Index ncols, Out* out, Index ld) {
   const Index total = nrows * ncols;
   for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<Index>(gridDim.x) * blockDim.x) {
@@ -89,8 +91,9 @@ __global__ void dequantize_bnb4_kernel(const std::uint8_t* packed, const float* 
   }
 }
 
+template <class Out>
 __global__ void dequantize_int8_kernel(const std::int8_t* values, const float* scales, Index cols, Index row0,
-                                       Index nrows, Index col0, Index ncols, float* out, Index ld) {
+                                       Index nrows, Index col0, Index ncols, Out* out, Index ld) {
   const Index total = nrows * ncols;
   for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<Index>(gridDim.x) * blockDim.x) {
@@ -128,7 +131,7 @@ inline void dequantize(const Bnb4View& w, Index row0, Index nrows, Index col0, I
   if (nrows * ncols == 0) return;
   detail::Code16 code{};
   for (int i = 0; i < 16; ++i) code.v[i] = w.code[static_cast<std::size_t>(i)];
-  detail::dequantize_bnb4_kernel<<<detail::grid_for(nrows * ncols), 256, 0, stream>>>(
+  detail::dequantize_bnb4_kernel<float><<<detail::grid_for(nrows * ncols), 256, 0, stream>>>(
       w.packed, w.absmax, w.cols, w.blocksize, code, w.rounding, row0, nrows, col0, ncols, out, ld);
   cuda_detail::check_launch("dequantize_bnb4_kernel", "cuda_quant::dequantize");
 }
@@ -136,7 +139,7 @@ inline void dequantize(const Bnb4View& w, Index row0, Index nrows, Index col0, I
 inline void dequantize(const Int8View& w, Index row0, Index nrows, Index col0, Index ncols, float* out, Index ld,
                        cudaStream_t stream) {
   if (nrows * ncols == 0) return;
-  detail::dequantize_int8_kernel<<<detail::grid_for(nrows * ncols), 256, 0, stream>>>(
+  detail::dequantize_int8_kernel<float><<<detail::grid_for(nrows * ncols), 256, 0, stream>>>(
       w.values, w.scales, w.cols, row0, nrows, col0, ncols, out, ld);
   cuda_detail::check_launch("dequantize_int8_kernel", "cuda_quant::dequantize");
 }
