@@ -35,9 +35,12 @@ constexpr double kRho = 0.5;  // spectral norm of every generator (see bench_com
 
 /// Activations for one (d, N), kept alive between benchmark calls of the same shape so that
 /// google-benchmark's repeated calls do not pay for fresh pages (first touch is ~2.7 GB/s here).
+using Bf16Matrix = Eigen::Matrix<oft::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 struct Activations {
   Index d = 0, n = 0;
   Matrix<Scalar> x, dy, y;
+  Bf16Matrix x_bf16, dy_bf16, y_bf16;  // the same values rounded to bfloat16
 };
 
 Activations& activations(Index d, Index n) {
@@ -49,6 +52,9 @@ Activations& activations(Index d, Index n) {
     cache.x = random_matrix<Scalar>(n, d, 1);
     cache.dy = random_matrix<Scalar>(n, d, 2);
     cache.y = random_matrix<Scalar>(n, d, 3);
+    cache.x_bf16 = cache.x.cast<oft::bfloat16>();
+    cache.dy_bf16 = cache.dy.cast<oft::bfloat16>();
+    cache.y_bf16 = cache.y.cast<oft::bfloat16>();
   }
   return cache;
 }
@@ -222,6 +228,30 @@ void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& 
   set_rate_counters(state, step_cost<Scalar>(n, d, b));
 }
 
+// The same step with bfloat16 activations (X, Y, dY, dX; R, theta, dtheta and the accumulation
+// in float). Checked against the float path in tests/test_bf16.cpp; bytes counted at 2 each.
+template <class Policy>
+void BM_RotationStepBf16(benchmark::State& state, Policy policy, const std::string& label) {
+  const Index d = state.range(0), b = state.range(1), n = state.range(2);
+  auto rot = make_rotation<Policy>(d, b, policy);
+  if (auto err = validate(rot, n, label); !err.empty()) return state.SkipWithError(err.c_str());
+  const auto theta = random_generators<Scalar>(rot.spec().generators(), b, kRho, 7);
+  Activations& a = activations(d, n);
+  oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
+  oft::Workspace<Scalar> ws;
+  ws.reserve(rot.workspace_size());
+  using View = oft::MatrixView<oft::bfloat16>;
+  const View x(a.x_bf16.data(), n, d), y(a.y_bf16.data(), n, d), dy(a.dy_bf16.data(), n, d);
+  for (auto _ : state) {
+    rot.set_generators(theta.view());
+    rot.apply(oft::MatrixView<const oft::bfloat16>(x), y);
+    rot.backward(oft::MatrixView<const oft::bfloat16>(x), oft::MatrixView<const oft::bfloat16>(dy),
+                 dy, dtheta.view(), ws);
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, step_cost<oft::bfloat16>(n, d, b));
+}
+
 std::vector<std::array<Index, 3>> step_shapes() {
   std::vector<std::array<Index, 3>> shapes = {{4096, 32, 2048}};
   // "4096x32x2048,1024x16x512"
@@ -268,6 +298,14 @@ void register_policy(const std::string& label, Policy policy) {
         ->ArgNames({"d", "b", "N"})
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
+    if (label.rfind("cayley_neumann", 0) == 0)
+      benchmark::RegisterBenchmark(
+          ("BM_RotationStepBf16/" + label).c_str(),
+          [policy, label](benchmark::State& st) { BM_RotationStepBf16(st, policy, label); })
+          ->Args({s[0], s[1], s[2]})
+          ->ArgNames({"d", "b", "N"})
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
   }
 }
 

@@ -749,4 +749,76 @@ TEST(BlockOrthogonal, ApplyInverseNamesASingularBlock) {
   EXPECT_TRUE((y.array() == kSentinelValue).all());  // nothing written
 }
 
+// The CPU kernel grid (issue 11's checks): block sizes around every register-tile width and row
+// tail (1, 2, 3, 6, 7, 31, 33 are off the packet width and the 6- or 8-row tile; 64 and 128 need
+// several column tiles), batches of 0, 1, 7, 48 and 2049 rows (one panel, several, ragged),
+// row strides > d with NaN padding in the inputs and sentinels in the outputs' padding, in place
+// and out of place, 1 and 2 threads, float and double. Each result is checked against the
+// dense reference within the rounding bound; with the same thread count a second run, and an
+// in-place run, must give bitwise the same dtheta (static schedule, fixed reduction order).
+template <class Scalar>
+void check_kernel_grid() {
+  Rng rng(9100);
+  const oft::CayleyNeumann policy{3};
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
+  const Scalar sentinel = Scalar(kSentinelValue);
+  for (Index b : {1, 2, 3, 6, 7, 8, 16, 31, 32, 33, 64, 128}) {
+    const Index r = b >= 64 ? 2 : 3, d = r * b, stride = d + 5;
+    const auto spec = oft::BlockSpec::from_features(d, b);
+    const auto theta = make_theta<Scalar>(Regime::Random, spec.generators(), b, rng);
+    oft::BlockOrthogonal<Scalar, oft::CayleyNeumann> op(spec, policy);
+    op.set_generators(theta);
+    const RowMat<Scalar> dense = op.dense();
+    const double g = oft_test::gamma<Scalar>(b);
+    for (Index n : {0, 1, 7, 48, 2049}) {
+      const std::string where = "b=" + std::to_string(b) + " N=" + std::to_string(n);
+      const RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
+      const RowMat<Scalar> dy = oft_test::random_matrix<Scalar>(n, d, rng);
+      const RowMat<Scalar> y_ref = x * dense, dx_ref = dy * dense.transpose();
+      const MatD y_bound = product_bound(x, dense, g);
+      const MatD dx_bound = product_bound(dy, dense.transpose(), g);
+      const RowMat<Scalar> dtheta_ref = reference_dtheta(policy, spec, theta, x, dy, {});
+      const auto tol = dtheta_tolerance(policy, spec, theta, x, dy, {});
+      // Strided copies: NaN padding in the inputs, the sentinel in the outputs'.
+      RowMat<Scalar> x_buf = RowMat<Scalar>::Constant(n, stride, nan);
+      RowMat<Scalar> dy_buf = RowMat<Scalar>::Constant(n, stride, nan);
+      x_buf.leftCols(d) = x;
+      dy_buf.leftCols(d) = dy;
+      const oft::MatrixView<const Scalar> xv(x_buf.data(), n, d, stride), dyv(dy_buf.data(), n, d, stride);
+      for (int threads : {1, 2}) {
+        oft_test::ScopedThreads scoped(threads);
+        const std::string at = where + " threads=" + std::to_string(threads);
+        oft::Workspace<Scalar> workspace;
+
+        RowMat<Scalar> y_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
+        op.apply(xv, oft::MatrixView<Scalar>(y_buf.data(), n, d, stride));
+        EXPECT_TRUE(oft_test::within_bound(y_buf.leftCols(d), y_ref, y_bound)) << at;
+        EXPECT_TRUE((y_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+        RowMat<Scalar> inplace = x_buf;
+        const oft::MatrixView<Scalar> inplace_view(inplace.data(), n, d, stride);
+        op.apply(inplace_view, inplace_view);
+        EXPECT_TRUE(oft_test::all_equal(inplace.leftCols(d), y_buf.leftCols(d))) << at << " in place";
+
+        RowMat<Scalar> dx_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
+        oft::Generators<Scalar> dtheta(spec.generators(), b), again(spec.generators(), b);
+        op.backward(xv, dyv, oft::MatrixView<Scalar>(dx_buf.data(), n, d, stride), dtheta.view(),
+                    workspace);
+        EXPECT_TRUE(oft_test::within_bound(dx_buf.leftCols(d), dx_ref, dx_bound)) << at;
+        EXPECT_TRUE((dx_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+        EXPECT_TRUE(rows_within(as_matrix(dtheta), dtheta_ref, tol)) << at;
+
+        // dX over dY, same thread count: bitwise the out-of-place dX and dtheta.
+        RowMat<Scalar> grad = dy_buf;
+        const oft::MatrixView<Scalar> grad_view(grad.data(), n, d, stride);
+        op.backward(xv, grad_view, grad_view, again.view(), workspace);
+        EXPECT_TRUE(oft_test::all_equal(grad.leftCols(d), dx_buf.leftCols(d))) << at << " dX==dY";
+        EXPECT_TRUE(oft_test::all_equal(again.values(), dtheta.values())) << at << " rerun";
+      }
+    }
+  }
+}
+
+TEST(BlockOrthogonal, KernelGridFloat) { check_kernel_grid<float>(); }
+TEST(BlockOrthogonal, KernelGridDouble) { check_kernel_grid<double>(); }
+
 }  // namespace

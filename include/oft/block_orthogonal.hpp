@@ -29,6 +29,7 @@
 #include <Eigen/LU>
 
 #include "backend.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/gemm_tile.hpp"
 #include "errors.hpp"
 #include "index.hpp"
@@ -151,6 +152,23 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     apply_impl(x, y, rotations_t_.data());
   }
 
+  /// bfloat16 activations (float operators only): Y = X * R with X and Y in bfloat16, R and the
+  /// accumulation in float. Each output is the float result rounded once to bfloat16, so it is
+  /// bitwise round_bf16(apply on the widened X): error <= 2^-8 |Y| + the float bound. See
+  /// docs/bf16.md.
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    check_apply(x, y);
+    apply_impl(x, y, rotations_.data());
+  }
+
+  /// Y = X * R^T with bfloat16 activations (float operators only).
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply_transposed(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    check_apply(x, y);
+    apply_impl(x, y, rotations_t_.data());
+  }
+
   /// Y = X * R^-1, or X * R^-T when `transposed`: the true inverse of apply (apply_transposed),
   /// also when R is not exactly orthogonal (a truncated Neumann R, where R^T is not R^-1). Each
   /// block is factored by full-pivoting LU on every call: meant for merging and unmerging weights,
@@ -200,34 +218,25 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   /// dY, dX or each other.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
-    const Index d = spec_.features();
-    const bool want_dx = dx.data() != nullptr, want_dtheta = dtheta.data() != nullptr;
-    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
-    detail::require_shape(dy, x.rows(), d, "dY");
-    if (want_dx) {
-      detail::require_shape(dx, x.rows(), d, "dX");
-      detail::require_in_place_or_disjoint(dx, dy, "dX", "dY");
-      detail::require_in_place_or_disjoint(dx, x, "dX", "X");
-    }
-    if (want_dtheta) {
-      check_generators(dtheta, "dtheta");
-      detail::require(workspace_count >= workspace_size(), "backward workspace has ",
-                      workspace_count, " scalars, needs ", workspace_size());
-      detail::require(workspace != nullptr, "backward workspace is a null pointer with ",
-                      workspace_count, " scalars");
-      const ConstMatrixView<Scalar> scratch(workspace, 1, workspace_size());
-      const MatrixView<Scalar>& gradient = dtheta.matrix();
-      detail::require_disjoint(gradient, x, "dtheta", "X");
-      detail::require_disjoint(gradient, dy, "dtheta", "dY");
-      detail::require_disjoint(scratch, x, "backward workspace", "X");
-      detail::require_disjoint(scratch, dy, "backward workspace", "dY");
-      detail::require_disjoint(scratch, gradient, "backward workspace", "dtheta");
-      if (want_dx) {
-        detail::require_disjoint(gradient, dx, "dtheta", "dX");
-        detail::require_disjoint(scratch, dx, "backward workspace", "dX");
-      }
-    }
-    backward_impl(x, dy, dx, dtheta, workspace, want_dx, want_dtheta);
+    backward_checked(x, dy, dx, dtheta, workspace, workspace_count);
+  }
+
+  /// backward with bfloat16 activations X, dY, dX (float operators only); dtheta, R and every
+  /// accumulation stay float. dX is round_bf16 of the float dX of the widened inputs, bitwise;
+  /// dtheta equals the float path's on the widened inputs, bitwise (same thread count).
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy,
+                MatrixView<bfloat16> dx, GeneratorView<Scalar> dtheta,
+                Workspace<Scalar>& workspace) const {
+    backward_checked(x, dy, dx, dtheta, workspace.reserve(workspace_size()), workspace_size());
+  }
+
+  /// The same with a raw workspace of `workspace_count` >= workspace_size() scalars.
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy,
+                MatrixView<bfloat16> dx, GeneratorView<Scalar> dtheta, Scalar* workspace,
+                Index workspace_count) const {
+    backward_checked(x, dy, dx, dtheta, workspace, workspace_count);
   }
 
   /// dtheta from per-block gradients G_i = dL/dR_i, stacked as an (r*b) x b row-major matrix
@@ -333,8 +342,19 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
 
   bool parallel_generators() const {
     const double b = static_cast<double>(spec_.block_size);
+#if defined(EIGEN_USE_BLAS)
+    // With Eigen's products and solves going to BLAS (oft::blas), a serial loop hands each b x b
+    // LU, solve and product to OpenBLAS, and an OpenMP build of OpenBLAS forks its own team for
+    // each call when it runs outside a parallel region (it follows omp_get_max_threads()).
+    // Inside an active region it runs single-threaded, so one fork for the whole loop is far
+    // cheaper: measured at d = 1024, b = 32, N = 2048, 2 threads, the backward took 13-16 ms
+    // with the serial loop and 3.3 ms without BLAS.
+    (void)b;
+    return spec_.generators() > 1;
+#else
     return spec_.generators() > 1 && static_cast<double>(spec_.generators()) * b * b * b >
                                          kParallelGeneratorFlops;
+#endif
   }
 
   bool is_active(Index i) const { return active_[static_cast<size_t>(i)] != 0; }
@@ -377,7 +397,44 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   const Scalar* rotation(Index g) const { return rotations_.data() + g * block_area(); }
   Scalar* rotation_t(Index g) { return rotations_t_.data() + g * block_area(); }
 
-  void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
+  /// backward's argument checks (all before anything is written), then the kernel; Act is the
+  /// activation type (Scalar, or bfloat16 for a float operator).
+  template <class Act>
+  void backward_checked(const ConstMatrixView<Act>& x, const ConstMatrixView<Act>& dy,
+                        const MatrixView<Act>& dx, const GeneratorView<Scalar>& dtheta,
+                        Scalar* workspace, Index workspace_count) const {
+    const Index d = spec_.features();
+    const bool want_dx = dx.data() != nullptr, want_dtheta = dtheta.data() != nullptr;
+    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
+    detail::require_shape(dy, x.rows(), d, "dY");
+    if (want_dx) {
+      detail::require_shape(dx, x.rows(), d, "dX");
+      detail::require_in_place_or_disjoint(dx, dy, "dX", "dY");
+      detail::require_in_place_or_disjoint(dx, x, "dX", "X");
+    }
+    if (want_dtheta) {
+      check_generators(dtheta, "dtheta");
+      detail::require(workspace_count >= workspace_size(), "backward workspace has ",
+                      workspace_count, " scalars, needs ", workspace_size());
+      detail::require(workspace != nullptr, "backward workspace is a null pointer with ",
+                      workspace_count, " scalars");
+      const ConstMatrixView<Scalar> scratch(workspace, 1, workspace_size());
+      const MatrixView<Scalar>& gradient = dtheta.matrix();
+      detail::require_disjoint(gradient, x, "dtheta", "X");
+      detail::require_disjoint(gradient, dy, "dtheta", "dY");
+      detail::require_disjoint(scratch, x, "backward workspace", "X");
+      detail::require_disjoint(scratch, dy, "backward workspace", "dY");
+      detail::require_disjoint(scratch, gradient, "backward workspace", "dtheta");
+      if (want_dx) {
+        detail::require_disjoint(gradient, dx, "dtheta", "dX");
+        detail::require_disjoint(scratch, dx, "backward workspace", "dX");
+      }
+    }
+    backward_impl(x, dy, dx, dtheta, workspace, want_dx, want_dtheta);
+  }
+
+  template <class Act>
+  void check_apply(const ConstMatrixView<Act>& x, const MatrixView<Act>& y) const {
     detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
                     spec_.features(), " (r=", spec_.blocks, " blocks of b=", spec_.block_size,
                     ")");
@@ -409,18 +466,37 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     }
   }
 
-  /// Copies rows x b elements starting at `from` (row stride `stride`) into contiguous `to`.
-  static void copy_slice(const Scalar* from, Index stride, Index rows, Index b, Scalar* to) {
-    for (Index t = 0; t < rows; ++t) std::copy(from + t * stride, from + t * stride + b, to + t * b);
+  /// Copies rows x b activations starting at `from` (row stride `stride`) into contiguous
+  /// Scalar `to`, widening bfloat16 exactly.
+  template <class Act>
+  static void copy_slice(const Act* from, Index stride, Index rows, Index b, Scalar* to) {
+    for (Index t = 0; t < rows; ++t) cpu_detail::convert_row(from + t * stride, b, to + t * b);
   }
 
-  void apply_impl(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y,
+  /// The inverse: contiguous rows x b Scalars to activations at row stride `stride`, rounding
+  /// to bfloat16 (nearest even) when Act is bfloat16.
+  template <class Act>
+  static void store_slice(const Scalar* from, Index rows, Index b, Act* to, Index stride) {
+    for (Index t = 0; t < rows; ++t) cpu_detail::convert_row(from + t * b, b, to + t * stride);
+  }
+
+  // Scalar activations are written by the kernel itself; bfloat16 ones go through a float
+  // result slice that is rounded once when stored.
+  template <class Act>
+  static constexpr bool kDirect = std::is_same_v<Act, Scalar>;
+
+  template <class Act>
+  void apply_impl(const ConstMatrixView<Act>& x, const MatrixView<Act>& y,
                   const Scalar* blocks) const {
     const Index b = spec_.block_size;
-    for_each_panel(x.rows(), kApplyPanelRows, 1, [&](Index first, Index rows, Scalar* scratch, int) {
+    for_each_panel(x.rows(), kApplyPanelRows, kDirect<Act> ? 1 : 2,
+                   [&](Index first, Index rows, Scalar* scratch, int) {
+      Scalar* result = scratch + kApplyPanelRows * b;  // bfloat16 only
       for (Index i = 0; i < spec_.blocks; ++i) {
-        const Scalar* in = x.row(first) + i * b;
-        Scalar* out = y.row(first) + i * b;
+        if (i + 1 < spec_.blocks)
+          cpu_detail::prefetch_slice(x.row(first) + (i + 1) * b, x.stride(), rows, b);
+        const Act* in = x.row(first) + i * b;
+        Act* out = y.row(first) + i * b;
         if (!is_active(i)) {
           if (in != out)
             for (Index t = 0; t < rows; ++t)
@@ -429,15 +505,20 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         }
         // Copy the slice first: makes in-place use safe and gives the kernel contiguous rows.
         copy_slice(in, x.stride(), rows, b, scratch);
-        cpu_detail::gemm_small(rows, b, b, scratch, b, 1,
-                               blocks + spec_.generator_of(i) * block_area(), b, out, y.stride(),
-                               false);
+        const Scalar* r = blocks + spec_.generator_of(i) * block_area();
+        if constexpr (kDirect<Act>) {
+          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, out, y.stride(), false);
+        } else {
+          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, result, b, false);
+          store_slice(result, rows, b, out, y.stride());
+        }
       }
     });
   }
 
-  void backward_impl(const ConstMatrixView<Scalar>& x, const ConstMatrixView<Scalar>& dy,
-                     const MatrixView<Scalar>& dx, const GeneratorView<Scalar>& dtheta,
+  template <class Act>
+  void backward_impl(const ConstMatrixView<Act>& x, const ConstMatrixView<Act>& dy,
+                     const MatrixView<Act>& dx, const GeneratorView<Scalar>& dtheta,
                      Scalar* workspace, bool want_dx, bool want_dtheta) const {
     const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
     const Index slab = count * area;  // one thread's partial sums of G
@@ -454,6 +535,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       Scalar* scratch_dy = scratch;
       Scalar* scratch_x = scratch + rows_per_panel * b;
       for (Index i = 0; i < spec_.blocks; ++i) {
+        if (i + 1 < spec_.blocks) {  // overlap the next block's loads with this block's compute
+          cpu_detail::prefetch_slice(dy.row(first) + (i + 1) * b, dy.stride(), rows, b);
+          if (want_dtheta) cpu_detail::prefetch_slice(x.row(first) + (i + 1) * b, x.stride(), rows, b);
+        }
         copy_slice(dy.row(first) + i * b, dy.stride(), rows, b, scratch_dy);
         const bool active = is_active(i);
         const Index g = spec_.generator_of(i);
@@ -464,13 +549,18 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
                                  true);
         }
         if (!want_dx) continue;
-        Scalar* grad_out = dx.row(first) + i * b;
-        if (active)
+        Act* grad_out = dx.row(first) + i * b;
+        if (!active) {
+          store_slice(scratch_dy, rows, b, grad_out, dx.stride());
+        } else if constexpr (kDirect<Act>) {
           cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
                                  grad_out, dx.stride(), false);
-        else
-          for (Index t = 0; t < rows; ++t)
-            std::copy(scratch_dy + t * b, scratch_dy + (t + 1) * b, grad_out + t * dx.stride());
+        } else {
+          // The copy of X_i is spent: it holds the float dX_i until it is rounded and stored.
+          cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
+                                 scratch_x, b, false);
+          store_slice(scratch_x, rows, b, grad_out, dx.stride());
+        }
       }
     });
     if (!want_dtheta) return;

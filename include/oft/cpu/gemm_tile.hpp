@@ -5,9 +5,9 @@
 ///   A(t, p) = a[t * a_row + p * a_inner]   (any strides: X rows for apply, X^T for gradients)
 ///   B(p, c) = b[p * ldb + c]               (row-major, contiguous columns)
 ///   C(t, c) = c[t * ldc + c]               (row-major)
-/// The register tile is kRows x (kPackets * lanes), in the shape of the classic 6 x 16 sgemm
-/// micro-kernel for AVX2 (12 accumulators, 2 B loads and 6 broadcasts per step of p). Eigen's
-/// packet primitives make it portable to SSE, AVX2, AVX-512 and NEON. No checks: callers in
+/// The register tile is kTileRows x (kTilePackets * lanes): 6 x 16 floats with AVX2 (the classic
+/// sgemm micro-kernel: 12 accumulators, 2 B loads and 6 broadcasts per step of p) and 8 x 32 with
+/// AVX-512. Eigen's packet primitives make it portable to SSE, AVX2, AVX-512 and NEON. No checks: callers in
 /// block_orthogonal.hpp validate shapes at the public boundary.
 
 #include "../detail/intrinsics.hpp"  // before Eigen: see the file
@@ -23,9 +23,16 @@ using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
 template <class Scalar>
 inline constexpr int kLanes = Eigen::internal::unpacket_traits<Packet<Scalar>>::size;
 
-/// Rows of the register tile: with 16 vector registers, 6 rows x 2 packets leaves room for the
-/// B row and the broadcast; with 32 registers (AVX-512) the same shape is still near peak.
+/// Rows of the register tile, chosen from the ISA's register file. With 16 vector registers
+/// (SSE, AVX2, NEON), 6 rows x 2 packets leaves room for the B row and the broadcast. With 32
+/// (AVX-512), 8 rows x 2 packets (16 accumulators + 3) fit, and b in {16, 32, 64} (the common
+/// block sizes, and the b x b gradient tiles G_i = X_i^T dY_i) split into whole tiles with no
+/// row tail; 6 rows left a 2-row tail at b = 32.
+#if defined(EIGEN_VECTORIZE_AVX512)
+inline constexpr int kTileRows = 8;
+#else
 inline constexpr int kTileRows = 6;
+#endif
 inline constexpr int kTilePackets = 2;
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -96,6 +103,21 @@ inline void gemm_rows(Index cols, const Scalar* a, Index a_row, Index a_inner, c
                         accumulate);
 }
 
+/// Software prefetch of `rows` rows of `count` elements at row stride `stride` (a block slice
+/// of the next block): the slices are short (one or two cache lines per row) and rows are d
+/// elements apart, a pattern the hardware prefetchers do not follow, so without this every
+/// slice copy waits on memory with nothing to overlap.
+template <class Element>
+inline void prefetch_slice(const Element* from, Index stride, Index rows, Index count) {
+#if defined(__GNUC__) || defined(__clang__)
+  constexpr Index kLine = 64 / static_cast<Index>(sizeof(Element));
+  for (Index t = 0; t < rows; ++t)
+    for (Index k = 0; k < count; k += kLine) __builtin_prefetch(from + t * stride + k, 0, 3);
+#else
+  (void)from, (void)stride, (void)rows, (void)count;
+#endif
+}
+
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
 /// C must not overlap A or B.
 template <class Scalar>
@@ -108,7 +130,10 @@ inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Ind
                                  depth, accumulate);
   const Scalar* a_rest = a + t * a_row;
   Scalar* c_rest = c + t * ldc;
+  static_assert(kTileRows <= 8, "the tail switch below covers at most 7 rows");
   switch (rows - t) {
+    case 7: gemm_rows<Scalar, 7>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
+    case 6: gemm_rows<Scalar, 6>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
     case 5: gemm_rows<Scalar, 5>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
     case 4: gemm_rows<Scalar, 4>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
     case 3: gemm_rows<Scalar, 3>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;

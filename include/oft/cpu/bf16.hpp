@@ -1,0 +1,71 @@
+#pragma once
+/// \file cpu/bf16.hpp
+/// bfloat16 activations for the CPU backend: the row conversions that the panel copies use.
+///
+/// bfloat16 is the top half of an IEEE float (8 exponent bits, 7 stored mantissa bits, so a
+/// precision of 8 bits and a unit roundoff of u = 2^-8). Widening is exact (a 16-bit shift);
+/// narrowing rounds to nearest, ties to even, as Eigen::bfloat16, PyTorch and the AVX512_BF16
+/// instruction vcvtneps2bf16 do. NaN stays NaN (quiet, sign kept); infinities and overflow to
+/// infinity follow IEEE rounding. These are plain integer loops that compilers vectorize; no
+/// instruction beyond the build's baseline ISA is required.
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "../config.hpp"
+#include "gemm_tile.hpp"
+
+namespace oft {
+
+/// The 16-bit brain float used for activations (X, dY, Y, dX) when the operator is float.
+using bfloat16 = Eigen::bfloat16;
+
+namespace cpu_detail {
+
+static_assert(sizeof(bfloat16) == 2 && std::is_standard_layout_v<bfloat16>,
+              "Eigen::bfloat16 must be a 2-byte standard-layout wrapper of its bits");
+
+/// The bits of a bfloat16 array (its only member is the 16-bit pattern).
+inline const std::uint16_t* bits(const bfloat16* values) {
+  return reinterpret_cast<const std::uint16_t*>(values);
+}
+inline std::uint16_t* bits(bfloat16* values) { return reinterpret_cast<std::uint16_t*>(values); }
+
+/// bfloat16 bits -> float, exactly.
+inline float widen_bf16(std::uint16_t half) {
+  const std::uint32_t word = static_cast<std::uint32_t>(half) << 16;
+  float value;
+  std::memcpy(&value, &word, sizeof value);
+  return value;
+}
+
+/// float -> bfloat16 bits, round to nearest even; NaN -> a quiet NaN with the same sign.
+inline std::uint16_t narrow_bf16(float value) {
+  std::uint32_t word;
+  std::memcpy(&word, &value, sizeof word);
+  if ((word & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((word >> 16) | 0x0040u);
+  word += 0x7fffu + ((word >> 16) & 1u);
+  return static_cast<std::uint16_t>(word >> 16);
+}
+
+/// to[0, n) = from[0, n) converted to To. The same-type case is a copy.
+template <class From, class To>
+inline void convert_row(const From* from, Index n, To* to) {
+  if constexpr (std::is_same_v<From, To>) {
+    std::copy(from, from + n, to);
+  } else if constexpr (std::is_same_v<From, bfloat16> && std::is_same_v<To, float>) {
+    const std::uint16_t* in = bits(from);
+    for (Index k = 0; k < n; ++k) to[k] = widen_bf16(in[k]);
+  } else {
+    static_assert(std::is_same_v<From, float> && std::is_same_v<To, bfloat16>,
+                  "activations convert between float and bfloat16 only");
+    std::uint16_t* out = bits(to);
+    for (Index k = 0; k < n; ++k) out[k] = narrow_bf16(from[k]);
+  }
+}
+
+}  // namespace cpu_detail
+}  // namespace oft
