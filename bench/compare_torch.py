@@ -159,12 +159,13 @@ def set_malloc_reuse(enable):
 # ------------------------------------------------------------------------------------------------
 # oft side
 # ------------------------------------------------------------------------------------------------
-def oft_name(d, b, n, k, exact):
+def oft_name(d, b, n, k, exact, bf16=False):
     policy = "cayley" if exact else f"cayley_neumann/k:{k}"
-    return f"BM_RotationStep/{policy}/d:{d}/b:{b}/N:{n}/real_time"
+    step = "BM_RotationStepBf16" if bf16 else "BM_RotationStep"
+    return f"{step}/{policy}/d:{d}/b:{b}/N:{n}/real_time"
 
 
-def run_oft(binary, shapes, k, methods, threads, min_time, repetitions, out_json):
+def run_oft(binary, shapes, k, methods, threads, min_time, repetitions, out_json, bf16=False):
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env["OMP_NUM_THREADS"] = str(threads)
@@ -174,9 +175,12 @@ def run_oft(binary, shapes, k, methods, threads, min_time, repetitions, out_json
     if k not in (1, 2, 3, 4, 6):
         env["OFT_BENCH_STEP_K"] = str(k)
     names = [oft_name(d, b, n, k, exact) for d, b, n in shapes for exact in methods]
+    if bf16:  # bfloat16 activations: Cayley-Neumann only
+        names += [oft_name(d, b, n, k, False, True) for d, b, n in shapes if False in methods]
     pattern = "^(" + "|".join(name.replace("/real_time", "") for name in names) + ")/"
     cmd = [binary, f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}",
            f"--benchmark_repetitions={repetitions}", "--benchmark_report_aggregates_only=true",
+           "--benchmark_enable_random_interleaving=true",
            f"--benchmark_out={out_json}", "--benchmark_out_format=json"]
     print("[compare_torch] running:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -226,6 +230,10 @@ def main():
     p.add_argument("--out", default=None, help="JSON output (default bench/results[/smoke])")
     p.add_argument("--no-oft", action="store_true", help="time PyTorch only")
     p.add_argument("--smoke", action="store_true", help="a few repeats, results under smoke/")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time oft's step with bfloat16 activations (BM_RotationStepBf16)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleave: run torch then oft this many times, report medians over rounds")
     a = p.parse_args()
     if a.smoke:
         a.repeats, a.warmup, a.oft_min_time, a.oft_repetitions = 3, 1, 0.05, 1
@@ -241,24 +249,42 @@ def main():
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"k={a.k}, repeats={a.repeats}{' (SMOKE: noisy)' if a.smoke else ''}", flush=True)
 
+    load_before = os.getloadavg()
+    rounds_rows, rounds_oft, oft_context = [], [], {}
+    for round_index in range(max(1, a.rounds)):
+        if a.rounds > 1:
+            print(f"[compare_torch] round {round_index + 1}/{a.rounds}", flush=True)
+        rows = []
+        for variant in ("stock", "tuned"):
+            set_malloc_reuse(variant == "tuned")
+            for d, b, n in shapes:
+                for exact in exact_flags:
+                    t = time_torch(d, b, n, a.k, exact, variant, a.repeats, a.warmup)
+                    rows.append({"d": d, "b": b, "N": n, "k": a.k, "method": "exact" if exact
+                                 else "neumann", "variant": variant, **t})
+                    print(f"  torch {variant:5s} d={d} b={b} N={n} "
+                          f"{'exact' if exact else f'neumann k={a.k}'}: {t['median_ms']:.2f} ms",
+                          flush=True)
+        set_malloc_reuse(False)
+        rounds_rows.append(rows)
+        if not a.no_oft:
+            oft_json = out.replace(".json", f"_oft_round{round_index}.json" if a.rounds > 1
+                                   else "_oft.json")
+            times, oft_context = run_oft(a.binary, shapes, a.k, exact_flags, a.threads,
+                                         a.oft_min_time, a.oft_repetitions, oft_json, a.bf16)
+            rounds_oft.append(times)
+    load_after = os.getloadavg()
+    # Medians over rounds (each round's value is already a median of its own repeats).
     rows = []
-    for variant in ("stock", "tuned"):
-        set_malloc_reuse(variant == "tuned")
-        for d, b, n in shapes:
-            for exact in exact_flags:
-                t = time_torch(d, b, n, a.k, exact, variant, a.repeats, a.warmup)
-                rows.append({"d": d, "b": b, "N": n, "k": a.k, "method": "exact" if exact else
-                             "neumann", "variant": variant, **t})
-                print(f"  torch {variant:5s} d={d} b={b} N={n} "
-                      f"{'exact' if exact else f'neumann k={a.k}'}: {t['median_ms']:.2f} ms",
-                      flush=True)
-    set_malloc_reuse(False)
-
-    oft_times, oft_context = {}, {}
-    if not a.no_oft:
-        oft_json = out.replace(".json", "_oft.json")
-        oft_times, oft_context = run_oft(a.binary, shapes, a.k, exact_flags, a.threads,
-                                         a.oft_min_time, a.oft_repetitions, oft_json)
+    for i, row in enumerate(rounds_rows[0]):
+        merged = dict(row)
+        merged["median_ms"] = statistics.median(r[i]["median_ms"] for r in rounds_rows)
+        merged["round_medians_ms"] = [r[i]["median_ms"] for r in rounds_rows]
+        rows.append(merged)
+    oft_times = {}
+    for name in (rounds_oft[0] if rounds_oft else {}):
+        values = [t[name] for t in rounds_oft if t.get(name) is not None]
+        oft_times[name] = statistics.median(values) if values else None
 
     table = []
     print()
@@ -284,6 +310,15 @@ def main():
             print(f"{f'{d} x {b} x {n}':20s} {label:12s} {stock:10.2f}ms {tuned:10.2f}ms "
                   f"{fmt(oft_ms, '8.2f')}ms {fmt(entry['ratio_stock'], '9.2f')}x "
                   f"{fmt(entry['ratio_tuned'], '9.2f')}x")
+            if a.bf16 and not exact:
+                bf16_ms = oft_times.get(oft_name(d, b, n, a.k, False, True))
+                entry["oft_bf16_ms"] = bf16_ms
+                entry["ratio_fp32_over_bf16"] = oft_ms / bf16_ms if oft_ms and bf16_ms else None
+                print(f"{'':20s} {'  oft bf16':12s} {'':12s} {'':12s} {fmt(bf16_ms, '8.2f')}ms "
+                      f"{fmt(stock / bf16_ms if bf16_ms else None, '9.2f')}x "
+                      f"{fmt(tuned / bf16_ms if bf16_ms else None, '9.2f')}x")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); "
+          f"{max(1, a.rounds)} round(s), torch and oft alternating")
     print("ratio = torch time / oft time (> 1: oft is faster); medians of each side's repeats"
           + ("  [SMOKE settings: noisy]" if a.smoke else ""))
 
@@ -291,7 +326,9 @@ def main():
         json.dump({"smoke": a.smoke, "threads": a.threads, "torch_version": torch.__version__,
                    "python": platform.python_version(), "machine": platform.machine(),
                    "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-                   "torch_runs": rows, "table": table, "oft_context": oft_context}, f, indent=2)
+                   "torch_runs": rows, "table": table, "oft_context": oft_context,
+                   "rounds": max(1, a.rounds), "loadavg_before": load_before,
+                   "loadavg_after": load_after, "oft_rounds": rounds_oft}, f, indent=2)
     print(f"[compare_torch] wrote {os.path.relpath(out, ROOT)}")
 
 

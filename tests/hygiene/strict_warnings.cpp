@@ -125,6 +125,20 @@ void use_quant() {
   use_merge(dense);
 }
 
+// bfloat16 activations of a float operator.
+void use_bf16() {
+  const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
+  oft::BlockOrthogonal<float, oft::CayleyNeumann> rotation(spec, oft::CayleyNeumann{3});
+  oft::Generators<float> dtheta(spec);
+  std::vector<oft::bfloat16> x(16), y(16);
+  oft::Workspace<float> workspace;
+  const oft::MatrixView<const oft::bfloat16> in(x.data(), 2, 8);
+  const oft::MatrixView<oft::bfloat16> out(y.data(), 2, 8);
+  rotation.apply(in, out);
+  rotation.apply_transposed(in, out);
+  rotation.backward(in, in, out, dtheta.view(), workspace);
+}
+
 }  // namespace
 
 // Referenced so that the instantiations are compiled; never called.
@@ -132,4 +146,5 @@ void oft_strict_warnings_instantiate() {
   use_all<float>();
   use_all<double>();
   use_quant();
+  use_bf16();
 }
