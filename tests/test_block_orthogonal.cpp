@@ -116,7 +116,9 @@ RowMat<Scalar> reference_dtheta(const Policy& policy, const oft::BlockSpec& spec
   for (Index g = 0; g < spec.generators(); ++g) {
     Mat<Scalar> grad = Mat<Scalar>::Zero(b, b);
     for (Index i = 0; i < spec.blocks; ++i)
-      if (spec.generator_of(i) == g && (active.empty() || active[static_cast<size_t>(i)]))
+      // (No N = 0 slices: Eigen offsets the null data pointer of an empty matrix, which clang's
+      // UBSan reports; the sum is zero then.)
+      if (x.rows() > 0 && spec.generator_of(i) == g && (active.empty() || active[static_cast<size_t>(i)]))
         grad += x.middleCols(i * b, b).transpose() * dy.middleCols(i * b, b);
     const Mat<Scalar> q = theta.dense(g);
     const auto plan = policy.plan(q);
@@ -140,7 +142,8 @@ std::vector<double> dtheta_tolerance(const Policy& policy, const oft::BlockSpec&
     MatD a = MatD::Zero(b, b);
     Index terms = 0;
     for (Index i = 0; i < spec.blocks; ++i)
-      if (spec.generator_of(i) == g && (active.empty() || active[static_cast<size_t>(i)])) {
+      if (x.rows() > 0 && spec.generator_of(i) == g &&
+          (active.empty() || active[static_cast<size_t>(i)])) {
         a += oft_test::abs_d(x.middleCols(i * b, b)).transpose() *
              oft_test::abs_d(dy.middleCols(i * b, b));
         terms += x.rows();
@@ -793,7 +796,7 @@ void check_kernel_grid() {
         RowMat<Scalar> y_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
         op.apply(xv, oft::MatrixView<Scalar>(y_buf.data(), n, d, stride));
         EXPECT_TRUE(oft_test::within_bound(y_buf.leftCols(d), y_ref, y_bound)) << at;
-        EXPECT_TRUE((y_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+        EXPECT_TRUE(n == 0 || (y_buf.rightCols(stride - d).array() == sentinel).all()) << at;
         RowMat<Scalar> inplace = x_buf;
         const oft::MatrixView<Scalar> inplace_view(inplace.data(), n, d, stride);
         op.apply(inplace_view, inplace_view);
@@ -804,7 +807,7 @@ void check_kernel_grid() {
         op.backward(xv, dyv, oft::MatrixView<Scalar>(dx_buf.data(), n, d, stride), dtheta.view(),
                     workspace);
         EXPECT_TRUE(oft_test::within_bound(dx_buf.leftCols(d), dx_ref, dx_bound)) << at;
-        EXPECT_TRUE((dx_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+        EXPECT_TRUE(n == 0 || (dx_buf.rightCols(stride - d).array() == sentinel).all()) << at;
         EXPECT_TRUE(rows_within(as_matrix(dtheta), dtheta_ref, tol)) << at;
 
         // dX over dY, same thread count: bitwise the out-of-place dX and dtheta.

@@ -204,7 +204,7 @@ TEST(Errors, NegativeTermsAndBadTolerance) {
   EXPECT_TRUE(
       throws_with<std::invalid_argument>([] { oft::CayleyNeumannTolerance{-1e-3}; }, {"-0.001"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [] { oft::CayleyNeumannTolerance(std::numeric_limits<double>::infinity()); }, {"inf"}));
+      [] { oft::CayleyNeumannTolerance{std::numeric_limits<double>::infinity()}; }, {"inf"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [] { oft::CayleyNeumannTolerance(1e-6, oft::OnDivergence::Throw, -2); }, {"-2"}));
 }
