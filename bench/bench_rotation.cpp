@@ -23,6 +23,7 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <type_traits>
 
 #include "bench_common.hpp"
 
@@ -208,48 +209,37 @@ void BM_SetGenerators(benchmark::State& state, Policy policy) {
   state.counters["generators"] = static_cast<double>(rot.spec().generators());
 }
 
-template <class Policy>
+/// The activation buffers of one type: float, or the same values rounded to bfloat16.
+template <class Act>
+std::array<oft::MatrixView<Act>, 3> activation_views(Activations& a) {
+  auto view_of = [&](auto& m) { return oft::MatrixView<Act>(m.data(), a.n, a.d); };
+  if constexpr (std::is_same_v<Act, oft::bfloat16>)
+    return {view_of(a.x_bf16), view_of(a.y_bf16), view_of(a.dy_bf16)};
+  else
+    return {view_of(a.x), view_of(a.y), view_of(a.dy)};
+}
+
+/// One training step with activations of type Act (float, or bfloat16 with R, theta, dtheta and
+/// the accumulation in float: checked against the float path in tests/test_bf16.cpp; bytes are
+/// counted at sizeof(Act) each).
+template <class Act, class Policy>
 void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& label) {
   const Index d = state.range(0), b = state.range(1), n = state.range(2);
   auto rot = make_rotation<Policy>(d, b, policy);
   if (auto err = validate(rot, n, label); !err.empty()) return state.SkipWithError(err.c_str());
   const auto theta = random_generators<Scalar>(rot.spec().generators(), b, kRho, 7);
-  Activations& a = activations(d, n);
   oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
   oft::Workspace<Scalar> ws;
   ws.reserve(rot.workspace_size());
-  const auto x = oft::view(a.x), y = oft::view(a.y), dy = oft::view(a.dy);
+  const auto [x, y, dy] = activation_views<Act>(activations(d, n));
+  using ConstView = oft::MatrixView<const Act>;
   for (auto _ : state) {
     rot.set_generators(theta.view());
-    rot.apply(x, y);
-    rot.backward(x, dy, dy, dtheta.view(), ws);
+    rot.apply(ConstView(x), y);
+    rot.backward(ConstView(x), ConstView(dy), dy, dtheta.view(), ws);
     benchmark::ClobberMemory();
   }
-  set_rate_counters(state, step_cost<Scalar>(n, d, b));
-}
-
-// The same step with bfloat16 activations (X, Y, dY, dX; R, theta, dtheta and the accumulation
-// in float). Checked against the float path in tests/test_bf16.cpp; bytes counted at 2 each.
-template <class Policy>
-void BM_RotationStepBf16(benchmark::State& state, Policy policy, const std::string& label) {
-  const Index d = state.range(0), b = state.range(1), n = state.range(2);
-  auto rot = make_rotation<Policy>(d, b, policy);
-  if (auto err = validate(rot, n, label); !err.empty()) return state.SkipWithError(err.c_str());
-  const auto theta = random_generators<Scalar>(rot.spec().generators(), b, kRho, 7);
-  Activations& a = activations(d, n);
-  oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
-  oft::Workspace<Scalar> ws;
-  ws.reserve(rot.workspace_size());
-  using View = oft::MatrixView<oft::bfloat16>;
-  const View x(a.x_bf16.data(), n, d), y(a.y_bf16.data(), n, d), dy(a.dy_bf16.data(), n, d);
-  for (auto _ : state) {
-    rot.set_generators(theta.view());
-    rot.apply(oft::MatrixView<const oft::bfloat16>(x), y);
-    rot.backward(oft::MatrixView<const oft::bfloat16>(x), oft::MatrixView<const oft::bfloat16>(dy),
-                 dy, dtheta.view(), ws);
-    benchmark::ClobberMemory();
-  }
-  set_rate_counters(state, step_cost<oft::bfloat16>(n, d, b));
+  set_rate_counters(state, step_cost<Act>(n, d, b));
 }
 
 std::vector<std::array<Index, 3>> step_shapes() {
@@ -293,7 +283,7 @@ void register_policy(const std::string& label, Policy policy) {
           ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(
         ("BM_RotationStep/" + label).c_str(),
-        [policy, label](benchmark::State& st) { BM_RotationStep(st, policy, label); })
+        [policy, label](benchmark::State& st) { BM_RotationStep<Scalar>(st, policy, label); })
         ->Args({s[0], s[1], s[2]})
         ->ArgNames({"d", "b", "N"})
         ->UseRealTime()
@@ -301,7 +291,9 @@ void register_policy(const std::string& label, Policy policy) {
     if (label.rfind("cayley_neumann", 0) == 0)
       benchmark::RegisterBenchmark(
           ("BM_RotationStepBf16/" + label).c_str(),
-          [policy, label](benchmark::State& st) { BM_RotationStepBf16(st, policy, label); })
+          [policy, label](benchmark::State& st) {
+            BM_RotationStep<oft::bfloat16>(st, policy, label);
+          })
           ->Args({s[0], s[1], s[2]})
           ->ArgNames({"d", "b", "N"})
           ->UseRealTime()
