@@ -21,7 +21,9 @@
 # Environment: OUT (set by the device tool; default /tmp/oft-gpu-out), OFT_GPU_PHASES (comma list of
 # the steps above, default all), OFT_GPU_BUILD_DIR (build-gpu), OFT_CUDA_ARCH (from nvidia-smi,
 # else 90), OFT_GPU_BUDGET_S (540), OFT_BENCH_REPS (5), OFT_BENCH_MIN_TIME (0.1),
-# OFT_SANITIZER_FILTER, OFT_RACECHECK_FILTER, OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
+# OFT_SANITIZER_FILTER, OFT_RACECHECK_FILTER, OFT_SANITIZE_BINS (an extended regex: only the
+# test_cuda* binaries whose name matches get the sanitizers; default all), OFT_BENCH_FILTER
+# (bench_cuda's --benchmark_filter; default all), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
@@ -73,6 +75,9 @@ run_step() {
 
 cuda_tests() {  # the built test_cuda* executables
   find "$BUILD" -type f -perm -u+x -name 'test_cuda*' ! -name '*.*' 2>/dev/null | sort
+}
+sanitized_tests() {  # those of them that OFT_SANITIZE_BINS selects
+  cuda_tests | grep -E "/(${OFT_SANITIZE_BINS:-test_cuda.*})\$"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +150,7 @@ if want bench; then
   if [[ -x $BENCH_BIN ]]; then
     run_step "bench_cuda" 170 "$LOG_BENCH" "$BENCH_BIN" \
       --benchmark_repetitions="${OFT_BENCH_REPS:-5}" --benchmark_report_aggregates_only=true \
-      --benchmark_min_time="${OFT_BENCH_MIN_TIME:-0.1}" \
+      --benchmark_min_time="${OFT_BENCH_MIN_TIME:-0.1}" --benchmark_filter="${OFT_BENCH_FILTER:-.}" \
       --benchmark_out="$OUT/bench_cuda.json" --benchmark_out_format=json
     grep -q 'no CUDA device' "$LOG_BENCH" && record "bench_cuda: found NO CUDA DEVICE"
   else
@@ -166,10 +171,10 @@ MEMCHECK_FILTER=${OFT_SANITIZER_FILTER:--CudaTokenGrid.MoreRowTiles*:CudaErrors.
 # tensor cores, the generator kernels with both branches, the layer, unmerge's inversion).
 # Measured on an H200: CudaStreams.* 63 s, ManyTilesPerThreadBlock* 90 s, the test_cuda_linear part
 # 39 s; the double FD checks took > 90 s and are left out (same kernels as float, in double).
-RACECHECK_FILTER=${OFT_RACECHECK_FILTER:-CudaStreams.*:CudaTokenGrid.ManyTilesPerThreadBlock*:CudaActiveBlocks.DeviceMaskOverload:CudaUnmerge.*:CudaOftLinear.BackwardMatchesCpuFloat:CudaOftLinearHalf.BackwardMatchesCpuBfloat16}
+RACECHECK_FILTER=${OFT_RACECHECK_FILTER:-CudaQoftLinear.BackwardMatchesCpuOverTheDequantizedWeight:CudaQuant.FusedProducts*:CudaStreams.*:CudaTokenGrid.ManyTilesPerThreadBlock*:CudaActiveBlocks.DeviceMaskOverload:CudaUnmerge.*:CudaOftLinear.BackwardMatchesCpuFloat:CudaOftLinearHalf.BackwardMatchesCpuBfloat16}
 if want sanitize; then
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  BINS=$(cuda_tests)
+  BINS=$(sanitized_tests)
   if [[ ! -x $SAN ]]; then
     record "sanitizers: compute-sanitizer not found"
   elif [[ -z $BINS ]]; then
