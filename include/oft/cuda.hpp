@@ -2,8 +2,10 @@
 /// \file cuda.hpp
 /// The CUDA backend: BlockOrthogonal<T, Policy, oft::cuda> and OftLinear<T, Policy, oft::cuda>
 /// over DeviceMatrixView (pointer, rows, cols, leading dimension), for T in float, double,
-/// __half, __nv_bfloat16. Include it from .cu files compiled by nvcc; it does not include Eigen
-/// and does not need the CPU headers (both backends share config, index, policies, errors).
+/// __half, __nv_bfloat16; QOFT (quantized frozen bases, float activations) in oft::cuda_quant.
+/// Include it from .cu files compiled by nvcc. It does not include Eigen: besides what both
+/// backends share (config, index, policies, errors) it uses only the Eigen-free quantization
+/// formats of quant/ (bnb4, int8, frozen_base).
 /// Link CUDA::cudart and CUDA::cublas (CMake target oft::cuda does).
 
 #if !defined(__CUDACC__)
@@ -15,4 +17,5 @@
 #include "cuda/error.hpp"
 #include "cuda/linear.hpp"
 #include "cuda/numeric.hpp"
+#include "cuda/qoft_linear.hpp"
 #include "cuda/quant.hpp"
