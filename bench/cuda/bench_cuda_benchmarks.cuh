@@ -513,5 +513,6 @@ void register_type(const std::vector<std::pair<Index, int>>& block_terms,
 void register_float();
 void register_bf16();
 void register_half();
+void register_qoft();  ///< bench_cuda_qoft.cu: quantized frozen bases (QOFT)
 
 }  // namespace oft_cuda_bench
