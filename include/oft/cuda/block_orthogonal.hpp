@@ -197,14 +197,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
       cuda_detail::require_shape(dtheta, spec_.generators(), spec_.packed(), "dtheta", where);
       cuda_detail::require_device_pointer(x.data(), "x", where);
       cuda_detail::require_device_pointer(dtheta.data(), "dtheta", where);
-      detail::require(workspace_size >= workspace_bytes(n), where, ": workspace of ",
-                      workspace_size, " bytes, needs workspace_bytes(", n,
-                      ") = ", workspace_bytes(n));
-      detail::require(workspace != nullptr || workspace_bytes(n) == 0, where,
-                      ": null workspace");
-      cuda_detail::require_device_pointer(workspace, "workspace", where);
-      detail::require(reinterpret_cast<std::uintptr_t>(workspace) % cuda_detail::kAlignment == 0,
-                      where, ": workspace is not ", cuda_detail::kAlignment, "-byte aligned");
+      cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     }
     if (!dx.empty()) {
       cuda_detail::require_shape(dx, n, d, "dx", where);

@@ -22,15 +22,11 @@
 #include "../neumann.hpp"
 #include "error.hpp"
 #include "launch.hpp"
+#include "workspace.hpp"
 
 namespace oft::cuda_detail {
 
-inline constexpr std::size_t kAlignment = 256;
 inline constexpr int kGeneratorThreads = 256;
-
-inline std::size_t align_up(std::size_t bytes) {
-  return (bytes + kAlignment - 1) / kAlignment * kAlignment;
-}
 
 /// Shared-memory matrices the generator kernels keep (the VJP is the largest user):
 /// Neumann VJP: Q^T, G, P1, P2 and two products (6 b^2); exact VJP: I - Q, G, R, rhs (4 b^2)

@@ -97,7 +97,7 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     cuda_detail::require_shape(x, n, in_features(), "x", where);
     cuda_detail::require_shape(z, n, out_features_, "z", where);
     cuda_detail::require_device_pointer(z.data(), "z", where);
-    require_workspace(workspace, workspace_size, n, where);
+    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     if (n == 0) return;
     DeviceMatrixView<Scalar> y(static_cast<Scalar*>(workspace), n, in_features());
     rotation_.apply(x, y, stream);
@@ -126,7 +126,7 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     cuda_detail::require_shape(dz, n, out_features_, "dz", where);
     cuda_detail::require_shape(x, n, in_features(), "x", where);
     cuda_detail::require_device_pointer(dz.data(), "dz", where);
-    require_workspace(workspace, workspace_size, n, where);
+    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     DeviceMatrixView<Scalar> dy(static_cast<Scalar*>(workspace), n, in_features());
     if (n > 0) {
       float one = 1.0f, zero = 0.0f;
@@ -215,14 +215,6 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     }
   }
 
-  void require_workspace(void* workspace, std::size_t size, Index n, const char* where) const {
-    detail::require(size >= workspace_bytes(n), where, ": workspace of ", size,
-                    " bytes, needs workspace_bytes(", n, ") = ", workspace_bytes(n));
-    detail::require(workspace != nullptr, where, ": null workspace");
-    cuda_detail::require_device_pointer(workspace, "workspace", where);
-    detail::require(reinterpret_cast<std::uintptr_t>(workspace) % cuda_detail::kAlignment == 0,
-                    where, ": workspace is not ", cuda_detail::kAlignment, "-byte aligned");
-  }
   void bind(cudaStream_t stream, const char* where) {
     cuda_detail::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
   }

@@ -30,6 +30,7 @@
 #include "block_orthogonal.hpp"
 #include "kernels_linear.hpp"
 #include "quant.hpp"
+#include "workspace.hpp"
 
 namespace oft::cuda_quant {
 
@@ -164,7 +165,7 @@ class QoftLinear {
     cuda_detail::require_shape(z, n, out_features(), "z", where);
     cuda_detail::require_device_pointer(z.data(), "z", where);
     cuda_detail::require_disjoint(z, x, "z", "x", where);
-    require_workspace(workspace, workspace_size, n, where);
+    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     if (n == 0) return;
     DeviceMatrixView<float> y(static_cast<float*>(workspace), n, in_features());
     rotation_.apply(x, y, stream);
@@ -187,7 +188,7 @@ class QoftLinear {
     cuda_detail::require_shape(x, n, in_features(), "x", where);
     cuda_detail::require_device_pointer(dz.data(), "dz", where);
     if (!dx.empty()) cuda_detail::require_disjoint(dx, dz, "dx", "dz", where);
-    require_workspace(workspace, workspace_size, n, where);
+    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     DeviceMatrixView<float> dy(static_cast<float*>(workspace), n, in_features());
     float* room = panel(workspace, n);
     if (n > 0) {
@@ -207,14 +208,6 @@ class QoftLinear {
   float* panel(void* workspace, Index n) const {
     return reinterpret_cast<float*>(static_cast<char*>(workspace) +
                                     cuda_detail::align_up(activation_bytes(n)));
-  }
-  void require_workspace(void* workspace, std::size_t size, Index n, const char* where) const {
-    oft::detail::require(size >= workspace_bytes(n), where, ": workspace of ", size,
-                         " bytes, needs workspace_bytes(", n, ") = ", workspace_bytes(n));
-    oft::detail::require(workspace != nullptr, where, ": null workspace");
-    cuda_detail::require_device_pointer(workspace, "workspace", where);
-    oft::detail::require(reinterpret_cast<std::uintptr_t>(workspace) % cuda_detail::kAlignment == 0,
-                         where, ": workspace is not ", cuda_detail::kAlignment, "-byte aligned");
   }
   void bind(cudaStream_t stream, const char* where) {
     cuda_detail::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
