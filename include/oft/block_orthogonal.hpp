@@ -31,6 +31,7 @@
 #include "backend.hpp"
 #include "cpu/bf16.hpp"
 #include "cpu/gemm_tile.hpp"
+#include "detail/thread_scratch.hpp"
 #include "errors.hpp"
 #include "index.hpp"
 #include "parameterization.hpp"
@@ -77,6 +78,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         parameterization_(parameterization),
         theta_(spec.generators(), spec.block_size),
         plans_(static_cast<size_t>(spec.generators())),
+        staged_plans_(plans_.size()),
         rotations_(static_cast<size_t>(spec.generators() * block_area())),
         rotations_t_(rotations_.size()),
         staged_rotations_(rotations_.size()),
@@ -101,19 +103,23 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     check_generators(theta, "theta");
     theta.require_finite();
     const Index b = spec_.block_size, count = spec_.generators();
-    // Plans and blocks go to staging first: a refusal must leave the operator untouched.
-    std::vector<Plan> plans(static_cast<size_t>(count));
-    for (Index g = 0; g < count; ++g) plans[static_cast<size_t>(g)] = parameterization_.plan(
-        theta.dense(g));
+    // Plans and blocks go to staging first: a refusal must leave the operator untouched. The
+    // b x b matrices are this thread's scratch, so a steady-state call allocates nothing.
+    for (Index g = 0; g < count; ++g) {
+      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorQ>(b, b);
+      unpack_skew(theta.row(g), b, q);
+      staged_plans_[static_cast<size_t>(g)] = parameterization_.plan(q);
+    }
     OFT_OMP(parallel for schedule(dynamic) if (parallel_generators()))
     for (Index g = 0; g < count; ++g) {
-      SquareMatrix<Scalar> q(b, b), r(b, b);
+      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorQ>(b, b);
+      SquareMatrix<Scalar>& r = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorR>(b, b);
       unpack_skew(theta.row(g), b, q);
-      parameterization_.rotation(q, plans[static_cast<size_t>(g)], r);
+      parameterization_.rotation(q, staged_plans_[static_cast<size_t>(g)], r);
       Eigen::Map<RowMatrix<Scalar>>(staged_rotations_.data() + g * block_area(), b, b) = r;
     }
-    require_finite_rotations(staged_rotations_, plans);
-    plans_ = std::move(plans);
+    require_finite_rotations(staged_rotations_, staged_plans_);
+    plans_.swap(staged_plans_);
     rotations_.swap(staged_rotations_);
     for (Index g = 0; g < count; ++g) {
       std::copy(theta.row(g), theta.row(g) + spec_.packed(), theta_.row(g));
@@ -572,11 +578,15 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     const Index b = spec_.block_size, area = block_area(), count = spec_.generators();
     OFT_OMP(parallel for schedule(dynamic) if (parallel_generators()))
     for (Index g = 0; g < count; ++g) {
-      SquareMatrix<Scalar> q(b, b), r(b, b), dq(b, b);
+      // This thread's scratch (detail/thread_scratch.hpp): no allocation in steady state.
+      using detail::ScratchSlot;
+      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, ScratchSlot::GeneratorQ>(b, b);
+      SquareMatrix<Scalar>& r = detail::thread_matrix<Scalar, ScratchSlot::GeneratorR>(b, b);
+      SquareMatrix<Scalar>& grad = detail::thread_matrix<Scalar, ScratchSlot::GeneratorGrad>(b, b);
+      SquareMatrix<Scalar>& dq = detail::thread_matrix<Scalar, ScratchSlot::GeneratorDq>(b, b);
       unpack_skew(theta_.row(g), b, q);
       r = Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b);
-      const SquareMatrix<Scalar> grad =
-          Eigen::Map<const RowMatrix<Scalar>>(block_gradients + g * area, b, b);
+      grad = Eigen::Map<const RowMatrix<Scalar>>(block_gradients + g * area, b, b);
       parameterization_.rotation_vjp(q, r, plans_[static_cast<size_t>(g)], grad, dq);
       pack_skew_gradient(dq, dtheta.row(g));
     }
@@ -586,6 +596,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   Parameterization parameterization_;
   Generators<Scalar> theta_;
   std::vector<Plan> plans_;
+  std::vector<Plan> staged_plans_;  // set_generators plans here, swaps in on success
   std::vector<Scalar> rotations_;    // R_g, row-major, generators x b x b
   std::vector<Scalar> rotations_t_;  // R_g^T, for dX = dY R^T and apply_transposed
   std::vector<Scalar> staged_rotations_;  // set_generators computes here, swaps in on success

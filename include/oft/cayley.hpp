@@ -10,6 +10,7 @@
 #include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/LU>
 
+#include "detail/thread_scratch.hpp"
 #include "parameterization.hpp"
 #include "policies.hpp"
 
@@ -20,18 +21,34 @@ template <class Scalar>
 struct PolicyOps<ExactCayley, SquareMatrix<Scalar>> {
   static void rotation(const SquareMatrix<Scalar>& q, SquareMatrix<Scalar>& r) {
     const Index b = q.rows();
-    const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
-    Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
-    r = lu.solve(identity + q);
+    SquareMatrix<Scalar>& rhs = thread_matrix<Scalar, ScratchSlot::CayleyRhs>(b, b);
+    rhs = q;
+    rhs.diagonal().array() += Scalar(1);  // I + Q
+    r = factorized(q).solve(rhs);
   }
 
   static void rotation_vjp(const SquareMatrix<Scalar>& q, const SquareMatrix<Scalar>& r,
                            const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) {
     const Index b = q.rows();
-    const SquareMatrix<Scalar> identity = SquareMatrix<Scalar>::Identity(b, b);
-    Eigen::PartialPivLU<SquareMatrix<Scalar>> lu(identity - q);
-    const SquareMatrix<Scalar> rhs = g.transpose() * (identity + r);  // ((I+R)^T G)^T
-    dq = lu.solve(rhs).transpose();
+    SquareMatrix<Scalar>& rhs = thread_matrix<Scalar, ScratchSlot::CayleyRhs>(b, b);
+    SquareMatrix<Scalar>& solved = thread_matrix<Scalar, ScratchSlot::CayleySolved>(b, b);
+    rhs.noalias() = g.transpose() * r;  // ((I+R)^T G)^T = G^T + G^T R
+    rhs += g.transpose();
+    solved = factorized(q).solve(rhs);
+    dq = solved.transpose();
+  }
+
+ private:
+  /// This thread's LU of I - Q. The factorization and every matrix above are per-thread scratch
+  /// (detail/thread_scratch.hpp), so steady-state calls allocate nothing.
+  static const Eigen::PartialPivLU<SquareMatrix<Scalar>>& factorized(const SquareMatrix<Scalar>& q) {
+    const Index b = q.rows();
+    SquareMatrix<Scalar>& lhs = thread_matrix<Scalar, ScratchSlot::CayleyLhs>(b, b);
+    lhs = -q;
+    lhs.diagonal().array() += Scalar(1);  // I - Q
+    thread_local Eigen::PartialPivLU<SquareMatrix<Scalar>> lu;
+    lu.compute(lhs);
+    return lu;
   }
 };
 }  // namespace detail

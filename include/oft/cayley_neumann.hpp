@@ -42,6 +42,7 @@
 
 #include "cayley.hpp"
 #include "cpu/gemm_tile.hpp"
+#include "detail/thread_scratch.hpp"
 #include "errors.hpp"
 #include "neumann.hpp"
 #include "parameterization.hpp"
@@ -75,7 +76,7 @@ void polynomial_rotation(const SquareMatrix<Scalar>& q, const Coefficients& coef
   }
   r = q * static_cast<Scalar>(coefficients(n));  // exact when c_n = 1
   r.diagonal().array() += static_cast<Scalar>(coefficients(n - 1));
-  SquareMatrix<Scalar> next(b, b);
+  SquareMatrix<Scalar>& next = thread_matrix<Scalar, ScratchSlot::PolynomialNext1>(b, b);
   for (int j = n - 2; j >= 0; --j) {
     multiply_square(r, q, next);
     next.diagonal().array() += static_cast<Scalar>(coefficients(j));
@@ -86,7 +87,8 @@ void polynomial_rotation(const SquareMatrix<Scalar>& q, const Coefficients& coef
 /// dQ = sum_j c_j sum_{s+t=j-1} (Q^T)^s G (Q^T)^t, the adjoint of the polynomial's Fréchet
 /// derivative, via Horner on [[Q^T, G], [0, Q^T]]: the state [[P1, P2], [0, P1]] advances by
 /// P2 <- P1 G + P2 Q^T, P1 <- P1 Q^T + c_j I. The first step from P1 = c_n I, P2 = 0 needs no
-/// product, so 3(n - 1) products in all (3k for R_k) and three b x b temporaries.
+/// product, so 3(n - 1) products in all (3k for R_k) and four b x b temporaries, this thread's
+/// scratch (detail/thread_scratch.hpp), so steady-state calls allocate nothing.
 template <class Scalar, class Coefficients>
 void polynomial_rotation_vjp(const SquareMatrix<Scalar>& q, const Coefficients& coefficients,
                              const SquareMatrix<Scalar>& g, SquareMatrix<Scalar>& dq) {
@@ -97,11 +99,14 @@ void polynomial_rotation_vjp(const SquareMatrix<Scalar>& q, const Coefficients& 
     return;
   }
   const Scalar leading = static_cast<Scalar>(coefficients(n));
-  const SquareMatrix<Scalar> a = q.transpose();
-  SquareMatrix<Scalar> p1 = a * leading;  // exact when c_n = 1
+  SquareMatrix<Scalar>& a = thread_matrix<Scalar, ScratchSlot::PolynomialA>(b, b);
+  SquareMatrix<Scalar>& p1 = thread_matrix<Scalar, ScratchSlot::PolynomialP1>(b, b);
+  SquareMatrix<Scalar>& next1 = thread_matrix<Scalar, ScratchSlot::PolynomialNext1>(b, b);
+  SquareMatrix<Scalar>& next2 = thread_matrix<Scalar, ScratchSlot::PolynomialNext2>(b, b);
+  a = q.transpose();
+  p1 = a * leading;  // exact when c_n = 1
   p1.diagonal().array() += static_cast<Scalar>(coefficients(n - 1));
   dq = g * leading;
-  SquareMatrix<Scalar> next1(b, b), next2(b, b);
   for (int j = n - 2; j >= 0; --j) {
     multiply_square(p1, g, next2);
     multiply_square(dq, a, next2, true);
@@ -134,13 +139,18 @@ double skew_spectral_norm_bound(const SquareMatrix<Scalar>& q) {
   return std::min(frobenius, one_norm);
 }
 
-/// ||Q||_2 computed exactly (largest eigenvalue of Q^T Q), O(b^3).
+/// ||Q||_2 computed exactly (largest eigenvalue of Q^T Q), O(b^3), in double. The matrices and
+/// the solver are this thread's scratch, so steady-state calls allocate nothing.
 template <class Scalar>
 double skew_spectral_norm(const SquareMatrix<Scalar>& q) {
   if (q.size() == 0) return 0.0;
-  const SquareMatrix<double> qd = q.template cast<double>();
-  Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig(qd.transpose() * qd,
-                                                          Eigen::EigenvaluesOnly);
+  const Index b = q.rows();
+  SquareMatrix<double>& qd = thread_matrix<double, ScratchSlot::SpectralQ>(b, b);
+  SquareMatrix<double>& gram = thread_matrix<double, ScratchSlot::SpectralGram>(b, b);
+  qd = q.template cast<double>();
+  gram.noalias() = qd.transpose() * qd;
+  thread_local Eigen::SelfAdjointEigenSolver<SquareMatrix<double>> eig;
+  eig.compute(gram, Eigen::EigenvaluesOnly);
   return std::sqrt(std::max(0.0, eig.eigenvalues().maxCoeff()));
 }
 

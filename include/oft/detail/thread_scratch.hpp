@@ -1,0 +1,45 @@
+#pragma once
+/// \file detail/thread_scratch.hpp
+/// Per-thread b x b scratch for the per-generator stages: theta -> R in set_generators and the
+/// policy's vector-Jacobian product in backward. Each OS thread keeps its own matrices between
+/// calls, so a training step in steady state allocates nothing (issue 11; tests/
+/// test_no_allocation.cpp pins it), and two threads calling backward on the same const operator
+/// still share no state, which a mutable member would break. OpenMP's pool threads persist, so
+/// after the first call a matrix is allocated again only when its thread sees a different size.
+
+#include "intrinsics.hpp"  // before Eigen: see the file
+#include <Eigen/Core>
+
+#include "../config.hpp"
+
+namespace oft::detail {
+
+/// Who owns which scratch matrix. Stages that nest (the generator loop calls the policy, and
+/// a policy may call another, e.g. CayleyNeumannTolerance falls back to exact Cayley) must use
+/// disjoint slots, so each one is named here once.
+enum class ScratchSlot : int {
+  GeneratorQ,      // BlockOrthogonal: Q of the generator at hand
+  GeneratorR,      // BlockOrthogonal: its R (set_generators) or R read back (backward)
+  GeneratorGrad,   // BlockOrthogonal: G = dL/dR of that generator
+  GeneratorDq,     // BlockOrthogonal: dL/dQ
+  PolynomialA,     // polynomial_rotation[_vjp]: Q^T
+  PolynomialP1,    // polynomial_rotation_vjp: Horner state (and polynomial_rotation's product)
+  PolynomialNext1,
+  PolynomialNext2,
+  CayleyLhs,       // exact Cayley: I - Q
+  CayleyRhs,       // exact Cayley: the right-hand side of the solve
+  CayleySolved,    // exact Cayley VJP: the solve's result before the transpose
+  SpectralQ,       // skew_spectral_norm: Q in double
+  SpectralGram,    // skew_spectral_norm: Q^T Q
+};
+
+/// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is
+/// unchanged). Its contents are whatever the last user left: callers overwrite before reading.
+template <class Scalar, ScratchSlot Slot>
+Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& thread_matrix(Index rows, Index cols) {
+  thread_local Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> matrix;
+  if (matrix.rows() != rows || matrix.cols() != cols) matrix.resize(rows, cols);
+  return matrix;
+}
+
+}  // namespace oft::detail
