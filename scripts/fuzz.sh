@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bounded libFuzzer runs of the safetensors reader and the PEFT adapter loader, under ASan+UBSan.
 #
-#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 60), in build-fuzz/
+#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 60), side by side, in build-fuzz/
 #
 # Needs clang and libFuzzer (Debian: clang, libclang-rt-14-dev; installed when missing, as root).
 # Seeds: tests/io/fixtures/*.safetensors and the PEFT-made adapters of tests/peft/fixtures (each as
@@ -49,16 +49,26 @@ for target in safetensors peft_adapter; do
   fi
 done
 # A fixed seed (OFT_FUZZ_SEED, default 1) so that CI explores the same way each run; set it to 0
-# for libFuzzer's random seed when hunting.
+# for libFuzzer's random seed when hunting. The targets run side by side, one per core (each
+# libFuzzer process is single-threaded), so the stage takes SECONDS once, not once per target.
+fuzz_target() {
+  "$BUILD/tests/fuzz/fuzz_$1" "$BUILD/corpus-$1" -max_total_time="$SECONDS_PER_TARGET" \
+    -seed="${OFT_FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+    -artifact_prefix="$BUILD/artifacts/fuzz_$1-" 2>"$BUILD/fuzz_$1.log"
+}
+declare -A fuzz_pids
 for target in safetensors peft_adapter; do
   echo "== fuzz: fuzz_$target for ${SECONDS_PER_TARGET} s"
-  if ! "$BUILD/tests/fuzz/fuzz_$target" "$BUILD/corpus-$target" -max_total_time="$SECONDS_PER_TARGET" \
-      -seed="${OFT_FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-      -artifact_prefix="$BUILD/artifacts/fuzz_$target-" 2>"$BUILD/fuzz_$target.log"; then
+  fuzz_target "$target" &
+  fuzz_pids[$target]=$!
+done
+for target in safetensors peft_adapter; do
+  if ! wait "${fuzz_pids[$target]}"; then
     echo "fuzz.sh: fuzz_$target FAILED; input and report: $BUILD/artifacts/, $BUILD/fuzz_$target.log" >&2
     tail -40 "$BUILD/fuzz_$target.log" >&2
     status=1
   else
+    echo "== fuzz: fuzz_$target passed"
     grep -E "stat::number_of_executed_units|cov:" "$BUILD/fuzz_$target.log" | tail -2
   fi
 done

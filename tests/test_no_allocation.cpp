@@ -1,15 +1,21 @@
-/// Steady-state calls of the CPU hot paths allocate nothing (issue 11): a counting global
-/// operator new (this executable only) counts heap allocations made between two marks.
+/// Steady-state calls of the CPU hot paths allocate nothing (issue 11): a counting malloc (this
+/// executable only) counts heap allocations made between two marks, Eigen's included.
 ///
 /// - one whole training step of BlockOrthogonal: set_generators, apply (also in place),
 ///   apply_transposed, and backward with and without dtheta, with 1 and 2 threads, for every
 ///   policy but the exponential: no allocation at all once the OpenMP team and each thread's
-///   b x b scratch (detail/thread_scratch.hpp) exist;
+///   b x b scratch (detail/thread_scratch.hpp) exist. With LLVM's libomp, which allocates to
+///   enter a parallel region, the count must instead be the same at two problem sizes;
 /// - the matrix exponential allocates inside Eigen's exp(), per generator, never per token.
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <functional>
+#include <limits>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -93,51 +99,86 @@ long allocations_of(F&& f) {
   return g_allocations.load() - before;
 }
 
-/// Every steady-state call of one training step allocates nothing: set_generators (theta -> R,
-/// the policy's plans), apply, in-place apply, apply_transposed, and backward with and without
-/// dtheta (its per-generator VJP runs on per-thread scratch), with 1 and 2 threads and N = 64 and
-/// 2048.
+/// Whether the OpenMP runtime itself allocates to enter a parallel region with the current
+/// thread count: GCC's libgomp does not; LLVM's libomp (which clang links) does, 1 to 3 small
+/// blocks a region in our runs, a serialized one too, and not the same number every time.
+bool runtime_allocates_per_region() {
+  long most = 0;
+  for (int run = 0; run < 5; ++run)
+    most = std::max(most, allocations_of([] { OFT_OMP(parallel) { (void)oft::detail::thread_id(); } }));
+  return most > 0;
+}
+
+const char* const kCalls[] = {"set_generators", "apply",           "apply in place",
+                              "apply_transposed", "backward for dX", "backward with dtheta",
+                              "whole step"};
+constexpr int kCallCount = 7;
+constexpr int kRepeats = 3;
+
+/// Fewest and most allocations over kRepeats steady-state calls of each call of one training
+/// step (kCalls) for d features and N tokens.
+struct CallCounts {
+  std::array<long, kCallCount> fewest{}, most{};
+};
+
 template <class Scalar, class Policy>
-void check_step_does_not_allocate(Policy policy, double rho) {
-  const Index d = 256, b = 32;
+CallCounts step_allocations(const Policy& policy, double rho, Index d, Index n) {
+  const Index b = 32;
   oft_test::Rng rng(11);
   const auto spec = oft::BlockSpec::from_features(d, b);
   oft::BlockOrthogonal<Scalar, Policy> op(spec, policy);
   const oft::Generators<Scalar> theta =
       oft_test::random_generators_with_rho<Scalar>(spec.generators(), b, rho, rng);
   oft::Generators<Scalar> dtheta(spec.generators(), b);
+  RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
+  RowMat<Scalar> y(n, d), dy = oft_test::random_matrix<Scalar>(n, d, rng), dx(n, d);
+  oft::Workspace<Scalar> workspace;
+  const std::function<void()> calls[kCallCount - 1] = {
+      [&] { op.set_generators(theta.view()); },
+      [&] { op.apply(oft::view(x), oft::view(y)); },
+      [&] { op.apply(oft::view(y), oft::view(y)); },
+      [&] { op.apply_transposed(oft::view(y), oft::view(y)); },
+      [&] { op.backward(oft::view(x), oft::view(dy), oft::view(dx), {}, workspace); },
+      [&] { op.backward(oft::view(x), oft::view(dy), oft::view(dx), dtheta.view(), workspace); }};
+  const auto whole_step = [&] {
+    for (const auto& call : calls) call();
+  };
+  whole_step();  // warm-up: the OpenMP team, the workspace, each thread's scratch
+  CallCounts counts;
+  counts.fewest.fill(std::numeric_limits<long>::max());
+  for (int repeat = 0; repeat < kRepeats; ++repeat)
+    for (int c = 0; c < kCallCount; ++c) {
+      const long count = c + 1 < kCallCount ? allocations_of(calls[c]) : allocations_of(whole_step);
+      counts.fewest[c] = std::min(counts.fewest[c], count);
+      counts.most[c] = std::max(counts.most[c], count);
+    }
+  return counts;
+}
+
+/// Every steady-state call of one training step allocates nothing: set_generators (theta -> R,
+/// the policy's plans), apply, in-place apply, apply_transposed, and backward with and without
+/// dtheta (its per-generator VJP runs on per-thread scratch), with 1 and 2 threads, at two sizes
+/// (8 generators and N = 64; 12 generators and N = 2048).
+/// Under an OpenMP runtime that allocates to enter a region (libomp), the runtime's own blocks
+/// are told apart by size-independence: each call's fewest allocations must be equal at both
+/// sizes (an allocation per generator or per token would differ by 4 or by 1984) and small.
+template <class Scalar, class Policy>
+void check_step_does_not_allocate(Policy policy, double rho) {
   for (int threads : {1, 2}) {
     oft_test::ScopedThreads scoped(threads);
-    for (Index n : {Index(64), Index(2048)}) {
+    const bool runtime_allocates = runtime_allocates_per_region();
+    const CallCounts small = step_allocations<Scalar>(policy, rho, 256, 64);
+    const CallCounts large = step_allocations<Scalar>(policy, rho, 384, 2048);
+    for (int c = 0; c < kCallCount; ++c) {
       const std::string at = std::string(Policy::name) + " threads=" + std::to_string(threads) +
-                             " N=" + std::to_string(n);
-      RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
-      RowMat<Scalar> y(n, d), dy = oft_test::random_matrix<Scalar>(n, d, rng), dx(n, d);
-      oft::Workspace<Scalar> workspace;
-      const auto step = [&] {
-        op.set_generators(theta.view());
-        op.apply(oft::view(x), oft::view(y));
-        op.apply(oft::view(y), oft::view(y));
-        op.apply_transposed(oft::view(y), oft::view(y));
-        op.backward(oft::view(x), oft::view(dy), oft::view(dx), {}, workspace);
-        op.backward(oft::view(x), oft::view(dy), oft::view(dx), dtheta.view(), workspace);
-      };
-      step();  // warm-up: the OpenMP team, the workspace, each thread's scratch
-      EXPECT_EQ(allocations_of([&] { op.set_generators(theta.view()); }), 0) << at;
-      EXPECT_EQ(allocations_of([&] { op.apply(oft::view(x), oft::view(y)); }), 0) << at;
-      EXPECT_EQ(allocations_of([&] { op.apply(oft::view(y), oft::view(y)); }), 0) << at;
-      EXPECT_EQ(allocations_of([&] { op.apply_transposed(oft::view(y), oft::view(y)); }), 0) << at;
-      EXPECT_EQ(allocations_of([&] {
-                  op.backward(oft::view(x), oft::view(dy), oft::view(dx), {}, workspace);
-                }),
-                0)
-          << at << " backward for dX";
-      EXPECT_EQ(allocations_of([&] {
-                  op.backward(oft::view(x), oft::view(dy), oft::view(dx), dtheta.view(), workspace);
-                }),
-                0)
-          << at << " backward with dtheta";
-      EXPECT_EQ(allocations_of(step), 0) << at << " whole step";
+                             ": " + kCalls[c];
+      if (!runtime_allocates) {
+        EXPECT_EQ(small.most[c], 0) << at << " (d=256, N=64)";
+        EXPECT_EQ(large.most[c], 0) << at << " (d=384, N=2048)";
+      } else {
+        EXPECT_EQ(small.fewest[c], large.fewest[c]) << at << " (the OpenMP runtime allocates)";
+        EXPECT_LE(large.fewest[c], 64) << at;
+      }
     }
   }
 }
@@ -190,9 +231,23 @@ TEST(NoAllocation, ExponentialAllocatesPerGeneratorOnly) {
   EXPECT_EQ(counts[0], counts[1]);
 }
 
-// The counter itself works (else every EXPECT_EQ(..., 0) above would pass vacuously).
+// The counter itself works (else every EXPECT_EQ(..., 0) above would pass vacuously): it sees
+// operator new and Eigen's matrices. The pointers escape through a volatile sink, since
+// compilers may elide an allocation whose memory is never observed (clang does).
+void* volatile g_sink = nullptr;
+
 TEST(NoAllocation, CounterCounts) {
-  EXPECT_GE(allocations_of([] { std::vector<int> v(100); (void)v; }), 1);
+  EXPECT_GE(allocations_of([] {
+              std::vector<int> v(100);
+              g_sink = v.data();
+            }),
+            1);
+  EXPECT_GE(allocations_of([] {
+              Eigen::MatrixXf m = Eigen::MatrixXf::Zero(64, 64);
+              g_sink = m.data();
+            }),
+            1);
+  g_sink = nullptr;
 }
 
 }  // namespace
