@@ -18,19 +18,19 @@ namespace oft::detail {
 /// a policy may call another, e.g. CayleyNeumannTolerance falls back to exact Cayley) must use
 /// disjoint slots, so each one is named here once.
 enum class ScratchSlot : int {
-  GeneratorQ,      // BlockOrthogonal: Q of the generator at hand
-  GeneratorR,      // BlockOrthogonal: its R (set_generators) or R read back (backward)
-  GeneratorGrad,   // BlockOrthogonal: G = dL/dR of that generator
-  GeneratorDq,     // BlockOrthogonal: dL/dQ
-  PolynomialA,     // polynomial_rotation[_vjp]: Q^T
-  PolynomialP1,    // polynomial_rotation_vjp: Horner state (and polynomial_rotation's product)
-  PolynomialNext1,
-  PolynomialNext2,
-  CayleyLhs,       // exact Cayley: I - Q
-  CayleyRhs,       // exact Cayley: the right-hand side of the solve
-  CayleySolved,    // exact Cayley VJP: the solve's result before the transpose
-  SpectralQ,       // skew_spectral_norm: Q in double
-  SpectralGram,    // skew_spectral_norm: Q^T Q
+  GeneratorQ,       // BlockOrthogonal: Q of the generator at hand
+  GeneratorR,       // BlockOrthogonal: its R (set_generators) or R read back (backward)
+  GeneratorGrad,    // BlockOrthogonal: G = dL/dR of that generator
+  GeneratorDq,      // BlockOrthogonal: dL/dQ
+  PolynomialA,      // polynomial_rotation_vjp: Q^T
+  PolynomialP1,     // polynomial_rotation_vjp: Horner state P1 (the powers of Q^T)
+  PolynomialNext1,  // both polynomial passes: the next Horner state (of R, or of P1)
+  PolynomialNext2,  // polynomial_rotation_vjp: the next P2 (dQ's running sum)
+  CayleyLhs,        // exact Cayley: I - Q
+  CayleyRhs,        // exact Cayley: the right-hand side of the solve
+  CayleySolved,     // exact Cayley VJP: the solve's result before the transpose
+  SpectralQ,        // skew_spectral_norm: Q in double
+  SpectralGram,     // skew_spectral_norm: Q^T Q
 };
 
 /// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is
