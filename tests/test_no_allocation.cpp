@@ -196,14 +196,44 @@ TEST(NoAllocation, ExactCayleyStep) {
 TEST(NoAllocation, PeftNeumannBranchStep) {
   check_step_does_not_allocate<float>(oft::peft::NeumannBranch{5}, 0.5);
 }
-// At rho = 0.5 a 1e-6 tolerance needs more terms than the free norm bound allows, so plan()
-// takes the exact spectral norm (an eigen solve) for every generator; at rho = 0.05 the bound
-// suffices. A divergent generator falls back to exact Cayley.
+// The tolerance policy's three paths (ToleranceCasesTakeTheirPaths checks which one each case
+// takes): at rho = 0.5 a 1e-6 tolerance needs more terms than the free norm bound may give, so
+// plan() computes the exact spectral norm (an eigen solve) for every generator; at rho = 1e-3
+// the bound suffices; at rho = 1.5 the series diverges and exact Cayley takes over.
+constexpr double kEigenPathRho = 0.5, kBoundPathRho = 1e-3, kDivergentRho = 1.5;
+
 TEST(NoAllocation, CayleyNeumannToleranceStep) {
-  check_step_does_not_allocate<double>(oft::CayleyNeumannTolerance(1e-6), 0.5);
-  check_step_does_not_allocate<float>(oft::CayleyNeumannTolerance(1e-6), 0.05);
+  check_step_does_not_allocate<double>(oft::CayleyNeumannTolerance(1e-6), kEigenPathRho);
+  check_step_does_not_allocate<float>(oft::CayleyNeumannTolerance(1e-6), kBoundPathRho);
   check_step_does_not_allocate<double>(
-      oft::CayleyNeumannTolerance(1e-6, oft::OnDivergence::UseExactCayley), 1.5);
+      oft::CayleyNeumannTolerance(1e-6, oft::OnDivergence::UseExactCayley), kDivergentRho);
+}
+
+TEST(NoAllocation, ToleranceCasesTakeTheirPaths) {
+  const Index d = 256, b = 32;
+  const auto spec = oft::BlockSpec::from_features(d, b);
+  const oft::CayleyNeumannTolerance policy(1e-6);
+  const oft::CayleyNeumannTolerance fallback(1e-6, oft::OnDivergence::UseExactCayley);
+  constexpr int kFreeBoundTerms = oft::CayleyNeumannTolerance::kFreeBoundTerms;
+  // Generators exactly as step_allocations draws them (same seed and order).
+  const auto generators = [&](double rho) {
+    oft_test::Rng rng(11);
+    return oft_test::random_generators_with_rho<double>(spec.generators(), b, rho, rng);
+  };
+  const auto free_bound_terms = [&](const oft::Generators<double>& theta, Index g) {
+    return policy.terms_for(oft::detail::skew_spectral_norm_bound(theta.dense(g)));
+  };
+  const oft::Generators<double> eigen = generators(kEigenPathRho);
+  const oft::Generators<double> bound = generators(kBoundPathRho);
+  oft::BlockOrthogonal<double, oft::CayleyNeumannTolerance> divergent(spec, fallback);
+  divergent.set_generators(generators(kDivergentRho));
+  for (Index g = 0; g < spec.generators(); ++g) {
+    const int eigen_terms = free_bound_terms(eigen, g);
+    EXPECT_TRUE(eigen_terms < 0 || eigen_terms > kFreeBoundTerms) << "generator " << g;
+    const int bound_terms = free_bound_terms(bound, g);
+    EXPECT_TRUE(bound_terms >= 0 && bound_terms <= kFreeBoundTerms) << "generator " << g;
+    EXPECT_TRUE(divergent.plan(g).exact) << "generator " << g;
+  }
 }
 
 // The exception: the matrix exponential (a reference policy) runs Eigen's exp(), which allocates
