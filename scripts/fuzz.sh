@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bounded libFuzzer runs of the safetensors reader and the PEFT adapter loader, under ASan+UBSan.
 #
-#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 60), side by side, in build-fuzz/
+#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 60), side by side,
+#                                  in build-fuzz/
 #
 # Needs clang and libFuzzer (Debian: clang, libclang-rt-14-dev; installed when missing, as root).
 # Seeds: tests/io/fixtures/*.safetensors and the PEFT-made adapters of tests/peft/fixtures (each as
@@ -64,7 +65,8 @@ for target in safetensors peft_adapter; do
 done
 for target in safetensors peft_adapter; do
   if ! wait "${fuzz_pids[$target]}"; then
-    echo "fuzz.sh: fuzz_$target FAILED; input and report: $BUILD/artifacts/, $BUILD/fuzz_$target.log" >&2
+    echo "fuzz.sh: fuzz_$target FAILED; input and report:" \
+      "$BUILD/artifacts/, $BUILD/fuzz_$target.log" >&2
     tail -40 "$BUILD/fuzz_$target.log" >&2
     status=1
   else

@@ -105,7 +105,9 @@ long allocations_of(F&& f) {
 bool runtime_allocates_per_region() {
   long most = 0;
   for (int run = 0; run < 5; ++run)
-    most = std::max(most, allocations_of([] { OFT_OMP(parallel) { (void)oft::detail::thread_id(); } }));
+    most = std::max(most, allocations_of([] {
+                      OFT_OMP(parallel) { (void)oft::detail::thread_id(); }
+                    }));
   return most > 0;
 }
 

@@ -105,15 +105,16 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     const Index b = spec_.block_size, count = spec_.generators();
     // Plans and blocks go to staging first: a refusal must leave the operator untouched. The
     // b x b matrices are this thread's scratch, so a steady-state call allocates nothing.
+    using detail::ScratchSlot;
     for (Index g = 0; g < count; ++g) {
-      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorQ>(b, b);
+      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, ScratchSlot::GeneratorQ>(b, b);
       unpack_skew(theta.row(g), b, q);
       staged_plans_[static_cast<size_t>(g)] = parameterization_.plan(q);
     }
     OFT_OMP(parallel for schedule(dynamic) if (parallel_generators()))
     for (Index g = 0; g < count; ++g) {
-      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorQ>(b, b);
-      SquareMatrix<Scalar>& r = detail::thread_matrix<Scalar, detail::ScratchSlot::GeneratorR>(b, b);
+      SquareMatrix<Scalar>& q = detail::thread_matrix<Scalar, ScratchSlot::GeneratorQ>(b, b);
+      SquareMatrix<Scalar>& r = detail::thread_matrix<Scalar, ScratchSlot::GeneratorR>(b, b);
       unpack_skew(theta.row(g), b, q);
       parameterization_.rotation(q, staged_plans_[static_cast<size_t>(g)], r);
       Eigen::Map<RowMatrix<Scalar>>(staged_rotations_.data() + g * block_area(), b, b) = r;

@@ -41,7 +41,8 @@ struct PolicyOps<ExactCayley, SquareMatrix<Scalar>> {
  private:
   /// This thread's LU of I - Q. The factorization and every matrix above are per-thread scratch
   /// (detail/thread_scratch.hpp), so steady-state calls allocate nothing.
-  static const Eigen::PartialPivLU<SquareMatrix<Scalar>>& factorized(const SquareMatrix<Scalar>& q) {
+  static const Eigen::PartialPivLU<SquareMatrix<Scalar>>& factorized(
+      const SquareMatrix<Scalar>& q) {
     const Index b = q.rows();
     SquareMatrix<Scalar>& lhs = thread_matrix<Scalar, ScratchSlot::CayleyLhs>(b, b);
     lhs = -q;
