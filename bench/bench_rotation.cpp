@@ -176,6 +176,22 @@ void BM_Backward(benchmark::State& state) {
   set_rate_counters(state, backward_cost<Scalar>(n, d, b));
 }
 
+/// dX to a separate buffer, as autograd does (streaming stores at this size).
+void BM_BackwardOutOfPlace(benchmark::State& state) {
+  const Index b = state.range(0), d = state.range(1), n = state.range(2);
+  const auto rot = make_rotation<GridPolicy>(d, b);
+  if (auto err = validate(rot, n); !err.empty()) return state.SkipWithError(err.c_str());
+  Activations& a = activations(d, n);
+  oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
+  oft::Workspace<Scalar> ws;
+  ws.reserve(rot.workspace_size());
+  for (auto _ : state) {
+    rot.backward(oft::view(a.x), oft::view(a.dy), oft::view(a.y), dtheta.view(), ws);
+    benchmark::ClobberMemory();
+  }
+  set_rate_counters(state, backward_cost<Scalar>(n, d, b));
+}
+
 const std::vector<std::string> kGridArgs = {"b", "d", "N"};
 
 BENCHMARK(BM_Apply)
@@ -189,7 +205,12 @@ BENCHMARK(BM_Backward)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ApplyOutOfPlace)
-    ->ArgsProduct({{32}, {4096}, {2048}})
+    ->ArgsProduct({{32, 64}, {1024, 4096}, {2048}})
+    ->ArgNames(kGridArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_BackwardOutOfPlace)
+    ->ArgsProduct({{32, 64}, {1024, 4096}, {2048}})
     ->ArgNames(kGridArgs)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);

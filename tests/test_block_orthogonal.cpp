@@ -824,4 +824,61 @@ void check_kernel_grid() {
 TEST(BlockOrthogonal, KernelGridFloat) { check_kernel_grid<float>(); }
 TEST(BlockOrthogonal, KernelGridDouble) { check_kernel_grid<double>(); }
 
+// Large out-of-place outputs (>= 8 MiB, packet-aligned rows) are written with streaming stores
+// (cpu/gemm_tile.hpp). Only the store instruction differs from the in-place path, so Y and dX
+// must equal the in-place results bitwise, the padding of a strided output must stay untouched,
+// and a misaligned output (regular stores) must give the same values. 2100 rows leave a ragged
+// last panel and a 4-row register-tile tail; 1 and 2 threads.
+template <class Scalar>
+void check_streaming_outputs() {
+  Rng rng(9200);
+  const Scalar sentinel = Scalar(kSentinelValue);
+  const Index n = 2100;
+  for (Index b : {16, 32, 64}) {
+    const Index d = 1024, stride = d + 64;  // the padding keeps every row packet-aligned
+    const auto spec = oft::BlockSpec::from_features(d, b);
+    oft::BlockOrthogonal<Scalar, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+    op.set_generators(make_theta<Scalar>(Regime::Random, spec.generators(), b, rng));
+    const RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
+    const RowMat<Scalar> dy = oft_test::random_matrix<Scalar>(n, d, rng);
+    const auto xv = oft::view(x), dyv = oft::view(dy);
+    for (int threads : {1, 2}) {
+      oft_test::ScopedThreads scoped(threads);
+      const std::string at = "b=" + std::to_string(b) + " threads=" + std::to_string(threads);
+      oft::Workspace<Scalar> workspace;
+      oft::Generators<Scalar> dtheta(spec.generators(), b), dtheta_in_place(dtheta);
+
+      // The references: in place, so regular stores.
+      RowMat<Scalar> y_ref = x;
+      op.apply(oft::view(y_ref), oft::view(y_ref));
+      RowMat<Scalar> dx_ref = dy;
+      op.backward(xv, oft::view(dx_ref), oft::view(dx_ref), dtheta_in_place.view(), workspace);
+
+      RowMat<Scalar> y_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
+      RowMat<Scalar> dx_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
+      const oft::MatrixView<Scalar> yv(y_buf.data(), n, d, stride), dxv(dx_buf.data(), n, d, stride);
+      ASSERT_TRUE(oft::cpu_detail::streaming_allowed(yv.data(), yv.stride(), b)) << at;
+      op.apply(xv, yv);
+      op.backward(xv, dyv, dxv, dtheta.view(), workspace);
+      EXPECT_TRUE(oft_test::all_equal(y_buf.leftCols(d), y_ref)) << at << " Y streamed";
+      EXPECT_TRUE(oft_test::all_equal(dx_buf.leftCols(d), dx_ref)) << at << " dX streamed";
+      EXPECT_TRUE((y_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+      EXPECT_TRUE((dx_buf.rightCols(stride - d).array() == sentinel).all()) << at;
+      EXPECT_TRUE(oft_test::all_equal(dtheta.values(), dtheta_in_place.values())) << at;
+
+      // One scalar off the packet alignment: regular stores, the same values.
+      RowMat<Scalar> shifted = RowMat<Scalar>::Constant(n, stride, sentinel);
+      const oft::MatrixView<Scalar> sv(shifted.data() + 1, n, d, stride);
+      ASSERT_FALSE(oft::cpu_detail::streaming_allowed(sv.data(), sv.stride(), b)) << at;
+      op.apply(xv, sv);
+      EXPECT_TRUE(oft_test::all_equal(shifted.middleCols(1, d), y_ref)) << at << " Y misaligned";
+      op.backward(xv, dyv, sv, dtheta.view(), workspace);
+      EXPECT_TRUE(oft_test::all_equal(shifted.middleCols(1, d), dx_ref)) << at << " dX misaligned";
+    }
+  }
+}
+
+TEST(BlockOrthogonal, StreamingOutputsFloat) { check_streaming_outputs<float>(); }
+TEST(BlockOrthogonal, StreamingOutputsDouble) { check_streaming_outputs<double>(); }
+
 }  // namespace

@@ -335,6 +335,24 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   static constexpr Index kStackScratch = 8192;
   // Below this many flops the OpenMP fork costs more than it saves.
   static constexpr double kParallelFlops = 1 << 18;
+  // Outputs at least this large (bytes) are written with streaming stores when they are a
+  // separate buffer: far larger than the caches, so the data goes to memory anyway, and skipping
+  // the read for ownership saves a third of that stream's traffic. Smaller outputs stay in the
+  // cache for the consumer that reads them next.
+  static constexpr double kStreamingBytes = 8.0 * (1 << 20);
+
+  /// Whether the kernel may write `out` (a separate buffer, not an input) with streaming stores.
+  template <class Act>
+  bool stream_output(const MatrixView<Act>& out) const {
+    if constexpr (!kDirect<Act>) {
+      return false;  // bfloat16 results are rounded and stored by store_slice
+    } else {
+      const double bytes = static_cast<double>(out.rows()) *
+                           static_cast<double>(out.cols()) * sizeof(Act);
+      return bytes >= kStreamingBytes &&
+             cpu_detail::streaming_allowed(out.data(), out.stride(), spec_.block_size);
+    }
+  }
 
   /// Rows per panel: `wanted`, reduced (to a multiple of the register tile) until `copies` panel
   /// slices of b columns fit the stack scratch.
@@ -496,6 +514,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   void apply_impl(const ConstMatrixView<Act>& x, const MatrixView<Act>& y,
                   const Scalar* blocks) const {
     const Index b = spec_.block_size;
+    const bool streaming = y.data() != x.data() && stream_output(y);
     for_each_panel(x.rows(), kApplyPanelRows, kDirect<Act> ? 1 : 2,
                    [&](Index first, Index rows, Scalar* scratch, int) {
       Scalar* result = scratch + kApplyPanelRows * b;  // bfloat16 only
@@ -513,12 +532,13 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         copy_slice(in, x.stride(), rows, b, scratch);
         const Scalar* r = blocks + spec_.generator_of(i) * block_area();
         if constexpr (kDirect<Act>) {
-          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, out, y.stride(), false);
+          cpu_detail::gemm_small_to(streaming, rows, b, b, scratch, b, 1, r, b, out, y.stride());
         } else {
           cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, result, b, false);
           store_slice(result, rows, b, out, y.stride());
         }
       }
+      if (streaming) cpu_detail::stream_fence();
     });
   }
 
@@ -535,6 +555,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     // dX_i = dY_i R_i^T. The copies make dX == dY or dX == X safe: both are read before dX_i is
     // written, and other panels and blocks are disjoint.
     const Index rows_per_panel = panel_rows(kBackwardPanelRows, 2);
+    // dX is streamed only when it is neither input (in place, its lines are already cached).
+    const bool streaming =
+        want_dx && dx.data() != dy.data() && dx.data() != x.data() && stream_output(dx);
     for_each_panel(x.rows(), rows_per_panel, 2,
                    [&](Index first, Index rows, Scalar* scratch, int thread) {
       Scalar* partial = workspace + thread * slab;
@@ -559,8 +582,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         if (!active) {
           store_slice(scratch_dy, rows, b, grad_out, dx.stride());
         } else if constexpr (kDirect<Act>) {
-          cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
-                                 grad_out, dx.stride(), false);
+          cpu_detail::gemm_small_to(streaming, rows, b, b, scratch_dy, b, 1,
+                                    rotations_t_.data() + g * area, b, grad_out, dx.stride());
         } else {
           // The copy of X_i is spent: it holds the float dX_i until it is rounded and stored.
           cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
@@ -568,6 +591,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           store_slice(scratch_x, rows, b, grad_out, dx.stride());
         }
       }
+      if (streaming) cpu_detail::stream_fence();
     });
     if (!want_dtheta) return;
     for (int t = 1; t < threads; ++t)

@@ -11,6 +11,9 @@
 /// block_orthogonal.hpp validate shapes at the public boundary.
 
 #include "../detail/intrinsics.hpp"  // before Eigen: see the file
+#include <cstdint>
+#include <type_traits>
+
 #include <Eigen/Core>
 
 #include "../config.hpp"
@@ -43,8 +46,55 @@ inline constexpr int kTilePackets = 2;
 #define OFT_UNROLL
 #endif
 
+/// How the kernel writes C. Streaming stores bypass the caches (non-temporal): a C that is a
+/// separate output buffer (Y of an out-of-place apply, dX of an out-of-place backward) is then
+/// written without first being read for ownership, a third less memory traffic for that stream.
+/// They need every packet store aligned (see streaming_allowed) and a stream_fence() before
+/// another thread reads C; accumulation (C +=) always uses regular stores.
+enum class Store { Regular, Streaming };
+
+/// A non-temporal store of one packet to an address aligned to the packet's size; a regular
+/// store where the ISA (or the packet type) has none. Overloads, not a type switch: naming the
+/// vector types as template arguments trips GCC's -Wignored-attributes.
+template <class Scalar, class P>
+inline void pstore_streaming(Scalar* to, const P& value) {
+  Eigen::internal::pstoreu(to, value);
+}
+#if defined(EIGEN_VECTORIZE_AVX512)
+inline void pstore_streaming(float* to, const __m512& value) { _mm512_stream_ps(to, value); }
+inline void pstore_streaming(double* to, const __m512d& value) { _mm512_stream_pd(to, value); }
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+inline void pstore_streaming(float* to, const __m256& value) { _mm256_stream_ps(to, value); }
+inline void pstore_streaming(double* to, const __m256d& value) { _mm256_stream_pd(to, value); }
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+inline void pstore_streaming(float* to, const __m128& value) { _mm_stream_ps(to, value); }
+inline void pstore_streaming(double* to, const __m128d& value) { _mm_stream_pd(to, value); }
+#endif
+
+/// Orders this thread's streaming stores before its later stores (and so before the OpenMP
+/// barrier that publishes them): non-temporal stores are weakly ordered on x86.
+inline void stream_fence() {
+#if defined(EIGEN_VECTORIZE_SSE2)
+  _mm_sfence();
+#endif
+}
+
+/// Whether streaming stores may write a C that starts at `c` with row stride `ldc` and `cols`
+/// columns: every packet of every row must be aligned to the packet size, so each row starts
+/// aligned and holds whole packets only (no scalar column tail).
+template <class Scalar>
+inline bool streaming_allowed(const Scalar* c, Index ldc, Index cols) {
+  constexpr Index packet_bytes = kLanes<Scalar> * static_cast<Index>(sizeof(Scalar));
+  const auto address = reinterpret_cast<std::uintptr_t>(c);
+  return kLanes<Scalar> > 1 && address % packet_bytes == 0 &&
+         (ldc * static_cast<Index>(sizeof(Scalar))) % packet_bytes == 0 &&
+         cols % kLanes<Scalar> == 0;
+}
+
 /// One register tile: Rows x (Packets * lanes) outputs, full depth.
-template <class Scalar, int Rows, int Packets>
+template <class Scalar, int Rows, int Packets, Store Kind = Store::Regular>
 inline void gemm_register_tile(const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
                                Index ldb, Scalar* c, Index ldc, Index depth, bool accumulate) {
   using P = Packet<Scalar>;
@@ -68,7 +118,10 @@ inline void gemm_register_tile(const Scalar* a, Index a_row, Index a_inner, cons
       Scalar* out = c + t * ldc + v * lanes;
       P value = acc[t][v];
       if (accumulate) value = Eigen::internal::padd(value, Eigen::internal::ploadu<P>(out));
-      Eigen::internal::pstoreu(out, value);
+      if constexpr (Kind == Store::Streaming)
+        pstore_streaming(out, value);
+      else
+        Eigen::internal::pstoreu(out, value);
     }
 }
 
@@ -86,18 +139,18 @@ inline void gemm_scalar_columns(Index rows, Index cols, const Scalar* a, Index a
 }
 
 /// Column sweep for a fixed number of tile rows.
-template <class Scalar, int Rows>
+template <class Scalar, int Rows, Store Kind = Store::Regular>
 inline void gemm_rows(Index cols, const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
                       Index ldb, Scalar* c, Index ldc, Index depth, bool accumulate) {
   constexpr int lanes = kLanes<Scalar>;
   constexpr int wide = kTilePackets * lanes;
   Index col = 0;
   for (; col + wide <= cols; col += wide)
-    gemm_register_tile<Scalar, Rows, kTilePackets>(a, a_row, a_inner, b + col, ldb, c + col, ldc,
-                                                   depth, accumulate);
+    gemm_register_tile<Scalar, Rows, kTilePackets, Kind>(a, a_row, a_inner, b + col, ldb,
+                                                         c + col, ldc, depth, accumulate);
   for (; col + lanes <= cols; col += lanes)
-    gemm_register_tile<Scalar, Rows, 1>(a, a_row, a_inner, b + col, ldb, c + col, ldc, depth,
-                                        accumulate);
+    gemm_register_tile<Scalar, Rows, 1, Kind>(a, a_row, a_inner, b + col, ldb, c + col, ldc, depth,
+                                              accumulate);
   if (col < cols)
     gemm_scalar_columns(Rows, cols - col, a, a_row, a_inner, b + col, ldb, c + col, ldc, depth,
                         accumulate);
@@ -119,28 +172,44 @@ inline void prefetch_slice(const Element* from, Index stride, Index rows, Index 
 }
 
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
-/// C must not overlap A or B.
-template <class Scalar>
+/// C must not overlap A or B. Kind == Store::Streaming needs streaming_allowed(c, ldc, cols).
+template <class Scalar, Store Kind = Store::Regular>
 inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Index a_row,
                        Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
                        bool accumulate) {
   Index t = 0;
   for (; t + kTileRows <= rows; t += kTileRows)
-    gemm_rows<Scalar, kTileRows>(cols, a + t * a_row, a_row, a_inner, b, ldb, c + t * ldc, ldc,
-                                 depth, accumulate);
+    gemm_rows<Scalar, kTileRows, Kind>(cols, a + t * a_row, a_row, a_inner, b, ldb, c + t * ldc,
+                                       ldc, depth, accumulate);
   const Scalar* a_rest = a + t * a_row;
   Scalar* c_rest = c + t * ldc;
+  auto tail = [&](auto rows_constant) {
+    gemm_rows<Scalar, decltype(rows_constant)::value, Kind>(cols, a_rest, a_row, a_inner, b, ldb,
+                                                            c_rest, ldc, depth, accumulate);
+  };
   static_assert(kTileRows <= 8, "the tail switch below covers at most 7 rows");
   switch (rows - t) {
-    case 7: gemm_rows<Scalar, 7>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 6: gemm_rows<Scalar, 6>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 5: gemm_rows<Scalar, 5>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 4: gemm_rows<Scalar, 4>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 3: gemm_rows<Scalar, 3>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 2: gemm_rows<Scalar, 2>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
-    case 1: gemm_rows<Scalar, 1>(cols, a_rest, a_row, a_inner, b, ldb, c_rest, ldc, depth, accumulate); break;
+    case 7: tail(std::integral_constant<int, 7>{}); break;
+    case 6: tail(std::integral_constant<int, 6>{}); break;
+    case 5: tail(std::integral_constant<int, 5>{}); break;
+    case 4: tail(std::integral_constant<int, 4>{}); break;
+    case 3: tail(std::integral_constant<int, 3>{}); break;
+    case 2: tail(std::integral_constant<int, 2>{}); break;
+    case 1: tail(std::integral_constant<int, 1>{}); break;
     default: break;
   }
+}
+
+/// gemm_small with streaming stores where streaming_allowed, regular ones otherwise.
+template <class Scalar>
+inline void gemm_small_to(bool streaming, Index rows, Index cols, Index depth, const Scalar* a,
+                          Index a_row, Index a_inner, const Scalar* b, Index ldb, Scalar* c,
+                          Index ldc) {
+  if (streaming)
+    gemm_small<Scalar, Store::Streaming>(rows, cols, depth, a, a_row, a_inner, b, ldb, c, ldc,
+                                         false);
+  else
+    gemm_small<Scalar>(rows, cols, depth, a, a_row, a_inner, b, ldb, c, ldc, false);
 }
 
 }  // namespace oft::cpu_detail
