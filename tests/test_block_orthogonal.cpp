@@ -824,10 +824,11 @@ void check_kernel_grid() {
 TEST(BlockOrthogonal, KernelGridFloat) { check_kernel_grid<float>(); }
 TEST(BlockOrthogonal, KernelGridDouble) { check_kernel_grid<double>(); }
 
-// Large out-of-place outputs (>= 8 MiB, packet-aligned rows) are written with streaming stores
-// (cpu/gemm_tile.hpp). Only the store instruction differs from the in-place path, so Y and dX
-// must equal the in-place results bitwise, the padding of a strided output must stay untouched,
-// and a misaligned output (regular stores) must give the same values. 2100 rows leave a ragged
+// Large out-of-place outputs (>= 8 MiB, line-aligned rows) are written with streaming stores
+// where a packet is a 64-byte line (AVX-512 builds; cpu/gemm_tile.hpp). Only the store
+// instruction differs from the in-place path, so Y and dX must equal the in-place results
+// bitwise, the padding of a strided output must stay untouched, and a misaligned output (regular
+// stores) must give the same values. 2100 rows leave a ragged
 // last panel and a 4-row register-tile tail; 1 and 2 threads.
 template <class Scalar>
 void check_streaming_outputs() {
@@ -856,8 +857,10 @@ void check_streaming_outputs() {
 
       RowMat<Scalar> y_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
       RowMat<Scalar> dx_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
-      const oft::MatrixView<Scalar> yv(y_buf.data(), n, d, stride), dxv(dx_buf.data(), n, d, stride);
-      ASSERT_TRUE(oft::cpu_detail::streaming_allowed(yv.data(), yv.stride(), b)) << at;
+      const oft::MatrixView<Scalar> yv(y_buf.data(), n, d, stride);
+      const oft::MatrixView<Scalar> dxv(dx_buf.data(), n, d, stride);
+      constexpr bool line_packets = oft::cpu_detail::kLanes<Scalar> * sizeof(Scalar) == 64;
+      ASSERT_EQ(oft::cpu_detail::streaming_allowed(yv.data(), yv.stride(), b), line_packets) << at;
       op.apply(xv, yv);
       op.backward(xv, dyv, dxv, dtheta.view(), workspace);
       EXPECT_TRUE(oft_test::all_equal(y_buf.leftCols(d), y_ref)) << at << " Y streamed";
