@@ -192,6 +192,27 @@ void BM_BackwardOutOfPlace(benchmark::State& state) {
   set_rate_counters(state, backward_cost<Scalar>(n, d, b));
 }
 
+/// The backward's two halves alone, in place, to see where its time goes: part 0 = dX and
+/// dtheta (BM_Backward), 1 = dX only (no X read, no G_i), 2 = dtheta only (no dX written).
+void BM_BackwardParts(benchmark::State& state) {
+  const Index b = state.range(0), d = state.range(1), n = state.range(2), part = state.range(3);
+  const auto rot = make_rotation<GridPolicy>(d, b);
+  if (auto err = validate(rot, n); !err.empty()) return state.SkipWithError(err.c_str());
+  Activations& a = activations(d, n);
+  oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
+  oft::Workspace<Scalar> ws;
+  ws.reserve(rot.workspace_size());
+  const auto x = oft::view(a.x);
+  const auto dy = oft::view(a.dy);
+  const oft::MatrixView<Scalar> dx = part == 2 ? oft::MatrixView<Scalar>() : dy;
+  const oft::GeneratorView<Scalar> grad = part == 1 ? oft::GeneratorView<Scalar>() : dtheta.view();
+  for (auto _ : state) {
+    rot.backward(x, dy, dx, grad, ws);
+    benchmark::ClobberMemory();
+  }
+  state.counters["part"] = static_cast<double>(part);
+}
+
 const std::vector<std::string> kGridArgs = {"b", "d", "N"};
 
 BENCHMARK(BM_Apply)
@@ -207,6 +228,11 @@ BENCHMARK(BM_Backward)
 BENCHMARK(BM_ApplyOutOfPlace)
     ->ArgsProduct({{32, 64}, {1024, 4096}, {2048}})
     ->ArgNames(kGridArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_BackwardParts)
+    ->ArgsProduct({{32, 64}, {4096}, {2048}, {0, 1, 2}})
+    ->ArgNames({"b", "d", "N", "part"})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_BackwardOutOfPlace)
