@@ -30,7 +30,7 @@ def worker(rank, world, init_file):
             torch.nn.Linear(64, 64, dtype=torch.float64),
             torch.nn.Linear(64, 8, dtype=torch.float64)))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        g = torch.Generator().manual_seed(11 + rank)
+        g = torch.Generator().manual_seed(11)
         for _ in range(4):
             optimizer.zero_grad()
             x = torch.randn(12, 64, dtype=torch.float64, generator=g)

@@ -53,7 +53,8 @@ def worker(rank, world, init_file, out_file):
     # still be destroying the last collective's AsyncWork when the process exits; its
     # ThreadLocalState holds a Python object, the destructor takes the GIL during Py_Finalize,
     # CPython ends that thread with pthread_exit, and the forced unwind through the noexcept
-    # destructor calls std::terminate (SIGABRT in ~5% of runs; backtrace in docs/python.md).
+    # destructor calls std::terminate (SIGABRT in a few percent of runs, without oft too:
+    # gloo_exit_abort.py and docs/python.md).
     # Failures above still raise, and mp.spawn reports them with their traceback.
     sys.stdout.flush()
     sys.stderr.flush()
