@@ -98,7 +98,8 @@ TEST(Bf16, ActivationsAreTheRoundedFloatPath) {
   const oft::CayleyNeumann policy{3};
   const bfloat16 sentinel(-777.0f);
   for (Index b : {1, 3, 7, 8, 16, 31, 32, 33, 64}) {
-    const Index r = b >= 64 ? 2 : 3, d = r * b, stride = d + 3;
+    // At b = 64, 10 blocks: backward copies bfloat16 rows in groups of 8 blocks (1 KiB).
+    const Index r = b >= 64 ? 10 : 3, d = r * b, stride = d + 3;
     const auto spec = oft::BlockSpec::from_features(d, b);
     oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, policy);
     op.set_generators(

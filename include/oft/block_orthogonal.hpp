@@ -329,9 +329,17 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   // hardware prefetchers; X rows d apart alias to the same L1 sets) and the copy stays in L1.
   static constexpr Index kApplyPanelRows = cpu_detail::kTileRows;
   // Rows per work item of backward: deep enough that the G_i = X_i^T dY_i tiles are loaded and
-  // stored once per 48 tokens instead of once per 6.
+  // stored once per 64 tokens (48 with 6-row AVX2 tiles) instead of once per register tile.
   static constexpr Index kBackwardPanelRows = 8 * cpu_detail::kTileRows;
-  // Per-thread stack scratch (scalars); a panel that does not fit uses heap scratch (b > 682).
+  // Backward copies a panel's rows a group of blocks at a time, about this many bytes of each
+  // row, and prefetches the next group into L2 while the current one computes (issue 11,
+  // measured on Zen 4: backward 13-24% faster at b = 32 and 64, neutral at b = 128). Row slices
+  // under two cache lines (b = 16 float) stay one block at a time: grouping them measured 5-10%
+  // slower.
+  static constexpr Index kBackwardGroupBytes = 1024;
+  static constexpr Index kBackwardGroupMinSliceBytes = 128;
+  // Per-thread stack scratch (scalars); a panel that does not fit (a backward group, or a large
+  // b) uses the thread's kept heap buffer (detail/thread_scratch.hpp).
   static constexpr Index kStackScratch = 8192;
   // Below this many flops the OpenMP fork costs more than it saves.
   static constexpr double kParallelFlops = 1 << 18;
@@ -352,14 +360,6 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       return bytes >= kStreamingBytes &&
              cpu_detail::streaming_allowed(out.data(), out.stride(), spec_.block_size);
     }
-  }
-
-  /// Rows per panel: `wanted`, reduced (to a multiple of the register tile) until `copies` panel
-  /// slices of b columns fit the stack scratch.
-  Index panel_rows(Index wanted, Index copies) const {
-    const Index fit = kStackScratch / (copies * spec_.block_size);
-    const Index rows = std::min(wanted, fit / cpu_detail::kTileRows * cpu_detail::kTileRows);
-    return std::max(rows, Index(cpu_detail::kTileRows));
   }
 
   // Below this much theta -> R work (generators x b^3 flops) the generator loops run serially.
@@ -480,8 +480,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     OFT_OMP(parallel if (flops > kParallelFlops && panels > 1))
     {
       alignas(64) Scalar stack_scratch[kStackScratch];
-      std::vector<Scalar> heap_scratch(on_stack ? 0 : static_cast<size_t>(scratch_size));
-      Scalar* scratch = on_stack ? stack_scratch : heap_scratch.data();
+      // Larger scratch is this thread's kept buffer: no allocation once it has grown.
+      Scalar* scratch =
+          on_stack ? stack_scratch
+                   : detail::thread_buffer<Scalar, detail::ScratchSlot::PanelScratch>(scratch_size);
       const int thread = detail::thread_id();
       OFT_OMP(for schedule(static))
       for (Index panel = 0; panel < panels; ++panel) {
@@ -505,6 +507,28 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     for (Index t = 0; t < rows; ++t) cpu_detail::convert_row(from + t * b, b, to + t * stride);
   }
 
+  /// Blocks that backward copies and prefetches together: enough for about kBackwardGroupBytes
+  /// of each row when a block's row slice is at least two cache lines, else one block.
+  template <class Act>
+  Index backward_group_blocks() const {
+    const Index slice_bytes = spec_.block_size * static_cast<Index>(sizeof(Act));
+    if (slice_bytes < kBackwardGroupMinSliceBytes) return 1;
+    return std::max<Index>(1, kBackwardGroupBytes / slice_bytes);
+  }
+
+  /// Copies blocks [i0, i0 + blocks) of rows [first, first + rows) of `from` into block-major
+  /// scratch: block j's rows x b slice starts at to + j * slice. Each row's segment is read in
+  /// order, whole.
+  template <class Act>
+  static void copy_group(const ConstMatrixView<Act>& from, Index first, Index rows, Index i0,
+                         Index blocks, Index b, Index slice, Scalar* to) {
+    for (Index t = 0; t < rows; ++t) {
+      const Act* row = from.row(first + t) + i0 * b;
+      for (Index j = 0; j < blocks; ++j)
+        cpu_detail::convert_row(row + j * b, b, to + j * slice + t * b);
+    }
+  }
+
   // Scalar activations are written by the kernel itself; bfloat16 ones go through a float
   // result slice that is rounded once when stored.
   template <class Act>
@@ -518,7 +542,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     for_each_panel(x.rows(), kApplyPanelRows, kDirect<Act> ? 1 : 2,
                    [&](Index first, Index rows, Scalar* scratch, int) {
       Scalar* result = scratch + kApplyPanelRows * b;  // bfloat16 only
-      // (Prefetching the next block here measured no gain: apply's panels are one register tile.)
+      // (Prefetching here measured no gain: the next block, and, on Zen 4 after the prefetch
+      // fix of issue 11, the next panel into L2, 4-11% slower.)
       for (Index i = 0; i < spec_.blocks; ++i) {
         const Act* in = x.row(first) + i * b;
         Act* out = y.row(first) + i * b;
@@ -551,44 +576,67 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     const int threads = detail::max_threads();
     if (want_dtheta) std::fill(workspace, workspace + threads * slab, Scalar(0));
 
-    // Per panel and block: copy dY_i (and X_i) into contiguous scratch, G_g += X_i^T dY_i, then
-    // dX_i = dY_i R_i^T. The copies make dX == dY or dX == X safe: both are read before dX_i is
-    // written, and other panels and blocks are disjoint.
-    const Index rows_per_panel = panel_rows(kBackwardPanelRows, 2);
+    // Per panel of rows and group of blocks: copy the group's dY (and X) row segments into
+    // block-major scratch, then per block G_g += X_i^T dY_i and dX_i = dY_i R_i^T. The copies make
+    // dX == dY or dX == X safe: both are read before dX_i is written, and other panels and
+    // groups are disjoint. While a group computes, the next group's rows are prefetched, a few
+    // rows per block, so memory and arithmetic overlap.
+    const Index group = backward_group_blocks<Act>();
+    const Index rows_per_panel = kBackwardPanelRows;
+    const Index slice = rows_per_panel * b;  // one block's copy
     // dX is streamed only when it is neither input (in place, its lines are already cached).
     const bool streaming =
         want_dx && dx.data() != dy.data() && dx.data() != x.data() && stream_output(dx);
-    for_each_panel(x.rows(), rows_per_panel, 2,
+    for_each_panel(x.rows(), rows_per_panel, 2 * group,
                    [&](Index first, Index rows, Scalar* scratch, int thread) {
       Scalar* partial = workspace + thread * slab;
       Scalar* scratch_dy = scratch;
-      Scalar* scratch_x = scratch + rows_per_panel * b;
-      for (Index i = 0; i < spec_.blocks; ++i) {
-        if (i + 1 < spec_.blocks) {  // overlap the next block's loads with this block's compute
-          cpu_detail::prefetch_slice(dy.row(first) + (i + 1) * b, dy.stride(), rows, b);
-          if (want_dtheta) cpu_detail::prefetch_slice(x.row(first) + (i + 1) * b, x.stride(), rows, b);
-        }
-        copy_slice(dy.row(first) + i * b, dy.stride(), rows, b, scratch_dy);
-        const bool active = is_active(i);
-        const Index g = spec_.generator_of(i);
-        if (want_dtheta && active) {
-          copy_slice(x.row(first) + i * b, x.stride(), rows, b, scratch_x);
-          // A(k, n) = X_i(n, k): the kernel walks the copied X_i transposed.
-          cpu_detail::gemm_small(b, b, rows, scratch_x, 1, b, scratch_dy, b, partial + g * area, b,
-                                 true);
-        }
-        if (!want_dx) continue;
-        Act* grad_out = dx.row(first) + i * b;
-        if (!active) {
-          store_slice(scratch_dy, rows, b, grad_out, dx.stride());
-        } else if constexpr (kDirect<Act>) {
-          cpu_detail::gemm_small_to(streaming, rows, b, b, scratch_dy, b, 1,
-                                    rotations_t_.data() + g * area, b, grad_out, dx.stride());
-        } else {
-          // The copy of X_i is spent: it holds the float dX_i until it is rounded and stored.
-          cpu_detail::gemm_small(rows, b, b, scratch_dy, b, 1, rotations_t_.data() + g * area, b,
-                                 scratch_x, b, false);
-          store_slice(scratch_x, rows, b, grad_out, dx.stride());
+      Scalar* scratch_x = scratch + group * slice;
+      for (Index i0 = 0; i0 < spec_.blocks; i0 += group) {
+        const Index blocks = std::min(group, spec_.blocks - i0);
+        // The group after this one: the next in this panel, or the first of this thread's next
+        // panel (static schedule: a thread's panels are contiguous). Its rows are prefetched in
+        // `blocks` parts, one before this group's copy and one before each later block.
+        Index next_first = first, next_i0 = i0 + group;
+        if (next_i0 >= spec_.blocks) next_first = first + rows, next_i0 = 0;
+        const Index next_rows = std::max<Index>(0, std::min(rows, x.rows() - next_first));
+        const Index next_cols = std::min(group, spec_.blocks - next_i0) * b;
+        auto prefetch_part = [&](Index part) {
+          if (next_rows == 0) return;
+          const Index from = part * next_rows / blocks, to = (part + 1) * next_rows / blocks;
+          cpu_detail::prefetch_rows(dy.row(next_first) + next_i0 * b, dy.stride(), from, to,
+                                    next_cols);
+          if (want_dtheta)
+            cpu_detail::prefetch_rows(x.row(next_first) + next_i0 * b, x.stride(), from, to,
+                                      next_cols);
+        };
+        prefetch_part(0);
+        copy_group(dy, first, rows, i0, blocks, b, slice, scratch_dy);
+        if (want_dtheta) copy_group(x, first, rows, i0, blocks, b, slice, scratch_x);
+        for (Index j = 0; j < blocks; ++j) {
+          if (j > 0) prefetch_part(j);
+          const Index i = i0 + j;
+          const bool active = is_active(i);
+          const Index g = spec_.generator_of(i);
+          const Scalar* block_dy = scratch_dy + j * slice;
+          Scalar* block_x = scratch_x + j * slice;
+          if (want_dtheta && active)
+            // A(k, n) = X_i(n, k): the kernel walks the copied X_i transposed.
+            cpu_detail::gemm_small(b, b, rows, block_x, 1, b, block_dy, b, partial + g * area, b,
+                                   true);
+          if (!want_dx) continue;
+          Act* grad_out = dx.row(first) + i * b;
+          if (!active) {
+            store_slice(block_dy, rows, b, grad_out, dx.stride());
+          } else if constexpr (kDirect<Act>) {
+            cpu_detail::gemm_small_to(streaming, rows, b, b, block_dy, b, 1,
+                                      rotations_t_.data() + g * area, b, grad_out, dx.stride());
+          } else {
+            // The copy of X_i is spent: it holds the float dX_i until it is rounded and stored.
+            cpu_detail::gemm_small(rows, b, b, block_dy, b, 1, rotations_t_.data() + g * area, b,
+                                   block_x, b, false);
+            store_slice(block_x, rows, b, grad_out, dx.stride());
+          }
         }
       }
       if (streaming) cpu_detail::stream_fence();

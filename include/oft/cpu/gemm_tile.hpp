@@ -97,12 +97,13 @@ inline bool streaming_allowed(const Scalar* c, Index ldc, Index cols) {
          cols % kLanes<Scalar> == 0;
 }
 
-/// One register tile: Rows x (Packets * lanes) outputs, full depth.
-template <class Scalar, int Rows, int Packets, Store Kind = Store::Regular>
+/// One register tile: Rows x (Packets * lanes of P) outputs, full depth. P is the ISA's full
+/// packet, or a narrower one (half, quarter) for the columns a full packet does not cover.
+template <class Scalar, int Rows, int Packets, Store Kind = Store::Regular,
+          class P = Packet<Scalar>>
 inline void gemm_register_tile(const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
                                Index ldb, Scalar* c, Index ldc, Index depth, bool accumulate) {
-  using P = Packet<Scalar>;
-  constexpr int lanes = kLanes<Scalar>;
+  constexpr int lanes = Eigen::internal::unpacket_traits<P>::size;
   P acc[Rows][Packets];
   OFT_UNROLL for (int t = 0; t < Rows; ++t)
     OFT_UNROLL for (int v = 0; v < Packets; ++v) acc[t][v] = Eigen::internal::pset1<P>(Scalar(0));
@@ -142,6 +143,40 @@ inline void gemm_scalar_columns(Index rows, Index cols, const Scalar* a, Index a
     }
 }
 
+/// Columns [col, cols) that are fewer than P's lanes, with the next narrower packets (with
+/// AVX-512 floats: 8, then 4 lanes), so that b = 8 or the 8-column tail of b = 24 stays
+/// vectorized rather than falling to the scalar loop. Returns the first column left for it.
+/// Regular stores only: streaming_allowed rules out any column tail.
+// Naming the narrower packets (__m256, __m128) as template arguments drops their may_alias
+// attribute, which GCC warns about; the packets here are register values loaded and stored
+// through Eigen's ploadu/pstoreu, so the attribute is not needed (Eigen silences the same
+// warning inside its own headers).
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+template <class Scalar, int Rows, class P>
+inline Index gemm_narrow_columns(Index col, Index cols, const Scalar* a, Index a_row,
+                                 Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
+                                 Index depth, bool accumulate) {
+  using Half = typename Eigen::internal::unpacket_traits<P>::half;
+  constexpr int half_lanes = Eigen::internal::unpacket_traits<Half>::size;
+  if constexpr (half_lanes < Eigen::internal::unpacket_traits<P>::size) {
+    if (col + half_lanes <= cols) {
+      gemm_register_tile<Scalar, Rows, 1, Store::Regular, Half>(a, a_row, a_inner, b + col, ldb,
+                                                                c + col, ldc, depth, accumulate);
+      col += half_lanes;  // at most one: fewer than 2 * half_lanes columns were left
+    }
+    return gemm_narrow_columns<Scalar, Rows, Half>(col, cols, a, a_row, a_inner, b, ldb, c, ldc,
+                                                   depth, accumulate);
+  } else {
+    return col;
+  }
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
 /// Column sweep for a fixed number of tile rows.
 template <class Scalar, int Rows, Store Kind = Store::Regular>
 inline void gemm_rows(Index cols, const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
@@ -155,23 +190,32 @@ inline void gemm_rows(Index cols, const Scalar* a, Index a_row, Index a_inner, c
   for (; col + lanes <= cols; col += lanes)
     gemm_register_tile<Scalar, Rows, 1, Kind>(a, a_row, a_inner, b + col, ldb, c + col, ldc, depth,
                                               accumulate);
+  col = gemm_narrow_columns<Scalar, Rows, Packet<Scalar>>(col, cols, a, a_row, a_inner, b, ldb, c,
+                                                          ldc, depth, accumulate);
   if (col < cols)
     gemm_scalar_columns(Rows, cols - col, a, a_row, a_inner, b + col, ldb, c + col, ldc, depth,
                         accumulate);
 }
 
-/// Software prefetch of `rows` rows of `count` elements at row stride `stride` (a block slice
-/// of the next block): the slices are short (one or two cache lines per row) and rows are d
-/// elements apart, a pattern the hardware prefetchers do not follow, so without this every
-/// slice copy waits on memory with nothing to overlap.
+/// Software prefetch into L2 (prefetcht1; on AMD Zen, T1 and T2 both fill L2, not L1) of rows
+/// [first, last) of `count` elements each at row stride `stride`. Backward reads row segments
+/// of one or a few blocks, rows d elements apart, a pattern the hardware prefetchers follow
+/// poorly, so the next segments are requested while the current ones compute. Not into L1:
+/// rows 16 KiB apart share an L1 set, and at b = 16 an L1 prefetch measured 30% slower.
 template <class Element>
-inline void prefetch_slice(const Element* from, Index stride, Index rows, Index count) {
+inline void prefetch_rows(const Element* from, Index stride, Index first, Index last,
+                          Index count) {
 #if defined(__GNUC__) || defined(__clang__)
   constexpr Index kLine = 64 / static_cast<Index>(sizeof(Element));
-  for (Index t = 0; t < rows; ++t)
-    for (Index k = 0; k < count; k += kLine) __builtin_prefetch(from + t * stride + k, 0, 3);
+  for (Index t = first; t < last; ++t)
+    for (Index k = 0; k < count; k += kLine) __builtin_prefetch(from + t * stride + k, 0, 2);
+  // GCC's interprocedural analysis counts a prefetch as no side effect, so a caller that only
+  // prefetches is "pure" and its calls are deleted where it is not inlined (measured: the
+  // backward's prefetches vanished from the binary). An empty volatile asm is a side effect the
+  // compiler must keep, and it constrains nothing else.
+  asm volatile("" : : "r"(from));
 #else
-  (void)from, (void)stride, (void)rows, (void)count;
+  (void)from, (void)stride, (void)first, (void)last, (void)count;
 #endif
 }
 

@@ -31,6 +31,7 @@ enum class ScratchSlot : int {
   CayleySolved,     // exact Cayley VJP: the solve's result before the transpose
   SpectralQ,        // skew_spectral_norm: Q in double
   SpectralGram,     // skew_spectral_norm: Q^T Q
+  PanelScratch,     // BlockOrthogonal's panel loops: slices larger than the stack scratch
 };
 
 /// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is
@@ -40,6 +41,16 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& thread_matrix(Index rows,
   thread_local Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> matrix;
   if (matrix.rows() != rows || matrix.cols() != cols) matrix.resize(rows, cols);
   return matrix;
+}
+
+/// This thread's buffer of at least `count` scalars for `Slot`, 64-byte aligned (Eigen's
+/// allocator). Unlike thread_matrix it only grows, so callers that alternate between sizes
+/// (apply's and backward's panels) do not reallocate.
+template <class Scalar, ScratchSlot Slot>
+Scalar* thread_buffer(Index count) {
+  thread_local Eigen::Matrix<Scalar, Eigen::Dynamic, 1> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
 }
 
 }  // namespace oft::detail
