@@ -333,9 +333,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   static constexpr Index kBackwardPanelRows = 8 * cpu_detail::kTileRows;
   // Backward copies a panel's rows a group of blocks at a time, about this many bytes of each
   // row, and prefetches the next group into L2 while the current one computes (issue 11,
-  // measured on Zen 4: backward 13-24% faster at b = 32 and 64, neutral at b = 128). Row slices
-  // under two cache lines (b = 16 float) stay one block at a time: grouping them measured 5-10%
-  // slower.
+  // measured on Zen 4: backward 19-23% faster at b = 32, out of place 18% at b = 64; in place
+  // at b = 64 and 128 within the machine's noise). Row slices under two cache lines (b = 16
+  // float, b = 32 bfloat16) stay one block at a time: grouping them measured 5-16% slower in
+  // one run and no different in another.
   static constexpr Index kBackwardGroupBytes = 1024;
   static constexpr Index kBackwardGroupMinSliceBytes = 128;
   // Per-thread stack scratch (scalars); a panel that does not fit (a backward group, or a large

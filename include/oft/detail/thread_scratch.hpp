@@ -43,8 +43,8 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& thread_matrix(Index rows,
   return matrix;
 }
 
-/// This thread's buffer of at least `count` scalars for `Slot`, 64-byte aligned (Eigen's
-/// allocator). Unlike thread_matrix it only grows, so callers that alternate between sizes
+/// This thread's buffer of at least `count` scalars for `Slot`, aligned by Eigen's allocator
+/// (EIGEN_MAX_ALIGN_BYTES: 64 in AVX-512 builds, 32 in AVX2 ones). Unlike thread_matrix it only grows, so callers that alternate between sizes
 /// (apply's and backward's panels) do not reallocate.
 template <class Scalar, ScratchSlot Slot>
 Scalar* thread_buffer(Index count) {
