@@ -754,9 +754,10 @@ TEST(BlockOrthogonal, ApplyInverseNamesASingularBlock) {
 
 // The CPU kernel grid (issue 11's checks): block sizes around every register-tile width and row
 // tail (1, 2, 3, 6, 7, 31, 33 are off the packet width and the 6- or 8-row tile; 8 and the tails
-// of 31 take the half- and quarter-width packets; 64 and 128 need several column tiles), batches of 0, 1, 7, 48 and 2049 rows (one panel, several, ragged),
-// row strides > d with NaN padding in the inputs and sentinels in the outputs' padding, in place
-// and out of place, 1 and 2 threads, float and double. Each result is checked against the
+// of 31 take the half- and quarter-width packets; 64 and 128 need several column tiles),
+// batches of 0, 1, 7, 48 and 2049 rows (one panel, several, ragged), row strides > d with NaN
+// padding in the inputs and sentinels in the outputs' padding, in place and out of place,
+// 1 and 2 threads, float and double. Each result is checked against the
 // dense reference within the rounding bound; with the same thread count a second run, and an
 // in-place run, must give bitwise the same dtheta (static schedule, fixed reduction order).
 template <class Scalar>
