@@ -219,8 +219,17 @@ inline void prefetch_rows(const Element* from, Index stride, Index first, Index 
 #endif
 }
 
+/// Whether gemm_small covers `cols` columns with one register tile per row tile. Each tile
+/// reads all of its rows of A before it stores any of C, so then C may be A itself (in place,
+/// a_inner = 1, depth = cols).
+template <class Scalar>
+constexpr bool one_register_tile(Index cols) {
+  return cols == kLanes<Scalar> || cols == kTilePackets * kLanes<Scalar>;
+}
+
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
-/// C must not overlap A or B. Kind == Store::Streaming needs streaming_allowed(c, ldc, cols).
+/// C must not overlap A or B, except C == A where one_register_tile(cols) allows it.
+/// Kind == Store::Streaming needs streaming_allowed(c, ldc, cols).
 template <class Scalar, Store Kind = Store::Regular>
 inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Index a_row,
                        Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
