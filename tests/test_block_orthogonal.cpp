@@ -753,8 +753,9 @@ TEST(BlockOrthogonal, ApplyInverseNamesASingularBlock) {
 }
 
 // The CPU kernel grid (issue 11's checks): block sizes around every register-tile width and row
-// tail (1, 2, 3, 6, 7, 31, 33 are off the packet width and the 6- or 8-row tile; 8 and the tails
-// of 31 take the half- and quarter-width packets; 64 and 128 need several column tiles),
+// tail (1, 2, 3, 6, 7, 31, 33 are off the packet width and the 6- or 8-row tile; 4, 8 and the
+// tails of 31 take the half- and quarter-width packets, and 4, 8, 16 and 32 apply in place
+// without a copy where one register tile spans them; 64 and 128 need several column tiles),
 // batches of 0, 1, 7, 48 and 2049 rows (one panel, several, ragged), row strides > d with NaN
 // padding in the inputs and sentinels in the outputs' padding, in place and out of place,
 // 1 and 2 threads, float and double. Each result is checked against the
@@ -766,7 +767,7 @@ void check_kernel_grid() {
   const oft::CayleyNeumann policy{3};
   const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
   const Scalar sentinel = Scalar(kSentinelValue);
-  for (Index b : {1, 2, 3, 6, 7, 8, 16, 31, 32, 33, 64, 128}) {
+  for (Index b : {1, 2, 3, 4, 6, 7, 8, 16, 31, 32, 33, 64, 128}) {
     // Enough blocks that backward's block groups (about 1 KiB of each row, so 8 blocks at
     // b = 32 float, 4 at b = 64, 2 at b = 128) come several to a row, the last one partial.
     const Index r = b >= 64 ? 5 : 11, d = r * b, stride = d + 5;

@@ -219,12 +219,34 @@ inline void prefetch_rows(const Element* from, Index stride, Index first, Index 
 #endif
 }
 
-/// Whether gemm_small covers `cols` columns with one register tile per row tile. Each tile
-/// reads all of its rows of A before it stores any of C, so then C may be A itself (in place,
-/// a_inner = 1, depth = cols).
+/// Whether `cols` is the width of P or of one of the narrower packets below it (with AVX-512
+/// floats: 16, 8 or 4). (Naming the narrower packets as template arguments: see the pragma
+/// before gemm_narrow_columns.)
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+template <class Scalar, class P = Packet<Scalar>>
+constexpr bool is_packet_width(Index cols) {
+  using Half = typename Eigen::internal::unpacket_traits<P>::half;
+  constexpr int lanes = Eigen::internal::unpacket_traits<P>::size;
+  if (cols == lanes) return true;
+  if constexpr (Eigen::internal::unpacket_traits<Half>::size < lanes)
+    return is_packet_width<Scalar, Half>(cols);
+  else
+    return false;
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+/// Whether gemm_small covers `cols` columns with one register tile per row tile: a whole tile,
+/// one packet, or one of gemm_narrow_columns' narrower packets. Each tile reads all of its rows
+/// of A before it stores any of C, so then C may be A itself (in place, a_inner = 1,
+/// depth = cols).
 template <class Scalar>
 constexpr bool one_register_tile(Index cols) {
-  return cols == kLanes<Scalar> || cols == kTilePackets * kLanes<Scalar>;
+  return cols == kTilePackets * kLanes<Scalar> || is_packet_width<Scalar>(cols);
 }
 
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
