@@ -558,9 +558,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         if constexpr (kDirect<Act>) {
           // The kernel reads X's rows where they are when Y is a separate buffer, or when one
           // register tile spans the block (it reads all of its rows before it stores any): no
-          // copy (issue 11: apply 11-17% faster at b = 16 and 32, measured on Zen 4). Otherwise
-          // the slice is copied first, so that in-place stores cannot clobber rows still to be
-          // read.
+          // copy (issue 11, measured on Zen 4: apply 8-20% faster at b = 16 and 32, 19-24% at
+          // b = 8). Otherwise the slice is copied first, so that in-place stores cannot clobber
+          // rows still to be read.
           const Scalar* a = in;
           Index a_row = x.stride();
           if (in == out && !cpu_detail::one_register_tile<Scalar>(b)) {
