@@ -66,6 +66,49 @@ TEST(Bf16, NarrowingIsRoundToNearestEven) {
   EXPECT_GE(ties, 24);  // the halfway cases are really exercised (12 tops x 2 signs)
 }
 
+// The kernel's packet stores (AVX-512 and AVX2 integer SIMD, and the lane-by-lane fallback for
+// other packets) give narrow_bf16's bits in every lane, over the same rounding cases. (Naming
+// SIMD types as template arguments drops their may_alias attribute, which GCC warns about; as
+// in cpu/gemm_tile.hpp, they are only loaded through Eigen's ploadu here.)
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+template <class P>
+void check_packet_narrowing(const std::vector<std::uint32_t>& words) {
+  constexpr int lanes = Eigen::internal::unpacket_traits<P>::size;
+  std::vector<float> values;
+  for (std::uint32_t word : words) values.push_back(float_of_bits(word));
+  while (values.size() % lanes != 0) values.push_back(0.0f);
+  for (std::size_t k = 0; k < values.size(); k += lanes) {
+    bfloat16 out[lanes];
+    oft::cpu_detail::narrow_packet_bf16(out, Eigen::internal::ploadu<P>(values.data() + k));
+    for (int lane = 0; lane < lanes; ++lane)
+      ASSERT_EQ(bits_of(out[lane]), oft::cpu_detail::narrow_bf16(values[k + lane]))
+          << "lane " << lane << " of a " << lanes << "-lane packet, value " << values[k + lane];
+  }
+}
+
+TEST(Bf16, PacketNarrowingMatchesNarrowBf16) {
+  std::vector<std::uint32_t> words;
+  for (std::uint32_t top : {0x0000u, 0x0001u, 0x007fu, 0x0080u, 0x3f80u, 0x3f81u, 0x4049u,
+                            0x7f7eu, 0x7f7fu, 0x7f80u, 0x7fc0u, 0x7f81u, 0xff81u})
+    for (std::uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu})
+      for (std::uint32_t sign : {0u, 0x80000000u}) words.push_back(sign | (top << 16) | low);
+  oft_test::Rng rng(6);
+  for (int k = 0; k < 20000; ++k)
+    words.push_back(static_cast<std::uint32_t>(rng.bits() >> 32));
+  using Full = Eigen::internal::packet_traits<float>::type;
+  using Half = Eigen::internal::unpacket_traits<Full>::half;
+  using Quarter = Eigen::internal::unpacket_traits<Half>::half;
+  check_packet_narrowing<Full>(words);
+  check_packet_narrowing<Half>(words);
+  check_packet_narrowing<Quarter>(words);
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
 BfMat to_bf16(const RowMat<float>& m) { return m.cast<bfloat16>(); }
 RowMat<float> widen(const BfMat& m) { return m.cast<float>(); }
 

@@ -354,7 +354,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   template <class Act>
   bool stream_output(const MatrixView<Act>& out) const {
     if constexpr (!kDirect<Act>) {
-      return false;  // bfloat16 results are rounded and stored by store_slice
+      return false;  // bfloat16 outputs are rounded as stored, with regular stores
     } else {
       const double bytes = static_cast<double>(out.rows()) *
                            static_cast<double>(out.cols()) * sizeof(Act);
@@ -530,8 +530,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     }
   }
 
-  // Scalar activations are written by the kernel itself; bfloat16 ones go through a float
-  // result slice that is rounded once when stored.
+  // Scalar activations can be read where they are; bfloat16 ones are widened into a float
+  // slice first. Either way the kernel writes the outputs itself (bfloat16 rounded once, as
+  // stored).
   template <class Act>
   static constexpr bool kDirect = std::is_same_v<Act, Scalar>;
 
@@ -540,9 +541,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
                   const Scalar* blocks) const {
     const Index b = spec_.block_size;
     const bool streaming = y.data() != x.data() && stream_output(y);
-    for_each_panel(x.rows(), kApplyPanelRows, kDirect<Act> ? 1 : 2,
-                   [&](Index first, Index rows, Scalar* scratch, int) {
-      Scalar* result = scratch + kApplyPanelRows * b;  // bfloat16 only
+    for_each_panel(x.rows(), kApplyPanelRows, 1, [&](Index first, Index rows, Scalar* scratch,
+                                                      int) {
       // (Prefetching here measured no gain: the next block, and, on Zen 4 after the prefetch
       // fix of issue 11, the next panel into L2, 4-11% slower.)
       for (Index i = 0; i < spec_.blocks; ++i) {
@@ -569,9 +569,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           }
           cpu_detail::gemm_small_to(streaming, rows, b, b, a, a_row, 1, r, b, out, y.stride());
         } else {
+          // bfloat16: widened into scratch first; the kernel rounds Y as it stores it.
           copy_slice(in, x.stride(), rows, b, scratch);
-          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, result, b, false);
-          store_slice(result, rows, b, out, y.stride());
+          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, out, y.stride(), false);
         }
       }
       if (streaming) cpu_detail::stream_fence();
@@ -639,14 +639,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           Act* grad_out = dx.row(first) + i * b;
           if (!active) {
             store_slice(block_dy, rows, b, grad_out, dx.stride());
-          } else if constexpr (kDirect<Act>) {
+          } else {
             cpu_detail::gemm_small_to(streaming, rows, b, b, block_dy, b, 1,
                                       rotations_t_.data() + g * area, b, grad_out, dx.stride());
-          } else {
-            // The copy of X_i is spent: it holds the float dX_i until it is rounded and stored.
-            cpu_detail::gemm_small(rows, b, b, block_dy, b, 1, rotations_t_.data() + g * area, b,
-                                   block_x, b, false);
-            store_slice(block_x, rows, b, grad_out, dx.stride());
           }
         }
       }

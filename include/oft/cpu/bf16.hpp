@@ -4,10 +4,10 @@
 ///
 /// bfloat16 is the top half of an IEEE float (8 exponent bits, 7 stored mantissa bits, so a
 /// precision of 8 bits and a unit roundoff of u = 2^-8). Widening is exact (a 16-bit shift);
-/// narrowing rounds to nearest, ties to even, as Eigen::bfloat16, PyTorch and the AVX512_BF16
-/// instruction vcvtneps2bf16 do. NaN stays NaN (quiet, sign kept); infinities and overflow to
-/// infinity follow IEEE rounding. These are plain integer loops that compilers vectorize; no
-/// instruction beyond the build's baseline ISA is required.
+/// narrowing rounds to nearest, ties to even, as Eigen::bfloat16 and PyTorch do (bf16_bits.hpp).
+/// NaN stays NaN (quiet, sign kept); infinities and overflow to infinity follow IEEE rounding.
+/// These are plain integer loops that compilers vectorize; no instruction beyond the build's
+/// baseline ISA is required.
 
 #include <cstdint>
 #include <cstring>
@@ -16,6 +16,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "bf16_bits.hpp"
 #include "gemm_tile.hpp"
 
 namespace oft {
@@ -33,23 +34,6 @@ inline const std::uint16_t* bits(const bfloat16* values) {
   return reinterpret_cast<const std::uint16_t*>(values);
 }
 inline std::uint16_t* bits(bfloat16* values) { return reinterpret_cast<std::uint16_t*>(values); }
-
-/// bfloat16 bits -> float, exactly.
-inline float widen_bf16(std::uint16_t half) {
-  const std::uint32_t word = static_cast<std::uint32_t>(half) << 16;
-  float value;
-  std::memcpy(&value, &word, sizeof value);
-  return value;
-}
-
-/// float -> bfloat16 bits, round to nearest even; NaN -> a quiet NaN with the same sign.
-inline std::uint16_t narrow_bf16(float value) {
-  std::uint32_t word;
-  std::memcpy(&word, &value, sizeof word);
-  if ((word & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((word >> 16) | 0x0040u);
-  word += 0x7fffu + ((word >> 16) & 1u);
-  return static_cast<std::uint16_t>(word >> 16);
-}
 
 /// to[0, n) = from[0, n) converted to To. The same-type case is a copy.
 template <class From, class To>

@@ -17,6 +17,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "bf16_bits.hpp"
 
 namespace oft::cpu_detail {
 
@@ -73,6 +74,30 @@ inline void pstore_streaming(float* to, const __m128& value) { _mm_stream_ps(to,
 inline void pstore_streaming(double* to, const __m128d& value) { _mm_stream_pd(to, value); }
 #endif
 
+/// Stores one packet of results: to C's own type (regular or streaming), or rounded to
+/// bfloat16 (regular stores; bfloat16 outputs never stream).
+template <Store Kind, class Scalar, class P>
+inline void store_packet(Scalar* to, const P& value) {
+  if constexpr (Kind == Store::Streaming)
+    pstore_streaming(to, value);
+  else
+    Eigen::internal::pstoreu(to, value);
+}
+template <Store Kind, class P>
+inline void store_packet(Eigen::bfloat16* to, const P& value) {
+  narrow_packet_bf16(to, value);
+}
+
+/// One result of the scalar column tail, likewise.
+template <class Scalar>
+inline void store_scalar(Scalar* to, Scalar value) {
+  *to = value;
+}
+inline void store_scalar(Eigen::bfloat16* to, float value) {
+  const std::uint16_t bits = narrow_bf16(value);
+  std::memcpy(static_cast<void*>(to), &bits, sizeof bits);
+}
+
 /// Orders this thread's streaming stores before its later stores (and so before the OpenMP
 /// barrier that publishes them): non-temporal stores are weakly ordered on x86.
 inline void stream_fence() {
@@ -99,10 +124,11 @@ inline bool streaming_allowed(const Scalar* c, Index ldc, Index cols) {
 
 /// One register tile: Rows x (Packets * lanes of P) outputs, full depth. P is the ISA's full
 /// packet, or a narrower one (half, quarter) for the columns a full packet does not cover.
+/// C is Scalar, or bfloat16 for a float kernel (rounded once as stored; no accumulation).
 template <class Scalar, int Rows, int Packets, Store Kind = Store::Regular,
-          class P = Packet<Scalar>>
+          class P = Packet<Scalar>, class Out = Scalar>
 inline void gemm_register_tile(const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
-                               Index ldb, Scalar* c, Index ldc, Index depth, bool accumulate) {
+                               Index ldb, Out* c, Index ldc, Index depth, bool accumulate) {
   constexpr int lanes = Eigen::internal::unpacket_traits<P>::size;
   P acc[Rows][Packets];
   OFT_UNROLL for (int t = 0; t < Rows; ++t)
@@ -120,26 +146,26 @@ inline void gemm_register_tile(const Scalar* a, Index a_row, Index a_inner, cons
   }
   OFT_UNROLL for (int t = 0; t < Rows; ++t)
     OFT_UNROLL for (int v = 0; v < Packets; ++v) {
-      Scalar* out = c + t * ldc + v * lanes;
+      Out* out = c + t * ldc + v * lanes;
       P value = acc[t][v];
-      if (accumulate) value = Eigen::internal::padd(value, Eigen::internal::ploadu<P>(out));
-      if constexpr (Kind == Store::Streaming)
-        pstore_streaming(out, value);
-      else
-        Eigen::internal::pstoreu(out, value);
+      if constexpr (std::is_same_v<Out, Scalar>)
+        if (accumulate) value = Eigen::internal::padd(value, Eigen::internal::ploadu<P>(out));
+      store_packet<Kind>(out, value);
     }
 }
 
 /// Scalar fallback for the columns left over after whole packets (b not a multiple of lanes).
-template <class Scalar>
+template <class Scalar, class Out>
 inline void gemm_scalar_columns(Index rows, Index cols, const Scalar* a, Index a_row,
-                                Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
+                                Index a_inner, const Scalar* b, Index ldb, Out* c, Index ldc,
                                 Index depth, bool accumulate) {
   for (Index t = 0; t < rows; ++t)
     for (Index col = 0; col < cols; ++col) {
-      Scalar sum = accumulate ? c[t * ldc + col] : Scalar(0);
+      Scalar sum(0);
+      if constexpr (std::is_same_v<Out, Scalar>)
+        if (accumulate) sum = c[t * ldc + col];
       for (Index p = 0; p < depth; ++p) sum += a[t * a_row + p * a_inner] * b[p * ldb + col];
-      c[t * ldc + col] = sum;
+      store_scalar(c + t * ldc + col, sum);
     }
 }
 
@@ -155,9 +181,9 @@ inline void gemm_scalar_columns(Index rows, Index cols, const Scalar* a, Index a
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"
 #endif
-template <class Scalar, int Rows, class P>
+template <class Scalar, int Rows, class P, class Out>
 inline Index gemm_narrow_columns(Index col, Index cols, const Scalar* a, Index a_row,
-                                 Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
+                                 Index a_inner, const Scalar* b, Index ldb, Out* c, Index ldc,
                                  Index depth, bool accumulate) {
   using Half = typename Eigen::internal::unpacket_traits<P>::half;
   constexpr int half_lanes = Eigen::internal::unpacket_traits<Half>::size;
@@ -178,9 +204,9 @@ inline Index gemm_narrow_columns(Index col, Index cols, const Scalar* a, Index a
 #endif
 
 /// Column sweep for a fixed number of tile rows.
-template <class Scalar, int Rows, Store Kind = Store::Regular>
+template <class Scalar, int Rows, Store Kind = Store::Regular, class Out = Scalar>
 inline void gemm_rows(Index cols, const Scalar* a, Index a_row, Index a_inner, const Scalar* b,
-                      Index ldb, Scalar* c, Index ldc, Index depth, bool accumulate) {
+                      Index ldb, Out* c, Index ldc, Index depth, bool accumulate) {
   constexpr int lanes = kLanes<Scalar>;
   constexpr int wide = kTilePackets * lanes;
   Index col = 0;
@@ -252,16 +278,16 @@ constexpr bool one_register_tile(Index cols) {
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
 /// C must not overlap A or B, except C == A where one_register_tile(cols) allows it.
 /// Kind == Store::Streaming needs streaming_allowed(c, ldc, cols).
-template <class Scalar, Store Kind = Store::Regular>
+template <class Scalar, Store Kind = Store::Regular, class Out = Scalar>
 inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Index a_row,
-                       Index a_inner, const Scalar* b, Index ldb, Scalar* c, Index ldc,
+                       Index a_inner, const Scalar* b, Index ldb, Out* c, Index ldc,
                        bool accumulate) {
   Index t = 0;
   for (; t + kTileRows <= rows; t += kTileRows)
     gemm_rows<Scalar, kTileRows, Kind>(cols, a + t * a_row, a_row, a_inner, b, ldb, c + t * ldc,
                                        ldc, depth, accumulate);
   const Scalar* a_rest = a + t * a_row;
-  Scalar* c_rest = c + t * ldc;
+  Out* c_rest = c + t * ldc;
   auto tail = [&](auto rows_constant) {
     gemm_rows<Scalar, decltype(rows_constant)::value, Kind>(cols, a_rest, a_row, a_inner, b, ldb,
                                                             c_rest, ldc, depth, accumulate);
@@ -280,9 +306,9 @@ inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Ind
 }
 
 /// gemm_small with streaming stores where streaming_allowed, regular ones otherwise.
-template <class Scalar>
+template <class Scalar, class Out>
 inline void gemm_small_to(bool streaming, Index rows, Index cols, Index depth, const Scalar* a,
-                          Index a_row, Index a_inner, const Scalar* b, Index ldb, Scalar* c,
+                          Index a_row, Index a_inner, const Scalar* b, Index ldb, Out* c,
                           Index ldc) {
   if (streaming)
     gemm_small<Scalar, Store::Streaming>(rows, cols, depth, a, a_row, a_inner, b, ldb, c, ldc,
