@@ -32,7 +32,7 @@ inline std::uint16_t narrow_bf16(float value) {
   return static_cast<std::uint16_t>(word >> 16);
 }
 
-/// Stores one packet of floats, rounded to bfloat16, at `out` (unaligned). Any packet type:
+/// Stores one packet of floats, rounded to bfloat16, at `out` (unaligned). Any float packet:
 /// lane by lane through narrow_bf16; AVX2 and AVX-512 packets with integer SIMD instead.
 template <class P>
 inline void narrow_packet_bf16(Eigen::bfloat16* out, const P& value) {

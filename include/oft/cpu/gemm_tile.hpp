@@ -8,7 +8,8 @@
 /// The register tile is kTileRows x (kTilePackets * lanes): 6 x 16 floats with AVX2 (the classic
 /// sgemm micro-kernel: 12 accumulators, 2 B loads and 6 broadcasts per step of p) and 8 x 32 with
 /// AVX-512. Eigen's packet primitives make it portable to SSE, AVX2, AVX-512 and NEON. No checks: callers in
-/// block_orthogonal.hpp validate shapes at the public boundary.
+/// block_orthogonal.hpp validate shapes at the public boundary. For a float kernel, C may be
+/// bfloat16: each result is rounded once to nearest even as it is stored (bf16_bits.hpp).
 
 #include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <cstdint>
