@@ -8,6 +8,13 @@
 ///   BM_StreamScale/threads:T             b[i] = s * a[i], 128 MiB -> 128 MiB (the counted bytes
 ///                                        leave out the write-allocate read of b)
 ///   BM_StreamRead/threads:T              sum of 256 MiB with SIMD partial sums (not latency bound)
+///   BM_PanelRead/rows:R/segment:S/prefetch:P/threads:T
+///                                        the same 256 MiB as 16 KiB rows (d = 4096 floats), read
+///                                        in the order the kernels read activations: per thread a
+///                                        chunk of rows, per panel of R rows, S bytes of each row
+///                                        in turn (P = 1: the next such group prefetched into L2
+///                                        first, as backward does). R = 8, S = 128 is the apply's
+///                                        order at b = 32; R = 64, S = 1024, P = 1 the backward's
 ///   BM_GemmCeiling/n                     one large square float GEMM through Eigen (and the linked
 ///                                        BLAS when EIGEN_USE_BLAS): the practical compute ceiling
 ///
@@ -175,9 +182,76 @@ void BM_StreamRead(benchmark::State& state) {
   set_rate_counters(state, {0.0, static_cast<double>(kStreamBytes)});
 }
 
+/// Adds the floats of a[0, n) (n a multiple of the packet size) into four packet sums.
+void add_segment(const float* a, Index n, Packet<float> (&acc)[4]) {
+  constexpr int L = kLanes<float>;
+  Index i = 0;
+  for (; i + 4 * L <= n; i += 4 * L)
+    for (int j = 0; j < 4; ++j) acc[j] = ei::padd(acc[j], ei::ploadu<Packet<float>>(a + i + j * L));
+  for (int j = 0; i < n; i += L, ++j) acc[j] = ei::padd(acc[j], ei::ploadu<Packet<float>>(a + i));
+}
+
+void BM_PanelRead(benchmark::State& state) {
+  constexpr Index kRow = 4096;  // floats per row: the d = 4096 activations, rows 16 KiB apart
+  constexpr Index kRows = kFloats / kRow;
+  const Index panel = state.range(0);
+  const Index segment = state.range(1) / static_cast<Index>(sizeof(float));
+  const bool prefetch = state.range(2) != 0;
+  const int threads = static_cast<int>(state.range(3));
+  if (segment % kLanes<float> != 0 || kRow % segment != 0 || kRows % (panel * threads) != 0)
+    return state.SkipWithError("segment must be a multiple of the packet and divide the row, "
+                               "and the panels must split evenly between the threads");
+  const float* a = stream_buffer(0);
+  std::vector<double> sums(static_cast<size_t>(threads) * 8, 0.0);
+  for (auto _ : state) {
+#pragma omp parallel num_threads(threads)
+    {
+      int t = 0, nt = 1;
+#if defined(_OPENMP)
+      t = omp_get_thread_num();
+      nt = omp_get_num_threads();
+#endif
+      const Index first = t * (kRows / nt), last = first + kRows / nt;
+      Packet<float> acc[4];
+      for (auto& p : acc) p = ei::pset1<Packet<float>>(0.0f);
+      for (Index p = first; p < last; p += panel)
+        for (Index c = 0; c < kRow; c += segment) {
+#if defined(__GNUC__) || defined(__clang__)
+          if (prefetch) {
+            const Index next_p = c + segment < kRow ? p : p + panel;
+            const Index next_c = c + segment < kRow ? c + segment : 0;
+            for (Index r = next_p; r < std::min(next_p + panel, last); ++r)
+              for (Index k = 0; k < segment; k += 64 / Index(sizeof(float)))
+                __builtin_prefetch(a + r * kRow + next_c + k, 0, 2);
+          }
+#endif
+          for (Index r = p; r < p + panel; ++r) add_segment(a + r * kRow + c, segment, acc);
+        }
+      sums[static_cast<size_t>(t) * 8] = ei::predux(
+          ei::padd(ei::padd(acc[0], acc[1]), ei::padd(acc[2], acc[3])));
+    }
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::ClobberMemory();
+  }
+  double total = 0;
+  for (int t = 0; t < threads; ++t) total += sums[static_cast<size_t>(t) * 8];
+  if (std::abs(total - static_cast<double>(kFloats)) > 1e-3 * static_cast<double>(kFloats))
+    state.SkipWithError(("panel read gave a wrong sum: " + std::to_string(total)).c_str());
+  set_rate_counters(state, {0.0, static_cast<double>(kStreamBytes)});
+}
+
 BENCHMARK(BM_StreamScaleInPlace)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
 BENCHMARK(BM_StreamScale)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
 BENCHMARK(BM_StreamRead)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+// Sequential rows; the apply's order (b = 32); one-block copies of 64 rows; the backward's
+// groups, without and with the prefetch.
+BENCHMARK(BM_PanelRead)
+    ->ArgsProduct({{1}, {16384}, {0}, {1, 2}})
+    ->ArgsProduct({{8}, {128}, {0}, {1, 2}})
+    ->ArgsProduct({{64}, {128}, {0}, {1, 2}})
+    ->ArgsProduct({{64}, {1024}, {0, 1}, {1, 2}})
+    ->ArgNames({"rows", "segment", "prefetch", "threads"})
+    ->UseRealTime();
 
 // ---------------------------------------------------------------------------------------------
 // Practical GEMM ceiling (default thread count, like every other benchmark)
