@@ -23,6 +23,9 @@
 /// before timing (first touch of fresh pages is several times slower than streaming).
 
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "bench_common.hpp"
 
@@ -154,31 +157,50 @@ float read_sum(const float* a, Index begin, Index end) {
   return sum;
 }
 
+/// This thread's index and the team's size inside a parallel region (0 and 1 without OpenMP).
+std::pair<int, int> team_position() {
+#if defined(_OPENMP)
+  return {omp_get_thread_num(), omp_get_num_threads()};
+#else
+  return {0, 1};
+#endif
+}
+
+/// Per-thread sums of the all-ones stream buffer, each in its own cache line (an OpenMP
+/// reduction clause lost the result here with GCC 12 when the variable is also passed to
+/// DoNotOptimize).
+class ThreadSums {
+ public:
+  explicit ThreadSums(int threads) : sums_(static_cast<size_t>(threads) * 8, 0.0) {}
+  double& operator[](int thread) { return sums_[static_cast<size_t>(thread) * 8]; }
+  double* data() { return sums_.data(); }
+  /// Fails the benchmark unless the sums add up to kFloats: every float read exactly once.
+  void check(benchmark::State& state, const std::string& what) const {
+    double total = 0;
+    for (size_t t = 0; t < sums_.size(); t += 8) total += sums_[t];
+    if (std::abs(total - static_cast<double>(kFloats)) > 1e-3 * static_cast<double>(kFloats))
+      state.SkipWithError((what + " gave a wrong sum: " + std::to_string(total)).c_str());
+  }
+
+ private:
+  std::vector<double> sums_;
+};
+
 void BM_StreamRead(benchmark::State& state) {
   const int threads = thread_count(state);
   const float* a = stream_buffer(0);
-  // Per-thread sums in separate cache lines (an OpenMP reduction clause lost the result here
-  // with GCC 12 when the variable is also passed to DoNotOptimize).
-  std::vector<double> sums(static_cast<size_t>(threads) * 8, 0.0);
+  ThreadSums sums(threads);
   for (auto _ : state) {
 #pragma omp parallel num_threads(threads)
     {
-      int t = 0, nt = 1;
-#if defined(_OPENMP)
-      t = omp_get_thread_num();
-      nt = omp_get_num_threads();
-#endif
+      const auto [t, nt] = team_position();
       const Index chunk = (kFloats / nt + 63) / 64 * 64;
-      sums[static_cast<size_t>(t) * 8] =
-          read_sum(a, std::min(kFloats, t * chunk), std::min(kFloats, (t + 1) * chunk));
+      sums[t] = read_sum(a, std::min(kFloats, t * chunk), std::min(kFloats, (t + 1) * chunk));
     }
     benchmark::DoNotOptimize(sums.data());
     benchmark::ClobberMemory();
   }
-  double total = 0;
-  for (int t = 0; t < threads; ++t) total += sums[static_cast<size_t>(t) * 8];
-  if (std::abs(total - static_cast<double>(kFloats)) > 1e-3 * static_cast<double>(kFloats))
-    state.SkipWithError(("read reduction gave a wrong sum: " + std::to_string(total)).c_str());
+  sums.check(state, "read reduction");
   set_rate_counters(state, {0.0, static_cast<double>(kStreamBytes)});
 }
 
@@ -202,15 +224,11 @@ void BM_PanelRead(benchmark::State& state) {
     return state.SkipWithError("segment must be a multiple of the packet and divide the row, "
                                "and the panels must split evenly between the threads");
   const float* a = stream_buffer(0);
-  std::vector<double> sums(static_cast<size_t>(threads) * 8, 0.0);
+  ThreadSums sums(threads);
   for (auto _ : state) {
 #pragma omp parallel num_threads(threads)
     {
-      int t = 0, nt = 1;
-#if defined(_OPENMP)
-      t = omp_get_thread_num();
-      nt = omp_get_num_threads();
-#endif
+      const auto [t, nt] = team_position();
       const Index first = t * (kRows / nt), last = first + kRows / nt;
       Packet<float> acc[4];
       for (auto& p : acc) p = ei::pset1<Packet<float>>(0.0f);
@@ -227,16 +245,12 @@ void BM_PanelRead(benchmark::State& state) {
 #endif
           for (Index r = p; r < p + panel; ++r) add_segment(a + r * kRow + c, segment, acc);
         }
-      sums[static_cast<size_t>(t) * 8] = ei::predux(
-          ei::padd(ei::padd(acc[0], acc[1]), ei::padd(acc[2], acc[3])));
+      sums[t] = ei::predux(ei::padd(ei::padd(acc[0], acc[1]), ei::padd(acc[2], acc[3])));
     }
     benchmark::DoNotOptimize(sums.data());
     benchmark::ClobberMemory();
   }
-  double total = 0;
-  for (int t = 0; t < threads; ++t) total += sums[static_cast<size_t>(t) * 8];
-  if (std::abs(total - static_cast<double>(kFloats)) > 1e-3 * static_cast<double>(kFloats))
-    state.SkipWithError(("panel read gave a wrong sum: " + std::to_string(total)).c_str());
+  sums.check(state, "panel read");
   set_rate_counters(state, {0.0, static_cast<double>(kStreamBytes)});
 }
 
