@@ -267,12 +267,14 @@ std::array<oft::MatrixView<Act>, 3> activation_views(Activations& a) {
 }
 
 /// One training step with activations of type Act (float, or bfloat16 with R, theta, dtheta and
-/// the accumulation in float: checked against the float path in tests/test_bf16.cpp; bytes are
-/// counted at sizeof(Act) each).
+/// the accumulation in float, computed as `arithmetic` says: checked in tests/test_bf16.cpp;
+/// bytes are counted at sizeof(Act) each).
 template <class Act, class Policy>
-void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& label) {
+void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& label,
+                     oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
   const Index d = state.range(0), b = state.range(1), n = state.range(2);
   auto rot = make_rotation<Policy>(d, b, policy);
+  if constexpr (std::is_same_v<Act, oft::bfloat16>) rot.set_bf16_arithmetic(arithmetic);
   if (auto err = validate(rot, n, label); !err.empty()) return state.SkipWithError(err.c_str());
   const auto theta = random_generators<Scalar>(rot.spec().generators(), b, kRho, 7);
   oft::Generators<Scalar> dtheta(rot.spec().generators(), b);
@@ -335,11 +337,20 @@ void register_policy(const std::string& label, Policy policy) {
         ->ArgNames({"d", "b", "N"})
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
-    if (label.rfind("cayley_neumann", 0) == 0)
+    if (label.rfind("cayley_neumann", 0) != 0) continue;
+    // BM_RotationStepBf16: the default arithmetic (DotProduct where the build has AVX512_BF16);
+    // BM_RotationStepBf16Float: the widening float path, registered where the two differ.
+    const oft::Bf16Arithmetic fallback = oft::Bf16Arithmetic::Float;
+    const oft::Bf16Arithmetic preferred =
+        oft::cpu_detail::kHasBf16Dot ? oft::Bf16Arithmetic::DotProduct : fallback;
+    std::vector<std::pair<std::string, oft::Bf16Arithmetic>> variants = {
+        {"BM_RotationStepBf16/", preferred}};
+    if (preferred != fallback) variants.emplace_back("BM_RotationStepBf16Float/", fallback);
+    for (const auto& [name, arithmetic] : variants)
       benchmark::RegisterBenchmark(
-          ("BM_RotationStepBf16/" + label).c_str(),
-          [policy, label](benchmark::State& st) {
-            BM_RotationStep<oft::bfloat16>(st, policy, label);
+          (name + label).c_str(),
+          [policy, label, arithmetic = arithmetic](benchmark::State& st) {
+            BM_RotationStep<oft::bfloat16>(st, policy, label, arithmetic);
           })
           ->Args({s[0], s[1], s[2]})
           ->ArgNames({"d", "b", "N"})

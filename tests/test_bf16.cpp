@@ -7,6 +7,10 @@
 ///   dtheta_bf16 == dtheta_float, bit for bit,
 /// and against the exact product the error is at most 2^-8 |Y_float| + the float bound
 /// 2 gamma_b (|X| |R|). Both are checked over the kernel grid, with strides and in place.
+///
+/// Bf16Arithmetic::DotProduct (AVX512_BF16 builds) has its own bound (docs/bf16.md), checked
+/// below against double products; its gradient kernel is checked against double, and with
+/// integer data (where every sum is exact) dtheta equals the float path's bit for bit.
 
 #include <cmath>
 #include <cstdint>
@@ -145,6 +149,7 @@ TEST(Bf16, ActivationsAreTheRoundedFloatPath) {
     const Index r = b >= 64 ? 10 : 3, d = r * b, stride = d + 3;
     const auto spec = oft::BlockSpec::from_features(d, b);
     oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, policy);
+    op.set_bf16_arithmetic(oft::Bf16Arithmetic::Float);
     op.set_generators(
         oft_test::random_generators_with_rho<float>(spec.generators(), b, 0.6, rng));
     const RowMat<float> dense = op.dense();
@@ -230,5 +235,171 @@ TEST(Bf16, BadShapesAreRefused) {
                            workspace),
                std::invalid_argument);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bf16Arithmetic::DotProduct
+// ---------------------------------------------------------------------------------------------
+
+TEST(Bf16Dot, AvailableExactlyWhereTheBuildHasAvx512Bf16) {
+  const auto spec = oft::BlockSpec::from_features(32, 16);
+  oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+  if (oft::cpu_detail::kHasBf16Dot) {
+    EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::DotProduct);  // the default
+    op.set_bf16_arithmetic(oft::Bf16Arithmetic::Float);
+    EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::Float);
+  } else {
+    EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::Float);
+    try {
+      op.set_bf16_arithmetic(oft::Bf16Arithmetic::DotProduct);
+      FAIL() << "DotProduct accepted without AVX512_BF16";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("AVX512_BF16"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::Float);
+  }
+}
+
+#if defined(OFT_HAVE_BF16_DOT)
+/// Entries drawn from the integers -4..4: bfloat16 holds them exactly, and every product and
+/// every partial sum of G over up to 2049 tokens is an integer below 2^24, exact in float.
+BfMat integer_bf16(Index rows, Index cols, oft_test::Rng& rng) {
+  BfMat m(rows, cols);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) m(i, j) = bfloat16(static_cast<float>(rng.index(9) - 4));
+  return m;
+}
+
+/// The DotProduct bound for A * M with M = I + D stored in float and D rounded to bfloat16
+/// (docs/bf16.md): with E = 2^-8' |A| |D| + gamma_{b+1} (|A| + (1 + 2^-8') |A| |D|) + F, where
+/// 2^-8' = 2^-8 + 2^-22 also covers the float rounding of R - I and F = (2b + 4) 2^-126 (1 + |D|)
+/// the flushing of subnormals (vdpbf16ps treats them as zero: inputs, products, sums, output),
+///   |out - A M| <= 2^-8 (|A M| + E) + E   (the outer term: one rounding of the output).
+MatD dot_bound(const MatD& a, const MatD& m, Index b) {
+  const double bf16_u = std::ldexp(1.0, -8) + std::ldexp(1.0, -22);
+  const MatD d_abs = (m - MatD::Identity(m.rows(), m.cols())).cwiseAbs();
+  const MatD ad = a.cwiseAbs() * d_abs;
+  const double flush =
+      static_cast<double>(2 * b + 4) * std::ldexp(1.0, -126) * (1.0 + d_abs.maxCoeff());
+  const double gamma = oft_test::gamma<float>(b + 1);
+  const MatD e = (bf16_u * ad + gamma * (a.cwiseAbs() + (1.0 + bf16_u) * ad)).array() + flush;
+  return std::ldexp(1.0, -8) * ((a * m).cwiseAbs() + e) + e;
+}
+
+// The gradient kernel alone: G0 + X^T dY from interleaved row pairs, against double, within
+// gamma_{n+1} (|G0| + |X|^T |dY|) (exact products, float sums in some order) plus
+// (3n + 2) 2^-126 for flushed subnormals (|X|, |dY| < 1 here), for every block size of the grid
+// and odd and even token counts.
+TEST(Bf16Dot, GradientKernelIsWithinTheFloatSumBound) {
+  oft_test::Rng rng(91);
+  for (Index b : {1, 2, 3, 4, 7, 8, 16, 31, 32, 33, 64, 128})
+    for (Index n : {1, 2, 7, 64}) {
+      const Index stride = b + 5;
+      BfMat x = to_bf16(oft_test::random_matrix<float>(n, stride, rng));
+      BfMat dy = to_bf16(oft_test::random_matrix<float>(n, stride, rng));
+      const RowMat<float> g0 = oft_test::random_matrix<float>(b, b, rng);
+      const Index pairs = (n + 1) / 2;
+      std::vector<std::uint32_t> x_pairs(static_cast<size_t>(pairs * b), 0xdeadbeefu),
+          dy_pairs = x_pairs;
+      oft::cpu_detail::interleave_rows(oft::cpu_detail::bits(x.data()), stride, n, b,
+                                       x_pairs.data());
+      oft::cpu_detail::interleave_rows(oft::cpu_detail::bits(dy.data()), stride, n, b,
+                                       dy_pairs.data());
+      RowMat<float> g = g0;
+      oft::cpu_detail::gradient_pairs(b, pairs, x_pairs.data(), dy_pairs.data(), g.data());
+      const MatD xd = widen(x).leftCols(b).cast<double>();
+      const MatD dyd = widen(dy).leftCols(b).cast<double>();
+      const MatD exact = g0.cast<double>() + xd.transpose() * dyd;
+      const MatD bound =
+          (oft_test::gamma<float>(n + 1) *
+           (g0.cast<double>().cwiseAbs() + xd.cwiseAbs().transpose() * dyd.cwiseAbs()))
+              .array() +
+          static_cast<double>(3 * n + 2) * std::ldexp(1.0, -126);
+      EXPECT_TRUE(oft_test::within_bound(g, exact, bound)) << "b=" << b << " n=" << n;
+    }
+}
+
+// Over the kernel grid, strided with sentinel padding, 1 and 2 threads, in place and out of
+// place: Y, Y^T-apply and dX within dot_bound of the double products; dtheta bit for bit the
+// float path's on integer data (exact sums), and the same in place.
+TEST(Bf16Dot, OperatorIsWithinItsBound) {
+  oft_test::Rng rng(78);
+  const bfloat16 sentinel(-777.0f);
+  for (Index b : {1, 2, 3, 4, 7, 8, 16, 31, 32, 33, 64, 128}) {
+    const Index r = b >= 64 ? 4 : 3, d = r * b, stride = d + 3;
+    const auto spec = oft::BlockSpec::from_features(d, b);
+    oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+    op.set_generators(
+        oft_test::random_generators_with_rho<float>(spec.generators(), b, 0.3, rng));
+    const MatD dense = op.dense().cast<double>();
+    for (Index n : {0, 1, 7, 48, 2049}) {
+      for (int threads : {1, 2}) {
+        oft_test::ScopedThreads scoped(threads);
+        const std::string at = "b=" + std::to_string(b) + " N=" + std::to_string(n) +
+                               " threads=" + std::to_string(threads);
+        oft::Workspace<float> workspace;
+        for (bool integer : {false, true}) {
+          const BfMat x = integer ? integer_bf16(n, d, rng)
+                                  : to_bf16(oft_test::random_matrix<float>(n, d, rng));
+          const BfMat dy = integer ? integer_bf16(n, d, rng)
+                                   : to_bf16(oft_test::random_matrix<float>(n, d, rng));
+          const MatD xd = widen(x).cast<double>(), dyd = widen(dy).cast<double>();
+          BfMat x_buf = BfMat::Constant(n, stride, sentinel), dy_buf = x_buf;
+          x_buf.leftCols(d) = x;
+          dy_buf.leftCols(d) = dy;
+          const oft::MatrixView<const bfloat16> xv(x_buf.data(), n, d, stride);
+          const oft::MatrixView<const bfloat16> dyv(dy_buf.data(), n, d, stride);
+          BfMat y_buf = BfMat::Constant(n, stride, sentinel), yt_buf = y_buf, dx_buf = y_buf;
+          oft::Generators<float> dtheta(spec.generators(), b), dtheta_f(spec.generators(), b);
+
+          op.set_bf16_arithmetic(oft::Bf16Arithmetic::DotProduct);
+          op.apply(xv, oft::MatrixView<bfloat16>(y_buf.data(), n, d, stride));
+          op.apply_transposed(xv, oft::MatrixView<bfloat16>(yt_buf.data(), n, d, stride));
+          op.backward(xv, dyv, oft::MatrixView<bfloat16>(dx_buf.data(), n, d, stride),
+                      dtheta.view(), workspace);
+          const std::string with = at + (integer ? " integer data" : " random data");
+          EXPECT_TRUE(oft_test::within_bound(widen(y_buf.leftCols(d)), xd * dense,
+                                             dot_bound(xd, dense, b)))
+              << with << " apply";
+          EXPECT_TRUE(oft_test::within_bound(widen(yt_buf.leftCols(d)), xd * dense.transpose(),
+                                             dot_bound(xd, dense.transpose(), b)))
+              << with << " apply_transposed";
+          EXPECT_TRUE(oft_test::within_bound(widen(dx_buf.leftCols(d)), dyd * dense.transpose(),
+                                             dot_bound(dyd, dense.transpose(), b)))
+              << with << " dX";
+          for (const BfMat* out : {&y_buf, &yt_buf, &dx_buf})
+            EXPECT_TRUE(n == 0 || same_bits(out->rightCols(stride - d),
+                                            BfMat::Constant(n, stride - d, sentinel)))
+                << with << " padding written";
+
+          // In place: Y over X, dX over dY, dX over X; the same bits as out of place.
+          BfMat inplace = x_buf;
+          const oft::MatrixView<bfloat16> inplace_view(inplace.data(), n, d, stride);
+          op.apply(inplace_view, inplace_view);
+          EXPECT_TRUE(same_bits(inplace, y_buf)) << with << " apply in place";
+          BfMat grad = dy_buf;
+          const oft::MatrixView<bfloat16> grad_view(grad.data(), n, d, stride);
+          oft::Generators<float> dtheta_over_dy(spec.generators(), b);
+          op.backward(xv, grad_view, grad_view, dtheta_over_dy.view(), workspace);
+          EXPECT_TRUE(same_bits(grad, dx_buf)) << with << " dX==dY";
+          EXPECT_TRUE(oft_test::all_equal(dtheta_over_dy.values(), dtheta.values())) << with;
+          BfMat xs = x_buf;
+          const oft::MatrixView<bfloat16> xs_view(xs.data(), n, d, stride);
+          oft::Generators<float> dtheta_over_x(spec.generators(), b);
+          op.backward(xs_view, dyv, xs_view, dtheta_over_x.view(), workspace);
+          EXPECT_TRUE(same_bits(xs, dx_buf)) << with << " dX==X";
+          EXPECT_TRUE(oft_test::all_equal(dtheta_over_x.values(), dtheta.values())) << with;
+
+          if (integer) {
+            op.set_bf16_arithmetic(oft::Bf16Arithmetic::Float);
+            op.backward(xv, dyv, {}, dtheta_f.view(), workspace);
+            EXPECT_TRUE(oft_test::all_equal(dtheta.values(), dtheta_f.values()))
+                << with << " dtheta is not the float path's";
+          }
+        }
+      }
+    }
+  }
+}
+#endif  // OFT_HAVE_BF16_DOT
 
 }  // namespace

@@ -17,12 +17,24 @@
 
 #include "../config.hpp"
 #include "bf16_bits.hpp"
+#include "bf16_dot.hpp"
 #include "gemm_tile.hpp"
 
 namespace oft {
 
 /// The 16-bit brain float used for activations (X, dY, Y, dX) when the operator is float.
 using bfloat16 = Eigen::bfloat16;
+
+/// How a float operator computes with bfloat16 activations (docs/bf16.md).
+enum class Bf16Arithmetic {
+  /// Widen to float and run the float kernels: outputs are round_bf16 of the float path's,
+  /// bit for bit. Every build has it.
+  Float,
+  /// `vdpbf16ps` on bfloat16 pairs (AVX512_BF16 builds only): Y = X + X (R - I) with R - I
+  /// rounded to bfloat16, G = X^T dY with exact products and float sums. About twice the
+  /// arithmetic rate; within the bound in docs/bf16.md, not bitwise the float path.
+  DotProduct,
+};
 
 namespace cpu_detail {
 
