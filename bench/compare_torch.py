@@ -159,9 +159,12 @@ def set_malloc_reuse(enable):
 # ------------------------------------------------------------------------------------------------
 # oft side
 # ------------------------------------------------------------------------------------------------
-def oft_name(d, b, n, k, exact, bf16=False):
+def oft_name(d, b, n, k, exact, bf16=False, bf16_float=False):
+    """bf16: the default bfloat16 arithmetic (DotProduct where the build has AVX512_BF16);
+    bf16_float: the Float arithmetic, a separate benchmark only in builds where they differ."""
     policy = "cayley" if exact else f"cayley_neumann/k:{k}"
-    step = "BM_RotationStepBf16" if bf16 else "BM_RotationStep"
+    step = ("BM_RotationStepBf16Float" if bf16_float else
+            "BM_RotationStepBf16" if bf16 else "BM_RotationStep")
     return f"{step}/{policy}/d:{d}/b:{b}/N:{n}/real_time"
 
 
@@ -176,7 +179,8 @@ def run_oft(binary, shapes, k, methods, threads, min_time, repetitions, out_json
         env["OFT_BENCH_STEP_K"] = str(k)
     names = [oft_name(d, b, n, k, exact) for d, b, n in shapes for exact in methods]
     if bf16:  # bfloat16 activations: Cayley-Neumann only
-        names += [oft_name(d, b, n, k, False, True) for d, b, n in shapes if False in methods]
+        names += [oft_name(d, b, n, k, False, True, float_arithmetic)
+                  for d, b, n in shapes if False in methods for float_arithmetic in (False, True)]
     pattern = "^(" + "|".join(name.replace("/real_time", "") for name in names) + ")/"
     cmd = [binary, f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}",
            f"--benchmark_repetitions={repetitions}", "--benchmark_report_aggregates_only=true",
@@ -316,7 +320,15 @@ def main():
                 entry["ratio_fp32_over_bf16"] = oft_ms / bf16_ms if oft_ms and bf16_ms else None
                 print(f"{'':20s} {'  oft bf16':12s} {'':12s} {'':12s} {fmt(bf16_ms, '8.2f')}ms "
                       f"{fmt(stock / bf16_ms if bf16_ms else None, '9.2f')}x "
-                      f"{fmt(tuned / bf16_ms if bf16_ms else None, '9.2f')}x")
+                      f"{fmt(tuned / bf16_ms if bf16_ms else None, '9.2f')}x"
+                      f"   fp32/bf16 {fmt(entry['ratio_fp32_over_bf16'], '.2f')}x")
+                # The Float arithmetic, where the build also has DotProduct (absent otherwise).
+                float_ms = oft_times.get(oft_name(d, b, n, a.k, False, True, True))
+                entry["oft_bf16_float_arithmetic_ms"] = float_ms
+                if float_ms:
+                    print(f"{'':20s} {'  bf16 Float':12s} {'':12s} {'':12s} "
+                          f"{fmt(float_ms, '8.2f')}ms {stock / float_ms:9.2f}x "
+                          f"{tuned / float_ms:9.2f}x   fp32/bf16 {oft_ms / float_ms:.2f}x")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); "
           f"{max(1, a.rounds)} round(s), torch and oft alternating")
     print("ratio = torch time / oft time (> 1: oft is faster); medians of each side's repeats"

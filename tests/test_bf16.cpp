@@ -400,6 +400,64 @@ TEST(Bf16Dot, OperatorIsWithinItsBound) {
     }
   }
 }
+// Large out-of-place outputs (>= 8 MiB, line-aligned rows, b a multiple of 32) are written with
+// streaming stores, one cache line per row tile. Only the store instruction differs from the
+// in-place path, so Y and dX must equal the in-place results bitwise, the padding must stay
+// untouched, and a misaligned output (regular stores) must give the same values. 2100 rows leave
+// a ragged last panel and a 4-row register-tile tail; 1 and 2 threads.
+TEST(Bf16Dot, StreamingOutputsAreTheInPlaceResults) {
+  oft_test::Rng rng(9300);
+  const bfloat16 sentinel(-777.0f);
+  const Index n = 2100, d = 2048, stride = d + 32;  // 64 bytes of padding keep rows aligned
+  for (Index b : {16, 32, 64}) {
+    const auto spec = oft::BlockSpec::from_features(d, b);
+    oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+    op.set_generators(
+        oft_test::random_generators_with_rho<float>(spec.generators(), b, 0.3, rng));
+    const BfMat x = to_bf16(oft_test::random_matrix<float>(n, d, rng));
+    const BfMat dy = to_bf16(oft_test::random_matrix<float>(n, d, rng));
+    const oft::MatrixView<const bfloat16> xv(x.data(), n, d), dyv(dy.data(), n, d);
+    for (int threads : {1, 2}) {
+      oft_test::ScopedThreads scoped(threads);
+      const std::string at = "b=" + std::to_string(b) + " threads=" + std::to_string(threads);
+      oft::Workspace<float> workspace;
+      oft::Generators<float> dtheta(spec.generators(), b), dtheta_in_place(spec.generators(), b);
+      BfMat y_ref = x, dx_ref = dy;
+      const oft::MatrixView<bfloat16> y_ref_view(y_ref.data(), n, d);
+      const oft::MatrixView<bfloat16> dx_ref_view(dx_ref.data(), n, d);
+      op.apply(y_ref_view, y_ref_view);
+      op.backward(xv, dx_ref_view, dx_ref_view, dtheta_in_place.view(), workspace);
+
+      BfMat y_buf = BfMat::Constant(n, stride, sentinel), dx_buf = y_buf;
+      const oft::MatrixView<bfloat16> yv(y_buf.data(), n, d, stride);
+      const oft::MatrixView<bfloat16> dxv(dx_buf.data(), n, d, stride);
+      ASSERT_EQ(oft::cpu_detail::rotate_streaming_allowed(oft::cpu_detail::bits(yv.data()),
+                                                          yv.stride(), b),
+                b % 32 == 0)
+          << at;
+      op.apply(xv, yv);
+      op.backward(xv, dyv, dxv, dtheta.view(), workspace);
+      EXPECT_TRUE(same_bits(y_buf.leftCols(d), y_ref)) << at << " Y streamed";
+      EXPECT_TRUE(same_bits(dx_buf.leftCols(d), dx_ref)) << at << " dX streamed";
+      EXPECT_TRUE(same_bits(y_buf.rightCols(stride - d), BfMat::Constant(n, stride - d, sentinel)))
+          << at;
+      EXPECT_TRUE(same_bits(dx_buf.rightCols(stride - d), BfMat::Constant(n, stride - d, sentinel)))
+          << at;
+      EXPECT_TRUE(oft_test::all_equal(dtheta.values(), dtheta_in_place.values())) << at;
+
+      // One value off the line alignment: regular stores, the same values.
+      BfMat shifted = BfMat::Constant(n, stride, sentinel);
+      const oft::MatrixView<bfloat16> sv(shifted.data() + 1, n, d, stride);
+      ASSERT_FALSE(oft::cpu_detail::rotate_streaming_allowed(oft::cpu_detail::bits(sv.data()),
+                                                             sv.stride(), b))
+          << at;
+      op.apply(xv, sv);
+      EXPECT_TRUE(same_bits(shifted.middleCols(1, d), y_ref)) << at << " Y misaligned";
+      op.backward(xv, dyv, sv, dtheta.view(), workspace);
+      EXPECT_TRUE(same_bits(shifted.middleCols(1, d), dx_ref)) << at << " dX misaligned";
+    }
+  }
+}
 #endif  // OFT_HAVE_BF16_DOT
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include <gtest/gtest.h>
 
@@ -123,17 +124,22 @@ struct CallCounts {
   std::array<long, kCallCount> fewest{}, most{};
 };
 
-template <class Scalar, class Policy>
-CallCounts step_allocations(const Policy& policy, double rho, Index d, Index n) {
+/// Act is the activation type: Scalar, or bfloat16 for a float operator computing with
+/// `arithmetic`.
+template <class Scalar, class Policy, class Act = Scalar>
+CallCounts step_allocations(const Policy& policy, double rho, Index d, Index n,
+                            oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
   const Index b = 32;
   oft_test::Rng rng(11);
   const auto spec = oft::BlockSpec::from_features(d, b);
   oft::BlockOrthogonal<Scalar, Policy> op(spec, policy);
+  if constexpr (std::is_same_v<Act, oft::bfloat16>) op.set_bf16_arithmetic(arithmetic);
   const oft::Generators<Scalar> theta =
       oft_test::random_generators_with_rho<Scalar>(spec.generators(), b, rho, rng);
   oft::Generators<Scalar> dtheta(spec.generators(), b);
-  RowMat<Scalar> x = oft_test::random_matrix<Scalar>(n, d, rng);
-  RowMat<Scalar> y(n, d), dy = oft_test::random_matrix<Scalar>(n, d, rng), dx(n, d);
+  RowMat<Act> x = oft_test::random_matrix<Scalar>(n, d, rng).template cast<Act>();
+  RowMat<Act> dy = oft_test::random_matrix<Scalar>(n, d, rng).template cast<Act>();
+  RowMat<Act> y(n, d), dx(n, d);
   oft::Workspace<Scalar> workspace;
   const std::function<void()> calls[kCallCount - 1] = {
       [&] { op.set_generators(theta.view()); },
@@ -164,16 +170,20 @@ CallCounts step_allocations(const Policy& policy, double rho, Index d, Index n) 
 /// Under an OpenMP runtime that allocates to enter a region (libomp), the runtime's own blocks
 /// are told apart by size-independence: each call's fewest allocations must be equal at both
 /// sizes (an allocation per generator or per token would differ by 4 or by 1984) and small.
-template <class Scalar, class Policy>
-void check_step_does_not_allocate(Policy policy, double rho) {
+template <class Scalar, class Policy, class Act = Scalar>
+void check_step_does_not_allocate(Policy policy, double rho,
+                                  oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
   for (int threads : {1, 2}) {
     oft_test::ScopedThreads scoped(threads);
     const bool runtime_allocates = runtime_allocates_per_region();
-    const CallCounts small = step_allocations<Scalar>(policy, rho, 256, 64);
-    const CallCounts large = step_allocations<Scalar>(policy, rho, 384, 2048);
+    const CallCounts small =
+        step_allocations<Scalar, Policy, Act>(policy, rho, 256, 64, arithmetic);
+    const CallCounts large =
+        step_allocations<Scalar, Policy, Act>(policy, rho, 384, 2048, arithmetic);
     for (int c = 0; c < kCallCount; ++c) {
-      const std::string at = std::string(Policy::name) + " threads=" + std::to_string(threads) +
-                             ": " + kCalls[c];
+      const std::string at =
+          std::string(Policy::name) + (std::is_same_v<Act, Scalar> ? "" : " bfloat16") +
+          " threads=" + std::to_string(threads) + ": " + kCalls[c];
       if (!runtime_allocates) {
         EXPECT_EQ(small.most[c], 0) << at << " (d=256, N=64)";
         EXPECT_EQ(large.most[c], 0) << at << " (d=384, N=2048)";
@@ -187,6 +197,14 @@ void check_step_does_not_allocate(Policy policy, double rho) {
 
 TEST(NoAllocation, CayleyNeumannStepFloat) {
   check_step_does_not_allocate<float>(oft::CayleyNeumann{3}, 0.5);
+}
+// bfloat16 activations, with the Float arithmetic and, where the build has it, DotProduct.
+TEST(NoAllocation, CayleyNeumannStepBf16) {
+  check_step_does_not_allocate<float, oft::CayleyNeumann, oft::bfloat16>(
+      oft::CayleyNeumann{3}, 0.5, oft::Bf16Arithmetic::Float);
+  if (oft::cpu_detail::kHasBf16Dot)
+    check_step_does_not_allocate<float, oft::CayleyNeumann, oft::bfloat16>(
+        oft::CayleyNeumann{3}, 0.5, oft::Bf16Arithmetic::DotProduct);
 }
 TEST(NoAllocation, CayleyNeumannStepDouble) {
   check_step_does_not_allocate<double>(oft::CayleyNeumann{3}, 0.5);

@@ -386,7 +386,12 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   template <class Act>
   bool stream_output(const MatrixView<Act>& out) const {
     if constexpr (!kDirect<Act>) {
-      return false;  // bfloat16 outputs are rounded as stored, with regular stores
+      // bfloat16: only DotProduct's kernel, whose two-packet rows are one cache line each.
+      const double bytes = static_cast<double>(out.rows()) *
+                           static_cast<double>(out.cols()) * sizeof(Act);
+      return dot_products() && bytes >= kStreamingBytes &&
+             cpu_detail::rotate_streaming_allowed(cpu_detail::bits(out.data()), out.stride(),
+                                                  spec_.block_size);
     } else {
       const double bytes = static_cast<double>(out.rows()) *
                            static_cast<double>(out.cols()) * sizeof(Act);
@@ -713,6 +718,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
                  const std::uint32_t* pairs) const {
 #if defined(OFT_HAVE_BF16_DOT)
     const Index b = spec_.block_size, words = cpu_detail::pair_words(b);
+    const bool streaming = y.data() != x.data() && stream_output(y);
     for_each_panel(x.rows(), kApplyPanelRows, 1, [&](Index first, Index rows, Scalar* scratch,
                                                       int) {
       for (Index i = 0; i < spec_.blocks; ++i) {
@@ -731,9 +737,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           copy_bf16_rows(in, x.stride(), rows, b, copy, b);
           a = copy, a_row = b;
         }
-        cpu_detail::rotate_rows(rows, b, a, a_row, pairs + spec_.generator_of(i) * words, out,
-                                y.stride());
+        cpu_detail::rotate_rows(streaming, rows, b, a, a_row,
+                                pairs + spec_.generator_of(i) * words, out, y.stride());
       }
+      if (streaming) cpu_detail::stream_fence();
     });
 #else
     (void)x, (void)y, (void)pairs;  // unreachable: set_bf16_arithmetic refuses DotProduct
@@ -755,6 +762,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     if (want_dtheta) std::fill(workspace, workspace + threads * slab, Scalar(0));
     const Index rows_per_panel = kBackwardPanelRows;
     const Index pair_slice = (rows_per_panel + 1) / 2 * b;  // words of one interleaved slice
+    // dX is streamed only when it is neither input (in place, its lines are already cached).
+    const bool streaming =
+        want_dx && dx.data() != dy.data() && dx.data() != x.data() && stream_output(dx);
     // Scratch (two float slices): X's pairs, dY's pairs, then a bfloat16 copy of dY's slice.
     for_each_panel(x.rows(), rows_per_panel, 2, [&](Index first, Index rows, Scalar* scratch,
                                                      int thread) {
@@ -799,8 +809,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           a = dy_copy, a_row = b;
         }
         // (dX over X is safe: X_i was interleaved above, and no later block reads it.)
-        cpu_detail::rotate_rows(rows, b, a, a_row, pairs_t_.data() + g * words, out, dx.stride());
+        cpu_detail::rotate_rows(streaming, rows, b, a, a_row, pairs_t_.data() + g * words, out,
+                                dx.stride());
       }
+      if (streaming) cpu_detail::stream_fence();
     });
     if (want_dtheta) finish_generator_gradients(workspace, threads, dtheta);
 #else

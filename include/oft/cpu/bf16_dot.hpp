@@ -19,12 +19,12 @@
 /// below 2^-126 in magnitude). Without AVX512_BF16 (and AVX512BW, VL) this header declares
 /// kHasBf16Dot = false and the operator uses the float arithmetic path instead.
 
-#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "../config.hpp"
+#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include "bf16_bits.hpp"
 #include "gemm_tile.hpp"  // Packet traits, OFT_UNROLL
 
@@ -56,6 +56,17 @@ inline void pack_pairs(const float* m, Index b, std::uint32_t* out) {
     }
 }
 
+/// Whether rotate_rows may stream its output: every row tile's store is then one whole
+/// aligned cache line (32 bfloat16), so b is a multiple of 32 and each row starts aligned.
+inline bool rotate_streaming_allowed(const std::uint16_t* y, Index ldy, Index b) {
+  constexpr Index kLineBytes = 64;
+  return reinterpret_cast<std::uintptr_t>(y) % kLineBytes == 0 && (2 * ldy) % kLineBytes == 0 &&
+         b % 32 == 0;
+}
+
+/// Whether rotate_rows may write its output over its input for block size b.
+constexpr bool rotate_in_place(Index b) { return b <= 32; }
+
 #if defined(OFT_HAVE_BF16_DOT)
 
 /// Mask of the first `count` (0..16 or 0..32) lanes.
@@ -75,12 +86,16 @@ inline __m512 widen16(const std::uint16_t* from, __mmask16 mask) {
 /// Stores one row of a register tile, Packets x 16 floats, the last packet's first `last`
 /// lanes only, each rounded to bfloat16 by `vcvtne2ps2bf16` / `vcvtneps2bf16`: to nearest
 /// even, NaN kept quiet, and, like `vdpbf16ps`, subnormals flushed to zero (one instruction per
-/// 32 values instead of the integer rounding of narrow_packet_bf16).
-template <int Packets>
+/// 32 values instead of the integer rounding of narrow_packet_bf16). Store::Streaming writes a
+/// whole two-packet row (one aligned cache line: see rotate_streaming_allowed) non-temporally.
+template <Store Kind, int Packets>
 inline void store_rounded(std::uint16_t* to, const __m512* value, Index last) {
   if constexpr (Packets == 2) {
     const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(value[1], value[0]);
-    _mm512_mask_storeu_epi16(to, lanes32(16 + last), both);
+    if constexpr (Kind == Store::Streaming)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(to), both);
+    else
+      _mm512_mask_storeu_epi16(to, lanes32(16 + last), both);
   } else {
     static_assert(Packets == 1, "register tiles are one or two packets wide");
     const __m256i one = (__m256i)_mm512_cvtneps_pbh(value[0]);
@@ -118,7 +133,7 @@ enum class PairTile {
 /// to `last` lanes. Step m reads A's pair at a + t * a_row + m * a_inner (uint16 units; when
 /// `half_last`, the final step reads one value and treats its pair partner as 0) and B's
 /// pairs at b + m * ldb + col.
-template <PairTile Kind, int Rows, int Packets, class Out>
+template <PairTile Kind, int Rows, int Packets, Store S, class Out>
 inline void pair_tile(const std::uint16_t* a, Index a_row, Index a_inner, Index steps,
                       bool half_last, const std::uint32_t* b, Index ldb, Index col, Index last,
                       Out* out, Index ldo) {
@@ -154,7 +169,7 @@ inline void pair_tile(const std::uint16_t* a, Index a_row, Index a_inner, Index 
   OFT_UNROLL for (int t = 0; t < Rows; ++t) {
     Out* row = out + t * ldo + col;
     if constexpr (Kind == PairTile::Rotate) {
-      store_rounded<Packets>(row, acc[t], last);
+      store_rounded<S, Packets>(row, acc[t], last);
     } else {
       OFT_UNROLL for (int v = 0; v < Packets; ++v) {
         const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], row + 16 * v), acc[t][v]);
@@ -165,34 +180,34 @@ inline void pair_tile(const std::uint16_t* a, Index a_row, Index a_inner, Index 
 }
 
 /// All `cols` columns of Rows rows: 32-column tiles, the last one (or 16) masked.
-template <PairTile Kind, int Rows, class Out>
+template <PairTile Kind, int Rows, Store S, class Out>
 inline void pair_rows(Index cols, const std::uint16_t* a, Index a_row, Index a_inner, Index steps,
                       bool half_last, const std::uint32_t* b, Index ldb, Out* out, Index ldo) {
   for (Index col = 0; col < cols; col += 32) {
     const Index left = cols - col;
     if (left > 16)
-      pair_tile<Kind, Rows, 2>(a, a_row, a_inner, steps, half_last, b, ldb, col, left - 16, out,
-                               ldo);
+      pair_tile<Kind, Rows, 2, S>(a, a_row, a_inner, steps, half_last, b, ldb, col, left - 16, out,
+                                  ldo);
     else
-      pair_tile<Kind, Rows, 1>(a, a_row, a_inner, steps, half_last, b, ldb, col, left, out, ldo);
+      pair_tile<Kind, Rows, 1, S>(a, a_row, a_inner, steps, half_last, b, ldb, col, left, out, ldo);
   }
 }
 
 /// `rows` rows in register tiles of 8 rows, then a tail of 1..7.
-template <PairTile Kind, class Out>
+template <PairTile Kind, Store S = Store::Regular, class Out>
 inline void pair_gemm(Index rows, Index cols, const std::uint16_t* a, Index a_row, Index a_inner,
                       Index steps, bool half_last, const std::uint32_t* b, Index ldb, Out* out,
                       Index ldo) {
   constexpr int kRows = 8;
   Index t = 0;
   for (; t + kRows <= rows; t += kRows)
-    pair_rows<Kind, kRows>(cols, a + t * a_row, a_row, a_inner, steps, half_last, b, ldb,
-                           out + t * ldo, ldo);
+    pair_rows<Kind, kRows, S>(cols, a + t * a_row, a_row, a_inner, steps, half_last, b, ldb,
+                              out + t * ldo, ldo);
   const std::uint16_t* a_rest = a + t * a_row;
   Out* out_rest = out + t * ldo;
   auto tail = [&](auto rows_constant) {
-    pair_rows<Kind, decltype(rows_constant)::value>(cols, a_rest, a_row, a_inner, steps, half_last,
-                                                    b, ldb, out_rest, ldo);
+    pair_rows<Kind, decltype(rows_constant)::value, S>(cols, a_rest, a_row, a_inner, steps,
+                                                       half_last, b, ldb, out_rest, ldo);
   };
   switch (rows - t) {
     case 7:
@@ -224,13 +239,18 @@ inline void pair_gemm(Index rows, Index cols, const std::uint16_t* a, Index a_ro
 /// Y = X + X D for `rows` rows of one block (b columns, bfloat16 at row strides lda, ldy),
 /// D packed by pack_pairs. Y may be X itself when b <= 32 (one register tile spans the block
 /// and reads all of its rows before it stores any); otherwise Y must not overlap X.
-inline void rotate_rows(Index rows, Index b, const std::uint16_t* x, Index lda,
+/// `streaming` needs rotate_streaming_allowed(y, ldy, b) and a stream_fence() before another
+/// thread reads Y.
+inline void rotate_rows(bool streaming, Index rows, Index b, const std::uint16_t* x, Index lda,
                         const std::uint32_t* pairs, std::uint16_t* y, Index ldy) {
-  pair_gemm<PairTile::Rotate>(rows, b, x, lda, 2, (b + 1) / 2, b % 2 != 0, pairs, b, y, ldy);
+  const Index steps = (b + 1) / 2;
+  const bool half_last = b % 2 != 0;
+  if (streaming)
+    pair_gemm<PairTile::Rotate, Store::Streaming>(rows, b, x, lda, 2, steps, half_last, pairs, b, y,
+                                                  ldy);
+  else
+    pair_gemm<PairTile::Rotate>(rows, b, x, lda, 2, steps, half_last, pairs, b, y, ldy);
 }
-
-/// Whether rotate_rows may write its output over its input for block size b.
-constexpr bool rotate_in_place(Index b) { return b <= 32; }
 
 /// Interleaves `rows` rows of b bfloat16 (row stride `stride`) into ceil(rows / 2) rows of b
 /// words: word (p, k) = row 2p's k | row 2p+1's k << 16; a missing last row reads as 0. When
