@@ -19,12 +19,12 @@
 /// below 2^-126 in magnitude). Without AVX512_BF16 (and AVX512BW, VL) this header declares
 /// kHasBf16Dot = false and the operator uses the float arithmetic path instead.
 
+#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "../config.hpp"
-#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include "bf16_bits.hpp"
 #include "gemm_tile.hpp"  // Packet traits, OFT_UNROLL
 
@@ -257,12 +257,16 @@ inline void rotate_rows(bool streaming, Index rows, Index b, const std::uint16_t
 /// `copy` is not null, the rows are also copied there as they are (row stride b).
 inline void interleave_rows(const std::uint16_t* from, Index stride, Index rows, Index b,
                             std::uint32_t* to, std::uint16_t* copy = nullptr) {
-  alignas(64) static constexpr std::uint16_t kLow[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
-                                                         37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
-                                                         11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  // Word i of the result takes 16-bit lane i of the first row (index i) and of the second
+  // (index 32 + i): lanes 0-15 for the low half of the block, 16-31 for the high half.
+  // clang-format off
+  alignas(64) static constexpr std::uint16_t kLow[32] = {
+      0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   alignas(64) static constexpr std::uint16_t kHigh[32] = {
       16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  // clang-format on
   const __m512i low = _mm512_load_si512(kLow), high = _mm512_load_si512(kHigh);
   for (Index p = 0; 2 * p < rows; ++p) {
     const std::uint16_t* first = from + 2 * p * stride;
