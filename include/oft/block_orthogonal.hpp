@@ -186,9 +186,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   }
 
   /// bfloat16 activations (float operators only): Y = X * R with X and Y in bfloat16, R and the
-  /// accumulation in float. Each output is the float result rounded once to bfloat16, so it is
-  /// bitwise round_bf16(apply on the widened X): error <= 2^-8 |Y| + the float bound. See
-  /// docs/bf16.md.
+  /// accumulation in float. With Bf16Arithmetic::Float each output is bitwise
+  /// round_bf16(apply on the widened X); with DotProduct (vdpbf16ps, Y = X + X (R - I) with
+  /// R - I in bfloat16) it is within the bound in docs/bf16.md.
   template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
   void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
     check_apply(x, y);
@@ -261,8 +261,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   }
 
   /// backward with bfloat16 activations X, dY, dX (float operators only); dtheta, R and every
-  /// accumulation stay float. dX is round_bf16 of the float dX of the widened inputs, bitwise;
-  /// dtheta equals the float path's on the widened inputs, bitwise (same thread count).
+  /// accumulation stay float. With Bf16Arithmetic::Float, dX is round_bf16 of the float dX of
+  /// the widened inputs and dtheta the float path's, bitwise (same thread count); with
+  /// DotProduct both are within the bounds in docs/bf16.md.
   template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
   void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy,
                 MatrixView<bfloat16> dx, GeneratorView<Scalar> dtheta,
