@@ -209,31 +209,7 @@ inline void pair_gemm(Index rows, Index cols, const std::uint16_t* a, Index a_ro
     pair_rows<Kind, decltype(rows_constant)::value, S>(cols, a_rest, a_row, a_inner, steps,
                                                        half_last, b, ldb, out_rest, ldo);
   };
-  switch (rows - t) {
-    case 7:
-      tail(std::integral_constant<int, 7>{});
-      break;
-    case 6:
-      tail(std::integral_constant<int, 6>{});
-      break;
-    case 5:
-      tail(std::integral_constant<int, 5>{});
-      break;
-    case 4:
-      tail(std::integral_constant<int, 4>{});
-      break;
-    case 3:
-      tail(std::integral_constant<int, 3>{});
-      break;
-    case 2:
-      tail(std::integral_constant<int, 2>{});
-      break;
-    case 1:
-      tail(std::integral_constant<int, 1>{});
-      break;
-    default:
-      break;
-  }
+  for_row_tail(rows - t, tail);
 }
 
 /// Y = X + X D for `rows` rows of one block (b columns, bfloat16 at row strides lda, ldy),

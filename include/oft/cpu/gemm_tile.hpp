@@ -276,6 +276,24 @@ constexpr bool one_register_tile(Index cols) {
   return cols == kTilePackets * kLanes<Scalar> || is_packet_width<Scalar>(cols);
 }
 
+/// Calls tail(std::integral_constant<int, count>{}) for a row tail of count = 1..7 rows, nothing
+/// for 0: register tiles take their row count as a template argument.
+template <class Tail>
+inline void for_row_tail(Index count, Tail&& tail) {
+  // clang-format off
+  switch (count) {
+    case 7: tail(std::integral_constant<int, 7>{}); break;
+    case 6: tail(std::integral_constant<int, 6>{}); break;
+    case 5: tail(std::integral_constant<int, 5>{}); break;
+    case 4: tail(std::integral_constant<int, 4>{}); break;
+    case 3: tail(std::integral_constant<int, 3>{}); break;
+    case 2: tail(std::integral_constant<int, 2>{}); break;
+    case 1: tail(std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+  // clang-format on
+}
+
 /// C (rows x cols) (=|+=) A (rows x depth) * B (depth x cols), strides as in the file comment.
 /// C must not overlap A or B, except C == A where one_register_tile(cols) allows it.
 /// Kind == Store::Streaming needs streaming_allowed(c, ldc, cols).
@@ -293,17 +311,8 @@ inline void gemm_small(Index rows, Index cols, Index depth, const Scalar* a, Ind
     gemm_rows<Scalar, decltype(rows_constant)::value, Kind>(cols, a_rest, a_row, a_inner, b, ldb,
                                                             c_rest, ldc, depth, accumulate);
   };
-  static_assert(kTileRows <= 8, "the tail switch below covers at most 7 rows");
-  switch (rows - t) {
-    case 7: tail(std::integral_constant<int, 7>{}); break;
-    case 6: tail(std::integral_constant<int, 6>{}); break;
-    case 5: tail(std::integral_constant<int, 5>{}); break;
-    case 4: tail(std::integral_constant<int, 4>{}); break;
-    case 3: tail(std::integral_constant<int, 3>{}); break;
-    case 2: tail(std::integral_constant<int, 2>{}); break;
-    case 1: tail(std::integral_constant<int, 1>{}); break;
-    default: break;
-  }
+  static_assert(kTileRows <= 8, "for_row_tail covers at most 7 rows");
+  for_row_tail(rows - t, tail);
 }
 
 /// gemm_small with streaming stores where streaming_allowed, regular ones otherwise.
