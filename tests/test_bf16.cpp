@@ -137,6 +137,35 @@ bool same_bits(const BfMat& a, const BfMat& b) {
   return true;
 }
 
+/// In place against out of place, for strided buffers (row stride `stride`, d columns) holding
+/// X and dY: Y over X, dX over dY and dX over X must give the same bits as the out-of-place
+/// results y_buf and dx_buf, and the same dtheta as `dtheta_ref`.
+template <class Op>
+void expect_in_place_matches(const Op& op, const BfMat& x_buf, const BfMat& dy_buf,
+                             const BfMat& y_buf, const BfMat& dx_buf,
+                             const oft::Generators<float>& dtheta_ref, Index d, Index stride,
+                             oft::Workspace<float>& workspace, const std::string& at) {
+  const Index n = x_buf.rows(), b = op.spec().block_size, count = op.spec().generators();
+  const oft::MatrixView<const bfloat16> xv(x_buf.data(), n, d, stride);
+  const oft::MatrixView<const bfloat16> dyv(dy_buf.data(), n, d, stride);
+  BfMat inplace = x_buf;
+  const oft::MatrixView<bfloat16> inplace_view(inplace.data(), n, d, stride);
+  op.apply(inplace_view, inplace_view);
+  EXPECT_TRUE(same_bits(inplace, y_buf)) << at << " apply in place";
+  BfMat grad = dy_buf;
+  const oft::MatrixView<bfloat16> grad_view(grad.data(), n, d, stride);
+  oft::Generators<float> dtheta_over_dy(count, b);
+  op.backward(xv, grad_view, grad_view, dtheta_over_dy.view(), workspace);
+  EXPECT_TRUE(same_bits(grad, dx_buf)) << at << " dX==dY";
+  EXPECT_TRUE(oft_test::all_equal(dtheta_over_dy.values(), dtheta_ref.values())) << at;
+  BfMat xs = x_buf;
+  const oft::MatrixView<bfloat16> xs_view(xs.data(), n, d, stride);
+  oft::Generators<float> dtheta_over_x(count, b);
+  op.backward(xs_view, dyv, xs_view, dtheta_over_x.view(), workspace);
+  EXPECT_TRUE(same_bits(xs, dx_buf)) << at << " dX==X";
+  EXPECT_TRUE(oft_test::all_equal(dtheta_over_x.values(), dtheta_ref.values())) << at;
+}
+
 // Over the kernel grid: bf16 results are the rounded float results, bit for bit, out of place
 // and in place, with strided views whose padding is never read or written, with 1 and 2
 // threads; and they are within the derived bound of the exact product.
@@ -190,17 +219,9 @@ TEST(Bf16, ActivationsAreTheRoundedFloatPath) {
                       same_bits(out->rightCols(stride - d), BfMat::Constant(n, stride - d, sentinel)))
               << at << " padding written";
 
-        // In place: Y over X, dX over dY.
-        BfMat inplace = x_buf;
-        const oft::MatrixView<bfloat16> inplace_view(inplace.data(), n, d, stride);
-        op.apply(inplace_view, inplace_view);
-        EXPECT_TRUE(same_bits(inplace, y_buf)) << at << " apply in place";
-        BfMat grad = dy_buf;
-        const oft::MatrixView<bfloat16> grad_view(grad.data(), n, d, stride);
-        oft::Generators<float> dtheta_in_place(spec.generators(), b);
-        op.backward(xv, grad_view, grad_view, dtheta_in_place.view(), workspace);
-        EXPECT_TRUE(same_bits(grad, dx_buf)) << at << " dX==dY";
-        EXPECT_TRUE(oft_test::all_equal(dtheta_in_place.values(), dtheta_f.values())) << at;
+        // In place: Y over X, dX over dY, dX over X.
+        expect_in_place_matches(op, x_buf, dy_buf, y_buf, dx_buf, dtheta_f, d, stride, workspace,
+                                at);
 
         // The derived bound against the exact (double) product of the same inputs:
         // |Y_bf16 - X R| <= 2^-8 |Y_float| + 2 gamma_b |X| |R|.
@@ -372,22 +393,8 @@ TEST(Bf16Dot, OperatorIsWithinItsBound) {
                 << with << " padding written";
 
           // In place: Y over X, dX over dY, dX over X; the same bits as out of place.
-          BfMat inplace = x_buf;
-          const oft::MatrixView<bfloat16> inplace_view(inplace.data(), n, d, stride);
-          op.apply(inplace_view, inplace_view);
-          EXPECT_TRUE(same_bits(inplace, y_buf)) << with << " apply in place";
-          BfMat grad = dy_buf;
-          const oft::MatrixView<bfloat16> grad_view(grad.data(), n, d, stride);
-          oft::Generators<float> dtheta_over_dy(spec.generators(), b);
-          op.backward(xv, grad_view, grad_view, dtheta_over_dy.view(), workspace);
-          EXPECT_TRUE(same_bits(grad, dx_buf)) << with << " dX==dY";
-          EXPECT_TRUE(oft_test::all_equal(dtheta_over_dy.values(), dtheta.values())) << with;
-          BfMat xs = x_buf;
-          const oft::MatrixView<bfloat16> xs_view(xs.data(), n, d, stride);
-          oft::Generators<float> dtheta_over_x(spec.generators(), b);
-          op.backward(xs_view, dyv, xs_view, dtheta_over_x.view(), workspace);
-          EXPECT_TRUE(same_bits(xs, dx_buf)) << with << " dX==X";
-          EXPECT_TRUE(oft_test::all_equal(dtheta_over_x.values(), dtheta.values())) << with;
+          expect_in_place_matches(op, x_buf, dy_buf, y_buf, dx_buf, dtheta, d, stride, workspace,
+                                  with);
 
           if (integer) {
             op.set_bf16_arithmetic(oft::Bf16Arithmetic::Float);
