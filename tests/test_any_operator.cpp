@@ -94,6 +94,53 @@ TEST(AnyOperator, BitIdenticalToTemplatedForEveryPolicy) {
       oft::peft::NeumannBranch{6, oft::peft::NeumannForm::Legacy}, "peft_neumann_branch");
 }
 
+// The bfloat16 overloads (what the Python package calls for torch.bfloat16 on the CPU) forward
+// to the templated operator in both arithmetics, with the same bits.
+TEST(AnyOperator, Bfloat16IsTheTemplatedOperatorsBitForBit) {
+  using BfMat = Eigen::Matrix<oft::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Rng rng(22);
+  const auto spec = oft::BlockSpec::from_features(kD, kB);
+  const auto theta = oft_test::random_generators<float>(kR, kB, 0.2, rng);
+  const BfMat x = oft_test::random_matrix<float>(kN, kD, rng).cast<oft::bfloat16>();
+  const BfMat dy = oft_test::random_matrix<float>(kN, kD, rng).cast<oft::bfloat16>();
+  const oft::CayleyNeumann policy{3};
+  oft::BlockOrthogonal<float, oft::CayleyNeumann> typed(spec, policy);
+  oft::AnyBlockOrthogonal<float> any(spec, oft::AnyPolicy(policy));
+  typed.set_generators(theta);
+  any.set_generators(theta);
+  EXPECT_EQ(any.bf16_arithmetic(), typed.bf16_arithmetic());
+
+  std::vector<oft::Bf16Arithmetic> arithmetics{oft::Bf16Arithmetic::Float};
+  if (oft::kBf16DotProductAvailable) arithmetics.push_back(oft::Bf16Arithmetic::DotProduct);
+  for (const auto arithmetic : arithmetics) {
+    SCOPED_TRACE(arithmetic == oft::Bf16Arithmetic::Float ? "Float" : "DotProduct");
+    typed.set_bf16_arithmetic(arithmetic);
+    any.set_bf16_arithmetic(arithmetic);
+    EXPECT_EQ(any.bf16_arithmetic(), arithmetic);
+    BfMat y_typed(kN, kD), y_any(kN, kD);
+    const oft::ConstMatrixView<oft::bfloat16> xv(x.data(), kN, kD, kD), dyv(dy.data(), kN, kD, kD);
+    typed.apply(xv, oft::MatrixView<oft::bfloat16>(y_typed.data(), kN, kD, kD));
+    any.apply(xv, oft::MatrixView<oft::bfloat16>(y_any.data(), kN, kD, kD));
+    EXPECT_TRUE(oft_test::all_equal(y_typed.cast<float>(), y_any.cast<float>()));
+    typed.apply_transposed(xv, oft::MatrixView<oft::bfloat16>(y_typed.data(), kN, kD, kD));
+    any.apply_transposed(xv, oft::MatrixView<oft::bfloat16>(y_any.data(), kN, kD, kD));
+    EXPECT_TRUE(oft_test::all_equal(y_typed.cast<float>(), y_any.cast<float>()));
+
+    BfMat dx_typed(kN, kD), dx_any(kN, kD);
+    oft::Generators<float> dtheta_typed(spec), dtheta_any(spec);
+    oft::Workspace<float> ws;
+    typed.backward(xv, dyv, oft::MatrixView<oft::bfloat16>(dx_typed.data(), kN, kD, kD),
+                   dtheta_typed.view(), ws);
+    any.backward(xv, dyv, oft::MatrixView<oft::bfloat16>(dx_any.data(), kN, kD, kD),
+                 dtheta_any.view(), ws);
+    EXPECT_TRUE(oft_test::all_equal(dx_typed.cast<float>(), dx_any.cast<float>()));
+    EXPECT_TRUE(oft_test::all_equal(dtheta_typed.values(), dtheta_any.values()));
+  }
+  if (!oft::kBf16DotProductAvailable) {
+    EXPECT_THROW(any.set_bf16_arithmetic(oft::Bf16Arithmetic::DotProduct), std::invalid_argument);
+  }
+}
+
 TEST(AnyOperator, PolicyIsKeptAndErrorsPropagate) {
   const auto spec = oft::BlockSpec::from_features(kD, kB);
   oft::AnyBlockOrthogonal<double> any(spec, oft::CayleyNeumann{5});

@@ -264,7 +264,13 @@ TEST(Bf16, BadShapesAreRefused) {
 TEST(Bf16Dot, AvailableExactlyWhereTheBuildHasAvx512Bf16) {
   const auto spec = oft::BlockSpec::from_features(32, 16);
   oft::BlockOrthogonal<float, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
-  if (oft::cpu_detail::kHasBf16Dot) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(EIGEN_VECTORIZE_AVX512)
+  EXPECT_TRUE(oft::kBf16DotProductAvailable);
+#else
+  EXPECT_FALSE(oft::kBf16DotProductAvailable);
+#endif
+  if (oft::kBf16DotProductAvailable) {
     EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::DotProduct);  // the default
     op.set_bf16_arithmetic(oft::Bf16Arithmetic::Float);
     EXPECT_EQ(op.bf16_arithmetic(), oft::Bf16Arithmetic::Float);

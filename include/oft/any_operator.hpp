@@ -87,6 +87,33 @@ class AnyBlockOrthogonal {
     visit([&](const auto& op) { op.apply_inverse(x, y, transposed); });
   }
   Index workspace_size() const { return visit([](const auto& op) { return op.workspace_size(); }); }
+
+  /// bfloat16 activations (float operators only), as BlockOrthogonal's overloads.
+  void set_bf16_arithmetic(Bf16Arithmetic arithmetic) {
+    visit([&](auto& op) { op.set_bf16_arithmetic(arithmetic); });
+  }
+  Bf16Arithmetic bf16_arithmetic() const {
+    return visit([](const auto& op) { return op.bf16_arithmetic(); });
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    visit([&](const auto& op) { op.apply(x, y); });
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply_transposed(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    visit([&](const auto& op) { op.apply_transposed(x, y); });
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
+    visit([&](const auto& op) { op.backward(x, dy, dx, dtheta, workspace); });
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    visit([&](const auto& op) { op.backward(x, dy, dx, dtheta, workspace, workspace_count); });
+  }
+
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
     visit([&](const auto& op) { op.backward(x, dy, dx, dtheta, workspace); });

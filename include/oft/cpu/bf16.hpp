@@ -36,6 +36,9 @@ enum class Bf16Arithmetic {
   DotProduct,
 };
 
+/// Whether this build has Bf16Arithmetic::DotProduct (AVX512_BF16, AVX512BW and AVX512VL).
+inline constexpr bool kBf16DotProductAvailable = cpu_detail::kHasBf16Dot;
+
 namespace cpu_detail {
 
 static_assert(sizeof(bfloat16) == 2 && std::is_standard_layout_v<bfloat16>,
