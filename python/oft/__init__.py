@@ -4,10 +4,11 @@
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``) and the ``OFTRotation`` module.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 """
-from ._core import Policy, RotationFloat32, RotationFloat64, get_num_threads, has_cuda, set_num_threads
+from ._core import (Policy, RotationFloat32, RotationFloat64, get_num_threads,
+                    has_bf16_dot_product, has_cuda, set_num_threads)
 
 __all__ = ["Policy", "Rotation", "RotationFloat32", "RotationFloat64", "get_num_threads",
-           "set_num_threads", "has_cuda"]
+           "set_num_threads", "has_cuda", "has_bf16_dot_product"]
 __version__ = "0.1.0"
 
 
@@ -33,7 +34,9 @@ class Rotation:
     """A block-diagonal rotation R = diag(R_1, ..., R_r) of ``features`` = r * ``block_size``.
 
     Works on NumPy arrays and CPU torch tensors in place (no copies): 2-D, of this operator's
-    ``dtype``, unit column stride, any row stride >= the width. ``policy`` is an ``oft.Policy``
+    ``dtype``, unit column stride, any row stride >= the width. A float32 operator also takes
+    bfloat16 activations (x, y, dy, dx in torch.bfloat16; theta and dtheta stay float32), computed
+    as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``, docs/bf16.md). ``policy`` is an ``oft.Policy``
     (default ``Policy.cayley_neumann(3)``, the map of PEFT's default of 5 Neumann terms).
 
         rot = oft.Rotation(4096, 32, dtype="float32")
@@ -53,6 +56,14 @@ class Rotation:
     def __repr__(self):
         return (f"oft.Rotation(features={self._op.features}, block_size={self._op.block_size}, "
                 f"shared={self._op.shared}, policy={self._op.policy})")
+
+    @property
+    def bf16_arithmetic(self):
+        return self._op.bf16_arithmetic
+
+    @bf16_arithmetic.setter
+    def bf16_arithmetic(self, value):
+        self._op.bf16_arithmetic = value
 
     def set_generators(self, theta):
         self._op.set_generators(theta)

@@ -6,7 +6,12 @@ same parameter (``weight``, ``[r, b(b-1)/2]``), buffers and state-dict keys, who
 oft's kernels (``oft.torch.rotate``) instead of PEFT's dense ``einsum`` over ``torch.linalg``/
 ``bmm`` powers. PEFT's semantics are kept exactly:
 
-- the input is cast to the weight's dtype and the output back, as PEFT does;
+- the input is cast to the weight's dtype and the output back, as PEFT does; except that a
+  bfloat16 input on the CPU with a float32 weight (PEFT's default for a bfloat16 model, whose
+  adapter weights it keeps in float32) goes to oft's bfloat16 kernels directly, which take a
+  float32 theta: no float32 copy of the input. With ``oft.torch.set_bf16_arithmetic("float")``
+  the result is bit for bit the cast path's; with ``"dot_product"`` (the default where the CPU
+  has AVX512_BF16) it is within the bound of docs/bf16.md;
 - Neumann branch (``use_cayley_neumann=True``): PEFT's polynomial for its
   ``num_cayley_neumann_terms`` T, every T (T <= 1 gives I, T = 2 gives I + 2Q, T >= 3 is R_k with
   k = T - 2, T = 3 as T = 4);
@@ -20,8 +25,10 @@ Merging, unmerging, ``save_pretrained`` and adapter switching stay PEFT's code (
 ``get_weight``, which is untouched). What oft cannot take is refused with a message, never run
 with other math: Conv2d layers (PEFT unfolds patches) and layer types oft has not been checked
 against (e.g. bitsandbytes-quantized bases) raise ``TypeError`` unless ``skip_unsupported=True``,
-which leaves them on PEFT's path and lists them; a weight in a dtype other than float32/float64 or
-on a device this build does not run on raises at the first forward.
+which leaves them on PEFT's path and lists them; a weight in a dtype other than float32, float64 or
+bfloat16 (CPU; CUDA also float16) or on a device this build does not run on raises at the first
+forward. A bfloat16 model computes R and dtheta in float32 from its bfloat16 weight (PEFT
+computes them in bfloat16) and rounds the rotated input to bfloat16 once.
 """
 from __future__ import annotations
 
@@ -48,7 +55,9 @@ class AcceleratedOFTRotationModule(_layer.OFTRotationModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         required_dtype = x.dtype
-        if required_dtype != self.weight.dtype:
+        bf16_kernels = (x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32
+                        and x.device.type == "cpu")
+        if required_dtype != self.weight.dtype and not bf16_kernels:
             x = x.to(self.weight.dtype)
         if x.dim() == 4:
             raise TypeError("oft.peft: a 4-D input reached an accelerated OFT rotation; Conv2d "

@@ -19,6 +19,11 @@ Policies: ``"peft_neumann"`` (PEFT's ``num_cayley_neumann_terms = T``, any T), `
 ``oft.peft``), ``"tolerance"`` (fewest terms meeting ``tol``) and ``"exponential"``.
 Second derivatives (double backward) are not provided: ``rotate``'s backward is not itself
 differentiable and says so if asked.
+
+Dtypes on the CPU: float32 and float64, and bfloat16 activations (``x`` in bfloat16, ``theta`` in
+bfloat16 or float32): R, the accumulation and ``dtheta`` are computed in float32, ``y`` and ``dx``
+rounded to bfloat16 once, and ``dtheta`` returned in ``theta``'s dtype (as on CUDA). How the
+bfloat16 products are computed: ``set_bf16_arithmetic`` (docs/bf16.md).
 """
 from __future__ import annotations
 
@@ -28,11 +33,42 @@ import torch
 
 from . import _core
 
-__all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES"]
+__all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES", "BF16_ARITHMETICS",
+           "set_bf16_arithmetic", "get_bf16_arithmetic"]
 
 POLICIES = ("peft_neumann", "cayley_neumann", "cayley", "tolerance", "exponential")
+BF16_ARITHMETICS = ("float", "dot_product")
 _FLOAT_TYPES = (torch.float32, torch.float64)
+_CPU_TYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# The CPU's bfloat16 arithmetic: dot_product (vdpbf16ps) where this build of oft._core has it.
+_bf16_arithmetic = "dot_product" if _core.has_bf16_dot_product else "float"
+
+
+def set_bf16_arithmetic(arithmetic: str) -> None:
+    """How the CPU computes with bfloat16 activations, from now on (process-wide).
+
+    ``"float"``: widen to float32, run the float32 kernels, round once; ``y`` and ``dx`` are the
+    float32 path's results rounded to bfloat16, bit for bit. ``"dot_product"`` (the default where
+    the build has AVX512_BF16): ``vdpbf16ps`` on bfloat16 pairs, about 1.6x faster, within the
+    error bound of docs/bf16.md. Raises ``ValueError`` for another name, or for
+    ``"dot_product"`` in a build without AVX512_BF16 (``oft._core.has_bf16_dot_product``).
+    CUDA tensors are not affected.
+    """
+    global _bf16_arithmetic
+    if arithmetic not in BF16_ARITHMETICS:
+        raise ValueError(f"oft.torch.set_bf16_arithmetic: {arithmetic!r} is not one of "
+                         f"{', '.join(map(repr, BF16_ARITHMETICS))}")
+    if arithmetic == "dot_product" and not _core.has_bf16_dot_product:
+        raise ValueError("oft.torch.set_bf16_arithmetic: 'dot_product' needs oft._core built with "
+                         "AVX512_BF16 (on a CPU that has it, with the default OFT_PYTHON_MARCH="
+                         "native); this build has 'float' only")
+    _bf16_arithmetic = arithmetic
+
+
+def get_bf16_arithmetic() -> str:
+    """The CPU's bfloat16 arithmetic now: ``"float"`` or ``"dot_product"``."""
+    return _bf16_arithmetic
 
 
 def _policy(kind: str, terms: int, tol: float) -> _core.Policy:
@@ -51,8 +87,19 @@ def _policy(kind: str, terms: int, tol: float) -> _core.Policy:
 
 def _operator(dtype: torch.dtype, features: int, block_size: int, shared: bool, kind: str,
               terms: int, tol: float):
-    cls = _core.RotationFloat32 if dtype == torch.float32 else _core.RotationFloat64
-    return cls(features, block_size, shared, _policy(kind, terms, tol))
+    """The CPU operator for activations of ``dtype`` (bfloat16 runs on the float32 operator)."""
+    if dtype == torch.float64:
+        return _core.RotationFloat64(features, block_size, shared, _policy(kind, terms, tol))
+    op = _core.RotationFloat32(features, block_size, shared, _policy(kind, terms, tol))
+    if dtype == torch.bfloat16:
+        op.bf16_arithmetic = _bf16_arithmetic
+    return op
+
+
+def _cpu_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """theta as the CPU operator takes it: float32 for bfloat16 x, else x's dtype (= theta's)."""
+    wanted = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+    return theta.detach().to(wanted).contiguous()
 
 
 def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: int,
@@ -66,9 +113,10 @@ def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: 
                 raise TypeError(f"{where}: {name} {list(t.shape)} is {t.dtype}; oft's CUDA kernels "
                                 "take float32, float64, float16 or bfloat16")
             continue
-        if t.dtype not in _FLOAT_TYPES:
+        if t.dtype not in _CPU_TYPES:
             raise TypeError(f"{where}: {name} {list(t.shape)} is {t.dtype}; oft's CPU kernels take "
-                            "float32 or float64 (cast first, as PEFT does to its weight's dtype)")
+                            "float32, float64 or bfloat16 (cast first, as PEFT does to its "
+                            "weight's dtype)")
         if t.device.type != "cpu":
             raise ValueError(f"{where}: {name} {list(t.shape)} is on {t.device}; this build of oft "
                              "runs on the CPU" + (" and CUDA" if _core.has_cuda else
@@ -167,7 +215,7 @@ def _rotate_op(x: torch.Tensor, theta: torch.Tensor, block_size: int, shared: bo
         return _cuda_rotate(x, theta, block_size, shared, policy, terms)
     x2 = _rows(x)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    op.set_generators(theta.detach().contiguous())
+    op.set_generators(_cpu_theta(theta, x))
     y = torch.empty(x2.shape, dtype=x.dtype)
     op.apply(x2.detach(), y)
     return y.view(x.shape)
@@ -188,11 +236,13 @@ def _rotate_backward_op(x: torch.Tensor, theta: torch.Tensor, dy: torch.Tensor, 
     x2 = _rows(x)
     dy2 = _rows(dy)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    op.set_generators(theta.detach().contiguous())
+    theta_c = _cpu_theta(theta, x)
+    op.set_generators(theta_c)
     dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else torch.empty(0, dtype=x.dtype)
-    dtheta = torch.empty(theta.shape, dtype=theta.dtype) if want_dtheta else torch.empty(0, dtype=x.dtype)
-    op.backward(x2.detach(), dy2.detach(), dx if want_dx else None, dtheta if want_dtheta else None)
-    return (dx.view(x.shape) if want_dx else dx), dtheta
+    dtheta = torch.empty_like(theta_c) if want_dtheta else None
+    op.backward(x2.detach(), dy2.detach(), dx if want_dx else None, dtheta)
+    return ((dx.view(x.shape) if want_dx else dx),
+            dtheta.to(theta.dtype) if want_dtheta else torch.empty(0, dtype=x.dtype))
 
 
 @_rotate_backward_op.register_fake

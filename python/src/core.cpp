@@ -1,8 +1,9 @@
 // oft._core: the Python face of oft's CPU rotation (nanobind over DLPack).
 //
 // Arrays come in as nanobind ndarrays (torch tensors, NumPy arrays, anything with DLPack) and are
-// used in place, never copied: 2-D, float32 or float64, on the CPU, unit column stride and any row
-// stride >= the width (the C++ views' rule). Anything else is refused by `matrix_of` with a
+// used in place, never copied: 2-D, float32 or float64 (and bfloat16 activations for the float32
+// operator: x, y, dy, dx in bfloat16, theta and dtheta in float32), on the CPU, unit column stride
+// and any row stride >= the width (the C++ views' rule). Anything else is refused by `matrix_of` with a
 // TypeError (dtype) or ValueError (device, shape, strides) naming the argument and its shape,
 // before a kernel runs. C++ exceptions keep their messages: std::invalid_argument and
 // std::domain_error become ValueError (nanobind's mapping). The GIL is released around the
@@ -35,7 +36,21 @@ using AnyArray = nb::ndarray<>;
 
 template <class Scalar>
 const char* dtype_name() {
-  return sizeof(Scalar) == 4 ? "float32" : "float64";
+  if constexpr (std::is_same_v<Scalar, oft::bfloat16>) {
+    return "bfloat16";
+  } else {
+    return sizeof(Scalar) == 4 ? "float32" : "float64";
+  }
+}
+
+/// DLPack's code for Scalar (nanobind has none for Eigen::bfloat16).
+template <class Scalar>
+nb::dlpack::dtype dtype_of() {
+  if constexpr (std::is_same_v<Scalar, oft::bfloat16>) {
+    return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+  } else {
+    return nb::dtype<Scalar>();
+  }
 }
 
 std::string dtype_name(const nb::dlpack::dtype& t) {
@@ -66,7 +81,7 @@ oft::MatrixView<Element> matrix_of(const AnyArray& a, const char* name) {
                            " is not on the CPU (this oft._core is the CPU backend)")
                               .c_str());
   }
-  if (a.dtype() != nb::dtype<Scalar>()) {
+  if (a.dtype() != dtype_of<Scalar>()) {
     throw nb::type_error((std::string(name) + " " + shape_of(a) + " is " + dtype_name(a.dtype()) +
                           ", expected " + dtype_name<Scalar>() + " like the other arguments")
                              .c_str());
@@ -121,7 +136,18 @@ std::string describe(const oft::AnyPolicy& p) {
       p);
 }
 
-/// BlockOrthogonal for a policy chosen at run time, with the Python checks in front.
+/// The names that Python uses for oft::Bf16Arithmetic.
+const char* arithmetic_name(oft::Bf16Arithmetic a) {
+  return a == oft::Bf16Arithmetic::Float ? "float" : "dot_product";
+}
+oft::Bf16Arithmetic parse_arithmetic(const std::string& name) {
+  if (name == "float") return oft::Bf16Arithmetic::Float;
+  if (name == "dot_product") return oft::Bf16Arithmetic::DotProduct;
+  throw nb::value_error(("bf16_arithmetic must be 'float' or 'dot_product', got '" + name + "'").c_str());
+}
+
+/// BlockOrthogonal for a policy chosen at run time, with the Python checks in front. The float32
+/// operator also takes bfloat16 activations: each call follows the dtype of its x.
 template <class Scalar>
 class Rotation {
  public:
@@ -142,14 +168,10 @@ class Rotation {
   }
 
   void apply(const AnyArray& x, const AnyArray& y, bool transposed) const {
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto yv = matrix_of<Scalar>(y, "y");
-    nb::gil_scoped_release release;
-    if (transposed) {
-      op_.apply_transposed(xv, yv);
-    } else {
-      op_.apply(xv, yv);
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>()) return apply_as<oft::bfloat16>(x, y, transposed);
     }
+    apply_as<Scalar>(x, y, transposed);
   }
 
   void apply_inverse(const AnyArray& x, const AnyArray& y, bool transposed) const {
@@ -161,14 +183,10 @@ class Rotation {
 
   void backward(const AnyArray& x, const AnyArray& dy, std::optional<AnyArray> dx,
                 std::optional<AnyArray> dtheta) const {
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto dyv = matrix_of<const Scalar>(dy, "dy");
-    const oft::MatrixView<Scalar> dxv = dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
-    const oft::GeneratorView<Scalar> dthetav =
-        dtheta ? generators_of<Scalar>(*dtheta, "dtheta") : oft::GeneratorView<Scalar>();
-    nb::gil_scoped_release release;
-    oft::Workspace<Scalar> workspace;  // per call: backward stays safe from several threads
-    op_.backward(xv, dyv, dxv, dthetav, workspace);
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>()) return backward_as<oft::bfloat16>(x, dy, dx, dtheta);
+    }
+    backward_as<Scalar>(x, dy, dx, dtheta);
   }
 
   void backward_from_blocks(const AnyArray& block_gradients, const AnyArray& dtheta) const {
@@ -192,15 +210,45 @@ class Rotation {
 
   double orthogonality_error() const { return op_.orthogonality_error(); }
 
+  std::string bf16_arithmetic() const { return arithmetic_name(op_.bf16_arithmetic()); }
+  void set_bf16_arithmetic(const std::string& name) { op_.set_bf16_arithmetic(parse_arithmetic(name)); }
+
  private:
+  /// apply with activations of type Act (Scalar, or bfloat16 for the float32 operator).
+  template <class Act>
+  void apply_as(const AnyArray& x, const AnyArray& y, bool transposed) const {
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto yv = matrix_of<Act>(y, "y");
+    nb::gil_scoped_release release;
+    if (transposed) {
+      op_.apply_transposed(xv, yv);
+    } else {
+      op_.apply(xv, yv);
+    }
+  }
+
+  /// backward with activations of type Act; dtheta is always Scalar.
+  template <class Act>
+  void backward_as(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                   const std::optional<AnyArray>& dtheta) const {
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto dyv = matrix_of<const Act>(dy, "dy");
+    const oft::MatrixView<Act> dxv = dx ? matrix_of<Act>(*dx, "dx") : oft::MatrixView<Act>();
+    const oft::GeneratorView<Scalar> dthetav =
+        dtheta ? generators_of<Scalar>(*dtheta, "dtheta") : oft::GeneratorView<Scalar>();
+    nb::gil_scoped_release release;
+    oft::Workspace<Scalar> workspace;  // per call: backward stays safe from several threads
+    op_.backward(xv, dyv, dxv, dthetav, workspace);
+  }
+
   oft::AnyBlockOrthogonal<Scalar> op_;
 };
 
 template <class Scalar>
 void bind_rotation(nb::module_& m, const char* name) {
   using R = Rotation<Scalar>;
-  nb::class_<R>(m, name)
-      .def(nb::init<oft::Index, oft::Index, bool, const Policy&>(), nb::arg("features"),
+  nb::class_<R> cls(m, name);
+  cls.def(nb::init<oft::Index, oft::Index, bool, const Policy&>(), nb::arg("features"),
            nb::arg("block_size"), nb::arg("shared") = false, nb::arg("policy"))
       .def_prop_ro("features", &R::features)
       .def_prop_ro("block_size", &R::block_size)
@@ -222,6 +270,13 @@ void bind_rotation(nb::module_& m, const char* name) {
       .def("rotation_blocks", &R::rotation_blocks, nb::arg("out"),
            "Writes R_i of every block, stacked as [r*b, b].")
       .def("orthogonality_error", &R::orthogonality_error);
+  if constexpr (std::is_same_v<Scalar, float>) {
+    cls.def_prop_rw("bf16_arithmetic", &R::bf16_arithmetic, &R::set_bf16_arithmetic,
+                    "How bfloat16 activations are computed: 'float' (widen, the float32 kernels, "
+                    "round once: bitwise the float32 path's rounding) or 'dot_product' "
+                    "(vdpbf16ps; within the bound of docs/bf16.md; the default where the build "
+                    "has AVX512_BF16).");
+  }
 }
 
 
@@ -340,7 +395,7 @@ class PyCudaRotation {
 }  // namespace
 
 NB_MODULE(_core, m) {
-  m.doc() = "oft's CPU rotation kernels (float32, float64) over DLPack arrays";
+  m.doc() = "oft's CPU rotation kernels (float32, float64, bfloat16 activations) over DLPack arrays";
 
   nb::class_<Policy>(m, "Policy")
       .def_static("cayley", [] { return Policy{oft::ExactCayley{}}; },
@@ -370,6 +425,7 @@ NB_MODULE(_core, m) {
 
   bind_rotation<float>(m, "RotationFloat32");
   bind_rotation<double>(m, "RotationFloat64");
+  m.attr("has_bf16_dot_product") = oft::kBf16DotProductAvailable;
 
   m.def("set_num_threads", [](int n) {
 #ifdef _OPENMP

@@ -105,8 +105,64 @@ def test_unsupported_layers_are_refused_before_anything_changes():
         oft.peft.accelerate(torch.nn.Linear(4, 4))
 
 
-def test_half_precision_weights_are_refused_at_forward():
+def test_float16_weights_are_refused_at_forward():
     model, fast = peft_pair(dict(oft_block_size=16), torch.float32)
-    fast.to(torch.bfloat16)
-    with pytest.raises(TypeError, match="torch.bfloat16; oft's CPU kernels take float32 or float64"):
-        fast(torch.randn(3, D, dtype=torch.bfloat16))
+    fast.to(torch.float16)
+    with pytest.raises(TypeError, match="torch.float16; oft's CPU kernels take float32, float64 or "
+                                        "bfloat16"):
+        fast(torch.randn(3, D, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("adapter", [torch.float32, torch.bfloat16],
+                         ids=["float32 adapter (PEFT's default)", "bfloat16 adapter"])
+def test_bfloat16_model_is_as_accurate_as_peft(adapter):
+    """A bfloat16 model, accelerated: output, dX and dtheta against the same parameters in
+    float64. PEFT keeps a bfloat16 model's adapter weights in float32 (autocast_adapter_dtype);
+    .to(torch.bfloat16) afterwards makes them bfloat16 too. Each result within 4 bfloat16
+    roundings (4 * 2^-8, relative to the largest entry), as PEFT's own path is; and over all
+    cases no less accurate than PEFT's (oft builds R and dtheta in float32 from a bfloat16
+    weight, where PEFT computes in bfloat16)."""
+    torch.manual_seed(5)
+    tol = 4 * 2.0**-8
+    errors = {"peft": [], "oft": []}
+    for case in CASES:
+        model, fast = peft_pair(case, torch.bfloat16)
+        if adapter == torch.bfloat16:
+            model.to(torch.bfloat16)
+            fast.to(torch.bfloat16)
+        assert next(p for n, p in fast.named_parameters() if "oft_" in n).dtype == adapter
+        reference = copy.deepcopy(model).to(torch.float64)
+        x = torch.randn(2, TOKENS // 2, D).bfloat16()
+        truth = forward_backward(reference, x.double())
+        for name, m in (("peft", model), ("oft", fast)):
+            result = forward_backward(m, x)
+            assert result[0].dtype == result[1].dtype == torch.bfloat16
+            assert result[2].dtype == adapter
+            for quantity, a, b in zip(("output", "dX", "dtheta"), result, truth):
+                error = relative(a.double(), b)
+                assert error <= tol, f"{name} {case_id(case)} {quantity}: {error:.3g} > {tol:g}"
+                errors[name].append(error)
+    mean = {name: sum(e) / len(e) for name, e in errors.items()}
+    assert mean["oft"] <= mean["peft"], mean
+
+
+def test_bfloat16_input_with_float32_adapter_skips_the_cast(monkeypatch):
+    """PEFT's default bfloat16 setup on the CPU runs oft's bfloat16 kernels on the input as it is
+    (no float32 copy); with the "float" arithmetic the rotation is the cast path's, bit for bit."""
+    saved = oft.torch.get_bf16_arithmetic()
+    try:
+        oft.torch.set_bf16_arithmetic("float")
+        _, fast = peft_pair(dict(oft_block_size=16), torch.bfloat16)
+        rotation = fast.base_model.model[0].oft_R["default"]
+        assert rotation.weight.dtype == torch.float32
+        seen = []
+        original = oft.peft.rotate
+        monkeypatch.setattr(oft.peft, "rotate", lambda x, *a, **k: seen.append(x.dtype) or original(x, *a, **k))
+        x = torch.randn(7, D).bfloat16()
+        y = rotation(x)
+        assert seen == [torch.bfloat16] and y.dtype == torch.bfloat16
+        cast = oft.torch.rotate(x.float(), rotation.weight, 16, policy="peft_neumann",
+                                num_terms=rotation.num_cayley_neumann_terms).bfloat16()
+        assert torch.equal(y.view(torch.int16), cast.view(torch.int16))
+    finally:
+        oft.torch.set_bf16_arithmetic(saved)
