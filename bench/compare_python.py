@@ -2,8 +2,12 @@
 """PEFT's OFT Linear against the same layer accelerated by oft.peft.accelerate, on the CPU.
 
 One process, both sides interleaved sample by sample, medians reported. Shapes: d = n_out in
---dims (default 1024, 4096), b = 32, --tokens (default 2048) tokens, float32, PEFT's default
-policy (Neumann, T = 5 = oft's k = 3). Two measurements per shape:
+--dims (default 1024, 4096), b = 32, --tokens (default 2048) tokens, PEFT's default policy
+(Neumann, T = 5 = oft's k = 3), --dtype float32 (default) or bfloat16. With bfloat16 the base
+layer, the input and the upstream gradient are bfloat16 and the adapter weight stays float32
+(PEFT's default for a bfloat16 model): PEFT casts the input to float32 for the rotation and back,
+oft runs its bfloat16 kernels on it (oft.torch.get_bf16_arithmetic() says which arithmetic).
+Two measurements per shape:
 
   layer     forward + backward of the whole PEFT OFT Linear (rotation + frozen base GEMM),
             gradients for the input and theta, as in training;
@@ -66,9 +70,9 @@ def saved_bytes(run):
     return sum(storages.values()), out
 
 
-def make_layers(d, b):
+def make_layers(d, b, dtype):
     torch.manual_seed(0)
-    base = torch.nn.Sequential(torch.nn.Linear(d, d, bias=True))
+    base = torch.nn.Sequential(torch.nn.Linear(d, d, bias=True)).to(dtype)
     model = get_peft_model(base, OFTConfig(r=0, oft_block_size=b, target_modules=["0"],
                                            use_cayley_neumann=True, num_cayley_neumann_terms=5))
     with torch.no_grad():
@@ -97,9 +101,12 @@ def step_fn(module, x, dz):
 def bench(args):
     rows = []
     for d in args.dims:
-        peft_layer, oft_layer = make_layers(d, args.block)
-        x = torch.randn(args.tokens, d)
-        dz = torch.randn(args.tokens, d)
+        dtype = getattr(torch, args.dtype)
+        peft_layer, oft_layer = make_layers(d, args.block, dtype)
+        x = torch.randn(args.tokens, d).to(dtype)
+        dz = torch.randn(args.tokens, d).to(dtype)
+        # float32: the same math to float rounding; bfloat16: within 4 roundings (2^-6).
+        tolerance = 1e-5 if dtype == torch.float32 else 2.0**-6
         sides = {
             ("layer", "peft"): peft_layer, ("layer", "oft"): oft_layer,
             ("rotation", "peft"): peft_layer.oft_R["default"],
@@ -110,8 +117,8 @@ def bench(args):
             with torch.no_grad():
                 a = sides[(what, "oft")](x)
                 ref = sides[(what, "peft")](x)
-            err = ((a - ref).abs().max() / ref.abs().max()).item()
-            assert err < 1e-5, f"{what} d={d}: oft and PEFT differ by {err}"
+            err = ((a.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+            assert err < tolerance, f"{what} d={d}: oft and PEFT differ by {err}"
         steps = {key: step_fn(m, x, dz) for key, m in sides.items()}
         memory = {key: saved_bytes(lambda: s[0]())[0] for key, s in steps.items()}
         for s in steps.values():  # warm up
@@ -128,6 +135,7 @@ def bench(args):
             tp = statistics.median(times[(what, "peft")]) * 1e3
             to = statistics.median(times[(what, "oft")]) * 1e3
             rows.append(dict(what=what, d=d, n_out=d, b=args.block, tokens=args.tokens,
+                             dtype=args.dtype,
                              peft_ms=tp, oft_ms=to, speedup=tp / to,
                              peft_saved_mib=memory[(what, "peft")] / 2**20,
                              oft_saved_mib=memory[(what, "oft")] / 2**20,
@@ -147,6 +155,7 @@ def main():
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args()
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -158,9 +167,10 @@ def main():
     rows = bench(args)
     meta = dict(cpu=cpu_model(), avx512=has_avx512(), torch=torch.__version__,
                 peft=__import__("peft").__version__, threads=args.threads, reps=args.reps,
+                dtype=args.dtype, bf16_arithmetic=oft.torch.get_bf16_arithmetic(),
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),
                 torch_config=torch.__config__.parallel_info().splitlines()[:6])
-    print(f"{meta['cpu']} (AVX-512: {meta['avx512']}), torch {meta['torch']}, peft {meta['peft']}, "
+    print(f"{meta['cpu']} (AVX-512: {meta['avx512']}), {args.dtype}, torch {meta['torch']}, peft {meta['peft']}, "
           f"{args.threads} threads, load {load_before[0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
     if args.out:
         with open(args.out, "w") as f:

@@ -13,6 +13,10 @@ PyTorch variants
          inside the timed region), and glibc malloc told to keep freed memory (mallopt
          M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), so autograd's per-step 32 MiB buffers are not fresh
          pages each step (first touch costs ~2.7 GB/s on this machine). Nothing is precomputed.
+  tuned bf16 (with --bf16)  tuned, with X, dY, Y and dX in bfloat16: theta and R stay float32,
+         R is cast to bfloat16 for the bmm (autograd casts its gradient back), so torch's CPU
+         bfloat16 bmm does the apply and both backward products. The same split as oft's bf16
+         step (float32 theta and R, bfloat16 activations).
 
 oft: BM_RotationStep/<policy> of bench_rotation (set_generators + apply + backward, in a
 subprocess with OPENBLAS_CORETYPE unset and OMP_NUM_THREADS = --threads).
@@ -99,15 +103,17 @@ def time_torch(d, b, n, k, exact, variant, repeats, warmup, rho=0.5):
     r = d // b
     mod = TorchRotation(r, b, k, exact)
     theta = random_theta(r, b, rho, 7).requires_grad_(True)
-    x = (torch.rand(n, d, generator=torch.Generator().manual_seed(1)) * 2 - 1).requires_grad_(True)
-    dy = torch.rand(n, d, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    dtype = torch.bfloat16 if variant == "tuned_bf16" else torch.float32
+    x = (torch.rand(n, d, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dtype)
+    x.requires_grad_(True)
+    dy = (torch.rand(n, d, generator=torch.Generator().manual_seed(2)) * 2 - 1).to(dtype)
     apply = mod.apply_stock if variant == "stock" else mod.apply_tuned
 
     def step():
         theta.grad = None
         x.grad = None
         rot = mod.rotation(mod.skew(theta))
-        y = apply(x, rot)
+        y = apply(x, rot.to(dtype))
         y.backward(dy)
         return rot, y
 
@@ -116,8 +122,8 @@ def time_torch(d, b, n, k, exact, variant, repeats, warmup, rho=0.5):
         rot = mod.rotation(mod.skew(theta)).double()
         eye = torch.eye(b, dtype=torch.float64)
         orth = torch.linalg.matrix_norm(rot.transpose(-2, -1) @ rot - eye, ord=2).max().item()
-        ya = mod.apply_stock(x, rot.float())
-        yb = mod.apply_tuned(x, rot.float())
+        ya = mod.apply_stock(x.float(), rot.float())
+        yb = mod.apply_tuned(x.float(), rot.float())
         mismatch = (ya - yb).abs().max().item()
     bound = 1e-3 if exact else 4 * rho ** (k + 1) + 1e-3
     if orth > bound or mismatch > 1e-4:
@@ -259,10 +265,12 @@ def main():
         if a.rounds > 1:
             print(f"[compare_torch] round {round_index + 1}/{a.rounds}", flush=True)
         rows = []
-        for variant in ("stock", "tuned"):
-            set_malloc_reuse(variant == "tuned")
+        for variant in ("stock", "tuned") + (("tuned_bf16",) if a.bf16 else ()):
+            set_malloc_reuse(variant != "stock")
             for d, b, n in shapes:
                 for exact in exact_flags:
+                    if exact and variant == "tuned_bf16":
+                        continue  # the bf16 rows are Cayley-Neumann only, as oft's
                     t = time_torch(d, b, n, a.k, exact, variant, a.repeats, a.warmup)
                     rows.append({"d": d, "b": b, "N": n, "k": a.k, "method": "exact" if exact
                                  else "neumann", "variant": variant, **t})
@@ -318,6 +326,12 @@ def main():
                 bf16_ms = oft_times.get(oft_name(d, b, n, a.k, False, True))
                 entry["oft_bf16_ms"] = bf16_ms
                 entry["ratio_fp32_over_bf16"] = oft_ms / bf16_ms if oft_ms and bf16_ms else None
+                torch_bf16 = get("tuned_bf16")
+                entry["torch_tuned_bf16_ms"] = torch_bf16
+                entry["ratio_torch_bf16_over_oft_bf16"] = torch_bf16 / bf16_ms if bf16_ms else None
+                print(f"{'':20s} {'  torch bf16':12s} {'':12s} {torch_bf16:10.2f}ms "
+                      f"(tuned, bfloat16 activations)   torch bf16 / oft bf16 "
+                      f"{fmt(entry['ratio_torch_bf16_over_oft_bf16'], '.2f')}x")
                 print(f"{'':20s} {'  oft bf16':12s} {'':12s} {'':12s} {fmt(bf16_ms, '8.2f')}ms "
                       f"{fmt(stock / bf16_ms if bf16_ms else None, '9.2f')}x "
                       f"{fmt(tuned / bf16_ms if bf16_ms else None, '9.2f')}x"
