@@ -344,10 +344,15 @@ def rotate(x: torch.Tensor, theta: torch.Tensor, block_size: int, *, shared: boo
 def rotation_blocks(theta: torch.Tensor, block_size: int, *, policy: str = "peft_neumann",
                     num_terms: int | None = None, k: int | None = None,
                     tol: float | None = None) -> torch.Tensor:
-    """``[R(theta_1), ..., R(theta_g)]`` as a ``[g, b, b]`` tensor (differentiable in theta)."""
+    """``[R(theta_1), ..., R(theta_g)]`` as a ``[g, b, b]`` tensor (differentiable in theta).
+
+    A bfloat16 theta is widened, R computed in float32 and returned rounded to bfloat16."""
+    if isinstance(theta, torch.Tensor) and theta.dtype == torch.bfloat16:
+        return rotation_blocks(theta.float(), block_size, policy=policy, num_terms=num_terms, k=k,
+                               tol=tol).to(torch.bfloat16)
     if not isinstance(theta, torch.Tensor) or theta.dtype not in _FLOAT_TYPES:
-        raise TypeError("oft.torch.rotation_blocks: theta must be a float32 or float64 tensor, got "
-                        f"{getattr(theta, 'dtype', type(theta).__name__)}")
+        raise TypeError("oft.torch.rotation_blocks: theta must be a float32, float64 or bfloat16 "
+                        f"tensor, got {getattr(theta, 'dtype', type(theta).__name__)}")
     if theta.device.type != "cpu":
         raise ValueError(f"oft.torch.rotation_blocks: theta is on {theta.device}; CPU only")
     m = block_size * (block_size - 1) // 2

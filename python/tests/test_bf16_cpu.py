@@ -197,3 +197,18 @@ def test_rotation_wrapper_takes_bfloat16_activations():
     rot.backward(x.float(), dy.float(), dx32, dtheta32)
     assert same_bits(y, y32.bfloat16()) and same_bits(dx, dx32.bfloat16())
     assert torch.equal(dtheta, dtheta32)
+
+
+def test_rotation_blocks_of_a_bfloat16_weight():
+    """OFTRotation(dtype=bfloat16).rotation_matrices(): R in float32 from the widened weight,
+    rounded once, differentiable."""
+    b = 8
+    module = ot.OFTRotation(32, b, dtype=torch.bfloat16)
+    with torch.no_grad():
+        module.weight.copy_(data(1, 32, b, seed=13, scale=0.1)[2])
+    blocks = module.rotation_matrices()
+    assert blocks.dtype == torch.bfloat16 and blocks.shape == (4, b, b)
+    expected = ot.rotation_blocks(module.weight.detach().float(), b)
+    assert same_bits(blocks, expected.bfloat16())
+    blocks.float().sum().backward()
+    assert module.weight.grad.dtype == torch.bfloat16 and module.weight.grad.abs().sum() > 0
