@@ -170,7 +170,8 @@ def main():
                 dtype=args.dtype, bf16_arithmetic=oft.torch.get_bf16_arithmetic(),
                 loadavg_before=load_before, loadavg_after=os.getloadavg(),
                 torch_config=torch.__config__.parallel_info().splitlines()[:6])
-    print(f"{meta['cpu']} (AVX-512: {meta['avx512']}), {args.dtype}, torch {meta['torch']}, peft {meta['peft']}, "
+    print(f"{meta['cpu']} (AVX-512: {meta['avx512']}), {args.dtype}, torch {meta['torch']}, "
+          f"peft {meta['peft']}, "
           f"{args.threads} threads, load {load_before[0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
     if args.out:
         with open(args.out, "w") as f:

@@ -36,8 +36,9 @@ class Rotation:
     Works on NumPy arrays and CPU torch tensors in place (no copies): 2-D, of this operator's
     ``dtype``, unit column stride, any row stride >= the width. A float32 operator also takes
     bfloat16 activations (x, y, dy, dx in torch.bfloat16; theta and dtheta stay float32), computed
-    as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``, docs/bf16.md). ``policy`` is an ``oft.Policy``
-    (default ``Policy.cayley_neumann(3)``, the map of PEFT's default of 5 Neumann terms).
+    as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``, docs/bf16.md). ``policy`` is
+    an ``oft.Policy`` (default ``Policy.cayley_neumann(3)``, the map of PEFT's default of 5
+    Neumann terms).
 
         rot = oft.Rotation(4096, 32, dtype="float32")
         rot.set_generators(theta)          # theta: [r, b(b-1)/2]

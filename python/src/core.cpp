@@ -2,11 +2,11 @@
 //
 // Arrays come in as nanobind ndarrays (torch tensors, NumPy arrays, anything with DLPack) and are
 // used in place, never copied: 2-D, float32 or float64 (and bfloat16 activations for the float32
-// operator: x, y, dy, dx in bfloat16, theta and dtheta in float32), on the CPU, unit column stride
-// and any row stride >= the width (the C++ views' rule). Anything else is refused by `matrix_of` with a
-// TypeError (dtype) or ValueError (device, shape, strides) naming the argument and its shape,
-// before a kernel runs. C++ exceptions keep their messages: std::invalid_argument and
-// std::domain_error become ValueError (nanobind's mapping). The GIL is released around the
+// operator: x, y, dy, dx in bfloat16, theta and dtheta in float32), on the CPU, unit column
+// stride and any row stride >= the width (the C++ views' rule). Anything else is refused by
+// `matrix_of` with a TypeError (dtype) or ValueError (device, shape, strides) naming the argument
+// and its shape, before a kernel runs. C++ exceptions keep their messages: std::invalid_argument
+// and std::domain_error become ValueError (nanobind's mapping). The GIL is released around the
 // kernels, so Python threads (e.g. DataLoader workers) go on while a rotation runs.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -143,7 +143,8 @@ const char* arithmetic_name(oft::Bf16Arithmetic a) {
 oft::Bf16Arithmetic parse_arithmetic(const std::string& name) {
   if (name == "float") return oft::Bf16Arithmetic::Float;
   if (name == "dot_product") return oft::Bf16Arithmetic::DotProduct;
-  throw nb::value_error(("bf16_arithmetic must be 'float' or 'dot_product', got '" + name + "'").c_str());
+  throw nb::value_error(
+      ("bf16_arithmetic must be 'float' or 'dot_product', got '" + name + "'").c_str());
 }
 
 /// BlockOrthogonal for a policy chosen at run time, with the Python checks in front. The float32
@@ -184,7 +185,8 @@ class Rotation {
   void backward(const AnyArray& x, const AnyArray& dy, std::optional<AnyArray> dx,
                 std::optional<AnyArray> dtheta) const {
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (x.dtype() == dtype_of<oft::bfloat16>()) return backward_as<oft::bfloat16>(x, dy, dx, dtheta);
+      if (x.dtype() == dtype_of<oft::bfloat16>())
+        return backward_as<oft::bfloat16>(x, dy, dx, dtheta);
     }
     backward_as<Scalar>(x, dy, dx, dtheta);
   }
@@ -211,7 +213,9 @@ class Rotation {
   double orthogonality_error() const { return op_.orthogonality_error(); }
 
   std::string bf16_arithmetic() const { return arithmetic_name(op_.bf16_arithmetic()); }
-  void set_bf16_arithmetic(const std::string& name) { op_.set_bf16_arithmetic(parse_arithmetic(name)); }
+  void set_bf16_arithmetic(const std::string& name) {
+    op_.set_bf16_arithmetic(parse_arithmetic(name));
+  }
 
  private:
   /// apply with activations of type Act (Scalar, or bfloat16 for the float32 operator).
@@ -249,7 +253,7 @@ void bind_rotation(nb::module_& m, const char* name) {
   using R = Rotation<Scalar>;
   nb::class_<R> cls(m, name);
   cls.def(nb::init<oft::Index, oft::Index, bool, const Policy&>(), nb::arg("features"),
-           nb::arg("block_size"), nb::arg("shared") = false, nb::arg("policy"))
+          nb::arg("block_size"), nb::arg("shared") = false, nb::arg("policy"))
       .def_prop_ro("features", &R::features)
       .def_prop_ro("block_size", &R::block_size)
       .def_prop_ro("blocks", &R::blocks)
@@ -395,7 +399,8 @@ class PyCudaRotation {
 }  // namespace
 
 NB_MODULE(_core, m) {
-  m.doc() = "oft's CPU rotation kernels (float32, float64, bfloat16 activations) over DLPack arrays";
+  m.doc() =
+      "oft's CPU rotation kernels (float32, float64, bfloat16 activations) over DLPack arrays";
 
   nb::class_<Policy>(m, "Policy")
       .def_static("cayley", [] { return Policy{oft::ExactCayley{}}; },

@@ -157,7 +157,8 @@ def test_bfloat16_input_with_float32_adapter_skips_the_cast(monkeypatch):
         assert rotation.weight.dtype == torch.float32
         seen = []
         original = oft.peft.rotate
-        monkeypatch.setattr(oft.peft, "rotate", lambda x, *a, **k: seen.append(x.dtype) or original(x, *a, **k))
+        monkeypatch.setattr(oft.peft, "rotate",
+                            lambda x, *a, **k: seen.append(x.dtype) or original(x, *a, **k))
         x = torch.randn(7, D).bfloat16()
         y = rotation(x)
         assert seen == [torch.bfloat16] and y.dtype == torch.bfloat16
