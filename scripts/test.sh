@@ -14,6 +14,9 @@
 #                                               AVX-512 CPU, x86-64-v3 runs the AVX2 code paths
 #                                               under the sanitizers; .ci/run does this)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
+#   --only=T1,T2,...               with --sanitize: build only these test programs (CMake target
+#                                  names, e.g. test_bf16, quant_test_bnb4) and run each; .ci/run
+#                                  uses it for the native AVX-512 kernels under the sanitizers
 #
 # The default build then runs the live check against the real PEFT on a real model
 # (scripts/peft_check.sh: a Python virtual environment from PyPI, ~5.5 GB once, made by
@@ -31,15 +34,22 @@ cd "$ROOT"
 SANITIZE=0
 MARCH=""
 BUILD_ONLY=0
+ONLY=""
 for arg in "$@"; do
   case "$arg" in
     --sanitize) SANITIZE=1 ;;
     --march=?*) MARCH="${arg#--march=}" ;;
     --build-only) BUILD_ONLY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --only=?*) ONLY="${arg#--only=}" ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
+
+if [[ -n $ONLY && $SANITIZE -eq 0 ]]; then
+  echo "test.sh: --only is for the sanitizer builds (use it with --sanitize)" >&2
+  exit 2
+fi
 
 JOBS="${OFT_JOBS:-2}"
 # ctest runs test programs side by side: OpenMP threads that spin while waiting would stall each
@@ -118,12 +128,39 @@ if [[ $SANITIZE -eq 0 && -z "$MARCH" && $BUILD_ONLY -eq 0 && "${OFT_SKIP_PEFT_CH
   echo "== oft: Python environment for the PEFT check started in the background (log: $VENV_LOG)"
 fi
 
+# --only: the one target that builds just those programs, in parallel (tests/CMakeLists.txt).
+only_targets=()
+if [[ -n $ONLY ]]; then
+  IFS=, read -r -a only_targets <<< "$ONLY"
+fi
+only_list="$(IFS=';'; echo "${only_targets[*]}")"
+
 echo "== oft: configure $BUILD_DIR"
 cmake -S . -B "$BUILD_DIR" \
   -DOFT_WARNINGS_AS_ERRORS=ON \
   -DOFT_BUILD_TESTS=ON \
   -DOFT_BUILD_EXAMPLES=ON \
+  "-DOFT_SELECTED_TESTS=$only_list" \
   "${CONFIG_ARGS[@]}"
+
+if [[ -n $ONLY ]]; then
+  echo "== oft: build ${only_targets[*]} in $BUILD_DIR (-j$JOBS)"
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target oft_selected_tests
+  if [[ $BUILD_ONLY -eq 1 ]]; then
+    exit 0
+  fi
+  for target in "${only_targets[@]}"; do
+    program="$(find "$BUILD_DIR/tests" -type f -name "$target" -perm -u+x | head -n 1)"
+    if [[ -z $program ]]; then
+      echo "test.sh: no test program $target in $BUILD_DIR/tests" >&2
+      exit 1
+    fi
+    echo "== oft: $program"
+    "$program" --gtest_brief=1
+  done
+  echo "== oft: ${#only_targets[@]} test programs passed in $BUILD_DIR"
+  exit 0
+fi
 
 echo "== oft: build $BUILD_DIR (-j$JOBS)"
 cmake --build "$BUILD_DIR" -j "$JOBS"
