@@ -96,9 +96,9 @@ def _operator(dtype: torch.dtype, features: int, block_size: int, shared: bool, 
     return op
 
 
-def _cpu_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """theta as the CPU operator takes it: float32 for bfloat16 x, else x's dtype (= theta's)."""
-    wanted = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+def _kernel_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """theta as the kernels take it (CPU and CUDA): float64 for float64 x, else float32."""
+    wanted = torch.float64 if x.dtype == torch.float64 else torch.float32
     return theta.detach().to(wanted).contiguous()
 
 
@@ -180,15 +180,10 @@ def _cuda_operator(x: torch.Tensor, block_size: int, shared: bool, kind: str, te
     return op, stream
 
 
-def _cuda_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    wanted = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return theta.detach().to(wanted).contiguous()
-
-
 def _cuda_rotate(x, theta, block_size, shared, kind, terms):
     x2 = _rows(x)
     op, stream = _cuda_operator(x, block_size, shared, kind, terms)
-    op.set_generators(_cuda_theta(theta, x), stream)
+    op.set_generators(_kernel_theta(theta, x), stream)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     op.apply(x2.detach(), y, False, stream)
     return y.view(x.shape)
@@ -197,7 +192,7 @@ def _cuda_rotate(x, theta, block_size, shared, kind, terms):
 def _cuda_rotate_backward(x, theta, dy, block_size, shared, kind, terms, want_dx, want_dtheta):
     x2, dy2 = _rows(x), _rows(dy)
     op, stream = _cuda_operator(x, block_size, shared, kind, terms)
-    theta_c = _cuda_theta(theta, x)
+    theta_c = _kernel_theta(theta, x)
     op.set_generators(theta_c, stream)
     dx = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if want_dx else None
     dtheta = torch.empty_like(theta_c) if want_dtheta else None
@@ -215,7 +210,7 @@ def _rotate_op(x: torch.Tensor, theta: torch.Tensor, block_size: int, shared: bo
         return _cuda_rotate(x, theta, block_size, shared, policy, terms)
     x2 = _rows(x)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    op.set_generators(_cpu_theta(theta, x))
+    op.set_generators(_kernel_theta(theta, x))
     y = torch.empty(x2.shape, dtype=x.dtype)
     op.apply(x2.detach(), y)
     return y.view(x.shape)
@@ -236,7 +231,7 @@ def _rotate_backward_op(x: torch.Tensor, theta: torch.Tensor, dy: torch.Tensor, 
     x2 = _rows(x)
     dy2 = _rows(dy)
     op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    theta_c = _cpu_theta(theta, x)
+    theta_c = _kernel_theta(theta, x)
     op.set_generators(theta_c)
     dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else torch.empty(0, dtype=x.dtype)
     dtheta = torch.empty_like(theta_c) if want_dtheta else None
