@@ -32,7 +32,7 @@ forward, summing untyped_storage().nbytes() of the distinct storages saved (repo
 without the module's parameters W0 and theta); oft, the bench_cuda counter kept_bytes (X + theta +
 R and its tensor-core copies).
 
-Usage (GPU machine, python3 with torch and peft; see scripts/gpu_bench.sh):
+Usage (GPU machine, python3 with torch and peft; see scripts/gpu/gpu_bench.sh):
   python3 bench/compare_peft.py --binary build-gpu/bench/cuda/bench_cuda --out OUT/compare_peft.json
   python3 bench/compare_peft.py --cpu-smoke        # CPU, tiny shapes, plain-PyTorch side only
 """

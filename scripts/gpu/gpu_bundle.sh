@@ -2,7 +2,7 @@
 # Run HERE (the Debian 12 development machine), from anywhere in the repo: copies into the
 # gitignored folder .gpu_deps/ what the GPU machine needs to configure and build oft's CUDA tests
 # and benchmarks, which it cannot download (it has nvcc, CMake, ninja and PyTorch, but no Eigen,
-# GoogleTest or Google Benchmark, and no network). scripts/gpu_bench.sh uses it there; the device
+# GoogleTest or Google Benchmark, and no network). scripts/gpu/gpu_bench.sh uses it there; the device
 # tool carries it with `carry: [".gpu_deps"]` (64 MiB limit for the whole working tree).
 #
 #   .gpu_deps/prefix/include/eigen3, share/eigen3/cmake   Eigen 3.4 headers + Eigen3Config.cmake
@@ -66,7 +66,7 @@ cp -r "$BENCH_CMAKE" "$D/prefix/$ARCH_LIB/cmake/benchmark"
 
 pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 {
-  echo "oft GPU build dependencies, bundled $(date -u +%Y-%m-%dT%H:%M:%SZ) by scripts/gpu_bundle.sh"
+  echo "oft GPU build dependencies, bundled $(date -u +%Y-%m-%dT%H:%M:%SZ) by scripts/gpu/gpu_bundle.sh"
   echo "eigen3:     libeigen3-dev $(pkgver libeigen3-dev)  -> prefix/include/eigen3, prefix/share/eigen3/cmake"
   echo "googletest: googletest $(pkgver googletest) sources -> googletest/ (built on the GPU machine)"
   echo "benchmark:  libbenchmark-dev $(pkgver libbenchmark-dev) -> prefix/include/benchmark, prefix/$ARCH_LIB"
@@ -74,7 +74,7 @@ pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
   echo "            needs glibc >= $(objdump -T "$real_so" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 | cut -d_ -f2)," \
        "libstdc++ $(objdump -T "$real_so" | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -1) on the GPU machine"
   echo "use:        cmake -DEigen3_DIR=\$PWD/$D/prefix/share/eigen3/cmake" \
-       "-Dbenchmark_DIR=\$PWD/$D/prefix/$ARCH_LIB/cmake/benchmark (scripts/gpu_bench.sh does)"
+       "-Dbenchmark_DIR=\$PWD/$D/prefix/$ARCH_LIB/cmake/benchmark (scripts/gpu/gpu_bench.sh does)"
 } > "$D/MANIFEST.txt"
 cat "$D/MANIFEST.txt"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE: builds the CUDA tests and bench_cuda in build-gpu/ (sm_90 unless OFT_CUDA_ARCH; the
-# same options as scripts/gpu_bench.sh) and copies what running them needs (executables, CMake and
-# ctest files, no objects) to build-gpu-slim/, for scripts/gpu_prebuilt.sh on the GPU machine.
+# same options as scripts/gpu/gpu_bench.sh) and copies what running them needs (executables, CMake and
+# ctest files, no objects) to build-gpu-slim/, for scripts/gpu/gpu_prebuilt.sh on the GPU machine.
 set -euo pipefail
 cd "$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 ARCH=${OFT_CUDA_ARCH:-90}

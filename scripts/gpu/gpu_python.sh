@@ -7,10 +7,10 @@
 #   oft_python_cuda) into .gpu_deps/python/, copy nanobind's package to .gpu_deps/python/nanobind
 #   and pytest with its pure-Python dependencies to .gpu_deps/python/site
 #
-# then one device call with carry [".gpu_deps"] and `bash scripts/gpu_python.sh`. Only core.cpp
+# then one device call with carry [".gpu_deps"] and `bash scripts/gpu/gpu_python.sh`. Only core.cpp
 # and nanobind are compiled there (the .cu side is the carried static library).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-python-out}
 mkdir -p "$OUT"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run THERE (the lent GPU machine), from the repo root, after scripts/gpu_bundle.sh ran HERE and
+# Run THERE (the lent GPU machine), from the repo root, after scripts/gpu/gpu_bundle.sh ran HERE and
 # .gpu_deps/ was carried. One command, about 9 minutes at most (OFT_GPU_BUDGET_S, default 540):
 #
 #   deps      environment report (GPU, driver, toolchain, torch, peft) into build.log
@@ -25,7 +25,7 @@
 # test_cuda* binaries whose name matches get the sanitizers; default all), OFT_BENCH_FILTER
 # (bench_cuda's --benchmark_filter; default all), OFT_GPU_BUILD_CAP_S (300), PYTHON (python3).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 ROOT=$PWD
 OUT=${OUT:-/tmp/oft-gpu-out}
 mkdir -p "$OUT"
@@ -82,7 +82,7 @@ sanitized_tests() {  # those of them that OFT_SANITIZE_BINS selects
 
 # ---------------------------------------------------------------------------------------------
 if [[ ! -f $DEPS/MANIFEST.txt ]]; then
-  say "ERROR: $DEPS missing: run scripts/gpu_bundle.sh on the development machine and carry .gpu_deps"
+  say "ERROR: $DEPS missing: run scripts/gpu/gpu_bundle.sh on the development machine and carry .gpu_deps"
   exit 2
 fi
 
