@@ -3,9 +3,10 @@
 /// bfloat16 bit conversions: one value (widen_bf16, narrow_bf16) and one SIMD packet of floats
 /// (narrow_packet_bf16, for the kernel's stores). cpu/bf16.hpp holds the row conversions.
 ///
-/// Narrowing rounds to nearest, ties to even, as Eigen::bfloat16 and PyTorch do; NaN stays a
-/// quiet NaN with its sign. The packet versions give the same bits as narrow_bf16 lane by lane
-/// (integer rounding, not vcvtneps2bf16, which treats subnormal inputs as zero).
+/// The scalar conversions are half.hpp's (the one home of 16-bit floats); narrowing rounds to
+/// nearest, ties to even, as Eigen::bfloat16 and PyTorch do; NaN stays a quiet NaN with its sign.
+/// The packet versions give the same bits as narrow_bf16 lane by lane (integer rounding, not
+/// vcvtneps2bf16, which treats subnormal inputs as zero).
 
 #include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <cstdint>
@@ -13,24 +14,16 @@
 
 #include <Eigen/Core>
 
+#include "../half.hpp"
+
 namespace oft::cpu_detail {
 
-/// bfloat16 bits -> float, exactly.
-inline float widen_bf16(std::uint16_t half) {
-  const std::uint32_t word = static_cast<std::uint32_t>(half) << 16;
-  float value;
-  std::memcpy(&value, &word, sizeof value);
-  return value;
-}
+/// bfloat16 bits -> float, exactly (oft::bf16_to_float, half.hpp).
+inline float widen_bf16(std::uint16_t half) { return bf16_to_float(half); }
 
-/// float -> bfloat16 bits, round to nearest even; NaN -> a quiet NaN with the same sign.
-inline std::uint16_t narrow_bf16(float value) {
-  std::uint32_t word;
-  std::memcpy(&word, &value, sizeof word);
-  if ((word & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((word >> 16) | 0x0040u);
-  word += 0x7fffu + ((word >> 16) & 1u);
-  return static_cast<std::uint16_t>(word >> 16);
-}
+/// float -> bfloat16 bits, round to nearest even; NaN -> a quiet NaN with the same sign
+/// (oft::float_to_bf16, half.hpp: the one scalar bf16 rounding).
+inline std::uint16_t narrow_bf16(float value) { return float_to_bf16(value); }
 
 /// Stores one packet of floats, rounded to bfloat16, at `out` (unaligned). Any float packet:
 /// lane by lane through narrow_bf16; AVX2 and AVX-512 packets with integer SIMD instead.
