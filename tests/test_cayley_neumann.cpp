@@ -66,6 +66,25 @@ TEST(NeumannCoefficients, OneTwoTwoOne) {
   static_assert(oft::neumann_coefficient(1, 0) == 1);  // R_0 = I + Q
 }
 
+// At k = INT_MAX the last index k + 1 is not an int: the coefficient must come out without
+// computing it (signed overflow is undefined; a constant expression refuses it, UBSan reports it).
+TEST(NeumannCoefficients, NoOverflowAtIntMax) {
+  constexpr int kMax = std::numeric_limits<int>::max();
+  constexpr int kMin = std::numeric_limits<int>::min();
+  static_assert(oft::neumann_coefficient(kMax, kMax) == 2);
+  static_assert(oft::neumann_coefficient(kMin, kMax) == 0);
+  static_assert(oft::neumann_coefficient(0, kMax) == 1);
+  // The same at run time, through volatile so that no constant folding hides the arithmetic.
+  volatile int k = kMax;
+  volatile int j_max = kMax;
+  volatile int j_min = kMin;
+  EXPECT_EQ(oft::neumann_coefficient(j_max, k), 2);
+  EXPECT_EQ(oft::neumann_coefficient(j_min, k), 0);
+  EXPECT_EQ(oft::neumann_coefficient(1, k), 2);
+  EXPECT_EQ(oft::neumann_coefficient(kMax - 1, kMax - 1), 2);
+  EXPECT_EQ(oft::neumann_coefficient(kMax, kMax - 1), 1);
+}
+
 TEST(NeumannBounds, FormulasAndParity) {
   EXPECT_DOUBLE_EQ(oft::neumann_distance_to_cayley(0.5, 3), 0.0625);
   // k = 4 (m = 5, odd): rho^10; k = 3 (m = 4, even): bound 2 rho^4 + rho^8.

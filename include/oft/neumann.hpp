@@ -19,9 +19,11 @@
 
 namespace oft {
 
-/// Coefficient c_j of Q^j in R_k (0 <= j <= k+1; 0 outside).
+/// Coefficient c_j of Q^j in R_k (0 <= j <= k+1; 0 outside). Defined for every int j and k:
+/// the last index k + 1 is tested as j - 1 == k with j > 0, which cannot overflow (k + 1 would at
+/// k = INT_MAX), as the bounds below compute m = k + 1 in double.
 OFT_HOST_DEVICE constexpr int neumann_coefficient(int j, int k) {
-  return (j == 0 || j == k + 1) ? 1 : (j > 0 && j <= k ? 2 : 0);
+  return (j == 0 || (j > 0 && j - 1 == k)) ? 1 : (j > 0 && j <= k ? 2 : 0);
 }
 
 /// The coefficient sequence of R_k: degree k + 1, coefficients 1, 2, ..., 2, 1.
