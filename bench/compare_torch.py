@@ -22,7 +22,7 @@ oft: BM_RotationStep/<policy> of bench_rotation (set_generators + apply + backwa
 subprocess with OPENBLAS_CORETYPE unset and OMP_NUM_THREADS = --threads).
 
 Run: /usr/bin/python3 bench/compare_torch.py [--shapes 4096x32x2048,...] [--k 4] [--smoke]
-Writes bench/results/compare_torch.json (bench/results/smoke/ with --smoke).
+Writes bench/results/latest/compare_torch.json (bench/results/smoke/ with --smoke).
 """
 import argparse
 import json
@@ -237,7 +237,7 @@ def main():
     p.add_argument("--oft-min-time", type=float, default=0.5)
     p.add_argument("--oft-repetitions", type=int, default=5)
     p.add_argument("--binary", default=os.path.join(ROOT, "build-bench", "bench", "bench_rotation"))
-    p.add_argument("--out", default=None, help="JSON output (default bench/results[/smoke])")
+    p.add_argument("--out", default=None, help="JSON output (default bench/results/latest or /smoke)")
     p.add_argument("--no-oft", action="store_true", help="time PyTorch only")
     p.add_argument("--smoke", action="store_true", help="a few repeats, results under smoke/")
     p.add_argument("--bf16", action="store_true",
@@ -247,7 +247,7 @@ def main():
     a = p.parse_args()
     if a.smoke:
         a.repeats, a.warmup, a.oft_min_time, a.oft_repetitions = 3, 1, 0.05, 1
-    results_dir = os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "")
+    results_dir = os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "latest")
     os.makedirs(results_dir, exist_ok=True)
     out = a.out or os.path.join(results_dir, "compare_torch.json")
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Draws each CPU kernel's measured time against its compute floor, as an SVG (stdlib only).
 
-Reads one results folder of issue 11 (default: bench/results/issue11/zen4_2026-11-27b):
+Reads one folder of an AVX2-against-AVX-512 A/B run (--results, required; the last one, on a
+Zen 4, is in git history: `git show ea15ba8:bench/results/issue11/zen4_2026-11-27b/<file>`):
   avx2_vs_avx512_ab.json   compare_builds.py medians (the "avx512" build's column is used)
   backward_parts.json      BM_BackwardParts medians (dX only, dtheta only)
   roofline_avx512_*.json   bench_roofline; the floor uses the mean fp32 FMA peak, 2 threads
-and writes docs/kernel_floors.svg. Shape d = 4096, b = 32, N = 2048, float; floors are
+and writes an SVG (default bench/results/latest/kernel_floors.svg). Shape d = 4096, b = 32, N = 2048, float; floors are
 2 N d b flops per product (apply 1, backward 2, dX or dtheta half 1, rotation step 3).
 
-Run:  python3 bench/plot_floors.py [--results DIR] [--out FILE]
+Run:  python3 bench/plot_floors.py --results DIR [--out FILE]
 """
 import argparse
 import glob
@@ -103,12 +104,13 @@ def svg(rows, peak):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "issue11",
-                                                    "zen4_2026-11-27b"))
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "kernel_floors.svg"))
+    p.add_argument("--results", required=True, help="folder of the A/B run's JSON files")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest",
+                                                "kernel_floors.svg"))
     a = p.parse_args()
     peak = fma_peak_gflops(a.results)
     rows = kernel_times(a.results)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         f.write(svg(rows, peak))
     for label, ms, products in rows:

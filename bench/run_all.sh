@@ -3,8 +3,11 @@
 #
 #   bench/run_all.sh            build (Release, -O3 -march=native), run every benchmark with
 #                               5 repetitions (medians), compare with PyTorch, run the accuracy
-#                               sweep, print the summary. JSON/CSV in bench/results/, the plot in
-#                               docs/accuracy_vs_speed.png, the summary in bench/results/summary.txt
+#                               sweep, print the summary. JSON/CSV in bench/results/latest/
+#                               (gitignored; the kept baselines are bench/results/<machine>/),
+#                               the plot in docs/accuracy_vs_speed.png, the summary in
+#                               bench/results/latest/summary.txt. Against a baseline:
+#                               python3 bench/compare.py bench/results/zen4 bench/results/latest
 #   bench/run_all.sh --smoke    the same with short timings (proves the pipeline; numbers noisy),
 #                               everything under bench/results/smoke/
 #   options: --no-build, --only "bench_rotation bench_layer ..." (subset of the C++ benchmarks),
@@ -46,7 +49,7 @@ if [[ $SMOKE == 1 ]]; then
   REPS=2 MIN_TIME=0.05 PYFLAG=--smoke
   echo "[run_all] SMOKE settings: repetitions=$REPS, min_time=${MIN_TIME}s; numbers are noisy"
 else
-  OUT=bench/results
+  OUT=bench/results/latest
   REPS=5 MIN_TIME=0.5 PYFLAG=
 fi
 mkdir -p "$OUT"

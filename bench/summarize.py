@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Key figures from the benchmark JSON files in bench/results/ (or bench/results/smoke/).
+"""Key figures from the benchmark JSON files of one run (default bench/results/latest/, or
+bench/results/smoke/; --dir bench/results/zen3 for a kept baseline).
 
   - this machine's ceilings (bench_roofline): FMA peak, streaming bandwidth, large-GEMM rate
   - rotation at d=4096, b=32, N=2048: apply, backward, apply+backward medians, GFLOP/s, GB/s and
@@ -86,7 +87,7 @@ def main():
     p.add_argument("--dir", default=None)
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
-    d = a.dir or os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "")
+    d = a.dir or os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "latest")
     load = lambda name: Report(os.path.join(d, name + ".json"))
     roof, rot, layer, layer_eigen, expr = (load("bench_roofline"), load("bench_rotation"),
                                            load("bench_layer"), load("bench_layer_eigen"),

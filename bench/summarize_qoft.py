@@ -2,7 +2,7 @@
 """Markdown table of a bench_qoft JSON report (medians), with each step's ratio to the dense
 base GEMM step of the same run.
 
-    bench/summarize_qoft.py bench/results/qoft_step.json
+    bench/summarize_qoft.py bench/results/xeon/qoft_step.json
 """
 import json
 import sys
@@ -46,4 +46,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/qoft_step.json")
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/xeon/qoft_step.json")

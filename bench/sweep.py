@@ -6,7 +6,7 @@ tolerance mode (1e-6, exact fallback) x rho in {0.05, 0.2, 0.5, 0.8, 0.95} x b i
 every generator's Q scaled to spectral norm exactly rho. Time = one float rotation step
 (theta -> R, apply, backward) at d = 2048, N = 256.
 
-Outputs: bench/results/sweep.csv, bench/results/sweep.json (raw google-benchmark report) and
+Outputs: bench/results/latest/sweep.csv, bench/results/latest/sweep.json (raw google-benchmark report) and
 docs/accuracy_vs_speed.png; with --smoke everything goes to bench/results/smoke/ instead.
 
 Run: /usr/bin/python3 bench/sweep.py [--smoke] [--plot-only]
@@ -157,7 +157,7 @@ def main():
     a = p.parse_args()
     if a.smoke:
         a.min_time, a.repetitions = 0.01, 1
-    results = os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "")
+    results = os.path.join(ROOT, "bench", "results", "smoke" if a.smoke else "latest")
     os.makedirs(results, exist_ok=True)
     report = os.path.join(results, "sweep.json")
     plot_path = a.plot or (os.path.join(results, "accuracy_vs_speed.png") if a.smoke else
