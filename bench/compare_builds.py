@@ -12,7 +12,7 @@ Run:
       --label new=build/bench/bench_rotation \\
       --filter 'BM_Backward/b:32/d:4096/N:2048' --threads 2 --rounds 5 --out results.json
 
-Used for issue 11's kernel changes (docs/benchmarks.md, "CPU kernels on AVX-512").
+How to read its output against the kept baselines: docs/benchmarks.md, "Comparing against the baseline".
 """
 import argparse
 import json
