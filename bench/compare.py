@@ -10,8 +10,9 @@ has one (--benchmark_repetitions=N), else the median of the repetitions, else th
 iteration row. Printed per benchmark: old and new median, new / old, and `faster` or `slower`
 when the ratio leaves [1 - threshold, 1 + threshold] (default 5%, about the spread of
 repeated runs on a shared 2-core machine). Benchmarks present on one side only are listed
-after the table. Always exits 0 (it reports; deciding is the reader's job), as google-benchmark's
-tools/compare.py does.
+after the table. Exits 0 after a comparison, whatever it found (it reports; deciding is the
+reader's job), as google-benchmark's tools/compare.py does; a file argument that is not a Google
+Benchmark report is an error.
 
 Example (the Zen 4 baseline against a new run of the rotation kernels):
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import sys
 
@@ -62,6 +64,8 @@ def load_medians(path):
             name = row.get("run_name") or row["name"]
             if row.get("run_type") == "aggregate":
                 if row.get("aggregate_name") == "median":
+                    if "run_name" not in row and name.endswith("_median"):
+                        name = name[: -len("_median")]  # reports older than run_name
                     medians[name] = (ns, file)
             else:
                 samples.setdefault(name, ([], file))[0].append(ns)
@@ -124,4 +128,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head
     sys.exit(main())
