@@ -342,7 +342,7 @@ void register_policy(const std::string& label, Policy policy) {
     // BM_RotationStepBf16Float: the widening float path, registered where the two differ.
     const oft::Bf16Arithmetic fallback = oft::Bf16Arithmetic::Float;
     const oft::Bf16Arithmetic preferred =
-        oft::cpu_detail::kHasBf16Dot ? oft::Bf16Arithmetic::DotProduct : fallback;
+        oft::detail::cpu::kHasBf16Dot ? oft::Bf16Arithmetic::DotProduct : fallback;
     std::vector<std::pair<std::string, oft::Bf16Arithmetic>> variants = {
         {"BM_RotationStepBf16/", preferred}};
     if (preferred != fallback) variants.emplace_back("BM_RotationStepBf16Float/", fallback);

@@ -55,17 +55,17 @@ TEST(Bf16, NarrowingIsRoundToNearestEven) {
   int ties = 0;
   for (std::uint32_t word : words) {
     const float value = float_of_bits(word);
-    const std::uint16_t ours = oft::cpu_detail::narrow_bf16(value);
+    const std::uint16_t ours = oft::detail::cpu::narrow_bf16(value);
     if ((word & 0xffffu) == 0x8000u) ++ties;
     if (std::isnan(value)) {
-      EXPECT_TRUE(std::isnan(oft::cpu_detail::widen_bf16(ours))) << std::hex << word;
+      EXPECT_TRUE(std::isnan(oft::detail::cpu::widen_bf16(ours))) << std::hex << word;
       EXPECT_EQ(ours & 0x8000u, (word >> 16) & 0x8000u) << std::hex << word;
       continue;
     }
     EXPECT_EQ(ours, bits_of(bfloat16(value))) << std::hex << word;
     // Widening is exact: the kept top half comes back unchanged.
-    const float widened = oft::cpu_detail::widen_bf16(ours);
-    EXPECT_EQ(oft::cpu_detail::narrow_bf16(widened), ours);
+    const float widened = oft::detail::cpu::widen_bf16(ours);
+    EXPECT_EQ(oft::detail::cpu::narrow_bf16(widened), ours);
   }
   EXPECT_GE(ties, 24);  // the halfway cases are really exercised (12 tops x 2 signs)
 }
@@ -86,9 +86,9 @@ void check_packet_narrowing(const std::vector<std::uint32_t>& words) {
   while (values.size() % lanes != 0) values.push_back(0.0f);
   for (std::size_t k = 0; k < values.size(); k += lanes) {
     bfloat16 out[lanes];
-    oft::cpu_detail::narrow_packet_bf16(out, Eigen::internal::ploadu<P>(values.data() + k));
+    oft::detail::cpu::narrow_packet_bf16(out, Eigen::internal::ploadu<P>(values.data() + k));
     for (int lane = 0; lane < lanes; ++lane)
-      ASSERT_EQ(bits_of(out[lane]), oft::cpu_detail::narrow_bf16(values[k + lane]))
+      ASSERT_EQ(bits_of(out[lane]), oft::detail::cpu::narrow_bf16(values[k + lane]))
           << "lane " << lane << " of a " << lanes << "-lane packet, value " << values[k + lane];
   }
 }
@@ -120,7 +120,7 @@ RowMat<float> widen(const BfMat& m) { return m.cast<float>(); }
 ::testing::AssertionResult rounded_from(const BfMat& actual, const RowMat<float>& expected) {
   for (Index i = 0; i < actual.rows(); ++i)
     for (Index j = 0; j < actual.cols(); ++j) {
-      const std::uint16_t want = oft::cpu_detail::narrow_bf16(expected(i, j));
+      const std::uint16_t want = oft::detail::cpu::narrow_bf16(expected(i, j));
       if (bits_of(actual(i, j)) != want)
         return ::testing::AssertionFailure()
                << "entry (" << i << "," << j << "): " << static_cast<float>(actual(i, j))
@@ -327,12 +327,12 @@ TEST(Bf16Dot, GradientKernelIsWithinTheFloatSumBound) {
       const Index pairs = (n + 1) / 2;
       std::vector<std::uint32_t> x_pairs(static_cast<size_t>(pairs * b), 0xdeadbeefu),
           dy_pairs = x_pairs;
-      oft::cpu_detail::interleave_rows(oft::cpu_detail::bits(x.data()), stride, n, b,
+      oft::detail::cpu::interleave_rows(oft::detail::cpu::bits(x.data()), stride, n, b,
                                        x_pairs.data());
-      oft::cpu_detail::interleave_rows(oft::cpu_detail::bits(dy.data()), stride, n, b,
+      oft::detail::cpu::interleave_rows(oft::detail::cpu::bits(dy.data()), stride, n, b,
                                        dy_pairs.data());
       RowMat<float> g = g0;
-      oft::cpu_detail::gradient_pairs(b, pairs, x_pairs.data(), dy_pairs.data(), g.data());
+      oft::detail::cpu::gradient_pairs(b, pairs, x_pairs.data(), dy_pairs.data(), g.data());
       const MatD xd = widen(x).leftCols(b).cast<double>();
       const MatD dyd = widen(dy).leftCols(b).cast<double>();
       const MatD exact = g0.cast<double>() + xd.transpose() * dyd;
@@ -444,7 +444,7 @@ TEST(Bf16Dot, StreamingOutputsAreTheInPlaceResults) {
       BfMat y_buf = BfMat::Constant(n, stride, sentinel), dx_buf = y_buf;
       const oft::MatrixView<bfloat16> yv(y_buf.data(), n, d, stride);
       const oft::MatrixView<bfloat16> dxv(dx_buf.data(), n, d, stride);
-      ASSERT_EQ(oft::cpu_detail::rotate_streaming_allowed(oft::cpu_detail::bits(yv.data()),
+      ASSERT_EQ(oft::detail::cpu::rotate_streaming_allowed(oft::detail::cpu::bits(yv.data()),
                                                           yv.stride(), b),
                 b % 32 == 0)
           << at;
@@ -461,7 +461,7 @@ TEST(Bf16Dot, StreamingOutputsAreTheInPlaceResults) {
       // One value off the line alignment: regular stores, the same values.
       BfMat shifted = BfMat::Constant(n, stride, sentinel);
       const oft::MatrixView<bfloat16> sv(shifted.data() + 1, n, d, stride);
-      ASSERT_FALSE(oft::cpu_detail::rotate_streaming_allowed(oft::cpu_detail::bits(sv.data()),
+      ASSERT_FALSE(oft::detail::cpu::rotate_streaming_allowed(oft::detail::cpu::bits(sv.data()),
                                                              sv.stride(), b))
           << at;
       op.apply(xv, sv);

@@ -863,8 +863,8 @@ void check_streaming_outputs() {
       RowMat<Scalar> dx_buf = RowMat<Scalar>::Constant(n, stride, sentinel);
       const oft::MatrixView<Scalar> yv(y_buf.data(), n, d, stride);
       const oft::MatrixView<Scalar> dxv(dx_buf.data(), n, d, stride);
-      constexpr bool line_packets = oft::cpu_detail::kLanes<Scalar> * sizeof(Scalar) == 64;
-      ASSERT_EQ(oft::cpu_detail::streaming_allowed(yv.data(), yv.stride(), b), line_packets) << at;
+      constexpr bool line_packets = oft::detail::cpu::kLanes<Scalar> * sizeof(Scalar) == 64;
+      ASSERT_EQ(oft::detail::cpu::streaming_allowed(yv.data(), yv.stride(), b), line_packets) << at;
       op.apply(xv, yv);
       op.backward(xv, dyv, dxv, dtheta.view(), workspace);
       EXPECT_TRUE(oft_test::all_equal(y_buf.leftCols(d), y_ref)) << at << " Y streamed";
@@ -876,7 +876,7 @@ void check_streaming_outputs() {
       // One scalar off the packet alignment: regular stores, the same values.
       RowMat<Scalar> shifted = RowMat<Scalar>::Constant(n, stride, sentinel);
       const oft::MatrixView<Scalar> sv(shifted.data() + 1, n, d, stride);
-      ASSERT_FALSE(oft::cpu_detail::streaming_allowed(sv.data(), sv.stride(), b)) << at;
+      ASSERT_FALSE(oft::detail::cpu::streaming_allowed(sv.data(), sv.stride(), b)) << at;
       op.apply(xv, sv);
       EXPECT_TRUE(oft_test::all_equal(shifted.middleCols(1, d), y_ref)) << at << " Y misaligned";
       op.backward(xv, dyv, sv, dtheta.view(), workspace);

@@ -205,7 +205,7 @@ TEST(NoAllocation, CayleyNeumannStepFloat) {
 TEST(NoAllocation, CayleyNeumannStepBf16) {
   check_step_does_not_allocate<float, oft::CayleyNeumann, oft::bfloat16>(
       oft::CayleyNeumann{3}, 0.5, oft::Bf16Arithmetic::Float);
-  if (oft::cpu_detail::kHasBf16Dot)
+  if (oft::detail::cpu::kHasBf16Dot)
     check_step_does_not_allocate<float, oft::CayleyNeumann, oft::bfloat16>(
         oft::CayleyNeumann{3}, 0.5, oft::Bf16Arithmetic::DotProduct);
 }

@@ -1,10 +1,10 @@
 #pragma once
 /// \file any_operator.hpp
 /// Operators whose parameterization is chosen at run time (from an adapter's config, a command
-/// line, a Python argument) without a switch over template policies in user code:
+/// line, a Python argument) without a switch over template parameterizations in user code:
 ///
-///   oft::AnyPolicy policy = oft::CayleyNeumann{3};              // or read from a config
-///   oft::AnyBlockOrthogonal<float> rot(spec, policy);
+///   oft::AnyPolicy parameterization = oft::CayleyNeumann{3};              // or read from a config
+///   oft::AnyBlockOrthogonal<float> rot(spec, parameterization);
 ///   rot.set_generators(theta);  rot.apply(x, y);  rot.backward(x, dy, dx, dtheta, ws);
 ///
 /// Each object holds one BlockOrthogonal<Scalar, P> (or OftLinear<Scalar, P>) in a std::variant
@@ -32,36 +32,36 @@ namespace oft {
 using AnyPolicy = std::variant<ExactCayley, CayleyNeumann, CayleyNeumannTolerance, MatrixExponential,
                                peft::NeumannBranch>;
 
-/// The policy's `name` ("cayley", "cayley_neumann", ...).
-inline std::string policy_name(const AnyPolicy& policy) {
+/// The parameterization's `name` ("cayley", "cayley_neumann", ...).
+inline std::string policy_name(const AnyPolicy& parameterization) {
   return std::visit([](const auto& p) { return std::string(std::decay_t<decltype(p)>::name); },
-                    policy);
+                    parameterization);
 }
 
 namespace detail {
-/// std::variant<Operator<Scalar, P>...> for the policies P of AnyPolicy.
-template <template <class, class, class> class Operator, class Scalar, class Policies>
+/// std::variant<Operator<Scalar, P>...> for the parameterizations P of AnyPolicy.
+template <template <class, class, class> class Operator, class Scalar, class Parameterizations>
 struct OperatorVariant;
-template <template <class, class, class> class Operator, class Scalar, class... Policies>
-struct OperatorVariant<Operator, Scalar, std::variant<Policies...>> {
-  using type = std::variant<Operator<Scalar, Policies, cpu>...>;
+template <template <class, class, class> class Operator, class Scalar, class... Parameterizations>
+struct OperatorVariant<Operator, Scalar, std::variant<Parameterizations...>> {
+  using type = std::variant<Operator<Scalar, Parameterizations, oft::cpu>...>;
 };
 }  // namespace detail
 
-/// BlockOrthogonal<Scalar, P> for a policy P chosen at run time. Same members, same semantics,
+/// BlockOrthogonal<Scalar, P> for a parameterization P chosen at run time. Same members, same semantics,
 /// same exceptions as BlockOrthogonal (see block_orthogonal.hpp).
 template <class Scalar>
 class AnyBlockOrthogonal {
  public:
   using Variant = typename detail::OperatorVariant<BlockOrthogonal, Scalar, AnyPolicy>::type;
 
-  AnyBlockOrthogonal(const BlockSpec& spec, const AnyPolicy& policy)
+  AnyBlockOrthogonal(const BlockSpec& spec, const AnyPolicy& parameterization)
       : operator_(std::visit(
             [&](const auto& p) -> Variant {
               using P = std::decay_t<decltype(p)>;
               return Variant(std::in_place_type<BlockOrthogonal<Scalar, P, cpu>>, spec, p);
             },
-            policy)) {}
+            parameterization)) {}
 
   AnyPolicy policy() const {
     return visit([](const auto& op) { return AnyPolicy(op.parameterization()); });
@@ -141,7 +141,7 @@ class AnyBlockOrthogonal {
   }
 
   /// The underlying templated operator, for code that wants it (throws std::bad_variant_access
-  /// when P is not the held policy).
+  /// when P is not the held parameterization).
   template <class P>
   BlockOrthogonal<Scalar, P, cpu>& as() { return std::get<BlockOrthogonal<Scalar, P, cpu>>(operator_); }
   template <class P>
@@ -158,7 +158,7 @@ class AnyBlockOrthogonal {
   Variant operator_;
 };
 
-/// OftLinear<Scalar, P> for a policy P chosen at run time. Same members and semantics as
+/// OftLinear<Scalar, P> for a parameterization P chosen at run time. Same members and semantics as
 /// OftLinear (see linear.hpp).
 template <class Scalar>
 class AnyOftLinear {
@@ -166,14 +166,14 @@ class AnyOftLinear {
   using Variant = typename detail::OperatorVariant<OftLinear, Scalar, AnyPolicy>::type;
 
   AnyOftLinear(ConstMatrixView<Scalar> weight, const Scalar* bias, Index block_size, bool shared,
-               const AnyPolicy& policy)
+               const AnyPolicy& parameterization)
       : layer_(std::visit(
             [&](const auto& p) -> Variant {
               using P = std::decay_t<decltype(p)>;
               return Variant(std::in_place_type<OftLinear<Scalar, P, cpu>>, weight, bias,
                              block_size, shared, p);
             },
-            policy)) {}
+            parameterization)) {}
 
   AnyPolicy policy() const {
     return visit([](const auto& layer) { return AnyPolicy(layer.rotation().parameterization()); });
@@ -212,7 +212,7 @@ class AnyOftLinear {
     return visit([&](const auto& layer) { return layer.rotation().orthogonality_error(norm); });
   }
 
-  /// The underlying templated layer (throws std::bad_variant_access for another policy).
+  /// The underlying templated layer (throws std::bad_variant_access for another parameterization).
   template <class P>
   OftLinear<Scalar, P, cpu>& as() { return std::get<OftLinear<Scalar, P, cpu>>(layer_); }
   template <class P>

@@ -1,7 +1,7 @@
 #pragma once
 /// \file block_orthogonal.hpp
 /// Block-diagonal orthogonal operator R = diag(R_1, ..., R_r), each R_i = f(Q_i) for a
-/// parameterization policy f (cayley.hpp, cayley_neumann.hpp, exponential.hpp), applied to
+/// parameterization f (cayley.hpp, cayley_neumann.hpp, exponential.hpp), applied to
 /// activations without ever forming the d x d matrix (OFTv2's input-centric form).
 ///
 /// Orientation (SPEC section 2, PEFT's): `apply` computes Y = X * R, i.e. for block i the N x b
@@ -13,7 +13,7 @@
 ///   rot.backward(x, dy, dx, dtheta, workspace);// dx = dy R^T, dtheta = d<dy, x R>/dtheta
 ///
 /// Backward (SPEC section 3): dX_i = dY_i R_i^T and G_i = X_i^T dY_i summed over tokens in one
-/// fused pass over X and dY, then dQ_i from the policy's vector-Jacobian product, packed as
+/// fused pass over X and dY, then dQ_i from the parameterization's vector-Jacobian product, packed as
 /// dtheta(p,q) = dQ(p,q) - dQ(q,p) (summed over blocks when they share a generator).
 /// Extra memory: threads x generators x b^2 scalars of caller-owned workspace.
 
@@ -88,7 +88,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     if constexpr (std::is_same_v<Scalar, float>) {
       // D = R - I = 0 for the identity blocks.
       const auto words =
-          static_cast<size_t>(spec.generators() * cpu_detail::pair_words(spec.block_size));
+          static_cast<size_t>(spec.generators() * detail::cpu::pair_words(spec.block_size));
       pairs_.assign(words, 0u);
       pairs_t_.assign(words, 0u);
     }
@@ -105,8 +105,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
 
   /// theta -> R_i for every generator (theta: generators() x b(b-1)/2). Throws
   /// std::invalid_argument on a shape mismatch and std::domain_error for non-finite theta, a
-  /// policy refusal (e.g. a divergent series in tolerance mode) or an R_i with a non-finite entry
-  /// (finite theta too large for the policy and the type, e.g. a Neumann series overflowing
+  /// parameterization refusal (e.g. a divergent series in tolerance mode) or an R_i with a non-finite entry
+  /// (finite theta too large for the parameterization and the type, e.g. a Neumann series overflowing
   /// float); the operator is unchanged then.
   void set_generators(GeneratorView<const Scalar> theta) {
     check_generators(theta, "theta");
@@ -136,8 +136,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       Eigen::Map<RowMatrix<Scalar>>(rotation_t(g), b, b) =
           Eigen::Map<const RowMatrix<Scalar>>(rotation(g), b, b).transpose();
       if constexpr (std::is_same_v<Scalar, float>) {
-        cpu_detail::pack_pairs(rotation(g), b, pairs_.data() + g * cpu_detail::pair_words(b));
-        cpu_detail::pack_pairs(rotation_t(g), b, pairs_t_.data() + g * cpu_detail::pair_words(b));
+        detail::cpu::pack_pairs(rotation(g), b, pairs_.data() + g * detail::cpu::pair_words(b));
+        detail::cpu::pack_pairs(rotation_t(g), b, pairs_t_.data() + g * detail::cpu::pair_words(b));
       }
     }
   }
@@ -147,7 +147,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   /// where the build has AVX512_BF16; see docs/bf16.md). Throws std::invalid_argument for
   /// DotProduct in a build without it.
   void set_bf16_arithmetic(Bf16Arithmetic arithmetic) {
-    detail::require(arithmetic == Bf16Arithmetic::Float || cpu_detail::kHasBf16Dot,
+    detail::require(arithmetic == Bf16Arithmetic::Float || detail::cpu::kHasBf16Dot,
                     "Bf16Arithmetic::DotProduct needs a build with AVX512_BF16, AVX512BW and "
                     "AVX512VL (e.g. -march=native on a CPU that has them); this build has not");
     bf16_arithmetic_ = arithmetic;
@@ -336,7 +336,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     return worst;
   }
 
-  /// The policy's decision for generator g (e.g. the k chosen in tolerance mode). Throws
+  /// The parameterization's decision for generator g (e.g. the k chosen in tolerance mode). Throws
   /// std::invalid_argument unless 0 <= g < generators().
   PlanSummary plan(Index g) const {
     detail::require(g >= 0 && g < spec_.generators(), "generator index ", g, " outside [0, ",
@@ -360,10 +360,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
  private:
   // Rows per work item of apply: one register tile, so few rows stream at once (friendly to the
   // hardware prefetchers; X rows d apart alias to the same L1 sets) and the copy stays in L1.
-  static constexpr Index kApplyPanelRows = cpu_detail::kTileRows;
+  static constexpr Index kApplyPanelRows = detail::cpu::kTileRows;
   // Rows per work item of backward: deep enough that the G_i = X_i^T dY_i tiles are loaded and
   // stored once per 64 tokens (48 with 6-row AVX2 tiles) instead of once per register tile.
-  static constexpr Index kBackwardPanelRows = 8 * cpu_detail::kTileRows;
+  static constexpr Index kBackwardPanelRows = 8 * detail::cpu::kTileRows;
   // Backward copies a panel's rows a group of blocks at a time, about this many bytes of each
   // row, and prefetches the next group into L2 while the current one computes (issue 11,
   // measured on Zen 4: backward 19-23% faster at b = 32, out of place 18% at b = 64; in place
@@ -391,13 +391,13 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
       const double bytes = static_cast<double>(out.rows()) *
                            static_cast<double>(out.cols()) * sizeof(Act);
       return dot_products() && bytes >= kStreamingBytes &&
-             cpu_detail::rotate_streaming_allowed(cpu_detail::bits(out.data()), out.stride(),
+             detail::cpu::rotate_streaming_allowed(detail::cpu::bits(out.data()), out.stride(),
                                                   spec_.block_size);
     } else {
       const double bytes = static_cast<double>(out.rows()) *
                            static_cast<double>(out.cols()) * sizeof(Act);
       return bytes >= kStreamingBytes &&
-             cpu_detail::streaming_allowed(out.data(), out.stride(), spec_.block_size);
+             detail::cpu::streaming_allowed(out.data(), out.stride(), spec_.block_size);
     }
   }
 
@@ -542,14 +542,14 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   /// Scalar `to`, widening bfloat16 exactly.
   template <class Act>
   static void copy_slice(const Act* from, Index stride, Index rows, Index b, Scalar* to) {
-    for (Index t = 0; t < rows; ++t) cpu_detail::convert_row(from + t * stride, b, to + t * b);
+    for (Index t = 0; t < rows; ++t) detail::cpu::convert_row(from + t * stride, b, to + t * b);
   }
 
   /// The inverse: contiguous rows x b Scalars to activations at row stride `stride`, rounding
   /// to bfloat16 (nearest even) when Act is bfloat16.
   template <class Act>
   static void store_slice(const Scalar* from, Index rows, Index b, Act* to, Index stride) {
-    for (Index t = 0; t < rows; ++t) cpu_detail::convert_row(from + t * b, b, to + t * stride);
+    for (Index t = 0; t < rows; ++t) detail::cpu::convert_row(from + t * b, b, to + t * stride);
   }
 
   /// Blocks that backward copies and prefetches together: enough for about kBackwardGroupBytes
@@ -570,7 +570,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
     for (Index t = 0; t < rows; ++t) {
       const Act* row = from.row(first + t) + i0 * b;
       for (Index j = 0; j < blocks; ++j)
-        cpu_detail::convert_row(row + j * b, b, to + j * slice + t * b);
+        detail::cpu::convert_row(row + j * b, b, to + j * slice + t * b);
     }
   }
 
@@ -607,18 +607,18 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           // rows still to be read.
           const Scalar* a = in;
           Index a_row = x.stride();
-          if (in == out && !cpu_detail::one_register_tile<Scalar>(b)) {
+          if (in == out && !detail::cpu::one_register_tile<Scalar>(b)) {
             copy_slice(in, x.stride(), rows, b, scratch);
             a = scratch, a_row = b;
           }
-          cpu_detail::gemm_small_to(streaming, rows, b, b, a, a_row, 1, r, b, out, y.stride());
+          detail::cpu::gemm_small_to(streaming, rows, b, b, a, a_row, 1, r, b, out, y.stride());
         } else {
           // bfloat16: widened into scratch first; the kernel rounds Y as it stores it.
           copy_slice(in, x.stride(), rows, b, scratch);
-          cpu_detail::gemm_small(rows, b, b, scratch, b, 1, r, b, out, y.stride(), false);
+          detail::cpu::gemm_small(rows, b, b, scratch, b, 1, r, b, out, y.stride(), false);
         }
       }
-      if (streaming) cpu_detail::stream_fence();
+      if (streaming) detail::cpu::stream_fence();
     });
   }
 
@@ -659,10 +659,10 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         auto prefetch_part = [&](Index part) {
           if (next_rows == 0) return;
           const Index from = part * next_rows / blocks, to = (part + 1) * next_rows / blocks;
-          cpu_detail::prefetch_rows(dy.row(next_first) + next_i0 * b, dy.stride(), from, to,
+          detail::cpu::prefetch_rows(dy.row(next_first) + next_i0 * b, dy.stride(), from, to,
                                     next_cols);
           if (want_dtheta)
-            cpu_detail::prefetch_rows(x.row(next_first) + next_i0 * b, x.stride(), from, to,
+            detail::cpu::prefetch_rows(x.row(next_first) + next_i0 * b, x.stride(), from, to,
                                       next_cols);
         };
         prefetch_part(0);
@@ -677,19 +677,19 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
           Scalar* block_x = scratch_x + j * slice;
           if (want_dtheta && active)
             // A(k, n) = X_i(n, k): the kernel walks the copied X_i transposed.
-            cpu_detail::gemm_small(b, b, rows, block_x, 1, b, block_dy, b, partial + g * area, b,
+            detail::cpu::gemm_small(b, b, rows, block_x, 1, b, block_dy, b, partial + g * area, b,
                                    true);
           if (!want_dx) continue;
           Act* grad_out = dx.row(first) + i * b;
           if (!active) {
             store_slice(block_dy, rows, b, grad_out, dx.stride());
           } else {
-            cpu_detail::gemm_small_to(streaming, rows, b, b, block_dy, b, 1,
+            detail::cpu::gemm_small_to(streaming, rows, b, b, block_dy, b, 1,
                                       rotations_t_.data() + g * area, b, grad_out, dx.stride());
           }
         }
       }
-      if (streaming) cpu_detail::stream_fence();
+      if (streaming) detail::cpu::stream_fence();
     });
     if (want_dtheta) finish_generator_gradients(workspace, threads, dtheta);
   }
@@ -718,30 +718,30 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   void apply_dot(const ConstMatrixView<bfloat16>& x, const MatrixView<bfloat16>& y,
                  const std::uint32_t* pairs) const {
 #if defined(OFT_HAVE_BF16_DOT)
-    const Index b = spec_.block_size, words = cpu_detail::pair_words(b);
+    const Index b = spec_.block_size, words = detail::cpu::pair_words(b);
     const bool streaming = y.data() != x.data() && stream_output(y);
     for_each_panel(x.rows(), kApplyPanelRows, 1, [&](Index first, Index rows, Scalar* scratch,
                                                       int) {
       for (Index i = 0; i < spec_.blocks; ++i) {
-        const std::uint16_t* in = cpu_detail::bits(x.row(first) + i * b);
-        std::uint16_t* out = cpu_detail::bits(y.row(first) + i * b);
+        const std::uint16_t* in = detail::cpu::bits(x.row(first) + i * b);
+        std::uint16_t* out = detail::cpu::bits(y.row(first) + i * b);
         if (!is_active(i)) {
           if (in != out) copy_bf16_rows(in, x.stride(), rows, b, out, y.stride());
           continue;
         }
         const std::uint16_t* a = in;
         Index a_row = x.stride();
-        if (in == out && !cpu_detail::rotate_in_place(b)) {
+        if (in == out && !detail::cpu::rotate_in_place(b)) {
           // In place with more than one register tile per row: the stores of one tile would
           // clobber columns another tile still reads.
           auto* copy = reinterpret_cast<std::uint16_t*>(scratch);
           copy_bf16_rows(in, x.stride(), rows, b, copy, b);
           a = copy, a_row = b;
         }
-        cpu_detail::rotate_rows(streaming, rows, b, a, a_row,
+        detail::cpu::rotate_rows(streaming, rows, b, a, a_row,
                                 pairs + spec_.generator_of(i) * words, out, y.stride());
       }
-      if (streaming) cpu_detail::stream_fence();
+      if (streaming) detail::cpu::stream_fence();
     });
 #else
     (void)x, (void)y, (void)pairs;  // unreachable: set_bf16_arithmetic refuses DotProduct
@@ -757,7 +757,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
                     const MatrixView<bfloat16>& dx, const GeneratorView<Scalar>& dtheta,
                     Scalar* workspace, bool want_dx, bool want_dtheta) const {
 #if defined(OFT_HAVE_BF16_DOT)
-    const Index b = spec_.block_size, area = block_area(), words = cpu_detail::pair_words(b);
+    const Index b = spec_.block_size, area = block_area(), words = detail::cpu::pair_words(b);
     const Index slab = spec_.generators() * area;
     const int threads = detail::max_threads();
     if (want_dtheta) std::fill(workspace, workspace + threads * slab, Scalar(0));
@@ -780,40 +780,40 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
         const Index next_i = i + 1 < spec_.blocks ? i + 1 : 0;
         const Index next_rows = std::max<Index>(0, std::min(rows, x.rows() - next_first));
         if (next_rows > 0) {
-          cpu_detail::prefetch_rows(dy.row(next_first) + next_i * b, dy.stride(), 0, next_rows, b);
+          detail::cpu::prefetch_rows(dy.row(next_first) + next_i * b, dy.stride(), 0, next_rows, b);
           if (want_dtheta)
-            cpu_detail::prefetch_rows(x.row(next_first) + next_i * b, x.stride(), 0, next_rows, b);
+            detail::cpu::prefetch_rows(x.row(next_first) + next_i * b, x.stride(), 0, next_rows, b);
         }
         const bool active = is_active(i);
         const Index g = spec_.generator_of(i);
-        const std::uint16_t* block_dy = cpu_detail::bits(dy.row(first) + i * b);
+        const std::uint16_t* block_dy = detail::cpu::bits(dy.row(first) + i * b);
         // dX reads dY_i from a contiguous copy when there is one: rows d apart share an L1 set,
         // so the slice itself may be gone from L1 by then.
         const std::uint16_t* a = block_dy;
         Index a_row = dy.stride();
         if (want_dtheta && active) {
-          cpu_detail::interleave_rows(cpu_detail::bits(x.row(first) + i * b), x.stride(), rows, b,
+          detail::cpu::interleave_rows(detail::cpu::bits(x.row(first) + i * b), x.stride(), rows, b,
                                       x_pairs);
-          cpu_detail::interleave_rows(block_dy, dy.stride(), rows, b, dy_pairs,
+          detail::cpu::interleave_rows(block_dy, dy.stride(), rows, b, dy_pairs,
                                       want_dx ? dy_copy : nullptr);
-          cpu_detail::gradient_pairs(b, (rows + 1) / 2, x_pairs, dy_pairs, partial + g * area);
+          detail::cpu::gradient_pairs(b, (rows + 1) / 2, x_pairs, dy_pairs, partial + g * area);
           a = dy_copy, a_row = b;
         }
         if (!want_dx) continue;
-        std::uint16_t* out = cpu_detail::bits(dx.row(first) + i * b);
+        std::uint16_t* out = detail::cpu::bits(dx.row(first) + i * b);
         if (!active) {
           if (out != block_dy) copy_bf16_rows(block_dy, dy.stride(), rows, b, out, dx.stride());
           continue;
         }
-        if (a == block_dy && out == block_dy && !cpu_detail::rotate_in_place(b)) {
+        if (a == block_dy && out == block_dy && !detail::cpu::rotate_in_place(b)) {
           copy_bf16_rows(block_dy, dy.stride(), rows, b, dy_copy, b);
           a = dy_copy, a_row = b;
         }
         // (dX over X is safe: X_i was interleaved above, and no later block reads it.)
-        cpu_detail::rotate_rows(streaming, rows, b, a, a_row, pairs_t_.data() + g * words, out,
+        detail::cpu::rotate_rows(streaming, rows, b, a, a_row, pairs_t_.data() + g * words, out,
                                 dx.stride());
       }
-      if (streaming) cpu_detail::stream_fence();
+      if (streaming) detail::cpu::stream_fence();
     });
     if (want_dtheta) finish_generator_gradients(workspace, threads, dtheta);
 #else
@@ -851,7 +851,7 @@ class BlockOrthogonal<Scalar_, Parameterization_, cpu> {
   // D = R - I and D^T = R^T - I rounded to bfloat16, packed for vdpbf16ps (float operators).
   std::vector<std::uint32_t> pairs_, pairs_t_;
   Bf16Arithmetic bf16_arithmetic_ =
-      cpu_detail::kHasBf16Dot ? Bf16Arithmetic::DotProduct : Bf16Arithmetic::Float;
+      detail::cpu::kHasBf16Dot ? Bf16Arithmetic::DotProduct : Bf16Arithmetic::Float;
 };
 
 }  // namespace oft

@@ -18,7 +18,7 @@ namespace oft {
 
 namespace detail {
 template <class Scalar>
-struct PolicyOps<ExactCayley, SquareMatrix<Scalar>> {
+struct ParameterizationOps<ExactCayley, SquareMatrix<Scalar>> {
   static void rotation(const SquareMatrix<Scalar>& q, SquareMatrix<Scalar>& r) {
     const Index b = q.rows();
     SquareMatrix<Scalar>& rhs = thread_matrix<Scalar, ScratchSlot::CayleyRhs>(b, b);

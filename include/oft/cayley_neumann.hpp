@@ -12,14 +12,14 @@
 /// Both passes take any coefficient sequence (detail::polynomial_rotation[_vjp]); PEFT's
 /// polynomials (peft_polynomial.hpp) use them too.
 ///
-/// Two policies:
+/// Two parameterizations:
 /// - CayleyNeumann{k}: a fixed number of terms (PEFT's num_cayley_neumann_terms t is k = t - 2,
 ///   see peft.hpp).
 /// - CayleyNeumannTolerance{tol}: per generator, the smallest k >= min_terms (default 1) whose
 ///   error meets tol, from the exact rho (or a free upper bound of it when that already gives
 ///   k <= 2). The error measured is, by default, the distance to exact Cayley
 ///   ||R - R_k||_2 = rho^(k+1) (any k), the measure for training:
-///     * every R the policy can return for Q (R_k for any admissible k, from either rho, or exact
+///     * every R the parameterization can return for Q (R_k for any admissible k, from either rho, or exact
 ///       Cayley) lies within tol of exact Cayley's R(Q), so wherever the choice changes (k -> k+1
 ///       as rho grows, a k from the free bound next to a smaller one from the exact rho, the last
 ///       k <= max_terms next to exact Cayley) R moves by at most 2 tol in the spectral norm;
@@ -59,7 +59,7 @@ template <class Scalar>
 void multiply_square(const SquareMatrix<Scalar>& a, const SquareMatrix<Scalar>& b,
                      SquareMatrix<Scalar>& c, bool accumulate = false) {
   const Index n = a.rows();
-  cpu_detail::gemm_small(n, n, n, b.data(), n, 1, a.data(), n, c.data(), n, accumulate);
+  detail::cpu::gemm_small(n, n, n, b.data(), n, 1, a.data(), n, c.data(), n, accumulate);
 }
 
 /// R = sum_{j=0}^{n} c_j Q^j (n = coefficients.degree(), see neumann.hpp) by Horner's rule:
@@ -158,7 +158,7 @@ double skew_spectral_norm(const SquareMatrix<Scalar>& q) {
 
 namespace detail {
 template <class Scalar>
-struct PolicyOps<CayleyNeumann, SquareMatrix<Scalar>> {
+struct ParameterizationOps<CayleyNeumann, SquareMatrix<Scalar>> {
   static void rotation(int k, const SquareMatrix<Scalar>& q, SquareMatrix<Scalar>& r) {
     neumann_rotation(q, k, r);
   }

@@ -1,10 +1,10 @@
 #pragma once
 /// \file cuda.hpp
-/// The CUDA backend: BlockOrthogonal<T, Policy, oft::cuda> and OftLinear<T, Policy, oft::cuda>
+/// The CUDA backend: BlockOrthogonal<T, Parameterization, oft::cuda> and OftLinear<T, Parameterization, oft::cuda>
 /// over DeviceMatrixView (pointer, rows, cols, leading dimension), for T in float, double,
 /// __half, __nv_bfloat16; QOFT (quantized frozen bases, float activations) in oft::cuda_quant.
 /// Include it from .cu files compiled by nvcc. It does not include Eigen: besides what both
-/// backends share (config, index, policies, errors) it uses only the Eigen-free quantization
+/// backends share (config, index, parameterizations, errors) it uses only the Eigen-free quantization
 /// formats of quant/ (bnb4, int8, frozen_base).
 /// Link CUDA::cudart and CUDA::cublas (CMake target oft::cuda does).
 

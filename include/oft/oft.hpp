@@ -10,7 +10,7 @@
 #include "view.hpp"              // MatrixView over raw memory
 #include "skew.hpp"              // packed skew generators: views, owning type, pack/unpack
 #include "neumann.hpp"           // Neumann coefficients and error bounds
-#include "parameterization.hpp"  // policy concept
+#include "parameterization.hpp"  // parameterization concept
 #include "cayley.hpp"            // ExactCayley
 #include "cayley_neumann.hpp"    // CayleyNeumann, CayleyNeumannTolerance
 #include "exponential.hpp"       // MatrixExponential
@@ -18,7 +18,7 @@
 #include "workspace.hpp"         // caller-owned scratch
 #include "block_orthogonal.hpp"  // BlockOrthogonal operator
 #include "linear.hpp"            // OftLinear layer
-#include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: policy chosen at run time
+#include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: parameterization chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
 #include "peft_polynomial.hpp"   // PEFT's Cayley-Neumann polynomials (peft::NeumannBranch)

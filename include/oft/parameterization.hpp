@@ -1,7 +1,7 @@
 #pragma once
 /// \file parameterization.hpp
-/// What a parameterization policy provides. The operators (BlockOrthogonal, OftLinear) are
-/// templates over a policy type P that maps one skew-symmetric generator Q (b x b) to an
+/// What a parameterization provides. The operators (BlockOrthogonal, OftLinear) are
+/// templates over a parameterization type P that maps one skew-symmetric generator Q (b x b) to an
 /// (approximately) orthogonal block R and back-propagates through that map:
 ///
 ///   typename P::Plan                      per-generator decision made from Q (e.g. the number
@@ -11,7 +11,7 @@
 ///   void rotation_vjp(Q, R, plan, G, dQ)  dQ = dL/dQ given G = dL/dR (vector-Jacobian product)
 ///   static constexpr const char* name
 ///
-/// Policies: ExactCayley (cayley.hpp), CayleyNeumann and CayleyNeumannTolerance
+/// Parameterizations: ExactCayley (cayley.hpp), CayleyNeumann and CayleyNeumannTolerance
 /// (cayley_neumann.hpp), MatrixExponential (exponential.hpp).
 
 #include <type_traits>

@@ -1,7 +1,7 @@
 #pragma once
 /// \file peft_polynomial.hpp
 /// Hugging Face PEFT's Cayley–Neumann polynomial for every `num_cayley_neumann_terms` T, as a
-/// CPU policy with its exact gradient (SPEC sections 4 and 9):
+/// CPU parameterization with its exact gradient (SPEC sections 4 and 9):
 ///
 ///   oft::BlockOrthogonal<float, oft::peft::NeumannBranch> rot(spec, oft::peft::NeumannBranch{T});
 ///   oft::peft::NeumannBranch{T, oft::peft::NeumannForm::Legacy}   // adapters of PEFT < 0.18
@@ -23,7 +23,7 @@
 /// exact Cayley's R minus it is (R + I) Q^T and ||R - P_T||_2 = 2 rho^T / sqrt(1 + rho^2)
 /// exactly (rho = ||Q||_2; compare rho^(T-1) for the current form's R_(T-2)).
 ///
-/// The policy evaluates that polynomial (one Horner pass, degree - 1 products) and
+/// The parameterization evaluates that polynomial (one Horner pass, degree - 1 products) and
 /// differentiates it exactly (the adjoint Horner pass of cayley_neumann.hpp); it never refuses a
 /// Q, like PEFT. CPU only (the CUDA backend implements CayleyNeumann{k}; for T >= 3 in the
 /// current form that is the same map, see peft::neumann_terms_to_k).
@@ -84,7 +84,7 @@ struct NeumannBranch {
   struct Plan {};
   static constexpr const char* name = "peft_neumann_branch";
 
-  /// T = 5, current form (not explicit: operators default their policy with `= {}`).
+  /// T = 5, current form (not explicit: operators default their parameterization with `= {}`).
   NeumannBranch() : NeumannBranch(5) {}
   /// Throws std::invalid_argument unless 0 <= num_cayley_neumann_terms <=
   /// kMaxNumCayleyNeumannTerms (PEFT computes I for every T <= 1; only T >= 0 is a setting).

@@ -1,30 +1,30 @@
 #pragma once
 /// \file policies.hpp
-/// The parameterization policies that both backends understand, as plain types without Eigen, so
+/// The parameterizations that both backends understand, as plain types without Eigen, so
 /// the CUDA backend (compiled by nvcc, Eigen-free) and the CPU backend name the same types:
 ///
 ///   BlockOrthogonal<float, CayleyNeumann, cpu>   and   BlockOrthogonal<float, CayleyNeumann, cuda>
 ///
 /// Only the data and the plan live here. The CPU math behind rotation() and rotation_vjp() is in
-/// cayley.hpp and cayley_neumann.hpp (detail::PolicyOps specializations); the CUDA kernels are in
-/// cuda/. CPU-only policies (CayleyNeumannTolerance, MatrixExponential) stay in their own headers.
+/// cayley.hpp and cayley_neumann.hpp (detail::ParameterizationOps specializations); the CUDA kernels are in
+/// cuda/. CPU-only parameterizations (CayleyNeumannTolerance, MatrixExponential) stay in their own headers.
 
 #include "config.hpp"
 #include "errors.hpp"
 
 namespace oft {
 
-/// What a policy decided for one generator, as plain data (for reports and tests).
+/// What a parameterization decided for one generator, as plain data (for reports and tests).
 struct PlanSummary {
   bool exact = false;  ///< exact Cayley (or exponential) was used
   int terms = -1;      ///< Neumann terms k when a truncated series was used, else -1
 };
 
 namespace detail {
-/// CPU implementation of a policy's math on dense b x b matrices; specialized next to the math
+/// CPU implementation of a parameterization's math on dense b x b matrices; specialized next to the math
 /// (cayley.hpp, cayley_neumann.hpp). Dependent on Matrix so this header needs no Eigen.
-template <class Policy, class Matrix>
-struct PolicyOps;
+template <class Parameterization, class Matrix>
+struct ParameterizationOps;
 }  // namespace detail
 
 /// Exact Cayley transform R(Q) = (I + Q)(I - Q)^-1 (see cayley.hpp for the math).
@@ -38,11 +38,11 @@ struct ExactCayley {
 
   template <class Matrix>
   void rotation(const Matrix& q, Plan, Matrix& r) const {
-    detail::PolicyOps<ExactCayley, Matrix>::rotation(q, r);
+    detail::ParameterizationOps<ExactCayley, Matrix>::rotation(q, r);
   }
   template <class Matrix>
   void rotation_vjp(const Matrix& q, const Matrix& r, Plan, const Matrix& g, Matrix& dq) const {
-    detail::PolicyOps<ExactCayley, Matrix>::rotation_vjp(q, r, g, dq);
+    detail::ParameterizationOps<ExactCayley, Matrix>::rotation_vjp(q, r, g, dq);
   }
 };
 
@@ -67,11 +67,11 @@ struct CayleyNeumann {
 
   template <class Matrix>
   void rotation(const Matrix& q, Plan, Matrix& r) const {
-    detail::PolicyOps<CayleyNeumann, Matrix>::rotation(terms, q, r);
+    detail::ParameterizationOps<CayleyNeumann, Matrix>::rotation(terms, q, r);
   }
   template <class Matrix>
   void rotation_vjp(const Matrix& q, const Matrix& /*r*/, Plan, const Matrix& g, Matrix& dq) const {
-    detail::PolicyOps<CayleyNeumann, Matrix>::rotation_vjp(terms, q, g, dq);
+    detail::ParameterizationOps<CayleyNeumann, Matrix>::rotation_vjp(terms, q, g, dq);
   }
 };
 

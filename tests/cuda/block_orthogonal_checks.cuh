@@ -453,15 +453,15 @@ void check_backward(int terms, std::uint64_t seed) {
 /// host (test_cuda_host_logic.cu).
 template <class T>
 void check_tensor_core_selection() {
-  const oft::cuda_detail::DeviceInfo device = oft::cuda_detail::query_device("test");
+  const oft::detail::cuda::DeviceInfo device = oft::detail::cuda::query_device("test");
   const bool device_has_wmma =
-      device.compute_capability >= oft::cuda_detail::tensor_core_min_arch<T>();
+      device.compute_capability >= oft::detail::cuda::tensor_core_min_arch<T>();
   using P = oft::cuda_parameter_t<T>;
   for (Index b : {1, 2, 3, 8, 15, 16, 24, 32, 48, 64, 80}) {
     const OpConfig config{2, b, false, 4};
     // b = 80 in double needs more shared memory for the generator kernels than Hopper's 227 KiB
     // (the first GPU run found this): there the constructor must refuse, naming the largest b.
-    if (oft::cuda_detail::generator_shared_bytes<P>(b, false) > device.max_shared_bytes) {
+    if (oft::detail::cuda::generator_shared_bytes<P>(b, false) > device.max_shared_bytes) {
       EXPECT_THROW((oft::BlockOrthogonal<T, oft::CayleyNeumann, oft::cuda>(
                        spec_of(config), oft::CayleyNeumann{4})),
                    std::invalid_argument)

@@ -25,9 +25,9 @@
 namespace {
 
 using oft::Index;
-using oft::cuda_detail::TensorCoreEnvironment;
-using oft::cuda_detail::TensorSharedLayout;
-using oft::cuda_detail::use_tensor_core_path;
+using oft::detail::cuda::TensorCoreEnvironment;
+using oft::detail::cuda::TensorSharedLayout;
+using oft::detail::cuda::use_tensor_core_path;
 
 constexpr std::size_t kHopperShared = 232448;  // H100 / H200 opt-in shared memory per block
 constexpr std::size_t kTuringShared = 65536;   // T4 (sm_75)
@@ -86,7 +86,7 @@ TEST(CudaHostLogic, TensorCoresNeedTheirSharedMemoryToFit) {
 // is 128-byte aligned (launch.hpp), so every region offset and every 16-row / 16-column step
 // must be a multiple of 32 bytes. (The header also static_asserts this.)
 TEST(CudaHostLogic, TensorSharedLayoutKeepsWmmaAlignment) {
-  EXPECT_EQ(oft::cuda_detail::kSharedAlignment % oft::cuda_detail::kWmmaAlignment, 0u);
+  EXPECT_EQ(oft::detail::cuda::kSharedAlignment % oft::detail::cuda::kWmmaAlignment, 0u);
   for (int b : {16, 32, 48, 64})
     for (bool backward : {false, true}) {
       const TensorSharedLayout s(b, backward);
@@ -110,35 +110,35 @@ TEST(CudaHostLogic, TensorSharedLayoutKeepsWmmaAlignment) {
 // The unmerge's singularity threshold is Eigen's FullPivLU default: diagonal size * epsilon of
 // the scalar type * the largest pivot (max |R_ij| for full pivoting).
 TEST(CudaHostLogic, SingularPivotFloorIsEigensDefaultThreshold) {
-  EXPECT_EQ(oft::cuda_detail::machine_epsilon<float>(), std::numeric_limits<float>::epsilon());
-  EXPECT_EQ(oft::cuda_detail::machine_epsilon<double>(), std::numeric_limits<double>::epsilon());
-  EXPECT_EQ(oft::cuda_detail::singular_pivot_floor(16, 2.0f),
+  EXPECT_EQ(oft::detail::cuda::machine_epsilon<float>(), std::numeric_limits<float>::epsilon());
+  EXPECT_EQ(oft::detail::cuda::machine_epsilon<double>(), std::numeric_limits<double>::epsilon());
+  EXPECT_EQ(oft::detail::cuda::singular_pivot_floor(16, 2.0f),
             16.0f * std::numeric_limits<float>::epsilon() * 2.0f);
-  EXPECT_EQ(oft::cuda_detail::singular_pivot_floor(4, 0.5), 4.0 * DBL_EPSILON * 0.5);
-  EXPECT_EQ(oft::cuda_detail::singular_pivot_floor(4, 0.0), 0.0);  // R = 0: every pivot is 0
+  EXPECT_EQ(oft::detail::cuda::singular_pivot_floor(4, 0.5), 4.0 * DBL_EPSILON * 0.5);
+  EXPECT_EQ(oft::detail::cuda::singular_pivot_floor(4, 0.0), 0.0);  // R = 0: every pivot is 0
 }
 
 TEST(CudaHostLogic, ScopedTokenGridLimitCapsTheGridAndRestoresIt) {
-  using oft::cuda_detail::gradient_chunks;
-  using oft::cuda_detail::kMaxGridY;
-  using oft::cuda_detail::tile_grid;
-  ASSERT_EQ(oft::cuda_detail::token_grid_limit(), kMaxGridY);
+  using oft::detail::cuda::gradient_chunks;
+  using oft::detail::cuda::kMaxGridY;
+  using oft::detail::cuda::tile_grid;
+  ASSERT_EQ(oft::detail::cuda::token_grid_limit(), kMaxGridY);
   EXPECT_EQ(tile_grid(100000), kMaxGridY);  // more tiles than CUDA's gridDim.y allows
   EXPECT_EQ(tile_grid(100), 100u);
   EXPECT_EQ(tile_grid(0), 1u);
   {
-    const oft::cuda_detail::ScopedTokenGridLimit limit(3);
-    EXPECT_EQ(oft::cuda_detail::token_grid_limit(), 3u);
+    const oft::detail::cuda::ScopedTokenGridLimit limit(3);
+    EXPECT_EQ(oft::detail::cuda::token_grid_limit(), 3u);
     EXPECT_EQ(tile_grid(100), 3u);
     EXPECT_EQ(tile_grid(2), 2u);
     // 1000 tokens, 3 blocks, 132 SMs: 32 tiles, 352 wanted, capped at 3.
     EXPECT_EQ(gradient_chunks(1000, 3, 132, false), 3);
   }
-  EXPECT_EQ(oft::cuda_detail::token_grid_limit(), kMaxGridY);
+  EXPECT_EQ(oft::detail::cuda::token_grid_limit(), kMaxGridY);
   EXPECT_EQ(gradient_chunks(1000, 3, 132, false), 32);
-  EXPECT_THROW(oft::cuda_detail::ScopedTokenGridLimit bad(0), std::invalid_argument);
-  EXPECT_THROW(oft::cuda_detail::ScopedTokenGridLimit bad(kMaxGridY + 1), std::invalid_argument);
-  EXPECT_EQ(oft::cuda_detail::token_grid_limit(), kMaxGridY);
+  EXPECT_THROW(oft::detail::cuda::ScopedTokenGridLimit bad(0), std::invalid_argument);
+  EXPECT_THROW(oft::detail::cuda::ScopedTokenGridLimit bad(kMaxGridY + 1), std::invalid_argument);
+  EXPECT_EQ(oft::detail::cuda::token_grid_limit(), kMaxGridY);
 }
 
 }  // namespace
@@ -164,10 +164,10 @@ TEST(CudaHostLogic, DeviceViewLeadingDimensionAndExactOverlap) {
   }
   // Columns [0, 8) and [8, 16) of a 4 x 16 buffer: interleaved addresses, no shared element.
   const View left(base, 4, 8, 16), right(base + 8, 4, 8, 16), shifted(base + 7, 4, 8, 16);
-  EXPECT_FALSE(oft::cuda_detail::overlaps(left, right));
-  EXPECT_FALSE(oft::cuda_detail::overlaps(right, left));
-  EXPECT_TRUE(oft::cuda_detail::overlaps(left, shifted));
-  EXPECT_TRUE(oft::cuda_detail::overlaps(shifted, right));
+  EXPECT_FALSE(oft::detail::cuda::overlaps(left, right));
+  EXPECT_FALSE(oft::detail::cuda::overlaps(right, left));
+  EXPECT_TRUE(oft::detail::cuda::overlaps(left, shifted));
+  EXPECT_TRUE(oft::detail::cuda::overlaps(shifted, right));
 }
 
 }  // namespace

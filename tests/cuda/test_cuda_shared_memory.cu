@@ -66,13 +66,13 @@ struct Backward {
   }
 };
 
-std::size_t vjp_bytes(Index b) { return oft::cuda_detail::generator_shared_bytes<float>(b, false); }
+std::size_t vjp_bytes(Index b) { return oft::detail::cuda::generator_shared_bytes<float>(b, false); }
 
 /// The VJP kernel's MaxDynamicSharedMemorySize and static shared bytes as the runtime reports.
 cudaFuncAttributes vjp_attributes() {
   cudaFuncAttributes attributes{};
   oft_cuda_test::cuda_check(
-      cudaFuncGetAttributes(&attributes, oft::cuda_detail::rotation_vjp_kernel<float>),
+      cudaFuncGetAttributes(&attributes, oft::detail::cuda::rotation_vjp_kernel<float>),
       "cudaFuncGetAttributes");
   return attributes;
 }
@@ -88,7 +88,7 @@ int optin_shared_bytes() {
 
 TEST_F(CudaSharedMemory, LimitIsNotLoweredBySmallerBlocks) {
   // Both sizes need the opt-in; the old per-launch setting left the attribute at the last size.
-  ASSERT_GT(vjp_bytes(48), oft::cuda_detail::kDefaultSharedBytes);
+  ASSERT_GT(vjp_bytes(48), oft::detail::cuda::kDefaultSharedBytes);
   ASSERT_GT(vjp_bytes(64), vjp_bytes(48));
   Rng rng(1);
   Backward big(64, rng), small(48, rng);
@@ -168,14 +168,14 @@ TEST_F(CudaSharedMemory, ConcurrentOperatorsWithDifferentBlockSizes) {
 }
 
 TEST_F(CudaSharedMemory, NeededBytesBeyondTheLimitThrowBeforeLaunch) {
-  const std::size_t limit = oft::cuda_detail::dynamic_shared_limit(
-      oft::cuda_detail::apply_simt_kernel<float, float>, "test");
-  EXPECT_GE(limit, oft::cuda_detail::kDefaultSharedBytes);
-  EXPECT_NO_THROW(oft::cuda_detail::require_dynamic_shared(
-      oft::cuda_detail::apply_simt_kernel<float, float>, limit, 7, "apply_simt_kernel", "test"));
+  const std::size_t limit = oft::detail::cuda::dynamic_shared_limit(
+      oft::detail::cuda::apply_simt_kernel<float, float>, "test");
+  EXPECT_GE(limit, oft::detail::cuda::kDefaultSharedBytes);
+  EXPECT_NO_THROW(oft::detail::cuda::require_dynamic_shared(
+      oft::detail::cuda::apply_simt_kernel<float, float>, limit, 7, "apply_simt_kernel", "test"));
   EXPECT_TRUE(oft_cuda_test::throws_with<std::invalid_argument>(
       [&] {
-        oft::cuda_detail::require_dynamic_shared(oft::cuda_detail::apply_simt_kernel<float, float>,
+        oft::detail::cuda::require_dynamic_shared(oft::detail::cuda::apply_simt_kernel<float, float>,
                                                  limit + 1, 999, "apply_simt_kernel", "test");
       },
       {"b=999", std::to_string(limit + 1) + " bytes", "apply_simt_kernel",

@@ -43,9 +43,9 @@ class CudaTokenGrid : public oft_cuda_test::CudaTest {};
 /// What use_tensor_cores() must say for T and b on this device.
 template <class T>
 bool expect_tensor_cores(Index b) {
-  const oft::cuda_detail::DeviceInfo device = oft::cuda_detail::query_device("test");
-  return oft::cuda_detail::use_tensor_core_path<T>(
-      b, oft::cuda_detail::tensor_core_environment<T>(device, "test"));
+  const oft::detail::cuda::DeviceInfo device = oft::detail::cuda::query_device("test");
+  return oft::detail::cuda::use_tensor_core_path<T>(
+      b, oft::detail::cuda::tensor_core_environment<T>(device, "test"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ constexpr Index kManyTokens = 3000;
 template <class T>
 void check_many_tiles_per_thread_block(Index b, int terms, std::uint64_t seed) {
   using P = oft::cuda_parameter_t<T>;
-  const oft::cuda_detail::ScopedTokenGridLimit limit(kForcedGridRows);
+  const oft::detail::cuda::ScopedTokenGridLimit limit(kForcedGridRows);
   Rng rng(seed);
   for (bool shared : {false, true}) {
     const OpConfig config{oft_cuda_test::kBlocks, b, shared, terms};
@@ -158,12 +158,12 @@ void check_more_row_tiles_than_grid_rows(std::uint64_t seed) {
   Rng rng(seed);
   GpuOperator<T, oft::CayleyNeumann> gpu(config, oft_cuda_test::random_theta<P>(config, 0.6, rng));
   ASSERT_EQ(gpu.op.use_tensor_cores(), expect_tensor_cores<T>(kB));
-  const Index tile_rows = gpu.op.use_tensor_cores() ? oft::cuda_detail::kTensorTileRows
-                                                    : oft::cuda_detail::kSimtTileRows;
-  const Index max_grid = oft::cuda_detail::kMaxGridY;
+  const Index tile_rows = gpu.op.use_tensor_cores() ? oft::detail::cuda::kTensorTileRows
+                                                    : oft::detail::cuda::kSimtTileRows;
+  const Index max_grid = oft::detail::cuda::kMaxGridY;
   const Index tiles = max_grid + 2;
   const Index n = (tiles - 1) * tile_rows + 5;  // the last tile is ragged
-  ASSERT_EQ(oft::cuda_detail::token_tiles(n, tile_rows), tiles);
+  ASSERT_EQ(oft::detail::cuda::token_tiles(n, tile_rows), tiles);
   const Index chunks = gpu.op.gradient_chunks(n);
   ASSERT_LT(chunks + 1, max_grid - 1);
   SCOPED_TRACE("N=" + std::to_string(n) + " tiles=" + std::to_string(tiles) +

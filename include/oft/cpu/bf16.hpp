@@ -37,9 +37,9 @@ enum class Bf16Arithmetic {
 };
 
 /// Whether this build has Bf16Arithmetic::DotProduct (AVX512_BF16, AVX512BW and AVX512VL).
-inline constexpr bool kBf16DotProductAvailable = cpu_detail::kHasBf16Dot;
+inline constexpr bool kBf16DotProductAvailable = detail::cpu::kHasBf16Dot;
 
-namespace cpu_detail {
+namespace detail::cpu {
 
 static_assert(sizeof(bfloat16) == 2 && std::is_standard_layout_v<bfloat16>,
               "Eigen::bfloat16 must be a 2-byte standard-layout wrapper of its bits");
@@ -66,5 +66,5 @@ inline void convert_row(const From* from, Index n, To* to) {
   }
 }
 
-}  // namespace cpu_detail
+}  // namespace detail::cpu
 }  // namespace oft

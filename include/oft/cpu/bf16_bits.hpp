@@ -16,7 +16,7 @@
 
 #include "../half.hpp"
 
-namespace oft::cpu_detail {
+namespace oft::detail::cpu {
 
 /// bfloat16 bits -> float, exactly (oft::bf16_to_float, half.hpp).
 inline float widen_bf16(std::uint16_t half) { return bf16_to_float(half); }
@@ -66,4 +66,4 @@ inline void narrow_packet_bf16(Eigen::bfloat16* out, const __m256& value) {
 }
 #endif
 
-}  // namespace oft::cpu_detail
+}  // namespace oft::detail::cpu

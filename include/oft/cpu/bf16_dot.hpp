@@ -28,7 +28,7 @@
 #include "bf16_bits.hpp"
 #include "gemm_tile.hpp"  // Packet traits, OFT_UNROLL
 
-namespace oft::cpu_detail {
+namespace oft::detail::cpu {
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(EIGEN_VECTORIZE_AVX512)
@@ -277,4 +277,4 @@ inline void gradient_pairs(Index b, Index pairs, const std::uint32_t* x_pairs,
 
 #endif  // OFT_HAVE_BF16_DOT
 
-}  // namespace oft::cpu_detail
+}  // namespace oft::detail::cpu

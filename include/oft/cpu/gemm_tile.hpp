@@ -20,7 +20,7 @@
 #include "../config.hpp"
 #include "bf16_bits.hpp"
 
-namespace oft::cpu_detail {
+namespace oft::detail::cpu {
 
 template <class Scalar>
 using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
@@ -327,4 +327,4 @@ inline void gemm_small_to(bool streaming, Index rows, Index cols, Index depth, c
     gemm_small<Scalar>(rows, cols, depth, a, a_row, a_inner, b, ldb, c, ldc, false);
 }
 
-}  // namespace oft::cpu_detail
+}  // namespace oft::detail::cpu

@@ -64,9 +64,9 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   explicit BlockOrthogonal(const BlockSpec& spec, Parameterization parameterization = {})
       : spec_(checked(spec)),
         parameterization_(parameterization),
-        device_(cuda_detail::query_device(kConstructor)),
-        tensor_cores_(cuda_detail::use_tensor_core_path<Scalar>(
-            spec.block_size, cuda_detail::tensor_core_environment<Scalar>(device_, kConstructor))),
+        device_(detail::cuda::query_device(kConstructor)),
+        tensor_cores_(detail::cuda::use_tensor_core_path<Scalar>(
+            spec.block_size, detail::cuda::tensor_core_environment<Scalar>(device_, kConstructor))),
         theta_(static_cast<std::size_t>(spec.generators() * spec.packed())),
         blocks_(static_cast<std::size_t>(spec.generators() * block_area())),
         active_(static_cast<std::size_t>(spec.blocks)),
@@ -79,12 +79,12 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
     }
     const char* where = kConstructor;
     if (theta_.size() > 0)
-      cuda_detail::check(cudaMemsetAsync(theta_.data(), 0, theta_.bytes(), nullptr),
+      detail::cuda::check(cudaMemsetAsync(theta_.data(), 0, theta_.bytes(), nullptr),
                          "cudaMemsetAsync", where);
-    cuda_detail::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), nullptr),
+    detail::cuda::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), nullptr),
                        "cudaMemsetAsync", where);
     rebuild(nullptr, where);
-    cuda_detail::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize", where);
+    detail::cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize", where);
   }
 
   const BlockSpec& spec() const { return spec_; }
@@ -95,17 +95,17 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   }
   /// True when apply and backward run on tensor cores: 16-bit T, b a multiple of 16 up to 64,
   /// and a device and compiled kernels with WMMA for T (sm_70+ for __half, sm_80+ for
-  /// __nv_bfloat16; cuda_detail::use_tensor_core_path). Decided once, at construction.
+  /// __nv_bfloat16; detail::cuda::use_tensor_core_path). Decided once, at construction.
   bool use_tensor_cores() const { return tensor_cores_; }
 
   /// theta (generators() x b(b-1)/2, device memory) -> R_i, enqueued on `stream`. theta is
   /// copied, so the caller may overwrite it once the stream has passed this call.
   void set_generators(DeviceMatrixView<const Parameter> theta, cudaStream_t stream) {
     const char* where = "BlockOrthogonal<cuda>::set_generators";
-    cuda_detail::require_shape(theta, spec_.generators(), spec_.packed(), "theta", where);
-    cuda_detail::require_device_pointer(theta.data(), "theta", where);
+    detail::cuda::require_shape(theta, spec_.generators(), spec_.packed(), "theta", where);
+    detail::cuda::require_device_pointer(theta.data(), "theta", where);
     if (!theta.empty()) {
-      cuda_detail::check(
+      detail::cuda::check(
           cudaMemcpy2DAsync(theta_.data(), static_cast<std::size_t>(spec_.packed()) * sizeof(Parameter),
                             theta.data(), static_cast<std::size_t>(theta.ld()) * sizeof(Parameter),
                             static_cast<std::size_t>(spec_.packed()) * sizeof(Parameter),
@@ -149,8 +149,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
       activate_all(stream, where);
       return;
     }
-    cuda_detail::require_device_pointer(active, "active", where);
-    cuda_detail::check(cudaMemcpyAsync(active_.data(), active, active_.bytes(),
+    detail::cuda::require_device_pointer(active, "active", where);
+    detail::cuda::check(cudaMemcpyAsync(active_.data(), active, active_.bytes(),
                                        cudaMemcpyDeviceToDevice, stream),
                        "cudaMemcpyAsync", where);
   }
@@ -176,8 +176,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   std::size_t workspace_bytes(Index tokens) const {
     detail::require(tokens >= 0, "BlockOrthogonal<cuda>::workspace_bytes: negative token count ",
                     tokens);
-    return cuda_detail::align_up(partials_bytes(tokens)) +
-           cuda_detail::align_up(static_cast<std::size_t>(spec_.generators() * block_area()) *
+    return detail::cuda::align_up(partials_bytes(tokens)) +
+           detail::cuda::align_up(static_cast<std::size_t>(spec_.generators() * block_area()) *
                                  sizeof(Parameter));
   }
 
@@ -191,21 +191,21 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
     const char* where = "BlockOrthogonal<cuda>::backward";
     const Index n = dy.rows(), d = features();
     const bool want_dtheta = !dtheta.empty();
-    cuda_detail::require_shape(dy, n, d, "dy", where);
+    detail::cuda::require_shape(dy, n, d, "dy", where);
     if (want_dtheta) {
-      cuda_detail::require_shape(x, n, d, "x", where);
-      cuda_detail::require_shape(dtheta, spec_.generators(), spec_.packed(), "dtheta", where);
-      cuda_detail::require_device_pointer(x.data(), "x", where);
-      cuda_detail::require_device_pointer(dtheta.data(), "dtheta", where);
-      cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
+      detail::cuda::require_shape(x, n, d, "x", where);
+      detail::cuda::require_shape(dtheta, spec_.generators(), spec_.packed(), "dtheta", where);
+      detail::cuda::require_device_pointer(x.data(), "x", where);
+      detail::cuda::require_device_pointer(dtheta.data(), "dtheta", where);
+      detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     }
     if (!dx.empty()) {
-      cuda_detail::require_shape(dx, n, d, "dx", where);
-      cuda_detail::require_device_pointer(dx.data(), "dx", where);
-      cuda_detail::require_in_place_or_disjoint(dx, dy, "dx", "dy", where);
-      if (want_dtheta) cuda_detail::require_in_place_or_disjoint(dx, x, "dx", "x", where);
+      detail::cuda::require_shape(dx, n, d, "dx", where);
+      detail::cuda::require_device_pointer(dx.data(), "dx", where);
+      detail::cuda::require_in_place_or_disjoint(dx, dy, "dx", "dy", where);
+      if (want_dtheta) detail::cuda::require_in_place_or_disjoint(dx, x, "dx", "x", where);
     }
-    cuda_detail::require_device_pointer(dy.data(), "dy", where);
+    detail::cuda::require_device_pointer(dy.data(), "dy", where);
     if (n == 0 && !want_dtheta) return;
 
     Parameter* partials = nullptr;
@@ -214,27 +214,27 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
     if (want_dtheta) {
       partials = static_cast<Parameter*>(workspace);
       grads = reinterpret_cast<Parameter*>(static_cast<char*>(workspace) +
-                                           cuda_detail::align_up(partials_bytes(n)));
+                                           detail::cuda::align_up(partials_bytes(n)));
     }
     Scalar* dx_data = dx.empty() ? nullptr : dx.data();
     const auto layout = this->layout();
     bool done = false;
     if constexpr (is_half_precision_v<Scalar>) {
       if (use_tensor_cores()) {
-        cuda_detail::backward_tensor_core<Scalar>(x.data(), x.ld(), dy.data(), dy.ld(), dx_data,
+        detail::cuda::backward_tensor_core<Scalar>(x.data(), x.ld(), dy.data(), dy.ld(), dx_data,
                                                   dx.ld(), n, layout, blocks_hi_.data(),
                                                   blocks_lo_.data(), partials, chunks, stream);
         done = true;
       }
     }
     if (!done) {
-      cuda_detail::backward_simt<Scalar, Parameter>(x.data(), x.ld(), dy.data(), dy.ld(), dx_data,
+      detail::cuda::backward_simt<Scalar, Parameter>(x.data(), x.ld(), dy.data(), dy.ld(), dx_data,
                                                     dx.ld(), n, layout, blocks_.data(), partials,
                                                     chunks, stream);
     }
     if (want_dtheta) {
-      cuda_detail::reduce_block_gradients<Parameter>(partials, chunks, layout, grads, stream);
-      cuda_detail::rotation_vjp<Parameter>(theta_.data(), spec_.packed(), spec_.generators(),
+      detail::cuda::reduce_block_gradients<Parameter>(partials, chunks, layout, grads, stream);
+      detail::cuda::rotation_vjp<Parameter>(theta_.data(), spec_.packed(), spec_.generators(),
                                            spec_.block_size, terms(), blocks_.data(), grads,
                                            dtheta.data(), dtheta.ld(), stream);
     }
@@ -249,17 +249,17 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   std::vector<Parameter> rotation_blocks_host(cudaStream_t stream) const {
     std::vector<Parameter> out(blocks_.size());
     const char* where = "BlockOrthogonal<cuda>::rotation_blocks_host";
-    cuda_detail::check(cudaMemcpyAsync(out.data(), blocks_.data(), blocks_.bytes(),
+    detail::cuda::check(cudaMemcpyAsync(out.data(), blocks_.data(), blocks_.bytes(),
                                        cudaMemcpyDeviceToHost, stream),
                        "cudaMemcpyAsync", where);
-    cuda_detail::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
+    detail::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
     return out;
   }
 
   /// Number of token chunks whose partial G sums backward reduces (a function of N, r and the
   /// device's SM count; exposed for tests and benchmarks).
   Index gradient_chunks(Index tokens) const {
-    return cuda_detail::gradient_chunks(tokens, spec_.blocks, device_.multiprocessors,
+    return detail::cuda::gradient_chunks(tokens, spec_.blocks, device_.multiprocessors,
                                         use_tensor_cores());
   }
 
@@ -274,30 +274,30 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   /// The generator kernels keep every b x b matrix in shared memory; the VJP needs the most.
   void require_generator_kernels_fit() const {
     const std::size_t need =
-        cuda_detail::generator_shared_bytes<Parameter>(spec_.block_size, exact());
+        detail::cuda::generator_shared_bytes<Parameter>(spec_.block_size, exact());
     const std::size_t limit =
-        cuda_detail::dynamic_shared_limit(cuda_detail::rotation_vjp_kernel<Parameter>, kConstructor);
+        detail::cuda::dynamic_shared_limit(detail::cuda::rotation_vjp_kernel<Parameter>, kConstructor);
     detail::require(need <= limit, "BlockOrthogonal<cuda>: block size b=", spec_.block_size,
                     " needs ", need, " bytes of shared memory per thread block for the ",
                     Parameterization::name, " kernels; this GPU allows ", limit,
                     " (largest supported b: ",
-                    cuda_detail::largest_block_size<Parameter>(exact(), limit), ")");
+                    detail::cuda::largest_block_size<Parameter>(exact(), limit), ")");
   }
 
   /// Sets the shared-memory limits of the CUDA-core token kernels now (the tensor-core ones
   /// were set by tensor_core_environment), so that no later call does it for the first time,
   /// e.g. inside a CUDA graph capture.
   void prepare_token_kernels() const {
-    (void)cuda_detail::dynamic_shared_limit(cuda_detail::apply_simt_kernel<Scalar, Parameter>,
+    (void)detail::cuda::dynamic_shared_limit(detail::cuda::apply_simt_kernel<Scalar, Parameter>,
                                             kConstructor);
-    (void)cuda_detail::dynamic_shared_limit(cuda_detail::backward_simt_kernel<Scalar, Parameter>,
+    (void)detail::cuda::dynamic_shared_limit(detail::cuda::backward_simt_kernel<Scalar, Parameter>,
                                             kConstructor);
-    (void)cuda_detail::dynamic_shared_limit(cuda_detail::build_rotations_kernel<Parameter>,
+    (void)detail::cuda::dynamic_shared_limit(detail::cuda::build_rotations_kernel<Parameter>,
                                             kConstructor);
   }
 
   void activate_all(cudaStream_t stream, const char* where) {
-    cuda_detail::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), stream),
+    detail::cuda::check(cudaMemsetAsync(active_.data(), 1, active_.bytes(), stream),
                        "cudaMemsetAsync", where);
   }
   Index block_area() const { return spec_.block_size * spec_.block_size; }
@@ -308,8 +308,8 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
     else
       return -1;  // exact Cayley
   }
-  cuda_detail::BlockLayout layout() const {
-    return cuda_detail::BlockLayout{spec_.blocks, spec_.block_size, spec_.shared, active_.data()};
+  detail::cuda::BlockLayout layout() const {
+    return detail::cuda::BlockLayout{spec_.blocks, spec_.block_size, spec_.shared, active_.data()};
   }
   std::size_t partials_bytes(Index tokens) const {
     return static_cast<std::size_t>(gradient_chunks(tokens) * spec_.blocks * block_area()) *
@@ -317,46 +317,46 @@ class BlockOrthogonal<Scalar_, Parameterization_, cuda> {
   }
 
   void rebuild(cudaStream_t stream, const char* where) {
-    cuda_detail::build_rotations<Parameter>(theta_.data(), spec_.packed(), spec_.generators(),
+    detail::cuda::build_rotations<Parameter>(theta_.data(), spec_.packed(), spec_.generators(),
                                             spec_.block_size, terms(), blocks_.data(), stream,
                                             where);
     if constexpr (is_half_precision_v<Scalar>) {
       if (use_tensor_cores())
-        cuda_detail::split_blocks<Scalar>(blocks_.data(), static_cast<Index>(blocks_.size()),
+        detail::cuda::split_blocks<Scalar>(blocks_.data(), static_cast<Index>(blocks_.size()),
                                           blocks_hi_.data(), blocks_lo_.data(), stream);
     }
   }
 
   void apply_impl(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> y, bool transpose,
                   cudaStream_t stream, const char* where) const {
-    cuda_detail::require_shape(x, x.rows(), features(), "x", where);
-    cuda_detail::require_shape(y, x.rows(), features(), "y", where);
-    cuda_detail::require_in_place_or_disjoint(y, x, "y", "x", where);
-    cuda_detail::require_device_pointer(x.data(), "x", where);
-    cuda_detail::require_device_pointer(y.data(), "y", where);
+    detail::cuda::require_shape(x, x.rows(), features(), "x", where);
+    detail::cuda::require_shape(y, x.rows(), features(), "y", where);
+    detail::cuda::require_in_place_or_disjoint(y, x, "y", "x", where);
+    detail::cuda::require_device_pointer(x.data(), "x", where);
+    detail::cuda::require_device_pointer(y.data(), "y", where);
     if (x.rows() == 0) return;
     if constexpr (is_half_precision_v<Scalar>) {
       if (use_tensor_cores()) {
-        cuda_detail::apply_tensor_core<Scalar>(x.data(), x.ld(), y.data(), y.ld(), x.rows(),
+        detail::cuda::apply_tensor_core<Scalar>(x.data(), x.ld(), y.data(), y.ld(), x.rows(),
                                                layout(), blocks_hi_.data(), blocks_lo_.data(),
                                                transpose, stream);
         return;
       }
     }
-    cuda_detail::apply_simt<Scalar, Parameter>(x.data(), x.ld(), y.data(), y.ld(), x.rows(),
+    detail::cuda::apply_simt<Scalar, Parameter>(x.data(), x.ld(), y.data(), y.ld(), x.rows(),
                                                layout(), blocks_.data(), transpose, stream);
   }
 
   BlockSpec spec_;
   Parameterization parameterization_;
-  cuda_detail::DeviceInfo device_;
+  detail::cuda::DeviceInfo device_;
   bool tensor_cores_ = false;       ///< apply and backward on tensor cores (use_tensor_cores)
   DeviceBuffer<Parameter> theta_;   ///< generators() x m, packed, contiguous
   DeviceBuffer<Parameter> blocks_;  ///< generators() x b x b, row-major R_g
   DeviceBuffer<Scalar> blocks_hi_;  ///< 16-bit T: R rounded to T (tensor-core path)
   DeviceBuffer<Scalar> blocks_lo_;  ///< 16-bit T: R - hi rounded to T
   DeviceBuffer<unsigned char> active_;            ///< r flags, 0: block acts as the identity
-  cuda_detail::HostStaging active_staging_;       ///< pinned source of set_active_blocks(vector)
+  detail::cuda::HostStaging active_staging_;       ///< pinned source of set_active_blocks(vector)
 };
 
 }  // namespace oft

@@ -97,7 +97,7 @@ class DeviceBuffer {
   explicit DeviceBuffer(std::size_t count) : count_(count) {
     if (count > 0) {
       void* p = nullptr;
-      cuda_detail::check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc", "DeviceBuffer");
+      detail::cuda::check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc", "DeviceBuffer");
       data_ = static_cast<T*>(p);
     }
   }
@@ -126,7 +126,7 @@ class DeviceBuffer {
   std::size_t count_ = 0;
 };
 
-namespace cuda_detail {
+namespace detail::cuda {
 
 /// A pinned (page-locked) host buffer that asynchronous host-to-device copies read from, with
 /// an event that marks the end of the last such copy. Pinned memory makes cudaMemcpyAsync truly
@@ -258,5 +258,5 @@ void require_disjoint(const DeviceMatrixView<A>& out, const DeviceMatrixView<B>&
                   ", which this operation does not support");
 }
 
-}  // namespace cuda_detail
+}  // namespace detail::cuda
 }  // namespace oft

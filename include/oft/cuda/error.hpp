@@ -27,7 +27,7 @@ class cuda_error : public std::runtime_error {
   int code_;
 };
 
-namespace cuda_detail {
+namespace detail::cuda {
 
 inline void check(cudaError_t status, const char* call, const char* where) {
   if (status != cudaSuccess) {
@@ -70,7 +70,7 @@ inline void check(cublasStatus_t status, const char* call, const char* where) {
   }
 }
 
-}  // namespace cuda_detail
+}  // namespace detail::cuda
 
 /// Why no CUDA device can be used by this process ("" when one can): the runtime's error name
 /// and string (e.g. no driver, or a driver older than the runtime), or "no CUDA device found".

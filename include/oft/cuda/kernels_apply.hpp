@@ -21,7 +21,7 @@
 #include "launch.hpp"
 #include "numeric.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 /// Where the blocks of an operator are and which act as the identity.
 struct BlockLayout {
@@ -243,4 +243,4 @@ void reduce_block_gradients(const P* partials, Index chunks, const BlockLayout& 
   check_launch("reduce_block_gradients_kernel", where);
 }
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

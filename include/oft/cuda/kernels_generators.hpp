@@ -24,7 +24,7 @@
 #include "launch.hpp"
 #include "workspace.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 inline constexpr int kGeneratorThreads = 256;
 
@@ -374,4 +374,4 @@ void invert_transposed_blocks(const P* blocks, Index count, Index b, P* out, int
   check_launch("invert_transposed_blocks_kernel", where);
 }
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

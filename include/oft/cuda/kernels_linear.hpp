@@ -12,7 +12,7 @@
 #include "error.hpp"
 #include "numeric.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 template <class T>
 cudaDataType_t cuda_data_type() {
@@ -48,4 +48,4 @@ void broadcast_rows(const T* bias, T* z, Index ldz, Index rows, Index cols, cuda
   check_launch("broadcast_rows_kernel", "OftLinear<cuda>::forward (bias)");
 }
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

@@ -32,7 +32,7 @@
 #include "launch.hpp"
 #include "numeric.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 inline constexpr int kTensorWarps = 8;
 inline constexpr int kTensorThreads = 32 * kTensorWarps;
@@ -471,4 +471,4 @@ void backward_tensor_core(const T* x, Index ldx, const T* dy, Index lddy, T* dx,
   check_launch("backward_tensor_core_kernel", where);
 }
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

@@ -29,7 +29,7 @@
 #include "../errors.hpp"
 #include "error.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 /// Shared memory a kernel may use without opting in.
 inline constexpr std::size_t kDefaultSharedBytes = 48 * 1024;
@@ -171,4 +171,4 @@ class ScopedTokenGridLimit {
   unsigned previous_ = kMaxGridY;
 };
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

@@ -49,20 +49,20 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     detail::require(w0.cols() == spec.features(), where, ": W0 has ", w0.cols(),
                     " columns, the block spec has d=", spec.features());
     detail::require(w0.rows() >= 1, where, ": W0 has no rows");
-    cuda_detail::require_device_pointer(w0.data(), "w0", where);
-    cuda_detail::require_device_pointer(bias, "bias", where);
+    detail::cuda::require_device_pointer(w0.data(), "w0", where);
+    detail::cuda::require_device_pointer(bias, "bias", where);
     const std::size_t row_bytes = static_cast<std::size_t>(w0.cols()) * sizeof(Scalar);
-    cuda_detail::check(cudaMemcpy2D(w0_.data(), row_bytes, w0.data(),
+    detail::cuda::check(cudaMemcpy2D(w0_.data(), row_bytes, w0.data(),
                                     static_cast<std::size_t>(w0.ld()) * sizeof(Scalar), row_bytes,
                                     static_cast<std::size_t>(w0.rows()), cudaMemcpyDeviceToDevice),
                        "cudaMemcpy2D", where);
     if (bias != nullptr)
-      cuda_detail::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
+      detail::cuda::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
                          "cudaMemcpy", where);
-    cuda_detail::check(cublasCreate(&handle_), "cublasCreate", where);
+    detail::cuda::check(cublasCreate(&handle_), "cublasCreate", where);
     // Device-to-device cudaMemcpy may return before the copy is done: finish it, so the caller
     // may overwrite its W0 and bias on any stream once the constructor has returned.
-    cuda_detail::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
+    detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
   }
   ~OftLinear() {
     if (handle_ != nullptr) (void)cublasDestroy(handle_);
@@ -86,7 +86,7 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
 
   /// Device workspace bytes for forward and backward with N tokens.
   std::size_t workspace_bytes(Index tokens) const {
-    return cuda_detail::align_up(activation_bytes(tokens)) + rotation_.workspace_bytes(tokens);
+    return detail::cuda::align_up(activation_bytes(tokens)) + rotation_.workspace_bytes(tokens);
   }
 
   /// Z = (X * R) * W0^T + bias. x: N x d, z: N x n_out (device memory, any leading dimension).
@@ -94,21 +94,21 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
                std::size_t workspace_size, cudaStream_t stream) {
     const char* where = "OftLinear<cuda>::forward";
     const Index n = x.rows();
-    cuda_detail::require_shape(x, n, in_features(), "x", where);
-    cuda_detail::require_shape(z, n, out_features_, "z", where);
-    cuda_detail::require_device_pointer(z.data(), "z", where);
-    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
+    detail::cuda::require_shape(x, n, in_features(), "x", where);
+    detail::cuda::require_shape(z, n, out_features_, "z", where);
+    detail::cuda::require_device_pointer(z.data(), "z", where);
+    detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     if (n == 0) return;
     DeviceMatrixView<Scalar> y(static_cast<Scalar*>(workspace), n, in_features());
     rotation_.apply(x, y, stream);
     float one = 1.0f, zero = 0.0f;
     double one_d = 1.0, zero_d = 0.0;
-    if (has_bias()) cuda_detail::broadcast_rows<Scalar>(bias_.data(), z.data(), z.ld(), n,
+    if (has_bias()) detail::cuda::broadcast_rows<Scalar>(bias_.data(), z.data(), z.ld(), n,
                                                         out_features_, stream);
     const bool accumulate = has_bias();
     bind(stream, where);
     // Column-major view: Z^T (n_out x N) = W0 (op T of the d x n_out matrix W0^T) * Y^T.
-    cuda_detail::check(
+    detail::cuda::check(
         cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, to_int(out_features_), to_int(n),
                      to_int(in_features()), alpha(one, one_d), w0_.data(), data_type(),
                      to_int(in_features()), y.data(), data_type(), to_int(y.ld()),
@@ -123,17 +123,17 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
                 std::size_t workspace_size, cudaStream_t stream) {
     const char* where = "OftLinear<cuda>::backward";
     const Index n = dz.rows();
-    cuda_detail::require_shape(dz, n, out_features_, "dz", where);
-    cuda_detail::require_shape(x, n, in_features(), "x", where);
-    cuda_detail::require_device_pointer(dz.data(), "dz", where);
-    cuda_detail::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
+    detail::cuda::require_shape(dz, n, out_features_, "dz", where);
+    detail::cuda::require_shape(x, n, in_features(), "x", where);
+    detail::cuda::require_device_pointer(dz.data(), "dz", where);
+    detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     DeviceMatrixView<Scalar> dy(static_cast<Scalar*>(workspace), n, in_features());
     if (n > 0) {
       float one = 1.0f, zero = 0.0f;
       double one_d = 1.0, zero_d = 0.0;
       bind(stream, where);
       // Column-major view: dY^T (d x N) = W0^T (d x n_out) * dZ^T (n_out x N).
-      cuda_detail::check(
+      detail::cuda::check(
           cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, to_int(in_features()), to_int(n),
                        to_int(out_features_), alpha(one, one_d), w0_.data(), data_type(),
                        to_int(in_features()), dz.data(), data_type(), to_int(dz.ld()),
@@ -141,17 +141,17 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
                        compute_type(), CUBLAS_GEMM_DEFAULT),
           "cublasGemmEx", where);
     }
-    char* rest = static_cast<char*>(workspace) + cuda_detail::align_up(activation_bytes(n));
-    rotation_.backward(x, dy, dx, dtheta, rest, workspace_size - cuda_detail::align_up(activation_bytes(n)),
+    char* rest = static_cast<char*>(workspace) + detail::cuda::align_up(activation_bytes(n));
+    rotation_.backward(x, dy, dx, dtheta, rest, workspace_size - detail::cuda::align_up(activation_bytes(n)),
                        stream);
   }
 
   /// W' = W0 * R^T (n_out x d) into `merged`.
   void merge(DeviceMatrixView<Scalar> merged, cudaStream_t stream) const {
     const char* where = "OftLinear<cuda>::merge";
-    cuda_detail::require_shape(merged, out_features_, in_features(), "merged", where);
-    cuda_detail::require_disjoint(merged, weight(), "merged", "the layer's W0", where);
-    cuda_detail::require_device_pointer(merged.data(), "merged", where);
+    detail::cuda::require_shape(merged, out_features_, in_features(), "merged", where);
+    detail::cuda::require_disjoint(merged, weight(), "merged", "the layer's W0", where);
+    detail::cuda::require_device_pointer(merged.data(), "merged", where);
     rotation_.apply_transposed(weight(), merged, stream);
   }
 
@@ -167,25 +167,25 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
   void unmerge(DeviceMatrixView<const Scalar> merged, DeviceMatrixView<Scalar> w0_out,
                cudaStream_t stream) const {
     const char* where = "OftLinear<cuda>::unmerge";
-    cuda_detail::require_shape(merged, out_features_, in_features(), "merged", where);
-    cuda_detail::require_shape(w0_out, out_features_, in_features(), "w0_out", where);
-    cuda_detail::require_in_place_or_disjoint(w0_out, merged, "w0_out", "merged", where);
-    cuda_detail::require_device_pointer(merged.data(), "merged", where);
-    cuda_detail::require_device_pointer(w0_out.data(), "w0_out", where);
+    detail::cuda::require_shape(merged, out_features_, in_features(), "merged", where);
+    detail::cuda::require_shape(w0_out, out_features_, in_features(), "w0_out", where);
+    detail::cuda::require_in_place_or_disjoint(w0_out, merged, "w0_out", "merged", where);
+    detail::cuda::require_device_pointer(merged.data(), "merged", where);
+    detail::cuda::require_device_pointer(w0_out.data(), "w0_out", where);
     const BlockSpec& spec = rotation_.spec();
     const Index area = spec.block_size * spec.block_size;
     DeviceBuffer<Parameter> inverses(static_cast<std::size_t>(spec.generators() * area));
     DeviceBuffer<int> singular(static_cast<std::size_t>(spec.generators()));
-    cuda_detail::invert_transposed_blocks<Parameter>(rotation_.rotation_blocks(),
+    detail::cuda::invert_transposed_blocks<Parameter>(rotation_.rotation_blocks(),
                                                      spec.generators(), spec.block_size,
                                                      inverses.data(), singular.data(), stream);
     require_active_blocks_invertible(singular, stream, where);
-    const cuda_detail::BlockLayout layout{spec.blocks, spec.block_size, spec.shared,
+    const detail::cuda::BlockLayout layout{spec.blocks, spec.block_size, spec.shared,
                                           rotation_.active_blocks()};
-    cuda_detail::apply_simt<Scalar, Parameter>(merged.data(), merged.ld(), w0_out.data(),
+    detail::cuda::apply_simt<Scalar, Parameter>(merged.data(), merged.ld(), w0_out.data(),
                                                w0_out.ld(), out_features_, layout,
                                                inverses.data(), false, stream);
-    cuda_detail::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
+    detail::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
   }
 
  private:
@@ -200,13 +200,13 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     const BlockSpec& spec = rotation_.spec();
     std::vector<int> flags(singular.size());
     std::vector<unsigned char> active(static_cast<std::size_t>(spec.blocks));
-    cuda_detail::check(cudaMemcpyAsync(flags.data(), singular.data(), singular.bytes(),
+    detail::cuda::check(cudaMemcpyAsync(flags.data(), singular.data(), singular.bytes(),
                                        cudaMemcpyDeviceToHost, stream),
                        "cudaMemcpyAsync", where);
-    cuda_detail::check(cudaMemcpyAsync(active.data(), rotation_.active_blocks(), active.size(),
+    detail::cuda::check(cudaMemcpyAsync(active.data(), rotation_.active_blocks(), active.size(),
                                        cudaMemcpyDeviceToHost, stream),
                        "cudaMemcpyAsync", where);
-    cuda_detail::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
+    detail::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
     for (Index i = 0; i < spec.blocks; ++i) {
       const bool is_active = active[static_cast<std::size_t>(i)] != 0;
       const bool is_singular = flags[static_cast<std::size_t>(spec.generator_of(i))] != 0;
@@ -216,7 +216,7 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
   }
 
   void bind(cudaStream_t stream, const char* where) {
-    cuda_detail::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
+    detail::cuda::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
   }
   static int to_int(Index v) {
     detail::require(v <= 2147483647, "OftLinear<cuda>: dimension ", v,
@@ -229,7 +229,7 @@ class OftLinear<Scalar_, Parameterization_, cuda> {
     else
       return &f;
   }
-  static cudaDataType_t data_type() { return cuda_detail::cuda_data_type<Scalar>(); }
+  static cudaDataType_t data_type() { return detail::cuda::cuda_data_type<Scalar>(); }
   static cublasComputeType_t compute_type() {
     return std::is_same_v<Scalar, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
   }

@@ -34,7 +34,7 @@ template <class T>
 inline constexpr bool is_half_precision_v =
     std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
 
-namespace cuda_detail {
+namespace detail::cuda {
 
 template <class Acc>
 __device__ __forceinline__ Acc to_accumulator(float x) { return static_cast<Acc>(x); }
@@ -72,5 +72,5 @@ __device__ __forceinline__ T from_accumulator(Acc x) {
   return Store<T>::from(x);
 }
 
-}  // namespace cuda_detail
+}  // namespace detail::cuda
 }  // namespace oft

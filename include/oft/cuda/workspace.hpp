@@ -10,7 +10,7 @@
 #include "../errors.hpp"
 #include "device_view.hpp"
 
-namespace oft::cuda_detail {
+namespace oft::detail::cuda {
 
 /// Alignment of a workspace and of every part carved out of it (cudaMalloc gives 256).
 inline constexpr std::size_t kAlignment = 256;
@@ -32,4 +32,4 @@ inline void require_workspace(const void* workspace, std::size_t size, std::size
                   ": workspace is not ", kAlignment, "-byte aligned");
 }
 
-}  // namespace oft::cuda_detail
+}  // namespace oft::detail::cuda

@@ -1,7 +1,7 @@
 #pragma once
 /// \file detail/thread_scratch.hpp
 /// Per-thread b x b scratch for the per-generator stages: theta -> R in set_generators and the
-/// policy's vector-Jacobian product in backward. Each OS thread keeps its own matrices between
+/// parameterization's vector-Jacobian product in backward. Each OS thread keeps its own matrices between
 /// calls, so a training step in steady state allocates nothing (issue 11; tests/
 /// test_no_allocation.cpp pins it), and two threads calling backward on the same const operator
 /// still share no state, which a mutable member would break. OpenMP's pool threads persist, so
@@ -14,8 +14,8 @@
 
 namespace oft::detail {
 
-/// Who owns which scratch matrix. Stages that nest (the generator loop calls the policy, and
-/// a policy may call another, e.g. CayleyNeumannTolerance falls back to exact Cayley) must use
+/// Who owns which scratch matrix. Stages that nest (the generator loop calls the parameterization, and
+/// a parameterization may call another, e.g. CayleyNeumannTolerance falls back to exact Cayley) must use
 /// disjoint slots, so each one is named here once.
 enum class ScratchSlot : int {
   GeneratorQ,       // BlockOrthogonal: Q of the generator at hand
