@@ -1,24 +1,29 @@
 """oft: orthogonal finetuning (OFTv2) kernels from C++, for Python.
 
-- ``oft.Policy``, ``oft.Rotation``: the CPU operator over NumPy arrays or torch tensors (no copies).
+- ``oft.Parameterization`` (also ``oft.Policy``), ``oft.Rotation``: the CPU operator over NumPy
+  arrays or torch tensors (no copies).
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``) and the ``OFTRotation`` module.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 """
-from ._core import (Policy, RotationFloat32, RotationFloat64, get_num_threads,
-                    has_bf16_dot_product, has_cuda, set_num_threads)
+from ._core import (Parameterization, Policy, get_num_threads, has_bf16_dot_product, has_cuda,
+                    set_num_threads)
+from . import _core
 
-__all__ = ["Policy", "Rotation", "RotationFloat32", "RotationFloat64", "get_num_threads",
-           "set_num_threads", "has_cuda", "has_bf16_dot_product"]
+__all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
+           "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name"]
 __version__ = "0.1.0"
 
 
-def _dtype_class(dtype):
-    name = str(dtype).replace("torch.", "")
-    if name in ("float32", "<class 'numpy.float32'>"):
-        return RotationFloat32
-    if name in ("float64", "<class 'numpy.float64'>"):
-        return RotationFloat64
-    raise TypeError(f"oft.Rotation: dtype {dtype!r} is not float32 or float64")
+def dtype_name(dtype) -> str:
+    """The name oft._core takes for a dtype: "float32" for ``torch.float32``, ``numpy.float32``,
+    ``numpy.dtype("float32")`` or "float32" (oft._core refuses the names it has no kernels for)."""
+    if isinstance(dtype, str):
+        return dtype
+    name = str(dtype)
+    if name.startswith("torch."):
+        return name[len("torch."):]
+    import numpy
+    return numpy.dtype(dtype).name
 
 
 def _writable(name, array):
@@ -34,11 +39,12 @@ class Rotation:
     """A block-diagonal rotation R = diag(R_1, ..., R_r) of ``features`` = r * ``block_size``.
 
     Works on NumPy arrays and CPU torch tensors in place (no copies): 2-D, of this operator's
-    ``dtype``, unit column stride, any row stride >= the width. A float32 operator also takes
-    bfloat16 activations (x, y, dy, dx in torch.bfloat16; theta and dtheta stay float32), computed
-    as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``, docs/bf16.md). ``policy`` is
-    an ``oft.Policy`` (default ``Policy.cayley_neumann(3)``, the map of PEFT's default of 5
-    Neumann terms).
+    ``dtype``, unit column stride, any row stride >= the width; inputs may be read-only, outputs
+    must be writable; 0 rows are fine (``backward`` then writes a zero dtheta). A float32 operator
+    also takes bfloat16 activations (x, y, dy, dx in torch.bfloat16; theta and dtheta stay
+    float32), computed as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``,
+    docs/bf16.md). ``policy`` is an ``oft.Parameterization`` (default
+    ``Parameterization.cayley_neumann(3)``, the map of PEFT's default of 5 Neumann terms).
 
         rot = oft.Rotation(4096, 32, dtype="float32")
         rot.set_generators(theta)          # theta: [r, b(b-1)/2]
@@ -47,16 +53,16 @@ class Rotation:
     """
 
     def __init__(self, features, block_size, *, shared=False, policy=None, dtype="float32"):
-        cls = _dtype_class(dtype)
-        self._op = cls(features, block_size, shared,
-                       policy if policy is not None else Policy.cayley_neumann(3))
+        self._op = _core.Rotation(features, block_size, shared,
+                                  policy if policy is not None else Parameterization.cayley_neumann(3),
+                                  dtype_name(dtype))
 
     def __getattr__(self, name):  # features, block_size, blocks, generators, shared, policy, ...
         return getattr(self._op, name)
 
     def __repr__(self):
         return (f"oft.Rotation(features={self._op.features}, block_size={self._op.block_size}, "
-                f"shared={self._op.shared}, policy={self._op.policy})")
+                f"shared={self._op.shared}, policy={self._op.policy}, dtype={self._op.dtype})")
 
     @property
     def bf16_arithmetic(self):
@@ -81,3 +87,17 @@ class Rotation:
 
     def rotation_blocks(self, out):
         self._op.rotation_blocks(_writable("out", out))
+
+
+class RotationFloat32(Rotation):
+    """``oft.Rotation(..., dtype="float32")`` with the positional arguments of ``oft._core``."""
+
+    def __init__(self, features, block_size, shared=False, policy=None):
+        super().__init__(features, block_size, shared=shared, policy=policy, dtype="float32")
+
+
+class RotationFloat64(Rotation):
+    """``oft.Rotation(..., dtype="float64")`` with the positional arguments of ``oft._core``."""
+
+    def __init__(self, features, block_size, shared=False, policy=None):
+        super().__init__(features, block_size, shared=shared, policy=policy, dtype="float64")

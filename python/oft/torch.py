@@ -1,7 +1,8 @@
 """PyTorch ops and modules over oft's kernels.
 
-Two differentiable ops, registered with ``torch.library.custom_op`` (so ``torch.compile`` sees each
-as one opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in double):
+Two differentiable ops, the torch library ops of ``oft._ops`` (schema, fake function and autograd
+defined there once; kernels per device in ``oft.backends``), so ``torch.compile`` sees each as one
+opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in double:
 
 - ``rotate(x, theta, block_size, ...)``: ``Y = X R`` over the last dimension of ``x`` (any leading
   shape), with the analytic backward: ``dX = dY R^T`` and ``dtheta``, from one fused pass over X
@@ -31,18 +32,17 @@ import math
 
 import torch
 
-from . import _core
+from . import _core, _ops
+from .backends import cpu as _cpu
 
 __all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES", "BF16_ARITHMETICS",
            "set_bf16_arithmetic", "get_bf16_arithmetic"]
 
-POLICIES = ("peft_neumann", "cayley_neumann", "cayley", "tolerance", "exponential")
-BF16_ARITHMETICS = ("float", "dot_product")
+POLICIES = _ops.PARAMETERIZATIONS
+BF16_ARITHMETICS = _cpu.BF16_ARITHMETICS
 _FLOAT_TYPES = (torch.float32, torch.float64)
 _CPU_TYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# The CPU's bfloat16 arithmetic: dot_product (vdpbf16ps) where this build of oft._core has it.
-_bf16_arithmetic = "dot_product" if _core.has_bf16_dot_product else "float"
 
 
 def set_bf16_arithmetic(arithmetic: str) -> None:
@@ -55,7 +55,6 @@ def set_bf16_arithmetic(arithmetic: str) -> None:
     ``"dot_product"`` in a build without AVX512_BF16 (``oft._core.has_bf16_dot_product``).
     CUDA tensors are not affected.
     """
-    global _bf16_arithmetic
     if arithmetic not in BF16_ARITHMETICS:
         raise ValueError(f"oft.torch.set_bf16_arithmetic: {arithmetic!r} is not one of "
                          f"{', '.join(map(repr, BF16_ARITHMETICS))}")
@@ -63,43 +62,12 @@ def set_bf16_arithmetic(arithmetic: str) -> None:
         raise ValueError("oft.torch.set_bf16_arithmetic: 'dot_product' needs oft._core built with "
                          "AVX512_BF16 (on a CPU that has it, with the default OFT_PYTHON_MARCH="
                          "native); this build has 'float' only")
-    _bf16_arithmetic = arithmetic
+    _cpu.bf16_arithmetic = arithmetic
 
 
 def get_bf16_arithmetic() -> str:
     """The CPU's bfloat16 arithmetic now: ``"float"`` or ``"dot_product"``."""
-    return _bf16_arithmetic
-
-
-def _policy(kind: str, terms: int, tol: float) -> _core.Policy:
-    if kind == "peft_neumann":
-        return _core.Policy.peft_neumann(terms)
-    if kind == "cayley_neumann":
-        return _core.Policy.cayley_neumann(terms)
-    if kind == "cayley":
-        return _core.Policy.cayley()
-    if kind == "tolerance":
-        return _core.Policy.tolerance(tol)
-    if kind == "exponential":
-        return _core.Policy.exponential()
-    raise ValueError(f"oft: unknown policy {kind!r}; expected one of {', '.join(POLICIES)}")
-
-
-def _operator(dtype: torch.dtype, features: int, block_size: int, shared: bool, kind: str,
-              terms: int, tol: float):
-    """The CPU operator for activations of ``dtype`` (bfloat16 runs on the float32 operator)."""
-    if dtype == torch.float64:
-        return _core.RotationFloat64(features, block_size, shared, _policy(kind, terms, tol))
-    op = _core.RotationFloat32(features, block_size, shared, _policy(kind, terms, tol))
-    if dtype == torch.bfloat16:
-        op.bf16_arithmetic = _bf16_arithmetic
-    return op
-
-
-def _kernel_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """theta as the kernels take it (CPU and CUDA): float64 for float64 x, else float32."""
-    wanted = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return theta.detach().to(wanted).contiguous()
+    return _cpu.bf16_arithmetic
 
 
 def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: int,
@@ -141,176 +109,6 @@ def _check_inputs(where: str, x: torch.Tensor, theta: torch.Tensor, block_size: 
                          f"{' shared' if shared else ''} (r = {r}, b(b-1)/2 = {m})")
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x as [N, d] without a copy where the kernel can take its layout (rows with any stride)."""
-    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    if x2.shape[1] > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    return x2
-
-
-# ---- CUDA path (only when oft._core was built with OFT_PYTHON_CUDA) ----------------------------
-_cuda_operators = {}
-
-
-def _cuda_policy(kind: str, terms: int):
-    """(exact, k) of the CUDA backend, which has CayleyNeumann{k} and ExactCayley only."""
-    if kind == "cayley":
-        return True, 0
-    if kind == "cayley_neumann":
-        return False, terms
-    if kind == "peft_neumann" and terms >= 3:
-        return False, 2 if terms == 3 else terms - 2
-    raise ValueError(f"oft: policy {kind!r}" + (f" with num_terms={terms}" if kind == "peft_neumann" else "")
-                     + " has no CUDA kernel (CUDA runs cayley, cayley_neumann and peft_neumann with "
-                     "T >= 3); move the tensors to the CPU")
-
-
-def _cuda_operator(x: torch.Tensor, block_size: int, shared: bool, kind: str, terms: int):
-    """One operator per device, dtype, shape, policy and stream: its calls are stream-ordered."""
-    exact, k = _cuda_policy(kind, terms)
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    key = (x.device, x.dtype, x.shape[-1], block_size, shared, exact, k, stream)
-    op = _cuda_operators.get(key)
-    if op is None:
-        with torch.cuda.device(x.device):
-            op = _core.CudaRotation(x.shape[-1], block_size, shared, exact, k,
-                                    str(x.dtype).replace("torch.", ""))
-        _cuda_operators[key] = op
-    return op, stream
-
-
-def _cuda_rotate(x, theta, block_size, shared, kind, terms):
-    x2 = _rows(x)
-    op, stream = _cuda_operator(x, block_size, shared, kind, terms)
-    op.set_generators(_kernel_theta(theta, x), stream)
-    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    op.apply(x2.detach(), y, False, stream)
-    return y.view(x.shape)
-
-
-def _cuda_rotate_backward(x, theta, dy, block_size, shared, kind, terms, want_dx, want_dtheta):
-    x2, dy2 = _rows(x), _rows(dy)
-    op, stream = _cuda_operator(x, block_size, shared, kind, terms)
-    theta_c = _kernel_theta(theta, x)
-    op.set_generators(theta_c, stream)
-    dx = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if want_dx else None
-    dtheta = torch.empty_like(theta_c) if want_dtheta else None
-    workspace = torch.empty(op.workspace_bytes(x2.shape[0]), dtype=torch.uint8, device=x.device)
-    op.backward(x2.detach(), dy2.detach(), dx, dtheta, workspace, stream)
-    empty = x.new_empty(0)
-    return (dx.view(x.shape) if want_dx else empty,
-            dtheta.to(theta.dtype) if want_dtheta else empty)
-
-
-@torch.library.custom_op("oft::rotate", mutates_args=())
-def _rotate_op(x: torch.Tensor, theta: torch.Tensor, block_size: int, shared: bool, policy: str,
-               terms: int, tol: float) -> torch.Tensor:
-    if x.device.type == "cuda":
-        return _cuda_rotate(x, theta, block_size, shared, policy, terms)
-    x2 = _rows(x)
-    op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    op.set_generators(_kernel_theta(theta, x))
-    y = torch.empty(x2.shape, dtype=x.dtype)
-    op.apply(x2.detach(), y)
-    return y.view(x.shape)
-
-
-@_rotate_op.register_fake
-def _(x, theta, block_size, shared, policy, terms, tol):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("oft::rotate_backward", mutates_args=())
-def _rotate_backward_op(x: torch.Tensor, theta: torch.Tensor, dy: torch.Tensor, block_size: int,
-                        shared: bool, policy: str, terms: int, tol: float, want_dx: bool,
-                        want_dtheta: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.device.type == "cuda":
-        return _cuda_rotate_backward(x, theta, dy, block_size, shared, policy, terms, want_dx,
-                                     want_dtheta)
-    x2 = _rows(x)
-    dy2 = _rows(dy)
-    op = _operator(x.dtype, x.shape[-1], block_size, shared, policy, terms, tol)
-    theta_c = _kernel_theta(theta, x)
-    op.set_generators(theta_c)
-    dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else torch.empty(0, dtype=x.dtype)
-    dtheta = torch.empty_like(theta_c) if want_dtheta else None
-    op.backward(x2.detach(), dy2.detach(), dx if want_dx else None, dtheta)
-    return ((dx.view(x.shape) if want_dx else dx),
-            dtheta.to(theta.dtype) if want_dtheta else torch.empty(0, dtype=x.dtype))
-
-
-@_rotate_backward_op.register_fake
-def _(x, theta, dy, block_size, shared, policy, terms, tol, want_dx, want_dtheta):
-    dx = torch.empty_like(x) if want_dx else x.new_empty(0)
-    dtheta = torch.empty_like(theta) if want_dtheta else x.new_empty(0)
-    return dx, dtheta
-
-
-def _rotate_setup(ctx, inputs, output):
-    x, theta, block_size, shared, policy, terms, tol = inputs
-    ctx.save_for_backward(x, theta)
-    ctx.args = (block_size, shared, policy, terms, tol)
-
-
-def _rotate_backward(ctx, dy):
-    x, theta = ctx.saved_tensors
-    want_dx, want_dtheta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if not (want_dx or want_dtheta):
-        return None, None, None, None, None, None, None
-    dx, dtheta = _rotate_backward_op(x, theta, dy, *ctx.args, want_dx, want_dtheta)
-    return (dx if want_dx else None), (dtheta if want_dtheta else None), None, None, None, None, None
-
-
-_rotate_op.register_autograd(_rotate_backward, setup_context=_rotate_setup)
-
-
-@torch.library.custom_op("oft::rotation_blocks", mutates_args=())
-def _blocks_op(theta: torch.Tensor, block_size: int, policy: str, terms: int,
-               tol: float) -> torch.Tensor:
-    g = theta.shape[0]
-    op = _operator(theta.dtype, g * block_size, block_size, False, policy, terms, tol)
-    op.set_generators(theta.detach().contiguous())
-    out = torch.empty((g, block_size, block_size), dtype=theta.dtype)
-    op.rotation_blocks(out.view(g * block_size, block_size))
-    return out
-
-
-@_blocks_op.register_fake
-def _(theta, block_size, policy, terms, tol):
-    return theta.new_empty((theta.shape[0], block_size, block_size))
-
-
-@torch.library.custom_op("oft::rotation_blocks_backward", mutates_args=())
-def _blocks_backward_op(theta: torch.Tensor, grad: torch.Tensor, block_size: int, policy: str,
-                        terms: int, tol: float) -> torch.Tensor:
-    g = theta.shape[0]
-    op = _operator(theta.dtype, g * block_size, block_size, False, policy, terms, tol)
-    op.set_generators(theta.detach().contiguous())
-    dtheta = torch.empty(theta.shape, dtype=theta.dtype)
-    op.backward_from_blocks(grad.detach().contiguous().view(g * block_size, block_size), dtheta)
-    return dtheta
-
-
-@_blocks_backward_op.register_fake
-def _(theta, grad, block_size, policy, terms, tol):
-    return torch.empty_like(theta)
-
-
-def _blocks_setup(ctx, inputs, output):
-    theta, block_size, policy, terms, tol = inputs
-    ctx.save_for_backward(theta)
-    ctx.args = (block_size, policy, terms, tol)
-
-
-def _blocks_backward(ctx, grad):
-    (theta,) = ctx.saved_tensors
-    return _blocks_backward_op(theta, grad, *ctx.args), None, None, None, None
-
-
-_blocks_op.register_autograd(_blocks_backward, setup_context=_blocks_setup)
-
-
 def _policy_args(policy: str, num_terms: int | None, k: int | None, tol: float | None):
     if policy not in POLICIES:
         raise ValueError(f"oft: unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
@@ -333,7 +131,7 @@ def rotate(x: torch.Tensor, theta: torch.Tensor, block_size: int, *, shared: boo
     """
     _check_inputs("oft.torch.rotate", x, theta, block_size, shared)
     kind, terms, tol_value = _policy_args(policy, num_terms, k, tol)
-    return _rotate_op(x, theta, block_size, bool(shared), kind, terms, tol_value)
+    return _ops.rotate(x, theta, block_size, bool(shared), kind, terms, tol_value)
 
 
 def rotation_blocks(theta: torch.Tensor, block_size: int, *, policy: str = "peft_neumann",
@@ -355,7 +153,7 @@ def rotation_blocks(theta: torch.Tensor, block_size: int, *, policy: str = "peft
         raise ValueError(f"oft.torch.rotation_blocks: theta {list(theta.shape)} must be [g, {m}] "
                          f"for block_size {block_size}")
     kind, terms, tol_value = _policy_args(policy, num_terms, k, tol)
-    return _blocks_op(theta, block_size, kind, terms, tol_value)
+    return _ops.rotation_blocks(theta, block_size, kind, terms, tol_value)
 
 
 class OFTRotation(torch.nn.Module):

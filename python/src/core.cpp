@@ -1,8 +1,12 @@
-// oft._core: the Python face of oft's CPU rotation (nanobind over DLPack).
+// oft._core: the Python face of oft's rotation (nanobind over DLPack): one binding class per
+// device, Rotation (CPU) and CudaRotation (OFT_PYTHON_CUDA builds), constructed alike from
+// (features, block_size, shared, Parameterization, dtype name); the dtype name is parsed once
+// (parse_dtype) for both.
 //
 // Arrays come in as nanobind ndarrays (torch tensors, NumPy arrays, anything with DLPack) and are
-// used in place, never copied: 2-D, float32 or float64 (and bfloat16 activations for the float32
-// operator: x, y, dy, dx in bfloat16, theta and dtheta in float32), on the CPU, unit column
+// used in place, never copied (inputs may be read-only; outputs must be writable): 2-D, float32
+// or float64 (and bfloat16 activations for the float32 operator: x, y, dy, dx in bfloat16, theta
+// and dtheta in float32), on the CPU, unit column
 // stride and any row stride >= the width (the C++ views' rule). Anything else is refused by
 // `matrix_of` with a TypeError (dtype) or ValueError (device, shape, strides) naming the argument
 // and its shape, before a kernel runs. C++ exceptions keep their messages: std::invalid_argument
@@ -31,8 +35,8 @@ namespace nb = nanobind;
 
 namespace {
 
-using Array = nb::ndarray<nb::device::cpu>;
-using AnyArray = nb::ndarray<>;
+using AnyArray = nb::ndarray<>;          // an array oft may write
+using ConstArray = nb::ndarray<nb::ro>;  // an array oft only reads (read-only ones too)
 
 template <class Scalar>
 const char* dtype_name() {
@@ -64,7 +68,8 @@ std::string dtype_name(const nb::dlpack::dtype& t) {
   return std::string(kind) + std::to_string(t.bits);
 }
 
-std::string shape_of(const AnyArray& a) {
+template <class Array>
+std::string shape_of(const Array& a) {
   std::ostringstream out;
   out << "[";
   for (size_t i = 0; i < a.ndim(); ++i) out << (i ? ", " : "") << a.shape(i);
@@ -96,6 +101,7 @@ oft::MatrixView<Element> matrix_of(const AnyArray& a, const char* name) {
   const auto col_stride = static_cast<oft::Index>(a.stride(1));
   oft::Index row_stride = static_cast<oft::Index>(a.stride(0));
   if (rows <= 1) row_stride = cols;  // the stride of a single row is meaningless (torch sets 1)
+  if (rows == 0) return oft::MatrixView<Element>(static_cast<Element*>(a.data()), 0, cols, cols);
   if ((cols > 1 && col_stride != 1) || row_stride < cols) {
     std::ostringstream msg;
     msg << name << " " << shape_of(a) << " has strides [" << a.stride(0) << ", " << a.stride(1)
@@ -111,8 +117,50 @@ oft::GeneratorView<Element> generators_of(const AnyArray& a, const char* name) {
   return oft::GeneratorView<Element>(matrix_of<Element>(a, name));
 }
 
+/// An array argument from Python: a NumPy array, torch tensor or anything with DLPack, taken
+/// without a copy. Inputs (`writable` false) may be read-only; outputs must be writable. What
+/// nanobind cannot take (a read-only output, a tensor whose device has no DLPack export such as
+/// torch's meta) becomes an error naming the argument instead of nanobind's generic
+/// "incompatible function arguments".
+AnyArray array_of(nb::handle h, const char* name, bool writable) {
+  if (writable) {
+    AnyArray a;
+    if (nb::try_cast(h, a, false)) return a;
+  }
+  ConstArray c;
+  if (nb::try_cast(h, c, false)) {
+    if (writable) {
+      throw nb::value_error((std::string(name) + " " + shape_of(c) +
+                             " is read-only; oft writes its result there (pass a writable array)")
+                                .c_str());
+    }
+    return AnyArray(c);
+  }
+  std::string where;
+  if (nb::hasattr(h, "device")) where = " on " + nb::cast<std::string>(nb::str(h.attr("device")));
+  std::string shape;
+  if (nb::hasattr(h, "shape")) shape = " " + nb::cast<std::string>(nb::str(nb::list(h.attr("shape"))));
+  throw nb::value_error((std::string(name) + shape + ": a " +
+                         nb::cast<std::string>(nb::str(nb::type_name(h.type()))) + where +
+                         " that oft cannot read (it takes NumPy arrays and CPU or CUDA tensors, "
+                         "through DLPack)")
+                            .c_str());
+}
+
+/// Activation types of a rotation (parsed here once, for both devices).
+enum class Dtype { Float32, Float64, Float16, Bfloat16 };
+
+Dtype parse_dtype(const std::string& name) {
+  if (name == "float32") return Dtype::Float32;
+  if (name == "float64") return Dtype::Float64;
+  if (name == "float16") return Dtype::Float16;
+  if (name == "bfloat16") return Dtype::Bfloat16;
+  throw nb::type_error(
+      ("dtype " + name + " is not float32, float64, float16 or bfloat16").c_str());
+}
+
 /// A parameterization chosen from Python (oft::AnyPolicy).
-struct Policy {
+struct Parameterization {
   oft::AnyPolicy value;
 };
 
@@ -121,16 +169,16 @@ std::string describe(const oft::AnyPolicy& p) {
       [](const auto& q) -> std::string {
         using P = std::decay_t<decltype(q)>;
         if constexpr (std::is_same_v<P, oft::CayleyNeumann>) {
-          return "Policy.cayley_neumann(k=" + std::to_string(q.terms) + ")";
+          return "Parameterization.cayley_neumann(k=" + std::to_string(q.terms) + ")";
         } else if constexpr (std::is_same_v<P, oft::peft::NeumannBranch>) {
-          return "Policy.peft_neumann(num_terms=" + std::to_string(q.terms) +
+          return "Parameterization.peft_neumann(num_terms=" + std::to_string(q.terms) +
                  (q.form == oft::peft::NeumannForm::Legacy ? ", legacy=True)" : ")");
         } else if constexpr (std::is_same_v<P, oft::CayleyNeumannTolerance>) {
-          return "Policy.tolerance(tol=" + std::to_string(q.tolerance) + ")";
+          return "Parameterization.tolerance(tol=" + std::to_string(q.tolerance) + ")";
         } else if constexpr (std::is_same_v<P, oft::ExactCayley>) {
-          return "Policy.cayley()";
+          return "Parameterization.cayley()";
         } else {
-          return "Policy.exponential()";
+          return "Parameterization.exponential()";
         }
       },
       p);
@@ -147,22 +195,31 @@ oft::Bf16Arithmetic parse_arithmetic(const std::string& name) {
       ("bf16_arithmetic must be 'float' or 'dot_product', got '" + name + "'").c_str());
 }
 
-/// BlockOrthogonal for a policy chosen at run time, with the Python checks in front. The float32
-/// operator also takes bfloat16 activations: each call follows the dtype of its x.
-template <class Scalar>
-class Rotation {
- public:
-  Rotation(oft::Index features, oft::Index block_size, bool shared, const Policy& policy)
-      : op_(oft::BlockSpec::from_features(features, block_size, shared), policy.value) {}
+/// theta or dtheta against the operator's [generators, b(b-1)/2], naming the argument.
+void check_generators(const AnyArray& a, const char* name, const oft::BlockSpec& spec) {
+  if (a.ndim() != 2 || static_cast<oft::Index>(a.shape(0)) != spec.generators() ||
+      static_cast<oft::Index>(a.shape(1)) != spec.packed()) {
+    throw nb::value_error((std::string(name) + " has shape " + shape_of(a) + ", expected [" +
+                           std::to_string(spec.generators()) + ", " +
+                           std::to_string(spec.packed()) + "] (generators x b(b-1)/2 for b = " +
+                           std::to_string(spec.block_size) + ")")
+                              .c_str());
+  }
+}
 
-  oft::Index features() const { return op_.features(); }
-  oft::Index block_size() const { return op_.spec().block_size; }
-  oft::Index blocks() const { return op_.spec().blocks; }
-  oft::Index generators() const { return op_.spec().generators(); }
-  bool shared() const { return op_.spec().shared; }
-  std::string policy() const { return describe(op_.policy()); }
+/// BlockOrthogonal for a parameterization chosen at run time, with the Python checks in front.
+/// The float32 operator also takes bfloat16 activations: each call follows the dtype of its x.
+template <class Scalar>
+class CpuRotation {
+ public:
+  CpuRotation(const oft::BlockSpec& spec, const oft::AnyPolicy& parameterization)
+      : op_(spec, parameterization) {}
+
+  const oft::BlockSpec& spec() const { return op_.spec(); }
+  std::string parameterization() const { return describe(op_.policy()); }
 
   void set_generators(const AnyArray& theta) {
+    check_generators(theta, "theta", spec());
     const auto view = generators_of<const Scalar>(theta, "theta");
     nb::gil_scoped_release release;
     op_.set_generators(view);
@@ -178,12 +235,13 @@ class Rotation {
   void apply_inverse(const AnyArray& x, const AnyArray& y, bool transposed) const {
     const auto xv = matrix_of<const Scalar>(x, "x");
     const auto yv = matrix_of<Scalar>(y, "y");
+    if (xv.rows() == 0 && yv.rows() == 0) return;
     nb::gil_scoped_release release;
     op_.apply_inverse(xv, yv, transposed);
   }
 
-  void backward(const AnyArray& x, const AnyArray& dy, std::optional<AnyArray> dx,
-                std::optional<AnyArray> dtheta) const {
+  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                const std::optional<AnyArray>& dtheta) const {
     if constexpr (std::is_same_v<Scalar, float>) {
       if (x.dtype() == dtype_of<oft::bfloat16>())
         return backward_as<oft::bfloat16>(x, dy, dx, dtheta);
@@ -193,36 +251,33 @@ class Rotation {
 
   void backward_from_blocks(const AnyArray& block_gradients, const AnyArray& dtheta) const {
     const auto gv = matrix_of<const Scalar>(block_gradients, "block_gradients");
+    check_generators(dtheta, "dtheta", spec());
     const auto dthetav = generators_of<Scalar>(dtheta, "dtheta");
     nb::gil_scoped_release release;
     op_.backward_from_block_gradients(gv, dthetav);
   }
 
-  /// R_i of every block, stacked as (r*b) x b rows into `out`.
   void rotation_blocks(const AnyArray& out) const {
     const auto ov = matrix_of<Scalar>(out, "out");
-    const oft::Index b = block_size();
-    if (ov.rows() != blocks() * b || ov.cols() != b) {
-      throw nb::value_error(("out " + shape_of(out) + " must be [" + std::to_string(blocks() * b) +
+    const oft::Index b = spec().block_size, r = spec().blocks;
+    if (ov.rows() != r * b || ov.cols() != b) {
+      throw nb::value_error(("out " + shape_of(out) + " must be [" + std::to_string(r * b) +
                              ", " + std::to_string(b) + "] (r*b rows of R_i)")
                                 .c_str());
     }
-    for (oft::Index i = 0; i < blocks(); ++i) ov.block(i * b, 0, b, b).map() = op_.block(i);
+    for (oft::Index i = 0; i < r; ++i) ov.block(i * b, 0, b, b).map() = op_.block(i);
   }
 
   double orthogonality_error() const { return op_.orthogonality_error(); }
-
-  std::string bf16_arithmetic() const { return arithmetic_name(op_.bf16_arithmetic()); }
-  void set_bf16_arithmetic(const std::string& name) {
-    op_.set_bf16_arithmetic(parse_arithmetic(name));
-  }
+  oft::Bf16Arithmetic bf16_arithmetic() const { return op_.bf16_arithmetic(); }
+  void set_bf16_arithmetic(oft::Bf16Arithmetic a) { op_.set_bf16_arithmetic(a); }
 
  private:
-  /// apply with activations of type Act (Scalar, or bfloat16 for the float32 operator).
   template <class Act>
   void apply_as(const AnyArray& x, const AnyArray& y, bool transposed) const {
     const auto xv = matrix_of<const Act>(x, "x");
     const auto yv = matrix_of<Act>(y, "y");
+    if (xv.rows() == 0 && yv.rows() == 0) return;  // an empty batch: nothing to rotate
     nb::gil_scoped_release release;
     if (transposed) {
       op_.apply_transposed(xv, yv);
@@ -238,8 +293,19 @@ class Rotation {
     const auto xv = matrix_of<const Act>(x, "x");
     const auto dyv = matrix_of<const Act>(dy, "dy");
     const oft::MatrixView<Act> dxv = dx ? matrix_of<Act>(*dx, "dx") : oft::MatrixView<Act>();
+    if (dtheta) check_generators(*dtheta, "dtheta", spec());
     const oft::GeneratorView<Scalar> dthetav =
         dtheta ? generators_of<Scalar>(*dtheta, "dtheta") : oft::GeneratorView<Scalar>();
+    if (xv.rows() == 0 && dyv.rows() == 0 && (!dx || dxv.rows() == 0)) {
+      // An empty batch: dx has no rows and dtheta is zero (PEFT's gradient there).
+      if (dtheta) {
+        for (oft::Index g = 0; g < spec().generators(); ++g) {
+          Scalar* row = static_cast<Scalar*>(dtheta->data()) + g * dtheta->stride(0);
+          for (oft::Index j = 0; j < spec().packed(); ++j) row[j] = Scalar(0);
+        }
+      }
+      return;
+    }
     nb::gil_scoped_release release;
     oft::Workspace<Scalar> workspace;  // per call: backward stays safe from several threads
     op_.backward(xv, dyv, dxv, dthetav, workspace);
@@ -248,52 +314,114 @@ class Rotation {
   oft::AnyBlockOrthogonal<Scalar> op_;
 };
 
-template <class Scalar>
-void bind_rotation(nb::module_& m, const char* name) {
-  using R = Rotation<Scalar>;
-  nb::class_<R> cls(m, name);
-  cls.def(nb::init<oft::Index, oft::Index, bool, const Policy&>(), nb::arg("features"),
-          nb::arg("block_size"), nb::arg("shared") = false, nb::arg("policy"))
-      .def_prop_ro("features", &R::features)
-      .def_prop_ro("block_size", &R::block_size)
-      .def_prop_ro("blocks", &R::blocks)
-      .def_prop_ro("generators", &R::generators)
-      .def_prop_ro("shared", &R::shared)
-      .def_prop_ro("policy", &R::policy)
-      .def("set_generators", &R::set_generators, nb::arg("theta"),
-           "theta -> R_i (theta: [generators, b(b-1)/2]).")
-      .def("apply", &R::apply, nb::arg("x"), nb::arg("y"), nb::arg("transposed") = false,
-           "y = x R (or x R^T); y may be x itself.")
-      .def("apply_inverse", &R::apply_inverse, nb::arg("x"), nb::arg("y"),
-           nb::arg("transposed") = false, "y = x R^-1 (or x R^-T), per-block LU.")
-      .def("backward", &R::backward, nb::arg("x"), nb::arg("dy"), nb::arg("dx").none(),
-           nb::arg("dtheta").none(),
-           "dx = dy R^T and dtheta = d<dy, x R>/dtheta; pass None to skip either.")
-      .def("backward_from_blocks", &R::backward_from_blocks, nb::arg("block_gradients"),
-           nb::arg("dtheta"), "dtheta from dL/dR_i stacked as [r*b, b].")
-      .def("rotation_blocks", &R::rotation_blocks, nb::arg("out"),
-           "Writes R_i of every block, stacked as [r*b, b].")
-      .def("orthogonality_error", &R::orthogonality_error);
-  if constexpr (std::is_same_v<Scalar, float>) {
-    cls.def_prop_rw("bf16_arithmetic", &R::bf16_arithmetic, &R::set_bf16_arithmetic,
-                    "How bfloat16 activations are computed: 'float' (widen, the float32 kernels, "
-                    "round once: bitwise the float32 path's rounding) or 'dot_product' "
-                    "(vdpbf16ps; within the bound of docs/bf16.md; the default where the build "
-                    "has AVX512_BF16).");
-  }
-}
+/// oft._core.Rotation: the CPU operator for one dtype ("float32", "float64", or "bfloat16",
+/// which is the float32 operator: bfloat16 activations, float32 theta).
+class Rotation {
+ public:
+  Rotation(oft::Index features, oft::Index block_size, bool shared,
+           const Parameterization& parameterization, const std::string& dtype)
+      : dtype_(parse_dtype(dtype)),
+        op_(make(oft::BlockSpec::from_features(features, block_size, shared),
+                 parameterization.value, dtype_)) {}
 
+  const oft::BlockSpec& spec() const {
+    return std::visit([](const auto& op) -> const oft::BlockSpec& { return op.spec(); }, op_);
+  }
+  oft::Index features() const { return spec().features(); }
+  std::string dtype() const {
+    return dtype_ == Dtype::Float64 ? "float64" : dtype_ == Dtype::Bfloat16 ? "bfloat16" : "float32";
+  }
+  std::string parameterization() const {
+    return std::visit([](const auto& op) { return op.parameterization(); }, op_);
+  }
+
+  void set_generators(nb::handle theta) {
+    const AnyArray t = array_of(theta, "theta", false);
+    std::visit([&](auto& op) { op.set_generators(t); }, op_);
+  }
+  void apply(nb::handle x, nb::handle y, bool transposed) const {
+    const AnyArray xa = array_of(x, "x", false), ya = array_of(y, "y", true);
+    std::visit([&](const auto& op) { op.apply(xa, ya, transposed); }, op_);
+  }
+  void apply_inverse(nb::handle x, nb::handle y, bool transposed) const {
+    const AnyArray xa = array_of(x, "x", false), ya = array_of(y, "y", true);
+    std::visit([&](const auto& op) { op.apply_inverse(xa, ya, transposed); }, op_);
+  }
+  void backward(nb::handle x, nb::handle dy, nb::handle dx, nb::handle dtheta) const {
+    const AnyArray xa = array_of(x, "x", false), dya = array_of(dy, "dy", false);
+    std::optional<AnyArray> dxa, dthetaa;
+    if (!dx.is_none()) dxa = array_of(dx, "dx", true);
+    if (!dtheta.is_none()) dthetaa = array_of(dtheta, "dtheta", true);
+    std::visit([&](const auto& op) { op.backward(xa, dya, dxa, dthetaa); }, op_);
+  }
+  void backward_from_blocks(nb::handle block_gradients, nb::handle dtheta) const {
+    const AnyArray g = array_of(block_gradients, "block_gradients", false);
+    const AnyArray d = array_of(dtheta, "dtheta", true);
+    std::visit([&](const auto& op) { op.backward_from_blocks(g, d); }, op_);
+  }
+  void rotation_blocks(nb::handle out) const {
+    const AnyArray o = array_of(out, "out", true);
+    std::visit([&](const auto& op) { op.rotation_blocks(o); }, op_);
+  }
+  double orthogonality_error() const {
+    return std::visit([](const auto& op) { return op.orthogonality_error(); }, op_);
+  }
+
+  std::string bf16_arithmetic() const { return arithmetic_name(float_op().bf16_arithmetic()); }
+  void set_bf16_arithmetic(const std::string& name) {
+    const auto a = parse_arithmetic(name);
+    float_op().set_bf16_arithmetic(a);
+  }
+
+ private:
+  using Variant = std::variant<CpuRotation<float>, CpuRotation<double>>;
+
+  static Variant make(const oft::BlockSpec& spec, const oft::AnyPolicy& p, Dtype dtype) {
+    switch (dtype) {
+      case Dtype::Float64: return Variant(std::in_place_type<CpuRotation<double>>, spec, p);
+      case Dtype::Float16:
+        throw nb::type_error("dtype float16 is not float32 or float64 (or bfloat16 activations): "
+                             "the CPU has no float16 kernels (CUDA has)");
+      default: return Variant(std::in_place_type<CpuRotation<float>>, spec, p);
+    }
+  }
+  CpuRotation<float>& float_op() const {
+    auto* op = std::get_if<CpuRotation<float>>(&op_);
+    if (!op) {
+      throw nb::attribute_error(
+          "bf16_arithmetic: a float64 operator takes no bfloat16 activations");
+    }
+    return const_cast<CpuRotation<float>&>(*op);
+  }
+
+  Dtype dtype_;
+  Variant op_;
+};
+
+template <class R>
+void bind_shape(nb::class_<R>& cls) {
+  cls.def_prop_ro("features", [](const R& r) { return r.spec().features(); })
+      .def_prop_ro("block_size", [](const R& r) { return r.spec().block_size; })
+      .def_prop_ro("blocks", [](const R& r) { return r.spec().blocks; })
+      .def_prop_ro("generators", [](const R& r) { return r.spec().generators(); })
+      .def_prop_ro("shared", [](const R& r) { return r.spec().shared; })
+      .def_prop_ro("dtype", &R::dtype)
+      .def_prop_ro("parameterization", &R::parameterization)
+      .def_prop_ro("policy", &R::parameterization);
+}
 
 #ifdef OFT_PYTHON_CUDA
 /// A device array argument: pointer and row stride, after the same checks as matrix_of (CUDA
-/// device, dtype, 2-D, rows x cols when given, unit column stride).
+/// device, dtype, 2-D, rows x cols, unit column stride).
 struct DeviceArg {
   void* data;
   oft::Index ld;
 };
 
-DeviceArg device_matrix(const AnyArray& a, const char* name, const nb::dlpack::dtype& dtype,
-                        const char* dtype_label, oft::Index rows, oft::Index cols) {
+DeviceArg device_matrix(nb::handle h, const char* name, bool writable,
+                        const nb::dlpack::dtype& dtype, const char* dtype_label, oft::Index rows,
+                        oft::Index cols) {
+  const AnyArray a = array_of(h, name, writable);
   if (a.device_type() != nb::device::cuda::value) {
     throw nb::value_error((std::string(name) + " " + shape_of(a) +
                            " is not on a CUDA device (CudaRotation takes CUDA tensors)")
@@ -304,14 +432,14 @@ DeviceArg device_matrix(const AnyArray& a, const char* name, const nb::dlpack::d
                           ", expected " + dtype_label)
                              .c_str());
   }
-  if (a.ndim() != 2 || static_cast<oft::Index>(a.shape(0)) != rows ||
+  if (a.ndim() != 2 || (rows >= 0 && static_cast<oft::Index>(a.shape(0)) != rows) ||
       static_cast<oft::Index>(a.shape(1)) != cols) {
     throw nb::value_error((std::string(name) + " has shape " + shape_of(a) + ", expected [" +
                            std::to_string(rows) + ", " + std::to_string(cols) + "]")
                               .c_str());
   }
   oft::Index ld = static_cast<oft::Index>(a.stride(0));
-  if (rows <= 1) ld = cols;
+  if (a.shape(0) <= 1) ld = cols;
   if ((cols > 1 && a.stride(1) != 1) || ld < cols) {
     throw nb::value_error((std::string(name) + " " + shape_of(a) +
                            " needs unit column stride and a row stride >= the width")
@@ -320,78 +448,115 @@ DeviceArg device_matrix(const AnyArray& a, const char* name, const nb::dlpack::d
   return {a.data(), ld};
 }
 
-/// oft_python::CudaRotation with the Python checks in front (shapes from the operator).
-class PyCudaRotation {
- public:
-  PyCudaRotation(oft::Index features, oft::Index block_size, bool shared, bool exact, int k,
-                 const std::string& dtype)
-      : features_(features), dtype_(parse(dtype)), dtype_label_(dtype),
-        op_(features, block_size, shared, exact, k, dtype_) {}
+/// (exact, k) of the CUDA backend, which has ExactCayley and CayleyNeumann{k}; PEFT's Neumann
+/// branch maps through oft::peft::neumann_terms_to_k (T >= 3).
+std::pair<bool, int> cuda_parameterization(const oft::AnyPolicy& p) {
+  if (std::holds_alternative<oft::ExactCayley>(p)) return {true, 0};
+  if (const auto* q = std::get_if<oft::CayleyNeumann>(&p)) return {false, q->terms};
+  if (const auto* q = std::get_if<oft::peft::NeumannBranch>(&p)) {
+    if (q->form == oft::peft::NeumannForm::Current && q->terms >= 3)
+      return {false, oft::peft::neumann_terms_to_k(q->terms)};
+  }
+  throw nb::value_error((describe(p) + " has no CUDA kernel (CUDA runs cayley, cayley_neumann "
+                                       "and peft_neumann with T >= 3); move the tensors to the CPU")
+                            .c_str());
+}
 
+oft_python::CudaDtype cuda_dtype(Dtype d) {
+  switch (d) {
+    case Dtype::Float64: return oft_python::CudaDtype::Float64;
+    case Dtype::Float16: return oft_python::CudaDtype::Float16;
+    case Dtype::Bfloat16: return oft_python::CudaDtype::Bfloat16;
+    default: return oft_python::CudaDtype::Float32;
+  }
+}
+
+/// oft._core.CudaRotation: the CUDA operator, constructed like Rotation, with the Python checks
+/// in front (shapes from the operator). Every call enqueues on `stream` (a cudaStream_t as int).
+class CudaRotation {
+ public:
+  CudaRotation(oft::Index features, oft::Index block_size, bool shared,
+               const Parameterization& parameterization, const std::string& dtype)
+      : spec_(oft::BlockSpec::from_features(features, block_size, shared)),
+        parameterization_(parameterization.value),
+        dtype_(parse_dtype(dtype)),
+        op_(features, block_size, shared, cuda_parameterization(parameterization.value).first,
+            cuda_parameterization(parameterization.value).second, cuda_dtype(dtype_)) {}
+
+  const oft::BlockSpec& spec() const { return spec_; }
+  std::string dtype() const {
+    switch (dtype_) {
+      case Dtype::Float64: return "float64";
+      case Dtype::Float16: return "float16";
+      case Dtype::Bfloat16: return "bfloat16";
+      default: return "float32";
+    }
+  }
+  std::string parameterization() const { return describe(parameterization_); }
   bool tensor_cores() const { return op_.tensor_cores(); }
 
-  void set_generators(const AnyArray& theta, std::uintptr_t stream) {
-    const DeviceArg t = device_matrix(theta, "theta", parameter_dtype(), parameter_label(),
+  void set_generators(nb::handle theta, std::uintptr_t stream) {
+    const DeviceArg t = device_matrix(theta, "theta", false, parameter_dtype(), parameter_label(),
                                       op_.generators(), op_.packed());
     op_.set_generators(t.data, t.ld, stream);
   }
 
-  void apply(const AnyArray& x, const AnyArray& y, bool transposed, std::uintptr_t stream) const {
-    const oft::Index rows = x.ndim() == 2 ? static_cast<oft::Index>(x.shape(0)) : -1;
-    const DeviceArg xa = device_matrix(x, "x", activation_dtype(), dtype_label_.c_str(), rows, features_);
-    const DeviceArg ya = device_matrix(y, "y", activation_dtype(), dtype_label_.c_str(), rows, features_);
+  void apply(nb::handle x, nb::handle y, bool transposed, std::uintptr_t stream) const {
+    const std::string label = dtype();
+    const DeviceArg xa = device_matrix(x, "x", false, activation_dtype(), label.c_str(), -1,
+                                       spec_.features());
+    const oft::Index rows = rows_of(x);
+    const DeviceArg ya = device_matrix(y, "y", true, activation_dtype(), label.c_str(), rows,
+                                       spec_.features());
+    if (rows == 0) return;
     op_.apply(xa.data, xa.ld, ya.data, ya.ld, rows, transposed, stream);
   }
 
   std::size_t workspace_bytes(oft::Index rows) const { return op_.workspace_bytes(rows); }
 
-  void backward(const AnyArray& x, const AnyArray& dy, std::optional<AnyArray> dx,
-                std::optional<AnyArray> dtheta, const AnyArray& workspace,
-                std::uintptr_t stream) const {
-    const oft::Index rows = dy.ndim() == 2 ? static_cast<oft::Index>(dy.shape(0)) : -1;
+  void backward(nb::handle x, nb::handle dy, nb::handle dx, nb::handle dtheta,
+                nb::handle workspace, std::uintptr_t stream) const {
+    const std::string label = dtype();
     const auto t = activation_dtype();
-    const char* label = dtype_label_.c_str();
-    const DeviceArg xa = device_matrix(x, "x", t, label, rows, features_);
-    const DeviceArg dya = device_matrix(dy, "dy", t, label, rows, features_);
-    const DeviceArg dxa = dx ? device_matrix(*dx, "dx", t, label, rows, features_) : DeviceArg{nullptr, 0};
-    const DeviceArg dtha = dtheta ? device_matrix(*dtheta, "dtheta", parameter_dtype(), parameter_label(),
-                                                  op_.generators(), op_.packed())
-                                  : DeviceArg{nullptr, 0};
-    if (workspace.device_type() != nb::device::cuda::value || workspace.ndim() != 1 ||
-        workspace.dtype() != nb::dtype<uint8_t>()) {
+    const DeviceArg dya = device_matrix(dy, "dy", false, t, label.c_str(), -1, spec_.features());
+    const oft::Index rows = rows_of(dy);
+    const DeviceArg xa = device_matrix(x, "x", false, t, label.c_str(), rows, spec_.features());
+    const DeviceArg dxa = dx.is_none() ? DeviceArg{nullptr, 0}
+                                       : device_matrix(dx, "dx", true, t, label.c_str(), rows,
+                                                       spec_.features());
+    const DeviceArg dtha = dtheta.is_none()
+                               ? DeviceArg{nullptr, 0}
+                               : device_matrix(dtheta, "dtheta", true, parameter_dtype(),
+                                               parameter_label(), op_.generators(), op_.packed());
+    const AnyArray w = array_of(workspace, "workspace", true);
+    if (w.device_type() != nb::device::cuda::value || w.ndim() != 1 ||
+        w.dtype() != nb::dtype<uint8_t>()) {
       throw nb::value_error("workspace must be a 1-D uint8 CUDA tensor");
     }
-    op_.backward(xa.data, xa.ld, dya.data, dya.ld, dxa.data, dxa.ld, dtha.data, dtha.ld,
-                 workspace.data(), workspace.shape(0), rows, stream);
+    op_.backward(xa.data, xa.ld, dya.data, dya.ld, dxa.data, dxa.ld, dtha.data, dtha.ld, w.data(),
+                 w.shape(0), rows, stream);
   }
 
  private:
-  static oft_python::CudaDtype parse(const std::string& dtype) {
-    if (dtype == "float32") return oft_python::CudaDtype::Float32;
-    if (dtype == "float64") return oft_python::CudaDtype::Float64;
-    if (dtype == "float16") return oft_python::CudaDtype::Float16;
-    if (dtype == "bfloat16") return oft_python::CudaDtype::Bfloat16;
-    throw nb::type_error(("CudaRotation: dtype " + dtype +
-                          " is not float32, float64, float16 or bfloat16").c_str());
+  static oft::Index rows_of(nb::handle h) {
+    return static_cast<oft::Index>(array_of(h, "x", false).shape(0));
   }
   nb::dlpack::dtype activation_dtype() const {
     switch (dtype_) {
-      case oft_python::CudaDtype::Float64: return nb::dtype<double>();
-      case oft_python::CudaDtype::Float16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
-      case oft_python::CudaDtype::Bfloat16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+      case Dtype::Float64: return nb::dtype<double>();
+      case Dtype::Float16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+      case Dtype::Bfloat16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
       default: return nb::dtype<float>();
     }
   }
   nb::dlpack::dtype parameter_dtype() const {
-    return dtype_ == oft_python::CudaDtype::Float64 ? nb::dtype<double>() : nb::dtype<float>();
+    return dtype_ == Dtype::Float64 ? nb::dtype<double>() : nb::dtype<float>();
   }
-  const char* parameter_label() const {
-    return dtype_ == oft_python::CudaDtype::Float64 ? "float64" : "float32";
-  }
+  const char* parameter_label() const { return dtype_ == Dtype::Float64 ? "float64" : "float32"; }
 
-  oft::Index features_;
-  oft_python::CudaDtype dtype_;
-  std::string dtype_label_;
+  oft::BlockSpec spec_;
+  oft::AnyPolicy parameterization_;
+  Dtype dtype_;
   oft_python::CudaRotation op_;
 };
 #endif  // OFT_PYTHON_CUDA
@@ -399,18 +564,18 @@ class PyCudaRotation {
 }  // namespace
 
 NB_MODULE(_core, m) {
-  m.doc() =
-      "oft's CPU rotation kernels (float32, float64, bfloat16 activations) over DLPack arrays";
+  m.doc() = "oft's rotation kernels over DLPack arrays: the CPU (float32, float64, bfloat16 "
+            "activations) and, when built with OFT_PYTHON_CUDA, CUDA";
 
-  nb::class_<Policy>(m, "Policy")
-      .def_static("cayley", [] { return Policy{oft::ExactCayley{}}; },
+  nb::class_<Parameterization>(m, "Parameterization")
+      .def_static("cayley", [] { return Parameterization{oft::ExactCayley{}}; },
                   "Exact Cayley R = (I + Q)(I - Q)^-1.")
-      .def_static("cayley_neumann", [](int k) { return Policy{oft::CayleyNeumann{k}}; },
+      .def_static("cayley_neumann", [](int k) { return Parameterization{oft::CayleyNeumann{k}}; },
                   nb::arg("k"), "Cayley-Neumann R_k = I + 2Q + ... + 2Q^k + Q^(k+1).")
       .def_static(
           "peft_neumann",
           [](int num_terms, bool legacy) {
-            return Policy{oft::peft::NeumannBranch{
+            return Parameterization{oft::peft::NeumannBranch{
                 num_terms, legacy ? oft::peft::NeumannForm::Legacy : oft::peft::NeumannForm::Current}};
           },
           nb::arg("num_terms"), nb::arg("legacy") = false,
@@ -418,18 +583,44 @@ NB_MODULE(_core, m) {
       .def_static(
           "tolerance",
           [](double tol, bool fall_back_to_exact) {
-            return Policy{oft::CayleyNeumannTolerance{
+            return Parameterization{oft::CayleyNeumannTolerance{
                 tol, fall_back_to_exact ? oft::OnDivergence::UseExactCayley : oft::OnDivergence::Throw}};
           },
           nb::arg("tol"), nb::arg("fall_back_to_exact") = false,
           "The fewest Neumann terms whose bound keeps ||R_k - R|| <= tol.")
-      .def_static("exponential", [] { return Policy{oft::MatrixExponential{}}; },
+      .def_static("exponential", [] { return Parameterization{oft::MatrixExponential{}}; },
                   "R = exp(Q) (for comparison with the Cayley maps).")
-      .def_prop_ro("name", [](const Policy& p) { return oft::policy_name(p.value); })
-      .def("__repr__", [](const Policy& p) { return describe(p.value); });
+      .def_prop_ro("name", [](const Parameterization& p) { return oft::policy_name(p.value); })
+      .def("__repr__", [](const Parameterization& p) { return describe(p.value); });
+  m.attr("Policy") = m.attr("Parameterization");
 
-  bind_rotation<float>(m, "RotationFloat32");
-  bind_rotation<double>(m, "RotationFloat64");
+  m.def("neumann_terms_to_k", &oft::peft::neumann_terms_to_k, nb::arg("num_terms"),
+        "oft's k for PEFT's num_cayley_neumann_terms T >= 3 (oft::peft::neumann_terms_to_k).");
+
+  nb::class_<Rotation> cpu(m, "Rotation");
+  cpu.def(nb::init<oft::Index, oft::Index, bool, const Parameterization&, const std::string&>(),
+          nb::arg("features"), nb::arg("block_size"), nb::arg("shared"),
+          nb::arg("parameterization"), nb::arg("dtype"));
+  bind_shape(cpu);
+  cpu.def("set_generators", &Rotation::set_generators, nb::arg("theta"),
+          "theta -> R_i (theta: [generators, b(b-1)/2]).")
+      .def("apply", &Rotation::apply, nb::arg("x"), nb::arg("y"), nb::arg("transposed") = false,
+           "y = x R (or x R^T); y may be x itself.")
+      .def("apply_inverse", &Rotation::apply_inverse, nb::arg("x"), nb::arg("y"),
+           nb::arg("transposed") = false, "y = x R^-1 (or x R^-T), per-block LU.")
+      .def("backward", &Rotation::backward, nb::arg("x"), nb::arg("dy"), nb::arg("dx").none(),
+           nb::arg("dtheta").none(),
+           "dx = dy R^T and dtheta = d<dy, x R>/dtheta; pass None to skip either.")
+      .def("backward_from_blocks", &Rotation::backward_from_blocks, nb::arg("block_gradients"),
+           nb::arg("dtheta"), "dtheta from dL/dR_i stacked as [r*b, b].")
+      .def("rotation_blocks", &Rotation::rotation_blocks, nb::arg("out"),
+           "Writes R_i of every block, stacked as [r*b, b].")
+      .def("orthogonality_error", &Rotation::orthogonality_error)
+      .def_prop_rw("bf16_arithmetic", &Rotation::bf16_arithmetic, &Rotation::set_bf16_arithmetic,
+                   "How bfloat16 activations are computed (float32 and bfloat16 operators): "
+                   "'float' (widen, the float32 kernels, round once: bitwise the float32 path's "
+                   "rounding) or 'dot_product' (vdpbf16ps; within the bound of docs/bf16.md; the "
+                   "default where the build has AVX512_BF16).");
   m.attr("has_bf16_dot_product") = oft::kBf16DotProductAvailable;
 
   m.def("set_num_threads", [](int n) {
@@ -448,18 +639,18 @@ NB_MODULE(_core, m) {
 #endif
   });
 #ifdef OFT_PYTHON_CUDA
-  nb::class_<PyCudaRotation>(m, "CudaRotation")
-      .def(nb::init<oft::Index, oft::Index, bool, bool, int, const std::string&>(),
-           nb::arg("features"), nb::arg("block_size"), nb::arg("shared"), nb::arg("exact"),
-           nb::arg("k"), nb::arg("dtype"))
-      .def_prop_ro("tensor_cores", &PyCudaRotation::tensor_cores)
-      .def("set_generators", &PyCudaRotation::set_generators, nb::arg("theta"), nb::arg("stream"))
-      .def("apply", &PyCudaRotation::apply, nb::arg("x"), nb::arg("y"), nb::arg("transposed"),
+  nb::class_<CudaRotation> cuda(m, "CudaRotation");
+  cuda.def(nb::init<oft::Index, oft::Index, bool, const Parameterization&, const std::string&>(),
+           nb::arg("features"), nb::arg("block_size"), nb::arg("shared"),
+           nb::arg("parameterization"), nb::arg("dtype"));
+  bind_shape(cuda);
+  cuda.def_prop_ro("tensor_cores", &CudaRotation::tensor_cores)
+      .def("set_generators", &CudaRotation::set_generators, nb::arg("theta"), nb::arg("stream"))
+      .def("apply", &CudaRotation::apply, nb::arg("x"), nb::arg("y"), nb::arg("transposed"),
            nb::arg("stream"))
-      .def("workspace_bytes", &PyCudaRotation::workspace_bytes, nb::arg("rows"))
-      .def("backward", &PyCudaRotation::backward, nb::arg("x"), nb::arg("dy"),
-           nb::arg("dx").none(), nb::arg("dtheta").none(), nb::arg("workspace"),
-           nb::arg("stream"));
+      .def("workspace_bytes", &CudaRotation::workspace_bytes, nb::arg("rows"))
+      .def("backward", &CudaRotation::backward, nb::arg("x"), nb::arg("dy"), nb::arg("dx").none(),
+           nb::arg("dtheta").none(), nb::arg("workspace"), nb::arg("stream"));
   m.attr("has_cuda") = true;
 #else
   m.attr("has_cuda") = false;

@@ -164,8 +164,8 @@ def test_bad_input_is_refused_by_name(arithmetic):
         with pytest.raises(ValueError, match="needs oft._core built with AVX512_BF16"):
             ot.set_bf16_arithmetic("dot_product")
     # The operators underneath: bfloat16 activations are the float32 operator's only.
-    op32 = oft._core.RotationFloat32(d, b, False, oft.Policy.cayley_neumann(3))
-    op64 = oft._core.RotationFloat64(d, b, False, oft.Policy.cayley_neumann(3))
+    op32 = oft.RotationFloat32(d, b, False, oft.Policy.cayley_neumann(3))
+    op64 = oft.RotationFloat64(d, b, False, oft.Policy.cayley_neumann(3))
     op32.set_generators(theta)
     y = torch.empty(5, d, dtype=torch.float32)
     with pytest.raises(TypeError, match=r"y \[5, 64\] is float32, expected bfloat16"):

@@ -100,8 +100,8 @@ def test_bad_input_names_the_argument():
 
 
 def test_policies_print_their_settings():
-    assert repr(oft.Policy.peft_neumann(5)) == "Policy.peft_neumann(num_terms=5)"
-    assert repr(oft.Policy.cayley_neumann(2)) == "Policy.cayley_neumann(k=2)"
+    assert repr(oft.Policy.peft_neumann(5)) == "Parameterization.peft_neumann(num_terms=5)"
+    assert repr(oft.Policy.cayley_neumann(2)) == "Parameterization.cayley_neumann(k=2)"
     assert oft.Policy.cayley().name == "cayley"
     assert "peft_neumann" in repr(oft.Rotation(8, 4, policy=oft.Policy.peft_neumann(5)))
 

@@ -1,0 +1,154 @@
+"""oft's torch ops, each defined once: schema, fake (meta) function and autograd.
+
+The kernels, one per device, are registered by ``oft.backends.cpu`` and ``oft.backends.cuda``
+(imported at the end of this module; the CUDA one only when ``oft._core`` has CUDA). The
+parameterization and the dtype are mapped to ``oft._core`` objects here, once, for both:
+
+- ``oft::rotate(x, theta, block_size, shared, parameterization, terms, tol) -> y``
+- ``oft::rotate_backward(x, theta, dy, ..., want_dx, want_dtheta) -> (dx, dtheta)``
+- ``oft::rotation_blocks(theta, block_size, parameterization, terms, tol) -> [g, b, b]``
+- ``oft::rotation_blocks_backward(theta, grad, block_size, parameterization, terms, tol)``
+
+``parameterization`` is one of ``PARAMETERIZATIONS``; ``terms`` is PEFT's T for
+``"peft_neumann"`` and oft's k for ``"cayley_neumann"``; ``tol`` is for ``"tolerance"``.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import _core, dtype_name
+
+PARAMETERIZATIONS = ("peft_neumann", "cayley_neumann", "cayley", "tolerance", "exponential")
+
+
+@functools.lru_cache(maxsize=None)
+def parameterization(kind: str, terms: int, tol: float) -> _core.Parameterization:
+    """The ``oft._core.Parameterization`` of the ops' (parameterization, terms, tol)."""
+    if kind == "peft_neumann":
+        return _core.Parameterization.peft_neumann(terms)
+    if kind == "cayley_neumann":
+        return _core.Parameterization.cayley_neumann(terms)
+    if kind == "cayley":
+        return _core.Parameterization.cayley()
+    if kind == "tolerance":
+        return _core.Parameterization.tolerance(tol)
+    if kind == "exponential":
+        return _core.Parameterization.exponential()
+    raise ValueError(f"oft: unknown policy {kind!r}; expected one of {', '.join(PARAMETERIZATIONS)}")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_dtype(dtype: torch.dtype) -> str:
+    """The ``oft._core`` dtype name of activations of ``dtype``."""
+    return dtype_name(dtype)
+
+
+def is_constant(kind: str, terms: int) -> bool:
+    """Whether R does not depend on theta: PEFT's Neumann branch with T <= 1 computes R = I."""
+    return kind == "peft_neumann" and terms <= 1
+
+
+def kernel_theta(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """theta as the kernels take it: float64 for float64 x, else float32; contiguous."""
+    wanted = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return theta.detach().to(wanted).contiguous()
+
+
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [N, d] without a copy where the kernels can take its layout (unit column stride and
+    a row stride >= d); otherwise a contiguous copy (e.g. rows of stride 0 from ``expand``)."""
+    x2 = x.detach()
+    if x2.dim() != 2:
+        x2 = x2.reshape(-1, x2.shape[-1])
+    n, d = x2.shape
+    if n > 0 and ((d > 1 and x2.stride(1) != 1) or (n > 1 and x2.stride(0) < d)):
+        x2 = x2.contiguous()
+    return x2
+
+
+torch.library.define(
+    "oft::rotate",
+    "(Tensor x, Tensor theta, int block_size, bool shared, str parameterization, int terms, "
+    "float tol) -> Tensor")
+torch.library.define(
+    "oft::rotate_backward",
+    "(Tensor x, Tensor theta, Tensor dy, int block_size, bool shared, str parameterization, "
+    "int terms, float tol, bool want_dx, bool want_dtheta) -> (Tensor, Tensor)")
+torch.library.define(
+    "oft::rotation_blocks",
+    "(Tensor theta, int block_size, str parameterization, int terms, float tol) -> Tensor")
+torch.library.define(
+    "oft::rotation_blocks_backward",
+    "(Tensor theta, Tensor grad, int block_size, str parameterization, int terms, float tol) "
+    "-> Tensor")
+
+rotate = torch.ops.oft.rotate.default
+rotate_backward = torch.ops.oft.rotate_backward.default
+rotation_blocks = torch.ops.oft.rotation_blocks.default
+rotation_blocks_backward = torch.ops.oft.rotation_blocks_backward.default
+
+
+@torch.library.register_fake("oft::rotate")
+def _(x, theta, block_size, shared, parameterization, terms, tol):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("oft::rotate_backward")
+def _(x, theta, dy, block_size, shared, parameterization, terms, tol, want_dx, want_dtheta):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if want_dx else x.new_empty(0)
+    dtheta = torch.empty_like(theta) if want_dtheta else x.new_empty(0)
+    return dx, dtheta
+
+
+@torch.library.register_fake("oft::rotation_blocks")
+def _(theta, block_size, parameterization, terms, tol):
+    return theta.new_empty((theta.shape[0], block_size, block_size))
+
+
+@torch.library.register_fake("oft::rotation_blocks_backward")
+def _(theta, grad, block_size, parameterization, terms, tol):
+    return torch.empty_like(theta)
+
+
+def _rotate_setup(ctx, inputs, output):
+    x, theta, block_size, shared, kind, terms, tol = inputs
+    ctx.save_for_backward(x, theta)
+    ctx.args = (block_size, shared, kind, terms, tol)
+
+
+def _rotate_backward(ctx, dy):
+    x, theta = ctx.saved_tensors
+    block_size, shared, kind, terms, tol = ctx.args
+    want_dx = ctx.needs_input_grad[0]
+    # A constant R (PEFT's T <= 1) has no gradient: theta's stays None, as PEFT's does.
+    want_dtheta = ctx.needs_input_grad[1] and not is_constant(kind, terms)
+    if not (want_dx or want_dtheta):
+        return None, None, None, None, None, None, None
+    dx, dtheta = rotate_backward(x, theta, dy, block_size, shared, kind, terms, tol, want_dx,
+                                 want_dtheta)
+    return (dx if want_dx else None), (dtheta if want_dtheta else None), None, None, None, None, None
+
+
+torch.library.register_autograd("oft::rotate", _rotate_backward, setup_context=_rotate_setup)
+
+
+def _blocks_setup(ctx, inputs, output):
+    theta, block_size, kind, terms, tol = inputs
+    ctx.save_for_backward(theta)
+    ctx.args = (block_size, kind, terms, tol)
+
+
+def _blocks_backward(ctx, grad):
+    (theta,) = ctx.saved_tensors
+    return rotation_blocks_backward(theta, grad, *ctx.args), None, None, None, None
+
+
+torch.library.register_autograd("oft::rotation_blocks", _blocks_backward,
+                                setup_context=_blocks_setup)
+
+from .backends import cpu as _cpu  # noqa: E402,F401  (registers the CPU kernels)
+
+if _core.has_cuda:
+    from .backends import cuda as _cuda  # noqa: E402,F401  (registers the CUDA kernels)
