@@ -1,4 +1,4 @@
-// No silent wrong results (issue 7): every input that used to give a wrong answer, a crash or
+// No silent wrong results: every input that used to give a wrong answer, a crash or
 // undefined behaviour is now refused with the documented exception, a message naming the values,
 // and every output bit-identical to its sentinel pre-fill (or the operator unchanged); and what
 // is legal but was refused (disjoint column slices of one buffer) now works.

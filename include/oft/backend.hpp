@@ -1,8 +1,13 @@
 #pragma once
 /// \file backend.hpp
-/// Primary templates of the operators, specialized per backend tag (oft::cpu in
-/// block_orthogonal.hpp and linear.hpp, oft::cuda in cuda/). Eigen-free, so both the CPU headers
-/// and the nvcc-compiled CUDA headers declare their specializations against the same templates.
+/// Primary templates of the operators, specialized per backend tag, each backend in its own
+/// folder with the same shape (a host class beside its loops): oft::cpu in cpu/
+/// (cpu/block_orthogonal.hpp and cpu/linear.hpp over the panel loops of cpu/apply.hpp and
+/// cpu/backward.hpp), oft::cuda in cuda/ (cuda/block_orthogonal.hpp and cuda/linear.hpp over
+/// cuda/kernels_*.hpp). The public
+/// faces <oft/block_orthogonal.hpp> and <oft/linear.hpp> bring the CPU specializations,
+/// <oft/cuda.hpp> the CUDA ones. Eigen-free, so both the CPU headers and the nvcc-compiled CUDA
+/// headers declare their specializations against the same templates.
 
 #include "config.hpp"
 

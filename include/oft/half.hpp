@@ -35,7 +35,8 @@ inline float f16_to_float(std::uint16_t h) noexcept {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exponent = (h >> 10) & 0x1fu;
   std::uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1fu) return detail::bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
+  if (exponent == 0x1fu)
+    return detail::bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
   if (exponent == 0) {
     if (mantissa == 0) return detail::bits_float(sign);  // +-0
     // Subnormal: mantissa * 2^-24. Normalise so that the leading 1 becomes the implicit bit.
@@ -63,18 +64,19 @@ inline std::uint16_t float_to_f16(float value) noexcept {
     return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
   if (magnitude >= 0x47800000u)  // >= 65536 (and inf): beyond the rounding range of 65504
     return static_cast<std::uint16_t>(sign | 0x7c00u);
-  const int exponent = static_cast<int>(magnitude >> 23) - 127;  // unbiased, float
+  const int exponent = static_cast<int>(magnitude >> 23) - 127;           // unbiased, float
   const std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;  // 24 bits
   if (exponent >= -14) {
     // Normal range: keep 11 significant bits, drop 13. A carry out of the mantissa moves into
     // the exponent field, and past the largest exponent it gives exactly the infinity encoding.
-    std::uint32_t h = (static_cast<std::uint32_t>(exponent + 15) << 10) | ((magnitude >> 13) & 0x3ffu);
+    std::uint32_t h =
+        (static_cast<std::uint32_t>(exponent + 15) << 10) | ((magnitude >> 13) & 0x3ffu);
     const std::uint32_t rest = magnitude & 0x1fffu;
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) != 0)) ++h;
     return static_cast<std::uint16_t>(sign | h);
   }
   // Subnormal (or zero) result: significand * 2^(exponent - 23) in units of 2^-24.
-  const int shift = -exponent - 1;  // >= 14
+  const int shift = -exponent - 1;                          // >= 14
   if (shift > 24) return static_cast<std::uint16_t>(sign);  // below half the smallest subnormal
   std::uint32_t h = significand >> shift;
   const std::uint32_t rest = significand & ((1u << shift) - 1u);

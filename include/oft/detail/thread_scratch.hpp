@@ -2,7 +2,7 @@
 /// \file detail/thread_scratch.hpp
 /// Per-thread b x b scratch for the per-generator stages: theta -> R in set_generators and the
 /// parameterization's vector-Jacobian product in backward. Each OS thread keeps its own matrices between
-/// calls, so a training step in steady state allocates nothing (issue 11; tests/
+/// calls, so a training step in steady state allocates nothing (tests/cpu/
 /// test_no_allocation.cpp pins it), and two threads calling backward on the same const operator
 /// still share no state, which a mutable member would break. OpenMP's pool threads persist, so
 /// after the first call a matrix is allocated again only when its thread sees a different size.

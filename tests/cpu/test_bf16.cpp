@@ -1,4 +1,4 @@
-/// bfloat16 activations on the CPU (issue 11): X, dY, Y, dX in bfloat16 with a float operator.
+/// bfloat16 activations on the CPU: X, dY, Y, dX in bfloat16 with a float operator.
 ///
 /// The contract (docs/bf16.md): the kernels widen the bfloat16 inputs exactly, compute in float
 /// exactly as the float path does, and round each output once to nearest even. So, on the same
@@ -21,7 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "oft/oft.hpp"
-#include "test_support.hpp"
+#include "../test_support.hpp"
 
 namespace {
 

@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "test_support.hpp"
+#include "../test_support.hpp"
 
 namespace {
 
@@ -752,7 +752,7 @@ TEST(BlockOrthogonal, ApplyInverseNamesASingularBlock) {
   EXPECT_TRUE((y.array() == kSentinelValue).all());  // nothing written
 }
 
-// The CPU kernel grid (issue 11's checks): block sizes around every register-tile width and row
+// The CPU kernel grid: block sizes around every register-tile width and row
 // tail (1, 2, 3, 6, 7, 31, 33 are off the packet width and the 6- or 8-row tile; 4, 8 and the
 // tails of 31 take the half- and quarter-width packets, and 4, 8, 16 and 32 apply in place
 // without a copy where one register tile spans them; 64 and 128 need several column tiles),

@@ -1,4 +1,4 @@
-/// Steady-state calls of the CPU hot paths allocate nothing (issue 11): a counting malloc (this
+/// Steady-state calls of the CPU hot paths allocate nothing: a counting malloc (this
 /// executable only) counts heap allocations made between two marks, Eigen's included.
 ///
 /// - one whole training step of BlockOrthogonal: set_generators, apply (also in place),
@@ -21,7 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "oft/oft.hpp"
-#include "test_support.hpp"
+#include "../test_support.hpp"
 
 namespace {
 std::atomic<long> g_allocations{0};
