@@ -26,7 +26,7 @@ namespace {
 
 using namespace oft_bench;
 using oft::quant::Bnb4Base;
-using oft::quant::DenseBase;
+using oft::quant::DenseFloatBase;
 using oft::quant::Int8Base;
 using Policy = oft::CayleyNeumann;
 constexpr double kRho = 0.5;
@@ -35,7 +35,7 @@ constexpr Index kLoraRank = 16;
 struct QoftData {
   Index d = 0, n_out = 0, b = 0, n = 0;
   Matrix<float> w, x, z, dz, dx;
-  std::unique_ptr<DenseBase> dense;
+  std::unique_ptr<DenseFloatBase> dense;
   std::unique_ptr<Bnb4Base> nf4;
   std::unique_ptr<Int8Base> int8;
   oft::Generators<float> theta, dtheta;
@@ -49,7 +49,7 @@ QoftData& data(Index d, Index n_out, Index b, Index n) {
   cache = QoftData{};
   cache.d = d, cache.n_out = n_out, cache.b = b, cache.n = n;
   cache.w = random_matrix<float>(n_out, d, 21) / std::sqrt(float(d));
-  cache.dense = std::make_unique<DenseBase>(cache.w.data(), n_out, d);
+  cache.dense = std::make_unique<DenseFloatBase>(cache.w.data(), n_out, d);
   cache.nf4 = std::make_unique<Bnb4Base>(
       oft::quant::quantize_bnb4(cache.w.data(), n_out * d, 64, oft::quant::Bnb4Type::NF4), n_out, d);
   cache.int8 = std::make_unique<Int8Base>(oft::quant::quantize_int8(cache.w.data(), n_out, d));

@@ -3,8 +3,8 @@
 
 Builds a Linear(64 -> 48) quantized by the real bitsandbytes on the CPU, wraps it in PEFT OFT
 (b = 16) with a nonzero rotation, merges, and compares the dequantized merged weight with the
-base and with the float merge W R^T. Run by hand (issue 10's evidence, docs/quant.md), with the
-PEFT version to examine first on the path:
+base and with the float merge W R^T. Run by hand (the evidence that PEFT 0.18-0.20 drop the
+rotation, docs/quant.md), with the PEFT version to examine first on the path:
 
     python3 -m venv /tmp/qm && /tmp/qm/bin/pip install torch bitsandbytes==0.50.2 transformers peft
     /tmp/qm/bin/python tests/quant/check_peft_quantized_merge.py            # installed PEFT

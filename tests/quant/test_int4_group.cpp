@@ -593,7 +593,7 @@ TEST(Int4GroupBase, FusedProductsEqualTheDenseProducts) {
   const Weight weight = random_weight(Int4Layout::Awq, 72, 64, 32, false, rng);
   const Int4GroupBase& base = weight.base;
   const std::vector<float> w = oft::quant::dequantize_int4_group(weight.tensor);
-  const oft::quant::DenseBase dense(w.data(), 72, 64);
+  const oft::quant::DenseFloatBase dense(w.data(), 72, 64);
   const RowMat<float> y = oft_test::random_matrix<float>(5, 64, rng);
   RowMat<float> z_q(5, 72), z_d(5, 72);
   std::vector<float> panel(static_cast<std::size_t>(oft::quant::fused_panel_size(base)));

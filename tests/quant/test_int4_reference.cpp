@@ -1,5 +1,5 @@
 // GPTQ and AWQ int4 layers read from checkpoints by their real key names
-// (include/oft/io/quantized_linear.hpp over quant/int4_group.hpp and int4_base.hpp), against the real
+// (include/oft/io/quantized_weights.hpp over quant/int4_group.hpp and int4_base.hpp), against the real
 // quantization libraries: fixtures/gptq_reference.safetensors holds random GPTQ v1 layers (act-order
 // and group size -1 included) and the float16 weights AutoGPTQ 0.7.1's torch path dequantizes them
 // to (make_gptq_fixtures.py); fixtures/awq_reference.safetensors holds random AWQ GEMM layers and
@@ -7,7 +7,7 @@
 // for bit, through the reader, the base and the whole-tensor reference.
 #include <gtest/gtest.h>
 #include <oft/io/half.hpp>
-#include <oft/io/quantized_linear.hpp>
+#include <oft/io/quantized_weights.hpp>
 #include <oft/io/safetensors.hpp>
 
 #include <cstdint>

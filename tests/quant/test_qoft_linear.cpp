@@ -32,7 +32,7 @@ namespace {
 using oft::Index;
 using oft::quant::Bnb4Base;
 using oft::quant::Bnb4Type;
-using oft::quant::DenseBase;
+using oft::quant::DenseFloatBase;
 using oft::quant::Int8Base;
 using oft_test::Rng;
 using oft_test::RowMat;
@@ -96,7 +96,7 @@ TEST(FrozenBase, BytesAreTheQuantizedStorage) {
   const std::vector<float> w = random_weight(rows, cols, rng);
   EXPECT_EQ(make_bnb4(w, rows, cols, Bnb4Type::NF4, 64).bytes(), std::size_t(rows * cols / 2 + 4 * rows * cols / 64));
   EXPECT_EQ(make_int8(w, rows, cols).bytes(), std::size_t(rows * cols + 4 * rows));
-  EXPECT_EQ(DenseBase(w.data(), rows, cols).bytes(), std::size_t(4 * rows * cols));
+  EXPECT_EQ(DenseFloatBase(w.data(), rows, cols).bytes(), std::size_t(4 * rows * cols));
 }
 
 /// |A| |B| (elementwise absolute values), for the dot-product bounds.
@@ -137,7 +137,7 @@ TEST(FusedGemm, EqualsTheDenseProductsOverTheDequantizedWeight) {
     const std::vector<float> w = random_weight(n_out, d, rng);
     const std::string s = std::to_string(n_out) + "x" + std::to_string(d);
     for (Index n : {Index(0), Index(1), Index(9)}) {
-      check_fused_products(DenseBase(w.data(), n_out, d), n, rng, "f32 " + s);
+      check_fused_products(DenseFloatBase(w.data(), n_out, d), n, rng, "f32 " + s);
       check_fused_products(make_bnb4(w, n_out, d, Bnb4Type::NF4, 64), n, rng, "nf4 " + s);
       check_fused_products(make_bnb4(w, n_out, d, Bnb4Type::FP4, 32), n, rng, "fp4 " + s);
       check_fused_products(make_int8(w, n_out, d), n, rng, "int8 " + s);
@@ -209,7 +209,7 @@ TEST(QoftLinear, EqualsOftLinearOverTheDequantizedWeight) {
   const std::vector<float> w = random_weight(n_out, d, rng);
   for (Index n : {Index(0), Index(1), Index(40)})
     for (bool shared : {false, true}) {
-      check_layer_equals_oft_linear(DenseBase(w.data(), n_out, d), oft::CayleyNeumann{3}, 8, shared, n, rng, "f32");
+      check_layer_equals_oft_linear(DenseFloatBase(w.data(), n_out, d), oft::CayleyNeumann{3}, 8, shared, n, rng, "f32");
       check_layer_equals_oft_linear(make_bnb4(w, n_out, d, Bnb4Type::NF4, 64), oft::CayleyNeumann{3}, 16,
                                     shared, n, rng, "nf4");
       check_layer_equals_oft_linear(make_bnb4(w, n_out, d, Bnb4Type::FP4, 128), oft::ExactCayley{}, 8, shared,

@@ -28,7 +28,7 @@ namespace {
 using oft::Index;
 using oft::quant::Bnb4Base;
 using oft::quant::Bnb4Type;
-using oft::quant::DenseBase;
+using oft::quant::DenseFloatBase;
 using oft::quant::Int8Base;
 using oft_test::Rng;
 using oft_test::RowMat;
@@ -144,8 +144,8 @@ TEST(QuantizedMerge, Float32MergeEqualsOftLinearMerged) {
   Rng rng(23);
   const std::vector<float> w = random_weight(rng);
   const Rotation rotation = random_rotation(rng);
-  const DenseBase dense(w.data(), kOutputs, kFeatures);
-  const DenseBase merged = oft::quant::merge_rotation(dense, rotation);
+  const DenseFloatBase dense(w.data(), kOutputs, kFeatures);
+  const DenseFloatBase merged = oft::quant::merge_rotation(dense, rotation);
   oft::OftLinear<float, oft::CayleyNeumann> layer(
       oft::ConstMatrixView<float>(w.data(), kOutputs, kFeatures), nullptr, kBlock, false, oft::CayleyNeumann{3});
   layer.rotation() = rotation;

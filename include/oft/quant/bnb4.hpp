@@ -39,17 +39,28 @@ inline const char* name(Bnb4Type type) { return type == Bnb4Type::NF4 ? "nf4" : 
 
 /// The 16 values of the code, indexed by the 4-bit value (bitsandbytes' get_4bit_type, float32).
 inline const std::array<float, 16>& bnb4_code(Bnb4Type type) {
-  static const std::array<float, 16> nf4 = {
-      -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-      -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-      0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-      0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+  static const std::array<float, 16> nf4 = {-1.0f,
+                                            -0.6961928009986877f,
+                                            -0.5250730514526367f,
+                                            -0.39491748809814453f,
+                                            -0.28444138169288635f,
+                                            -0.18477343022823334f,
+                                            -0.09105003625154495f,
+                                            0.0f,
+                                            0.07958029955625534f,
+                                            0.16093020141124725f,
+                                            0.24611230194568634f,
+                                            0.33791524171829224f,
+                                            0.44070982933044434f,
+                                            0.5626170039176941f,
+                                            0.7229568362236023f,
+                                            1.0f};
   // FP4 (1 sign, 2 exponent, 1 mantissa bits) in bit-pattern order, normalized by its largest
   // magnitude 12: bitsandbytes divides [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, ...] by 12 in float32.
   // Its "-0" is a Python integer, so value 8 is +0.0, not -0.0 (it shows in the sign of a
   // dequantized zero).
   static const std::array<float, 16> fp4 = [] {
-    const float raw[16] = {0.0f, 0.0625f, 8.0f, 12.0f, 4.0f, 6.0f, 2.0f, 3.0f,
+    const float raw[16] = {0.0f, 0.0625f,  8.0f,  12.0f,  4.0f,  6.0f,  2.0f,  3.0f,
                            0.0f, -0.0625f, -8.0f, -12.0f, -4.0f, -6.0f, -2.0f, -3.0f};
     std::array<float, 16> out{};
     for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = raw[i] / 12.0f;
@@ -66,7 +77,9 @@ inline bool bnb4_blocksize_allowed(Index blocksize) {
 }
 
 /// Number of absmax values (blocks, the ragged last one included) and of packed bytes.
-inline Index bnb4_blocks(Index numel, Index blocksize) { return (numel + blocksize - 1) / blocksize; }
+inline Index bnb4_blocks(Index numel, Index blocksize) {
+  return (numel + blocksize - 1) / blocksize;
+}
 inline Index bnb4_packed_bytes(Index numel) { return (numel + 1) / 2; }
 
 /// A 4-bit quantized tensor: `packed` (bnb4_packed_bytes(numel)) and `absmax` (bnb4_blocks).
@@ -78,7 +91,7 @@ struct Bnb4Tensor {
   std::vector<float> absmax;
 };
 
-namespace detail_bnb4 {
+namespace detail {
 
 inline void check_blocksize(Index blocksize, const char* where) {
   oft::detail::require(bnb4_blocksize_allowed(blocksize), where, ": blocksize ", blocksize,
@@ -105,7 +118,8 @@ inline const Bounds& bounds(Bnb4Type type) {
       out.sorted[i] = code[order[i]];
       out.value_of[i] = order[i];
     }
-    for (std::size_t i = 0; i < 15; ++i) out.midpoints[i] = (out.sorted[i] + out.sorted[i + 1]) / 2.0f;
+    for (std::size_t i = 0; i < 15; ++i)
+      out.midpoints[i] = (out.sorted[i] + out.sorted[i + 1]) / 2.0f;
     return out;
   };
   static const Bounds nf4 = make(Bnb4Type::NF4), fp4 = make(Bnb4Type::FP4);
@@ -121,13 +135,13 @@ inline std::uint8_t nearest(const Bounds& b, float x) {
 
 inline float clamp_unit(float v) { return std::min(1.0f, std::max(-1.0f, v)); }
 
-}  // namespace detail_bnb4
+}  // namespace detail
 
 /// Quantizes `numel` float32 values (the flattened weight) as bitsandbytes' quantize_4bit does.
 /// Throws std::invalid_argument for a block size bitsandbytes refuses and std::domain_error for a
 /// non-finite value (bitsandbytes would produce NaN scales; a frozen base must not).
 inline Bnb4Tensor quantize_bnb4(const float* values, Index numel, Index blocksize, Bnb4Type type) {
-  detail_bnb4::check_blocksize(blocksize, "quantize_bnb4");
+  detail::check_blocksize(blocksize, "quantize_bnb4");
   oft::detail::require(numel >= 0, "quantize_bnb4: negative element count ", numel);
   oft::detail::require(values != nullptr || numel == 0, "quantize_bnb4: null values");
   for (Index i = 0; i < numel; ++i)
@@ -139,7 +153,7 @@ inline Bnb4Tensor quantize_bnb4(const float* values, Index numel, Index blocksiz
   out.blocksize = blocksize;
   out.absmax.resize(static_cast<std::size_t>(bnb4_blocks(numel, blocksize)));
   std::vector<std::uint8_t> q(static_cast<std::size_t>(numel + (numel % 2)), 0);
-  const detail_bnb4::Bounds& bounds = detail_bnb4::bounds(type);
+  const detail::Bounds& bounds = detail::bounds(type);
   const Index full_blocks = numel / blocksize;
   for (Index blk = 0; blk < static_cast<Index>(out.absmax.size()); ++blk) {
     const Index first = blk * blocksize, count = std::min(blocksize, numel - first);
@@ -151,14 +165,14 @@ inline Bnb4Tensor quantize_bnb4(const float* values, Index numel, Index blocksiz
       const float inverse = 1.0f / safe;
       for (Index i = 0; i < count; ++i)
         q[static_cast<std::size_t>(first + i)] =
-            detail_bnb4::nearest(bounds, detail_bnb4::clamp_unit(values[first + i] * inverse));
+            detail::nearest(bounds, detail::clamp_unit(values[first + i] * inverse));
     } else {
       for (Index i = 0; i < count; ++i)
         q[static_cast<std::size_t>(first + i)] =
-            detail_bnb4::nearest(bounds, detail_bnb4::clamp_unit(values[first + i] / safe));
+            detail::nearest(bounds, detail::clamp_unit(values[first + i] / safe));
     }
   }
-  if (numel % 2) q.back() = detail_bnb4::nearest(bounds, 0.0f);
+  if (numel % 2) q.back() = detail::nearest(bounds, 0.0f);
   out.packed.resize(static_cast<std::size_t>(bnb4_packed_bytes(numel)));
   for (std::size_t j = 0; j < out.packed.size(); ++j)
     out.packed[j] = static_cast<std::uint8_t>((q[2 * j] << 4) | q[2 * j + 1]);
@@ -168,7 +182,7 @@ inline Bnb4Tensor quantize_bnb4(const float* values, Index numel, Index blocksiz
 /// Dequantizes into `out` (numel float32 values), bit for bit as bitsandbytes' dequantize_4bit.
 /// Throws std::invalid_argument when the sizes disagree (packed bytes, absmax count, blocksize).
 inline void dequantize_bnb4(const Bnb4Tensor& t, float* out) {
-  detail_bnb4::check_blocksize(t.blocksize, "dequantize_bnb4");
+  detail::check_blocksize(t.blocksize, "dequantize_bnb4");
   oft::detail::require(t.numel >= 0, "dequantize_bnb4: negative element count ", t.numel);
   oft::detail::require(static_cast<Index>(t.packed.size()) == bnb4_packed_bytes(t.numel),
                        "dequantize_bnb4: ", t.packed.size(), " packed bytes for ", t.numel,
@@ -180,8 +194,8 @@ inline void dequantize_bnb4(const Bnb4Tensor& t, float* out) {
   const std::array<float, 16>& code = bnb4_code(t.type);
   for (Index i = 0; i < t.numel; ++i) {
     const std::uint8_t byte = t.packed[static_cast<std::size_t>(i / 2)];
-    const std::uint8_t index = (i % 2 == 0) ? static_cast<std::uint8_t>(byte >> 4)
-                                            : static_cast<std::uint8_t>(byte & 0xF);
+    const std::uint8_t index =
+        (i % 2 == 0) ? static_cast<std::uint8_t>(byte >> 4) : static_cast<std::uint8_t>(byte & 0xF);
     out[i] = code[index] * t.absmax[static_cast<std::size_t>(i / t.blocksize)];
   }
 }
@@ -193,7 +207,8 @@ inline void dequantize_bnb4(const Bnb4Tensor& t, float* out) {
 inline std::vector<float> dequantize_bnb4_nested_absmax(const std::uint8_t* qabsmax, Index count,
                                                         const float* nested_absmax,
                                                         Index nested_count, const float* code,
-                                                        float offset, Index nested_blocksize = 256) {
+                                                        float offset,
+                                                        Index nested_blocksize = 256) {
   oft::detail::require(count >= 0 && nested_blocksize > 0,
                        "dequantize_bnb4_nested_absmax: bad sizes (count ", count, ", blocksize ",
                        nested_blocksize, ")");
@@ -201,8 +216,9 @@ inline std::vector<float> dequantize_bnb4_nested_absmax(const std::uint8_t* qabs
                        "dequantize_bnb4_nested_absmax: nested_absmax has ", nested_count,
                        " values for ", count, " quantized absmax in blocks of ", nested_blocksize,
                        " (expected ", bnb4_blocks(count, nested_blocksize), ")");
-  oft::detail::require((qabsmax != nullptr && nested_absmax != nullptr && code != nullptr) || count == 0,
-                       "dequantize_bnb4_nested_absmax: null input");
+  oft::detail::require(
+      (qabsmax != nullptr && nested_absmax != nullptr && code != nullptr) || count == 0,
+      "dequantize_bnb4_nested_absmax: null input");
   std::vector<float> out(static_cast<std::size_t>(count));
   for (Index i = 0; i < count; ++i) {
     // volatile: the product must be rounded before the sum, as in bitsandbytes; GCC would

@@ -32,8 +32,8 @@ namespace oft::quant {
 
 /// The doubly quantized absmax of a 4-bit tensor.
 struct Bnb4NestedAbsmax {
-  std::vector<std::uint8_t> qabsmax;       ///< one code index per 4-bit block
-  std::vector<float> nested_absmax;        ///< one float32 scale per `nested_blocksize` indices
+  std::vector<std::uint8_t> qabsmax;  ///< one code index per 4-bit block
+  std::vector<float> nested_absmax;   ///< one float32 scale per `nested_blocksize` indices
   std::array<float, 256> code = kBnbDynamicCode;
   float offset = 0.0f;
   Index nested_blocksize = 256;
@@ -71,10 +71,10 @@ inline Bnb4NestedAbsmax double_quantize_absmax(const std::vector<float>& absmax,
 
 /// The float32 absmax a doubly quantized tensor dequantizes with (bitsandbytes' order).
 inline std::vector<float> dequantize_absmax(const Bnb4NestedAbsmax& nested) {
-  return dequantize_bnb4_nested_absmax(nested.qabsmax.data(), static_cast<Index>(nested.qabsmax.size()),
-                                       nested.nested_absmax.data(),
-                                       static_cast<Index>(nested.nested_absmax.size()),
-                                       nested.code.data(), nested.offset, nested.nested_blocksize);
+  return dequantize_bnb4_nested_absmax(
+      nested.qabsmax.data(), static_cast<Index>(nested.qabsmax.size()), nested.nested_absmax.data(),
+      static_cast<Index>(nested.nested_absmax.size()), nested.code.data(), nested.offset,
+      nested.nested_blocksize);
 }
 
 }  // namespace oft::quant

@@ -10,11 +10,11 @@
 /// - scalar: everything else (heads and tails, other ISAs).
 ///
 /// The path is chosen at compile time from the target ISA (-march), as Eigen does.
-#include "../detail/intrinsics.hpp"  // before <immintrin.h>: see the file
-
 #include <array>
 #include <cstdint>
 #include <cstring>
+
+#include "../detail/intrinsics.hpp"  // before <immintrin.h>: see the file
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -22,7 +22,7 @@
 
 #include "../index.hpp"
 
-namespace oft::quant::detail_bnb4 {
+namespace oft::quant::detail {
 
 /// Writes values [first, first + count) of the flattened 4-bit tensor `packed` (first value in
 /// the high nibble) to out[0, count), each code[index] * absmax. All `count` values must lie in
@@ -69,4 +69,4 @@ inline void dequantize_run(const std::uint8_t* packed, Index first, Index count,
   for (; e < end; ++e) *out++ = scalar(e);
 }
 
-}  // namespace oft::quant::detail_bnb4
+}  // namespace oft::quant::detail

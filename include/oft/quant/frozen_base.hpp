@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "../errors.hpp"
+#include "../half.hpp"
 #include "../index.hpp"
-#include "../io/half.hpp"
 #include "bnb4.hpp"
 #include "bnb4_panel.hpp"
 #include "int8.hpp"
@@ -39,25 +39,28 @@ namespace oft::quant {
 enum class DequantDtype { F32, F16, BF16 };
 
 inline const char* name(DequantDtype dtype) {
-  return dtype == DequantDtype::F32 ? "float32" : dtype == DequantDtype::F16 ? "float16" : "bfloat16";
+  return dtype == DequantDtype::F32   ? "float32"
+         : dtype == DequantDtype::F16 ? "float16"
+                                      : "bfloat16";
 }
 
-namespace detail_base {
+namespace detail {
 inline void round_to(DequantDtype dtype, float* values, Index count) {
   if (dtype == DequantDtype::F16) {
-    for (Index i = 0; i < count; ++i) values[i] = io::f16_to_float(io::float_to_f16(values[i]));
+    for (Index i = 0; i < count; ++i) values[i] = f16_to_float(float_to_f16(values[i]));
   } else if (dtype == DequantDtype::BF16) {
-    for (Index i = 0; i < count; ++i) values[i] = io::bf16_to_float(io::float_to_bf16(values[i]));
+    for (Index i = 0; i < count; ++i) values[i] = bf16_to_float(float_to_bf16(values[i]));
   }
 }
-}  // namespace detail_base
+}  // namespace detail
 
 /// A float32 base (the dense reference: the same fused path over unquantized values).
-class DenseBase {
+class DenseFloatBase {
  public:
-  DenseBase(const float* weight, Index rows, Index cols) : rows_(rows), cols_(cols) {
-    oft::detail::require(rows >= 1 && cols >= 1, "DenseBase: shape ", rows, "x", cols, " is empty");
-    oft::detail::require(weight != nullptr, "DenseBase: null weight");
+  DenseFloatBase(const float* weight, Index rows, Index cols) : rows_(rows), cols_(cols) {
+    oft::detail::require(rows >= 1 && cols >= 1, "DenseFloatBase: shape ", rows, "x", cols,
+                         " is empty");
+    oft::detail::require(weight != nullptr, "DenseFloatBase: null weight");
     values_.assign(weight, weight + rows * cols);
   }
   Index rows() const { return rows_; }
@@ -77,6 +80,10 @@ class DenseBase {
   std::vector<float> values_;
 };
 
+/// The former name of DenseFloatBase (it read like Eigen::DenseBase); kept while
+/// tests/hygiene/strict_warnings.cpp still spells it.
+using DenseBase = DenseFloatBase;
+
 /// bitsandbytes NF4 or FP4 (blocks over the flattened row-major weight; see bnb4.hpp). With
 /// double quantization, pass the absmax read back by dequantize_bnb4_nested_absmax: the base then
 /// keeps it as float32 (4 bytes per block instead of ~1), which bytes() counts. `dtype`: what the
@@ -88,14 +95,15 @@ class Bnb4Base {
     oft::detail::require(rows >= 1 && cols >= 1, "Bnb4Base: shape ", rows, "x", cols, " is empty");
     oft::detail::require(t_.numel == rows * cols, "Bnb4Base: the ", name(t_.type), " tensor holds ",
                          t_.numel, " values, a ", rows, "x", cols, " weight needs ", rows * cols);
-    detail_bnb4::check_blocksize(t_.blocksize, "Bnb4Base");
+    detail::check_blocksize(t_.blocksize, "Bnb4Base");
     oft::detail::require(static_cast<Index>(t_.packed.size()) == bnb4_packed_bytes(t_.numel),
                          "Bnb4Base: ", t_.packed.size(), " packed bytes for ", t_.numel,
                          " values (expected ", bnb4_packed_bytes(t_.numel), ")");
-    oft::detail::require(static_cast<Index>(t_.absmax.size()) == bnb4_blocks(t_.numel, t_.blocksize),
-                         "Bnb4Base: absmax has ", t_.absmax.size(), " values for ", t_.numel,
-                         " values in blocks of ", t_.blocksize, " (expected ",
-                         bnb4_blocks(t_.numel, t_.blocksize), ")");
+    oft::detail::require(
+        static_cast<Index>(t_.absmax.size()) == bnb4_blocks(t_.numel, t_.blocksize),
+        "Bnb4Base: absmax has ", t_.absmax.size(), " values for ", t_.numel,
+        " values in blocks of ", t_.blocksize, " (expected ", bnb4_blocks(t_.numel, t_.blocksize),
+        ")");
   }
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -117,14 +125,14 @@ class Bnb4Base {
         const Index run = std::min(end, (block + 1) * t_.blocksize) - e;
         const float absmax = t_.absmax[static_cast<std::size_t>(block)];
         if constexpr (std::is_same_v<Out, float>) {
-          detail_bnb4::dequantize_run(t_.packed.data(), e, run, code, absmax, dst);
-          detail_base::round_to(dtype_, dst, run);
+          detail::dequantize_run(t_.packed.data(), e, run, code, absmax, dst);
+          detail::round_to(dtype_, dst, run);
         } else {  // the float values, widened (double layers: references and FD checks)
           float chunk[256];
           for (Index done = 0; done < run; done += 256) {
             const Index n = std::min<Index>(256, run - done);
-            detail_bnb4::dequantize_run(t_.packed.data(), e + done, n, code, absmax, chunk);
-            detail_base::round_to(dtype_, chunk, n);
+            detail::dequantize_run(t_.packed.data(), e + done, n, code, absmax, chunk);
+            detail::round_to(dtype_, chunk, n);
             std::copy(chunk, chunk + n, dst + done);
           }
         }

@@ -14,11 +14,10 @@
 /// buffers. The panel is caller-owned scratch: fused_panel_size(base) scalars, so a layer keeps
 /// the quantized bytes plus O(panel). Dequantization costs n_out * d lookups per product, against
 /// 2 N n_out d flops in the GEMM.
-#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Core>
-
 #include <algorithm>
 
+#include "../detail/intrinsics.hpp"  // before Eigen: see the file
 #include "../parameterization.hpp"
 #include "../view.hpp"
 
@@ -39,13 +38,15 @@ Index fused_panel_size(const Base& base) {
   return std::max(forward, backward);
 }
 
-namespace detail_fused {
+namespace detail {
 
 template <class Base, class Scalar>
-void dequantize_panel(const Base& base, Index row0, Index nrows, Index col0, Index ncols, Scalar* out) {
+void dequantize_panel(const Base& base, Index row0, Index nrows, Index col0, Index ncols,
+                      Scalar* out) {
   // One row per iteration; threads only when the panel is big enough to pay for the fork.
   OFT_OMP(parallel for schedule(static) if (nrows * ncols >= (Index(1) << 16)))
-  for (Index i = 0; i < nrows; ++i) base.dequantize(row0 + i, 1, col0, ncols, out + i * ncols, ncols);
+  for (Index i = 0; i < nrows; ++i)
+    base.dequantize(row0 + i, 1, col0, ncols, out + i * ncols, ncols);
 }
 
 /// Blocks template deduction, so views convert (MatrixView<T> -> MatrixView<const T>) and the
@@ -60,36 +61,36 @@ using PanelMap = Eigen::Map<const RowMatrix<Scalar>>;
 template <class Scalar>
 using StridedMap = Eigen::Map<RowMatrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-}  // namespace detail_fused
+}  // namespace detail
 
 /// Z = Y W^T, Y: N x d, Z: N x n_out (Z must not overlap Y). `panel`: fused_panel_size(base)
 /// scalars. Shapes are the caller's to check (QoftLinear does). Scalar: float, or double (the
 /// base's float values widened; references and FD checks).
 template <class Base, class Scalar>
-void dequant_gemm_nt(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type y,
-                     typename detail_fused::Same<MatrixView<Scalar>>::type z, Scalar* panel) {
+void dequant_gemm_nt(const Base& base, typename detail::Same<ConstMatrixView<Scalar>>::type y,
+                     typename detail::Same<MatrixView<Scalar>>::type z, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
   if (y.rows() == 0) return;  // no tokens: nothing to write (and Z's data may be null)
   for (Index p = 0; p < n_out; p += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, n_out - p);
-    detail_fused::dequantize_panel(base, p, width, 0, d, panel);
-    detail_fused::StridedMap<Scalar>(z.data() + p, z.rows(), width, Eigen::OuterStride<>(z.stride())).noalias() =
-        y.map() * detail_fused::PanelMap<Scalar>(panel, width, d).transpose();
+    detail::dequantize_panel(base, p, width, 0, d, panel);
+    detail::StridedMap<Scalar>(z.data() + p, z.rows(), width, Eigen::OuterStride<>(z.stride()))
+        .noalias() = y.map() * detail::PanelMap<Scalar>(panel, width, d).transpose();
   }
 }
 
 /// dY = dZ W, dZ: N x n_out, dY: N x d (dY must not overlap dZ). `panel`: fused_panel_size(base)
 /// scalars.
 template <class Base, class Scalar>
-void dequant_gemm_nn(const Base& base, typename detail_fused::Same<ConstMatrixView<Scalar>>::type dz,
-                     typename detail_fused::Same<MatrixView<Scalar>>::type dy, Scalar* panel) {
+void dequant_gemm_nn(const Base& base, typename detail::Same<ConstMatrixView<Scalar>>::type dz,
+                     typename detail::Same<MatrixView<Scalar>>::type dy, Scalar* panel) {
   const Index d = base.cols(), n_out = base.rows();
   if (dz.rows() == 0) return;  // no tokens: nothing to write (and dY's data may be null)
   for (Index c = 0; c < d; c += kFusedPanelWidth) {
     const Index width = std::min(kFusedPanelWidth, d - c);
-    detail_fused::dequantize_panel(base, 0, n_out, c, width, panel);
-    detail_fused::StridedMap<Scalar>(dy.data() + c, dy.rows(), width, Eigen::OuterStride<>(dy.stride())).noalias() =
-        dz.map() * detail_fused::PanelMap<Scalar>(panel, n_out, width);
+    detail::dequantize_panel(base, 0, n_out, c, width, panel);
+    detail::StridedMap<Scalar>(dy.data() + c, dy.rows(), width, Eigen::OuterStride<>(dy.stride()))
+        .noalias() = dz.map() * detail::PanelMap<Scalar>(panel, n_out, width);
   }
 }
 

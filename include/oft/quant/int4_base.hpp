@@ -12,25 +12,25 @@
 /// [out, groups] (one byte per zero). A row's group then costs one 16-entry table of the float16
 /// results, (q - zero) * scale rounded for q = 0..15, and each value is a table lookup: 16 at a
 /// time with AVX-512 (_mm512_permutexvar_ps), 8 with AVX2, else scalar; the table is built with
-/// F16C (vcvtps2ph, round to nearest even) where available, else by io::float_to_f16. Act-order
+/// F16C (vcvtps2ph, round to nearest even) where available, else by float_to_f16. Act-order
 /// GPTQ weights (g_idx not i / group_size) build the tables of all groups of the row, up to 128 at
 /// a time on the stack, and look each column's group up. Nothing is allocated per call.
 /// tensor() packs the checkpoint tensors back (the same words).
-#include "../detail/intrinsics.hpp"  // before <immintrin.h>: see the file
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "../detail/intrinsics.hpp"  // before <immintrin.h>: see the file
+
 #if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include "../errors.hpp"
+#include "../half.hpp"
 #include "../index.hpp"
-#include "../io/half.hpp"
 #include "int4_group.hpp"
 
 namespace oft::quant {
@@ -154,7 +154,7 @@ class Int4GroupBase {
     const __m128i half = _mm_cvtps_ph(_mm_set_ss(product), _MM_FROUND_TO_NEAREST_INT);
     return _mm_cvtss_f32(_mm_cvtph_ps(half));
 #else
-    return io::f16_to_float(io::float_to_f16(product));
+    return f16_to_float(float_to_f16(product));
 #endif
   }
 
@@ -179,7 +179,7 @@ class Int4GroupBase {
   }
   unsigned code(Index o, Index i) const { return nibble(codes_.data() + o * words_, i); }
   float scale(Index o, Index g) const {
-    return io::f16_to_float(scales_[static_cast<std::size_t>(o * groups_ + g)]);
+    return f16_to_float(scales_[static_cast<std::size_t>(o * groups_ + g)]);
   }
   int zero(Index o, Index g) const { return zeros_[static_cast<std::size_t>(o * groups_ + g)]; }
 

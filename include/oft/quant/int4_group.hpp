@@ -40,8 +40,8 @@
 #include <vector>
 
 #include "../errors.hpp"
+#include "../half.hpp"
 #include "../index.hpp"
-#include "../io/half.hpp"
 
 namespace oft::quant {
 
@@ -111,7 +111,7 @@ inline std::vector<std::int32_t> gptq_sequential_g_idx(Index in, Index group_siz
   return out;
 }
 
-namespace detail_int4 {
+namespace detail {
 
 /// A shape as the messages print it: "[rows, cols]".
 struct Shape {
@@ -152,25 +152,24 @@ void check_array(const Int4Array<T>& a, const char* tensor, Shape expected, cons
                        " needs ", a.rows * a.cols);
 }
 
-}  // namespace detail_int4
+}  // namespace detail
 
 /// Throws std::invalid_argument naming the tensor, its shape and the expected shape when `t` is
 /// inconsistent (out, in, group_size, qweight, qzeros, scales, g_idx), or naming the index and
 /// value of a g_idx entry outside [0, groups); std::domain_error for a non-finite scale.
 inline void check_int4_group(const Int4GroupTensor& t, const char* where) {
-  using detail_int4::Shape;
-  detail_int4::check_dims(t.layout, t.out, t.in, t.group_size, where);
+  using detail::Shape;
+  detail::check_dims(t.layout, t.out, t.in, t.group_size, where);
   const Index groups = int4_groups(t.in, t.group_size);
   if (is_gptq(t.layout))
-    detail_int4::check_array(t.qweight, "qweight", Shape{t.in / 8, t.out}, "[in/8, out]", t.layout,
-                             where);
+    detail::check_array(t.qweight, "qweight", Shape{t.in / 8, t.out}, "[in/8, out]", t.layout,
+                        where);
   else
-    detail_int4::check_array(t.qweight, "qweight", Shape{t.in, t.out / 8}, "[in, out/8]", t.layout,
-                             where);
-  detail_int4::check_array(t.qzeros, "qzeros", Shape{groups, t.out / 8}, "[groups, out/8]",
-                           t.layout, where);
-  detail_int4::check_array(t.scales, "scales", Shape{groups, t.out}, "[groups, out]", t.layout,
-                           where);
+    detail::check_array(t.qweight, "qweight", Shape{t.in, t.out / 8}, "[in, out/8]", t.layout,
+                        where);
+  detail::check_array(t.qzeros, "qzeros", Shape{groups, t.out / 8}, "[groups, out/8]", t.layout,
+                      where);
+  detail::check_array(t.scales, "scales", Shape{groups, t.out}, "[groups, out]", t.layout, where);
   if (is_gptq(t.layout)) {
     oft::detail::require(static_cast<Index>(t.g_idx.size()) == t.in, where, ": ", name(t.layout),
                          " g_idx has shape [", t.g_idx.size(), "], expected [in] = [", t.in, "]");
@@ -185,8 +184,8 @@ inline void check_int4_group(const Int4GroupTensor& t, const char* where) {
   for (Index g = 0; g < groups; ++g)
     for (Index o = 0; o < t.out; ++o) {
       const std::uint16_t h = t.scales.values[static_cast<std::size_t>(g * t.out + o)];
-      oft::detail::require_domain(std::isfinite(io::f16_to_float(h)), where, ": scales[", g, ", ",
-                                  o, "] is not finite (", io::f16_to_float(h), ", float16 bits 0x",
+      oft::detail::require_domain(std::isfinite(f16_to_float(h)), where, ": scales[", g, ", ", o,
+                                  "] is not finite (", f16_to_float(h), ", float16 bits 0x",
                                   std::hex, h, std::dec, ")");
     }
 }
@@ -243,18 +242,17 @@ inline std::vector<float> dequantize_int4_group(const Int4GroupTensor& t) {
     for (Index i = 0; i < t.in; ++i) {
       const Index g = is_gptq(t.layout) ? t.g_idx[static_cast<std::size_t>(i)]
                                         : (t.group_size == -1 ? 0 : i / t.group_size);
-      const float scale =
-          io::f16_to_float(t.scales.values[static_cast<std::size_t>(g * t.out + o)]);
+      const float scale = f16_to_float(t.scales.values[static_cast<std::size_t>(g * t.out + o)]);
       const int diff =
           q[static_cast<std::size_t>(o * t.in + i)] - z[static_cast<std::size_t>(g * t.out + o)];
       // Exact in float32 (|diff| <= 16, an 11-bit significand), then float16's single rounding.
       w[static_cast<std::size_t>(o * t.in + i)] =
-          io::f16_to_float(io::float_to_f16(static_cast<float>(diff) * scale));
+          f16_to_float(float_to_f16(static_cast<float>(diff) * scale));
     }
   return w;
 }
 
-namespace detail_int4 {
+namespace detail {
 
 inline void check_codes(Int4Layout layout, Index out, Index in, Index group_size,
                         const std::vector<std::uint8_t>& codes,
@@ -286,7 +284,7 @@ inline void put_nibble(std::int32_t& word, int position, unsigned value) {
   word = static_cast<std::int32_t>(bits);
 }
 
-}  // namespace detail_int4
+}  // namespace detail
 
 /// Packs a GPTQ weight (`version` GptqV1 or GptqV2) from plain integers: `codes` [out, in] in
 /// 0..15 (W's layout), `zeros` [groups, out] the real zeros (v1: 1..16, v2: 0..15), `scales`
@@ -300,7 +298,7 @@ inline Int4GroupTensor pack_gptq(Int4Layout version, Index out, Index in, Index 
                                  std::vector<std::int32_t> g_idx = {}) {
   oft::detail::require(is_gptq(version), "pack_gptq: layout ", name(version),
                        " is not a GPTQ layout");
-  detail_int4::check_codes(version, out, in, group_size, codes, zeros, scales, "pack_gptq");
+  detail::check_codes(version, out, in, group_size, codes, zeros, scales, "pack_gptq");
   const Index groups = int4_groups(in, group_size);
   Int4GroupTensor t;
   t.layout = version;
@@ -314,13 +312,13 @@ inline Int4GroupTensor pack_gptq(Int4Layout version, Index out, Index in, Index 
   t.g_idx = g_idx.empty() ? gptq_sequential_g_idx(in, group_size) : std::move(g_idx);
   for (Index o = 0; o < out; ++o)
     for (Index i = 0; i < in; ++i)
-      detail_int4::put_nibble(t.qweight.values[static_cast<std::size_t>((i / 8) * out + o)],
-                              static_cast<int>(i % 8),
-                              static_cast<unsigned>(codes[static_cast<std::size_t>(o * in + i)]));
+      detail::put_nibble(t.qweight.values[static_cast<std::size_t>((i / 8) * out + o)],
+                         static_cast<int>(i % 8),
+                         static_cast<unsigned>(codes[static_cast<std::size_t>(o * in + i)]));
   const int minus = version == Int4Layout::GptqV1 ? 1 : 0;
   for (Index g = 0; g < groups; ++g)
     for (Index o = 0; o < out; ++o)
-      detail_int4::put_nibble(
+      detail::put_nibble(
           t.qzeros.values[static_cast<std::size_t>(g * (out / 8) + o / 8)], static_cast<int>(o % 8),
           static_cast<unsigned>(zeros[static_cast<std::size_t>(g * out + o)] - minus));
   check_int4_group(t, "pack_gptq");
@@ -333,7 +331,7 @@ inline Int4GroupTensor pack_awq(Index out, Index in, Index group_size,
                                 const std::vector<std::uint8_t>& codes,
                                 const std::vector<std::int32_t>& zeros,
                                 const std::vector<std::uint16_t>& scales) {
-  detail_int4::check_codes(Int4Layout::Awq, out, in, group_size, codes, zeros, scales, "pack_awq");
+  detail::check_codes(Int4Layout::Awq, out, in, group_size, codes, zeros, scales, "pack_awq");
   const Index groups = int4_groups(in, group_size);
   Int4GroupTensor t;
   t.layout = Int4Layout::Awq;
@@ -347,13 +345,11 @@ inline Int4GroupTensor pack_awq(Index out, Index in, Index group_size,
   for (Index o = 0; o < out; ++o) {
     const int nibble = kAwqNibbleOf[static_cast<std::size_t>(o % 8)];
     for (Index i = 0; i < in; ++i)
-      detail_int4::put_nibble(t.qweight.values[static_cast<std::size_t>(i * (out / 8) + o / 8)],
-                              nibble,
-                              static_cast<unsigned>(codes[static_cast<std::size_t>(o * in + i)]));
+      detail::put_nibble(t.qweight.values[static_cast<std::size_t>(i * (out / 8) + o / 8)], nibble,
+                         static_cast<unsigned>(codes[static_cast<std::size_t>(o * in + i)]));
     for (Index g = 0; g < groups; ++g)
-      detail_int4::put_nibble(t.qzeros.values[static_cast<std::size_t>(g * (out / 8) + o / 8)],
-                              nibble,
-                              static_cast<unsigned>(zeros[static_cast<std::size_t>(g * out + o)]));
+      detail::put_nibble(t.qzeros.values[static_cast<std::size_t>(g * (out / 8) + o / 8)], nibble,
+                         static_cast<unsigned>(zeros[static_cast<std::size_t>(g * out + o)]));
   }
   check_int4_group(t, "pack_awq");
   return t;

@@ -60,8 +60,8 @@ inline Int8Tensor quantize_int8(const float* weight, Index rows, Index cols) {
   oft::detail::require(rows >= 0 && cols >= 0, "quantize_int8: negative shape ", rows, "x", cols);
   oft::detail::require(weight != nullptr || rows * cols == 0, "quantize_int8: null weight");
   for (Index i = 0; i < rows * cols; ++i)
-    oft::detail::require_domain(std::isfinite(weight[i]), "quantize_int8: value ", i,
-                                " (row ", i / cols, ") is not finite (", weight[i], ")");
+    oft::detail::require_domain(std::isfinite(weight[i]), "quantize_int8: value ", i, " (row ",
+                                i / cols, ") is not finite (", weight[i], ")");
   Int8Tensor out;
   out.rows = rows;
   out.cols = cols;
@@ -79,7 +79,8 @@ inline Int8Tensor quantize_int8(const float* weight, Index rows, Index cols) {
     }
     const float scale = 127.0f / absmax;
     // |row[j] * scale| <= 127 up to one rounding of the product, so the cast stays in range.
-    for (Index j = 0; j < cols; ++j) q[j] = static_cast<std::int8_t>(std::nearbyint(row[j] * scale));
+    for (Index j = 0; j < cols; ++j)
+      q[j] = static_cast<std::int8_t>(std::nearbyint(row[j] * scale));
   }
   return out;
 }
@@ -89,7 +90,8 @@ inline std::vector<float> dequantize_int8(const Int8Tensor& t) {
   check_int8(t, "dequantize_int8");
   std::vector<float> out(static_cast<std::size_t>(t.rows * t.cols));
   for (Index r = 0; r < t.rows; ++r)
-    for (Index j = 0; j < t.cols; ++j) out[static_cast<std::size_t>(r * t.cols + j)] = t.dequantize(r, j);
+    for (Index j = 0; j < t.cols; ++j)
+      out[static_cast<std::size_t>(r * t.cols + j)] = t.dequantize(r, j);
   return out;
 }
 

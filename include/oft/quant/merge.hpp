@@ -26,12 +26,12 @@ namespace oft::quant {
 
 struct MergeReport {
   Index values = 0;
-  double max_error = 0, rms_error = 0;    ///< |requantized merge - float merge|
-  double max_change = 0, rms_change = 0;  ///< |float merge - dequantized base|
+  double max_error = 0, rms_error = 0;        ///< |requantized merge - float merge|
+  double max_change = 0, rms_change = 0;      ///< |float merge - dequantized base|
   double base_absmax = 0, merged_absmax = 0;  ///< max |w| before and after (float merge)
 };
 
-namespace detail_merge {
+namespace detail {
 
 inline MergeReport measure(const std::vector<float>& base, const std::vector<float>& merged,
                            const std::vector<float>& requantized) {
@@ -57,31 +57,34 @@ inline MergeReport measure(const std::vector<float>& base, const std::vector<flo
 
 /// The same format and settings as `like`, over new float values.
 inline Bnb4Base requantize_like(const Bnb4Base& like, const std::vector<float>& w) {
-  return Bnb4Base(quantize_bnb4(w.data(), like.rows() * like.cols(), like.tensor().blocksize, like.tensor().type),
+  return Bnb4Base(quantize_bnb4(w.data(), like.rows() * like.cols(), like.tensor().blocksize,
+                                like.tensor().type),
                   like.rows(), like.cols(), like.dtype());
 }
 inline Int8Base requantize_like(const Int8Base& like, const std::vector<float>& w) {
   return Int8Base(quantize_int8(w.data(), like.rows(), like.cols()));
 }
-inline DenseBase requantize_like(const DenseBase& like, const std::vector<float>& w) {
-  return DenseBase(w.data(), like.rows(), like.cols());
+inline DenseFloatBase requantize_like(const DenseFloatBase& like, const std::vector<float>& w) {
+  return DenseFloatBase(w.data(), like.rows(), like.cols());
 }
 
 template <class Base>
-Base requantize(const Base& base, const std::vector<float>& original, const std::vector<float>& merged,
-                MergeReport* report) {
+Base requantize(const Base& base, const std::vector<float>& original,
+                const std::vector<float>& merged, MergeReport* report) {
   Base out = requantize_like(base, merged);
   if (report != nullptr) *report = measure(original, merged, dequantize_all(out));
   return out;
 }
 
-}  // namespace detail_merge
+}  // namespace detail
 
 /// W' = Dequant(base) R^T in float32 (n_out x d, row-major): the float merge.
 template <class Base, class Parameterization>
-std::vector<float> merged_weight(const Base& base, const BlockOrthogonal<float, Parameterization, cpu>& rotation) {
-  detail::require(rotation.features() == base.cols(), "merge: the rotation has d=", rotation.features(),
-                  ", the ", base.format(), " base is ", base.rows(), "x", base.cols());
+std::vector<float> merged_weight(const Base& base,
+                                 const BlockOrthogonal<float, Parameterization, cpu>& rotation) {
+  oft::detail::require(rotation.features() == base.cols(),
+                       "merge: the rotation has d=", rotation.features(), ", the ", base.format(),
+                       " base is ", base.rows(), "x", base.cols());
   std::vector<float> w = dequantize_all(base);
   std::vector<float> out(w.size());
   rotation.apply_transposed(ConstMatrixView<float>(w.data(), base.rows(), base.cols()),
@@ -96,20 +99,23 @@ template <class Base, class Parameterization>
 Base merge_rotation(const Base& base, const BlockOrthogonal<float, Parameterization, cpu>& rotation,
                     MergeReport* report = nullptr) {
   const std::vector<float> merged = merged_weight(base, rotation);
-  return detail_merge::requantize(base, dequantize_all(base), merged, report);
+  return detail::requantize(base, dequantize_all(base), merged, report);
 }
 
 /// W + scaling * B A (A: r x d, B: n_out x r) requantized in the base's format (QLoRA's merge).
 template <class Base>
-Base merge_lora(const Base& base, const RowMatrix<float>& lora_a, const RowMatrix<float>& lora_b, float scaling,
-                MergeReport* report = nullptr) {
-  detail::require(lora_a.cols() == base.cols() && lora_b.rows() == base.rows() && lora_a.rows() == lora_b.cols(),
-                  "merge_lora: A is ", lora_a.rows(), "x", lora_a.cols(), " and B ", lora_b.rows(), "x",
-                  lora_b.cols(), ", the ", base.format(), " base is ", base.rows(), "x", base.cols());
+Base merge_lora(const Base& base, const RowMatrix<float>& lora_a, const RowMatrix<float>& lora_b,
+                float scaling, MergeReport* report = nullptr) {
+  oft::detail::require(lora_a.cols() == base.cols() && lora_b.rows() == base.rows() &&
+                           lora_a.rows() == lora_b.cols(),
+                       "merge_lora: A is ", lora_a.rows(), "x", lora_a.cols(), " and B ",
+                       lora_b.rows(), "x", lora_b.cols(), ", the ", base.format(), " base is ",
+                       base.rows(), "x", base.cols());
   const std::vector<float> original = dequantize_all(base);
   std::vector<float> merged = original;
-  Eigen::Map<RowMatrix<float>>(merged.data(), base.rows(), base.cols()).noalias() += scaling * (lora_b * lora_a);
-  return detail_merge::requantize(base, original, merged, report);
+  Eigen::Map<RowMatrix<float>>(merged.data(), base.rows(), base.cols()).noalias() +=
+      scaling * (lora_b * lora_a);
+  return detail::requantize(base, original, merged, report);
 }
 
 }  // namespace oft::quant

@@ -3,8 +3,8 @@
 /// The QLoRA baseline (Dettmers et al., 2023) over the same quantized frozen bases and fused
 /// products as QoftLinear, so that QOFT and QLoRA are measured side by side in one harness:
 ///
-///   forward    Z = X Dequant(Wq)^T + s (X A^T) B^T + bias       A: r x d, B: n_out x r, s = alpha / r
-///   backward   dX = dZ Dequant(Wq) + s (dZ B) A
+///   forward    Z = X Dequant(Wq)^T + s (X A^T) B^T + bias       A: r x d, B: n_out x r, s = alpha
+///   / r backward   dX = dZ Dequant(Wq) + s (dZ B) A
 ///              dA = s (dZ B)^T X,   dB = s dZ^T (X A^T)
 ///
 /// PEFT's LoRA layout and scaling (lora_A.weight [r, d], lora_B.weight [n_out, r], scaling
@@ -53,8 +53,9 @@ class QloraLinear {
   }
 
   /// Z = X Dequant(Wq)^T + s (X A^T) B^T + bias. X: N x d, Z: N x n_out (must not overlap X).
-  void forward(ConstMatrixView<Scalar> x, MatrixView<Scalar> z, Workspace<Scalar>& workspace) const {
-    detail::check_layer_forward(x, z, features(), outputs(), "Z");
+  void forward(ConstMatrixView<Scalar> x, MatrixView<Scalar> z,
+               Workspace<Scalar>& workspace) const {
+    oft::detail::check_layer_forward(x, z, features(), outputs(), "Z");
     Scalar* buffer = workspace.reserve(workspace_size(x.rows()));
     Eigen::Map<RowMatrix<Scalar>> xa(buffer, x.rows(), rank());
     dequant_gemm_nt(base_, x, z, buffer + 2 * x.rows() * rank());
@@ -67,12 +68,13 @@ class QloraLinear {
   /// upstream gradient dZ.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dz, MatrixView<Scalar> dx,
                 RowMatrix<Scalar>& da, RowMatrix<Scalar>& db, Workspace<Scalar>& workspace) const {
-    detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=", features());
-    detail::require_shape(dz, x.rows(), outputs(), "dZ");
+    oft::detail::require(x.cols() == features(), "X has ", x.cols(),
+                         " columns, expected d=", features());
+    oft::detail::require_shape(dz, x.rows(), outputs(), "dZ");
     if (dx.data() != nullptr) {
-      detail::require_shape(dx, x.rows(), features(), "dX");
-      detail::require_disjoint(dx, dz, "dX", "dZ");
-      detail::require_in_place_or_disjoint(dx, x, "dX", "X");
+      oft::detail::require_shape(dx, x.rows(), features(), "dX");
+      oft::detail::require_disjoint(dx, dz, "dX", "dZ");
+      oft::detail::require_in_place_or_disjoint(dx, x, "dX", "X");
     }
     Scalar* buffer = workspace.reserve(workspace_size(x.rows()));
     Eigen::Map<RowMatrix<Scalar>> xa(buffer, x.rows(), rank());
@@ -89,7 +91,7 @@ class QloraLinear {
 
  private:
   static Index checked_rank(Index rank) {
-    detail::require(rank >= 1, "QloraLinear: rank ", rank, " must be >= 1");
+    oft::detail::require(rank >= 1, "QloraLinear: rank ", rank, " must be >= 1");
     return rank;
   }
 

@@ -8,10 +8,10 @@
 ///
 /// Both products are the fused dequantize-GEMMs of quant/fused_gemm.hpp: the layer holds the
 /// quantized bytes, the bias and one dequantized panel in the caller's workspace, never the whole
-/// float W. `Base` is a frozen base of quant/frozen_base.hpp (DenseBase, Bnb4Base for NF4/FP4,
+/// float W. `Base` is a frozen base of quant/frozen_base.hpp (DenseFloatBase, Bnb4Base for NF4/FP4,
 /// Int8Base for LLM.int8). The rotation is oft's BlockOrthogonal with any parameterization, as in
 /// OftLinear (linear.hpp), whose conventions and argument checks this layer shares; with a
-/// DenseBase it computes what OftLinear computes.
+/// DenseFloatBase it computes what OftLinear computes.
 #include <algorithm>
 #include <utility>
 
@@ -61,8 +61,9 @@ class QoftLinear {
   }
 
   /// Z = (X R) Dequant(Wq)^T + bias. X: N x d, Z: N x n_out (must not overlap X).
-  void forward(ConstMatrixView<Scalar> x, MatrixView<Scalar> z, Workspace<Scalar>& workspace) const {
-    detail::check_layer_forward(x, z, features(), outputs(), "Z");
+  void forward(ConstMatrixView<Scalar> x, MatrixView<Scalar> z,
+               Workspace<Scalar>& workspace) const {
+    oft::detail::check_layer_forward(x, z, features(), outputs(), "Z");
     Scalar* buffer = workspace.reserve(workspace_size(x.rows()));
     MatrixView<Scalar> y(buffer, x.rows(), features());
     rotation_.apply(x, y);
@@ -74,8 +75,8 @@ class QoftLinear {
   /// bias are frozen. Pass {} to skip an output. dX must not overlap dZ; it may be X itself.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dz, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
-    detail::check_layer_backward(rotation_, x, dz, dx, dtheta, features(), outputs(),
-                                 /*dx_may_be_x=*/true);
+    oft::detail::check_layer_backward(rotation_, x, dz, dx, dtheta, features(), outputs(),
+                                      /*dx_may_be_x=*/true);
     Scalar* buffer = workspace.reserve(workspace_size(x.rows()));
     MatrixView<Scalar> dy(buffer, x.rows(), features());
     Scalar* scratch = buffer + x.rows() * features();

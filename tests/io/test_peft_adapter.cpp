@@ -1,15 +1,15 @@
-// PEFT OFT adapters written by the real PEFT (fixtures/adapters/<config>/, made by
-// make_adapters.py with PEFT 0.21.2, and 0.17.1 for the legacy polynomial): oft reads them, and
+// The PEFT adapter reader (io/peft_adapter.hpp) on adapters written by the real PEFT
+// (tests/peft/fixtures/adapters/<config>/, made by tests/peft/make_adapters.py
+// with PEFT 0.21.2, and 0.17.1 for the legacy polynomial): oft reads them, and
 // its merge equals PEFT's merge_and_unload tensor by tensor; an adapter oft writes reads back
 // to the same merge.
-
-#include <oft/io/peft_adapter.hpp>
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <oft/io/peft_adapter.hpp>
 #include <string>
 #include <vector>
 
@@ -117,7 +117,8 @@ TEST(PeftAdapters, SaveWritesWhatLoadReads) {
       EXPECT_TRUE(again.modules[i].theta.values() == adapter.modules[i].theta.values()) << name;
     }
     // PEFT's own tensors come back bit for bit (the exact branch's sign included).
-    const auto original = oft::io::SafetensorsFile::open(fixture(name) / "adapter_model.safetensors");
+    const auto original =
+        oft::io::SafetensorsFile::open(fixture(name) / "adapter_model.safetensors");
     const auto written = oft::io::SafetensorsFile::open(out / name / "adapter_model.safetensors");
     for (const std::string& key : original.tensor_names())
       EXPECT_EQ(original.tensor(key).copy_as<float>(), written.tensor(key).copy_as<float>()) << key;
@@ -143,7 +144,8 @@ TEST(PeftAdapters, BadInputIsRefusedWithTheValues) {
   const fs::path dir = fs::temp_directory_path() / "oft_test_peft_adapter_bad";
   fs::remove_all(dir);
   fs::create_directories(dir);
-  fs::copy_file(fixture("neumann_t5") / "adapter_model.safetensors", dir / "adapter_model.safetensors");
+  fs::copy_file(fixture("neumann_t5") / "adapter_model.safetensors",
+                dir / "adapter_model.safetensors");
   const auto write_config = [&](const std::string& text) {
     std::FILE* f = std::fopen((dir / "adapter_config.json").c_str(), "w");
     std::fputs(text.c_str(), f);
@@ -161,18 +163,23 @@ TEST(PeftAdapters, BadInputIsRefusedWithTheValues) {
   expect_refused(R"({"peft_type": "LORA"})", "peft_type is 'LORA'");
   expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": "yes"})", "use_cayley_neumann");
   expect_refused("{not json", "not JSON");
-  expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": -1})",
-                 "got -1");
+  expect_refused(
+      R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": -1})",
+      "got -1");
   // Integer fields take JSON integers only: a float out of int's range was undefined behaviour in
   // the conversion (found by fuzz_peft_adapter), a fraction was silently truncated.
-  expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 5.66667e+28})",
-                 "field 'num_cayley_neumann_terms' is 5.66667e+28, expected an integer in");
-  expect_refused(R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 2.5})",
-                 "field 'num_cayley_neumann_terms' is 2.5");
+  expect_refused(
+      R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 5.66667e+28})",
+      "field 'num_cayley_neumann_terms' is 5.66667e+28, expected an integer in");
+  expect_refused(
+      R"({"peft_type": "OFT", "use_cayley_neumann": true, "num_cayley_neumann_terms": 2.5})",
+      "field 'num_cayley_neumann_terms' is 2.5");
   expect_refused(R"({"peft_type": "OFT", "num_cayley_neumann_terms": 4294967301})",
                  "field 'num_cayley_neumann_terms' is 4294967301");
-  expect_refused(R"({"peft_type": "OFT", "r": 18446744073709551615})", "field 'r' is 18446744073709551615");
-  expect_refused(R"({"peft_type": "OFT", "oft_block_size": 1e3})", "field 'oft_block_size' is 1000.0");
+  expect_refused(R"({"peft_type": "OFT", "r": 18446744073709551615})",
+                 "field 'r' is 18446744073709551615");
+  expect_refused(R"({"peft_type": "OFT", "oft_block_size": 1e3})",
+                 "field 'oft_block_size' is 1000.0");
   fs::remove_all(dir);
 }
 

@@ -1,17 +1,18 @@
 // Reading a linear layer's frozen weight from a checkpoint by the real key names
-// (include/oft/io/quantized_linear.hpp), against the state dicts of real bitsandbytes 0.50.2 layers:
-// fixtures/bnb4_layers.safetensors (make_bnb4_double_fixtures.py) holds Linear4bit layers (NF4 with
-// and without double quantization, FP4 with it, a float16 NF4 layer) and a Linear8bitLt, each with
-// the weight bitsandbytes dequantizes it to. Read, each must dequantize to those bits; written back,
-// each must give the same tensors; every inconsistency a checkpoint can have must be refused.
+// (include/oft/io/quantized_weights.hpp), against the state dicts of real bitsandbytes 0.50.2
+// layers: fixtures/bnb4_layers.safetensors (make_bnb4_double_fixtures.py) holds Linear4bit layers
+// (NF4 with and without double quantization, FP4 with it, a float16 NF4 layer) and a Linear8bitLt,
+// each with the weight bitsandbytes dequantizes it to. Read, each must dequantize to those bits;
+// written back, each must give the same tensors; every inconsistency a checkpoint can have must be
+// refused.
 #include <gtest/gtest.h>
-#include <oft/io/quantized_linear.hpp>
-#include <oft/io/safetensors.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <oft/io/quantized_weights.hpp>
+#include <oft/io/safetensors.hpp>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,8 @@ using oft::io::StoredTensor;
 using oft::io::TensorView;
 
 const oft::io::SafetensorsFile& fixture() {
-  static const oft::io::SafetensorsFile file =
-      oft::io::SafetensorsFile::open(std::string(OFT_QUANT_FIXTURES_DIR) + "/bnb4_layers.safetensors");
+  static const oft::io::SafetensorsFile file = oft::io::SafetensorsFile::open(
+      std::string(OFT_QUANT_FIXTURES_DIR) + "/bnb4_layers.safetensors");
   return file;
 }
 
@@ -54,8 +55,12 @@ struct MemorySource {
   }
   void put(const StoredTensor& t) { tensors[t.name] = t; }
   void put_text(const std::string& name, const std::string& text) {
-    put(StoredTensor{name, Dtype::U8, {text.size()}, std::vector<std::byte>(reinterpret_cast<const std::byte*>(text.data()),
-                                                                           reinterpret_cast<const std::byte*>(text.data()) + text.size())});
+    put(StoredTensor{
+        name,
+        Dtype::U8,
+        {text.size()},
+        std::vector<std::byte>(reinterpret_cast<const std::byte*>(text.data()),
+                               reinterpret_cast<const std::byte*>(text.data()) + text.size())});
   }
   std::string text(const std::string& name) const {
     const StoredTensor& t = tensors.at(name);
@@ -76,11 +81,11 @@ std::vector<float> signless_zero(std::vector<float> v) {
   return v;
 }
 
-const char* const kQ = "model.layers.0.q_proj";   // NF4, double quantization, float32
-const char* const kK = "model.layers.0.k_proj";   // NF4, blocksize 128, plain absmax
-const char* const kV = "model.layers.0.v_proj";   // FP4, blocksize 32, double quantization
-const char* const kUp = "model.layers.0.up_proj"; // NF4, double quantization, float16 model
-const char* const kO = "model.layers.0.o_proj";   // LLM.int8
+const char* const kQ = "model.layers.0.q_proj";    // NF4, double quantization, float32
+const char* const kK = "model.layers.0.k_proj";    // NF4, blocksize 128, plain absmax
+const char* const kV = "model.layers.0.v_proj";    // FP4, blocksize 32, double quantization
+const char* const kUp = "model.layers.0.up_proj";  // NF4, double quantization, float16 model
+const char* const kO = "model.layers.0.o_proj";    // LLM.int8
 
 TEST(QuantizedCheckpoint, LayersDequantizeToBitsandbytesBitForBit) {
   struct Case {
@@ -89,8 +94,9 @@ TEST(QuantizedCheckpoint, LayersDequantizeToBitsandbytesBitForBit) {
     oft::Index rows, cols;
     bool nested;
   };
-  for (const Case& c : {Case{kQ, "nf4", 48, 64, true}, Case{kK, "nf4", 40, 96, false}, Case{kV, "fp4", 24, 33, true},
-                        Case{kUp, "nf4", 40, 80, true}, Case{kO, "int8", 32, 48, false}}) {
+  for (const Case& c : {Case{kQ, "nf4", 48, 64, true}, Case{kK, "nf4", 40, 96, false},
+                        Case{kV, "fp4", 24, 33, true}, Case{kUp, "nf4", 40, 80, true},
+                        Case{kO, "int8", 32, 48, false}}) {
     SCOPED_TRACE(c.prefix);
     const oft::io::StoredLinear layer = oft::io::read_linear(fixture(), c.prefix);
     EXPECT_STREQ(layer.format(), c.format);
@@ -98,9 +104,11 @@ TEST(QuantizedCheckpoint, LayersDequantizeToBitsandbytesBitForBit) {
     EXPECT_EQ(layer.cols(), c.cols);
     EXPECT_EQ(layer.nested.has_value(), c.nested);
     EXPECT_TRUE(layer.quantized());
-    const std::vector<float> expected = fixture().tensor(std::string("ref.") + c.prefix + ".dequant").to_floats();
+    const std::vector<float> expected =
+        fixture().tensor(std::string("ref.") + c.prefix + ".dequant").to_floats();
     EXPECT_EQ(bits(signless_zero(layer.dequantized())), bits(signless_zero(expected)));
-    EXPECT_EQ(bits(layer.bias), bits(fixture().tensor(std::string(c.prefix) + ".bias").to_floats()));
+    EXPECT_EQ(bits(layer.bias),
+              bits(fixture().tensor(std::string(c.prefix) + ".bias").to_floats()));
   }
 }
 
@@ -109,9 +117,11 @@ TEST(QuantizedCheckpoint, Float16LayerIsRoundedToFloat16) {
   // bitsandbytes multiplies by in a float16 model.
   const oft::io::StoredLinear layer = oft::io::read_linear(fixture(), kUp);
   EXPECT_EQ(std::get<oft::quant::Bnb4Base>(layer.base).dtype(), oft::quant::DequantDtype::F16);
-  oft::quant::Bnb4Base as_float32(std::get<oft::quant::Bnb4Base>(layer.base).tensor(), layer.rows(), layer.cols());
+  oft::quant::Bnb4Base as_float32(std::get<oft::quant::Bnb4Base>(layer.base).tensor(), layer.rows(),
+                                  layer.cols());
   const std::vector<float> unrounded = oft::quant::dequantize_all<float>(as_float32);
-  const std::vector<float> expected = fixture().tensor(std::string("ref.") + kUp + ".dequant").to_floats();
+  const std::vector<float> expected =
+      fixture().tensor(std::string("ref.") + kUp + ".dequant").to_floats();
   EXPECT_NE(bits(unrounded), bits(expected));
 }
 
@@ -126,9 +136,11 @@ TEST(QuantizedCheckpoint, WrittenBackAsStored) {
       ASSERT_TRUE(fixture().contains(t.name));
       const TensorView v = fixture().tensor(t.name);
       EXPECT_EQ(t.dtype, v.dtype);
-      if (t.name.find(".quant_state.") != std::string::npos) {  // the same JSON, maybe spaced otherwise
+      if (t.name.find(".quant_state.") !=
+          std::string::npos) {  // the same JSON, maybe spaced otherwise
         const std::string stored(reinterpret_cast<const char*>(v.data), v.bytes);
-        EXPECT_EQ(nlohmann::json::parse(std::string(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size())),
+        EXPECT_EQ(nlohmann::json::parse(
+                      std::string(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size())),
                   nlohmann::json::parse(stored));
         continue;
       }
@@ -144,7 +156,8 @@ TEST(QuantizedCheckpoint, RequantizedLayerReadsBackInTheSameFormat) {
     SCOPED_TRACE(prefix);
     const oft::io::StoredLinear layer = oft::io::read_linear(fixture(), prefix);
     std::vector<float> changed = layer.dequantized();
-    for (std::size_t i = 0; i < changed.size(); ++i) changed[i] *= 1.0f + 0.01f * std::sin(float(i));
+    for (std::size_t i = 0; i < changed.size(); ++i)
+      changed[i] *= 1.0f + 0.01f * std::sin(float(i));
     const oft::io::StoredLinear requantized = oft::io::requantized_like(layer, changed);
     MemorySource m = MemorySource::from_fixture();
     for (const StoredTensor& t : oft::io::write_linear_tensors(requantized)) m.put(t);
@@ -206,18 +219,24 @@ TEST(QuantizedCheckpoint, InconsistentQuantStateIsRefused) {
                  "says quant_type \"fp4\", its key says \"nf4\"");
   expect_refused(with_state("\"shape\": [48, 64]", "\"shape\": [48, 66]"), kQ,
                  "(1536 values); a 48x66 nf4 weight needs 1584");
-  expect_refused(with_state("\"blocksize\": 64", "\"blocksize\": 48"), kQ, "blocksize 48, which bitsandbytes does not allow");
-  expect_refused(with_state("\"blocksize\": 64", "\"blocksize\": 32"), kQ, "absmax' has shape [48] (48 values)");
+  expect_refused(with_state("\"blocksize\": 64", "\"blocksize\": 48"), kQ,
+                 "blocksize 48, which bitsandbytes does not allow");
+  expect_refused(with_state("\"blocksize\": 64", "\"blocksize\": 32"), kQ,
+                 "absmax' has shape [48] (48 values)");
   expect_refused(with_state("\"shape\": [48, 64]", "\"shape\": [48]"), kQ, "expected [out, in]");
-  expect_refused(with_state("\"nested_offset\"", "\"nested_offsett\""), kQ, "has no \"nested_offset\"");
-  expect_refused(with_state("\"dtype\": \"float32\"", "\"dtype\": \"int8\""), kQ, "has dtype \"int8\"");
+  expect_refused(with_state("\"nested_offset\"", "\"nested_offsett\""), kQ,
+                 "has no \"nested_offset\"");
+  expect_refused(with_state("\"dtype\": \"float32\"", "\"dtype\": \"int8\""), kQ,
+                 "has dtype \"int8\"");
   expect_refused(with_state("{", "["), kQ, "is not valid JSON");
 
   MemorySource m = good;  // nested_absmax of the wrong count
-  m.put(StoredTensor{std::string(kQ) + ".weight.nested_absmax", Dtype::F32, {2}, std::vector<std::byte>(8)});
+  m.put(StoredTensor{
+      std::string(kQ) + ".weight.nested_absmax", Dtype::F32, {2}, std::vector<std::byte>(8)});
   expect_refused(m, kQ, "48 absmax in nested blocks of 256 needs 1");
   m = good;  // absmax stored as float although the state is doubly quantized
-  m.put(StoredTensor{std::string(kQ) + ".weight.absmax", Dtype::F32, {48}, std::vector<std::byte>(48 * 4)});
+  m.put(StoredTensor{
+      std::string(kQ) + ".weight.absmax", Dtype::F32, {48}, std::vector<std::byte>(48 * 4)});
   expect_refused(m, kQ, "is F32, expected U8");
   m = good;  // a code that is not NF4's
   StoredTensor code = m.tensors.at(std::string(kQ) + ".weight.quant_map");
@@ -225,7 +244,8 @@ TEST(QuantizedCheckpoint, InconsistentQuantStateIsRefused) {
   m.put(code);
   expect_refused(m, kQ, "is not bitsandbytes' nf4 code");
   m = good;  // plain absmax of the wrong length
-  m.put(StoredTensor{std::string(kK) + ".weight.absmax", Dtype::F32, {29}, std::vector<std::byte>(29 * 4)});
+  m.put(StoredTensor{
+      std::string(kK) + ".weight.absmax", Dtype::F32, {29}, std::vector<std::byte>(29 * 4)});
   expect_refused(m, kK, "a 40x96 nf4 weight in blocks of 128 needs 30");
   m = good;  // truncated packed weight
   StoredTensor packed = m.tensors.at(std::string(kV) + ".weight");
@@ -247,7 +267,8 @@ TEST(QuantizedCheckpoint, Int8InconsistenciesAreRefused) {
   m.put(StoredTensor{std::string(kO) + ".SCB", Dtype::F32, {31}, std::vector<std::byte>(31 * 4)});
   expect_refused(m, kO, "one scale per row of model.layers.0.o_proj.weight [32, 48] needs 32");
   m = good;
-  m.put(StoredTensor{std::string(kO) + ".weight_format", Dtype::U8, {}, std::vector<std::byte>{std::byte{1}}});
+  m.put(StoredTensor{
+      std::string(kO) + ".weight_format", Dtype::U8, {}, std::vector<std::byte>{std::byte{1}}});
   expect_refused(m, kO, "only 0 (row-major int8)");
   m = good;
   StoredTensor w = m.tensors.at(std::string(kO) + ".weight");
@@ -261,10 +282,13 @@ TEST(QuantizedCheckpoint, QuantizationConfigIsCrossChecked) {
   const auto config = [](const char* json) {
     return oft::io::QuantizationConfig::from_json(nlohmann::json::parse(json));
   };
-  const auto nf4_dq = config(R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true,
+  const auto nf4_dq =
+      config(R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true,
       "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": true}})");
   EXPECT_NO_THROW((void)oft::io::read_linear(m, kQ, nf4_dq));
-  expect_refused(m, kK, "is not doubly quantized, quantization_config says bnb_4bit_use_double_quant true", nf4_dq);
+  expect_refused(m, kK,
+                 "is not doubly quantized, quantization_config says bnb_4bit_use_double_quant true",
+                 nf4_dq);
   expect_refused(m, kV, "is fp4, quantization_config says bnb_4bit_quant_type \"nf4\"", nf4_dq);
   expect_refused(m, kO, "is LLM.int8, quantization_config says load_in_4bit", nf4_dq);
   const auto int8 = config(R"({"quant_method": "bitsandbytes", "load_in_8bit": true})");
@@ -272,8 +296,9 @@ TEST(QuantizedCheckpoint, QuantizationConfigIsCrossChecked) {
   expect_refused(m, kQ, "is 4-bit, quantization_config says load_in_8bit", int8);
   EXPECT_EQ(config(R"({"hidden_size": 384})").method, "");
   EXPECT_THROW(config(R"({"quantization_config": {"quant_method": 4}})"), oft::io::format_error);
-  EXPECT_THROW(config(R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": "yes"}})"),
-               oft::io::format_error);
+  EXPECT_THROW(
+      config(R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": "yes"}})"),
+      oft::io::format_error);
 }
 
 }  // namespace
