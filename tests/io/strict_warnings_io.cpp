@@ -2,10 +2,15 @@
 // oft::io headers must stay warning-free for users who build with strict flags. Templates are
 // only checked when instantiated, so every typed accessor and writer overload is used here.
 
+#include <oft/io/adapter_convert.hpp>
+#include <oft/io/adapter_inspect.hpp>
+#include <oft/io/model_merge.hpp>
 #include <oft/io/peft_adapter.hpp>
+#include <oft/io/quantized_weights.hpp>
 #include <oft/io/safetensors.hpp>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace {
@@ -26,6 +31,19 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   (void)adapter.effective_generators(adapter.modules.at(0));
   (void)adapter.config.policy();
   adapter.save("out");
+}
+
+[[maybe_unused]] void use_model_functions() {
+  oft::io::MergeOptions merge;
+  merge.dtype = oft::io::MergeDtype::BF16;
+  (void)oft::io::merge_model(merge, [](const oft::io::MergeProgress& p) { (void)p.bytes_done; });
+  oft::io::ConvertOptions convert;
+  convert.generators_dtype = oft::io::GeneratorsDtype::F16;
+  (void)oft::io::convert_adapter(convert);
+  (void)oft::io::inspect_adapter(std::string("adapter"), 1e-6);
+  const auto model = oft::io::ModelDirectory::open("model");
+  (void)oft::io::read_linear(model, "layer", oft::io::QuantizationConfig::load("model"));
+  (void)oft::io::stored_by_bitsandbytes(model, "layer");
 }
 
 [[maybe_unused]] void use_all() {

@@ -1,39 +1,42 @@
-// The `oft` command-line tool. Subcommands:
+// The `oft` command-line tool: argument parsing, the progress bar and the messages, over the
+// library functions that do the work (the C++ tests and Python call the same ones).
 //   oft inspect ADAPTER [--json] [--tolerance TOL]
 //       per module of a PEFT OFT adapter directory: generators, b, shared, rho = ||Q||_2, the
 //       orthogonality error and the distance to exact Cayley of every block under the adapter's
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
-//       needs; a table, or JSON for scripts.
+//       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
-//       (or taken out: the true inverse), streamed tensor by tensor; see merge.hpp.
+//       (or taken out: the true inverse), streamed tensor by tensor (oft::io::merge_model,
+//       io/model_merge.hpp).
 //   oft convert --adapter ADAPTER_DIR --out DIR [--expand-block-share --base MODEL_DIR]
 //       [--generators-dtype f32|bf16|f16] [--to-current-polynomial] [--allow-change] [--force]
 //       the adapter in another form PEFT loads; a change of R is measured and refused unless
-//       allowed; see convert.hpp.
+//       allowed (oft::io::convert_adapter, io/adapter_convert.hpp).
 // Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
 // arguments, from CLI11).
 
-#include "inspect.hpp"
-#include "convert.hpp"
-#include "merge.hpp"
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <functional>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <oft/io/adapter_convert.hpp>
+#include <oft/io/adapter_inspect.hpp>
+#include <oft/io/model_merge.hpp>
 #include <string>
-
-#include <unistd.h>
 
 namespace {
 
 std::string yes_no(bool value) { return value ? "yes" : "no"; }
 
-nlohmann::ordered_json to_json(const oft_cli::AdapterReport& report) {
+nlohmann::ordered_json to_json(const oft::io::AdapterReport& report) {
   nlohmann::ordered_json out;
   out["peft_version"] = report.peft_version;
   out["policy"] = report.policy;
@@ -46,7 +49,7 @@ nlohmann::ordered_json to_json(const oft_cli::AdapterReport& report) {
   out["tolerance"] = report.tolerance;
   out["modules"] = nlohmann::ordered_json::array();
   for (const auto& m : report.modules) {
-    const auto spread = [](const oft_cli::Spread& s) {
+    const auto spread = [](const oft::io::Spread& s) {
       return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
     };
     out["modules"].push_back({{"name", m.name},
@@ -63,9 +66,10 @@ nlohmann::ordered_json to_json(const oft_cli::AdapterReport& report) {
   return out;
 }
 
-void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
+void print_table(const std::string& path, const oft::io::AdapterReport& r) {
   std::printf("%s\n", path.c_str());
-  std::printf("  PEFT %s, policy %s (%s", r.peft_version.empty() ? "< 0.18 (no peft_version)" : r.peft_version.c_str(),
+  std::printf("  PEFT %s, policy %s (%s",
+              r.peft_version.empty() ? "< 0.18 (no peft_version)" : r.peft_version.c_str(),
               r.policy.c_str(), r.polynomial.c_str());
   if (r.policy != "cayley") {
     std::printf(", T = %d", r.num_cayley_neumann_terms);
@@ -76,8 +80,8 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
   std::printf(", block_share %s\n\n", yes_no(r.block_share).c_str());
   int width = 28;  // the module column fits the longest name (BERT's run past 40 characters)
   for (const auto& m : r.modules) width = std::max(width, static_cast<int>(m.name.size()));
-  std::printf("  %-*s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", width, "module", "kind", "gens", "b",
-              "rho worst/median", "orth. err worst/med", "dist. Cayley w/med", "diverges",
+  std::printf("  %-*s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", width, "module", "kind", "gens",
+              "b", "rho worst/median", "orth. err worst/med", "dist. Cayley w/med", "diverges",
               "k for tol");
   for (const auto& m : r.modules) {
     char k[32];
@@ -91,8 +95,63 @@ void print_table(const std::string& path, const oft_cli::AdapterReport& r) {
                 m.orthogonality.worst, m.orthogonality.median, m.distance.worst, m.distance.median,
                 yes_no(m.diverges).c_str(), k);
   }
-  std::printf("\n  k for tol: smallest Cayley-Neumann k with ||R - R_k||_2 = rho^(k+1) <= %g at the "
-              "worst rho\n", r.tolerance);
+  std::printf(
+      "\n  k for tol: smallest Cayley-Neumann k with ||R - R_k||_2 = rho^(k+1) <= %g at the "
+      "worst rho\n",
+      r.tolerance);
+}
+
+/// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  void operator()(const oft::io::MergeProgress& p) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const bool last = p.tensors_done == p.tensors_total;
+    if (!last && now - shown_ < std::chrono::milliseconds(100)) return;
+    shown_ = now;
+    const double fraction =
+        p.bytes_total == 0 ? 1.0
+                           : static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
+    const int width = 30, filled = static_cast<int>(fraction * width + 0.5);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.append(static_cast<std::size_t>(width - filled), '.');
+    std::string name =
+        p.current.size() > 40 ? "..." + p.current.substr(p.current.size() - 37) : p.current;
+    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %.2f/%.2f GB  %-40s", bar.c_str(), p.tensors_done,
+                 p.tensors_total, static_cast<double>(p.bytes_done) / 1e9,
+                 static_cast<double>(p.bytes_total) / 1e9, name.c_str());
+    if (last) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point shown_{};
+};
+
+/// --dtype's words (CLI11 has checked them).
+oft::io::MergeDtype merge_dtype(const std::string& name) {
+  if (name == "f32") return oft::io::MergeDtype::F32;
+  if (name == "f16") return oft::io::MergeDtype::F16;
+  if (name == "bf16") return oft::io::MergeDtype::BF16;
+  return oft::io::MergeDtype::Same;
+}
+
+/// --generators-dtype's words (CLI11 has checked them; "" when not given).
+oft::io::GeneratorsDtype generators_dtype(const std::string& name) {
+  if (name == "f32") return oft::io::GeneratorsDtype::F32;
+  if (name == "bf16") return oft::io::GeneratorsDtype::BF16;
+  if (name == "f16") return oft::io::GeneratorsDtype::F16;
+  return oft::io::GeneratorsDtype::Unchanged;
+}
+
+/// The message of a library exception without its "oft: " (the tool names the command instead).
+std::string without_prefix(const std::exception& e) {
+  std::string message = e.what();
+  if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
+  return message;
 }
 
 }  // namespace
@@ -104,53 +163,76 @@ int main(int argc, char** argv) {
   bool as_json = false;
   double tolerance = 1e-6;
   CLI::App* inspect = app.add_subcommand("inspect", "Report on a PEFT OFT adapter directory");
-  inspect->add_option("ADAPTER", adapter_path, "directory with adapter_config.json and adapter_model.safetensors")
+  inspect
+      ->add_option("ADAPTER", adapter_path,
+                   "directory with adapter_config.json and adapter_model.safetensors")
       ->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
-  inspect->add_option("--tolerance", tolerance, "distance to exact Cayley for the 'k for tol' column")
+  inspect
+      ->add_option("--tolerance", tolerance, "distance to exact Cayley for the 'k for tol' column")
       ->check(CLI::PositiveNumber);
 
-  oft_cli::MergeOptions merge_options;
-  bool quiet = false;
-  CLI::App* merge = app.add_subcommand("merge", "Fold a PEFT OFT adapter into a Hugging Face model directory");
-  CLI::App* unmerge = app.add_subcommand("unmerge", "Take a PEFT OFT adapter out of a merged model directory (true inverse)");
+  // Paths are parsed as paths (as CLI11 shows them in --help), then handed to the library.
+  std::filesystem::path base, adapter, out;
+  double strength = 1.0;
+  std::string dtype = "same";
+  bool force = false, quiet = false;
+  CLI::App* merge =
+      app.add_subcommand("merge", "Fold a PEFT OFT adapter into a Hugging Face model directory");
+  CLI::App* unmerge = app.add_subcommand(
+      "unmerge", "Take a PEFT OFT adapter out of a merged model directory (true inverse)");
   for (CLI::App* command : {merge, unmerge}) {
-    command->add_option("--base", merge_options.base, "model directory (model.safetensors or an index and shards)")
+    command
+        ->add_option("--base", base, "model directory (model.safetensors or an index and shards)")
         ->required();
-    command->add_option("--adapter", merge_options.adapter, "PEFT OFT adapter directory")->required();
-    command->add_option("--out,-o", merge_options.out, "output directory (written whole, or not at all)")->required();
-    command->add_option("--strength", merge_options.strength, "rotate by R(s Q) instead of R(Q); default 1");
-    command->add_option("--dtype", merge_options.dtype, "floating-point tensors as: same (default), f32, f16, bf16")
+    command->add_option("--adapter", adapter, "PEFT OFT adapter directory")->required();
+    command->add_option("--out,-o", out, "output directory (written whole, or not at all)")
+        ->required();
+    command->add_option("--strength", strength, "rotate by R(s Q) instead of R(Q); default 1");
+    command
+        ->add_option("--dtype", dtype, "floating-point tensors as: same (default), f32, f16, bf16")
         ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
-    command->add_flag("--force", merge_options.force, "replace an existing output directory");
+    command->add_flag("--force", force, "replace an existing output directory");
     command->add_flag("--quiet,-q", quiet, "no progress bar");
   }
-  oft_cli::ConvertOptions convert_options;
-  CLI::App* convert = app.add_subcommand("convert", "Rewrite a PEFT OFT adapter in another form PEFT loads");
-  convert->add_option("--adapter", convert_options.adapter, "PEFT OFT adapter directory")->required();
-  convert->add_option("--out,-o", convert_options.out, "output adapter directory")->required();
-  convert->add_flag("--expand-block-share", convert_options.expand_block_share,
+  std::filesystem::path convert_adapter, convert_out, convert_base;
+  bool expand_block_share = false, to_current_polynomial = false, allow_change = false,
+       convert_force = false;
+  std::string convert_dtype;
+  CLI::App* convert =
+      app.add_subcommand("convert", "Rewrite a PEFT OFT adapter in another form PEFT loads");
+  convert->add_option("--adapter", convert_adapter, "PEFT OFT adapter directory")->required();
+  convert->add_option("--out,-o", convert_out, "output adapter directory")->required();
+  convert->add_flag("--expand-block-share", expand_block_share,
                     "one generator per block instead of one shared (exact; needs --base)");
-  convert->add_option("--base", convert_options.base, "model directory, for --expand-block-share");
-  convert->add_option("--generators-dtype", convert_options.generators_dtype, "f32, bf16 or f16")
+  convert->add_option("--base", convert_base, "model directory, for --expand-block-share");
+  convert->add_option("--generators-dtype", convert_dtype, "f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
-  convert->add_flag("--to-current-polynomial", convert_options.to_current_polynomial,
-                    "relabel a pre-0.18 adapter for PEFT >= 0.18 (changes R: needs --allow-change)");
-  convert->add_flag("--allow-change", convert_options.allow_change, "write a conversion that changes R");
-  convert->add_flag("--force", convert_options.force, "replace an existing output directory");
+  convert->add_flag(
+      "--to-current-polynomial", to_current_polynomial,
+      "relabel a pre-0.18 adapter for PEFT >= 0.18 (changes R: needs --allow-change)");
+  convert->add_flag("--allow-change", allow_change, "write a conversion that changes R");
+  convert->add_flag("--force", convert_force, "replace an existing output directory");
   CLI11_PARSE(app, argc, argv);
 
   if (convert->parsed()) {
+    oft::io::ConvertOptions options;
+    options.adapter = convert_adapter.string();
+    options.out = convert_out.string();
+    options.base = convert_base.string();
+    options.expand_block_share = expand_block_share;
+    options.generators_dtype = generators_dtype(convert_dtype);
+    options.to_current_polynomial = to_current_polynomial;
+    options.allow_change = allow_change;
+    options.force = convert_force;
     try {
-      const auto report = oft_cli::convert_adapter(convert_options);
+      const auto report = oft::io::convert_adapter(options);
       for (const auto& m : report.modules)
         std::printf("  %-40s max |R_new - R_old| = %.3g\n", m.name.c_str(), m.max_change);
       std::printf("oft convert: wrote %s (largest change of an entry of R: %.3g)\n",
-                  convert_options.out.string().c_str(), report.max_change);
+                  options.out.c_str(), report.max_change);
     } catch (const std::exception& e) {
-      std::string message = e.what();
-      if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
-      std::fprintf(stderr, "oft convert: %s\n", message.c_str());
+      std::fprintf(stderr, "oft convert: %s\n", without_prefix(e).c_str());
       return 1;
     }
     return 0;
@@ -158,42 +240,47 @@ int main(int argc, char** argv) {
 
   if (merge->parsed() || unmerge->parsed()) {
     const char* name = merge->parsed() ? "merge" : "unmerge";
-    merge_options.unmerge = unmerge->parsed();
+    oft::io::MergeOptions options;
+    options.base = base.string();
+    options.adapter = adapter.string();
+    options.out = out.string();
+    options.strength = strength;
+    options.dtype = merge_dtype(dtype);
+    options.force = force;
+    options.unmerge = unmerge->parsed();
     try {
-      oft_cli::ProgressBar bar(!quiet && ::isatty(2) != 0);
-      const auto report = oft_cli::merge_model(merge_options, std::ref(bar));
-      std::printf("oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n", name,
-                  merge_options.out.string().c_str(), report.tensors, report.shards, report.adapted.size(),
-                  report.other_files);
+      ProgressBar bar(!quiet && ::isatty(2) != 0);
+      const auto report = oft::io::merge_model(options, std::ref(bar));
+      std::printf(
+          "oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n",
+          name, options.out.c_str(), report.tensors, report.shards, report.adapted.size(),
+          report.other_files);
       for (const auto& q : report.quantized) {
-        std::printf("  %s: %s%s requantized: error vs the float merge max %.3g, RMS %.3g; the adapter's change max "
-                    "%.3g, RMS %.3g\n",
-                    q.layer.c_str(), q.format.c_str(), q.double_quant ? " (double quantization)" : "", q.max_error,
-                    q.rms_error, q.max_change, q.rms_change);
+        std::printf(
+            "  %s: %s%s requantized: error vs the float merge max %.3g, RMS %.3g; "
+            "the adapter's change max %.3g, RMS %.3g\n",
+            q.layer.c_str(), q.format.c_str(), q.double_quant ? " (double quantization)" : "",
+            q.max_error, q.rms_error, q.max_change, q.rms_change);
         if (q.rms_error >= 0.5 * q.rms_change)
-          std::printf("    note: requantization rounds away about as much as the adapter changed; consider keeping "
-                      "the adapter unmerged or merging into a float base\n");
+          std::printf(
+              "    note: requantization rounds away about as much as the adapter changed; "
+              "consider keeping the adapter unmerged or merging into a float base\n");
       }
     } catch (const std::exception& e) {
-      std::string message = e.what();
-      if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
-      std::fprintf(stderr, "oft %s: %s\n", name, message.c_str());
+      std::fprintf(stderr, "oft %s: %s\n", name, without_prefix(e).c_str());
       return 1;
     }
     return 0;
   }
 
   try {
-    const auto adapter = oft::io::PeftOftAdapter::load(adapter_path);
-    const auto report = oft_cli::inspect(adapter, tolerance);
+    const auto report = oft::io::inspect_adapter(adapter_path, tolerance);
     if (as_json)
       std::cout << to_json(report).dump(2) << "\n";
     else
       print_table(adapter_path, report);
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    if (message.rfind("oft: ", 0) == 0) message = message.substr(5);
-    std::fprintf(stderr, "oft inspect: %s\n", message.c_str());
+    std::fprintf(stderr, "oft inspect: %s\n", without_prefix(e).c_str());
     return 1;
   }
   return 0;

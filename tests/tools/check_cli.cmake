@@ -1,5 +1,9 @@
-# ctest tool_inspect: `oft inspect` on adapters the real PEFT wrote (tests/peft/fixtures), its
-# JSON checked field by field, and its one-line refusals. Inputs: -DOFT=<tool> -DFIXTURES=<dir>.
+# ctest tool_cli: the `oft` binary run as a user runs it, its exit codes and output checked (the
+# work itself is tested in tests/io through the library functions the tool calls). `oft inspect`
+# on adapters the real PEFT wrote (tests/peft/fixtures), its JSON checked field by field, and its
+# one-line refusals; `oft merge`, `unmerge` and `convert` on model directories that
+# make_cli_fixtures writes. Inputs: -DOFT=<tool> -DFIXTURES=<adapters dir>
+# -DMAKE_FIXTURES=<make_cli_fixtures> -DPEFT_FIXTURES=<tests/peft/fixtures> -DSCRATCH=<dir>.
 cmake_minimum_required(VERSION 3.25)
 
 function(run expected_rc out_var err_var)
@@ -63,10 +67,10 @@ if(rc EQUAL 0)
 endif()
 message(STATUS "oft inspect: all checks passed")
 
-# oft merge / unmerge from the command line (the library is tested by test_merge_tool): an
-# adapter for another model is refused in one line naming the module, exit 1, no output; an
+# oft merge / unmerge from the command line (the library is tested by tests/io/test_model_merge):
+# an adapter for another model is refused in one line naming the module, exit 1, no output; an
 # unknown --dtype is a CLI11 error.
-set(scratch "${CMAKE_CURRENT_BINARY_DIR}/tool_merge_scratch")
+set(scratch "${SCRATCH}")
 file(REMOVE_RECURSE "${scratch}")
 file(MAKE_DIRECTORY "${scratch}/base")
 run(1 out err "${OFT}" merge --base "${scratch}/base" --adapter "${FIXTURES}/neumann_t5" --out "${scratch}/out")
@@ -87,4 +91,39 @@ execute_process(COMMAND "${OFT}" merge --base "${scratch}/base" --adapter "${FIX
 if(rc EQUAL 0)
   message(FATAL_ERROR "--dtype f8 was accepted")
 endif()
+
+# A merge, its unmerge and a conversion that succeed: exit 0, the summary line, the output there.
+run(0 out err "${MAKE_FIXTURES}" "${PEFT_FIXTURES}" "${scratch}/bases")
+run(0 out err "${OFT}" merge --base "${scratch}/bases/base_sharded" --adapter "${FIXTURES}/neumann_t5"
+    --out "${scratch}/merged" --dtype bf16)
+if(NOT out MATCHES "^oft merge: wrote .*merged: 7 tensors in 3 file\\(s\\), 3 adapted, 2 other files copied\n$"
+   OR NOT err STREQUAL "")
+  message(FATAL_ERROR "oft merge: unexpected output:\n${out}\nstderr: ${err}")
+endif()
+if(NOT EXISTS "${scratch}/merged/model.safetensors.index.json" OR NOT EXISTS "${scratch}/merged/1_Pooling/config.json")
+  message(FATAL_ERROR "oft merge did not write the index and the other files")
+endif()
+run(0 out err "${OFT}" merge --base "${scratch}/bases/base_quantized" --adapter "${FIXTURES}/neumann_t5"
+    -o "${scratch}/quantized" -q)
+foreach(part "3 adapted" "fc1: nf4 (double quantization) requantized" "fc2: int8 requantized" "odd: fp4 requantized")
+  string(FIND "${out}" "${part}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "oft merge of the quantized base lacks '${part}':\n${out}")
+  endif()
+endforeach()
+run(0 out err "${OFT}" unmerge --base "${scratch}/quantized" --adapter "${FIXTURES}/neumann_t5" -o "${scratch}/back")
+if(NOT out MATCHES "^oft unmerge: wrote ")
+  message(FATAL_ERROR "oft unmerge: unexpected output:\n${out}")
+endif()
+run(1 out err "${OFT}" convert --adapter "${FIXTURES}/neumann_t5" --out "${scratch}/c" --generators-dtype bf16)
+if(NOT err MATCHES "^oft convert: convert: the conversion changes the rotation .*--allow-change" OR EXISTS "${scratch}/c")
+  message(FATAL_ERROR "oft convert without --allow-change: unexpected: ${err}")
+endif()
+run(0 out err "${OFT}" convert --adapter "${FIXTURES}/block_share" --out "${scratch}/c" --expand-block-share
+    --base "${scratch}/bases/base_block_share")
+if(NOT out MATCHES "oft convert: wrote .*c \\(largest change of an entry of R: 0\\)\n$"
+   OR NOT EXISTS "${scratch}/c/adapter_model.safetensors")
+  message(FATAL_ERROR "oft convert --expand-block-share: unexpected output:\n${out}")
+endif()
 file(REMOVE_RECURSE "${scratch}")
+message(STATUS "oft merge, unmerge, convert: all checks passed")

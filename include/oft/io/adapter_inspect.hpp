@@ -1,0 +1,134 @@
+#pragma once
+/// \file io/adapter_inspect.hpp
+/// inspect_adapter(): what `oft inspect ADAPTER` reports on a PEFT OFT adapter, per module: the
+/// generators, b, shared, rho = ||Q||_2, the orthogonality error and the distance to exact Cayley
+/// of every block under the adapter's own policy (worst and median), whether a Cayley-Neumann
+/// series diverges, and the k a tolerance needs. Every number is in double, from the generators
+/// as PEFT uses them (COFT-projected when on).
+
+#include <Eigen/Eigenvalues>
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "peft_adapter.hpp"
+
+namespace oft::io {
+
+/// Worst and median of a list (both 0 for an empty list).
+struct Spread {
+  double worst = 0.0;
+  double median = 0.0;
+};
+
+/// One adapted module.
+struct ModuleReport {
+  std::string name;
+  std::string kind;      ///< "linear" or "embedding"
+  Index generators = 0;  ///< rows of theta
+  Index block_size = 0;
+  bool shared = false;
+  Spread rho;             ///< ||Q_g||_2 over generators
+  Spread orthogonality;   ///< ||R_g^T R_g - I||_2 over generators, R under the adapter's policy
+  Spread distance;        ///< ||R_g - Cayley(Q_g)||_2 over generators
+  bool diverges = false;  ///< some rho >= 1: a Cayley–Neumann series diverges there
+  int terms_for_tolerance = -1;  ///< smallest k with rho^(k+1) <= tol for the worst rho; -1: none
+};
+
+/// The whole adapter.
+struct AdapterReport {
+  std::string peft_version;  ///< "" when absent
+  std::string polynomial;    ///< "current" or "legacy (PEFT < 0.18)", or "exact Cayley"
+  std::string policy;        ///< policy name
+  int num_cayley_neumann_terms = 0;
+  int truncation_k = -1;  ///< k of R_k when PEFT's polynomial is a truncation, else -1
+  bool coft = false;
+  double eps = 0.0;
+  bool block_share = false;
+  double tolerance = 0.0;
+  std::vector<ModuleReport> modules;
+};
+
+namespace detail {
+
+inline Spread spread(std::vector<double> values) {
+  if (values.empty()) return {};
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  const double median = n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+  return {values.back(), median};
+}
+
+inline double spectral_norm(const RowMatrix<double>& m) {
+  const Eigen::MatrixXd gram = m.transpose() * m;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(gram, Eigen::EigenvaluesOnly);
+  return std::sqrt(std::max(0.0, eig.eigenvalues().maxCoeff()));
+}
+
+inline ModuleReport inspect_module(const PeftOftAdapter& adapter, const PeftOftModule& m,
+                                   double tolerance) {
+  ModuleReport report;
+  report.name = m.name;
+  report.kind = m.kind == PeftModuleKind::Linear ? "linear" : "embedding";
+  report.generators = m.theta.count();
+  report.block_size = m.spec.block_size;
+  report.shared = m.spec.shared;
+
+  const Generators<float> effective = adapter.effective_generators(m);
+  Generators<double> theta(effective.count(), effective.block_size());
+  theta.values() = effective.values().cast<double>();
+  const BlockSpec spec{theta.count(), theta.block_size(), false};  // one block per generator
+  AnyBlockOrthogonal<double> rotation(spec, adapter.config.policy());
+  BlockOrthogonal<double, ExactCayley> cayley(spec);
+  rotation.set_generators(theta);
+  cayley.set_generators(theta);
+
+  std::vector<double> rho, orthogonality = rotation.orthogonality_errors(), distance;
+  for (Index g = 0; g < theta.count(); ++g) {
+    rho.push_back(oft::detail::skew_spectral_norm(SquareMatrix<double>(theta.dense(g))));
+    distance.push_back(spectral_norm(rotation.block(g) - cayley.block(g)));
+  }
+  report.rho = spread(rho);
+  report.orthogonality = spread(orthogonality);
+  report.distance = spread(distance);
+  report.diverges = report.rho.worst >= 1.0;
+  report.terms_for_tolerance =
+      neumann_terms_for_distance(report.rho.worst, tolerance, 1, kMaxNeumannTerms);
+  return report;
+}
+
+}  // namespace detail
+
+/// The report on a loaded adapter; `tolerance` (> 0) is the distance to exact Cayley that
+/// ModuleReport::terms_for_tolerance is computed for.
+inline AdapterReport inspect_adapter(const PeftOftAdapter& adapter, double tolerance) {
+  AdapterReport report;
+  const auto& config = adapter.config;
+  report.peft_version = config.peft_version;
+  report.policy = policy_name(config.policy());
+  report.num_cayley_neumann_terms = config.num_cayley_neumann_terms;
+  if (!config.use_cayley_neumann) {
+    report.polynomial = "exact Cayley";
+  } else {
+    const peft::NeumannBranch branch{config.num_cayley_neumann_terms, config.neumann_form()};
+    report.polynomial =
+        config.neumann_form() == peft::NeumannForm::Current ? "current" : "legacy (PEFT < 0.18)";
+    report.truncation_k = branch.summary({}).terms;
+  }
+  report.coft = config.coft;
+  report.eps = config.eps;
+  report.block_share = config.block_share;
+  report.tolerance = tolerance;
+  for (const auto& m : adapter.modules)
+    report.modules.push_back(detail::inspect_module(adapter, m, tolerance));
+  return report;
+}
+
+/// The report on the adapter directory `adapter_dir` (adapter_config.json and
+/// adapter_model.safetensors). Throws what PeftOftAdapter::load throws.
+inline AdapterReport inspect_adapter(const std::string& adapter_dir, double tolerance) {
+  return inspect_adapter(PeftOftAdapter::load(adapter_dir), tolerance);
+}
+
+}  // namespace oft::io

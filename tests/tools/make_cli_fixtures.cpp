@@ -1,0 +1,138 @@
+// Writes the Hugging Face model directories that the command-line checks run `oft merge`,
+// `oft unmerge` and `oft convert` on (tests/tools/cli_byte_check.sh, tests/tools/check_cli.cmake),
+// built from the PEFT-made fixtures (tests/peft/fixtures/adapters/<config>/reference.safetensors
+// holds each module's base weight):
+//   base_<config>      float32, one file: `<m>.weight`, `<m>.bias`, position_ids, config files
+//   base_bf16          neumann_t5's weights as bf16
+//   base_sharded       neumann_t5 over three shards and an index
+//   base_prefixed      neumann_t5 saved with a `bert.` prefix
+//   base_quantized     neumann_t5 stored by bitsandbytes' keys: fc1 NF4 with double quantization,
+//                      fc2 LLM.int8, odd FP4; base_quantized_4bit the same with a
+//                      quantization_config that says 4-bit for all
+// Usage: make_cli_fixtures PEFT_FIXTURES_DIR OUT_DIR
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <oft/io/peft_adapter.hpp>
+#include <oft/io/quantized_weights.hpp>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using oft::io::Dtype;
+using oft::io::SafetensorsFile;
+using oft::io::SafetensorsWriter;
+
+fs::path fixtures;
+std::vector<std::vector<std::byte>> storage;
+
+std::vector<std::byte> encoded(const std::vector<float>& values, Dtype dtype) {
+  std::vector<std::byte> bytes(values.size() * (dtype == Dtype::F32 ? 4 : 2));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (dtype == Dtype::F32) {
+      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+      continue;
+    }
+    const std::uint16_t bits =
+        dtype == Dtype::F16 ? oft::io::float_to_f16(values[i]) : oft::io::float_to_bf16(values[i]);
+    std::memcpy(bytes.data() + 2 * i, &bits, 2);
+  }
+  return bytes;
+}
+
+void make_base(const fs::path& dir, const std::string& name, int shards, Dtype dtype,
+               const std::string& prefix) {
+  fs::create_directories(dir / "1_Pooling");
+  std::ofstream(dir / "config.json") << "{\"model_type\": \"toy\"}\n";
+  std::ofstream(dir / "1_Pooling" / "config.json") << "{\"pooling\": \"mean\"}\n";
+  const fs::path adapter_dir = fixtures / "adapters" / name;
+  const auto reference = SafetensorsFile::open(adapter_dir / "reference.safetensors");
+  const auto adapter = oft::io::PeftOftAdapter::load(adapter_dir);
+  std::vector<SafetensorsWriter> writers(static_cast<std::size_t>(shards));
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::size_t next = 0;
+  const auto shard_name = [&](std::size_t s) {
+    return shards == 1
+               ? std::string("model.safetensors")
+               : oft::detail::message("model-0000", s + 1, "-of-0000", shards, ".safetensors");
+  };
+  const auto place = [&](const std::string& tensor, Dtype d, std::vector<std::uint64_t> shape,
+                         std::vector<std::byte> bytes) {
+    storage.push_back(std::move(bytes));
+    const std::size_t s = next++ % static_cast<std::size_t>(shards);
+    writers[s].add(tensor, d, std::move(shape), storage.back().data(), storage.back().size());
+    weight_map[tensor] = shard_name(s);
+  };
+  for (const auto& m : adapter.modules) {
+    const auto base = reference.tensor(m.name + ".base");
+    place(prefix + m.name + ".weight", dtype, base.shape, encoded(base.to_floats(), dtype));
+    std::vector<std::byte> bias(base.shape[0] * 4);
+    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = std::byte(i * 7 + 1);
+    place(prefix + m.name + ".bias", Dtype::F32, {base.shape[0]}, std::move(bias));
+  }
+  std::vector<std::byte> ids(6 * 4);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::byte(i);
+  place("position_ids", Dtype::I32, {6}, std::move(ids));
+  for (int s = 0; s < shards; ++s) {
+    writers[static_cast<std::size_t>(s)].add_metadata("format", "pt");
+    writers[static_cast<std::size_t>(s)].write(dir / shard_name(static_cast<std::size_t>(s)));
+  }
+  if (shards > 1) {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", 0}};
+    index["weight_map"] = weight_map;
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+  }
+}
+
+void make_quantized_base(const fs::path& dir, const std::string& config_text) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << config_text << "\n";
+  const auto reference =
+      SafetensorsFile::open(fixtures / "adapters" / "neumann_t5" / "reference.safetensors");
+  SafetensorsWriter writer;
+  const auto keep = [&](const oft::io::StoredTensor& t) {
+    storage.push_back(t.bytes);
+    writer.add(t.name, t.dtype, t.shape, storage.back().data(), storage.back().size());
+  };
+  for (const char* m : {"fc1", "fc2", "odd"}) {
+    const auto base = reference.tensor(std::string(m) + ".base");
+    const std::vector<float> w = base.to_floats();
+    const auto rows = static_cast<oft::Index>(base.shape[0]),
+               cols = static_cast<oft::Index>(base.shape[1]);
+    const oft::io::StoredLinear layer =
+        std::string(m) == "fc1"
+            ? oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::NF4, 64, true)
+        : std::string(m) == "fc2"
+            ? oft::io::make_int8_linear(m, w, rows, cols)
+            : oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::FP4, 32, false);
+    for (const auto& t : oft::io::write_linear_tensors(layer)) keep(t);
+  }
+  writer.write(dir / "model.safetensors");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: make_cli_fixtures PEFT_FIXTURES_DIR OUT_DIR\n");
+    return 2;
+  }
+  fixtures = argv[1];
+  const fs::path out = argv[2];
+  fs::remove_all(out);
+  for (const char* name :
+       {"block_share", "coft", "embedding", "exact", "legacy_t5", "neumann_t2", "neumann_t5"})
+    make_base(out / (std::string("base_") + name), name, 1, Dtype::F32, "");
+  make_base(out / "base_bf16", "neumann_t5", 1, Dtype::BF16, "");
+  make_base(out / "base_sharded", "neumann_t5", 3, Dtype::F32, "");
+  make_base(out / "base_prefixed", "neumann_t5", 1, Dtype::F32, "bert.");
+  make_quantized_base(out / "base_quantized", R"({"model_type": "toy"})");
+  make_quantized_base(
+      out / "base_quantized_4bit",  // fc2 is LLM.int8: refused
+      R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}})");
+  return 0;
+}
