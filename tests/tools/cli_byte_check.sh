@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `oft` subcommand on the test fixtures and writes, per command, its exit status,
-# stdout, stderr and the sha256 of every file it wrote, to one manifest. Two builds of the tool
+# stdout, stderr and the sha256 of every file written so far, to one manifest. Two builds of the tool
 # behave the same byte for byte when their manifests are equal:
 #
 #   tests/tools/cli_byte_check.sh OFT_BINARY CLI_FIXTURES_DIR MANIFEST
@@ -25,13 +25,14 @@ mkdir bin
 ln -s "$oft" bin/oft  # run as `oft` from PATH, so --help's usage line names no build path
 : > "$manifest"
 
-# run NAME ARGS...: one command; the files it wrote (newer than the stamp) are hashed, then kept
-# for the commands after it (unmerge reads what merge wrote).
+# run NAME ARGS...: one command, then the sha256 of every file in the scratch directory (what it
+# wrote, and what earlier commands wrote, which stay for the commands after it: unmerge reads
+# what merge wrote). Listing everything, not what looks new, needs no timestamps, which are
+# coarser than a fast command.
 run() {
   local name="$1"
   shift
   local rc=0
-  touch stamp
   PATH="$work/bin:$PATH" oft "$@" > stdout 2> stderr || rc=$?
   {
     echo "== $name: oft $*"
@@ -40,8 +41,8 @@ run() {
     cat stdout
     echo "-- stderr"
     cat stderr
-    echo "-- files"
-    find . -path ./b -prune -o -path ./a -prune -o -path ./bin -prune -o -type f ! -name stdout ! -name stderr ! -name stamp -newer stamp -print |
+    echo "-- files"  # every file of the scratch directory after the command, hidden ones included
+    find . -path ./b -prune -o -path ./a -prune -o -path ./bin -prune -o -type f ! -name stdout ! -name stderr -print |
       LC_ALL=C sort | while read -r f; do sha256sum "$f"; done
   } >> "$manifest"
 }
