@@ -26,7 +26,18 @@ def dtype_name(dtype) -> str:
     return numpy.dtype(dtype).name
 
 
+def _on_cpu(name, array):
+    # A tensor on another device (meta, cuda, ...) named here: oft._core could only say that
+    # nanobind cannot read it.
+    device = getattr(array, "device", None)
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        raise ValueError(f"oft.Rotation: {name} {list(array.shape)} is on {device}; oft.Rotation "
+                         "takes NumPy arrays and CPU tensors (oft.torch.rotate takes CUDA tensors)")
+    return array
+
+
 def _writable(name, array):
+    _on_cpu(name, array)
     # A torch tensor that requires grad must not be written behind autograd's back.
     if getattr(array, "requires_grad", False):
         raise ValueError(f"oft.Rotation: {name} {list(array.shape)} requires grad; oft writes it in "
@@ -73,16 +84,17 @@ class Rotation:
         self._op.bf16_arithmetic = value
 
     def set_generators(self, theta):
-        self._op.set_generators(theta)
+        self._op.set_generators(_on_cpu("theta", theta))
 
     def apply(self, x, y, transposed=False):
-        self._op.apply(x, _writable("y", y), transposed)
+        self._op.apply(_on_cpu("x", x), _writable("y", y), transposed)
 
     def apply_inverse(self, x, y, transposed=False):
-        self._op.apply_inverse(x, _writable("y", y), transposed)
+        self._op.apply_inverse(_on_cpu("x", x), _writable("y", y), transposed)
 
     def backward(self, x, dy, dx, dtheta):
-        self._op.backward(x, dy, None if dx is None else _writable("dx", dx),
+        self._op.backward(_on_cpu("x", x), _on_cpu("dy", dy),
+                          None if dx is None else _writable("dx", dx),
                           None if dtheta is None else _writable("dtheta", dtheta))
 
     def rotation_blocks(self, out):

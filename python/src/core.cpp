@@ -139,7 +139,13 @@ AnyArray array_of(nb::handle h, const char* name, bool writable) {
   std::string where;
   if (nb::hasattr(h, "device")) where = " on " + nb::cast<std::string>(nb::str(h.attr("device")));
   std::string shape;
-  if (nb::hasattr(h, "shape")) shape = " " + nb::cast<std::string>(nb::str(nb::list(h.attr("shape"))));
+  if (nb::hasattr(h, "shape")) {
+    shape = " [";
+    for (nb::handle n : h.attr("shape")) {
+      shape += (shape.size() > 2 ? ", " : "") + nb::cast<std::string>(nb::str(n));
+    }
+    shape += "]";
+  }
   throw nb::value_error((std::string(name) + shape + ": a " +
                          nb::cast<std::string>(nb::str(nb::type_name(h.type()))) + where +
                          " that oft cannot read (it takes NumPy arrays and CPU or CUDA tensors, "

@@ -29,7 +29,6 @@ def operator(x: torch.Tensor, block_size: int, shared: bool, kind: str, terms: i
     return _operators.get(key, make), stream
 
 
-@torch.library.register_kernel("oft::rotate", "cuda")
 def rotate(x, theta, block_size, shared, kind, terms, tol):
     x2 = rows(x)
     op, stream = operator(x, block_size, shared, kind, terms, tol)
@@ -39,7 +38,6 @@ def rotate(x, theta, block_size, shared, kind, terms, tol):
     return y.view(x.shape)
 
 
-@torch.library.register_kernel("oft::rotate_backward", "cuda")
 def rotate_backward(x, theta, dy, block_size, shared, kind, terms, tol, want_dx, want_dtheta):
     x2, dy2 = rows(x), rows(dy)
     op, stream = operator(x, block_size, shared, kind, terms, tol)
@@ -57,3 +55,7 @@ def rotate_backward(x, theta, dy, block_size, shared, kind, terms, tol, want_dx,
     empty = x.new_empty(0)
     return (dx.view(x.shape) if want_dx else empty,
             dtheta.to(theta.dtype) if want_dtheta else empty)
+
+
+torch.library.register_kernel("oft::rotate", "cuda", rotate)
+torch.library.register_kernel("oft::rotate_backward", "cuda", rotate_backward)
