@@ -1,7 +1,7 @@
 // Compiled (not run) with -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror: oft's headers
 // must stay warning-free for users who build with strict flags. Templates are only checked when
 // instantiated, so this file instantiates every public template with float and double and every
-// CPU policy. Nothing here is executed; the build of this object is the test.
+// CPU parameterization. Nothing here is executed; the build of this object is the test.
 
 #include <oft/oft.hpp>
 #include <oft/quant.hpp>
@@ -11,10 +11,10 @@
 
 namespace {
 
-template <class Scalar, class Policy>
-void use_operator(const Policy& policy) {
+template <class Scalar, class Parameterization>
+void use_operator(const Parameterization& parameterization) {
   const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
-  oft::BlockOrthogonal<Scalar, Policy> rotation(spec, policy);
+  oft::BlockOrthogonal<Scalar, Parameterization> rotation(spec, parameterization);
   oft::Generators<Scalar> theta(spec), dtheta(spec);
   rotation.set_generators(theta);
   rotation.set_active_blocks(oft::dropout_mask(spec, 0.5, 1));
@@ -31,8 +31,8 @@ void use_operator(const Policy& policy) {
   (void)rotation.plan(0);
 
   std::vector<Scalar> weight(24), z(6);
-  oft::OftLinear<Scalar, Policy> layer(oft::ConstMatrixView<Scalar>(weight.data(), 3, 8), nullptr, 4,
-                                       false, policy);
+  oft::OftLinear<Scalar, Parameterization> layer(oft::ConstMatrixView<Scalar>(weight.data(), 3, 8), nullptr, 4,
+                                       false, parameterization);
   layer.set_generators(theta);
   layer.forward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(z.data(), 2, 3),
                 workspace);
@@ -113,7 +113,7 @@ void use_quant() {
   (void)oft::quant::dequantize_bnb4_nested_absmax(q.data(), 1, out.data(), 1, code, 0.0f);
   const oft::quant::Bnb4Base bnb4(nf4, 3, 8);
   const oft::quant::Int8Base int8(oft::quant::quantize_int8(w.data(), 3, 8));
-  const oft::quant::DenseBase dense(w.data(), 3, 8);
+  const oft::quant::DenseFloatBase dense(w.data(), 3, 8);
   (void)oft::quant::dequantize_int8(int8.tensor());
   use_quantized_layers<float>(bnb4);
   use_quantized_layers<double>(bnb4);
