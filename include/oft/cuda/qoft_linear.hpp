@@ -45,7 +45,7 @@ template <class T>
 DeviceBuffer<T> upload(const std::vector<T>& host, const char* where) {
   DeviceBuffer<T> out(host.size());
   if (!host.empty())
-    detail::cuda::check(cudaMemcpy(out.data(), host.data(), out.bytes(), cudaMemcpyHostToDevice),
+    oft::detail::cuda::check(cudaMemcpy(out.data(), host.data(), out.bytes(), cudaMemcpyHostToDevice),
                        "cudaMemcpy", where);
   return out;
 }
@@ -119,13 +119,13 @@ class QoftLinear {
         base_(std::move(base)),
         bias_(bias != nullptr ? static_cast<std::size_t>(base_.rows()) : 0) {
     const char* where = "cuda_quant::QoftLinear constructor";
-    detail::cuda::require_device_pointer(bias, "bias", where);
+    oft::detail::cuda::require_device_pointer(bias, "bias", where);
     if (bias != nullptr)
-      detail::cuda::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
+      oft::detail::cuda::check(cudaMemcpy(bias_.data(), bias, bias_.bytes(), cudaMemcpyDeviceToDevice),
                          "cudaMemcpy", where);
-    detail::cuda::check(cublasCreate(&handle_), "cublasCreate", where);
+    oft::detail::cuda::check(cublasCreate(&handle_), "cublasCreate", where);
     // The device-to-device copy may still run: finish it, so the caller may reuse its bias.
-    detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
+    oft::detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
   }
   ~QoftLinear() {
     if (handle_ != nullptr) (void)cublasDestroy(handle_);
@@ -151,8 +151,8 @@ class QoftLinear {
   std::size_t workspace_bytes(Index tokens) const {
     const std::size_t panel =
         static_cast<std::size_t>(fused_panel_floats(out_features(), in_features())) * sizeof(float);
-    return detail::cuda::align_up(activation_bytes(tokens)) +
-           std::max(detail::cuda::align_up(panel), rotation_.workspace_bytes(tokens));
+    return oft::detail::cuda::align_up(activation_bytes(tokens)) +
+           std::max(oft::detail::cuda::align_up(panel), rotation_.workspace_bytes(tokens));
   }
 
   /// Z = (X R) Dequant(Wq)^T + bias. x: N x d, z: N x n_out (device memory, any leading
@@ -161,17 +161,17 @@ class QoftLinear {
                std::size_t workspace_size, cudaStream_t stream) {
     const char* where = "cuda_quant::QoftLinear::forward";
     const Index n = x.rows();
-    detail::cuda::require_shape(x, n, in_features(), "x", where);
-    detail::cuda::require_shape(z, n, out_features(), "z", where);
-    detail::cuda::require_device_pointer(z.data(), "z", where);
-    detail::cuda::require_disjoint(z, x, "z", "x", where);
-    detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
+    oft::detail::cuda::require_shape(x, n, in_features(), "x", where);
+    oft::detail::cuda::require_shape(z, n, out_features(), "z", where);
+    oft::detail::cuda::require_device_pointer(z.data(), "z", where);
+    oft::detail::cuda::require_disjoint(z, x, "z", "x", where);
+    oft::detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     if (n == 0) return;
     DeviceMatrixView<float> y(static_cast<float*>(workspace), n, in_features());
     rotation_.apply(x, y, stream);
     // With a bias, Z starts as the bias and every panel's GEMM adds to it (beta = 1).
     if (has_bias())
-      detail::cuda::broadcast_rows<float>(bias_.data(), z.data(), z.ld(), n, out_features(), stream);
+      oft::detail::cuda::broadcast_rows<float>(bias_.data(), z.data(), z.ld(), n, out_features(), stream);
     bind(stream, where);
     dequant_gemm_nt(handle_, base_.view(), y.data(), y.ld(), n, z.data(), z.ld(),
                     panel(workspace, n), stream, /*accumulate=*/has_bias());
@@ -184,11 +184,11 @@ class QoftLinear {
                 std::size_t workspace_size, cudaStream_t stream) {
     const char* where = "cuda_quant::QoftLinear::backward";
     const Index n = dz.rows();
-    detail::cuda::require_shape(dz, n, out_features(), "dz", where);
-    detail::cuda::require_shape(x, n, in_features(), "x", where);
-    detail::cuda::require_device_pointer(dz.data(), "dz", where);
-    if (!dx.empty()) detail::cuda::require_disjoint(dx, dz, "dx", "dz", where);
-    detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
+    oft::detail::cuda::require_shape(dz, n, out_features(), "dz", where);
+    oft::detail::cuda::require_shape(x, n, in_features(), "x", where);
+    oft::detail::cuda::require_device_pointer(dz.data(), "dz", where);
+    if (!dx.empty()) oft::detail::cuda::require_disjoint(dx, dz, "dx", "dz", where);
+    oft::detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     DeviceMatrixView<float> dy(static_cast<float*>(workspace), n, in_features());
     float* room = panel(workspace, n);
     if (n > 0) {
@@ -198,7 +198,7 @@ class QoftLinear {
     }
     // The rotation's scratch reuses the panel's room: the GEMMs before it are on the same stream.
     rotation_.backward(x, dy, dx, dtheta, room,
-                       workspace_size - detail::cuda::align_up(activation_bytes(n)), stream);
+                       workspace_size - oft::detail::cuda::align_up(activation_bytes(n)), stream);
   }
 
  private:
@@ -207,10 +207,10 @@ class QoftLinear {
   }
   float* panel(void* workspace, Index n) const {
     return reinterpret_cast<float*>(static_cast<char*>(workspace) +
-                                    detail::cuda::align_up(activation_bytes(n)));
+                                    oft::detail::cuda::align_up(activation_bytes(n)));
   }
   void bind(cudaStream_t stream, const char* where) {
-    detail::cuda::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
+    oft::detail::cuda::check(cublasSetStream(handle_, stream), "cublasSetStream", where);
   }
 
   Rotation rotation_;

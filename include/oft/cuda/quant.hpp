@@ -166,7 +166,7 @@ inline void sgemm_row_major(cublasHandle_t handle, Index m, Index n, Index k, co
                          " exceeds cuBLAS's int range");
     return static_cast<int>(v);
   };
-  detail::cuda::check(cublasSgemm(handle, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N,
+  oft::detail::cuda::check(cublasSgemm(handle, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N,
                                  to_int(n), to_int(m), to_int(k), &one, b, to_int(ldb), a,
                                  to_int(lda), &beta, c, to_int(ldc)),
                      "cublasSgemm", where);
@@ -190,7 +190,7 @@ inline void dequantize(const Bnb4View& w, Index row0, Index nrows, Index col0, I
   detail::dequantize_bnb4_kernel<float>
       <<<detail::dequant_grid(nrows, ncols), detail::kDequantThreads, 0, stream>>>(
           w.packed, w.absmax, w.cols, shift, code, w.rounding, row0, nrows, col0, ncols, out, ld);
-  detail::cuda::check_launch("dequantize_bnb4_kernel", "cuda_quant::dequantize");
+  oft::detail::cuda::check_launch("dequantize_bnb4_kernel", "cuda_quant::dequantize");
 }
 
 inline void dequantize(const Int8View& w, Index row0, Index nrows, Index col0, Index ncols,
@@ -199,7 +199,7 @@ inline void dequantize(const Int8View& w, Index row0, Index nrows, Index col0, I
   detail::dequantize_int8_kernel<float>
       <<<detail::dequant_grid(nrows, ncols), detail::kDequantThreads, 0, stream>>>(
           w.values, w.scales, w.cols, row0, nrows, col0, ncols, out, ld);
-  detail::cuda::check_launch("dequantize_int8_kernel", "cuda_quant::dequantize");
+  oft::detail::cuda::check_launch("dequantize_int8_kernel", "cuda_quant::dequantize");
 }
 
 /// Z = Y W^T (+ Z when `accumulate`): Y is N x d (row-major, leading dimension ldy >= d), Z is
