@@ -131,7 +131,7 @@ def rotate(x: torch.Tensor, theta: torch.Tensor, block_size: int, *, shared: boo
     """
     _check_inputs("oft.torch.rotate", x, theta, block_size, shared)
     kind, terms, tol_value = _policy_args(policy, num_terms, k, tol)
-    return _ops.rotate(x, theta, block_size, bool(shared), kind, terms, tol_value)
+    return _ops.rotate_differentiable(x, theta, block_size, bool(shared), kind, terms, tol_value)
 
 
 def rotation_blocks(theta: torch.Tensor, block_size: int, *, policy: str = "peft_neumann",

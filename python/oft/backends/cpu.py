@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from .. import _core
+from .. import _core, _ops
 from .._ops import kernel_dtype, kernel_theta, parameterization, rows
 from . import OperatorCache
 
@@ -113,6 +113,7 @@ def rotation_blocks_backward(theta, grad, block_size, kind, terms, tol):
 
 
 torch.library.register_kernel("oft::rotate", "cpu", rotate)
+_ops._EAGER_KERNELS["cpu"] = (rotate, rotate_backward)
 torch.library.register_kernel("oft::rotate_backward", "cpu", rotate_backward)
 torch.library.register_kernel("oft::rotation_blocks", "cpu", rotation_blocks)
 torch.library.register_kernel("oft::rotation_blocks_backward", "cpu", rotation_blocks_backward)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _core
+from .. import _core, _ops
 from .._ops import kernel_dtype, kernel_theta, parameterization, rows
 from . import OperatorCache
 
@@ -58,4 +58,5 @@ def rotate_backward(x, theta, dy, block_size, shared, kind, terms, tol, want_dx,
 
 
 torch.library.register_kernel("oft::rotate", "cuda", rotate)
+_ops._EAGER_KERNELS["cuda"] = (rotate, rotate_backward)
 torch.library.register_kernel("oft::rotate_backward", "cuda", rotate_backward)
