@@ -80,10 +80,6 @@ class DenseFloatBase {
   std::vector<float> values_;
 };
 
-/// The former name of DenseFloatBase (it read like Eigen::DenseBase); kept while
-/// tests/hygiene/strict_warnings.cpp still spells it.
-using DenseBase = DenseFloatBase;
-
 /// bitsandbytes NF4 or FP4 (blocks over the flattened row-major weight; see bnb4.hpp). With
 /// double quantization, pass the absmax read back by dequantize_bnb4_nested_absmax: the base then
 /// keeps it as float32 (4 bytes per block instead of ~1), which bytes() counts. `dtype`: what the
