@@ -4,13 +4,17 @@
   arrays or torch tensors (no copies).
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``) and the ``OFTRotation`` module.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
+- ``oft.merge_model``, ``oft.inspect_adapter``, ``oft.convert_adapter`` (``oft.io``): the library's
+  model-file functions, the ones the ``oft`` tool runs.
 """
 from ._core import (Parameterization, Policy, get_num_threads, has_bf16_dot_product, has_cuda,
                     set_num_threads)
 from . import _core
+from .io import convert_adapter, inspect_adapter, merge_model
 
 __all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
-           "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name"]
+           "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name",
+           "merge_model", "inspect_adapter", "convert_adapter"]
 __version__ = "0.1.0"
 
 

@@ -30,6 +30,9 @@
 #ifdef OFT_PYTHON_CUDA
 #include "cuda_rotation.hpp"
 #endif
+#ifdef OFT_PYTHON_IO
+#include "io.hpp"
+#endif
 
 namespace nb = nanobind;
 
@@ -660,5 +663,10 @@ NB_MODULE(_core, m) {
   m.attr("has_cuda") = true;
 #else
   m.attr("has_cuda") = false;
+#endif
+#ifdef OFT_PYTHON_IO
+  bind_io(m);
+#else
+  m.attr("has_io") = false;
 #endif
 }
