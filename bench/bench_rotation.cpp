@@ -267,7 +267,7 @@ std::array<oft::MatrixView<Act>, 3> activation_views(Activations& a) {
 }
 
 /// One training step with activations of type Act (float, or bfloat16 with R, theta, dtheta and
-/// the accumulation in float, computed as `arithmetic` says: checked in tests/test_bf16.cpp;
+/// the accumulation in float, computed as `arithmetic` says: checked in tests/cpu/test_bf16.cpp;
 /// bytes are counted at sizeof(Act) each).
 template <class Act, class Policy>
 void BM_RotationStep(benchmark::State& state, Policy policy, const std::string& label,

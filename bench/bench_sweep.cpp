@@ -1,6 +1,6 @@
 /// \file bench_sweep.cpp
 /// Accuracy vs speed of the parameterizations (driven by sweep.py, which writes
-/// bench/results/sweep.csv and docs/accuracy_vs_speed.png).
+/// bench/results/latest/sweep.csv and docs/accuracy_vs_speed.png; the kept baseline is bench/results/zen3/sweep.csv).
 ///
 /// For every parameterization (exact Cayley, Cayley–Neumann k = 0..8, matrix exponential,
 /// tolerance mode with tol = 1e-6 and exact-Cayley fallback) x rho in {0.05, 0.2, 0.5, 0.8, 0.95}

@@ -20,7 +20,7 @@ Threads: torch.set_num_threads(T) and oft.set_num_threads(T) (--threads, default
 T threads. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (this machine presets them):
 
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare_python.py \\
-      --out bench/results/compare_python.json
+      --out bench/results/latest/compare_python.json
 """
 import argparse
 import copy

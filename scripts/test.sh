@@ -60,7 +60,7 @@ unset OPENBLAS_CORETYPE
 SETUP_EXTRA=()
 if [[ $SANITIZE -eq 1 ]]; then
   # clang compiles the Eigen-heavy tests about a third faster than GCC under ASan (104 s vs 151 s
-  # for tests/test_block_orthogonal.cpp), and the Release build is GCC's: CI sees both compilers.
+  # for tests/cpu/test_block_orthogonal.cpp), and the Release build is GCC's: CI sees both compilers.
   SANITIZE_CXX="${OFT_SANITIZE_CXX:-clang++}"
   if [[ "$SANITIZE_CXX" == clang++* ]]; then
     SETUP_EXTRA=(clang libclang-rt-14-dev libomp-14-dev)
@@ -86,7 +86,7 @@ elif [[ $SANITIZE -eq 1 ]]; then
   BUILD_DIR=build-asan${MARCH:+-$MARCH}
   # RelWithDebInfo but without -DNDEBUG so eigen_assert/assert stay active. -g1 (line tables
   # only) keeps file:line in sanitizer reports and compiles a third faster than -g (133 s vs
-  # 198 s for tests/test_block_orthogonal.cpp), which is most of this stage's time.
+  # 198 s for tests/cpu/test_block_orthogonal.cpp), which is most of this stage's time.
   CONFIG_ARGS=(
     "-DCMAKE_CXX_COMPILER=$SANITIZE_CXX"
     -DCMAKE_BUILD_TYPE=RelWithDebInfo

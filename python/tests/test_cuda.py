@@ -1,6 +1,6 @@
 """oft.torch on CUDA tensors (oft._core built with OFT_PYTHON_CUDA=ON), against oft's CPU path
 and the real PEFT on the same GPU. Skipped without a GPU or without the CUDA build (run on a lent
-GPU by scripts/gpu_python.sh)."""
+GPU by scripts/gpu/gpu_python.sh)."""
 import copy
 
 import pytest

@@ -20,7 +20,7 @@
 // Cost: the MoreRowTilesThanGridRows tests move about 0.3 GB (float) and 0.5 GB (bf16) per
 // array through 3 arrays, a few seconds each on an H100 (mostly host-side checks); under
 // compute-sanitizer racecheck their kernels are slow, so a budgeted sanitizer run may exclude
-// them: OFT_SANITIZER_FILTER='-CudaTokenGrid.MoreRowTiles*' (scripts/gpu_bench.sh).
+// them: OFT_SANITIZER_FILTER='-CudaTokenGrid.MoreRowTiles*' (scripts/gpu/gpu_bench.sh).
 
 #include <algorithm>
 #include <set>

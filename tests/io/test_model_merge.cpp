@@ -134,7 +134,7 @@ double worst_merge_error(const fs::path& out_file_dir, const std::string& name,
   return worst;
 }
 
-constexpr double kFloatAgreement = 2e-6;  // as tests/peft/test_peft_adapters.cpp
+constexpr double kFloatAgreement = 2e-6;  // as tests/io/test_peft_adapter.cpp
 
 TEST_F(ModelMerge, EveryFixtureMergesAsPeftAndCopiesEverythingElse) {
   for (const std::string name :

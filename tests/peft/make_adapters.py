@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Trains small OFT adapters with the real Hugging Face PEFT and saves them, with what PEFT's own
-merge computes, as fixtures for oft's C++ adapter tests (tests/peft/test_peft_adapters.cpp).
+merge computes, as fixtures for oft's C++ adapter tests (tests/io/test_peft_adapter.cpp).
 
     python3 -m venv /tmp/peftvenv && /tmp/peftvenv/bin/pip install peft==0.21.2 safetensors
     /tmp/peftvenv/bin/pip install --no-deps --target /tmp/peft0171 peft==0.17.1

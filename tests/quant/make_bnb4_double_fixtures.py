@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes two fixtures with the real bitsandbytes (CPU), for tests/quant/test_bnb4_double.cpp and
-tests/quant/test_quantized_checkpoint.cpp:
+tests/io/test_quantized_weights.cpp:
 
 - fixtures/bnb4_double_reference.safetensors: bitsandbytes' 8-bit blockwise quantizer with its
   signed dynamic code (what double quantization stores the NF4/FP4 absmax with), and whole
