@@ -10,6 +10,7 @@ library's message, naming the file, tensor and values), ``RuntimeError`` for the
 Nothing is written unless everything checked first passed; the output directory appears whole
 or not at all.
 """
+import json
 import os
 
 from . import _core
@@ -72,12 +73,13 @@ def merge_model(base, adapter, out, *, strength=1.0, dtype=None, force=False, un
 
 
 def inspect_adapter(adapter, *, tolerance=1e-6):
-    """What ``oft inspect`` reports on a PEFT OFT adapter, as a dict: PEFT's settings and, per
-    module, the generators, block size, rho = ||Q||_2, orthogonality error and distance to exact
-    Cayley (worst and median), whether a Neumann series diverges, and the Neumann terms that
-    ``tolerance`` needs."""
+    """What ``oft inspect --json`` reports on a PEFT OFT adapter, as a dict of the same schema:
+    PEFT's settings and, per module, the generators, block size, rho = ||Q||_2,
+    orthogonality_error and distance_to_cayley (worst and median), whether a Neumann series
+    diverges, and the Neumann terms that ``tolerance`` needs."""
     _need_io("inspect_adapter")
-    return _core.inspect_adapter(_path("inspect_adapter", "adapter", adapter), float(tolerance))
+    return json.loads(_core.inspect_adapter_json(_path("inspect_adapter", "adapter", adapter),
+                                                 float(tolerance)))
 
 
 def convert_adapter(adapter, out, *, base="", expand_block_share=False, generators_dtype=None,

@@ -1,7 +1,10 @@
 // oft._core's model-file functions: thin wrappers over the library's merge, convert and inspect
 // (include/oft/io/), the same functions the `oft` tool calls, so the three faces share one
-// implementation. Reports come back as dicts; the progress callback gets one dict per tensor.
+// implementation. Reports come back as dicts (inspect's as the library's JSON, the schema of
+// `oft inspect --json`); the progress callback gets one dict per tensor.
 // The GIL is released while the library works and taken again only to call the callback.
+#include "io.hpp"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/string.h>
@@ -9,8 +12,6 @@
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/model_merge.hpp>
-
-#include "io.hpp"
 
 namespace nb = nanobind;
 
@@ -21,8 +22,9 @@ oft::io::MergeDtype merge_dtype(const std::string& name) {
   if (name == "float32") return oft::io::MergeDtype::F32;
   if (name == "float16") return oft::io::MergeDtype::F16;
   if (name == "bfloat16") return oft::io::MergeDtype::BF16;
-  throw nb::value_error(("merge_model: dtype must be None, 'float32', 'float16' or 'bfloat16', got '" +
-                         name + "'").c_str());
+  throw nb::value_error(
+      ("merge_model: dtype must be None, 'float32', 'float16' or 'bfloat16', got '" + name + "'")
+          .c_str());
 }
 
 oft::io::GeneratorsDtype generators_dtype(const std::string& name) {
@@ -31,14 +33,9 @@ oft::io::GeneratorsDtype generators_dtype(const std::string& name) {
   if (name == "float16") return oft::io::GeneratorsDtype::F16;
   if (name == "bfloat16") return oft::io::GeneratorsDtype::BF16;
   throw nb::value_error(("convert_adapter: generators_dtype must be None, 'float32', 'float16' or "
-                         "'bfloat16', got '" + name + "'").c_str());
-}
-
-nb::dict spread(const oft::io::Spread& s) {
-  nb::dict d;
-  d["worst"] = s.worst;
-  d["median"] = s.median;
-  return d;
+                         "'bfloat16', got '" +
+                         name + "'")
+                            .c_str());
 }
 
 nb::dict merge(const std::string& base, const std::string& adapter, const std::string& out,
@@ -94,39 +91,10 @@ nb::dict merge(const std::string& base, const std::string& adapter, const std::s
   return d;
 }
 
-nb::dict inspect(const std::string& adapter, double tolerance) {
-  oft::io::AdapterReport report;
-  {
-    nb::gil_scoped_release released;
-    report = oft::io::inspect_adapter(adapter, tolerance);
-  }
-  nb::dict d;
-  d["peft_version"] = report.peft_version;
-  d["polynomial"] = report.polynomial;
-  d["parameterization"] = report.policy;
-  d["num_cayley_neumann_terms"] = report.num_cayley_neumann_terms;
-  d["truncation_k"] = report.truncation_k;
-  d["coft"] = report.coft;
-  d["eps"] = report.eps;
-  d["block_share"] = report.block_share;
-  d["tolerance"] = report.tolerance;
-  nb::list modules;
-  for (const oft::io::ModuleReport& m : report.modules) {
-    nb::dict module;
-    module["name"] = m.name;
-    module["kind"] = m.kind;
-    module["generators"] = m.generators;
-    module["block_size"] = m.block_size;
-    module["shared"] = m.shared;
-    module["rho"] = spread(m.rho);
-    module["orthogonality"] = spread(m.orthogonality);
-    module["distance"] = spread(m.distance);
-    module["diverges"] = m.diverges;
-    module["terms_for_tolerance"] = m.terms_for_tolerance;
-    modules.append(module);
-  }
-  d["modules"] = modules;
-  return d;
+// The library's JSON (the schema of `oft inspect --json`); oft.inspect_adapter parses it.
+std::string inspect_json(const std::string& adapter, double tolerance) {
+  nb::gil_scoped_release released;
+  return oft::io::to_json(oft::io::inspect_adapter(adapter, tolerance)).dump();
 }
 
 nb::dict convert(const std::string& adapter, const std::string& out, const std::string& base,
@@ -165,8 +133,8 @@ void bind_io(nb::module_& m) {
   m.def("merge_model", &merge, nb::arg("base"), nb::arg("adapter"), nb::arg("out"),
         nb::arg("strength"), nb::arg("dtype"), nb::arg("force"), nb::arg("unmerge"),
         nb::arg("progress").none(), "oft::io::merge_model (include/oft/io/model_merge.hpp).");
-  m.def("inspect_adapter", &inspect, nb::arg("adapter"), nb::arg("tolerance"),
-        "oft::io::inspect_adapter (include/oft/io/adapter_inspect.hpp).");
+  m.def("inspect_adapter_json", &inspect_json, nb::arg("adapter"), nb::arg("tolerance"),
+        "oft::io::to_json(oft::io::inspect_adapter(...)) (include/oft/io/adapter_inspect.hpp).");
   m.def("convert_adapter", &convert, nb::arg("adapter"), nb::arg("out"), nb::arg("base"),
         nb::arg("expand_block_share"), nb::arg("generators_dtype"),
         nb::arg("to_current_polynomial"), nb::arg("allow_change"), nb::arg("force"),

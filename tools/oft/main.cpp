@@ -36,36 +36,6 @@ namespace {
 
 std::string yes_no(bool value) { return value ? "yes" : "no"; }
 
-nlohmann::ordered_json to_json(const oft::io::AdapterReport& report) {
-  nlohmann::ordered_json out;
-  out["peft_version"] = report.peft_version;
-  out["policy"] = report.policy;
-  out["polynomial"] = report.polynomial;
-  out["num_cayley_neumann_terms"] = report.num_cayley_neumann_terms;
-  out["truncation_k"] = report.truncation_k;
-  out["coft"] = report.coft;
-  out["eps"] = report.eps;
-  out["block_share"] = report.block_share;
-  out["tolerance"] = report.tolerance;
-  out["modules"] = nlohmann::ordered_json::array();
-  for (const auto& m : report.modules) {
-    const auto spread = [](const oft::io::Spread& s) {
-      return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
-    };
-    out["modules"].push_back({{"name", m.name},
-                              {"kind", m.kind},
-                              {"generators", m.generators},
-                              {"block_size", m.block_size},
-                              {"shared", m.shared},
-                              {"rho", spread(m.rho)},
-                              {"orthogonality_error", spread(m.orthogonality)},
-                              {"distance_to_cayley", spread(m.distance)},
-                              {"diverges", m.diverges},
-                              {"terms_for_tolerance", m.terms_for_tolerance}});
-  }
-  return out;
-}
-
 void print_table(const std::string& path, const oft::io::AdapterReport& r) {
   std::printf("%s\n", path.c_str());
   std::printf("  PEFT %s, policy %s (%s",

@@ -9,6 +9,7 @@
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,38 @@ inline AdapterReport inspect_adapter(const PeftOftAdapter& adapter, double toler
 /// adapter_model.safetensors). Throws what PeftOftAdapter::load throws.
 inline AdapterReport inspect_adapter(const std::string& adapter_dir, double tolerance) {
   return inspect_adapter(PeftOftAdapter::load(adapter_dir), tolerance);
+}
+
+/// The report as JSON, the schema of `oft inspect --json` and of Python's oft.inspect_adapter
+/// (one spelling of the field names for both faces).
+inline nlohmann::ordered_json to_json(const AdapterReport& report) {
+  nlohmann::ordered_json out;
+  out["peft_version"] = report.peft_version;
+  out["policy"] = report.policy;
+  out["polynomial"] = report.polynomial;
+  out["num_cayley_neumann_terms"] = report.num_cayley_neumann_terms;
+  out["truncation_k"] = report.truncation_k;
+  out["coft"] = report.coft;
+  out["eps"] = report.eps;
+  out["block_share"] = report.block_share;
+  out["tolerance"] = report.tolerance;
+  out["modules"] = nlohmann::ordered_json::array();
+  for (const auto& m : report.modules) {
+    const auto spread = [](const Spread& s) {
+      return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
+    };
+    out["modules"].push_back({{"name", m.name},
+                              {"kind", m.kind},
+                              {"generators", m.generators},
+                              {"block_size", m.block_size},
+                              {"shared", m.shared},
+                              {"rho", spread(m.rho)},
+                              {"orthogonality_error", spread(m.orthogonality)},
+                              {"distance_to_cayley", spread(m.distance)},
+                              {"diverges", m.diverges},
+                              {"terms_for_tolerance", m.terms_for_tolerance}});
+  }
+  return out;
 }
 
 }  // namespace oft::io
