@@ -12,7 +12,8 @@
 #                                               x86-64-v4 = AVX-512)
 #   --sanitize --march=ISA      -> build-asan-ISA/ (the ASan+UBSan build for that ISA: on an
 #                                               AVX-512 CPU, x86-64-v3 runs the AVX2 code paths
-#                                               under the sanitizers; .ci/run does this)
+#                                               under the sanitizers; .ci/run does this; tests
+#                                               only, no examples)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
 #   --only=T1,T2,...               with --sanitize: build only these test programs (CMake target
 #                                  names, e.g. test_bf16, quant_test_bnb4) and run each; .ci/run
@@ -135,11 +136,20 @@ if [[ -n $ONLY ]]; then
 fi
 only_list="$(IFS=';'; echo "${only_targets[*]}")"
 
+# The examples run in the native Release build and, on a CPU without AVX-512, in the native
+# sanitizer build. The other-ISA sanitizer build (.ci/run's x86-64-v3 stage on an AVX-512 CPU) is
+# there for the kernels' AVX2 code paths, which the test programs cover; the examples would add
+# six ASan compiles (~2.5 min here) and no code path the tests do not run.
+EXAMPLES=ON
+if [[ $SANITIZE -eq 1 && -n $MARCH ]]; then
+  EXAMPLES=OFF
+fi
+
 echo "== oft: configure $BUILD_DIR"
 cmake -S . -B "$BUILD_DIR" \
   -DOFT_WARNINGS_AS_ERRORS=ON \
   -DOFT_BUILD_TESTS=ON \
-  -DOFT_BUILD_EXAMPLES=ON \
+  "-DOFT_BUILD_EXAMPLES=$EXAMPLES" \
   "-DOFT_SELECTED_TESTS=$only_list" \
   "${CONFIG_ARGS[@]}"
 
