@@ -9,6 +9,8 @@
 #include <oft/io/model_merge.hpp>
 #include <random>
 
+#include "toy_model.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -48,49 +50,7 @@ class ModelMerge : public ::testing::Test {
   fs::path make_base(const std::string& name, int shards = 1, Dtype dtype = Dtype::F32,
                      const std::string& prefix = "") {
     const fs::path dir = root_ / ("base_" + name + "_" + std::to_string(shards) + prefix);
-    fs::create_directories(dir / "1_Pooling");
-    std::ofstream(dir / "config.json") << "{\"model_type\": \"toy\"}\n";
-    std::ofstream(dir / "1_Pooling" / "config.json") << "{\"pooling\": \"mean\"}\n";
-    const auto reference = SafetensorsFile::open(fixture(name) / "reference.safetensors");
-    const auto adapter = oft::io::PeftOftAdapter::load(fixture(name));
-    std::vector<SafetensorsWriter> writers(static_cast<std::size_t>(shards));
-    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-    std::size_t next = 0;
-    const auto shard_name = [&](std::size_t s) {
-      return shards == 1
-                 ? std::string("model.safetensors")
-                 : oft::detail::message("model-0000", s + 1, "-of-0000", shards, ".safetensors");
-    };
-    const auto place = [&](const std::string& tensor, Dtype d, std::vector<std::uint64_t> shape,
-                           std::vector<std::byte> bytes) {
-      storage_.push_back(std::move(bytes));
-      const std::size_t s = next++ % static_cast<std::size_t>(shards);
-      writers[s].add(tensor, d, std::move(shape), storage_.back().data(), storage_.back().size());
-      weight_map[tensor] = shard_name(s);
-    };
-    for (const auto& m : adapter.modules) {
-      const auto base = reference.tensor(m.name + ".base");
-      const std::vector<float> values = base.to_floats();
-      std::vector<std::byte> bytes(values.size() * (dtype == Dtype::F32 ? 4 : 2));
-      oft::io::detail::encode(values.data(), values.size(), dtype, bytes.data());
-      place(prefix + m.name + ".weight", dtype, base.shape, std::move(bytes));
-      std::vector<std::byte> bias(base.shape[0] * 4);
-      for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = std::byte(i * 7 + 1);
-      place(prefix + m.name + ".bias", Dtype::F32, {base.shape[0]}, std::move(bias));
-    }
-    std::vector<std::byte> ids(6 * 4);
-    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::byte(i);
-    place("position_ids", Dtype::I32, {6}, std::move(ids));
-    for (int s = 0; s < shards; ++s) {
-      writers[static_cast<std::size_t>(s)].add_metadata("format", "pt");
-      writers[static_cast<std::size_t>(s)].write(dir / shard_name(static_cast<std::size_t>(s)));
-    }
-    if (shards > 1) {
-      nlohmann::ordered_json index;
-      index["metadata"] = {{"total_size", 0}};
-      index["weight_map"] = weight_map;
-      std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
-    }
+    oft_test::write_toy_model(dir, fixture(name), shards, dtype, prefix);
     return dir;
   }
 

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "../io/toy_model.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -29,63 +31,9 @@ using oft::io::SafetensorsWriter;
 fs::path fixtures;
 std::vector<std::vector<std::byte>> storage;
 
-std::vector<std::byte> encoded(const std::vector<float>& values, Dtype dtype) {
-  std::vector<std::byte> bytes(values.size() * (dtype == Dtype::F32 ? 4 : 2));
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (dtype == Dtype::F32) {
-      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
-      continue;
-    }
-    const std::uint16_t bits =
-        dtype == Dtype::F16 ? oft::io::float_to_f16(values[i]) : oft::io::float_to_bf16(values[i]);
-    std::memcpy(bytes.data() + 2 * i, &bits, 2);
-  }
-  return bytes;
-}
-
 void make_base(const fs::path& dir, const std::string& name, int shards, Dtype dtype,
                const std::string& prefix) {
-  fs::create_directories(dir / "1_Pooling");
-  std::ofstream(dir / "config.json") << "{\"model_type\": \"toy\"}\n";
-  std::ofstream(dir / "1_Pooling" / "config.json") << "{\"pooling\": \"mean\"}\n";
-  const fs::path adapter_dir = fixtures / "adapters" / name;
-  const auto reference = SafetensorsFile::open(adapter_dir / "reference.safetensors");
-  const auto adapter = oft::io::PeftOftAdapter::load(adapter_dir);
-  std::vector<SafetensorsWriter> writers(static_cast<std::size_t>(shards));
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  std::size_t next = 0;
-  const auto shard_name = [&](std::size_t s) {
-    return shards == 1
-               ? std::string("model.safetensors")
-               : oft::detail::message("model-0000", s + 1, "-of-0000", shards, ".safetensors");
-  };
-  const auto place = [&](const std::string& tensor, Dtype d, std::vector<std::uint64_t> shape,
-                         std::vector<std::byte> bytes) {
-    storage.push_back(std::move(bytes));
-    const std::size_t s = next++ % static_cast<std::size_t>(shards);
-    writers[s].add(tensor, d, std::move(shape), storage.back().data(), storage.back().size());
-    weight_map[tensor] = shard_name(s);
-  };
-  for (const auto& m : adapter.modules) {
-    const auto base = reference.tensor(m.name + ".base");
-    place(prefix + m.name + ".weight", dtype, base.shape, encoded(base.to_floats(), dtype));
-    std::vector<std::byte> bias(base.shape[0] * 4);
-    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = std::byte(i * 7 + 1);
-    place(prefix + m.name + ".bias", Dtype::F32, {base.shape[0]}, std::move(bias));
-  }
-  std::vector<std::byte> ids(6 * 4);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::byte(i);
-  place("position_ids", Dtype::I32, {6}, std::move(ids));
-  for (int s = 0; s < shards; ++s) {
-    writers[static_cast<std::size_t>(s)].add_metadata("format", "pt");
-    writers[static_cast<std::size_t>(s)].write(dir / shard_name(static_cast<std::size_t>(s)));
-  }
-  if (shards > 1) {
-    nlohmann::ordered_json index;
-    index["metadata"] = {{"total_size", 0}};
-    index["weight_map"] = weight_map;
-    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
-  }
+  oft_test::write_toy_model(dir, fixtures / "adapters" / name, shards, dtype, prefix);
 }
 
 void make_quantized_base(const fs::path& dir, const std::string& config_text) {
