@@ -119,6 +119,33 @@ def boft_forward(X, W0, bias, boft_R, boft_s):
     return Y if bias is None else Y + bias[None, :]
 
 
+def boft_vjp(X, W0, boft_R, boft_s, G):
+    """Gradients of L = sum(Y * G) for boft_forward (section 1.4, "Backward"): dX, dA, ds.
+
+    Matrix-free and storing nothing per factor: each factor's input is recovered from its
+    output with R^T (the blocks are orthogonal), from X M back to X.
+    """
+    m, N, b, _ = boft_R.shape
+    d = N * b
+    S = 0.5 * (boft_R - np.swapaxes(boft_R, -1, -2))
+    blocks = boft_cayley(boft_R)
+    XM = boft_apply(X, boft_R)
+    ds = np.sum(G * (XM @ W0.T), axis=0)[:, None]
+    dV = (G * boft_s[:, 0][None, :]) @ W0           # dL/d(X M)
+    V = XM
+    dA = np.zeros_like(boft_R)
+    for i in range(m):                              # factor 0 was applied last
+        coords = boft_block_coords(d, b, i)
+        Vin = np.einsum("ngq,gpq->ngp", V[:, coords], blocks[i])       # out R^T
+        dR = np.einsum("ngp,ngq->gpq", Vin, dV[:, coords])             # in^T dout
+        dV[:, coords] = np.einsum("ngq,gpq->ngp", dV[:, coords], blocks[i])
+        V[:, coords] = Vin
+        inv = np.linalg.inv(np.eye(b) - S[i])                          # (I - S)^-1 = (I + S)^-T
+        dS = -2.0 * inv @ dR @ inv
+        dA[i] = 0.5 * (dS - np.swapaxes(dS, -1, -2))
+    return dV, dA, ds
+
+
 def boft_merge(W0, boft_R, boft_s):
     """W' = diag(s) W0 M^T (section 1.5)."""
     return boft_s * (W0 @ boft_rotation(boft_R).T)

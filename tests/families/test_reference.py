@@ -176,6 +176,17 @@ def test_gradients_match_peft(name):
         assert np.array_equal(dA, -np.swapaxes(dA, -1, -2))
 
 
+@pytest.mark.parametrize("name", BOFT)
+def test_boft_analytic_backward_matches_peft(name):
+    t = case_tensors(name)
+    dX, dA, ds = ref.boft_vjp(t["X"], t["W0"], t["boft_R"], t["boft_s"], t["G"])
+    for what, mine, peft_grad in (("dX", dX, t["dX"]), ("dA", dA, t["d_boft_R"]),
+                                  ("ds", ds, t["d_boft_s"])):
+        err = rel(mine, peft_grad)
+        print(f"{name}: analytic {what} {err:.1e}")
+        assert err < REL, what
+
+
 def test_negative_controls():
     """Each plausible wrong convention moves Y by far more than REL."""
     name = "boft_i16_o12_bs4_m3_dropout"
