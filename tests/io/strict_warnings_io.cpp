@@ -52,8 +52,8 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   oft::io::SafetensorsWriter writer;
   use_type<double>(view, writer);
   use_type<float>(view, writer);
-  use_type<oft::io::Float16>(view, writer);
-  use_type<oft::io::BFloat16>(view, writer);
+  use_type<oft::float16>(view, writer);
+  use_type<oft::bfloat16>(view, writer);
   use_type<std::int64_t>(view, writer);
   use_type<std::uint64_t>(view, writer);
   use_type<std::int32_t>(view, writer);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "io_test_support.hpp"
@@ -123,16 +124,16 @@ TEST(Half, Bf16RoundsToNearestTiesToEven) {
 TEST(Half, AgreesWithNumpyAndMlDtypes) {
   const auto file = oft::io::SafetensorsFile::open(fixture("reference_conversions.safetensors"));
   const auto src = file.tensor("src").as<float>();
-  const auto f16 = file.tensor("src_f16").as<oft::io::Float16>();
-  const auto bf16 = file.tensor("src_bf16").as<oft::io::BFloat16>();
+  const auto f16 = file.tensor("src_f16").as<oft::float16>();
+  const auto bf16 = file.tensor("src_bf16").as<oft::bfloat16>();
   const auto f16_wide = file.tensor("src_f16_widened").as<float>();
   const auto bf16_wide = file.tensor("src_bf16_widened").as<float>();
   ASSERT_GT(src.size(), 1000u);
   ASSERT_EQ(f16.size(), src.size());
   ASSERT_EQ(bf16.size(), src.size());
   for (std::size_t i = 0; i < src.size(); ++i) {
-    ASSERT_EQ(float_to_f16(src[i]), f16[i].bits) << i << ": " << src[i];
-    ASSERT_EQ(float_to_bf16(src[i]), bf16[i].bits) << i << ": " << src[i];
+    ASSERT_EQ(float_to_f16(src[i]), oft::bits_of(f16[i])) << i << ": " << src[i];
+    ASSERT_EQ(float_to_bf16(src[i]), oft::bits_of(bf16[i])) << i << ": " << src[i];
     ASSERT_EQ(bits_of(oft::io::to_float(f16[i])), bits_of(f16_wide[i])) << i;
     ASSERT_EQ(bits_of(oft::io::to_float(bf16[i])), bits_of(bf16_wide[i])) << i;
   }
@@ -140,3 +141,36 @@ TEST(Half, AgreesWithNumpyAndMlDtypes) {
 }
 
 }  // namespace
+
+// One bfloat16 type from file to kernel: a BF16 tensor is viewed as oft::bfloat16 (Eigen's), the
+// type the CPU kernels take, and Eigen's own conversions of it agree with oft's bit for bit.
+TEST(Half, TensorsAreViewedAsTheOneSixteenBitTypes) {
+  const auto file = oft::io::SafetensorsFile::open(fixture("reference_conversions.safetensors"));
+  const auto src = file.tensor("src").as<float>();
+  const auto f16 = file.tensor("src_f16").as<oft::float16>();
+  const auto bf16 = file.tensor("src_bf16").as<oft::bfloat16>();
+  static_assert(std::is_same_v<std::decay_t<decltype(bf16[0])>, Eigen::bfloat16>);
+  static_assert(std::is_same_v<std::decay_t<decltype(f16[0])>, Eigen::half>);
+  std::size_t nan_count = 0;
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    if (std::isnan(src[i])) {
+      ++nan_count;
+      EXPECT_TRUE(std::isnan(static_cast<float>(bf16[i])));
+      continue;
+    }
+    ASSERT_EQ(oft::bits_of(Eigen::bfloat16(src[i])), oft::bits_of(bf16[i])) << i << ": " << src[i];
+    ASSERT_EQ(oft::bits_of(Eigen::half(src[i])), oft::bits_of(f16[i])) << i << ": " << src[i];
+    ASSERT_EQ(bits_of(static_cast<float>(bf16[i])), bits_of(oft::to_float(bf16[i]))) << i;
+    ASSERT_EQ(bits_of(static_cast<float>(f16[i])), bits_of(oft::to_float(f16[i]))) << i;
+    ASSERT_EQ(oft::bits_of(oft::to_bfloat16(src[i])), oft::bits_of(bf16[i])) << i;
+    ASSERT_EQ(oft::bits_of(oft::bfloat16_from_bits(oft::bits_of(bf16[i]))), oft::bits_of(bf16[i]));
+  }
+  EXPECT_LT(nan_count, src.size() / 10);
+}
+
+// The io-only names of earlier releases are deprecated aliases of the same types.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static_assert(std::is_same_v<oft::io::BFloat16, oft::bfloat16>);
+static_assert(std::is_same_v<oft::io::Float16, oft::float16>);
+#pragma GCC diagnostic pop

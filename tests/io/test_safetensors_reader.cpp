@@ -31,9 +31,9 @@ std::vector<T> values(const SafetensorsFile& file, const std::string& name) {
   return std::vector<T>(span.begin(), span.end());
 }
 
-std::vector<std::uint16_t> bits(const oft::io::ConstSpan<oft::io::Float16>& span) {
+std::vector<std::uint16_t> bits(const oft::io::ConstSpan<oft::float16>& span) {
   std::vector<std::uint16_t> out;
-  for (const auto h : span) out.push_back(h.bits);
+  for (const auto h : span) out.push_back(oft::bits_of(h));
   return out;
 }
 
@@ -68,18 +68,18 @@ TEST_F(ReferenceFile, FloatingPointValues) {
             (std::vector<float>{1.5f, -2.0f, 3.25f, 1e-45f, std::numeric_limits<float>::max(), -7.0f}));
 
   // numpy's float16: 1, -2.5, 65504, 2^-24, -inf, 1/3 -> 0x3555.
-  EXPECT_EQ(bits(file_.tensor("f16").as<oft::io::Float16>()),
+  EXPECT_EQ(bits(file_.tensor("f16").as<oft::float16>()),
             (std::vector<std::uint16_t>{0x3c00, 0xc100, 0x7bff, 0x0001, 0xfc00, 0x3555}));
   EXPECT_EQ(file_.tensor("f16").to_floats(),
             (std::vector<float>{1.0f, -2.5f, 65504.0f, std::ldexp(1.0f, -24), -std::numeric_limits<float>::infinity(),
                                 0.333251953125f}));
   // ml_dtypes' bfloat16: 1, -2.5, 3e38 -> 0x7f62 (2.9975e38), 1/3 -> 0x3eab.
-  const auto bf16 = file_.tensor("bf16").as<oft::io::BFloat16>();
+  const auto bf16 = file_.tensor("bf16").as<oft::bfloat16>();
   ASSERT_EQ(bf16.size(), 4u);
-  EXPECT_EQ(bf16[0].bits, 0x3f80);
-  EXPECT_EQ(bf16[1].bits, 0xc020);
-  EXPECT_EQ(bf16[2].bits, 0x7f62);
-  EXPECT_EQ(bf16[3].bits, 0x3eab);
+  EXPECT_EQ(oft::bits_of(bf16[0]), 0x3f80);
+  EXPECT_EQ(oft::bits_of(bf16[1]), 0xc020);
+  EXPECT_EQ(oft::bits_of(bf16[2]), 0x7f62);
+  EXPECT_EQ(oft::bits_of(bf16[3]), 0x3eab);
   EXPECT_EQ(file_.tensor("bf16").to_floats()[3], 0.333984375f);
 }
 
@@ -144,8 +144,8 @@ TEST_F(ReferenceFile, TypedAccessRefusesAnotherDtype) {
   }
   // F16, BF16 and U16 are all 16-bit words, and none reads as another.
   EXPECT_THROW((void)file_.tensor("f16").as<std::uint16_t>(), std::invalid_argument);
-  EXPECT_THROW((void)file_.tensor("f16").as<oft::io::BFloat16>(), std::invalid_argument);
-  EXPECT_THROW((void)file_.tensor("bf16").copy_as<oft::io::Float16>(), std::invalid_argument);
+  EXPECT_THROW((void)file_.tensor("f16").as<oft::bfloat16>(), std::invalid_argument);
+  EXPECT_THROW((void)file_.tensor("bf16").copy_as<oft::float16>(), std::invalid_argument);
   EXPECT_THROW((void)file_.tensor("u8").as<std::int8_t>(), std::invalid_argument);
   try {
     (void)file_.tensor("i32").to_floats();

@@ -67,7 +67,7 @@ TEST(Writer, TypedOverloadsAndAlignedLayout) {
   ScratchDir dir;
   const std::vector<std::int8_t> i8{-1, 2, -3};  // 3 bytes: would misalign whatever followed it
   const std::vector<double> f64{1.0, -2.0};
-  const std::vector<oft::io::Float16> f16{oft::io::to_float16(0.5f)};
+  const std::vector<oft::float16> f16{oft::io::to_float16(0.5f)};
   const std::vector<float> f32{1, 2, 3, 4, 5, 6};
   SafetensorsWriter writer;
   writer.add("a_i8", {3}, i8).add("b_f16", {1}, f16.data()).add("c_f64", {2}, f64).add("d_f32", {2, 3}, f32.data());

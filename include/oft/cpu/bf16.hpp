@@ -16,14 +16,12 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "../half.hpp"
 #include "bf16_bits.hpp"
 #include "bf16_dot.hpp"
 #include "gemm_tile.hpp"
 
 namespace oft {
-
-/// The 16-bit brain float used for activations (X, dY, Y, dX) when the operator is float.
-using bfloat16 = Eigen::bfloat16;
 
 /// How a float operator computes with bfloat16 activations (docs/bf16.md).
 enum class Bf16Arithmetic {
@@ -41,8 +39,8 @@ inline constexpr bool kBf16DotProductAvailable = detail::cpu::kHasBf16Dot;
 
 namespace detail::cpu {
 
-static_assert(sizeof(bfloat16) == 2 && std::is_standard_layout_v<bfloat16>,
-              "Eigen::bfloat16 must be a 2-byte standard-layout wrapper of its bits");
+static_assert(std::is_standard_layout_v<bfloat16>,
+              "Eigen::bfloat16 must be a standard-layout wrapper of its bits");
 
 /// The bits of a bfloat16 array (its only member is the 16-bit pattern).
 inline const std::uint16_t* bits(const bfloat16* values) {

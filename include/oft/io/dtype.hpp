@@ -14,6 +14,8 @@
 #include <optional>
 #include <string_view>
 
+#include "../half.hpp"
+
 namespace oft::io {
 
 /// A safetensors dtype. Enumerators are spelled as in the file header.
@@ -100,15 +102,13 @@ constexpr std::optional<Dtype> parse_dtype(std::string_view name) noexcept {
   return std::nullopt;
 }
 
-/// Raw IEEE binary16 bits (safetensors "F16"). A distinct type so that F16 and BF16 tensors
-/// cannot be read as each other, nor as U16/I16; convert with to_float() (io/half.hpp).
-struct Float16 {
-  std::uint16_t bits;
-};
-/// Raw bfloat16 bits (safetensors "BF16"): the high half of an IEEE binary32.
-struct BFloat16 {
-  std::uint16_t bits;
-};
+/// F16 and BF16 elements are oft's 16-bit float types (half.hpp: oft::float16 = Eigen::half,
+/// oft::bfloat16 = Eigen::bfloat16), distinct from each other and from std::uint16_t, so that F16
+/// and BF16 tensors cannot be read as each other nor as U16/I16, and a BF16 tensor is viewed as
+/// the type the CPU kernels take. Bits with oft::bits_of, float with oft::to_float (half.hpp).
+using Float16 [[deprecated("use oft::float16 (half.hpp), the one binary16 type")]] = oft::float16;
+using BFloat16 [[deprecated("use oft::bfloat16 (half.hpp), the one bfloat16 type")]] =
+    oft::bfloat16;
 
 /// The dtype whose elements a typed accessor views as `T`. Only types with a one-to-one dtype
 /// are mapped: BOOL (bytes other than 0/1 would be undefined as `bool`), C64 and the FP8/FP6/FP4
@@ -117,7 +117,7 @@ template <class T>
 struct DtypeOf {
   static_assert(sizeof(T) == 0,
                 "oft::io: no safetensors dtype for this C++ type; use double, float, "
-                "oft::io::Float16, oft::io::BFloat16, std::int64_t/uint64_t, std::int32_t/uint32_t, "
+                "oft::float16, oft::bfloat16, std::int64_t/uint64_t, std::int32_t/uint32_t, "
                 "std::int16_t/uint16_t, std::int8_t or std::uint8_t");
 };
 template <> struct DtypeOf<double> {
@@ -128,13 +128,13 @@ template <> struct DtypeOf<float> {
   static constexpr Dtype value = Dtype::F32;
   static constexpr const char* cpp_name = "float";
 };
-template <> struct DtypeOf<Float16> {
+template <> struct DtypeOf<oft::float16> {
   static constexpr Dtype value = Dtype::F16;
-  static constexpr const char* cpp_name = "oft::io::Float16";
+  static constexpr const char* cpp_name = "oft::float16";
 };
-template <> struct DtypeOf<BFloat16> {
+template <> struct DtypeOf<oft::bfloat16> {
   static constexpr Dtype value = Dtype::BF16;
-  static constexpr const char* cpp_name = "oft::io::BFloat16";
+  static constexpr const char* cpp_name = "oft::bfloat16";
 };
 template <> struct DtypeOf<std::int64_t> {
   static constexpr Dtype value = Dtype::I64;
@@ -176,8 +176,8 @@ inline constexpr Dtype dtype_of = DtypeOf<T>::value;
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "oft::io reads safetensors (little-endian) in place and supports little-endian hosts only"
 #endif
-static_assert(sizeof(Float16) == 2 && alignof(Float16) == 2 && sizeof(BFloat16) == 2 &&
-                  alignof(BFloat16) == 2,
-              "oft::io: Float16/BFloat16 must be bare 16-bit words to view file bytes");
+static_assert(sizeof(oft::float16) == 2 && alignof(oft::float16) == 2 &&
+                  sizeof(oft::bfloat16) == 2 && alignof(oft::bfloat16) == 2,
+              "oft::io: oft::float16/bfloat16 must be bare 16-bit words to view file bytes");
 
 }  // namespace oft::io

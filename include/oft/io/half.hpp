@@ -1,12 +1,10 @@
 #pragma once
 /// \file io/half.hpp
 /// Conversions between 16-bit floats (IEEE binary16 "F16", bfloat16 "BF16") and float, for the
-/// safetensors element types Float16 and BFloat16 (io/dtype.hpp). The scalar conversions live in
-/// <oft/half.hpp> (the bottom floor, shared with cpu/ and quant/) and are named here as
-/// oft::io::f16_to_float, bf16_to_float, float_to_f16 and float_to_bf16 as before: exact widening;
-/// narrowing to nearest, ties to even, overflow to infinity, NaN kept as a quiet NaN.
-
-#include <cstdint>
+/// safetensors element types oft::float16 and oft::bfloat16 (io/dtype.hpp). Everything lives in
+/// <oft/half.hpp>, the one home of 16-bit floats shared with cpu/ and quant/, and is named here
+/// in oft::io as well: exact widening; narrowing to nearest, ties to even, overflow to infinity,
+/// NaN kept as a quiet NaN.
 
 #include "../half.hpp"
 #include "dtype.hpp"
@@ -17,12 +15,8 @@ using oft::bf16_to_float;
 using oft::f16_to_float;
 using oft::float_to_bf16;
 using oft::float_to_f16;
-
-/// Exact widening of a viewed element.
-inline float to_float(Float16 h) noexcept { return f16_to_float(h.bits); }
-inline float to_float(BFloat16 b) noexcept { return bf16_to_float(b.bits); }
-/// Rounding (to nearest, ties to even) narrowing.
-inline Float16 to_float16(float value) noexcept { return Float16{float_to_f16(value)}; }
-inline BFloat16 to_bfloat16(float value) noexcept { return BFloat16{float_to_bf16(value)}; }
+using oft::to_bfloat16;
+using oft::to_float;
+using oft::to_float16;
 
 }  // namespace oft::io

@@ -5,7 +5,8 @@
 /// - SafetensorsFile (safetensors_reader.hpp): mmap, validate, zero-copy TensorView.
 /// - SafetensorsWriter (safetensors_writer.hpp): atomic, reference-identical layout.
 /// - ShardedSafetensors (sharded.hpp): `model.safetensors.index.json` read as one model.
-/// - Dtype, Float16, BFloat16 (dtype.hpp) and exact conversions to float (half.hpp).
+/// - Dtype (dtype.hpp): F16/BF16 elements are oft::float16/oft::bfloat16, converted to float
+///   exactly (half.hpp).
 /// - parse_header (safetensors_header.hpp): validation of a file already in memory.
 /// - format_error (errors.hpp): what a malformed file throws.
 /// Conventions and every validation rule: docs/io.md.

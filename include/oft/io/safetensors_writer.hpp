@@ -88,7 +88,7 @@ class SafetensorsWriter {
     return *this;
   }
 
-  /// Adds `numel(shape)` elements of `T` at `data`, as dtype_of<T> (float -> F32, Float16 ->
+  /// Adds `numel(shape)` elements of `T` at `data`, as dtype_of<T> (float -> F32, oft::float16 ->
   /// F16, ...).
   template <class T>
   SafetensorsWriter& add(std::string name, std::vector<std::uint64_t> shape, const T* data) {

@@ -60,8 +60,8 @@ struct TensorView {
   }
 
   /// The elements in place, as `T` (dtype_of<T> must be the tensor's dtype: float for F32,
-  /// Float16 for F16, ...). Throws std::invalid_argument on another dtype or when the bytes are
-  /// not aligned for `T` (use copy_as<T>() then).
+  /// oft::float16 for F16, ...). Throws std::invalid_argument on another dtype or when the bytes
+  /// are not aligned for `T` (use copy_as<T>() then).
   template <class T>
   ConstSpan<T> as() const {
     check_dtype<T>("as");
