@@ -64,7 +64,6 @@ class ModelMerge : public ::testing::Test {
   }
 
   fs::path root_;
-  std::vector<std::vector<std::byte>> storage_;
 };
 
 /// max |a - b| / max |b| over the merged module weights of `out` against PEFT's merge.
@@ -288,40 +287,9 @@ TEST_F(ModelMerge, ShapeMismatchNamesTheTensorAndTheWidths) {
 
 namespace quantized {
 
-/// A model directory whose three neumann_t5 layers are stored by bitsandbytes' keys: fc1 NF4 with
-/// double quantization (24 wide, blocks of 64 cross rows), fc2 LLM.int8, odd FP4 (blocks of 32);
-/// biases, an int buffer and a config.json with `config_text`.
-fs::path make_quantized_base(const fs::path& dir, std::vector<std::vector<std::byte>>& storage,
-                             const std::string& config_text) {
-  fs::create_directories(dir);
-  std::ofstream(dir / "config.json") << config_text;
-  const auto reference = SafetensorsFile::open(fixture("neumann_t5") / "reference.safetensors");
-  SafetensorsWriter writer;
-  const auto keep = [&](const oft::io::StoredTensor& t) {
-    storage.push_back(t.bytes);
-    writer.add(t.name, t.dtype, t.shape, storage.back().data(), storage.back().size());
-  };
-  for (const char* m : {"fc1", "fc2", "odd"}) {
-    const auto base = reference.tensor(std::string(m) + ".base");
-    const std::vector<float> w = base.to_floats();
-    const auto rows = static_cast<oft::Index>(base.shape[0]),
-               cols = static_cast<oft::Index>(base.shape[1]);
-    const oft::io::StoredLinear layer =
-        std::string(m) == "fc1"
-            ? oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::NF4, 64, true)
-        : std::string(m) == "fc2"
-            ? oft::io::make_int8_linear(m, w, rows, cols)
-            : oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::FP4, 32, false);
-    for (const auto& t : oft::io::write_linear_tensors(layer)) keep(t);
-    std::vector<float> bias(static_cast<std::size_t>(rows), 0.125f);
-    keep(oft::io::StoredTensor{
-        std::string(m) + ".bias",
-        Dtype::F32,
-        {bias.size()},
-        std::vector<std::byte>(reinterpret_cast<const std::byte*>(bias.data()),
-                               reinterpret_cast<const std::byte*>(bias.data() + bias.size()))});
-  }
-  writer.write(dir / "model.safetensors");
+/// The quantized toy model (toy_model.hpp), with biases.
+fs::path make_quantized_base(const fs::path& dir, const std::string& config_text) {
+  oft_test::write_quantized_toy_model(dir, fixture("neumann_t5"), config_text, /*with_bias=*/true);
   return dir;
 }
 
@@ -329,7 +297,7 @@ fs::path make_quantized_base(const fs::path& dir, std::vector<std::vector<std::b
 
 TEST_F(ModelMerge, QuantizedLayersAreMergedAndStoredInTheirOwnFormat) {
   const fs::path base =
-      quantized::make_quantized_base(root_ / "qbase", storage_, "{\"model_type\": \"toy\"}\n");
+      quantized::make_quantized_base(root_ / "qbase", "{\"model_type\": \"toy\"}\n");
   auto o = options(base, "neumann_t5", "qout");
   const auto report = oft::io::merge_model(o);
   ASSERT_EQ(report.quantized.size(), 3u);
@@ -404,7 +372,7 @@ TEST_F(ModelMerge, QuantizedLayersAreMergedAndStoredInTheirOwnFormat) {
 TEST_F(ModelMerge, QuantizedLayersAreCheckedBeforeAnythingIsWritten) {
   // quantization_config disagreeing with a layer (fc1 is NF4 with double quantization).
   const fs::path base = quantized::make_quantized_base(
-      root_ / "qbad", storage_,
+      root_ / "qbad",
       R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true, "bnb_4bit_quant_type": "fp4"}})");
   expect_refused(options(base, "neumann_t5", "qout1"),
                  "fc1' is nf4, quantization_config says bnb_4bit_quant_type \"fp4\"");
@@ -413,7 +381,7 @@ TEST_F(ModelMerge, QuantizedLayersAreCheckedBeforeAnythingIsWritten) {
   const fs::path dir = root_ / "qbad2";
   fs::create_directories(dir);
   const auto good = SafetensorsFile::open(
-      quantized::make_quantized_base(root_ / "qgood", storage_, "{}\n") / "model.safetensors");
+      quantized::make_quantized_base(root_ / "qgood", "{}\n") / "model.safetensors");
   SafetensorsWriter writer;
   const std::string bad_state =
       R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [32, 26],

@@ -4,12 +4,14 @@
 // tests/tools/make_cli_fixtures.cpp): each module of the PEFT fixture `adapter_dir` gets its PEFT
 // base weight (from reference.safetensors) as `<prefix><m>.weight` in `dtype`, a float32 bias
 // `<prefix><m>.bias`; an integer buffer `position_ids`; config.json and 1_Pooling/config.json;
-// `shards` files and an index when shards > 1 (tensors dealt round-robin).
+// `shards` files and an index when shards > 1 (tensors dealt round-robin). And its quantized
+// sibling (write_quantized_toy_model).
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <oft/io/model_merge.hpp>
+#include <oft/io/quantized_weights.hpp>
 #include <string>
 #include <vector>
 
@@ -66,6 +68,47 @@ inline void write_toy_model(const std::filesystem::path& dir,
     index["weight_map"] = weight_map;
     std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
   }
+}
+
+/// A model directory whose three layers fc1, fc2 and odd (the PEFT fixture neumann_t5's, from
+/// `adapter_dir`/reference.safetensors) are stored by bitsandbytes' keys: fc1 NF4 with double
+/// quantization (24 wide, blocks of 64 cross rows), fc2 LLM.int8, odd FP4 (blocks of 32); with
+/// `with_bias`, a float32 bias of 0.125 each; config.json holding `config_text` as given.
+inline void write_quantized_toy_model(const std::filesystem::path& dir,
+                                      const std::filesystem::path& adapter_dir,
+                                      const std::string& config_text, bool with_bias) {
+  namespace fs = std::filesystem;
+  using oft::io::Dtype;
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << config_text;
+  const auto reference = oft::io::SafetensorsFile::open(adapter_dir / "reference.safetensors");
+  std::vector<std::vector<std::byte>> storage;  // alive until write(), as above
+  oft::io::SafetensorsWriter writer;
+  const auto keep = [&](const oft::io::StoredTensor& t) {
+    storage.push_back(t.bytes);
+    writer.add(t.name, t.dtype, t.shape, storage.back().data(), storage.back().size());
+  };
+  for (const std::string m : {"fc1", "fc2", "odd"}) {
+    const auto base = reference.tensor(m + ".base");
+    const std::vector<float> w = base.to_floats();
+    const auto rows = static_cast<oft::Index>(base.shape[0]),
+               cols = static_cast<oft::Index>(base.shape[1]);
+    const oft::io::StoredLinear layer =
+        m == "fc1"   ? oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::NF4, 64, true)
+        : m == "fc2" ? oft::io::make_int8_linear(m, w, rows, cols)
+                     : oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::FP4, 32, false);
+    for (const auto& t : oft::io::write_linear_tensors(layer)) keep(t);
+    if (with_bias) {
+      const std::vector<float> bias(static_cast<std::size_t>(rows), 0.125f);
+      keep(oft::io::StoredTensor{
+          m + ".bias",
+          Dtype::F32,
+          {bias.size()},
+          std::vector<std::byte>(reinterpret_cast<const std::byte*>(bias.data()),
+                                 reinterpret_cast<const std::byte*>(bias.data() + bias.size()))});
+    }
+  }
+  writer.write(dir / "model.safetensors");
 }
 
 }  // namespace oft_test

@@ -15,7 +15,6 @@
 #include <filesystem>
 #include <fstream>
 #include <oft/io/peft_adapter.hpp>
-#include <oft/io/quantized_weights.hpp>
 #include <string>
 #include <vector>
 
@@ -25,11 +24,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using oft::io::Dtype;
-using oft::io::SafetensorsFile;
-using oft::io::SafetensorsWriter;
 
 fs::path fixtures;
-std::vector<std::vector<std::byte>> storage;
 
 void make_base(const fs::path& dir, const std::string& name, int shards, Dtype dtype,
                const std::string& prefix) {
@@ -37,29 +33,8 @@ void make_base(const fs::path& dir, const std::string& name, int shards, Dtype d
 }
 
 void make_quantized_base(const fs::path& dir, const std::string& config_text) {
-  fs::create_directories(dir);
-  std::ofstream(dir / "config.json") << config_text << "\n";
-  const auto reference =
-      SafetensorsFile::open(fixtures / "adapters" / "neumann_t5" / "reference.safetensors");
-  SafetensorsWriter writer;
-  const auto keep = [&](const oft::io::StoredTensor& t) {
-    storage.push_back(t.bytes);
-    writer.add(t.name, t.dtype, t.shape, storage.back().data(), storage.back().size());
-  };
-  for (const char* m : {"fc1", "fc2", "odd"}) {
-    const auto base = reference.tensor(std::string(m) + ".base");
-    const std::vector<float> w = base.to_floats();
-    const auto rows = static_cast<oft::Index>(base.shape[0]),
-               cols = static_cast<oft::Index>(base.shape[1]);
-    const oft::io::StoredLinear layer =
-        std::string(m) == "fc1"
-            ? oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::NF4, 64, true)
-        : std::string(m) == "fc2"
-            ? oft::io::make_int8_linear(m, w, rows, cols)
-            : oft::io::make_bnb4_linear(m, w, rows, cols, oft::quant::Bnb4Type::FP4, 32, false);
-    for (const auto& t : oft::io::write_linear_tensors(layer)) keep(t);
-  }
-  writer.write(dir / "model.safetensors");
+  oft_test::write_quantized_toy_model(dir, fixtures / "adapters" / "neumann_t5", config_text + "\n",
+                                      /*with_bias=*/false);
 }
 
 }  // namespace
