@@ -40,6 +40,21 @@ def _on_cpu(name, array):
     return array
 
 
+def _input(name, array):
+    _on_cpu(name, array)
+    # Broadcast rows (row stride 0, e.g. x.expand(n, d) or np.broadcast_to): the kernels need a
+    # row stride >= the width, and an input is only read, so one contiguous copy serves. An
+    # output with row stride 0 stays refused (every row would be written to the same memory).
+    if callable(getattr(array, "stride", None)):  # a torch tensor
+        if array.dim() == 2 and array.shape[0] > 1 and array.stride(0) == 0:
+            return array.contiguous()
+    elif getattr(array, "ndim", 0) == 2 and array.shape[0] > 1 and array.strides[0] == 0:
+        import numpy  # only NumPy arrays get here
+
+        return numpy.ascontiguousarray(array)
+    return array
+
+
 def _writable(name, array):
     _on_cpu(name, array)
     # A torch tensor that requires grad must not be written behind autograd's back.
@@ -54,8 +69,9 @@ class Rotation:
     """A block-diagonal rotation R = diag(R_1, ..., R_r) of ``features`` = r * ``block_size``.
 
     Works on NumPy arrays and CPU torch tensors in place (no copies): 2-D, of this operator's
-    ``dtype``, unit column stride, any row stride >= the width; inputs may be read-only, outputs
-    must be writable; 0 rows are fine (``backward`` then writes a zero dtheta). A float32 operator
+    ``dtype``, unit column stride, any row stride >= the width (inputs whose rows are one broadcast
+    row, row stride 0, are copied once first); inputs may be read-only, outputs must be writable;
+    0 rows are fine (``backward`` then writes a zero dtheta). A float32 operator
     also takes bfloat16 activations (x, y, dy, dx in torch.bfloat16; theta and dtheta stay
     float32), computed as ``bf16_arithmetic`` says (``"float"`` or ``"dot_product"``,
     docs/bf16.md). ``policy`` is an ``oft.Parameterization`` (default
@@ -91,13 +107,13 @@ class Rotation:
         self._op.set_generators(_on_cpu("theta", theta))
 
     def apply(self, x, y, transposed=False):
-        self._op.apply(_on_cpu("x", x), _writable("y", y), transposed)
+        self._op.apply(_input("x", x), _writable("y", y), transposed)
 
     def apply_inverse(self, x, y, transposed=False):
-        self._op.apply_inverse(_on_cpu("x", x), _writable("y", y), transposed)
+        self._op.apply_inverse(_input("x", x), _writable("y", y), transposed)
 
     def backward(self, x, dy, dx, dtheta):
-        self._op.backward(_on_cpu("x", x), _on_cpu("dy", dy),
+        self._op.backward(_input("x", x), _input("dy", dy),
                           None if dx is None else _writable("dx", dx),
                           None if dtheta is None else _writable("dtheta", dtheta))
 

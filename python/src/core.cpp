@@ -120,6 +120,17 @@ oft::GeneratorView<Element> generators_of(const AnyArray& a, const char* name) {
   return oft::GeneratorView<Element>(matrix_of<Element>(a, name));
 }
 
+/// str(h) as Python spells it (e.g. "meta" for torch.device("meta")), for messages.
+std::string python_str(nb::handle h) {
+  const nb::object text = nb::steal(PyObject_Str(h.ptr()));
+  const char* utf8 = text.is_valid() ? PyUnicode_AsUTF8(text.ptr()) : nullptr;
+  if (utf8 == nullptr) {
+    PyErr_Clear();
+    return "?";
+  }
+  return utf8;
+}
+
 /// An array argument from Python: a NumPy array, torch tensor or anything with DLPack, taken
 /// without a copy. Inputs (`writable` false) may be read-only; outputs must be writable. What
 /// nanobind cannot take (a read-only output, a tensor whose device has no DLPack export such as
@@ -140,17 +151,17 @@ AnyArray array_of(nb::handle h, const char* name, bool writable) {
     return AnyArray(c);
   }
   std::string where;
-  if (nb::hasattr(h, "device")) where = " on " + nb::cast<std::string>(nb::str(h.attr("device")));
+  if (nb::hasattr(h, "device")) where = " on " + python_str(h.attr("device"));
   std::string shape;
   if (nb::hasattr(h, "shape")) {
     shape = " [";
     for (nb::handle n : h.attr("shape")) {
-      shape += (shape.size() > 2 ? ", " : "") + nb::cast<std::string>(nb::str(n));
+      shape += (shape.size() > 2 ? ", " : "") + python_str(n);
     }
     shape += "]";
   }
   throw nb::value_error((std::string(name) + shape + ": a " +
-                         nb::cast<std::string>(nb::str(nb::type_name(h.type()))) + where +
+                         python_str(nb::type_name(h.type())) + where +
                          " that oft cannot read (it takes NumPy arrays and CPU or CUDA tensors, "
                          "through DLPack)")
                             .c_str());

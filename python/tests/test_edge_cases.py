@@ -111,6 +111,36 @@ def test_rows_of_stride_zero_are_taken():
     assert torch.allclose(model(x), fast(x), rtol=1e-12, atol=1e-12)
 
 
+def test_rotation_copies_broadcast_input_rows_and_refuses_broadcast_outputs():
+    rot = oft.Rotation(64, 16, dtype="float64")
+    theta = 0.1 * np.random.default_rng(0).standard_normal((4, 120))
+    rot.set_generators(theta)
+    row = np.random.default_rng(1).standard_normal((1, 64))
+    want = np.empty((5, 64))
+    rot.apply(np.repeat(row, 5, axis=0), want)
+    for x in (np.broadcast_to(row, (5, 64)), torch.from_numpy(row).expand(5, 64)):
+        y = np.empty((5, 64))
+        rot.apply(x, y)
+        assert np.array_equal(y, want)
+        dx, dtheta = np.empty((5, 64)), np.empty((4, 120))
+        want_dx, want_dtheta = np.empty((5, 64)), np.empty((4, 120))
+        rot.backward(x, x, dx, dtheta)
+        dense = np.repeat(row, 5, axis=0)
+        rot.backward(dense, dense, want_dx, want_dtheta)
+        assert np.array_equal(dx, want_dx) and np.array_equal(dtheta, want_dtheta)
+    with pytest.raises(ValueError, match=r"y \[5, 64\]"):
+        rot.apply(np.repeat(row, 5, axis=0), torch.zeros(1, 64, dtype=torch.float64).expand(5, 64))
+
+
+def test_core_names_a_tensor_it_cannot_read():
+    # oft._core (under oft.Rotation) says which argument and why, not a C++ std::bad_cast.
+    op = oft.Rotation(8, 4)._op
+    with pytest.raises(ValueError, match=r"^x \[3, 8\]: a .*Tensor on meta that oft cannot read"):
+        op.apply(torch.empty(3, 8, device="meta"), torch.empty(3, 8))
+    with pytest.raises(ValueError, match=r"^y \[3, 8\]: a .*Tensor on meta that oft cannot read"):
+        op.apply(torch.empty(3, 8), torch.empty(3, 8, device="meta"))
+
+
 @pytest.mark.parametrize("terms", [0, 1])
 def test_constant_r_leaves_weight_grad_none_like_peft(terms):
     torch.manual_seed(0)
