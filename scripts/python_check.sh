@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and installs oft's Python package (python/, scikit-build-core + nanobind) into the
-# PyPI virtual environment of the PEFT check and runs its pytest suite (python/tests): gradcheck
+# PyPI virtual environment of the PEFT check and runs its pytest suites (python/tests, and
+# tests/families: the numpy reference of the other families against PEFT): gradcheck
 # of every op, parity with the real PEFT, a MiniLM training run, DDP with gloo, bad input, RSS.
 # Run by scripts/test.sh after scripts/peft_check.sh (OFT_SKIP_PEFT_CHECK=1 skips both).
 #
@@ -20,10 +21,10 @@ bash "$ROOT/scripts/peft_venv.sh" "$VENV"
 echo "== oft: building and installing the Python package (pip install ./python)"
 # No build isolation: the pinned backend above builds it, offline from PyPI after this point.
 "$PY" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$ROOT/python"
-echo "== oft: Python package installed in $((SECONDS - start)) s; pytest python/tests"
+echo "== oft: Python package installed in $((SECONDS - start)) s; pytest python/tests tests/families"
 # From the repository root, so that `import oft` finds the installed package, not python/oft.
 cd "$ROOT"
-HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" -m pytest -q -p no:cacheprovider python/tests
+HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" -m pytest -q -p no:cacheprovider python/tests tests/families
 echo "== oft: the README's Python example (examples/python/accelerate_peft.py)"
 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" examples/python/accelerate_peft.py
 echo "== oft: Python checks done in $((SECONDS - start)) s"

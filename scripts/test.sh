@@ -15,9 +15,11 @@
 #                                               under the sanitizers; .ci/run does this; tests
 #                                               only, no examples)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
-#   --only=T1,T2,...               with --sanitize: build only these test programs (CMake target
-#                                  names, e.g. test_bf16, quant_test_bnb4) and run each; .ci/run
-#                                  uses it for the native AVX-512 kernels under the sanitizers
+#   --only=T1,T2,...               with --sanitize or --build-only: build only these test
+#                                  programs (CMake target names, e.g. test_bf16, quant_test_bnb4)
+#                                  and, unless --build-only, run each; .ci/run uses it for the
+#                                  AVX-512 kernels (under the sanitizers on an AVX-512 CPU,
+#                                  compiled only on an AVX2 one)
 #
 # The default build then runs the live check against the real PEFT on a real model
 # (scripts/peft_check.sh: a Python virtual environment from PyPI, ~5.5 GB once, made by
@@ -42,13 +44,13 @@ for arg in "$@"; do
     --march=?*) MARCH="${arg#--march=}" ;;
     --build-only) BUILD_ONLY=1 ;;
     --only=?*) ONLY="${arg#--only=}" ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
-if [[ -n $ONLY && $SANITIZE -eq 0 ]]; then
-  echo "test.sh: --only is for the sanitizer builds (use it with --sanitize)" >&2
+if [[ -n $ONLY && $SANITIZE -eq 0 && $BUILD_ONLY -eq 0 ]]; then
+  echo "test.sh: --only is for the sanitizer builds and --build-only" >&2
   exit 2
 fi
 
