@@ -35,4 +35,12 @@ class OftLinear {
                 "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
 };
 
+/// Butterfly orthogonal operator M = B_{m-1} ... B_0 (BOFT; butterfly_spec.hpp). Primary
+/// template, as for BlockOrthogonal; the CPU one is cpu/butterfly.hpp (<oft/butterfly.hpp>).
+template <class Scalar, class Parameterization, class Backend = cpu>
+class Butterfly {
+  static_assert(detail::always_false<Backend>,
+                "oft::Butterfly has no implementation for this backend yet: use oft::cpu");
+};
+
 }  // namespace oft

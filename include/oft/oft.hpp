@@ -18,9 +18,11 @@
 #include "workspace.hpp"         // caller-owned scratch
 #include "block_orthogonal.hpp"  // BlockOrthogonal operator
 #include "linear.hpp"            // OftLinear layer
+#include "butterfly.hpp"         // Butterfly (BOFT) operator
 #include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: parameterization chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
 #include "peft_polynomial.hpp"   // PEFT's Cayley-Neumann polynomials (peft::NeumannBranch)
 #include "peft.hpp"              // PEFT compatibility helpers
+#include "peft_butterfly.hpp"    // PEFT's BOFT parameters as Butterfly generators
 #include "finite_difference.hpp" // numerical gradients

@@ -15,6 +15,9 @@ set(_alone_use_orthogonality_hpp
 set(_alone_use_half_hpp "inline float use() { return oft::round_to_bf16(1.0f); }")
 set(_alone_use_neumann_hpp "static_assert(oft::neumann_coefficient(1, 1) == 2);")
 set(_alone_use_any_operator_hpp "static_assert(sizeof(oft::AnyBlockOrthogonal<float>) > 0);")
+set(_alone_use_butterfly_hpp "static_assert(sizeof(oft::Butterfly<double, oft::ExactCayley>) > 0);")
+set(_alone_use_butterfly_spec_hpp
+    "inline oft::Index use() { return oft::ButterflySpec::from_features(8, 2, 2).feature(1, 0, 1); }")
 set(_alone_use_io_half_hpp "inline float use() { return oft::io::to_float(oft::io::to_bfloat16(0.0f)); }")
 
 file(GLOB _alone_headers RELATIVE "${PROJECT_SOURCE_DIR}/include/oft" CONFIGURE_DEPENDS

@@ -46,8 +46,31 @@ void use_operator(const Parameterization& parameterization) {
                                oft::MatrixView<Scalar>(z.data(), 2, 3));
 }
 
+template <class Scalar, class Parameterization>
+void use_butterfly(const Parameterization& parameterization) {
+  const auto spec = oft::ButterflySpec::from_features(8, 2, 2);
+  oft::Butterfly<Scalar, Parameterization> boft(spec, parameterization);
+  oft::Generators<Scalar> theta(spec.generators(), spec.block_size),
+      dtheta(spec.generators(), spec.block_size);
+  std::vector<Scalar> boft_r(static_cast<std::size_t>(spec.generators() * 4));
+  oft::peft::boft_generators(boft_r.data(), spec, theta.view());
+  boft.set_generators(theta);
+  std::vector<Scalar> x(16), y(16);
+  oft::Workspace<Scalar> workspace;
+  boft.apply(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  boft.apply_transposed(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  boft.apply_inverse(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  boft.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(y.data(), 2, 8),
+                oft::MatrixView<Scalar>(y.data(), 2, 8), dtheta.view(), workspace);
+  oft::peft::boft_gradient(oft::GeneratorView<const Scalar>(dtheta.view()), spec, boft_r.data());
+  (void)boft.dense();
+  (void)boft.orthogonality_error();
+}
+
 template <class Scalar>
 void use_all() {
+  use_butterfly<Scalar>(oft::ExactCayley{});
+  use_butterfly<Scalar>(oft::CayleyNeumann{3});
   use_operator<Scalar>(oft::ExactCayley{});
   use_operator<Scalar>(oft::CayleyNeumann{3});
   use_operator<Scalar>(oft::CayleyNeumannTolerance{1e-4});

@@ -32,6 +32,7 @@ enum class ScratchSlot : int {
   SpectralQ,        // skew_spectral_norm: Q in double
   SpectralGram,     // skew_spectral_norm: Q^T Q
   PanelScratch,     // BlockOrthogonal's panel loops: slices larger than the stack scratch
+  ButterflyRow,     // Butterfly: one row, while its features are permuted in place
 };
 
 /// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is

@@ -1,0 +1,269 @@
+#pragma once
+/// \file cpu/butterfly.hpp
+/// The CPU butterfly operator (BOFT): M = B_{m-1} ... B_0, B_i = P_i D_i P_i^T, applied to the
+/// rows of X as m block-diagonal passes, each one of this backend's BlockOrthogonal operators,
+/// with the features permuted in place between passes (butterfly_spec.hpp has the layout). The
+/// d x d matrix is never formed.
+///
+/// A permutation moves runs of h = b/2 contiguous features (every butterfly order keeps such
+/// runs together), one row at a time through a d-scalar per-thread buffer, so apply needs no
+/// N x d workspace. backward recomputes the forward pass and keeps the input of each factor,
+/// m N d scalars of the caller's workspace, so that each factor's exact backward runs on its own
+/// input; nothing is stored between calls.
+
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include "../butterfly_spec.hpp"
+#include "../detail/thread_scratch.hpp"
+#include "../errors.hpp"
+#include "../index.hpp"
+#include "../skew.hpp"
+#include "../view.hpp"
+#include "../workspace.hpp"
+#include "block_orthogonal.hpp"
+
+namespace oft {
+
+template <class Scalar_, class Parameterization_>
+class Butterfly<Scalar_, Parameterization_, cpu> {
+ public:
+  using Scalar = Scalar_;
+  using Parameterization = Parameterization_;
+  using Factor = BlockOrthogonal<Scalar, Parameterization, cpu>;
+
+  /// Operator for `spec` (validated) with identity blocks until set_generators is called.
+  explicit Butterfly(const ButterflySpec& spec, Parameterization parameterization = {})
+      : spec_(checked(spec)),
+        factors_(make_factors(spec, parameterization)),
+        staged_(factors_) {
+    for (Index i = 0; i < spec_.factors; ++i) positions_.push_back(spec_.positions(i));
+  }
+
+  const ButterflySpec& spec() const { return spec_; }
+  Index features() const { return spec_.features(); }
+  /// Factor i's block-diagonal operator D_i (blocks in its gathered order).
+  const Factor& factor(Index i) const {
+    detail::require(i >= 0 && i < spec_.factors, "butterfly factor ", i, " out of range [0, ",
+                    spec_.factors, ")");
+    return factors_[static_cast<std::size_t>(i)];
+  }
+
+  /// theta: m N packed generators (rows i N .. i N + N - 1 are factor i's blocks, PEFT's
+  /// boft_R[i, g] order). Validates shape and finiteness first; a refusal by a factor leaves the
+  /// operator unchanged.
+  void set_generators(GeneratorView<const Scalar> theta) {
+    check_generators(theta, "theta");
+    theta.require_finite("theta");
+    for (Index i = 0; i < spec_.factors; ++i)
+      staged_[static_cast<std::size_t>(i)].set_generators(factor_rows(theta, i));
+    // Each factor's set_generators overwrites all its blocks, so the staging copy needs no
+    // refresh: after the swap it holds the previous generators, all of which the next call
+    // replaces.
+    std::swap(factors_, staged_);
+  }
+
+  /// Y = X M (N x d, row-major, any row stride >= d). `y` may be `x` (in place); partial overlap
+  /// is refused.
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    check_apply(x, y);
+    const Index last = spec_.factors - 1;
+    permute(x, kNatural, y, last);
+    for (Index i = last; i >= 0; --i) {
+      factors_[static_cast<std::size_t>(i)].apply(y, y);
+      if (i > 0) permute(y, i, y, i - 1);
+    }
+  }
+
+  /// Y = X M^T = X B_0^T ... B_{m-1}^T: the inverse of apply (M is orthogonal when every block
+  /// is). W0 M^T, the merged weight, is apply_transposed of W0's rows.
+  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    walk_backwards(x, y, [](const Factor& f, MatrixView<Scalar> v) { f.apply_transposed(v, v); });
+  }
+
+  /// Y = X M^-1 (M^-T when `transposed`), exact also when the blocks are not orthogonal (a
+  /// truncated Neumann R): each factor's apply_inverse, an LU solve per block and call, for
+  /// merging and unmerging rather than training loops.
+  void apply_inverse(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed = false) const {
+    if (!transposed) {
+      walk_backwards(x, y, [](const Factor& f, MatrixView<Scalar> v) { f.apply_inverse(v, v); });
+      return;
+    }
+    // X M^-T = X B_{m-1}^-T ... B_0^-T: the order of apply.
+    check_apply(x, y);
+    const Index last = spec_.factors - 1;
+    permute(x, kNatural, y, last);
+    for (Index i = last; i >= 0; --i) {
+      factors_[static_cast<std::size_t>(i)].apply_inverse(y, y, true);
+      if (i > 0) permute(y, i, y, i - 1);
+    }
+  }
+
+  /// Scalars of workspace backward needs for N = `rows` tokens: the m factor inputs and the
+  /// running gradient ((m + 1) N d) and the factors' generator-gradient scratch.
+  Index workspace_size(Index rows) const {
+    return (spec_.factors + 1) * rows * spec_.features() + factors_.front().workspace_size();
+  }
+
+  /// Vector-Jacobian product of Y = X M(theta) for the upstream dY: dX = dY M^T and
+  /// dtheta = dL/dtheta (m N packed rows, overwritten). Pass {} to skip either. dX may be dY or
+  /// X (in place). dtheta and the workspace must not overlap X, dY, dX or each other.
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
+    const Index count = workspace_size(x.rows());
+    backward(x, dy, dx, dtheta, workspace.reserve(count), count);
+  }
+
+  /// Same with a raw workspace of `workspace_count` >= workspace_size(N) scalars (only used,
+  /// and so only checked, when dtheta is wanted).
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    const Index rows = x.rows(), d = spec_.features();
+    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
+    detail::require_shape(dy, rows, d, "dY");
+    const bool want_dx = dx.data() != nullptr;
+    if (want_dx) {
+      detail::require_shape(dx, rows, d, "dX");
+      detail::require(detail::same_memory(dx, dy) || detail::same_memory(dx, x) ||
+                          (!detail::overlaps(dx, dy) && !detail::overlaps(dx, x)),
+                      "dX partially overlaps X or dY: pass one of them for in-place use or "
+                      "disjoint memory");
+    }
+    if (dtheta.data() == nullptr) {  // dX alone: dY M^T
+      if (want_dx) apply_transposed(dy, dx);
+      return;
+    }
+    check_generators(GeneratorView<const Scalar>(dtheta), "dtheta");
+    detail::require(workspace != nullptr && workspace_count >= workspace_size(rows),
+                    "butterfly backward workspace has ", workspace_count, " scalars, needs ",
+                    workspace_size(rows), " for N=", rows);
+    const Index plane = rows * d, m = spec_.factors;
+    const auto input = [&](Index i) { return MatrixView<Scalar>(workspace + i * plane, rows, d, d); };
+    const MatrixView<Scalar> g(workspace + m * plane, rows, d, d);  // the running gradient
+    Scalar* scratch = workspace + (m + 1) * plane;
+    const Index scratch_count = workspace_count - (m + 1) * plane;
+    // The forward pass, keeping each factor's input in its own gathered order.
+    permute(x, kNatural, input(m - 1), m - 1);
+    for (Index i = m - 1; i > 0; --i) {
+      factors_[static_cast<std::size_t>(i)].apply(input(i), input(i - 1));
+      permute(input(i - 1), i, input(i - 1), i - 1);
+    }
+    // Back through the factors in the reverse of their application, factor 0 first, each on its
+    // own input; the gradient moves from factor i's order to factor i + 1's, and at the end to
+    // the natural order, in dX.
+    copy(dy, g);
+    for (Index i = 0; i < m; ++i) {
+      factors_[static_cast<std::size_t>(i)].backward(input(i), g, g, factor_rows(dtheta, i),
+                                                   scratch, scratch_count);
+      if (i + 1 < m) permute(g, i, g, i + 1);
+    }
+    if (want_dx) permute(g, m - 1, dx, kNatural);
+  }
+
+  /// R_{i,g}, block g of factor i (b x b).
+  SquareMatrix<Scalar> block(Index i, Index g) const { return factor(i).block(g); }
+
+  /// The whole d x d matrix M (a slow reference: M = I M, row by row).
+  RowMatrix<Scalar> dense() const {
+    RowMatrix<Scalar> m = RowMatrix<Scalar>::Identity(features(), features());
+    apply(view(m), view(m));
+    return m;
+  }
+
+  /// The largest ||R^T R - I|| over every block of every factor (Spectral or Frobenius).
+  double orthogonality_error(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
+    double worst = 0;
+    for (const Factor& f : factors_) worst = std::max(worst, f.orthogonality_error(norm));
+    return worst;
+  }
+
+  /// Throws std::invalid_argument unless `theta` has m N rows of b(b-1)/2.
+  void check_generators(GeneratorView<const Scalar> theta, const char* name) const {
+    detail::require(theta.block_size() == spec_.block_size && theta.count() == spec_.generators(),
+                    name, " has ", theta.count(), " generators of block size ", theta.block_size(),
+                    ", expected m N = ", spec_.factors, " x ", spec_.blocks, " = ",
+                    spec_.generators(), " of b=", spec_.block_size);
+  }
+
+ private:
+  /// The natural feature order (factor 0's order is the natural one too).
+  static constexpr Index kNatural = 0;
+
+  static const ButterflySpec& checked(const ButterflySpec& spec) {
+    spec.validate();
+    return spec;
+  }
+
+  static std::vector<Factor> make_factors(const ButterflySpec& spec, const Parameterization& p) {
+    const BlockSpec blocks = BlockSpec::from_features(spec.features(), spec.block_size);
+    return std::vector<Factor>(static_cast<std::size_t>(spec.factors), Factor(blocks, p));
+  }
+
+  template <class Element>
+  GeneratorView<Element> factor_rows(const GeneratorView<Element>& theta, Index i) const {
+    return GeneratorView<Element>(theta.row(i * spec_.blocks), spec_.blocks, spec_.block_size,
+                                  theta.stride());
+  }
+
+  void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
+    detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
+                    spec_.features(), " (m=", spec_.factors, " factors of N=", spec_.blocks,
+                    " blocks of b=", spec_.block_size, ")");
+    detail::require_shape(y, x.rows(), x.cols(), "Y");
+    detail::require_in_place_or_disjoint(y, x, "Y", "X");
+  }
+
+  /// Y = X B_0^op ... B_{m-1}^op for a per-factor in-place step `op` (transposed or inverse):
+  /// factor 0 first, in the natural order, ending back in it.
+  template <class Step>
+  void walk_backwards(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, Step step) const {
+    check_apply(x, y);
+    const Index m = spec_.factors;
+    if (!detail::same_memory(x, y)) copy(x, y);
+    for (Index i = 0; i < m; ++i) {
+      step(factors_[static_cast<std::size_t>(i)], y);
+      permute(y, i, y, i + 1 < m ? i + 1 : kNatural);
+    }
+  }
+
+  /// dst = src with the features moved from factor `from`'s gathered order to factor `to`'s
+  /// (kNatural = 0 is the natural order). dst may be src (in place, through a row buffer).
+  void permute(ConstMatrixView<Scalar> src, Index from, MatrixView<Scalar> dst, Index to) const {
+    if (from == to) {
+      if (!detail::same_memory(src, dst)) copy(src, dst);
+      return;
+    }
+    const Index d = spec_.features(), run = spec_.block_size / 2, rows = src.rows();
+    const Index* from_position = positions_[static_cast<std::size_t>(from)].data();
+    const Index* to_position = positions_[static_cast<std::size_t>(to)].data();
+    const bool in_place = detail::same_memory(src, dst);
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index n = 0; n < rows; ++n) {
+      const Scalar* in = src.row(n);
+      if (in_place) {
+        Scalar* buffer = detail::thread_buffer<Scalar, detail::ScratchSlot::ButterflyRow>(d);
+        std::copy(in, in + d, buffer);
+        in = buffer;
+      }
+      Scalar* out = dst.row(n);
+      for (Index f = 0; f < d; f += run)
+        std::copy(in + from_position[f], in + from_position[f] + run, out + to_position[f]);
+    }
+  }
+
+  static void copy(ConstMatrixView<Scalar> src, MatrixView<Scalar> dst) {
+    for (Index n = 0; n < src.rows(); ++n) std::copy(src.row(n), src.row(n) + src.cols(), dst.row(n));
+  }
+
+  /// Below this many elements a permutation runs on one thread (the copy is memory-bound).
+  static constexpr Index kParallelElements = Index{1} << 16;
+
+  ButterflySpec spec_;
+  std::vector<Factor> factors_;
+  std::vector<Factor> staged_;
+  std::vector<std::vector<Index>> positions_;  // positions_[i][f]: where factor i's order puts f
+};
+
+}  // namespace oft
