@@ -43,4 +43,12 @@ class Butterfly {
                 "oft::Butterfly has no implementation for this backend yet: use oft::cpu");
 };
 
+/// Householder reflection operator (HRA): R = H_{r-1} ... H_0 applied to rows, from r
+/// vectors. Primary template; the CPU one is cpu/householder.hpp (<oft/householder.hpp>).
+template <class Scalar, class Backend = cpu>
+class Householder {
+  static_assert(detail::always_false<Backend>,
+                "oft::Householder has no implementation for this backend yet: use oft::cpu");
+};
+
 }  // namespace oft

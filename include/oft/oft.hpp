@@ -19,6 +19,7 @@
 #include "block_orthogonal.hpp"  // BlockOrthogonal operator
 #include "linear.hpp"            // OftLinear layer
 #include "butterfly.hpp"         // Butterfly (BOFT) operator
+#include "householder.hpp"       // Householder (HRA) operator
 #include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: parameterization chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout

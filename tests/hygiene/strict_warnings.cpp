@@ -68,7 +68,23 @@ void use_butterfly(const Parameterization& parameterization) {
 }
 
 template <class Scalar>
+void use_householder(bool gram_schmidt) {
+  oft::Householder<Scalar> hra(8, 2, gram_schmidt);
+  std::vector<Scalar> u(16, Scalar(1)), du(16), x(16), y(16);
+  u[1] = Scalar(2);
+  hra.set_vectors(oft::ConstMatrixView<Scalar>(u.data(), 8, 2));
+  oft::Workspace<Scalar> workspace;
+  hra.apply(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  hra.apply_transposed(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  hra.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(y.data(), 2, 8),
+               oft::MatrixView<Scalar>(y.data(), 2, 8), oft::MatrixView<Scalar>(du.data(), 8, 2), workspace);
+  (void)hra.dense();
+}
+
+template <class Scalar>
 void use_all() {
+  use_householder<Scalar>(false);
+  use_householder<Scalar>(true);
   use_butterfly<Scalar>(oft::ExactCayley{});
   use_butterfly<Scalar>(oft::CayleyNeumann{3});
   use_operator<Scalar>(oft::ExactCayley{});

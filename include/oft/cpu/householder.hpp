@@ -1,0 +1,230 @@
+#pragma once
+/// \file cpu/householder.hpp
+/// The CPU Householder operator (HRA), in compact WY form: the r reflections
+/// H_i = I - 2 q_i q_i^T of PEFT's R_H = H_0 H_1 ... H_{r-1} equal I - Q T Q^T with T upper
+/// triangular (T^-1 = I/2 + strict_upper(Q^T Q), LAPACK's larft with tau = 2), so the rows of X
+/// rotate as
+///
+///     X R = X R_H^T = X - ((X Q) T^T) Q^T          (reflection r-1 acts first)
+///
+/// two thin products per call, O(N d r), and R is never formed. With Gram-Schmidt (PEFT's
+/// apply_GS) Q comes from one modified Gram-Schmidt pass over the columns of U and T = 2 I.
+///
+/// Backward (dL/dY = G; A = X Q, C = G Q): dX = G - (C T) Q^T;
+/// dQ = -X^T (C T) - G^T (A T^T), plus, without Gram-Schmidt, the path through T: with
+/// dT = triu(-C^T A), dK = -T^T dT T^T, dQ += Q (S + S^T), S = strict_upper(dK); then back
+/// through the normalization (dq_i -> (dq_i - q_i (q_i . dq_i)) / ||u_i||) or, with
+/// Gram-Schmidt, through the pass in reverse, which rebuilds each intermediate vector from q_i
+/// and the stored projection coefficients. Stores Q, T, the norms and the coefficients; a
+/// backward needs 2 N r scalars of workspace.
+
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../detail/intrinsics.hpp"  // before Eigen: see the file
+#include <Eigen/Core>
+
+#include "../errors.hpp"
+#include "../parameterization.hpp"
+#include "../view.hpp"
+#include "../workspace.hpp"
+#include "../detail/thread_scratch.hpp"
+
+namespace oft {
+
+template <class Scalar_>
+class Householder<Scalar_, cpu> {
+ public:
+  using Scalar = Scalar_;
+  static_assert(std::is_floating_point_v<Scalar>, "oft::Householder needs float or double");
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// d features, r reflections; R = I until set_vectors. Throws std::invalid_argument naming the
+  /// values unless d >= 1 and 1 <= r (and r <= d with Gram-Schmidt, which cannot make more than
+  /// d orthonormal vectors).
+  Householder(Index features, Index reflections, bool gram_schmidt = false)
+      : features_(features), reflections_(reflections), gram_schmidt_(gram_schmidt) {
+    detail::require(features >= 1, "householder features d=", features, " must be >= 1");
+    detail::require(reflections >= 1, "householder reflections r=", reflections, " must be >= 1");
+    detail::require(!gram_schmidt || reflections <= features, "householder reflections r=",
+                    reflections, " exceed features d=", features,
+                    ": Gram-Schmidt cannot make more than d orthonormal vectors");
+    q_ = Matrix::Zero(features, reflections);
+    t_ = Matrix::Zero(reflections, reflections);  // T = 0: R = I
+    norms_.assign(static_cast<std::size_t>(reflections), Scalar(1));
+    coefficients_ = Matrix::Zero(reflections, reflections);
+  }
+
+  Index features() const { return features_; }
+  Index reflections() const { return reflections_; }
+  bool gram_schmidt() const { return gram_schmidt_; }
+  /// The unit reflection vectors q_i (d x r) and T (r x r, upper triangular).
+  const Matrix& vectors() const { return q_; }
+  const Matrix& triangular_factor() const { return t_; }
+
+  /// U (d x r, PEFT's hra_u: column i is reflection i's vector, any length). Throws
+  /// std::invalid_argument on the shape and std::domain_error naming the entry or column for a
+  /// non-finite value or a zero column (a zero Gram-Schmidt residual); a refusal leaves the
+  /// operator unchanged.
+  void set_vectors(ConstMatrixView<Scalar> u) {
+    detail::require_shape(u, features_, reflections_, "hra_u");
+    for (Index p = 0; p < features_; ++p)
+      for (Index i = 0; i < reflections_; ++i)
+        detail::require_domain(std::isfinite(static_cast<double>(u(p, i))), "hra_u has a non-finite entry ",
+                               u(p, i), " at (", p, ", ", i, ")");
+    Matrix q(features_, reflections_), t = Matrix::Zero(reflections_, reflections_),
+        coefficients = Matrix::Zero(reflections_, reflections_);
+    std::vector<Scalar> norms(static_cast<std::size_t>(reflections_));
+    for (Index i = 0; i < reflections_; ++i) {
+      auto v = q.col(i);
+      for (Index p = 0; p < features_; ++p) v(p) = u(p, i);
+      if (gram_schmidt_) {
+        // Modified Gram-Schmidt: each projection on the updated v, as PEFT.
+        for (Index j = 0; j < i; ++j) {
+          coefficients(j, i) = q.col(j).dot(v);
+          v -= coefficients(j, i) * q.col(j);
+        }
+      }
+      const Scalar norm = v.norm();
+      detail::require_domain(norm > Scalar(0), "hra_u column ", i,
+                             gram_schmidt_ ? " lies in the span of the columns before it (zero "
+                                             "Gram-Schmidt residual)"
+                                           : " is zero (a reflection needs a nonzero vector)");
+      norms[static_cast<std::size_t>(i)] = norm;
+      v /= norm;
+    }
+    if (gram_schmidt_) {
+      t.diagonal().setConstant(Scalar(2));  // R_H = I - 2 Q Q^T
+    } else {
+      // larft, forward, tau = 2: T(i, i) = 2, T(0:i, i) = -2 T(0:i, 0:i) Q(:, 0:i)^T q_i.
+      for (Index i = 0; i < reflections_; ++i) {
+        t(i, i) = Scalar(2);
+        if (i > 0) {
+          const Matrix overlap = q.leftCols(i).transpose() * q.col(i);
+          t.col(i).head(i) = Scalar(-2) * (t.topLeftCorner(i, i) * overlap);
+        }
+      }
+    }
+    q_.swap(q);
+    t_.swap(t);
+    coefficients_.swap(coefficients);
+    norms_.swap(norms);
+  }
+
+  /// Y = X R = X - ((X Q) T^T) Q^T (N x d, row-major, any row stride). `y` may be `x`.
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const { apply_with(x, y, /*transposed=*/false); }
+  /// Y = X R^T = X R_H: the inverse of apply when R is orthogonal (always, up to rounding,
+  /// unless Gram-Schmidt met nearly dependent columns); W0 R^T, PEFT's merge, on W0's rows.
+  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    apply_with(x, y, /*transposed=*/true);
+  }
+
+  /// Scalars of workspace backward needs for N tokens (X Q and dY Q).
+  Index workspace_size(Index rows) const { return 2 * rows * reflections_; }
+
+  /// Vector-Jacobian product of Y = X R(U) for dY: dX = dY R^T and dU = dL/dU (d x r, PEFT's
+  /// hra_u layout, overwritten). Pass {} to skip either. dX may be dY or X.
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                MatrixView<Scalar> du, Workspace<Scalar>& workspace) const {
+    const Index rows = x.rows(), d = features_, r = reflections_;
+    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
+    detail::require_shape(dy, rows, d, "dY");
+    const bool want_dx = dx.data() != nullptr, want_du = du.data() != nullptr;
+    if (want_dx) {
+      detail::require_shape(dx, rows, d, "dX");
+      detail::require(detail::same_memory(dx, dy) || detail::same_memory(dx, x) ||
+                          (!detail::overlaps(dx, dy) && !detail::overlaps(dx, x)),
+                      "dX partially overlaps X or dY: pass one of them for in-place use or "
+                      "disjoint memory");
+    }
+    if (want_du) {
+      detail::require_shape(du, d, r, "dU");
+      detail::require_disjoint(du, x, "dU", "X");
+      detail::require_disjoint(du, dy, "dU", "dY");
+    }
+    using RowMap = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    Scalar* scratch = workspace.reserve(workspace_size(rows));
+    RowMap a(scratch, rows, r), c(scratch + rows * r, rows, r);
+    const auto xm = x.map();
+    const auto gm = dy.map();
+    a.noalias() = xm * q_;
+    c.noalias() = gm * q_;
+    if (want_du) {
+      // Everything that reads X or dY comes before dX is written (dX may be either).
+      Matrix dq = -(xm.transpose() * (c * t_)) - gm.transpose() * (a * t_.transpose());
+      if (!gram_schmidt_) {
+        Matrix dt = -(c.transpose() * a);
+        dt = dt.template triangularView<Eigen::Upper>();
+        const Matrix dk = -(t_.transpose() * dt * t_.transpose());
+        Matrix s = dk.template triangularView<Eigen::StrictlyUpper>();
+        dq.noalias() += q_ * (s + s.transpose());
+      }
+      store_vector_gradient(dq, du);
+    }
+    if (want_dx) {
+      const Matrix ct = c * t_;
+      if (!detail::same_memory(dx, dy)) dx.map() = gm;
+      dx.map().noalias() -= ct * q_.transpose();
+    }
+  }
+
+  /// The whole d x d R (a slow reference: R = I R).
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dense() const {
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m =
+        Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Identity(features_, features_);
+    apply(view(m), view(m));
+    return m;
+  }
+
+ private:
+  void apply_with(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed) const {
+    detail::require(x.cols() == features_, "X has ", x.cols(), " columns, expected d=", features_,
+                    " (r=", reflections_, " reflections)");
+    detail::require_shape(y, x.rows(), x.cols(), "Y");
+    detail::require_in_place_or_disjoint(y, x, "Y", "X");
+    const Index rows = x.rows(), r = reflections_;
+    using RowMap = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    Scalar* panel = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderPanel>(2 * rows * r);
+    RowMap a(panel, rows, r), b(panel + rows * r, rows, r);
+    a.noalias() = x.map() * q_;  // read all of X before Y (which may be X) is written
+    if (transposed)
+      b.noalias() = a * t_;
+    else
+      b.noalias() = a * t_.transpose();
+    if (!detail::same_memory(x, y)) y.map() = x.map();
+    y.map().noalias() -= b * q_.transpose();
+  }
+
+  /// dU from dQ: through the normalization, and with Gram-Schmidt through the pass in reverse.
+  void store_vector_gradient(Matrix& dq, MatrixView<Scalar> du) const {
+    const Index d = features_, r = reflections_;
+    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> dv(d), v(d);
+    for (Index i = r - 1; i >= 0; --i) {
+      const auto qi = q_.col(i);
+      const Scalar norm = norms_[static_cast<std::size_t>(i)];
+      dv = (dq.col(i) - qi * qi.dot(dq.col(i))) / norm;  // q = v / ||v||
+      if (gram_schmidt_) {
+        // v_{j+1} = v_j - (q_j . v_j) q_j for j = i-1 .. 0, walked back from v_i = ||v_i|| q_i.
+        v = norm * qi;
+        for (Index j = i - 1; j >= 0; --j) {
+          const auto qj = q_.col(j);
+          const Scalar coefficient = coefficients_(j, i);
+          v += coefficient * qj;  // v_j
+          const Scalar along = qj.dot(dv);
+          dq.col(j) -= coefficient * dv + along * v;
+          dv -= along * qj;
+        }
+      }
+      for (Index p = 0; p < d; ++p) du(p, i) = dv(p);
+    }
+  }
+
+  Index features_, reflections_;
+  bool gram_schmidt_;
+  Matrix q_, t_, coefficients_;
+  std::vector<Scalar> norms_;
+};
+
+}  // namespace oft

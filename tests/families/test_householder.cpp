@@ -1,0 +1,209 @@
+// oft::Householder (HRA) against PEFT 0.21.2's own numbers (fixtures/families_reference.safetensors,
+// made by make_reference.py from PEFT's Linear layers in float64, with and without apply_GS),
+// against the explicit product of reflections, and its backward against central differences.
+#include <gtest/gtest.h>
+
+#include <oft/finite_difference.hpp>
+#include <oft/householder.hpp>
+#include <oft/io/safetensors.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Matrix = oft::RowMatrix<double>;
+
+const oft::io::SafetensorsFile& fixtures() {
+  static const auto file = oft::io::SafetensorsFile::open(
+      std::string(OFT_FAMILIES_FIXTURES_DIR) + "/families_reference.safetensors");
+  return file;
+}
+
+Matrix load(const std::string& name) {
+  const auto t = fixtures().tensor(name);
+  const std::vector<double> values = t.copy_as<double>();
+  const auto rows = static_cast<oft::Index>(t.shape.at(0));
+  const auto cols = static_cast<oft::Index>(values.size()) / std::max<oft::Index>(rows, 1);
+  return Eigen::Map<const Matrix>(values.data(), rows, cols);
+}
+
+double relative(const Matrix& a, const Matrix& b) {
+  EXPECT_EQ(a.rows(), b.rows());
+  EXPECT_EQ(a.cols(), b.cols());
+  return (a - b).norm() / b.norm();
+}
+
+Matrix random_matrix(oft::Index rows, oft::Index cols, unsigned seed, double scale = 1.0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, scale);
+  Matrix m(rows, cols);
+  for (oft::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+  return m;
+}
+
+std::vector<std::string> hra_cases() {
+  std::vector<std::string> cases;
+  const std::string suffix = ".hra_u";
+  for (const auto& name : fixtures().tensor_names())
+    if (name.rfind("hra_", 0) == 0 && name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      cases.push_back(name.substr(0, name.size() - suffix.size()));
+  return cases;
+}
+
+}  // namespace
+
+// PEFT's HRA Linear in eval mode: Y = (X R_H^T) W0^T + bias, merge W0 R_H, and its autograd
+// gradients of sum(Y .* G) for X and hra_u.
+TEST(Householder, EqualsPeftsHraLinear) {
+  constexpr double kTolerance = 1e-12;  // float64 throughout; observed ~1e-15
+  int checked = 0, with_gram_schmidt = 0;
+  for (const auto& name : hra_cases()) {
+    SCOPED_TRACE(name);
+    const bool gram_schmidt = name.find("_gs") != std::string::npos;
+    const Matrix u = load(name + ".hra_u"), x = load(name + ".X"), w0 = load(name + ".W0");
+    oft::Householder<double> hra(u.rows(), u.cols(), gram_schmidt);
+    hra.set_vectors(oft::view(u));
+    Eigen::VectorXd bias = Eigen::VectorXd::Zero(w0.rows());
+    if (fixtures().contains(name + ".bias")) bias = load(name + ".bias").col(0);
+    Matrix xr(x.rows(), x.cols());
+    hra.apply(oft::view(x), oft::view(xr));
+    const Matrix y = (xr * w0.transpose()).rowwise() + bias.transpose();
+    EXPECT_LT(relative(y, load(name + ".Y")), kTolerance);
+
+    Matrix merged(w0.rows(), w0.cols());
+    hra.apply_transposed(oft::view(w0), oft::view(merged));
+    EXPECT_LT(relative(merged, load(name + ".W_merged")), kTolerance);
+
+    const Matrix dxr = load(name + ".G") * w0;
+    Matrix dx(x.rows(), x.cols()), du(u.rows(), u.cols());
+    oft::Workspace<double> ws;
+    hra.backward(oft::view(x), oft::view(dxr), oft::view(dx), oft::view(du), ws);
+    EXPECT_LT(relative(dx, load(name + ".dX")), kTolerance);
+    EXPECT_LT(relative(du, load(name + ".d_hra_u")), kTolerance);
+    ++checked;
+    with_gram_schmidt += gram_schmidt ? 1 : 0;
+  }
+  EXPECT_GE(checked, 7);
+  EXPECT_GE(with_gram_schmidt, 3);
+}
+
+TEST(Householder, IsTheProductOfItsReflectionsLastFirst) {
+  for (const bool gram_schmidt : {false, true}) {
+    SCOPED_TRACE(gram_schmidt);
+    const Matrix u = random_matrix(10, 4, 11);
+    oft::Householder<double> hra(10, 4, gram_schmidt);
+    EXPECT_EQ(hra.dense(), Matrix::Identity(10, 10));  // R = I before set_vectors
+    hra.set_vectors(oft::view(u));
+    // X R = X H_{r-1} ... H_0 with the operator's own unit vectors.
+    Matrix product = Matrix::Identity(10, 10);
+    for (oft::Index i = 3; i >= 0; --i) {
+      const Eigen::VectorXd q = hra.vectors().col(i);
+      product = product * (Matrix::Identity(10, 10) - 2.0 * q * q.transpose());
+    }
+    const Matrix r = hra.dense();
+    EXPECT_LT(relative(r, product), 1e-14);
+    EXPECT_LT((r.transpose() * r - Matrix::Identity(10, 10)).norm(), 1e-13);
+    if (gram_schmidt) {
+      const Eigen::MatrixXd gram = hra.vectors().transpose() * hra.vectors();
+      EXPECT_LT((gram - Eigen::MatrixXd::Identity(4, 4)).norm(), 1e-14);
+    }
+
+    const Matrix x = random_matrix(6, 10, 12);
+    Matrix y(6, 10), in_place = x, back(6, 10);
+    hra.apply(oft::view(x), oft::view(y));
+    hra.apply(oft::view(in_place), oft::view(in_place));
+    EXPECT_EQ((in_place - y).norm(), 0.0);
+    EXPECT_LT(relative(y, x * r), 1e-14);
+    hra.apply_transposed(oft::view(y), oft::view(back));
+    EXPECT_LT(relative(back, x), 1e-14);
+  }
+}
+
+TEST(Householder, BackwardIsTheCentralDifferenceOfItsForward) {
+  for (const bool gram_schmidt : {false, true}) {
+    SCOPED_TRACE(gram_schmidt);
+    const oft::Index d = 12, r = 5;
+    Matrix u = random_matrix(d, r, 21);
+    const Matrix x = random_matrix(7, d, 22), g = random_matrix(7, d, 23);
+    oft::Householder<double> hra(d, r, gram_schmidt);
+    const auto loss = [&] {
+      hra.set_vectors(oft::view(u));
+      Matrix y(x.rows(), d);
+      hra.apply(oft::view(x), oft::view(y));
+      return (y.array() * g.array()).sum();
+    };
+    const std::vector<double> numeric = oft::numerical_gradient(u.data(), u.size(), loss);
+    hra.set_vectors(oft::view(u));
+    Matrix dx(x.rows(), d), du(d, r);
+    oft::Workspace<double> ws;
+    hra.backward(oft::view(x), oft::view(g), oft::view(dx), oft::view(du), ws);
+    const Eigen::Map<const Eigen::VectorXd> want(numeric.data(), static_cast<oft::Index>(numeric.size()));
+    const Eigen::Map<const Eigen::VectorXd> got(du.data(), du.size());
+    EXPECT_LT((got - want).norm(), 1e-8 * want.norm());
+    EXPECT_LT(relative(dx, g * hra.dense().transpose()), 1e-14);
+
+    // dX alone, dU alone, and dX in place over dY give the same numbers.
+    Matrix dx_only(x.rows(), d), du_only(d, r), in_place = g, du_in_place(d, r);
+    hra.backward(oft::view(x), oft::view(g), oft::view(dx_only), {}, ws);
+    hra.backward(oft::view(x), oft::view(g), {}, oft::view(du_only), ws);
+    hra.backward(oft::view(x), oft::view(in_place), oft::view(in_place), oft::view(du_in_place), ws);
+    EXPECT_EQ((dx_only - dx).norm(), 0.0);
+    EXPECT_EQ((du_only - du).norm(), 0.0);
+    EXPECT_EQ((in_place - dx).norm(), 0.0);
+    EXPECT_EQ((du_in_place - du).norm(), 0.0);
+  }
+}
+
+TEST(Householder, FloatMatchesDouble) {
+  const Matrix u = random_matrix(64, 8, 31), x = random_matrix(33, 64, 32);
+  oft::Householder<double> wide(64, 8);
+  oft::Householder<float> narrow(64, 8);
+  wide.set_vectors(oft::view(u));
+  const oft::RowMatrix<float> uf = u.cast<float>(), xf = x.cast<float>();
+  narrow.set_vectors(oft::view(uf));
+  Matrix y(33, 64);
+  oft::RowMatrix<float> yf(33, 64);
+  wide.apply(oft::view(x), oft::view(y));
+  narrow.apply(oft::view(xf), oft::view(yf));
+  EXPECT_LT(relative(yf.cast<double>(), y), 1e-6);
+}
+
+TEST(Householder, RefusesBadArgumentsByName) {
+  const auto expect_throw = [](auto&& call, const std::string& text, bool domain) {
+    try {
+      call();
+      ADD_FAILURE() << "no exception; expected one saying: " << text;
+    } catch (const std::domain_error& e) {
+      EXPECT_TRUE(domain) << e.what();
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    } catch (const std::invalid_argument& e) {
+      EXPECT_FALSE(domain) << e.what();
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  expect_throw([] { oft::Householder<double>(8, 0); }, "householder reflections r=0 must be >= 1", false);
+  expect_throw([] { oft::Householder<double>(4, 5, true); },
+               "householder reflections r=5 exceed features d=4", false);
+  oft::Householder<double> hra(8, 2), hra_gs(8, 2, true);
+  Matrix wrong(8, 3);
+  expect_throw([&] { hra.set_vectors(oft::view(wrong)); }, "hra_u has shape 8x3, expected 8x2", false);
+  Matrix u = random_matrix(8, 2, 41);
+  u.col(1).setZero();
+  expect_throw([&] { hra.set_vectors(oft::view(u)); }, "hra_u column 1 is zero", true);
+  Matrix dependent = Matrix::Zero(8, 2);  // u_1 = 3 u_0 = 3 e_0: the residual is exactly 0
+  dependent(0, 0) = 1.0;
+  dependent(0, 1) = 3.0;
+  expect_throw([&] { hra_gs.set_vectors(oft::view(dependent)); }, "hra_u column 1 lies in the span",
+               true);
+  u(2, 0) = std::numeric_limits<double>::infinity();
+  expect_throw([&] { hra.set_vectors(oft::view(u)); }, "hra_u has a non-finite entry inf at (2, 0)", true);
+  EXPECT_EQ(hra.dense(), Matrix::Identity(8, 8));  // unchanged by the refusals
+  Matrix x(3, 7), y(3, 8);
+  expect_throw([&] { hra.apply(oft::view(x), oft::view(y)); }, "X has 7 columns, expected d=8", false);
+}
