@@ -51,4 +51,12 @@ class Householder {
                 "oft::Householder has no implementation for this backend yet: use oft::cpu");
 };
 
+/// Givens rotation operator (GOFT): R = P_L ... P_1, stages of disjoint Givens rotations
+/// (givens_spec.hpp). Primary template; the CPU one is cpu/givens.hpp (<oft/givens.hpp>).
+template <class Scalar, class Backend = cpu>
+class Givens {
+  static_assert(detail::always_false<Backend>,
+                "oft::Givens has no implementation for this backend yet: use oft::cpu");
+};
+
 }  // namespace oft

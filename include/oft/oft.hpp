@@ -20,6 +20,7 @@
 #include "linear.hpp"            // OftLinear layer
 #include "butterfly.hpp"         // Butterfly (BOFT) operator
 #include "householder.hpp"       // Householder (HRA) operator
+#include "givens.hpp"            // Givens (GOFT) operator
 #include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: parameterization chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout

@@ -19,6 +19,9 @@ set(_alone_use_butterfly_hpp "static_assert(sizeof(oft::Butterfly<double, oft::E
 set(_alone_use_butterfly_spec_hpp
     "inline oft::Index use() { return oft::ButterflySpec::from_features(8, 2, 2).feature(1, 0, 1); }")
 set(_alone_use_householder_hpp "static_assert(sizeof(oft::Householder<float>) > 0);")
+set(_alone_use_givens_hpp "static_assert(sizeof(oft::Givens<float>) > 0);")
+set(_alone_use_givens_spec_hpp
+    "inline oft::Index use() { return oft::GivensSpec(8, oft::GivensLayout::Goft).angles(); }")
 set(_alone_use_io_half_hpp "inline float use() { return oft::io::to_float(oft::io::to_bfloat16(0.0f)); }")
 
 file(GLOB _alone_headers RELATIVE "${PROJECT_SOURCE_DIR}/include/oft" CONFIGURE_DEPENDS

@@ -82,7 +82,22 @@ void use_householder(bool gram_schmidt) {
 }
 
 template <class Scalar>
+void use_givens(oft::GivensLayout layout) {
+  oft::Givens<Scalar> goft(oft::GivensSpec(8, layout));
+  goft.set_angles(std::vector<Scalar>(static_cast<std::size_t>(goft.spec().angles()), Scalar(0.5)));
+  std::vector<Scalar> x(16), y(16), dangles(static_cast<std::size_t>(goft.spec().angles()));
+  oft::Workspace<Scalar> workspace;
+  goft.apply(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  goft.apply_transposed(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  goft.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(y.data(), 2, 8),
+                oft::MatrixView<Scalar>(y.data(), 2, 8), dangles.data(), workspace);
+  (void)goft.dense();
+}
+
+template <class Scalar>
 void use_all() {
+  use_givens<Scalar>(oft::GivensLayout::Goft);
+  use_givens<Scalar>(oft::GivensLayout::Butterfly);
   use_householder<Scalar>(false);
   use_householder<Scalar>(true);
   use_butterfly<Scalar>(oft::ExactCayley{});

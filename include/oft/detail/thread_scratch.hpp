@@ -34,6 +34,7 @@ enum class ScratchSlot : int {
   PanelScratch,     // BlockOrthogonal's panel loops: slices larger than the stack scratch
   ButterflyRow,     // Butterfly: one row, while its features are permuted in place
   HouseholderPanel, // Householder::apply: X Q and (X Q) T^T, N x r each
+  GivensRows,       // Givens::backward: one row's output and gradient
 };
 
 /// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is
