@@ -163,5 +163,19 @@ void require_shape(const MatrixView<A>& m, Index rows, Index cols, const char* n
           ", expected ", rows, "x", cols);
 }
 
+/// The checks of a backward's activations: X is N x d, dY matches it, and dX (unless skipped, a
+/// null view) matches too and is X, dY or disjoint from both. Returns whether dX is wanted.
+template <class Scalar>
+bool require_backward_activations(const MatrixView<const Scalar>& x, const MatrixView<const Scalar>& dy,
+                                  const MatrixView<Scalar>& dx, Index features) {
+  require(x.cols() == features, "X has ", x.cols(), " columns, expected d=", features);
+  require_shape(dy, x.rows(), features, "dY");
+  if (dx.data() == nullptr) return false;
+  require_shape(dx, x.rows(), features, "dX");
+  require(same_memory(dx, dy) || same_memory(dx, x) || (!overlaps(dx, dy) && !overlaps(dx, x)),
+          "dX partially overlaps X or dY: pass one of them for in-place use or disjoint memory");
+  return true;
+}
+
 }  // namespace detail
 }  // namespace oft

@@ -3,12 +3,13 @@
 // and its backward against central differences in double.
 #include <gtest/gtest.h>
 
+#include "family_test_support.hpp"
+
 #include <oft/block_orthogonal.hpp>
 #include <oft/butterfly.hpp>
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/finite_difference.hpp>
-#include <oft/io/safetensors.hpp>
 #include <oft/peft_butterfly.hpp>
 
 #include <cmath>
@@ -20,46 +21,7 @@
 
 namespace {
 
-using Matrix = oft::RowMatrix<double>;
-
-const oft::io::SafetensorsFile& fixtures() {
-  static const auto file = oft::io::SafetensorsFile::open(
-      std::string(OFT_FAMILIES_FIXTURES_DIR) + "/families_reference.safetensors");
-  return file;
-}
-
-Matrix load(const std::string& name) {
-  const auto t = fixtures().tensor(name);
-  const std::vector<double> values = t.copy_as<double>();
-  const auto rows = static_cast<oft::Index>(t.shape.at(0));
-  const auto cols = static_cast<oft::Index>(values.size()) / std::max<oft::Index>(rows, 1);
-  return Eigen::Map<const Matrix>(values.data(), rows, cols);
-}
-
-/// ||a - b||_F / ||b||_F (the fixtures' own measure).
-double relative(const Matrix& a, const Matrix& b) {
-  EXPECT_EQ(a.rows(), b.rows());
-  EXPECT_EQ(a.cols(), b.cols());
-  return (a - b).norm() / b.norm();
-}
-
-std::vector<std::string> boft_cases() {
-  std::vector<std::string> cases;
-  const std::string suffix = ".boft_R";
-  for (const auto& name : fixtures().tensor_names())
-    if (name.rfind("boft_", 0) == 0 && name.size() > suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      cases.push_back(name.substr(0, name.size() - suffix.size()));
-  return cases;
-}
-
-Matrix random_matrix(oft::Index rows, oft::Index cols, unsigned seed, double scale = 1.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Matrix m(rows, cols);
-  for (oft::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
-  return m;
-}
+using namespace oft_family_test;
 
 }  // namespace
 
@@ -76,7 +38,7 @@ TEST(Butterfly, BlockFeaturesAreTheDocumentedTable) {
 
 TEST(Butterfly, PositionsArePeftsPermutations) {
   int checked = 0;
-  for (const auto& name : boft_cases()) {
+  for (const auto& name : cases("boft", ".boft_R")) {
     const auto boft_r = fixtures().tensor(name + ".boft_R");
     const auto m = static_cast<oft::Index>(boft_r.shape[0]), n = static_cast<oft::Index>(boft_r.shape[1]),
                b = static_cast<oft::Index>(boft_r.shape[2]);
@@ -99,7 +61,7 @@ TEST(Butterfly, EqualsPeftsBoftLinear) {
   // PEFT forms M densely and adds and subtracts the bias: rounding, ~1e-15 here.
   constexpr double kTolerance = 1e-12;
   int checked = 0;
-  for (const auto& name : boft_cases()) {
+  for (const auto& name : cases("boft", ".boft_R")) {
     SCOPED_TRACE(name);
     const auto boft_r_view = fixtures().tensor(name + ".boft_R");
     const std::vector<double> boft_r = boft_r_view.copy_as<double>();

@@ -3,6 +3,8 @@
 // central differences. There is no package to check against (docs/families.md section 3).
 #include <gtest/gtest.h>
 
+#include "family_test_support.hpp"
+
 #include <oft/butterfly.hpp>
 #include <oft/cayley.hpp>
 #include <oft/finite_difference.hpp>
@@ -20,21 +22,7 @@
 
 namespace {
 
-using Matrix = oft::RowMatrix<double>;
-
-double relative(const Matrix& a, const Matrix& b) {
-  EXPECT_EQ(a.rows(), b.rows());
-  EXPECT_EQ(a.cols(), b.cols());
-  return (a - b).norm() / b.norm();
-}
-
-Matrix random_matrix(oft::Index rows, oft::Index cols, unsigned seed, double scale = 1.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Matrix m(rows, cols);
-  for (oft::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
-  return m;
-}
+using namespace oft_family_test;
 
 std::vector<double> random_angles(oft::Index count, unsigned seed) {
   std::mt19937 rng(seed);

@@ -3,9 +3,10 @@
 // against the explicit product of reflections, and its backward against central differences.
 #include <gtest/gtest.h>
 
+#include "family_test_support.hpp"
+
 #include <oft/finite_difference.hpp>
 #include <oft/householder.hpp>
-#include <oft/io/safetensors.hpp>
 
 #include <cmath>
 #include <limits>
@@ -16,45 +17,7 @@
 
 namespace {
 
-using Matrix = oft::RowMatrix<double>;
-
-const oft::io::SafetensorsFile& fixtures() {
-  static const auto file = oft::io::SafetensorsFile::open(
-      std::string(OFT_FAMILIES_FIXTURES_DIR) + "/families_reference.safetensors");
-  return file;
-}
-
-Matrix load(const std::string& name) {
-  const auto t = fixtures().tensor(name);
-  const std::vector<double> values = t.copy_as<double>();
-  const auto rows = static_cast<oft::Index>(t.shape.at(0));
-  const auto cols = static_cast<oft::Index>(values.size()) / std::max<oft::Index>(rows, 1);
-  return Eigen::Map<const Matrix>(values.data(), rows, cols);
-}
-
-double relative(const Matrix& a, const Matrix& b) {
-  EXPECT_EQ(a.rows(), b.rows());
-  EXPECT_EQ(a.cols(), b.cols());
-  return (a - b).norm() / b.norm();
-}
-
-Matrix random_matrix(oft::Index rows, oft::Index cols, unsigned seed, double scale = 1.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Matrix m(rows, cols);
-  for (oft::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
-  return m;
-}
-
-std::vector<std::string> hra_cases() {
-  std::vector<std::string> cases;
-  const std::string suffix = ".hra_u";
-  for (const auto& name : fixtures().tensor_names())
-    if (name.rfind("hra_", 0) == 0 && name.size() > suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      cases.push_back(name.substr(0, name.size() - suffix.size()));
-  return cases;
-}
+using namespace oft_family_test;
 
 }  // namespace
 
@@ -63,7 +26,7 @@ std::vector<std::string> hra_cases() {
 TEST(Householder, EqualsPeftsHraLinear) {
   constexpr double kTolerance = 1e-12;  // float64 throughout; observed ~1e-15
   int checked = 0, with_gram_schmidt = 0;
-  for (const auto& name : hra_cases()) {
+  for (const auto& name : cases("hra", ".hra_u")) {
     SCOPED_TRACE(name);
     const bool gram_schmidt = name.find("_gs") != std::string::npos;
     const Matrix u = load(name + ".hra_u"), x = load(name + ".X"), w0 = load(name + ".W0");

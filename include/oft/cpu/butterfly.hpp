@@ -121,16 +121,7 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
     const Index rows = x.rows(), d = spec_.features();
-    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
-    detail::require_shape(dy, rows, d, "dY");
-    const bool want_dx = dx.data() != nullptr;
-    if (want_dx) {
-      detail::require_shape(dx, rows, d, "dX");
-      detail::require(detail::same_memory(dx, dy) || detail::same_memory(dx, x) ||
-                          (!detail::overlaps(dx, dy) && !detail::overlaps(dx, x)),
-                      "dX partially overlaps X or dY: pass one of them for in-place use or "
-                      "disjoint memory");
-    }
+    const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
     if (dtheta.data() == nullptr) {  // dX alone: dY M^T
       if (want_dx) apply_transposed(dy, dx);
       return;

@@ -111,16 +111,7 @@ class Givens<Scalar_, cpu> {
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 Scalar* dangles, Workspace<Scalar>& workspace) const {
     const Index rows = x.rows(), d = features(), count = spec_.angles();
-    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
-    detail::require_shape(dy, rows, d, "dY");
-    const bool want_dx = dx.data() != nullptr;
-    if (want_dx) {
-      detail::require_shape(dx, rows, d, "dX");
-      detail::require(detail::same_memory(dx, dy) || detail::same_memory(dx, x) ||
-                          (!detail::overlaps(dx, dy) && !detail::overlaps(dx, x)),
-                      "dX partially overlaps X or dY: pass one of them for in-place use or "
-                      "disjoint memory");
-    }
+    const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
     if (dangles == nullptr) {
       if (want_dx) apply_transposed(dy, dx);
       return;

@@ -129,16 +129,8 @@ class Householder<Scalar_, cpu> {
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 MatrixView<Scalar> du, Workspace<Scalar>& workspace) const {
     const Index rows = x.rows(), d = features_, r = reflections_;
-    detail::require(x.cols() == d, "X has ", x.cols(), " columns, expected d=", d);
-    detail::require_shape(dy, rows, d, "dY");
-    const bool want_dx = dx.data() != nullptr, want_du = du.data() != nullptr;
-    if (want_dx) {
-      detail::require_shape(dx, rows, d, "dX");
-      detail::require(detail::same_memory(dx, dy) || detail::same_memory(dx, x) ||
-                          (!detail::overlaps(dx, dy) && !detail::overlaps(dx, x)),
-                      "dX partially overlaps X or dY: pass one of them for in-place use or "
-                      "disjoint memory");
-    }
+    const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
+    const bool want_du = du.data() != nullptr;
     if (want_du) {
       detail::require_shape(du, d, r, "dU");
       detail::require_disjoint(du, x, "dU", "X");
