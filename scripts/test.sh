@@ -81,10 +81,13 @@ if [[ $SANITIZE -eq 0 && -n "$MARCH" ]]; then
     # (whose kernels do not depend on -march) are built by the native build.
     -DOFT_BUILD_BENCH=OFF
     -DOFT_ENABLE_CUDA=OFF
-    # File I/O has no SIMD code either; its tests run in the other two builds.
-    -DOFT_USE_IO=OFF
     -DOFT_BUILD_HYGIENE=OFF
   )
+  # File I/O has no SIMD code either; its tests run in the other two builds. With --only it stays
+  # on: some selected kernel tests read their fixtures through it (quant_test_bnb4).
+  if [[ -z $ONLY ]]; then
+    CONFIG_ARGS+=(-DOFT_USE_IO=OFF)
+  fi
 elif [[ $SANITIZE -eq 1 ]]; then
   BUILD_DIR=build-asan${MARCH:+-$MARCH}
   # RelWithDebInfo but without -DNDEBUG so eigen_assert/assert stay active. -g1 (line tables
