@@ -8,7 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <oft/cuda/quant.hpp>
-#include <oft/io/half.hpp>
+#include <oft/half.hpp>
 #include <oft/quant/bnb4.hpp>
 #include <oft/quant/int8.hpp>
 #include <random>
@@ -31,9 +31,9 @@ std::vector<float> random_weight(Index rows, Index cols, unsigned seed) {
 }
 
 float round_like(float v, oft::cuda_quant::Rounding r) {
-  if (r == oft::cuda_quant::Rounding::F16) return oft::io::f16_to_float(oft::io::float_to_f16(v));
+  if (r == oft::cuda_quant::Rounding::F16) return oft::f16_to_float(oft::float_to_f16(v));
   if (r == oft::cuda_quant::Rounding::BF16)
-    return oft::io::bf16_to_float(oft::io::float_to_bf16(v));
+    return oft::bf16_to_float(oft::float_to_bf16(v));
   return v;
 }
 

@@ -13,6 +13,7 @@ set(_alone_use_linear_hpp "static_assert(sizeof(oft::OftLinear<double, oft::Exac
 set(_alone_use_orthogonality_hpp
     "inline double use() { return oft::orthogonality_error(Eigen::Matrix2d::Identity()); }")
 set(_alone_use_half_hpp "inline float use() { return oft::round_to_bf16(1.0f); }")
+set(_alone_use_half_types_hpp "inline float use() { return oft::to_float(oft::to_bfloat16(1.0f)); }")
 set(_alone_use_neumann_hpp "static_assert(oft::neumann_coefficient(1, 1) == 2);")
 set(_alone_use_any_operator_hpp "static_assert(sizeof(oft::AnyBlockOrthogonal<float>) > 0);")
 set(_alone_use_butterfly_hpp "static_assert(sizeof(oft::Butterfly<double, oft::ExactCayley>) > 0);")

@@ -16,7 +16,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
-#include "../half.hpp"
+#include "../half_types.hpp"
 #include "bf16_bits.hpp"
 #include "bf16_dot.hpp"
 #include "gemm_tile.hpp"

@@ -14,7 +14,7 @@
 #include <optional>
 #include <string_view>
 
-#include "../half.hpp"
+#include "../half_types.hpp"
 
 namespace oft::io {
 
@@ -102,12 +102,12 @@ constexpr std::optional<Dtype> parse_dtype(std::string_view name) noexcept {
   return std::nullopt;
 }
 
-/// F16 and BF16 elements are oft's 16-bit float types (half.hpp: oft::float16 = Eigen::half,
+/// F16 and BF16 elements are oft's 16-bit float types (half_types.hpp: oft::float16 = Eigen::half,
 /// oft::bfloat16 = Eigen::bfloat16), distinct from each other and from std::uint16_t, so that F16
 /// and BF16 tensors cannot be read as each other nor as U16/I16, and a BF16 tensor is viewed as
-/// the type the CPU kernels take. Bits with oft::bits_of, float with oft::to_float (half.hpp).
-using Float16 [[deprecated("use oft::float16 (half.hpp), the one binary16 type")]] = oft::float16;
-using BFloat16 [[deprecated("use oft::bfloat16 (half.hpp), the one bfloat16 type")]] =
+/// the type the CPU kernels take. Bits with oft::bits_of, float with oft::to_float (half_types.hpp).
+using Float16 [[deprecated("use oft::float16 (half_types.hpp), the one binary16 type")]] = oft::float16;
+using BFloat16 [[deprecated("use oft::bfloat16 (half_types.hpp), the one bfloat16 type")]] =
     oft::bfloat16;
 
 /// The dtype whose elements a typed accessor views as `T`. Only types with a one-to-one dtype

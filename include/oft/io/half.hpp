@@ -2,11 +2,11 @@
 /// \file io/half.hpp
 /// Conversions between 16-bit floats (IEEE binary16 "F16", bfloat16 "BF16") and float, for the
 /// safetensors element types oft::float16 and oft::bfloat16 (io/dtype.hpp). Everything lives in
-/// <oft/half.hpp>, the one home of 16-bit floats shared with cpu/ and quant/, and is named here
-/// in oft::io as well: exact widening; narrowing to nearest, ties to even, overflow to infinity,
-/// NaN kept as a quiet NaN.
+/// <oft/half.hpp> (the conversions, shared with cpu/ and quant/) and <oft/half_types.hpp> (the
+/// types), and is named here in oft::io as well: exact widening; narrowing to nearest, ties to
+/// even, overflow to infinity, NaN kept as a quiet NaN.
 
-#include "../half.hpp"
+#include "../half_types.hpp"
 #include "dtype.hpp"
 
 namespace oft::io {
