@@ -70,6 +70,10 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
   void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
     check_apply(x, y);
     const Index last = spec_.factors - 1;
+    if (last == 0) {  // plain OFT: no permutation, so no copy of X either
+      factors_.front().apply(x, y);
+      return;
+    }
     permute(x, kNatural, y, last);
     for (Index i = last; i >= 0; --i) {
       factors_[static_cast<std::size_t>(i)].apply(y, y);

@@ -80,27 +80,11 @@ class Givens<Scalar_, cpu> {
   }
 
   /// Y = X R (N x d, any row stride). `y` may be `x`.
-  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
-    check_apply(x, y);
-    const Index rows = x.rows(), d = features();
-    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
-    for (Index n = 0; n < rows; ++n) {
-      Scalar* row = y.row(n);
-      if (row != x.row(n)) std::copy(x.row(n), x.row(n) + d, row);
-      forward_row(row);
-    }
-  }
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const { turn_rows(x, y, /*inverse=*/false); }
 
   /// Y = X R^T = X P_1^T ... P_L^T: the inverse of apply. W0 R^T, the merged weight, on W0's rows.
   void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
-    check_apply(x, y);
-    const Index rows = x.rows(), d = features();
-    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
-    for (Index n = 0; n < rows; ++n) {
-      Scalar* row = y.row(n);
-      if (row != x.row(n)) std::copy(x.row(n), x.row(n) + d, row);
-      inverse_row(row);
-    }
+    turn_rows(x, y, /*inverse=*/true);
   }
 
   /// Scalars of workspace backward needs: one angle gradient per thread.
@@ -154,6 +138,21 @@ class Givens<Scalar_, cpu> {
                     features(), " (", spec_.angles(), " Givens angles)");
     detail::require_shape(y, x.rows(), x.cols(), "Y");
     detail::require_in_place_or_disjoint(y, x, "Y", "X");
+  }
+
+  /// Y = X R, or X R^T when `inverse`, row by row (y may be x).
+  void turn_rows(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool inverse) const {
+    check_apply(x, y);
+    const Index rows = x.rows(), d = features();
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index n = 0; n < rows; ++n) {
+      Scalar* row = y.row(n);
+      if (row != x.row(n)) std::copy(x.row(n), x.row(n) + d, row);
+      if (inverse)
+        inverse_row(row);
+      else
+        forward_row(row);
+    }
   }
 
   /// row <- row P_L ... P_1.
