@@ -6,6 +6,8 @@
 /// series diverges, and the k a tolerance needs. Every number is in double, from the generators
 /// as PEFT uses them (COFT-projected when on).
 
+#include "../detail/intrinsics.hpp"  // before Eigen (GCC 12)
+
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
