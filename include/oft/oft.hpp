@@ -14,6 +14,8 @@
 #include "cayley.hpp"            // ExactCayley
 #include "cayley_neumann.hpp"    // CayleyNeumann, CayleyNeumannTolerance
 #include "exponential.hpp"       // MatrixExponential
+#include "norm_clipping.hpp"     // Clipped<Map, FrobeniusNorm / SpectralNorm>: per-block norm clipping
+#include "newton_schulz.hpp"     // NewtonSchulz: orthogonalization by products only
 #include "expressions.hpp"       // lazy skew / cayley / cayley_neumann
 #include "workspace.hpp"         // caller-owned scratch
 #include "block_orthogonal.hpp"  // BlockOrthogonal operator
