@@ -195,3 +195,130 @@ from .backends import cpu as _cpu  # noqa: E402,F401  (registers the CPU kernels
 
 if _core.has_cuda:
     from .backends import cuda as _cuda  # noqa: E402,F401  (registers the CUDA kernels)
+
+
+# --- The other orthogonal families: BOFT's butterfly and HRA's Householder reflections --------
+#
+# Autograd functions over ``oft._core.Butterfly`` / ``oft._core.Householder`` that take PEFT's
+# own parameters (``boft_R`` [m, N, b, b], ``hra_u`` [d, r]) and return their gradients, so a
+# PEFT layer's parameters get theirs directly. One operator per thread and shape: layers of one
+# shape share it and its backward workspace (one workspace, not one per layer); the backward
+# re-sets the parameter only when another tensor or version was set since its forward (the
+# O(m N b^3) or O(d r^2) set-up, small next to the O(N d b m) or O(N d r) pass).
+
+import threading as _threading  # noqa: E402
+
+from .backends import OperatorCache as _OperatorCache  # noqa: E402
+
+_family_local = _threading.local()
+FAMILY_CACHE_SIZE = 64
+
+
+class _FamilyEntry:
+    __slots__ = ("op", "param", "version")
+
+    def __init__(self, op):
+        self.op, self.param, self.version = op, None, -1
+
+
+def _family_entry(key, make) -> _FamilyEntry:
+    cache = getattr(_family_local, "operators", None)
+    if cache is None:
+        cache = _family_local.operators = _OperatorCache(FAMILY_CACHE_SIZE)
+    return cache.get(key, lambda: _FamilyEntry(make()))
+
+
+def _family_set(entry: _FamilyEntry, param: torch.Tensor, setter, forward: bool) -> None:
+    """Sets the operator from ``param`` unless (in a backward) it already holds this version of
+    this memory: the saved tensor is alive, so no other tensor can have taken its memory."""
+    ident = (param.data_ptr(), tuple(param.shape), param.stride(), param.dtype)
+    fresh = (not forward and entry.param == ident and entry.version >= 0
+             and not param.is_inference() and entry.version == param._version)
+    if not fresh:
+        setter(param)
+        entry.param, entry.version = ident, -1 if param.is_inference() else param._version
+
+
+def butterfly_operator(features: int, block_size: int, factors: int, kind: str, terms: int,
+                       dtype: torch.dtype):
+    key = ("butterfly", features, block_size, factors, kind, terms, dtype)
+    return _family_entry(key, lambda: _core.Butterfly(features, block_size, factors,
+                                                      parameterization(kind, terms, 0.0),
+                                                      kernel_dtype(dtype)))
+
+
+def householder_operator(features: int, reflections: int, gram_schmidt: bool, dtype: torch.dtype):
+    key = ("householder", features, reflections, bool(gram_schmidt), dtype)
+    return _family_entry(key, lambda: _core.Householder(features, reflections, bool(gram_schmidt),
+                                                        kernel_dtype(dtype)))
+
+
+def _boft_matrix(boft_R: torch.Tensor) -> torch.Tensor:
+    m, n, b, _ = boft_R.shape
+    return boft_R.detach().contiguous().view(m * n, b * b)
+
+
+class ButterflyRotate(torch.autograd.Function):
+    """``Y = X M(boft_R)`` over the last dimension of x (PEFT's BOFT rotation of the input,
+    ``x @ boft_rotation``), with ``dX = dY M^T`` and ``d boft_R`` in PEFT's layout."""
+
+    @staticmethod
+    def forward(ctx, x, boft_R, kind, terms):
+        m, n, b, _ = boft_R.shape
+        entry = butterfly_operator(x.shape[-1], b, m, kind, terms, x.dtype)
+        _family_set(entry, boft_R, lambda p: entry.op.set_peft_weight(_boft_matrix(p)), True)
+        x2 = rows(x)
+        y = torch.empty(x2.shape, dtype=x.dtype)
+        entry.op.apply(x2, y)
+        ctx.save_for_backward(x, boft_R)
+        ctx.args = (kind, terms)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, boft_R = ctx.saved_tensors
+        kind, terms = ctx.args
+        want_dx, want_dr = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (want_dx or want_dr):
+            return None, None, None, None
+        m, n, b, _ = boft_R.shape
+        entry = butterfly_operator(x.shape[-1], b, m, kind, terms, x.dtype)
+        _family_set(entry, boft_R, lambda p: entry.op.set_peft_weight(_boft_matrix(p)), False)
+        x2, dy2 = rows(x), rows(dy)
+        dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else None
+        dr = torch.empty((m * n, b * b), dtype=x.dtype) if want_dr else None
+        entry.op.backward(x2, dy2, dx, dr)
+        return (dx.view(x.shape) if want_dx else None,
+                dr.view(m, n, b, b).to(boft_R.dtype) if want_dr else None, None, None)
+
+
+class HouseholderRotate(torch.autograd.Function):
+    """``Y = X R_H^T`` over the last dimension of x (PEFT's HRA layer is ``Y W0^T + bias``), with
+    ``dX = dY R_H`` and ``d hra_u`` in PEFT's [d, r] layout."""
+
+    @staticmethod
+    def forward(ctx, x, hra_u, gram_schmidt):
+        d, r = hra_u.shape
+        entry = householder_operator(d, r, gram_schmidt, x.dtype)
+        _family_set(entry, hra_u, lambda p: entry.op.set_vectors(p.detach().contiguous()), True)
+        x2 = rows(x)
+        y = torch.empty(x2.shape, dtype=x.dtype)
+        entry.op.apply(x2, y)
+        ctx.save_for_backward(x, hra_u)
+        ctx.gram_schmidt = gram_schmidt
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, hra_u = ctx.saved_tensors
+        want_dx, want_du = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (want_dx or want_du):
+            return None, None, None
+        d, r = hra_u.shape
+        entry = householder_operator(d, r, ctx.gram_schmidt, x.dtype)
+        _family_set(entry, hra_u, lambda p: entry.op.set_vectors(p.detach().contiguous()), False)
+        x2, dy2 = rows(x), rows(dy)
+        dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else None
+        du = torch.empty((d, r), dtype=x.dtype) if want_du else None
+        entry.op.backward(x2, dy2, dx, du)
+        return (dx.view(x.shape) if want_dx else None, du if want_du else None, None)

@@ -29,14 +29,33 @@ which leaves them on PEFT's path and lists them; a weight in a dtype other than 
 bfloat16 (CPU; CUDA also float16) or on a device this build does not run on raises at the first
 forward. A bfloat16 model computes R and dtheta in float32 from its bfloat16 weight (PEFT
 computes them in bfloat16) and rounds the rotated input to bfloat16 once.
+
+PEFT's BOFT and HRA ``Linear`` layers (``peft.tuners.boft.layer.Linear``,
+``peft.tuners.hra.layer.HRALinear``) are switched too, by class, to ``AcceleratedBOFTLinear`` and
+``AcceleratedHRALinear``: same parameters (``boft_R``, ``boft_s``; ``hra_u``), buffers and
+state-dict keys; merge, unmerge and saving stay PEFT's. Their forward rotates the input with oft
+(``oft.torch.butterfly_rotate``, ``householder_rotate``: never the d x d matrix PEFT forms) and
+keeps PEFT's layer around it: BOFT's ``base_layer(x M)`` then ``(y - bias) * boft_s + bias``,
+HRA's ``linear(x R_H^T, W0, bias)`` with no gradient to W0 (PEFT reads ``weight.data``). BOFT's
+``boft_dropout`` is honoured exactly in training: the same two draws PEFT makes
+(``torch.randint`` of the factor, ``torch.randperm`` of its blocks) from the same generator,
+and the dropped blocks' ``boft_R`` zeroed, whose Cayley block is exactly I. The forward falls back
+to PEFT's own, with the same results, where oft does not apply: adapters disabled or merged,
+several active adapters, inputs or parameters not float32/float64 of one dtype, or not on the CPU.
+BOFT and HRA Conv2d layers stay PEFT's (``TypeError`` unless ``skip_unsupported=True``, as for
+OFT). Note that PEFT on a CPU without its ``fbd_cuda`` extension forces a BOFT layer to one
+butterfly factor; oft computes any m that ``boft_R [m, N, b, b]`` holds (docs/families.md 1.1).
 """
 from __future__ import annotations
 
 import torch
 
-from .torch import rotate
+import torch.nn.functional as F
 
-__all__ = ["accelerate", "restore", "AcceleratedOFTRotationModule"]
+from .torch import butterfly_rotate, householder_rotate, rotate
+
+__all__ = ["accelerate", "restore", "AcceleratedOFTRotationModule", "AcceleratedBOFTLinear",
+           "AcceleratedHRALinear"]
 
 
 def _peft_layer_module():
@@ -48,6 +67,8 @@ def _peft_layer_module():
 
 
 _layer = _peft_layer_module()
+from peft.tuners.boft import layer as _boft  # noqa: E402
+from peft.tuners.hra import layer as _hra  # noqa: E402
 
 
 class AcceleratedOFTRotationModule(_layer.OFTRotationModule):
@@ -73,6 +94,80 @@ class AcceleratedOFTRotationModule(_layer.OFTRotationModule):
         return y.to(required_dtype)
 
 
+_FAMILY_DTYPES = (torch.float32, torch.float64)
+
+
+def _single_adapter(layer, parameters):
+    """The one active adapter oft runs, or None where PEFT's forward must (disabled, merged,
+    none or several active)."""
+    if layer.disable_adapters or layer.merged:
+        return None
+    active = [a for a in layer.active_adapters if a in parameters.keys()]
+    return active[0] if len(active) == 1 else None
+
+
+def _oft_runs(x, *tensors) -> bool:
+    """Whether oft's CPU family kernels take x with these parameters as they are."""
+    return (x.device.type == "cpu" and x.dtype in _FAMILY_DTYPES
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors))
+
+
+def _boft_dropout_keep(boft_R: torch.Tensor, dropout) -> torch.Tensor | None:
+    """PEFT's multiplicative block dropout as a 0/1 mask over boft_R's [m, N] blocks (None when
+    it does nothing). The same draws as PEFT's, in its order, so that both sides drop the same
+    blocks: one factor by ``torch.randint(0, m)``, in it ``int(p N)`` blocks by
+    ``torch.randperm(N)`` (those at positions j with perm[j] < int(p N))."""
+    if not (isinstance(dropout, _boft.MultiplicativeDropoutLayer) and dropout.training):
+        return None
+    m, n = boft_R.shape[0], boft_R.shape[1]
+    factor = torch.randint(0, m, (1,)).item()
+    dropped = int(dropout.p * n)
+    perm = torch.randperm(n)
+    keep = torch.ones(m, n, dtype=boft_R.dtype)
+    keep[factor] = (perm >= dropped).to(boft_R.dtype)
+    return keep.view(m, n, 1, 1)
+
+
+class AcceleratedBOFTLinear(_boft.Linear):
+    """PEFT's BOFT ``Linear`` with its forward's rotation on oft (see the module doc)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapter = _single_adapter(self, self.boft_R)
+        if adapter is None or not _oft_runs(x, self.boft_R[adapter], self.boft_s[adapter]):
+            return super().forward(x, *args, **kwargs)
+        boft_R, boft_s = self.boft_R[adapter], self.boft_s[adapter]
+        keep = _boft_dropout_keep(boft_R, self.boft_dropout[adapter])
+        if keep is not None:
+            # A zero boft_R block has S = 0 and Cayley block I, PEFT's dropped block; its
+            # gradient is zero there, as PEFT's is through (1 - mask) R + mask I.
+            boft_R = boft_R * keep
+        result = self.base_layer(butterfly_rotate(x, boft_R), *args, **kwargs)
+        bias = self.base_layer.bias
+        scale = boft_s.squeeze(-1)
+        if bias is None:
+            return result * scale
+        return (result - bias) * scale + bias
+
+
+class AcceleratedHRALinear(_hra.HRALinear):
+    """PEFT's HRA ``Linear`` with its forward's rotation on oft (see the module doc)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapter = _single_adapter(self, self.hra_u)
+        weight = self.get_base_layer().weight
+        bias = self.get_base_layer().bias
+        tensors = (self.hra_u[adapter], weight) if adapter is not None else ()
+        if adapter is None or not _oft_runs(x, *tensors, *(() if bias is None else (bias,))):
+            return super().forward(x, *args, **kwargs)
+        x_rot = householder_rotate(x, self.hra_u[adapter], apply_GS=self.hra_apply_GS[adapter])
+        return F.linear(x_rot, weight.detach(), bias)
+
+
+# PEFT's family layer types oft runs, and what each becomes.
+_FAMILY_LAYERS = {_boft.Linear: AcceleratedBOFTLinear, _hra.HRALinear: AcceleratedHRALinear}
+_FAMILY_BASES = (_boft.BOFTLayer, _hra.HRALayer)
+
+
 def _rotations(module):
     """(dict name, adapter, rotation) of every PEFT rotation a layer holds."""
     for dict_name in ("oft_R", "oft_embedding_R"):
@@ -81,17 +176,30 @@ def _rotations(module):
 
 
 def accelerate(model: torch.nn.Module, *, skip_unsupported: bool = False) -> list[str]:
-    """Runs every PEFT OFT rotation of ``model`` on oft, in place; returns the names switched.
+    """Runs every PEFT OFT rotation and BOFT/HRA Linear layer of ``model`` on oft, in place;
+    returns the names switched.
 
-    Raises ``TypeError`` naming the first PEFT OFT layer oft does not accelerate (Conv2d, or a
-    layer type other than PEFT's OFT ``Linear`` and ``Embedding``) before switching anything,
+    Raises ``TypeError`` naming the first PEFT OFT, BOFT or HRA layer oft does not accelerate
+    (Conv2d, or a layer type other than PEFT's OFT ``Linear`` and ``Embedding`` and BOFT/HRA
+    ``Linear``) before switching anything,
     unless ``skip_unsupported`` (then those stay on PEFT's path). Raises ``ValueError`` if the
     model has no PEFT OFT layer at all.
     """
     supported = (_layer.Linear, _layer.Embedding)
     switched, found = [], False
     plan = []
+    families = []
     for name, module in model.named_modules():
+        if isinstance(module, _FAMILY_BASES):
+            found = True
+            if type(module) in _FAMILY_LAYERS:
+                families.append((name, module))
+            elif type(module) not in _FAMILY_LAYERS.values() and not skip_unsupported:
+                raise TypeError(f"oft.peft.accelerate: {name} is a PEFT "
+                                f"{type(module).__module__}.{type(module).__name__}; oft "
+                                "accelerates PEFT's BOFT and HRA Linear layers only "
+                                "(skip_unsupported=True leaves the others on PEFT's path)")
+            continue
         if not isinstance(module, _layer.OFTLayer):
             continue
         found = True
@@ -106,20 +214,28 @@ def accelerate(model: torch.nn.Module, *, skip_unsupported: bool = False) -> lis
             if type(rotation) is _layer.OFTRotationModule:
                 plan.append((f"{name}.{dict_name}.{adapter}", rotation))
     if not found:
-        raise ValueError("oft.peft.accelerate: the model has no PEFT OFT layer (wrap it with "
-                         "peft.get_peft_model and an OFTConfig first)")
+        raise ValueError("oft.peft.accelerate: the model has no PEFT OFT layer (nor BOFT or HRA; "
+                         "wrap it with peft.get_peft_model and an OFTConfig first)")
     for qualified, rotation in plan:
         rotation.__class__ = AcceleratedOFTRotationModule
         switched.append(qualified)
+    for name, module in families:
+        module.__class__ = _FAMILY_LAYERS[type(module)]
+        switched.append(name)
     return switched
 
 
 def restore(model: torch.nn.Module) -> int:
-    """Puts every accelerated rotation of ``model`` back on PEFT's own forward; returns the count."""
+    """Puts every accelerated rotation and layer of ``model`` back on PEFT's own forward; returns
+    the count."""
     count = 0
     for module in model.modules():
         if type(module) is AcceleratedOFTRotationModule:
             module.__class__ = _layer.OFTRotationModule
             count += 1
+        for peft_type, accelerated in _FAMILY_LAYERS.items():
+            if type(module) is accelerated:
+                module.__class__ = peft_type
+                count += 1
     return count
 

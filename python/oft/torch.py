@@ -14,6 +14,10 @@ opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in dou
 And ``OFTRotation``, an ``nn.Module`` holding PEFT's parameter (``weight``, ``[r, b(b-1)/2]``, or
 ``[1, ...]`` when the blocks share one generator).
 
+The other families, in PEFT's parameters (CPU, float32 and float64): ``butterfly_rotate`` and
+``ButterflyLinear`` (BOFT, ``boft_R`` ``[m, N, b, b]``, ``boft_s``), ``householder_rotate`` and
+``HouseholderLinear`` (HRA, ``hra_u`` ``[d, r]``, ``apply_GS``).
+
 Orientation (SPEC section 2, PEFT's): for block i the slice ``X_i`` becomes ``X_i R_i``.
 Policies: ``"peft_neumann"`` (PEFT's ``num_cayley_neumann_terms = T``, any T), ``"cayley_neumann"``
 (oft's ``R_k``), ``"cayley"`` (exact; note that PEFT's *exact branch* is ``R(-Q)``, see
@@ -36,7 +40,8 @@ from . import _core, _ops
 from .backends import cpu as _cpu
 
 __all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES", "BF16_ARITHMETICS",
-           "set_bf16_arithmetic", "get_bf16_arithmetic"]
+           "set_bf16_arithmetic", "get_bf16_arithmetic", "butterfly_rotate", "householder_rotate",
+           "ButterflyLinear", "HouseholderLinear"]
 
 POLICIES = _ops.PARAMETERIZATIONS
 BF16_ARITHMETICS = _cpu.BF16_ARITHMETICS
@@ -195,3 +200,170 @@ class OFTRotation(torch.nn.Module):
                    "tolerance": f", tol={self.tol}"}.get(self.policy, "")
         return (f"in_features={self.in_features}, block_size={self.block_size}, r={self.r}, "
                 f"block_share={self.block_share}, policy={self.policy!r}{setting}")
+
+
+# --- BOFT and HRA (docs/families.md), in PEFT's parameters --------------------------------------
+
+_FAMILY_POLICIES = ("cayley", "cayley_neumann")
+
+
+def _check_family_inputs(where: str, x, name: str, param, features: int) -> None:
+    """The checks with the names a user knows: tensors, CPU, one float dtype, the feature count."""
+    for label, t in (("x", x), (name, param)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: {label} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_TYPES:
+            raise TypeError(f"{where}: {label} {list(t.shape)} is {t.dtype}; oft's BOFT and HRA "
+                            "kernels take float32 or float64")
+        if t.device.type != "cpu":
+            raise ValueError(f"{where}: {label} {list(t.shape)} is on {t.device}; oft's BOFT and "
+                             "HRA kernels run on the CPU")
+    if x.dtype != param.dtype:
+        raise TypeError(f"{where}: x {list(x.shape)} is {x.dtype} but {name} "
+                        f"{list(param.shape)} is {param.dtype}; both must have one dtype")
+    if x.dim() < 1 or x.shape[-1] != features:
+        raise ValueError(f"{where}: x {list(x.shape)}: its last dimension must be {features}, "
+                         f"the features of {name} {list(param.shape)}")
+
+
+def butterfly_rotate(x: torch.Tensor, boft_R: torch.Tensor, *, policy: str = "cayley",
+                     k: int | None = None) -> torch.Tensor:
+    """``Y = X M`` over the last dimension of ``x``: PEFT's BOFT rotation of a Linear layer's input
+    (``x @ boft_rotation``), differentiable in ``x`` and ``boft_R``, never forming d x d.
+
+    ``boft_R`` is PEFT's parameter, ``[m, N, b, b]`` (m butterfly factors of N blocks of b,
+    ``d = N b``); each block is the exact Cayley ``(I - S)(I + S)^-1`` of its skew part
+    ``S = (A - A^T) / 2``, as PEFT computes it (``policy="cayley"``), or oft's Cayley-Neumann
+    ``R_k`` of the same generator (``policy="cayley_neumann"``, ``k`` terms, default 4).
+    Its gradient comes back in PEFT's layout (zero on the diagonals, which do not enter S).
+    """
+    where = "oft.torch.butterfly_rotate"
+    if not isinstance(boft_R, torch.Tensor) or boft_R.dim() != 4 or (
+            boft_R.shape[2] != boft_R.shape[3]):
+        raise ValueError(f"{where}: boft_R must be a [m, N, b, b] tensor, got "
+                         f"{list(getattr(boft_R, 'shape', [])) or type(boft_R).__name__}")
+    if policy not in _FAMILY_POLICIES:
+        raise ValueError(f"{where}: policy {policy!r} is not one of {', '.join(_FAMILY_POLICIES)}")
+    m, n, b, _ = boft_R.shape
+    _check_family_inputs(where, x, "boft_R", boft_R, n * b)
+    terms = 0 if policy == "cayley" else (4 if k is None else int(k))
+    return _ops.ButterflyRotate.apply(x, boft_R, policy, terms)
+
+
+def householder_rotate(x: torch.Tensor, hra_u: torch.Tensor, *,
+                       apply_GS: bool = False) -> torch.Tensor:
+    """``Y = X R_H^T`` over the last dimension of ``x``: PEFT's HRA Linear layer is
+    ``Y W0^T + bias`` (its merged weight ``W0 R_H``), differentiable in ``x`` and ``hra_u``.
+
+    ``hra_u`` is PEFT's parameter ``[d, r]``: ``R_H = H_0 ... H_{r-1}``, ``H_i = I - 2 q_i q_i^T``
+    with ``q_i`` the normalized column i, or with ``apply_GS`` the columns made orthonormal by
+    Gram-Schmidt first (then ``R_H = I - 2 Q Q^T``). Computed in compact WY form, never d x d.
+    A zero column (or a zero Gram-Schmidt residual) raises ``ValueError`` (PEFT gives NaN).
+    """
+    where = "oft.torch.householder_rotate"
+    if not isinstance(hra_u, torch.Tensor) or hra_u.dim() != 2:
+        raise ValueError(f"{where}: hra_u must be a [d, r] tensor, got "
+                         f"{list(getattr(hra_u, 'shape', [])) or type(hra_u).__name__}")
+    d, r = hra_u.shape
+    if r < 1 or (apply_GS and r > d):
+        raise ValueError(f"{where}: hra_u {list(hra_u.shape)} must have 1 <= r"
+                         f"{' <= d (apply_GS)' if apply_GS else ''}")
+    _check_family_inputs(where, x, "hra_u", hra_u, d)
+    return _ops.HouseholderRotate.apply(x, hra_u, bool(apply_GS))
+
+
+def _frozen_linear(where: str, base) -> torch.nn.Linear:
+    if not isinstance(base, torch.nn.Linear):
+        raise TypeError(f"{where}: base must be a torch.nn.Linear, got {type(base).__name__}")
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
+
+
+class ButterflyLinear(torch.nn.Module):
+    """BOFT over a frozen ``nn.Linear``, PEFT's layer: ``y = (base(x M) - bias) * s + bias``.
+
+    Parameters as PEFT names them: ``boft_R`` ``[m, N, b, b]`` (zero: M = I) and ``boft_s``
+    ``[out_features, 1]`` (ones). ``factors`` is m (PEFT's ``boft_n_butterfly_factor + 1``);
+    give ``block_size`` b or ``block_num`` N (``in_features = N b``; with m > 1, b and N even and
+    ``2^(m-1)`` dividing N, PEFT's conditions).
+    """
+
+    def __init__(self, base: torch.nn.Linear, *, block_size: int | None = None,
+                 block_num: int | None = None, factors: int = 1, policy: str = "cayley",
+                 k: int | None = None):
+        super().__init__()
+        where = "ButterflyLinear"
+        self.base = _frozen_linear(where, base)
+        d = base.in_features
+        if (block_size is None) == (block_num is None):
+            raise ValueError(f"{where}: give exactly one of block_size and block_num, got "
+                             f"block_size={block_size}, block_num={block_num}")
+        if block_size is None:
+            if block_num < 1 or d % block_num:
+                raise ValueError(f"{where}: in_features {d} is not a multiple of block_num "
+                                 f"{block_num}")
+            block_size = d // block_num
+        if block_size < 1 or d % block_size:
+            raise ValueError(f"{where}: in_features {d} is not a multiple of block_size "
+                             f"{block_size}")
+        n = d // block_size
+        if factors < 1:
+            raise ValueError(f"{where}: factors must be >= 1, got {factors}")
+        if factors > 1 and (block_size % 2 or n % 2 or n % (1 << (factors - 1))):
+            raise ValueError(f"{where}: factors {factors} needs block_size and block_num even and "
+                             f"block_num a multiple of 2^(factors-1) = {1 << (factors - 1)}; got "
+                             f"block_size {block_size}, block_num {n} (in_features {d})")
+        if policy not in _FAMILY_POLICIES:
+            raise ValueError(f"{where}: policy {policy!r} is not one of "
+                             f"{', '.join(_FAMILY_POLICIES)}")
+        self.policy, self.k = policy, k
+        w = base.weight
+        self.boft_R = torch.nn.Parameter(torch.zeros(factors, n, block_size, block_size,
+                                                     dtype=w.dtype, device=w.device))
+        self.boft_s = torch.nn.Parameter(torch.ones(base.out_features, 1, dtype=w.dtype,
+                                                    device=w.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(butterfly_rotate(x, self.boft_R, policy=self.policy, k=self.k))
+        bias = self.base.bias
+        if bias is None:
+            return y * self.boft_s.squeeze(-1)
+        return (y - bias) * self.boft_s.squeeze(-1) + bias
+
+    def extra_repr(self) -> str:
+        m, n, b, _ = self.boft_R.shape
+        return f"factors={m}, block_num={n}, block_size={b}, policy={self.policy!r}"
+
+
+class HouseholderLinear(torch.nn.Module):
+    """HRA over a frozen ``nn.Linear``, PEFT's layer: ``y = base(x R_H^T)`` (weight ``W0 R_H``).
+
+    The parameter as PEFT names it: ``hra_u`` ``[in_features, r]``, initialized PEFT's way for an
+    even r (kaiming-uniform columns, each repeated once, so the reflections cancel: R_H = I); an
+    odd r starts from kaiming-uniform columns (R_H != I), as PEFT does with a warning.
+    """
+
+    def __init__(self, base: torch.nn.Linear, r: int, *, apply_GS: bool = False):
+        super().__init__()
+        where = "HouseholderLinear"
+        self.base = _frozen_linear(where, base)
+        d = base.in_features
+        if r < 1 or (apply_GS and r > d):
+            raise ValueError(f"{where}: r must be in [1, in_features = {d}], got r={r}")
+        self.apply_GS = bool(apply_GS)
+        w = base.weight
+        if r % 2 == 0:
+            half = torch.empty(d, r // 2, dtype=w.dtype, device=w.device)
+            torch.nn.init.kaiming_uniform_(half, a=math.sqrt(5))
+            u = torch.repeat_interleave(half, 2, dim=1)
+        else:
+            u = torch.empty(d, r, dtype=w.dtype, device=w.device)
+            torch.nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+        self.hra_u = torch.nn.Parameter(u)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(householder_rotate(x, self.hra_u, apply_GS=self.apply_GS))
+
+    def extra_repr(self) -> str:
+        return f"r={self.hra_u.shape[1]}, apply_GS={self.apply_GS}"

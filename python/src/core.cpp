@@ -17,7 +17,11 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/optional.h>
 
+#include <algorithm>
+#include <mutex>
 #include <optional>
+#include <variant>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -581,6 +585,328 @@ class CudaRotation {
 };
 #endif  // OFT_PYTHON_CUDA
 
+// ---------------------------------------------------------------------------------------------
+// The other orthogonal families (docs/families.md): BOFT's butterfly and HRA's Householder
+// reflections, in PEFT's parameters (boft_R as [m N, b b], hra_u as [d, r]). Each object keeps
+// its backward workspace between calls (fresh memory is slow to touch; a training loop calls
+// backward with the same N every step), guarded by a mutex so that two threads never share it.
+
+/// A 2-D array argument of exactly [rows, cols], naming it.
+void check_shape(const AnyArray& a, const char* name, oft::Index rows, oft::Index cols,
+                 const char* what) {
+  if (a.ndim() != 2 || static_cast<oft::Index>(a.shape(0)) != rows ||
+      static_cast<oft::Index>(a.shape(1)) != cols) {
+    throw nb::value_error((std::string(name) + " has shape " + shape_of(a) + ", expected [" +
+                           std::to_string(rows) + ", " + std::to_string(cols) + "] (" + what + ")")
+                              .c_str());
+  }
+}
+
+/// oft::Butterfly for one Scalar, exact Cayley (PEFT's BOFT) or Cayley-Neumann R_k.
+template <class Scalar>
+class CpuButterfly {
+ public:
+  CpuButterfly(const oft::ButterflySpec& spec, const oft::AnyPolicy& p)
+      : op_(make(spec, p)), theta_(spec.generators() * spec.packed()) {}
+
+  const oft::ButterflySpec& spec() const {
+    return std::visit([](const auto& op) -> const oft::ButterflySpec& { return op.spec(); }, op_);
+  }
+
+  void set_peft_weight(const AnyArray& boft_r) {
+    const auto& s = spec();
+    check_shape(boft_r, "boft_R", s.generators(), s.block_size * s.block_size,
+                "PEFT's [m, N, b, b] as [m N, b b]");
+    const auto view = matrix_of<const Scalar>(boft_r, "boft_R");
+    if (view.rows() > 1 && view.stride() != view.cols()) {
+      throw nb::value_error("boft_R must be contiguous (call .contiguous() first)");
+    }
+    nb::gil_scoped_release release;
+    const oft::GeneratorView<Scalar> theta(theta_.data(), s.generators(), s.block_size);
+    oft::peft::boft_generators(view.data(), s, theta);
+    set(oft::GeneratorView<const Scalar>(theta));
+  }
+
+  void set_generators(const AnyArray& theta) {
+    const auto& s = spec();
+    check_shape(theta, "theta", s.generators(), s.packed(), "m N generators x b(b-1)/2");
+    const auto view = generators_of<const Scalar>(theta, "theta");
+    nb::gil_scoped_release release;
+    set(view);
+  }
+
+  void apply(const AnyArray& x, const AnyArray& y, bool transposed) const {
+    const auto xv = matrix_of<const Scalar>(x, "x");
+    const auto yv = matrix_of<Scalar>(y, "y");
+    if (xv.rows() == 0 && yv.rows() == 0) return;
+    nb::gil_scoped_release release;
+    std::visit([&](const auto& op) { transposed ? op.apply_transposed(xv, yv) : op.apply(xv, yv); },
+               op_);
+  }
+
+  /// dx = dy M^T; d_boft_R (PEFT's layout, [m N, b b]) or dtheta (packed), either or none.
+  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                const std::optional<AnyArray>& d_boft_r, const std::optional<AnyArray>& dtheta) {
+    const auto& s = spec();
+    const auto xv = matrix_of<const Scalar>(x, "x");
+    const auto dyv = matrix_of<const Scalar>(dy, "dy");
+    const oft::MatrixView<Scalar> dxv = dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+    oft::MatrixView<Scalar> dbv;
+    if (d_boft_r) {
+      check_shape(*d_boft_r, "d_boft_R", s.generators(), s.block_size * s.block_size,
+                  "PEFT's [m, N, b, b] as [m N, b b]");
+      dbv = matrix_of<Scalar>(*d_boft_r, "d_boft_R");
+      if (dbv.rows() > 1 && dbv.stride() != dbv.cols())
+        throw nb::value_error("d_boft_R must be contiguous");
+    }
+    oft::GeneratorView<Scalar> dthv;
+    if (dtheta) {
+      check_shape(*dtheta, "dtheta", s.generators(), s.packed(), "m N generators x b(b-1)/2");
+      dthv = generators_of<Scalar>(*dtheta, "dtheta");
+    }
+    const bool want_generators = d_boft_r || dtheta;
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    const oft::GeneratorView<Scalar> packed =
+        !want_generators ? oft::GeneratorView<Scalar>()
+        : dtheta        ? dthv
+                        : oft::GeneratorView<Scalar>(dtheta_.reserve(s.generators() * s.packed()),
+                                                     s.generators(), s.block_size);
+    if (xv.rows() == 0) {  // an empty batch: a zero gradient (PEFT's)
+      for (oft::Index g = 0; g < packed.count(); ++g)
+        std::fill(packed.row(g), packed.row(g) + s.packed(), Scalar(0));
+    } else {
+      std::visit([&](const auto& op) { op.backward(xv, dyv, dxv, packed, workspace_); }, op_);
+    }
+    if (d_boft_r) oft::peft::boft_gradient(oft::GeneratorView<const Scalar>(packed), s, dbv.data());
+  }
+
+  double orthogonality_error() const {
+    return std::visit([](const auto& op) { return op.orthogonality_error(); }, op_);
+  }
+
+ private:
+  using Variant = std::variant<oft::Butterfly<Scalar, oft::ExactCayley>,
+                               oft::Butterfly<Scalar, oft::CayleyNeumann>>;
+
+  static Variant make(const oft::ButterflySpec& spec, const oft::AnyPolicy& p) {
+    if (std::holds_alternative<oft::ExactCayley>(p))
+      return Variant(std::in_place_index<0>, spec, oft::ExactCayley{});
+    if (const auto* q = std::get_if<oft::CayleyNeumann>(&p))
+      return Variant(std::in_place_index<1>, spec, *q);
+    throw nb::value_error((describe(p) + " is not a butterfly parameterization: Butterfly takes "
+                                         "Parameterization.cayley() (PEFT's BOFT) or "
+                                         "Parameterization.cayley_neumann(k)")
+                              .c_str());
+  }
+
+  void set(oft::GeneratorView<const Scalar> theta) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::visit([&](auto& op) { op.set_generators(theta); }, op_);
+  }
+
+  Variant op_;
+  std::vector<Scalar> theta_;
+  oft::Workspace<Scalar> workspace_, dtheta_;
+  std::mutex mutex_;
+};
+
+/// oft::Householder for one Scalar (PEFT's HRA, apply_GS on or off).
+template <class Scalar>
+class CpuHouseholder {
+ public:
+  CpuHouseholder(oft::Index features, oft::Index reflections, bool gram_schmidt)
+      : op_(features, reflections, gram_schmidt) {}
+
+  oft::Index features() const { return op_.features(); }
+  oft::Index reflections() const { return op_.reflections(); }
+
+  void set_vectors(const AnyArray& u) {
+    check_shape(u, "hra_u", features(), reflections(), "PEFT's [d, r]");
+    const auto view = matrix_of<const Scalar>(u, "hra_u");
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    op_.set_vectors(view);
+  }
+
+  void apply(const AnyArray& x, const AnyArray& y, bool transposed) const {
+    const auto xv = matrix_of<const Scalar>(x, "x");
+    const auto yv = matrix_of<Scalar>(y, "y");
+    if (xv.rows() == 0 && yv.rows() == 0) return;
+    nb::gil_scoped_release release;
+    transposed ? op_.apply_transposed(xv, yv) : op_.apply(xv, yv);
+  }
+
+  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                const std::optional<AnyArray>& du) {
+    const auto xv = matrix_of<const Scalar>(x, "x");
+    const auto dyv = matrix_of<const Scalar>(dy, "dy");
+    const oft::MatrixView<Scalar> dxv = dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+    oft::MatrixView<Scalar> duv;
+    if (du) {
+      check_shape(*du, "d_hra_u", features(), reflections(), "PEFT's [d, r]");
+      duv = matrix_of<Scalar>(*du, "d_hra_u");
+    }
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    op_.backward(xv, dyv, dxv, duv, workspace_);
+  }
+
+ private:
+  oft::Householder<Scalar, oft::cpu> op_;
+  oft::Workspace<Scalar> workspace_;
+  std::mutex mutex_;
+};
+
+/// oft._core.Butterfly / oft._core.Householder: the CPU operators for "float32" or "float64".
+template <template <class> class Op>
+class Family {
+ public:
+  template <class... Args>
+  Family(const std::string& dtype, Args&&... args) : op_(make(dtype, std::forward<Args>(args)...)) {}
+
+  template <class F>
+  decltype(auto) visit(F&& f) {
+    return std::visit(std::forward<F>(f), op_);
+  }
+  template <class F>
+  decltype(auto) visit(F&& f) const {
+    return std::visit(std::forward<F>(f), op_);
+  }
+  std::string dtype() const { return op_.index() == 0 ? "float32" : "float64"; }
+
+ private:
+  using Variant = std::variant<Op<float>, Op<double>>;
+  template <class... Args>
+  static Variant make(const std::string& dtype, Args&&... args) {
+    if (dtype == "float32") return Variant(std::in_place_index<0>, std::forward<Args>(args)...);
+    if (dtype == "float64") return Variant(std::in_place_index<1>, std::forward<Args>(args)...);
+    throw nb::type_error(("dtype " + dtype + " is not float32 or float64 (the CPU families' "
+                                              "kernels)")
+                             .c_str());
+  }
+  Variant op_;
+};
+
+using Butterfly = Family<CpuButterfly>;
+using Householder = Family<CpuHouseholder>;
+
+std::optional<AnyArray> optional_array(nb::handle h, const char* name, bool writable) {
+  if (h.is_none()) return std::nullopt;
+  return array_of(h, name, writable);
+}
+
+void bind_families(nb::module_& m) {
+  nb::class_<Butterfly>(m, "Butterfly",
+                        "BOFT's butterfly M = B_{m-1} ... B_0 over d = N b features (CPU).")
+      .def(
+          "__init__",
+          [](Butterfly* self, oft::Index features, oft::Index block_size, oft::Index factors,
+             const Parameterization& p, const std::string& dtype) {
+            new (self) Butterfly(dtype, oft::ButterflySpec::from_features(features, block_size,
+                                                                          factors),
+                                 p.value);
+          },
+          nb::arg("features"), nb::arg("block_size"), nb::arg("factors"),
+          nb::arg("parameterization"), nb::arg("dtype"))
+      .def_prop_ro("features", [](const Butterfly& b) {
+        return b.visit([](const auto& op) { return op.spec().features(); });
+      })
+      .def_prop_ro("block_size", [](const Butterfly& b) {
+        return b.visit([](const auto& op) { return op.spec().block_size; });
+      })
+      .def_prop_ro("blocks", [](const Butterfly& b) {
+        return b.visit([](const auto& op) { return op.spec().blocks; });
+      })
+      .def_prop_ro("factors", [](const Butterfly& b) {
+        return b.visit([](const auto& op) { return op.spec().factors; });
+      })
+      .def_prop_ro("dtype", &Butterfly::dtype)
+      .def(
+          "set_peft_weight",
+          [](Butterfly& b, nb::handle boft_r) {
+            const AnyArray a = array_of(boft_r, "boft_R", false);
+            b.visit([&](auto& op) { op.set_peft_weight(a); });
+          },
+          nb::arg("boft_R"),
+          "PEFT's boft_R [m, N, b, b], passed as [m N, b b]: the skew part S = (A - A^T)/2, "
+          "blocks (I - S)(I + S)^-1.")
+      .def(
+          "set_generators",
+          [](Butterfly& b, nb::handle theta) {
+            const AnyArray a = array_of(theta, "theta", false);
+            b.visit([&](auto& op) { op.set_generators(a); });
+          },
+          nb::arg("theta"), "oft's packed generators [m N, b(b-1)/2].")
+      .def(
+          "apply",
+          [](const Butterfly& b, nb::handle x, nb::handle y, bool transposed) {
+            const AnyArray xa = array_of(x, "x", false), ya = array_of(y, "y", true);
+            b.visit([&](const auto& op) { op.apply(xa, ya, transposed); });
+          },
+          nb::arg("x"), nb::arg("y"), nb::arg("transposed") = false,
+          "y = x M (or x M^T); y may be x.")
+      .def(
+          "backward",
+          [](Butterfly& b, nb::handle x, nb::handle dy, nb::handle dx, nb::handle d_boft_r,
+             nb::handle dtheta) {
+            const AnyArray xa = array_of(x, "x", false), dya = array_of(dy, "dy", false);
+            const auto dxa = optional_array(dx, "dx", true);
+            const auto dba = optional_array(d_boft_r, "d_boft_R", true);
+            const auto dta = optional_array(dtheta, "dtheta", true);
+            b.visit([&](auto& op) { op.backward(xa, dya, dxa, dba, dta); });
+          },
+          nb::arg("x"), nb::arg("dy"), nb::arg("dx").none() = nb::none(),
+          nb::arg("d_boft_R").none() = nb::none(), nb::arg("dtheta").none() = nb::none(),
+          "dx = dy M^T, d_boft_R (PEFT's layout [m N, b b]) and/or dtheta; None skips.")
+      .def("orthogonality_error", [](const Butterfly& b) {
+        return b.visit([](const auto& op) { return op.orthogonality_error(); });
+      });
+
+  nb::class_<Householder>(m, "Householder",
+                          "HRA's R_H = H_0 ... H_{r-1} from PEFT's hra_u [d, r] (CPU).")
+      .def(
+          "__init__",
+          [](Householder* self, oft::Index features, oft::Index reflections, bool gram_schmidt,
+             const std::string& dtype) {
+            new (self) Householder(dtype, features, reflections, gram_schmidt);
+          },
+          nb::arg("features"), nb::arg("reflections"), nb::arg("gram_schmidt"), nb::arg("dtype"))
+      .def_prop_ro("features", [](const Householder& h) {
+        return h.visit([](const auto& op) { return op.features(); });
+      })
+      .def_prop_ro("reflections", [](const Householder& h) {
+        return h.visit([](const auto& op) { return op.reflections(); });
+      })
+      .def_prop_ro("dtype", &Householder::dtype)
+      .def(
+          "set_vectors",
+          [](Householder& h, nb::handle u) {
+            const AnyArray a = array_of(u, "hra_u", false);
+            h.visit([&](auto& op) { op.set_vectors(a); });
+          },
+          nb::arg("hra_u"), "PEFT's hra_u [d, r].")
+      .def(
+          "apply",
+          [](const Householder& h, nb::handle x, nb::handle y, bool transposed) {
+            const AnyArray xa = array_of(x, "x", false), ya = array_of(y, "y", true);
+            h.visit([&](const auto& op) { op.apply(xa, ya, transposed); });
+          },
+          nb::arg("x"), nb::arg("y"), nb::arg("transposed") = false,
+          "y = x R_H^T (PEFT's layer input rotation), or x R_H; y may be x.")
+      .def(
+          "backward",
+          [](Householder& h, nb::handle x, nb::handle dy, nb::handle dx, nb::handle du) {
+            const AnyArray xa = array_of(x, "x", false), dya = array_of(dy, "dy", false);
+            const auto dxa = optional_array(dx, "dx", true);
+            const auto dua = optional_array(du, "d_hra_u", true);
+            h.visit([&](auto& op) { op.backward(xa, dya, dxa, dua); });
+          },
+          nb::arg("x"), nb::arg("dy"), nb::arg("dx").none() = nb::none(),
+          nb::arg("d_hra_u").none() = nb::none(),
+          "dx = dy R_H and d_hra_u [d, r]; None skips either.");
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -642,6 +968,7 @@ NB_MODULE(_core, m) {
                    "rounding) or 'dot_product' (vdpbf16ps; within the bound of docs/bf16.md; the "
                    "default where the build has AVX512_BF16).");
   m.attr("has_bf16_dot_product") = oft::kBf16DotProductAvailable;
+  bind_families(m);
 
   m.def("set_num_threads", [](int n) {
 #ifdef _OPENMP
