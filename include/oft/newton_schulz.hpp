@@ -32,7 +32,7 @@
 /// Cayley for CayleySquare. ||X_j^T X_j - I||_2 = 1 - f^j(s_min)^2 <= 2 (1 - f^j(s_min)).
 /// newton_schulz_distance_bound(||Q||_F, j, base) returns 1 - f^j(1 / beta), a bound of both
 /// the distance to U and half the orthogonality error. E.g. ||Q||_F^2 / 2 = 0.25 (beta = 1.25,
-/// CayleySquare): 0.2, 0.056, 4.6e-3, 3.2e-5, 1.5e-9, 3.6e-18 for j = 0..5.
+/// CayleySquare): 0.2, 0.056, 4.6e-3, 3.2e-5, 1.5e-9, 3.5e-18 for j = 0..5.
 ///
 /// Gradient: the backward differentiates the iterations the forward computed (not the limit).
 /// With S = X^T X and Gbar = dL/dX_(i+1), X_(i+1) = (3/2) X - (1/2) X S gives
@@ -42,11 +42,13 @@
 /// polynomial's adjoint Horner pass (cayley_neumann.hpp). The iterates are recomputed in the
 /// backward and kept (iterations + 1 matrices b x b, this thread's scratch).
 ///
-/// Cost in b x b products: forward 1 (CayleySquare; 0 for Linear) + 2 per iteration; backward
-/// recomputes the forward and adds 4 per iteration + 3 (CayleySquare). Exact Cayley costs one
-/// LU and a solve (about 1.3 products' worth of flops) forward and one solve backward, so on the
-/// CPU Newton–Schulz is slower at every iteration count that matters; its use is hardware where
-/// products are much cheaper than factorizations (GPU tensor cores), and exact agreement with a
+/// Cost in b x b products (2 b^3 flops each), j iterations: forward 1 (CayleySquare; 0 for
+/// Linear) + 2 j; backward recomputes the forward but its last step (1 + 2 (j - 1)), adds 4 per
+/// iteration and 3 for the polynomial (CayleySquare): 6 j + 2 in all. Exact Cayley costs one LU
+/// and a b-column solve (2/3 + 2 = 2.7 b^3 flops, about 1.3 products) forward and the same plus
+/// one product backward, so on the CPU Newton–Schulz costs more at every iteration count that
+/// gives an accurate R (docs/families.md section 6 has measured times); its use is hardware
+/// where products are much cheaper than factorizations (GPU tensor cores), and agreement with a
 /// trainer that uses it.
 
 #include <cmath>
