@@ -7,10 +7,11 @@
 ///   oft::AnyBlockOrthogonal<float> rot(spec, parameterization);
 ///   rot.set_generators(theta);  rot.apply(x, y);  rot.backward(x, dy, dx, dtheta, ws);
 ///
-/// Each object holds one BlockOrthogonal<Scalar, P> (or OftLinear<Scalar, P>) in a std::variant
-/// and forwards every call with one std::visit: the dispatch costs one indirect branch per call,
-/// never per element, so the templated hot path runs unchanged (the results are bit-identical to
-/// the templated operator's; the tests check it).
+/// Each object holds one BlockOrthogonal<Scalar, P> (or OftLinear<Scalar, P>, Butterfly<Scalar, P>)
+/// in a std::variant and forwards every call with one std::visit: the dispatch costs one indirect
+/// branch per call, never per element, so the templated hot path runs unchanged (the results are
+/// bit-identical to the templated operator's; the tests check it). any_orthogonal.hpp goes one
+/// step further and chooses the family (block-diagonal, butterfly, Householder, Givens) at run time.
 
 #include <string>
 #include <type_traits>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "block_orthogonal.hpp"
+#include "butterfly.hpp"
 #include "cayley.hpp"
 #include "cayley_neumann.hpp"
 #include "exponential.hpp"
@@ -148,6 +150,75 @@ class AnyBlockOrthogonal {
   const BlockOrthogonal<Scalar, P, cpu>& as() const {
     return std::get<BlockOrthogonal<Scalar, P, cpu>>(operator_);
   }
+
+ private:
+  template <class F>
+  decltype(auto) visit(F&& f) { return std::visit(std::forward<F>(f), operator_); }
+  template <class F>
+  decltype(auto) visit(F&& f) const { return std::visit(std::forward<F>(f), operator_); }
+
+  Variant operator_;
+};
+
+/// Butterfly<Scalar, P> (BOFT) for a parameterization P of its blocks chosen at run time. Same
+/// members and semantics as Butterfly (see cpu/butterfly.hpp).
+template <class Scalar>
+class AnyButterfly {
+ public:
+  using Variant = typename detail::OperatorVariant<Butterfly, Scalar, AnyPolicy>::type;
+
+  AnyButterfly(const ButterflySpec& spec, const AnyPolicy& parameterization)
+      : operator_(std::visit(
+            [&](const auto& p) -> Variant {
+              using P = std::decay_t<decltype(p)>;
+              return Variant(std::in_place_type<Butterfly<Scalar, P, cpu>>, spec, p);
+            },
+            parameterization)) {}
+
+  AnyPolicy policy() const {
+    return visit([](const auto& op) { return AnyPolicy(op.factor(0).parameterization()); });
+  }
+  const ButterflySpec& spec() const {
+    return visit([](const auto& op) -> const ButterflySpec& { return op.spec(); });
+  }
+  Index features() const { return spec().features(); }
+
+  void set_generators(GeneratorView<const Scalar> theta) {
+    visit([&](auto& op) { op.set_generators(theta); });
+  }
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    visit([&](const auto& op) { op.apply(x, y); });
+  }
+  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
+    visit([&](const auto& op) { op.apply_transposed(x, y); });
+  }
+  void apply_inverse(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed = false) const {
+    visit([&](const auto& op) { op.apply_inverse(x, y, transposed); });
+  }
+  Index workspace_size(Index rows) const {
+    return visit([&](const auto& op) { return op.workspace_size(rows); });
+  }
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
+    visit([&](const auto& op) { op.backward(x, dy, dx, dtheta, workspace); });
+  }
+  void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
+                GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    visit([&](const auto& op) { op.backward(x, dy, dx, dtheta, workspace, workspace_count); });
+  }
+  SquareMatrix<Scalar> block(Index i, Index g) const {
+    return visit([&](const auto& op) { return op.block(i, g); });
+  }
+  RowMatrix<Scalar> dense() const { return visit([](const auto& op) { return op.dense(); }); }
+  double orthogonality_error(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
+    return visit([&](const auto& op) { return op.orthogonality_error(norm); });
+  }
+
+  /// The underlying templated operator (throws std::bad_variant_access for another P).
+  template <class P>
+  Butterfly<Scalar, P, cpu>& as() { return std::get<Butterfly<Scalar, P, cpu>>(operator_); }
+  template <class P>
+  const Butterfly<Scalar, P, cpu>& as() const { return std::get<Butterfly<Scalar, P, cpu>>(operator_); }
 
  private:
   template <class F>

@@ -23,7 +23,8 @@
 #include "butterfly.hpp"         // Butterfly (BOFT) operator
 #include "householder.hpp"       // Householder (HRA) operator
 #include "givens.hpp"            // Givens (GOFT) operator
-#include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear: parameterization chosen at run time
+#include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear / AnyButterfly: map chosen at run time
+#include "any_orthogonal.hpp"    // AnyOrthogonal: family chosen at run time
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
 #include "peft_polynomial.hpp"   // PEFT's Cayley-Neumann polynomials (peft::NeumannBranch)

@@ -16,6 +16,7 @@ set(_alone_use_half_hpp "inline float use() { return oft::round_to_bf16(1.0f); }
 set(_alone_use_half_types_hpp "inline float use() { return oft::to_float(oft::to_bfloat16(1.0f)); }")
 set(_alone_use_neumann_hpp "static_assert(oft::neumann_coefficient(1, 1) == 2);")
 set(_alone_use_any_operator_hpp "static_assert(sizeof(oft::AnyBlockOrthogonal<float>) > 0);")
+set(_alone_use_any_orthogonal_hpp "static_assert(sizeof(oft::AnyOrthogonal<double>) > 0);")
 set(_alone_use_butterfly_hpp "static_assert(sizeof(oft::Butterfly<double, oft::ExactCayley>) > 0);")
 set(_alone_use_butterfly_spec_hpp
     "inline oft::Index use() { return oft::ButterflySpec::from_features(8, 2, 2).feature(1, 0, 1); }")

@@ -95,7 +95,25 @@ void use_givens(oft::GivensLayout layout) {
 }
 
 template <class Scalar>
+void use_any_orthogonal(const oft::AnyFamily& family) {
+  oft::AnyOrthogonal<Scalar> any(family);
+  std::vector<Scalar> params(static_cast<std::size_t>(any.parameter_count()), Scalar(0.25)), x(16), y(16);
+  any.set_parameters(params.data(), any.parameter_count());
+  oft::Workspace<Scalar> workspace;
+  any.apply(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  any.apply_inverse(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8));
+  any.backward(oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(y.data(), 2, 8),
+               oft::MatrixView<Scalar>(y.data(), 2, 8), params.data(), workspace);
+  (void)any.merge(oft::ConstMatrixView<Scalar>(x.data(), 2, 8));
+  (void)any.orthogonality_error();
+}
+
+template <class Scalar>
 void use_all() {
+  use_any_orthogonal<Scalar>(oft::ButterflyFamily{oft::ButterflySpec::from_features(8, 2, 2), oft::CayleyNeumann{3}});
+  use_any_orthogonal<Scalar>(oft::HouseholderFamily{8, 2, true});
+  use_any_orthogonal<Scalar>(oft::GivensFamily{8});
+  use_any_orthogonal<Scalar>(oft::BlockFamily{oft::BlockSpec::from_features(8, 4), oft::MatrixExponential{}});
   use_givens<Scalar>(oft::GivensLayout::Goft);
   use_givens<Scalar>(oft::GivensLayout::Butterfly);
   use_householder<Scalar>(false);
