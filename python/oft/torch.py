@@ -284,7 +284,7 @@ class ButterflyLinear(torch.nn.Module):
     """BOFT over a frozen ``nn.Linear``, PEFT's layer: ``y = (base(x M) - bias) * s + bias``.
 
     Parameters as PEFT names them: ``boft_R`` ``[m, N, b, b]`` (zero: M = I) and ``boft_s``
-    ``[out_features, 1]`` (ones). ``factors`` is m (PEFT's ``boft_n_butterfly_factor + 1``);
+    ``[out_features, 1]`` (ones). ``factors`` is m (PEFT's ``boft_n_butterfly_factor``);
     give ``block_size`` b or ``block_num`` N (``in_features = N b``; with m > 1, b and N even and
     ``2^(m-1)`` dividing N, PEFT's conditions).
     """
