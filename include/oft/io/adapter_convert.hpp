@@ -28,6 +28,7 @@
 #include "merge_plan.hpp"
 #include "model_directory.hpp"
 #include "peft_adapter.hpp"
+#include "peft_family_adapter.hpp"
 
 namespace oft::io {
 
@@ -106,6 +107,10 @@ inline ConvertReport convert_adapter(const ConvertOptions& options) {
   if (fs::exists(out) && !options.force)
     throw std::invalid_argument("oft: output '" + fs::path(options.out).string() +
                                 "' exists (pass --force to replace it)");
+  if (const std::string type = peft_type_of(options.adapter); is_peft_family_type(type))
+    throw std::invalid_argument(oft::detail::message(
+        "oft: convert: ", options.adapter, " is a PEFT ", type,
+        " adapter; convert rewrites OFT adapters only (no conversion between families)"));
   const PeftOftAdapter before = PeftOftAdapter::load(options.adapter);
   PeftOftAdapter after = before;
 

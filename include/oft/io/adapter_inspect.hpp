@@ -5,17 +5,26 @@
 /// of every block under the adapter's own policy (worst and median), whether a Cayley-Neumann
 /// series diverges, and the k a tolerance needs. Every number is in double, from the generators
 /// as PEFT uses them (COFT-projected when on).
+///
+/// On a PEFT BOFT or HRA adapter (io/peft_family_adapter.hpp) the report says the family and,
+/// per module: d, n_out (BOFT), m, N, b (BOFT) or r and apply_GS (HRA), the numbers stored,
+/// the bytes they take and the bytes a dense d x d float32 rotation would, the orthogonality error
+/// ||R^T R - I||_2 of the effective rotation in double (BOFT: per block, worst and median; rho
+/// = ||S||_2 of each block's skew part too; HRA: of the whole product, from r x r matrices), and
+/// the range of BOFT's output scale boft_s.
 
 #include "../detail/intrinsics.hpp"  // before Eigen (GCC 12)
 
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "peft_adapter.hpp"
+#include "peft_family_adapter.hpp"
 
 namespace oft::io {
 
@@ -37,10 +46,22 @@ struct ModuleReport {
   Spread distance;        ///< ||R_g - Cayley(Q_g)||_2 over generators
   bool diverges = false;  ///< some rho >= 1: a Cayley–Neumann series diverges there
   int terms_for_tolerance = -1;  ///< smallest k with rho^(k+1) <= tol for the worst rho; -1: none
+  // BOFT and HRA only (zero for OFT)
+  Index features = 0;              ///< d
+  Index out_features = 0;          ///< BOFT: n_out, the length of boft_s
+  Index factors = 0;               ///< BOFT: m butterfly factors
+  Index blocks = 0;                ///< BOFT: N blocks per factor
+  Index reflections = 0;           ///< HRA: r
+  bool gram_schmidt = false;       ///< HRA: apply_GS
+  Index parameters = 0;            ///< numbers stored for the module
+  std::uint64_t stored_bytes = 0;  ///< bytes of its tensors in the adapter file
+  std::uint64_t dense_bytes = 0;   ///< bytes of a dense d x d float32 rotation (never formed)
+  double scale_min = 0.0, scale_max = 0.0;  ///< BOFT: the range of boft_s
 };
 
 /// The whole adapter.
 struct AdapterReport {
+  std::string family = "OFT";  ///< PEFT's peft_type: "OFT", "BOFT" or "HRA"
   std::string peft_version;  ///< "" when absent
   std::string polynomial;    ///< "current" or "legacy (PEFT < 0.18)", or "exact Cayley"
   std::string policy;        ///< policy name
@@ -101,6 +122,58 @@ inline ModuleReport inspect_module(const PeftOftAdapter& adapter, const PeftOftM
   return report;
 }
 
+/// ||R^T R - I||_2 of HRA's R = I - Q T Q^T (either orientation) from r x r matrices: with
+/// G = Q^T Q, R^T R - I = Q K Q^T, K = T^T G T - T - T^T, whose non-zero eigenvalues are those
+/// of G^(1/2) K G^(1/2).
+inline double householder_orthogonality(const Householder<double>& hra) {
+  const Eigen::MatrixXd q = hra.vectors(), t = hra.triangular_factor();
+  const Eigen::MatrixXd g = q.transpose() * q;
+  const Eigen::MatrixXd k = t.transpose() * g * t - t - t.transpose();
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> gram(g);
+  const Eigen::VectorXd roots = gram.eigenvalues().cwiseMax(0.0).cwiseSqrt();
+  const Eigen::MatrixXd half = gram.eigenvectors() * roots.asDiagonal() * gram.eigenvectors().transpose();
+  const Eigen::MatrixXd m = half * k * half;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(0.5 * (m + m.transpose()), Eigen::EigenvaluesOnly);
+  return eig.eigenvalues().cwiseAbs().maxCoeff();
+}
+
+inline ModuleReport inspect_family_module(const PeftFamilyAdapter& adapter, const PeftFamilyModule& m) {
+  ModuleReport report;
+  report.name = m.name;
+  report.kind = "linear";
+  report.features = m.features;
+  report.parameters = m.parameters();
+  report.stored_bytes = static_cast<std::uint64_t>(m.parameters()) * (dtype_bits(m.dtype) / 8);
+  report.dense_bytes = static_cast<std::uint64_t>(m.features) * static_cast<std::uint64_t>(m.features) * 4;
+  if (adapter.family() == PeftFamily::Hra) {
+    report.reflections = m.reflections;
+    report.gram_schmidt = adapter.config.apply_GS;
+    report.generators = m.reflections;
+    const double error = householder_orthogonality(adapter.householder<double>(m));
+    report.orthogonality = {error, error};
+    return report;
+  }
+  const ButterflySpec& s = m.butterfly;
+  report.out_features = m.out_features();
+  report.factors = s.factors;
+  report.blocks = s.blocks;
+  report.block_size = s.block_size;
+  report.generators = s.generators();
+  const auto butterfly = PeftFamilyAdapter::butterfly<double>(m);
+  std::vector<double> orthogonality, rho;
+  for (Index i = 0; i < s.factors; ++i)
+    for (const double e : butterfly.factor(i).orthogonality_errors()) orthogonality.push_back(e);
+  Generators<double> theta(s.generators(), s.block_size);
+  peft::boft_generators(m.boft_R.data(), s, theta.view());
+  for (Index g = 0; g < theta.count(); ++g)
+    rho.push_back(oft::detail::skew_spectral_norm(SquareMatrix<double>(theta.dense(g))));
+  report.orthogonality = spread(orthogonality);
+  report.rho = spread(rho);
+  report.scale_min = *std::min_element(m.boft_s.begin(), m.boft_s.end());
+  report.scale_max = *std::max_element(m.boft_s.begin(), m.boft_s.end());
+  return report;
+}
+
 }  // namespace detail
 
 /// The report on a loaded adapter; `tolerance` (> 0) is the distance to exact Cayley that
@@ -128,16 +201,63 @@ inline AdapterReport inspect_adapter(const PeftOftAdapter& adapter, double toler
   return report;
 }
 
+/// The report on a loaded BOFT or HRA adapter (see the file comment); `tolerance` is only
+/// recorded (no Neumann series is involved).
+inline AdapterReport inspect_adapter(const PeftFamilyAdapter& adapter, double tolerance) {
+  AdapterReport report;
+  report.family = peft_type_name(adapter.family());
+  report.peft_version = adapter.config.peft_version;
+  report.policy = "cayley";
+  report.polynomial = adapter.family() == PeftFamily::Boft ? "exact Cayley" : "Householder";
+  report.tolerance = tolerance;
+  for (const auto& m : adapter.modules) report.modules.push_back(detail::inspect_family_module(adapter, m));
+  return report;
+}
+
 /// The report on the adapter directory `adapter_dir` (adapter_config.json and
-/// adapter_model.safetensors). Throws what PeftOftAdapter::load throws.
+/// adapter_model.safetensors): OFT, or BOFT/HRA by its peft_type. Throws what
+/// PeftOftAdapter::load or PeftFamilyAdapter::load throws.
 inline AdapterReport inspect_adapter(const std::string& adapter_dir, double tolerance) {
+  if (is_peft_family_type(peft_type_of(adapter_dir)))
+    return inspect_adapter(PeftFamilyAdapter::load(adapter_dir), tolerance);
   return inspect_adapter(PeftOftAdapter::load(adapter_dir), tolerance);
 }
 
 /// The report as JSON, the schema of `oft inspect --json` and of Python's oft.inspect_adapter
 /// (one spelling of the field names for both faces).
 inline nlohmann::ordered_json to_json(const AdapterReport& report) {
+  const auto spread = [](const Spread& s) {
+    return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
+  };
   nlohmann::ordered_json out;
+  if (report.family != "OFT") {  // BOFT or HRA: their own fields (an OFT report is unchanged)
+    const bool boft = report.family == "BOFT";
+    out["family"] = report.family;
+    out["peft_version"] = report.peft_version;
+    out["modules"] = nlohmann::ordered_json::array();
+    for (const auto& m : report.modules) {
+      nlohmann::ordered_json j{{"name", m.name}, {"kind", m.kind}, {"features", m.features}};
+      if (boft) {
+        j["out_features"] = m.out_features;
+        j["factors"] = m.factors;
+        j["blocks"] = m.blocks;
+        j["block_size"] = m.block_size;
+      } else {
+        j["reflections"] = m.reflections;
+        j["apply_GS"] = m.gram_schmidt;
+      }
+      j["parameters"] = m.parameters;
+      j["stored_bytes"] = m.stored_bytes;
+      j["dense_rotation_bytes"] = m.dense_bytes;
+      j["orthogonality_error"] = spread(m.orthogonality);
+      if (boft) {
+        j["rho"] = spread(m.rho);
+        j["scale"] = {{"min", m.scale_min}, {"max", m.scale_max}};
+      }
+      out["modules"].push_back(std::move(j));
+    }
+    return out;
+  }
   out["peft_version"] = report.peft_version;
   out["policy"] = report.policy;
   out["polynomial"] = report.polynomial;
@@ -149,9 +269,6 @@ inline nlohmann::ordered_json to_json(const AdapterReport& report) {
   out["tolerance"] = report.tolerance;
   out["modules"] = nlohmann::ordered_json::array();
   for (const auto& m : report.modules) {
-    const auto spread = [](const Spread& s) {
-      return nlohmann::ordered_json{{"worst", s.worst}, {"median", s.median}};
-    };
     out["modules"].push_back({{"name", m.name},
                               {"kind", m.kind},
                               {"generators", m.generators},

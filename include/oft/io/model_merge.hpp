@@ -1,11 +1,13 @@
 #pragma once
 /// \file io/model_merge.hpp
-/// A PEFT OFT adapter folded into (or out of) a Hugging Face model directory, streamed tensor by
-/// tensor: merge_model(), the function behind `oft merge` / `oft unmerge` and Python's
-/// oft.merge_model.
+/// A PEFT OFT, BOFT or HRA adapter folded into (or out of) a Hugging Face model directory,
+/// streamed tensor by tensor: merge_model(), the function behind `oft merge` / `oft unmerge` and
+/// Python's oft.merge_model.
 ///
 ///   merge:   Linear W' = W0 R(sQ)^T, Embedding E' = E R(sQ)   (PeftOftAdapter::merge)
 ///   unmerge: the true inverse, per-block LU                   (PeftOftAdapter::unmerge)
+///   BOFT:    W' = diag(s) W0 M^T, HRA: W' = W0 R_H, in double (PeftFamilyAdapter::merge);
+///            no strength; unmerge the true inverse (PeftFamilyAdapter::unmerge)
 ///
 /// The base is a directory holding either `model.safetensors.index.json` and its shards, or one
 /// `*.safetensors` file (io/model_directory.hpp). The output directory gets the same files: every
@@ -47,6 +49,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
@@ -57,6 +60,7 @@
 #include "merge_plan.hpp"
 #include "model_directory.hpp"
 #include "peft_adapter.hpp"
+#include "peft_family_adapter.hpp"
 #include "quantized_weights.hpp"
 #include "safetensors_writer.hpp"
 
@@ -73,7 +77,7 @@ enum class MergeDtype {
 /// What merge_model is asked to do.
 struct MergeOptions {
   std::string base;       ///< model directory: model.safetensors, or an index and its shards
-  std::string adapter;    ///< PEFT OFT adapter directory
+  std::string adapter;    ///< PEFT OFT, BOFT or HRA adapter directory
   std::string out;        ///< output directory, written whole or not at all
   double strength = 1.0;  ///< merges R(strength * Q); -1 gives R(-Q) (see docs/io.md); finite
   MergeDtype dtype = MergeDtype::Same;  ///< the floating-point tensors' output dtype
@@ -125,6 +129,58 @@ inline Dtype merge_dtype(MergeDtype d) {
   }
 }
 
+/// The adapter merge_model folds in: a PEFT OFT adapter, or a BOFT or HRA one (chosen by the
+/// peft_type of adapter_config.json), and the one operation merge_model needs from it.
+class MergeAdapter {
+ public:
+  static MergeAdapter load(const std::string& directory) {
+    MergeAdapter adapter;
+    if (is_peft_family_type(peft_type_of(directory)))
+      adapter.family_ = PeftFamilyAdapter::load(directory);
+    else
+      adapter.oft_ = PeftOftAdapter::load(directory);  // says what is wrong with anything else
+    return adapter;
+  }
+  MergeAdapter(const MergeAdapter&) = delete;  // the targets of plan() point into it
+  MergeAdapter(MergeAdapter&&) = default;
+  MergeAdapter& operator=(const MergeAdapter&) = delete;
+  MergeAdapter& operator=(MergeAdapter&&) = delete;
+
+  bool is_family() const { return family_.has_value(); }
+  const char* family_name() const { return family_ ? peft_type_name(family_->family()) : "OFT"; }
+
+  std::map<std::string, MergeTarget> plan(const ModelDirectory& base) const {
+    return family_ ? plan_merge_targets(base, *family_) : plan_merge_targets(base, *oft_);
+  }
+  /// Throws std::invalid_argument unless a rows x cols weight fits the target's module.
+  void check_width(const MergeTarget& target, Index rows, Index cols) const {
+    if (family_)
+      PeftFamilyAdapter::check_base(*target.family_module, rows, cols);
+    else
+      (void)PeftOftAdapter::spec_for(*target.module, rows, cols);
+  }
+  /// The target's weight merged (or unmerged) as `options` ask. BOFT and HRA are computed in
+  /// double and rounded once (PEFT's float32 merge forms the dense rotation in float32).
+  RowMatrix<float> apply(const MergeTarget& target, ConstMatrixView<float> weight,
+                         const MergeOptions& options) const {
+    if (!family_)
+      return options.unmerge ? oft_->unmerge(*target.module, weight, options.strength)
+                             : oft_->merge(*target.module, weight, options.strength);
+    RowMatrix<double> wide(weight.rows(), weight.cols());
+    for (Index i = 0; i < weight.rows(); ++i)
+      for (Index j = 0; j < weight.cols(); ++j) wide(i, j) = static_cast<double>(weight(i, j));
+    const RowMatrix<double> out = options.unmerge
+                                      ? family_->unmerge<double>(*target.family_module, view(wide))
+                                      : family_->merge<double>(*target.family_module, view(wide));
+    return out.cast<float>();
+  }
+
+ private:
+  MergeAdapter() = default;
+  std::optional<PeftOftAdapter> oft_;
+  std::optional<PeftFamilyAdapter> family_;
+};
+
 /// A quantized layer merged (or unmerged) and requantized as it was stored: the tensors that
 /// replace its own, and the report.
 struct RequantizedLayer {
@@ -133,17 +189,15 @@ struct RequantizedLayer {
 };
 
 inline RequantizedLayer merge_quantized(const ModelDirectory& source, const std::string& tensor,
-                                        const MergeTarget& target, const PeftOftAdapter& adapter,
+                                        const MergeTarget& target, const MergeAdapter& adapter,
                                         const QuantizationConfig& config,
                                         const MergeOptions& options) {
   const std::string prefix = tensor.substr(0, tensor.size() - std::string(".weight").size());
   const StoredLinear layer = read_linear(source, prefix, config);
-  (void)PeftOftAdapter::spec_for(*target.module, layer.rows(), layer.cols());  // the width fits
+  adapter.check_width(target, layer.rows(), layer.cols());
   const std::vector<float> base = layer.dequantized();
   const ConstMatrixView<float> weight(base.data(), layer.rows(), layer.cols());
-  const RowMatrix<float> merged = options.unmerge
-                                      ? adapter.unmerge(*target.module, weight, options.strength)
-                                      : adapter.merge(*target.module, weight, options.strength);
+  const RowMatrix<float> merged = adapter.apply(target, weight, options);
   const std::vector<float> merged_values(merged.data(), merged.data() + merged.size());
   const StoredLinear requantized = requantized_like(layer, merged_values);
   const std::vector<float> stored = requantized.dequantized();
@@ -226,9 +280,13 @@ inline MergeReport merge_model(const MergeOptions& options,
   if (fs::exists(options.base) && fs::exists(out) && fs::equivalent(options.base, out))
     throw std::invalid_argument("oft: --out is the base directory itself");
 
-  const PeftOftAdapter adapter = PeftOftAdapter::load(options.adapter);
+  const MergeAdapter adapter = MergeAdapter::load(options.adapter);
+  if (adapter.is_family() && options.strength != 1.0)
+    throw std::invalid_argument(oft::detail::message(
+        "oft: --strength ", options.strength, ": a ", adapter.family_name(),
+        " adapter merges at strength 1 only (PEFT defines no strength for it)"));
   const ModelDirectory base = ModelDirectory::open(options.base);
-  const std::map<std::string, MergeTarget> targets = plan_merge_targets(base, adapter);
+  const std::map<std::string, MergeTarget> targets = adapter.plan(base);
 
   MergeReport report;
   // Quantized layers: merged and requantized now, so that every check runs before writing.
@@ -307,9 +365,7 @@ inline MergeReport merge_model(const MergeOptions& options,
       if (it != targets.end()) {
         const auto rows = static_cast<Index>(v.shape[0]), cols = static_cast<Index>(v.shape[1]);
         const ConstMatrixView<float> weight(values.data(), rows, cols);
-        const RowMatrix<float> changed =
-            options.unmerge ? adapter.unmerge(*it->second.module, weight, options.strength)
-                            : adapter.merge(*it->second.module, weight, options.strength);
+        const RowMatrix<float> changed = adapter.apply(it->second, weight, options);
         std::memcpy(values.data(), changed.data(), values.size() * sizeof(float));
         report.adapted.push_back(name);
       }

@@ -355,6 +355,36 @@ class PeftFamilyAdapter {
                                   " at flat index ", i);
   }
 
+  // With apply_GS a column that lies in the span of the earlier ones leaves a Gram-Schmidt
+  // residual of rounding noise, which PEFT normalizes into an arbitrary direction: refused when
+  // the residual is below 64 d eps of the column (modified Gram-Schmidt in double).
+  static void require_independent(const PeftFamilyModule& m, const std::string& key, const std::string& where) {
+    const Index d = m.features, r = m.reflections;
+    std::vector<double> q(static_cast<std::size_t>(d * r));
+    for (Index i = 0; i < r; ++i) {
+      std::vector<double> v(static_cast<std::size_t>(d));
+      double norm2 = 0.0;
+      for (Index p = 0; p < d; ++p) {
+        v[static_cast<std::size_t>(p)] = m.hra_u[static_cast<std::size_t>(p * r + i)];
+        norm2 += v[static_cast<std::size_t>(p)] * v[static_cast<std::size_t>(p)];
+      }
+      const double column = std::sqrt(norm2);
+      for (Index j = 0; j < i; ++j) {
+        double dot = 0.0;
+        for (Index p = 0; p < d; ++p) dot += q[static_cast<std::size_t>(j * d + p)] * v[static_cast<std::size_t>(p)];
+        for (Index p = 0; p < d; ++p) v[static_cast<std::size_t>(p)] -= dot * q[static_cast<std::size_t>(j * d + p)];
+      }
+      double residual2 = 0.0;
+      for (const double x : v) residual2 += x * x;
+      const double residual = std::sqrt(residual2);
+      oft::detail::require_domain(
+          residual > 64.0 * static_cast<double>(d) * std::numeric_limits<double>::epsilon() * column, where,
+          ": tensor '", key, "' column ", i, " (norm ", column, ") lies in the span of the columns before it (Gram-Schmidt",
+          " residual ", residual, "): apply_GS would normalize rounding noise");
+      for (Index p = 0; p < d; ++p) q[static_cast<std::size_t>(i * d + p)] = v[static_cast<std::size_t>(p)] / residual;
+    }
+  }
+
   static std::string module_name(const std::string& key, const char* suffix) {
     const std::string stem = key.substr(0, key.size() - std::strlen(suffix));
     return stem.rfind(kPrefix, 0) == 0 ? stem.substr(std::strlen(kPrefix)) : stem;
@@ -390,7 +420,8 @@ class PeftFamilyAdapter {
         oft::detail::require_domain(norm2 > 0.0, where, ": tensor '", key, "' column ", i,
                                     " is zero: no Householder reflection");
       }
-      try {  // the Gram-Schmidt pass meets dependent columns only here
+      if (config.apply_GS) require_independent(m, key, where);
+      try {  // the Gram-Schmidt pass meets exactly zero residuals only here
         PeftFamilyAdapter probe;
         probe.config = config;
         (void)probe.householder<double>(m);
