@@ -46,6 +46,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <utility>
 
 #include "detail/intrinsics.hpp"  // before Eigen: see the file
 #include <Eigen/Eigenvalues>
