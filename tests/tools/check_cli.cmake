@@ -127,3 +127,55 @@ if(NOT out MATCHES "oft convert: wrote .*c \\(largest change of an entry of R: 0
 endif()
 file(REMOVE_RECURSE "${scratch}")
 message(STATUS "oft merge, unmerge, convert: all checks passed")
+
+# PEFT BOFT and HRA adapters (tests/families/fixtures/adapters, the library tested by
+# tests/io/test_peft_family_adapters): inspect's table and JSON, a merge and its unmerge, and the
+# refusals (--strength, convert) in one line with exit 1 and no output.
+set(families "${PEFT_FIXTURES}/../../families/fixtures/adapters")
+run(0 out err "${OFT}" inspect "${families}/boft")
+foreach(part "PEFT BOFT adapter" "lin1" "lin2" "boft_s min/max")
+  string(FIND "${out}" "${part}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "the BOFT table lacks '${part}':\n${out}")
+  endif()
+endforeach()
+run(0 json err "${OFT}" inspect "${families}/boft" --json)
+expect_json("${json}" "BOFT" family)
+expect_json("${json}" "2" modules 0 factors)
+expect_json("${json}" "4" modules 0 blocks)
+expect_json("${json}" "8" modules 1 out_features)
+run(0 json err "${OFT}" inspect "${families}/hra" --json)
+expect_json("${json}" "HRA" family)
+expect_json("${json}" "4" modules 0 reflections)
+expect_json("${json}" "ON" modules 0 apply_GS)
+file(MAKE_DIRECTORY "${scratch}")
+run(0 out err "${MAKE_FIXTURES}" "${PEFT_FIXTURES}" "${scratch}/bases")
+foreach(family boft hra)
+  run(0 out err "${OFT}" merge --base "${scratch}/bases/base_tiny_${family}" --adapter "${families}/${family}"
+      -o "${scratch}/merged_${family}" -q)
+  if(NOT out MATCHES "^oft merge: wrote .*merged_${family}: 4 tensors in 1 file\\(s\\), 2 adapted, 1 other files copied\n$")
+    message(FATAL_ERROR "oft merge (${family}): unexpected output:\n${out}\nstderr: ${err}")
+  endif()
+  run(0 out err "${OFT}" unmerge --base "${scratch}/merged_${family}" --adapter "${families}/${family}"
+      -o "${scratch}/back_${family}" -q)
+endforeach()
+run(1 out err "${OFT}" merge --base "${scratch}/bases/base_tiny_boft" --adapter "${families}/boft"
+    -o "${scratch}/half" --strength 0.5)
+string(REGEX MATCHALL "\n" lines "${err}")
+list(LENGTH lines count)
+if(NOT count EQUAL 1 OR NOT err MATCHES "^oft merge: --strength 0.5: a BOFT adapter merges at strength 1 only"
+   OR EXISTS "${scratch}/half")
+  message(FATAL_ERROR "oft merge --strength 0.5 of BOFT: unexpected: ${err}")
+endif()
+run(1 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter "${families}/hra"
+    -o "${scratch}/wrong")
+if(NOT err MATCHES "^oft merge: the base has no tensor for adapter module 'lin1'" OR EXISTS "${scratch}/wrong")
+  message(FATAL_ERROR "oft merge of HRA into another model: unexpected: ${err}")
+endif()
+run(1 out err "${OFT}" convert --adapter "${families}/hra" --out "${scratch}/c" --generators-dtype bf16)
+if(NOT err MATCHES "^oft convert: convert: .* is a PEFT HRA adapter; convert rewrites OFT adapters only"
+   OR EXISTS "${scratch}/c")
+  message(FATAL_ERROR "oft convert of HRA: unexpected: ${err}")
+endif()
+file(REMOVE_RECURSE "${scratch}")
+message(STATUS "oft on BOFT and HRA adapters: all checks passed")

@@ -9,6 +9,9 @@
 //   base_quantized     neumann_t5 stored by bitsandbytes' keys: fc1 NF4 with double quantization,
 //                      fc2 LLM.int8, odd FP4; base_quantized_4bit the same with a
 //                      quantization_config that says 4-bit for all
+//   base_tiny_boft,    the two-layer float32 model PEFT's BOFT and HRA adapters of
+//   base_tiny_hra      tests/families/fixtures/adapters were made on (lin1, lin2), from
+//                      families_reference.safetensors beside them
 // Usage: make_cli_fixtures PEFT_FIXTURES_DIR OUT_DIR
 #include <cstdio>
 #include <cstring>
@@ -30,6 +33,19 @@ fs::path fixtures;
 void make_base(const fs::path& dir, const std::string& name, int shards, Dtype dtype,
                const std::string& prefix) {
   oft_test::write_toy_model(dir, fixtures / "adapters" / name, shards, dtype, prefix);
+}
+
+// The TinyModel of tests/families/make_reference.py: `<m>.weight` and `<m>.bias` as PEFT saw them.
+void make_family_base(const fs::path& dir, const std::string& family) {
+  const auto reference = oft::io::SafetensorsFile::open(fixtures / ".." / ".." / "families" / "fixtures" /
+                                                        "families_reference.safetensors");
+  oft::io::SafetensorsWriter writer;
+  for (const char* name : {"lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias"})
+    writer.add(name, reference.tensor("adapter_" + family + "." + name));
+  writer.add_metadata("format", "pt");
+  fs::create_directories(dir);
+  writer.write(dir / "model.safetensors");
+  std::ofstream(dir / "config.json") << "{\"model_type\": \"tiny\"}\n";
 }
 
 void make_quantized_base(const fs::path& dir, const std::string& config_text) {
@@ -57,5 +73,7 @@ int main(int argc, char** argv) {
   make_quantized_base(
       out / "base_quantized_4bit",  // fc2 is LLM.int8: refused
       R"({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}})");
+  make_family_base(out / "base_tiny_boft", "boft");
+  make_family_base(out / "base_tiny_hra", "hra");
   return 0;
 }

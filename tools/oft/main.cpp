@@ -5,10 +5,11 @@
 //       orthogonality error and the distance to exact Cayley of every block under the adapter's
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
 //       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
+//       A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters, bytes, orthogonality.
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
 //       (or taken out: the true inverse), streamed tensor by tensor (oft::io::merge_model,
-//       io/model_merge.hpp).
+//       io/model_merge.hpp); OFT, BOFT or HRA adapters (BOFT and HRA without --strength).
 //   oft convert --adapter ADAPTER_DIR --out DIR [--expand-block-share --base MODEL_DIR]
 //       [--generators-dtype f32|bf16|f16] [--to-current-polynomial] [--allow-change] [--force]
 //       the adapter in another form PEFT loads; a change of R is measured and refused unless
@@ -21,6 +22,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -69,6 +71,45 @@ void print_table(const std::string& path, const oft::io::AdapterReport& r) {
       "\n  k for tol: smallest Cayley-Neumann k with ||R - R_k||_2 = rho^(k+1) <= %g at the "
       "worst rho\n",
       r.tolerance);
+}
+
+void print_family_table(const std::string& path, const oft::io::AdapterReport& r) {
+  const bool boft = r.family == "BOFT";
+  std::printf("%s\n", path.c_str());
+  std::printf("  PEFT %s adapter%s%s: %s\n\n", r.family.c_str(),
+              r.peft_version.empty() ? "" : ", peft ", r.peft_version.c_str(),
+              boft ? "R = butterfly product of m factors of N exact Cayley blocks of b, output "
+                     "scaled by boft_s"
+                   : "R = product of r Householder reflections (apply_GS: Gram-Schmidt first)");
+  int width = 28;
+  for (const auto& m : r.modules) width = std::max(width, static_cast<int>(m.name.size()));
+  if (boft)
+    std::printf("  %-*s %6s %6s %3s %6s %4s %10s %10s %10s  %-19s %-19s %s\n", width, "module", "d",
+                "n_out", "m", "N", "b", "params", "stored B", "dense B", "orth. err worst/med",
+                "rho worst/median", "boft_s min/max");
+  else
+    std::printf("  %-*s %6s %5s %-8s %10s %10s %10s  %s\n", width, "module", "d", "r", "apply_GS",
+                "params", "stored B", "dense B", "orth. err");
+  for (const auto& m : r.modules) {
+    const auto n = [](oft::Index v) { return static_cast<long long>(v); };
+    const auto b = [](std::uint64_t v) { return static_cast<unsigned long long>(v); };
+    if (boft)
+      std::printf(
+          "  %-*s %6lld %6lld %3lld %6lld %4lld %10lld %10llu %10llu  %8.2e/%8.2e   %8.2e/%8.2e   "
+          "%.4g/%.4g\n",
+          width, m.name.c_str(), n(m.features), n(m.out_features), n(m.factors), n(m.blocks),
+          n(m.block_size), n(m.parameters), b(m.stored_bytes), b(m.dense_bytes),
+          m.orthogonality.worst, m.orthogonality.median, m.rho.worst, m.rho.median, m.scale_min,
+          m.scale_max);
+    else
+      std::printf("  %-*s %6lld %5lld %-8s %10lld %10llu %10llu  %8.2e\n", width, m.name.c_str(),
+                  n(m.features), n(m.reflections), yes_no(m.gram_schmidt).c_str(), n(m.parameters),
+                  b(m.stored_bytes), b(m.dense_bytes), m.orthogonality.worst);
+  }
+  std::printf(
+      "\n  orth. err: ||R^T R - I||_2 in double%s; dense B: a d x d float32 rotation, which oft "
+      "never forms\n",
+      boft ? " over the m N blocks" : " of the whole product");
 }
 
 /// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
@@ -132,7 +173,8 @@ int main(int argc, char** argv) {
   std::string adapter_path;
   bool as_json = false;
   double tolerance = 1e-6;
-  CLI::App* inspect = app.add_subcommand("inspect", "Report on a PEFT OFT adapter directory");
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "Report on a PEFT OFT, BOFT or HRA adapter directory (peft_type decides)");
   inspect
       ->add_option("ADAPTER", adapter_path,
                    "directory with adapter_config.json and adapter_model.safetensors")
@@ -147,18 +189,20 @@ int main(int argc, char** argv) {
   double strength = 1.0;
   std::string dtype = "same";
   bool force = false, quiet = false;
-  CLI::App* merge =
-      app.add_subcommand("merge", "Fold a PEFT OFT adapter into a Hugging Face model directory");
+  CLI::App* merge = app.add_subcommand(
+      "merge", "Fold a PEFT OFT, BOFT or HRA adapter into a Hugging Face model directory");
   CLI::App* unmerge = app.add_subcommand(
-      "unmerge", "Take a PEFT OFT adapter out of a merged model directory (true inverse)");
+      "unmerge", "Take a PEFT OFT, BOFT or HRA adapter out of a merged model directory (true inverse)");
   for (CLI::App* command : {merge, unmerge}) {
     command
         ->add_option("--base", base, "model directory (model.safetensors or an index and shards)")
         ->required();
-    command->add_option("--adapter", adapter, "PEFT OFT adapter directory")->required();
+    command->add_option("--adapter", adapter, "PEFT OFT, BOFT or HRA adapter directory")->required();
     command->add_option("--out,-o", out, "output directory (written whole, or not at all)")
         ->required();
-    command->add_option("--strength", strength, "rotate by R(s Q) instead of R(Q); default 1");
+    command->add_option("--strength", strength,
+                        "rotate by R(s Q) instead of R(Q); default 1 (OFT only: BOFT and HRA "
+                        "refuse any other)");
     command
         ->add_option("--dtype", dtype, "floating-point tensors as: same (default), f32, f16, bf16")
         ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
@@ -169,8 +213,8 @@ int main(int argc, char** argv) {
   bool expand_block_share = false, to_current_polynomial = false, allow_change = false,
        convert_force = false;
   std::string convert_dtype;
-  CLI::App* convert =
-      app.add_subcommand("convert", "Rewrite a PEFT OFT adapter in another form PEFT loads");
+  CLI::App* convert = app.add_subcommand(
+      "convert", "Rewrite a PEFT OFT adapter in another form PEFT loads (not BOFT or HRA)");
   convert->add_option("--adapter", convert_adapter, "PEFT OFT adapter directory")->required();
   convert->add_option("--out,-o", convert_out, "output adapter directory")->required();
   convert->add_flag("--expand-block-share", expand_block_share,
@@ -247,6 +291,8 @@ int main(int argc, char** argv) {
     const auto report = oft::io::inspect_adapter(adapter_path, tolerance);
     if (as_json)
       std::cout << to_json(report).dump(2) << "\n";
+    else if (report.family != "OFT")
+      print_family_table(adapter_path, report);
     else
       print_table(adapter_path, report);
   } catch (const std::exception& e) {
