@@ -9,6 +9,9 @@
 #include <oft/householder.hpp>
 
 #include <cmath>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -121,6 +124,57 @@ TEST(Householder, BackwardIsTheCentralDifferenceOfItsForward) {
     EXPECT_EQ((in_place - dx).norm(), 0.0);
     EXPECT_EQ((du_in_place - du).norm(), 0.0);
   }
+}
+
+// Many row tiles (the last one partial), two threads and a row stride wider than d: apply equals
+// X R with R formed densely, and backward's per-thread, per-tile sums equal the sum of one-row
+// backwards (each a single tile, the path the central-difference test above checks).
+TEST(Householder, TiledAndThreadedPassesEqualTheOneRowPasses) {
+#if defined(_OPENMP)
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+#endif
+  for (const bool gram_schmidt : {false, true}) {
+    SCOPED_TRACE(gram_schmidt);
+    const oft::Index d = 256, r = 6, n = 333, stride = d + 3;
+    const Matrix u = random_matrix(d, r, 41);
+    oft::Householder<double> hra(d, r, gram_schmidt);
+    hra.set_vectors(oft::view(u));
+    const Matrix dense = hra.dense();
+    Matrix wide_x = random_matrix(n, stride, 42), wide_g = random_matrix(n, stride, 43);
+    const oft::ConstMatrixView<double> x(wide_x.data(), n, d, stride), g(wide_g.data(), n, d, stride);
+    const Matrix x_dense = wide_x.leftCols(d), g_dense = wide_g.leftCols(d);
+
+    Matrix y(n, d), yt(n, d);
+    hra.apply(x, oft::view(y));
+    hra.apply_transposed(x, oft::view(yt));
+    EXPECT_LT(relative(y, x_dense * dense), 1e-14);
+    EXPECT_LT(relative(yt, x_dense * dense.transpose()), 1e-14);
+
+    Matrix dx(n, d), du(d, r), du_rows = Matrix::Zero(d, r), du_row(d, r), dx_row(1, d);
+    oft::Workspace<double> ws;
+    hra.backward(x, g, oft::view(dx), oft::view(du), ws);
+    for (oft::Index i = 0; i < n; ++i) {
+      hra.backward(oft::ConstMatrixView<double>(wide_x.data() + i * stride, 1, d, stride),
+                   oft::ConstMatrixView<double>(wide_g.data() + i * stride, 1, d, stride), oft::view(dx_row),
+                   oft::view(du_row), ws);
+      du_rows += du_row;
+      EXPECT_LT(relative(dx_row, dx.row(i)), 1e-14) << "row " << i;
+    }
+    EXPECT_LT(relative(du, du_rows), 1e-12);
+    EXPECT_LT(relative(dx, g_dense * dense.transpose()), 1e-14);
+
+    // In place over dY (wide rows): the same dX, and the same dU.
+    Matrix in_place = wide_g, du_in_place(d, r);
+    hra.backward(x, oft::MatrixView<double>(in_place.data(), n, d, stride),
+                 oft::MatrixView<double>(in_place.data(), n, d, stride), oft::view(du_in_place), ws);
+    EXPECT_EQ((Matrix(in_place.leftCols(d)) - dx).norm(), 0.0);
+    EXPECT_EQ((du_in_place - du).norm(), 0.0);
+    EXPECT_EQ((in_place.rightCols(3) - wide_g.rightCols(3)).norm(), 0.0);  // padding untouched
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
 }
 
 TEST(Householder, FloatMatchesDouble) {

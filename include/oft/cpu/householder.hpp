@@ -15,9 +15,15 @@
 /// dT = triu(-C^T A), dK = -T^T dT T^T, dQ += Q (S + S^T), S = strict_upper(dK); then back
 /// through the normalization (dq_i -> (dq_i - q_i (q_i . dq_i)) / ||u_i||) or, with
 /// Gram-Schmidt, through the pass in reverse, which rebuilds each intermediate vector from q_i
-/// and the stored projection coefficients. Stores Q, T, the norms and the coefficients; a
-/// backward needs 2 N r scalars of workspace.
+/// and the stored projection coefficients. Stores Q, T, the norms and the coefficients.
+///
+/// Both passes walk X (and G) in tiles of kTileRows rows, each thread its own tiles: a tile is
+/// read from memory once and its thin products run while it is in cache, so apply streams X in
+/// and Y out once and backward streams X and G in and dX out once, whatever r is (the N x r
+/// products of whole matrices read X twice and G three times). backward sums dQ (d x r) and dT
+/// (r x r) per thread, in the caller's workspace (workspace_size), then once across threads.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <vector>
@@ -121,8 +127,12 @@ class Householder<Scalar_, cpu> {
     apply_with(x, y, /*transposed=*/true);
   }
 
-  /// Scalars of workspace backward needs for N tokens (X Q and dY Q).
-  Index workspace_size(Index rows) const { return 2 * rows * reflections_; }
+  /// Scalars of workspace backward needs (for any N = `rows`): per thread, its partial dQ and dT
+  /// and four kTileRows x r tile panels.
+  Index workspace_size(Index rows) const {
+    static_cast<void>(rows);  // the tiles bound it, not N
+    return static_cast<Index>(detail::max_threads()) * per_thread_workspace();
+  }
 
   /// Vector-Jacobian product of Y = X R(U) for dY: dX = dY R^T and dU = dL/dU (d x r, PEFT's
   /// hra_u layout, overwritten). Pass {} to skip either. dX may be dY or X.
@@ -136,29 +146,58 @@ class Householder<Scalar_, cpu> {
       detail::require_disjoint(du, x, "dU", "X");
       detail::require_disjoint(du, dy, "dU", "dY");
     }
-    using RowMap = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    const int threads = detail::max_threads();
     Scalar* scratch = workspace.reserve(workspace_size(rows));
-    RowMap a(scratch, rows, r), c(scratch + rows * r, rows, r);
-    const auto xm = x.map();
-    const auto gm = dy.map();
-    a.noalias() = xm * q_;
-    c.noalias() = gm * q_;
+    const Index per_thread = per_thread_workspace();
+    // Every thread's partial sums start at zero here, so the sum below is right however many
+    // threads the region gets (one when it is too small to split).
+    for (int t = 0; t < threads; ++t)
+      std::fill_n(scratch + static_cast<Index>(t) * per_thread, d * r + r * r, Scalar(0));
+    // Per tile of rows: A = X Q, C = G Q, then (X and G still in cache) the tile's share of
+    // dQ = -X^T (C T) - G^T (A T^T) and of dT = -C^T A, and last dX = G - (C T) Q^T, written
+    // after every read of the tile's X and G (dX may be either).
+    OFT_OMP(parallel num_threads(threads) if (rows * d >= kParallelElements))
+    {
+      Scalar* mine = scratch + static_cast<Index>(detail::thread_id()) * per_thread;
+      MatrixMap dq_part(mine, d, r), dt_part(mine + d * r, r, r);
+      Scalar* panels = mine + d * r + r * r;
+      OFT_OMP(for schedule(static))
+      for (Index tile = 0; tile < tiles(rows); ++tile) {
+        const Index start = tile * kTileRows, n = std::min(kTileRows, rows - start);
+        const auto xt = x.map().middleRows(start, n);
+        const auto gt = dy.map().middleRows(start, n);
+        RowMap a(panels, n, r), c(panels + kTileRows * r, n, r), ct(panels + 2 * kTileRows * r, n, r),
+            at(panels + 3 * kTileRows * r, n, r);
+        a.noalias() = xt * q_;
+        c.noalias() = gt * q_;
+        ct.noalias() = c * t_;
+        if (want_du) {
+          at.noalias() = a * t_.transpose();
+          dq_part.noalias() -= xt.transpose() * ct;
+          dq_part.noalias() -= gt.transpose() * at;
+          if (!gram_schmidt_) dt_part.noalias() -= c.transpose() * a;
+        }
+        if (want_dx) {
+          auto dxt = dx.map().middleRows(start, n);
+          if (!detail::same_memory(dx, dy)) dxt = gt;
+          dxt.noalias() -= ct * q_.transpose();
+        }
+      }
+    }
     if (want_du) {
-      // Everything that reads X or dY comes before dX is written (dX may be either).
-      Matrix dq = -(xm.transpose() * (c * t_)) - gm.transpose() * (a * t_.transpose());
+      Matrix dq = Matrix::Zero(d, r), dt = Matrix::Zero(r, r);
+      for (int t = 0; t < threads; ++t) {
+        Scalar* part = scratch + static_cast<Index>(t) * per_thread;
+        dq += MatrixMap(part, d, r);
+        dt += MatrixMap(part + d * r, r, r);
+      }
       if (!gram_schmidt_) {
-        Matrix dt = -(c.transpose() * a);
         dt = dt.template triangularView<Eigen::Upper>();
         const Matrix dk = -(t_.transpose() * dt * t_.transpose());
         Matrix s = dk.template triangularView<Eigen::StrictlyUpper>();
         dq.noalias() += q_ * (s + s.transpose());
       }
       store_vector_gradient(dq, du);
-    }
-    if (want_dx) {
-      const Matrix ct = c * t_;
-      if (!detail::same_memory(dx, dy)) dx.map() = gm;
-      dx.map().noalias() -= ct * q_.transpose();
     }
   }
 
@@ -177,16 +216,31 @@ class Householder<Scalar_, cpu> {
     detail::require_shape(y, x.rows(), x.cols(), "Y");
     detail::require_in_place_or_disjoint(y, x, "Y", "X");
     const Index rows = x.rows(), r = reflections_;
-    using RowMap = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-    Scalar* panel = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderPanel>(2 * rows * r);
-    RowMap a(panel, rows, r), b(panel + rows * r, rows, r);
-    a.noalias() = x.map() * q_;  // read all of X before Y (which may be X) is written
-    if (transposed)
-      b.noalias() = a * t_;
-    else
-      b.noalias() = a * t_.transpose();
-    if (!detail::same_memory(x, y)) y.map() = x.map();
-    y.map().noalias() -= b * q_.transpose();
+    const Matrix t = transposed ? t_ : Matrix(t_.transpose());
+    OFT_OMP(parallel for schedule(static) if (rows * features_ >= kParallelElements))
+    for (Index tile = 0; tile < tiles(rows); ++tile) {
+      const Index start = tile * kTileRows, n = std::min(kTileRows, rows - start);
+      Scalar* panel = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderPanel>(2 * kTileRows * r);
+      RowMap a(panel, n, r), b(panel + kTileRows * r, n, r);
+      const auto xt = x.map().middleRows(start, n);
+      a.noalias() = xt * q_;  // read the tile of X before Y (which may be X) is written
+      b.noalias() = a * t;
+      auto yt = y.map().middleRows(start, n);
+      if (!detail::same_memory(x, y)) yt = xt;
+      yt.noalias() -= b * q_.transpose();
+    }
+  }
+
+  /// Rows per tile: 64 rows of d = 4096 floats (1 MiB) stay in L2/L3 between the tile's two
+  /// products, and 64 is a long enough inner dimension for the dQ update's product.
+  static constexpr Index kTileRows = 64;
+  static constexpr Index kParallelElements = Index{1} << 16;
+  using RowMap = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  using MatrixMap = Eigen::Map<Matrix>;
+
+  static Index tiles(Index rows) { return (rows + kTileRows - 1) / kTileRows; }
+  Index per_thread_workspace() const {
+    return features_ * reflections_ + reflections_ * reflections_ + 4 * kTileRows * reflections_;
   }
 
   /// dU from dQ: through the normalization, and with Gram-Schmidt through the pass in reverse.
