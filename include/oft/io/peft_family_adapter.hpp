@@ -45,6 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../butterfly.hpp"
+#include "../cayley.hpp"  // ExactCayley's rotation, which the butterfly's blocks use
 #include "../householder.hpp"
 #include "../peft_butterfly.hpp"
 #include "../policies.hpp"
