@@ -3,8 +3,12 @@
 /// bench/results/latest/sweep.csv and docs/accuracy_vs_speed.png; the kept baseline is bench/results/zen3/sweep.csv).
 ///
 /// For every parameterization (exact Cayley, Cayley–Neumann k = 0..8, matrix exponential,
-/// tolerance mode with tol = 1e-6 and exact-Cayley fallback) x rho in {0.05, 0.2, 0.5, 0.8, 0.95}
-/// x b in {16, 32, 64}, with every generator's Q scaled to spectral norm exactly rho:
+/// tolerance mode with tol = 1e-6 and exact-Cayley fallback, Newton–Schulz on (I + Q)^2 with
+/// 2, 3, 5, 8 iterations, and exact Cayley / Cayley–Neumann k = 4 behind spectral clipping at
+/// c = 0.5) x rho in {0.05, 0.2, 0.5, 0.8, 0.95} x b in {16, 32, 64}, with every generator's Q
+/// scaled to spectral norm exactly rho. The clipped maps are a different map than exact Cayley
+/// wherever rho > c (R(c Q / rho)), so their distance to exact Cayley there is the clip's
+/// effect, not an error:
 ///
 ///   time      one rotation step in float at d = 2048, N = 256: set_generators (theta -> R),
 ///             Y = X R, backward (dX = dY R^T in place, dtheta)
@@ -19,6 +23,11 @@
 ///     rho, b, k                     the grid point (k = -1 for the non-Neumann maps)
 ///
 /// The label of each run is the parameterization's name ("cayley", "neumann_k4", ...).
+///
+/// BM_Map/<label>/b:<b> times the map alone, for one generator in float at rho = 0.8 (the
+/// clipped maps clip there): plan, theta -> R and the VJP dQ for a fixed G, the per-generator
+/// work a step repeats r times. Not run by sweep.py (its filter is BM_Sweep); docs/families.md
+/// section 6 reads it: bench_sweep --benchmark_filter=BM_Map.
 
 
 #include "bench_common.hpp"  // first: includes oft before Eigen
@@ -33,6 +42,7 @@ using Scalar = float;
 constexpr Index kFeatures = 2048;
 constexpr Index kTokens = 256;
 constexpr double kTolerance = 1e-6;
+constexpr double kClip = 0.5;  // max_norm of the clipped maps
 
 /// max_i ||A_i - B_i||_2 over the blocks of two operators (double).
 template <class OpA, class OpB>
@@ -115,6 +125,47 @@ void register_point(const std::string& label, Policy policy, int k, double rho, 
       ->Unit(benchmark::kMicrosecond);
 }
 
+template <class Policy>
+void BM_Map(benchmark::State& state, Policy policy, Index b) {
+  const oft::Generators<double> theta64 = random_generators<double>(1, b, 0.8, 11);
+  const oft::SquareMatrix<Scalar> q = theta64.dense(0).template cast<Scalar>();
+  const oft::SquareMatrix<Scalar> g = random_matrix<Scalar>(b, b, 12);
+  oft::SquareMatrix<Scalar> r(b, b), dq(b, b);
+  for (auto _ : state) {
+    const auto plan = policy.plan(q);
+    policy.rotation(q, plan, r);
+    policy.rotation_vjp(q, r, plan, g, dq);
+    benchmark::DoNotOptimize(dq.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+template <class Policy>
+void register_map(const std::string& label, Policy policy, Index b) {
+  const std::string name = "BM_Map/" + label + "/b:" + std::to_string(b);
+  benchmark::RegisterBenchmark(name.c_str(),
+                               [=](benchmark::State& st) { BM_Map(st, policy, b); })
+      ->Unit(benchmark::kMicrosecond);
+}
+
+const bool registered_maps = [] {
+  for (Index b : {16, 32, 64}) {
+    register_map("cayley", oft::ExactCayley{}, b);
+    register_map("neumann_k4", oft::CayleyNeumann{4}, b);
+    register_map("exponential", oft::MatrixExponential{}, b);
+    for (int j : {2, 3, 5, 8})
+      register_map("newton_schulz_j" + std::to_string(j), oft::NewtonSchulz{j}, b);
+    register_map("cayley_clip_frobenius_0.5",
+                 oft::Clipped<oft::ExactCayley, oft::FrobeniusNorm>{oft::ExactCayley{}, kClip}, b);
+    register_map("cayley_clip_spectral_0.5",
+                 oft::Clipped<oft::ExactCayley, oft::SpectralNorm>{oft::ExactCayley{}, kClip}, b);
+    register_map(
+        "neumann_k4_clip_spectral_0.5",
+        oft::Clipped<oft::CayleyNeumann, oft::SpectralNorm>{oft::CayleyNeumann{4}, kClip}, b);
+  }
+  return true;
+}();
+
 const bool registered = [] {
   for (Index b : {16, 32, 64})
     for (double rho : {0.05, 0.2, 0.5, 0.8, 0.95}) {
@@ -125,6 +176,15 @@ const bool registered = [] {
       register_point("tolerance_1e-6",
                      oft::CayleyNeumannTolerance{kTolerance, oft::OnDivergence::UseExactCayley}, -1,
                      rho, b);
+      for (int j : {2, 3, 5, 8})
+        register_point("newton_schulz_j" + std::to_string(j), oft::NewtonSchulz{j}, -1, rho, b);
+      register_point("cayley_clip_spectral_0.5",
+                     oft::Clipped<oft::ExactCayley, oft::SpectralNorm>{oft::ExactCayley{}, kClip},
+                     -1, rho, b);
+      register_point(
+          "neumann_k4_clip_spectral_0.5",
+          oft::Clipped<oft::CayleyNeumann, oft::SpectralNorm>{oft::CayleyNeumann{4}, kClip}, -1,
+          rho, b);
     }
   return true;
 }();

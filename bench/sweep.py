@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Accuracy vs speed of the parameterizations: runs bench_sweep, writes a CSV and a plot.
 
-Grid (see bench_sweep.cpp): exact Cayley, Cayley-Neumann k = 0..8, matrix exponential and
-tolerance mode (1e-6, exact fallback) x rho in {0.05, 0.2, 0.5, 0.8, 0.95} x b in {16, 32, 64},
+Grid (see bench_sweep.cpp): exact Cayley, Cayley-Neumann k = 0..8, matrix exponential,
+tolerance mode (1e-6, exact fallback), Newton-Schulz (2, 3, 5, 8 iterations) and exact Cayley /
+Cayley-Neumann k = 4 behind spectral clipping at 0.5 x rho in {0.05, 0.2, 0.5, 0.8, 0.95} x b in {16, 32, 64},
 every generator's Q scaled to spectral norm exactly rho. Time = one float rotation step
 (theta -> R, apply, backward) at d = 2048, N = 256.
 
@@ -98,7 +99,9 @@ def plot(rows, path, smoke, note=""):
     for row in rows:
         if row["param"] not in params:
             params.append(row["param"])
-    markers = dict(zip(params, ["o", "v", "^", "<", ">", "s", "p", "*", "h", "D", "X", "P", "8"]))
+    shapes = ["o", "v", "^", "<", ">", "s", "p", "*", "h", "D", "X", "P", "8", "d", "H", "1", "2",
+              "3", "4", "+", "x"]
+    markers = {p: shapes[i % len(shapes)] for i, p in enumerate(params)}
     rhos = sorted({row["rho"] for row in rows})
     cmap = plt.get_cmap("viridis")
     colour = {rho: cmap(i / max(1, len(rhos) - 1)) for i, rho in enumerate(rhos)}
