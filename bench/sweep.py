@@ -22,6 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ["param", "k", "terms", "rho", "b", "d", "N", "time_ms", "time_cv", "orth_err_f32",
           "orth_err_f64", "dist_cayley_f32", "dist_cayley_f64", "orth_theory", "dist_theory"]
+UNFILLED = {"1", "2", "3", "4", "+", "x"}  # line markers: no edge colour
 SCALE = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -117,8 +118,10 @@ def plot(rows, path, smoke, note=""):
             for row in rows:
                 if row["b"] != b:
                     continue
-                ax.scatter(row["time_ms"], max(row[field], floor), marker=markers[row["param"]],
-                           color=colour[row["rho"]], s=42, edgecolors="black", linewidths=0.3)
+                marker = markers[row["param"]]
+                ax.scatter(row["time_ms"], max(row[field], floor), marker=marker,
+                           color=colour[row["rho"]], s=42, linewidths=0.3,
+                           edgecolors=None if marker in UNFILLED else "black")
             ax.set_yscale("log")
             ax.set_title(f"b = {b}: {title}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
@@ -140,7 +143,7 @@ def plot(rows, path, smoke, note=""):
     if note:
         suptitle += "\n" + note
     fig.suptitle(suptitle)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
