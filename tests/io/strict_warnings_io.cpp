@@ -6,6 +6,7 @@
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/model_merge.hpp>
 #include <oft/io/peft_adapter.hpp>
+#include <oft/io/peft_family_adapter.hpp>
 #include <oft/io/quantized_weights.hpp>
 #include <oft/io/safetensors.hpp>
 
@@ -22,6 +23,14 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   const std::vector<T> copy = view.copy_as<T>();
   writer.add("t", {static_cast<std::uint64_t>(copy.size())}, copy.data());
   writer.add("v", {static_cast<std::uint64_t>(copy.size())}, copy);
+}
+
+[[maybe_unused]] void use_peft_family_adapter() {
+  const auto adapter = oft::io::PeftFamilyAdapter::load("adapter");
+  const oft::RowMatrix<float> base = oft::RowMatrix<float>::Zero(4, 8);
+  (void)adapter.merge<float>(adapter.modules.at(0), oft::view(base));
+  (void)adapter.unmerge<float>(adapter.modules.at(0), oft::view(base));
+  adapter.save("copy");
 }
 
 [[maybe_unused]] void use_peft_adapter() {
