@@ -13,6 +13,9 @@
 #include <oft/peft_butterfly.hpp>
 
 #include <cmath>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -202,6 +205,54 @@ TEST(Butterfly, LargeBatchesTakeTheThreadedPermutationsAlike) {
   oft::RowMatrix<float> back(512, 256);
   boft.apply_inverse(oft::view(y), oft::view(back));
   EXPECT_LT(relative(back.cast<double>(), x.cast<double>()), 1e-5);
+}
+
+// apply, apply_transposed and backward's forward pass go through tiles of 2^16 / d rows: with
+// d = 128 that is 512 rows, so 1333 rows make two full tiles and a partial one, on two threads,
+// with a row stride wider than d. Each equals the dense matrix, and backward equals the sum of
+// one-row backwards (each tile's start at row 0), in place too.
+TEST(Butterfly, TiledPassesEqualTheDenseMatrixAndOneRowPasses) {
+#if defined(_OPENMP)
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+#endif
+  const auto spec = oft::ButterflySpec::from_features(128, 8, 3);
+  oft::Butterfly<double, oft::ExactCayley> boft(spec);
+  oft::Generators<double> theta(spec.generators(), spec.block_size);
+  theta.values() = random_matrix(spec.generators(), spec.packed(), 17, 0.3);
+  boft.set_generators(theta);
+  const Matrix m = boft.dense();
+  const oft::Index n = 1333, d = 128, stride = d + 5;
+  Matrix wide_x = random_matrix(n, stride, 18), wide_g = random_matrix(n, stride, 19);
+  const oft::ConstMatrixView<double> x(wide_x.data(), n, d, stride), g(wide_g.data(), n, d, stride);
+  const Matrix x_dense = wide_x.leftCols(d), g_dense = wide_g.leftCols(d);
+
+  Matrix y(n, d), yt(n, d);
+  boft.apply(x, oft::view(y));
+  boft.apply_transposed(x, oft::view(yt));
+  EXPECT_LT(relative(y, x_dense * m), 1e-14);
+  EXPECT_LT(relative(yt, x_dense * m.transpose()), 1e-14);
+  Matrix in_place = wide_x;
+  boft.apply(oft::MatrixView<double>(in_place.data(), n, d, stride), oft::MatrixView<double>(in_place.data(), n, d, stride));
+  EXPECT_EQ((Matrix(in_place.leftCols(d)) - y).norm(), 0.0);
+  EXPECT_EQ((in_place.rightCols(5) - wide_x.rightCols(5)).norm(), 0.0);  // padding untouched
+
+  Matrix dx(n, d), dx_row(1, d);
+  oft::Generators<double> dtheta(spec.generators(), spec.block_size), dtheta_row(spec.generators(), spec.block_size);
+  Matrix dtheta_rows = Matrix::Zero(spec.generators(), spec.packed());
+  oft::Workspace<double> ws;
+  boft.backward(x, g, oft::view(dx), dtheta.view(), ws);
+  EXPECT_LT(relative(dx, g_dense * m.transpose()), 1e-14);
+  for (oft::Index i = 0; i < n; ++i) {
+    boft.backward(oft::ConstMatrixView<double>(wide_x.data() + i * stride, 1, d, stride),
+                  oft::ConstMatrixView<double>(wide_g.data() + i * stride, 1, d, stride), oft::view(dx_row),
+                  dtheta_row.view(), ws);
+    dtheta_rows += Matrix(dtheta_row.values());
+  }
+  EXPECT_LT(relative(Matrix(dtheta.values()), dtheta_rows), 1e-12);
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
 }
 
 TEST(Butterfly, OneFactorIsBlockOrthogonal) {

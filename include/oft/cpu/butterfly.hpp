@@ -2,14 +2,16 @@
 /// \file cpu/butterfly.hpp
 /// The CPU butterfly operator (BOFT): M = B_{m-1} ... B_0, B_i = P_i D_i P_i^T, applied to the
 /// rows of X as m block-diagonal passes, each one of this backend's BlockOrthogonal operators,
-/// with the features permuted in place between passes (butterfly_spec.hpp has the layout). The
-/// d x d matrix is never formed.
+/// with the features permuted between passes (butterfly_spec.hpp has the layout). The d x d
+/// matrix is never formed.
 ///
 /// A permutation moves runs of h = b/2 contiguous features (every butterfly order keeps such
-/// runs together), one row at a time through a d-scalar per-thread buffer, so apply needs no
-/// N x d workspace. backward recomputes the forward pass and keeps the input of each factor,
-/// m N d scalars of the caller's workspace, so that each factor's exact backward runs on its own
-/// input; nothing is stored between calls.
+/// runs together). apply and apply_transposed take X a tile of rows at a time through a
+/// per-thread buffer (2^16 scalars), where the tile goes through every factor and permutation
+/// in cache: X is read and Y written once, and no N x d workspace is needed. backward recomputes
+/// the forward pass the same way and keeps the input of each factor, m N d scalars of the
+/// caller's workspace, so that each factor's exact backward runs on its own input; nothing is
+/// stored between calls.
 
 #include <algorithm>
 #include <cstddef>
@@ -69,22 +71,20 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
   /// is refused.
   void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
     check_apply(x, y);
-    const Index last = spec_.factors - 1;
-    if (last == 0) {  // plain OFT: no permutation, so no copy of X either
+    if (spec_.factors == 1) {  // plain OFT: no permutation, so no copy of X either
       factors_.front().apply(x, y);
       return;
     }
-    permute(x, kNatural, y, last);
-    for (Index i = last; i >= 0; --i) {
-      factors_[static_cast<std::size_t>(i)].apply(y, y);
-      if (i > 0) permute(y, i, y, i - 1);
-    }
+    // Factor m-1 first: X M = X B_{m-1} ... B_0.
+    through_tiles(x, y, /*descending=*/true, [](const Factor& f, MatrixView<Scalar> v) { f.apply(v, v); });
   }
 
   /// Y = X M^T = X B_0^T ... B_{m-1}^T: the inverse of apply (M is orthogonal when every block
   /// is). W0 M^T, the merged weight, is apply_transposed of W0's rows.
   void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
-    walk_backwards(x, y, [](const Factor& f, MatrixView<Scalar> v) { f.apply_transposed(v, v); });
+    check_apply(x, y);
+    through_tiles(x, y, /*descending=*/false,
+                  [](const Factor& f, MatrixView<Scalar> v) { f.apply_transposed(v, v); });
   }
 
   /// Y = X M^-1 (M^-T when `transposed`), exact also when the blocks are not orthogonal (a
@@ -95,7 +95,8 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
       walk_backwards(x, y, [](const Factor& f, MatrixView<Scalar> v) { f.apply_inverse(v, v); });
       return;
     }
-    // X M^-T = X B_{m-1}^-T ... B_0^-T: the order of apply.
+    // X M^-T = X B_{m-1}^-T ... B_0^-T: the order of apply. Whole matrices, not tiles: each
+    // factor's apply_inverse factorizes its blocks once per call.
     check_apply(x, y);
     const Index last = spec_.factors - 1;
     permute(x, kNatural, y, last);
@@ -139,11 +140,20 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
     const MatrixView<Scalar> g(workspace + m * plane, rows, d, d);  // the running gradient
     Scalar* scratch = workspace + (m + 1) * plane;
     const Index scratch_count = workspace_count - (m + 1) * plane;
-    // The forward pass, keeping each factor's input in its own gathered order.
-    permute(x, kNatural, input(m - 1), m - 1);
-    for (Index i = m - 1; i > 0; --i) {
-      factors_[static_cast<std::size_t>(i)].apply(input(i), input(i - 1));
-      permute(input(i - 1), i, input(i - 1), i - 1);
+    // The forward pass, keeping each factor's input in its own gathered order. Tile by tile,
+    // so that each input is written once and read back from cache.
+    const Index tile_rows = rows_per_tile();
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index start = 0; start < rows; start += tile_rows) {
+      const Index n = std::min(tile_rows, rows - start);
+      Scalar* buffer = detail::thread_buffer<Scalar, detail::ScratchSlot::ButterflyTile>(tile_rows * d);
+      const MatrixView<Scalar> tile(buffer, n, d, d);
+      const auto rows_of = [&](Index i) { return MatrixView<Scalar>(input(i).row(start), n, d, d); };
+      permute_rows(x.row(start), x.stride(), n, kNatural, rows_of(m - 1).data(), d, m - 1);
+      for (Index i = m - 1; i > 0; --i) {
+        factors_[static_cast<std::size_t>(i)].apply(rows_of(i), tile);
+        permute_rows(buffer, d, n, i, rows_of(i - 1).data(), d, i - 1);
+      }
     }
     // Back through the factors in the reverse of their application, factor 0 first, each on its
     // own input; the gradient moves from factor i's order to factor i + 1's, and at the end to
@@ -210,8 +220,9 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
     detail::require_in_place_or_disjoint(y, x, "Y", "X");
   }
 
-  /// Y = X B_0^op ... B_{m-1}^op for a per-factor in-place step `op` (transposed or inverse):
-  /// factor 0 first, in the natural order, ending back in it.
+  /// Y = X B_0^-1 ... B_{m-1}^-1 through whole matrices (each factor's apply_inverse factorizes
+  /// its blocks once per call, so tiles would repeat that work): factor 0 first, in the natural
+  /// order, ending back in it.
   template <class Step>
   void walk_backwards(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, Step step) const {
     check_apply(x, y);
@@ -223,6 +234,56 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
     }
   }
 
+  /// Y = X with `step` applied for every factor, m-1 down to 0 (`descending`) or 0 up to m-1,
+  /// each in its own gathered order. A tile of rows is gathered from X into a per-thread buffer,
+  /// goes through every factor and permutation in cache, and is scattered into Y: X is read
+  /// and Y written once, whatever m is. Y may be X (each tile is read before it is written).
+  template <class Step>
+  void through_tiles(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool descending, Step step) const {
+    const Index rows = x.rows(), d = spec_.features(), m = spec_.factors, tile_rows = rows_per_tile();
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index start = 0; start < rows; start += tile_rows) {
+      const Index n = std::min(tile_rows, rows - start);
+      Scalar* buffer = detail::thread_buffer<Scalar, detail::ScratchSlot::ButterflyTile>(2 * tile_rows * d);
+      Scalar* other = buffer + tile_rows * d;
+      Index order = descending ? m - 1 : 0;
+      permute_rows(x.row(start), x.stride(), n, kNatural, buffer, d, order);
+      for (Index k = 0; k < m; ++k) {
+        step(factors_[static_cast<std::size_t>(order)], MatrixView<Scalar>(buffer, n, d, d));
+        const Index next = descending ? order - 1 : order + 1;
+        if (next < 0 || next >= m) {
+          permute_rows(buffer, d, n, order, y.row(start), y.stride(), kNatural);
+        } else {
+          permute_rows(buffer, d, n, order, other, d, next);
+          std::swap(buffer, other);
+          order = next;
+        }
+      }
+    }
+  }
+
+  /// Rows per tile: 2^16 scalars (256 KiB of floats), at least one row.
+  Index rows_per_tile() const { return std::max<Index>(1, kParallelElements / spec_.features()); }
+
+  /// `rows` rows from `src` (row stride `src_stride`, features in factor `from`'s order) to `dst`
+  /// (stride `dst_stride`, factor `to`'s order); src and dst must not overlap.
+  void permute_rows(const Scalar* src, Index src_stride, Index rows, Index from, Scalar* dst,
+                    Index dst_stride, Index to) const {
+    const Index d = spec_.features(), run = spec_.block_size / 2;
+    if (from == to) {
+      for (Index n = 0; n < rows; ++n) std::copy(src + n * src_stride, src + n * src_stride + d, dst + n * dst_stride);
+      return;
+    }
+    const Index* from_position = positions_[static_cast<std::size_t>(from)].data();
+    const Index* to_position = positions_[static_cast<std::size_t>(to)].data();
+    for (Index n = 0; n < rows; ++n) {
+      const Scalar* in = src + n * src_stride;
+      Scalar* out = dst + n * dst_stride;
+      for (Index f = 0; f < d; f += run)
+        std::copy(in + from_position[f], in + from_position[f] + run, out + to_position[f]);
+    }
+  }
+
   /// dst = src with the features moved from factor `from`'s gathered order to factor `to`'s
   /// (kNatural = 0 is the natural order). dst may be src (in place, through a row buffer).
   void permute(ConstMatrixView<Scalar> src, Index from, MatrixView<Scalar> dst, Index to) const {
@@ -230,9 +291,7 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
       if (!detail::same_memory(src, dst)) copy(src, dst);
       return;
     }
-    const Index d = spec_.features(), run = spec_.block_size / 2, rows = src.rows();
-    const Index* from_position = positions_[static_cast<std::size_t>(from)].data();
-    const Index* to_position = positions_[static_cast<std::size_t>(to)].data();
+    const Index d = spec_.features(), rows = src.rows();
     const bool in_place = detail::same_memory(src, dst);
     OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
     for (Index n = 0; n < rows; ++n) {
@@ -242,9 +301,7 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
         std::copy(in, in + d, buffer);
         in = buffer;
       }
-      Scalar* out = dst.row(n);
-      for (Index f = 0; f < d; f += run)
-        std::copy(in + from_position[f], in + from_position[f] + run, out + to_position[f]);
+      permute_rows(in, d, 1, from, dst.row(n), d, to);
     }
   }
 

@@ -33,6 +33,7 @@ enum class ScratchSlot : int {
   SpectralGram,     // skew_spectral_norm: Q^T Q
   PanelScratch,     // BlockOrthogonal's panel loops: slices larger than the stack scratch
   ButterflyRow,     // Butterfly: one row, while its features are permuted in place
+  ButterflyTile,    // Butterfly: a tile of rows going through every factor in cache
   HouseholderPanel, // Householder::apply: X Q and (X Q) T^T of one row tile
   GivensRows,       // Givens::backward: one row's output and gradient
 };
