@@ -122,6 +122,11 @@ void use_all() {
   use_butterfly<Scalar>(oft::CayleyNeumann{3});
   use_operator<Scalar>(oft::ExactCayley{});
   use_operator<Scalar>(oft::CayleyNeumann{3});
+  use_operator<Scalar>(oft::NewtonSchulz{5});
+  use_operator<Scalar>(oft::NewtonSchulz{3, oft::NewtonSchulzBase::Linear});
+  use_operator<Scalar>(oft::Clipped<oft::ExactCayley, oft::FrobeniusNorm>{oft::ExactCayley{}, 0.5});
+  use_operator<Scalar>(oft::Clipped<oft::CayleyNeumann, oft::SpectralNorm>{oft::CayleyNeumann{4}, 0.5});
+  use_butterfly<Scalar>(oft::Clipped<oft::ExactCayley, oft::SpectralNorm>{oft::ExactCayley{}, 0.5});
   use_operator<Scalar>(oft::CayleyNeumannTolerance{1e-4});
   use_operator<Scalar>(oft::MatrixExponential{});
 
