@@ -168,8 +168,18 @@ std::string without_prefix(const std::exception& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"oft: inspect, merge, unmerge and convert orthogonal finetuning (OFT) adapters"};
+  CLI::App app{
+      "oft: inspect, merge, unmerge and convert orthogonal finetuning adapters (PEFT OFT, BOFT, "
+      "HRA)"};
   app.require_subcommand(1);
+  app.footer(
+      "PEFT BOFT and HRA adapters (peft_type in adapter_config.json): <m>.boft_R [m, N, b, b] with "
+      "<m>.boft_s [n_out, 1], or <m>.hra_u [d, r] (apply_GS from the config); m, N and b come from "
+      "boft_R (PEFT without CUDA stores one factor whatever the config says). Merged in double as "
+      "PEFT's merge_and_unload (BOFT W' = diag(s) W0 M^T, HRA W' = W0 R_H). Refused: bias other "
+      "than 'none', fan_in_fan_out, modules_to_save, layouts that do not factor, non-finite values, "
+      "zero (or, with apply_GS, dependent) hra_u columns, --strength other than 1, convert. See "
+      "docs/io.md.");
   std::string adapter_path;
   bool as_json = false;
   double tolerance = 1e-6;
