@@ -290,11 +290,13 @@ def test_bad_inputs_name_the_argument():
         oft.torch.butterfly_rotate(torch.zeros(3, 16, dtype=torch.long), boft_R)
     with pytest.raises(ValueError, match=r"last dimension must be 16"):
         oft.torch.butterfly_rotate(torch.randn(3, 12), boft_R)
-    with pytest.raises(ValueError, match=r"boft_R must be a \[m, N, b, b\] tensor, got \[2, 4, 4\]"):
+    with pytest.raises(ValueError, match=r"boft_R must be a \[m, N, b, b\] tensor, got "
+                                         r"\[2, 4, 4\]"):
         oft.torch.butterfly_rotate(x, torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match=r"policy 'exponential' is not one of"):
         oft.torch.butterfly_rotate(x, boft_R, policy="exponential")
-    with pytest.raises(ValueError, match=r"butterfly blocks N=4 must be a multiple of 2\^\(m-1\)=8"):
+    with pytest.raises(ValueError,
+                       match=r"butterfly blocks N=4 must be a multiple of 2\^\(m-1\)=8"):
         oft.torch.butterfly_rotate(x, torch.zeros(4, 4, 4, 4))
     with pytest.raises(ValueError, match=r"hra_u \[16, 20\] must have 1 <= r <= d"):
         oft.torch.householder_rotate(x, torch.randn(16, 20), apply_GS=True)
