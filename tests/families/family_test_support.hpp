@@ -2,9 +2,13 @@
 // What the family tests share: PEFT's fixtures (fixtures/families_reference.safetensors, made by
 // make_reference.py) read through oft::io, the fixtures' error measure, and seeded inputs.
 #include <oft/io/safetensors.hpp>
+#include <oft/half_types.hpp>
 #include <oft/parameterization.hpp>
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -50,6 +54,36 @@ inline Matrix random_matrix(oft::Index rows, oft::Index cols, unsigned seed, dou
   Matrix m(rows, cols);
   for (oft::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
   return m;
+}
+
+/// bfloat16 activations: matrices of them, and the contract every family's bfloat16 path keeps:
+/// the inputs widened exactly, the arithmetic in float, each output rounded once. `got` must be
+/// `want` (the float operator on the widened inputs) rounded to bfloat16, to one bfloat16 ulp
+/// (the float sums may be ordered differently on the float tile than on the caller's rows), and
+/// almost every element exactly.
+using BfMatrix = Eigen::Matrix<oft::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using FloatMatrix = oft::RowMatrix<float>;
+
+inline BfMatrix to_bf16(const Matrix& m) { return m.cast<float>().cast<oft::bfloat16>(); }
+inline FloatMatrix widen(const BfMatrix& m) { return m.cast<float>(); }
+
+inline ::testing::AssertionResult rounded_once(const BfMatrix& got, const FloatMatrix& want) {
+  if (got.rows() != want.rows() || got.cols() != want.cols()) return ::testing::AssertionFailure() << "shape";
+  oft::Index exact = 0;
+  for (oft::Index i = 0; i < want.size(); ++i) {
+    const float w = want.data()[i], g = static_cast<float>(got.data()[i]);
+    const float rounded = static_cast<float>(oft::bfloat16(w));
+    if (g == rounded) {
+      ++exact;
+      continue;
+    }
+    const float ulp = std::abs(rounded) * 0x1p-7f + 1e-30f;  // one bfloat16 ulp, at most
+    if (std::abs(g - rounded) > ulp)
+      return ::testing::AssertionFailure() << "element " << i << ": " << g << " vs float " << w;
+  }
+  if (exact < want.size() * 99 / 100)
+    return ::testing::AssertionFailure() << exact << " of " << want.size() << " exactly rounded";
+  return ::testing::AssertionSuccess();
 }
 
 }  // namespace oft_family_test

@@ -255,6 +255,40 @@ TEST(Butterfly, TiledPassesEqualTheDenseMatrixAndOneRowPasses) {
 #endif
 }
 
+// bfloat16 activations: the float operator on the widened inputs, each output rounded once (one
+// factor: the block operator's own bfloat16 path, also rounded once); generator gradients in float
+// equal to the float path's.
+TEST(Butterfly, Bfloat16ActivationsAreTheFloatPathRoundedOnce) {
+  for (const oft::Index m : {1, 3}) {
+    SCOPED_TRACE(m);
+    const auto spec = oft::ButterflySpec::from_features(256, 8, m);
+    oft::Butterfly<float, oft::ExactCayley> boft(spec);
+    oft::Generators<float> theta(spec.generators(), spec.block_size);
+    theta.values() = random_matrix(spec.generators(), spec.packed(), 61, 0.3).cast<float>();
+    boft.set_generators(theta);
+    const oft::Index n = 600;  // several tiles of 256 rows, threaded
+    const BfMatrix x = to_bf16(random_matrix(n, 256, 62)), g = to_bf16(random_matrix(n, 256, 63));
+    const FloatMatrix xf = widen(x), gf = widen(g);
+    FloatMatrix want(n, 256), dx_want(n, 256);
+    BfMatrix y(n, 256), dx(n, 256), in_place = x;
+    boft.apply(oft::view(xf), oft::view(want));
+    boft.apply(oft::view(x), oft::view(y));
+    EXPECT_TRUE(rounded_once(y, want));
+    boft.apply(oft::view(in_place), oft::view(in_place));
+    EXPECT_TRUE(in_place == y);
+    boft.apply_transposed(oft::view(xf), oft::view(want));
+    boft.apply_transposed(oft::view(x), oft::view(y));
+    EXPECT_TRUE(rounded_once(y, want));
+
+    oft::Generators<float> dtheta(spec.generators(), spec.block_size), dtheta_want(spec.generators(), spec.block_size);
+    oft::Workspace<float> ws;
+    boft.backward(oft::view(xf), oft::view(gf), oft::view(dx_want), dtheta_want.view(), ws);
+    boft.backward(oft::view(x), oft::view(g), oft::view(dx), dtheta.view(), ws);
+    EXPECT_TRUE(rounded_once(dx, dx_want));
+    EXPECT_LT(relative(dtheta.values().cast<double>(), dtheta_want.values().cast<double>()), 1e-5);
+  }
+}
+
 TEST(Butterfly, OneFactorIsBlockOrthogonal) {
   const auto spec = oft::ButterflySpec::from_features(15, 5, 1);  // odd b: fine for m = 1
   oft::Butterfly<float, oft::ExactCayley> boft(spec);

@@ -177,6 +177,36 @@ TEST(Householder, TiledAndThreadedPassesEqualTheOneRowPasses) {
 #endif
 }
 
+// bfloat16 activations: the float operator on the widened inputs, each output rounded once; the
+// vector gradient in float equal to the float path's.
+TEST(Householder, Bfloat16ActivationsAreTheFloatPathRoundedOnce) {
+  for (const bool gram_schmidt : {false, true}) {
+    SCOPED_TRACE(gram_schmidt);
+    const oft::Index d = 128, r = 6, n = 700;  // 11 tiles, threaded
+    oft::Householder<float> hra(d, r, gram_schmidt);
+    const FloatMatrix u = random_matrix(d, r, 51).cast<float>();
+    hra.set_vectors(oft::view(u));
+    const BfMatrix x = to_bf16(random_matrix(n, d, 52)), g = to_bf16(random_matrix(n, d, 53));
+    const FloatMatrix xf = widen(x), gf = widen(g);
+    FloatMatrix want(n, d), dx_want(n, d), du_want(d, r), du(d, r);
+    BfMatrix y(n, d), dx(n, d), in_place = x;
+    hra.apply(oft::view(xf), oft::view(want));
+    hra.apply(oft::view(x), oft::view(y));
+    EXPECT_TRUE(rounded_once(y, want));
+    hra.apply(oft::view(in_place), oft::view(in_place));
+    EXPECT_TRUE(in_place == y);
+    hra.apply_transposed(oft::view(xf), oft::view(want));
+    hra.apply_transposed(oft::view(x), oft::view(y));
+    EXPECT_TRUE(rounded_once(y, want));
+
+    oft::Workspace<float> ws;
+    hra.backward(oft::view(xf), oft::view(gf), oft::view(dx_want), oft::view(du_want), ws);
+    hra.backward(oft::view(x), oft::view(g), oft::view(dx), oft::view(du), ws);
+    EXPECT_TRUE(rounded_once(dx, dx_want));
+    EXPECT_LT(relative(du.cast<double>(), du_want.cast<double>()), 1e-5);
+  }
+}
+
 TEST(Householder, FloatMatchesDouble) {
   const Matrix u = random_matrix(64, 8, 31), x = random_matrix(33, 64, 32);
   oft::Householder<double> wide(64, 8);

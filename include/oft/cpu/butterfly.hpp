@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "../skew.hpp"
 #include "../view.hpp"
 #include "../workspace.hpp"
+#include "bf16.hpp"
 #include "block_orthogonal.hpp"
 
 namespace oft {
@@ -69,22 +71,21 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
 
   /// Y = X M (N x d, row-major, any row stride >= d). `y` may be `x` (in place); partial overlap
   /// is refused.
-  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
-    check_apply(x, y);
-    if (spec_.factors == 1) {  // plain OFT: no permutation, so no copy of X either
-      factors_.front().apply(x, y);
-      return;
-    }
-    // Factor m-1 first: X M = X B_{m-1} ... B_0.
-    through_tiles(x, y, /*descending=*/true, [](const Factor& f, MatrixView<Scalar> v) { f.apply(v, v); });
-  }
+  void apply(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const { apply_with(x, y); }
 
   /// Y = X M^T = X B_0^T ... B_{m-1}^T: the inverse of apply (M is orthogonal when every block
   /// is). W0 M^T, the merged weight, is apply_transposed of W0's rows.
-  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
-    check_apply(x, y);
-    through_tiles(x, y, /*descending=*/false,
-                  [](const Factor& f, MatrixView<Scalar> v) { f.apply_transposed(v, v); });
+  void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const { apply_transposed_with(x, y); }
+
+  /// bfloat16 activations (float operators only): each tile of X is widened exactly to float
+  /// as it is gathered, goes through every factor in float, and each output is rounded once
+  /// (nearest even) as it is scattered, with one factor too (the block operator's own bfloat16
+  /// path may use vdpbf16ps, which rounds R - I to bfloat16; docs/bf16.md).
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const { apply_with(x, y); }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply_transposed(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    apply_transposed_with(x, y);
   }
 
   /// Y = X M^-1 (M^-T when `transposed`), exact also when the blocks are not orthogonal (a
@@ -118,17 +119,83 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
     const Index count = workspace_size(x.rows());
-    backward(x, dy, dx, dtheta, workspace.reserve(count), count);
+    backward_with(x, dy, dx, dtheta, workspace.reserve(count), count);
   }
 
   /// Same with a raw workspace of `workspace_count` >= workspace_size(N) scalars (only used,
   /// and so only checked, when dtheta is wanted).
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    backward_with(x, dy, dx, dtheta, workspace, workspace_count);
+  }
+
+  /// backward with bfloat16 activations X, dY, dX (float operators only): the factor inputs
+  /// and the running gradient are kept in float in the workspace, dX is rounded once.
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) const {
+    const Index count = workspace_size(x.rows());
+    backward_with(x, dy, dx, dtheta, workspace.reserve(count), count);
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
+    backward_with(x, dy, dx, dtheta, workspace, workspace_count);
+  }
+
+  /// R_{i,g}, block g of factor i (b x b).
+  SquareMatrix<Scalar> block(Index i, Index g) const { return factor(i).block(g); }
+
+  /// The whole d x d matrix M (a slow reference: M = I M, row by row).
+  RowMatrix<Scalar> dense() const {
+    RowMatrix<Scalar> m = RowMatrix<Scalar>::Identity(features(), features());
+    apply(view(m), view(m));
+    return m;
+  }
+
+  /// The largest ||R^T R - I|| over every block of every factor (Spectral or Frobenius).
+  double orthogonality_error(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
+    double worst = 0;
+    for (const Factor& f : factors_) worst = std::max(worst, f.orthogonality_error(norm));
+    return worst;
+  }
+
+  /// Throws std::invalid_argument unless `theta` has m N rows of b(b-1)/2.
+  void check_generators(GeneratorView<const Scalar> theta, const char* name) const {
+    detail::require(theta.block_size() == spec_.block_size && theta.count() == spec_.generators(),
+                    name, " has ", theta.count(), " generators of block size ", theta.block_size(),
+                    ", expected m N = ", spec_.factors, " x ", spec_.blocks, " = ",
+                    spec_.generators(), " of b=", spec_.block_size);
+  }
+
+ private:
+  template <class Act>
+  void apply_with(ConstMatrixView<Act> x, MatrixView<Act> y) const {
+    check_apply(x, y);
+    if constexpr (std::is_same_v<Act, Scalar>) {
+      if (spec_.factors == 1) {  // plain OFT: no permutation, so no copy of X either
+        factors_.front().apply(x, y);
+        return;
+      }
+    }
+    // Factor m-1 first: X M = X B_{m-1} ... B_0.
+    through_tiles(x, y, /*descending=*/true, [](const Factor& f, MatrixView<Scalar> v) { f.apply(v, v); });
+  }
+
+  template <class Act>
+  void apply_transposed_with(ConstMatrixView<Act> x, MatrixView<Act> y) const {
+    check_apply(x, y);
+    through_tiles(x, y, /*descending=*/false,
+                  [](const Factor& f, MatrixView<Scalar> v) { f.apply_transposed(v, v); });
+  }
+
+  template <class Act>
+  void backward_with(ConstMatrixView<Act> x, ConstMatrixView<Act> dy, MatrixView<Act> dx,
+                     GeneratorView<Scalar> dtheta, Scalar* workspace, Index workspace_count) const {
     const Index rows = x.rows(), d = spec_.features();
     const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
     if (dtheta.data() == nullptr) {  // dX alone: dY M^T
-      if (want_dx) apply_transposed(dy, dx);
+      if (want_dx) apply_transposed_with(dy, dx);
       return;
     }
     check_generators(GeneratorView<const Scalar>(dtheta), "dtheta");
@@ -158,41 +225,19 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
     // Back through the factors in the reverse of their application, factor 0 first, each on its
     // own input; the gradient moves from factor i's order to factor i + 1's, and at the end to
     // the natural order, in dX.
-    copy(dy, g);
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index n = 0; n < rows; ++n) detail::cpu::convert_row(dy.row(n), d, g.row(n));
     for (Index i = 0; i < m; ++i) {
       factors_[static_cast<std::size_t>(i)].backward(input(i), g, g, factor_rows(dtheta, i),
                                                    scratch, scratch_count);
       if (i + 1 < m) permute(g, i, g, i + 1);
     }
-    if (want_dx) permute(g, m - 1, dx, kNatural);
+    if (want_dx) {
+      OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+      for (Index n = 0; n < rows; ++n) permute_rows(g.row(n), d, 1, m - 1, dx.row(n), d, kNatural);
+    }
   }
 
-  /// R_{i,g}, block g of factor i (b x b).
-  SquareMatrix<Scalar> block(Index i, Index g) const { return factor(i).block(g); }
-
-  /// The whole d x d matrix M (a slow reference: M = I M, row by row).
-  RowMatrix<Scalar> dense() const {
-    RowMatrix<Scalar> m = RowMatrix<Scalar>::Identity(features(), features());
-    apply(view(m), view(m));
-    return m;
-  }
-
-  /// The largest ||R^T R - I|| over every block of every factor (Spectral or Frobenius).
-  double orthogonality_error(OrthogonalityNorm norm = OrthogonalityNorm::Spectral) const {
-    double worst = 0;
-    for (const Factor& f : factors_) worst = std::max(worst, f.orthogonality_error(norm));
-    return worst;
-  }
-
-  /// Throws std::invalid_argument unless `theta` has m N rows of b(b-1)/2.
-  void check_generators(GeneratorView<const Scalar> theta, const char* name) const {
-    detail::require(theta.block_size() == spec_.block_size && theta.count() == spec_.generators(),
-                    name, " has ", theta.count(), " generators of block size ", theta.block_size(),
-                    ", expected m N = ", spec_.factors, " x ", spec_.blocks, " = ",
-                    spec_.generators(), " of b=", spec_.block_size);
-  }
-
- private:
   /// The natural feature order (factor 0's order is the natural one too).
   static constexpr Index kNatural = 0;
 
@@ -212,7 +257,8 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
                                   theta.stride());
   }
 
-  void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
+  template <class Act>
+  void check_apply(const ConstMatrixView<Act>& x, const MatrixView<Act>& y) const {
     detail::require(x.cols() == spec_.features(), "X has ", x.cols(), " columns, expected d=",
                     spec_.features(), " (m=", spec_.factors, " factors of N=", spec_.blocks,
                     " blocks of b=", spec_.block_size, ")");
@@ -238,8 +284,8 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
   /// each in its own gathered order. A tile of rows is gathered from X into a per-thread buffer,
   /// goes through every factor and permutation in cache, and is scattered into Y: X is read
   /// and Y written once, whatever m is. Y may be X (each tile is read before it is written).
-  template <class Step>
-  void through_tiles(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool descending, Step step) const {
+  template <class Act, class Step>
+  void through_tiles(ConstMatrixView<Act> x, MatrixView<Act> y, bool descending, Step step) const {
     const Index rows = x.rows(), d = spec_.features(), m = spec_.factors, tile_rows = rows_per_tile();
     OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
     for (Index start = 0; start < rows; start += tile_rows) {
@@ -267,20 +313,22 @@ class Butterfly<Scalar_, Parameterization_, cpu> {
 
   /// `rows` rows from `src` (row stride `src_stride`, features in factor `from`'s order) to `dst`
   /// (stride `dst_stride`, factor `to`'s order); src and dst must not overlap.
-  void permute_rows(const Scalar* src, Index src_stride, Index rows, Index from, Scalar* dst,
-                    Index dst_stride, Index to) const {
+  /// Converts float <-> bfloat16 on the way when the two element types differ.
+  template <class In, class Out>
+  void permute_rows(const In* src, Index src_stride, Index rows, Index from, Out* dst, Index dst_stride,
+                    Index to) const {
     const Index d = spec_.features(), run = spec_.block_size / 2;
     if (from == to) {
-      for (Index n = 0; n < rows; ++n) std::copy(src + n * src_stride, src + n * src_stride + d, dst + n * dst_stride);
+      for (Index n = 0; n < rows; ++n) detail::cpu::convert_row(src + n * src_stride, d, dst + n * dst_stride);
       return;
     }
     const Index* from_position = positions_[static_cast<std::size_t>(from)].data();
     const Index* to_position = positions_[static_cast<std::size_t>(to)].data();
     for (Index n = 0; n < rows; ++n) {
-      const Scalar* in = src + n * src_stride;
-      Scalar* out = dst + n * dst_stride;
+      const In* in = src + n * src_stride;
+      Out* out = dst + n * dst_stride;
       for (Index f = 0; f < d; f += run)
-        std::copy(in + from_position[f], in + from_position[f] + run, out + to_position[f]);
+        detail::cpu::convert_row(in + from_position[f], run, out + to_position[f]);
     }
   }
 

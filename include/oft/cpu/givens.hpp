@@ -29,6 +29,7 @@
 #include "../givens_spec.hpp"
 #include "../view.hpp"
 #include "../workspace.hpp"
+#include "bf16.hpp"
 
 namespace oft {
 
@@ -87,6 +88,17 @@ class Givens<Scalar_, cpu> {
     turn_rows(x, y, /*inverse=*/true);
   }
 
+  /// bfloat16 activations (float operators only): each row is widened exactly to float, turned
+  /// in float, and rounded once (nearest even).
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    turn_rows(x, y, /*inverse=*/false);
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply_transposed(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    turn_rows(x, y, /*inverse=*/true);
+  }
+
   /// Scalars of workspace backward needs: one angle gradient per thread.
   Index workspace_size() const { return static_cast<Index>(detail::max_threads()) * spec_.angles(); }
 
@@ -94,6 +106,27 @@ class Givens<Scalar_, cpu> {
   /// spec().angles() values). Pass {} / nullptr to skip either. dX may be dY or X.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 Scalar* dangles, Workspace<Scalar>& workspace) const {
+    backward_with(x, dy, dx, dangles, workspace);
+  }
+  /// backward with bfloat16 activations X, dY, dX (float operators only); the angle gradients
+  /// and every sum in float, dX rounded once.
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                Scalar* dangles, Workspace<Scalar>& workspace) const {
+    backward_with(x, dy, dx, dangles, workspace);
+  }
+
+  /// The whole d x d R (a slow reference: R = I R).
+  Dense dense() const {
+    Dense m = Dense::Identity(features(), features());
+    apply(view(m), view(m));
+    return m;
+  }
+
+ private:
+  template <class Act>
+  void backward_with(ConstMatrixView<Act> x, ConstMatrixView<Act> dy, MatrixView<Act> dx, Scalar* dangles,
+                     Workspace<Scalar>& workspace) const {
     const Index rows = x.rows(), d = features(), count = spec_.angles();
     const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
     if (dangles == nullptr) {
@@ -110,11 +143,11 @@ class Givens<Scalar_, cpu> {
       Scalar* g = y + d;
       OFT_OMP(for schedule(static))
       for (Index n = 0; n < rows; ++n) {
-        std::copy(x.row(n), x.row(n) + d, y);
-        std::copy(dy.row(n), dy.row(n) + d, g);  // before dX (which may be X or dY) is written
+        detail::cpu::convert_row(x.row(n), d, y);
+        detail::cpu::convert_row(dy.row(n), d, g);  // before dX (which may be X or dY) is written
         forward_row(y);
         backward_row(y, g, mine);
-        if (want_dx) std::copy(g, g + d, dx.row(n));
+        if (want_dx) detail::cpu::convert_row(g, d, dx.row(n));
       }
     }
     for (Index k = 0; k < count; ++k) {
@@ -124,34 +157,36 @@ class Givens<Scalar_, cpu> {
     }
   }
 
-  /// The whole d x d R (a slow reference: R = I R).
-  Dense dense() const {
-    Dense m = Dense::Identity(features(), features());
-    apply(view(m), view(m));
-    return m;
-  }
 
- private:
-
-  void check_apply(const ConstMatrixView<Scalar>& x, const MatrixView<Scalar>& y) const {
+  template <class Act>
+  void check_apply(const ConstMatrixView<Act>& x, const MatrixView<Act>& y) const {
     detail::require(x.cols() == features(), "X has ", x.cols(), " columns, expected d=",
                     features(), " (", spec_.angles(), " Givens angles)");
     detail::require_shape(y, x.rows(), x.cols(), "Y");
     detail::require_in_place_or_disjoint(y, x, "Y", "X");
   }
 
-  /// Y = X R, or X R^T when `inverse`, row by row (y may be x).
-  void turn_rows(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool inverse) const {
+  /// Y = X R, or X R^T when `inverse`, row by row (y may be x). bfloat16 rows go through a
+  /// per-thread float row.
+  template <class Act>
+  void turn_rows(ConstMatrixView<Act> x, MatrixView<Act> y, bool inverse) const {
     check_apply(x, y);
     const Index rows = x.rows(), d = features();
     OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
     for (Index n = 0; n < rows; ++n) {
-      Scalar* row = y.row(n);
-      if (row != x.row(n)) std::copy(x.row(n), x.row(n) + d, row);
+      Scalar* row = nullptr;
+      if constexpr (std::is_same_v<Act, Scalar>) {
+        row = y.row(n);
+        if (row != x.row(n)) std::copy(x.row(n), x.row(n) + d, row);
+      } else {
+        row = detail::thread_buffer<Scalar, detail::ScratchSlot::GivensRows>(2 * d);
+        detail::cpu::convert_row(x.row(n), d, row);
+      }
       if (inverse)
         inverse_row(row);
       else
         forward_row(row);
+      if constexpr (!std::is_same_v<Act, Scalar>) detail::cpu::convert_row(row, d, y.row(n));
     }
   }
 

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include "../backend.hpp"
@@ -37,6 +38,7 @@
 #include "../view.hpp"
 #include "../workspace.hpp"
 #include "../detail/thread_scratch.hpp"
+#include "bf16.hpp"
 
 namespace oft {
 
@@ -126,6 +128,16 @@ class Householder<Scalar_, cpu> {
   void apply_transposed(ConstMatrixView<Scalar> x, MatrixView<Scalar> y) const {
     apply_with(x, y, /*transposed=*/true);
   }
+  /// bfloat16 activations (float operators only): each tile of X is widened exactly to float,
+  /// goes through the float products, and each output is rounded once (nearest even).
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    apply_with(x, y, /*transposed=*/false);
+  }
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void apply_transposed(ConstMatrixView<bfloat16> x, MatrixView<bfloat16> y) const {
+    apply_with(x, y, /*transposed=*/true);
+  }
 
   /// Scalars of workspace backward needs (for any N = `rows`): per thread, its partial dQ and dT
   /// and four kTileRows x r tile panels.
@@ -138,6 +150,58 @@ class Householder<Scalar_, cpu> {
   /// hra_u layout, overwritten). Pass {} to skip either. dX may be dY or X.
   void backward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> dy, MatrixView<Scalar> dx,
                 MatrixView<Scalar> du, Workspace<Scalar>& workspace) const {
+    backward_with(x, dy, dx, du, workspace);
+  }
+  /// backward with bfloat16 activations X, dY, dX (float operators only); dU and every sum in
+  /// float, dX rounded once.
+  template <class S = Scalar, class = std::enable_if_t<std::is_same_v<S, float>>>
+  void backward(ConstMatrixView<bfloat16> x, ConstMatrixView<bfloat16> dy, MatrixView<bfloat16> dx,
+                MatrixView<Scalar> du, Workspace<Scalar>& workspace) const {
+    backward_with(x, dy, dx, du, workspace);
+  }
+
+  /// The whole d x d R (a slow reference: R = I R).
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dense() const {
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m =
+        Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Identity(features_, features_);
+    apply(view(m), view(m));
+    return m;
+  }
+
+ private:
+  template <class Act>
+  void apply_with(ConstMatrixView<Act> x, MatrixView<Act> y, bool transposed) const {
+    detail::require(x.cols() == features_, "X has ", x.cols(), " columns, expected d=", features_,
+                    " (r=", reflections_, " reflections)");
+    detail::require_shape(y, x.rows(), x.cols(), "Y");
+    detail::require_in_place_or_disjoint(y, x, "Y", "X");
+    const Index rows = x.rows(), d = features_, r = reflections_;
+    const Matrix t = transposed ? t_ : Matrix(t_.transpose());
+    OFT_OMP(parallel for schedule(static) if (rows * d >= kParallelElements))
+    for (Index tile = 0; tile < tiles(rows); ++tile) {
+      const Index start = tile * kTileRows, n = std::min(kTileRows, rows - start);
+      Scalar* panel = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderPanel>(2 * kTileRows * r);
+      RowMap a(panel, n, r), b(panel + kTileRows * r, n, r);
+      if constexpr (std::is_same_v<Act, Scalar>) {
+        const auto xt = x.map().middleRows(start, n);
+        a.noalias() = xt * q_;  // read the tile of X before Y (which may be X) is written
+        b.noalias() = a * t;
+        auto yt = y.map().middleRows(start, n);
+        if (!detail::same_memory(x, y)) yt = xt;
+        yt.noalias() -= b * q_.transpose();
+      } else {
+        RowMap xt(widened_tile(x, start, n, 0), n, d);
+        a.noalias() = xt * q_;
+        b.noalias() = a * t;
+        xt.noalias() -= b * q_.transpose();
+        narrow_tile(xt.data(), y, start, n);
+      }
+    }
+  }
+
+  template <class Act>
+  void backward_with(ConstMatrixView<Act> x, ConstMatrixView<Act> dy, MatrixView<Act> dx,
+                     MatrixView<Scalar> du, Workspace<Scalar>& workspace) const {
     const Index rows = x.rows(), d = features_, r = reflections_;
     const bool want_dx = detail::require_backward_activations(x, dy, dx, d);
     const bool want_du = du.data() != nullptr;
@@ -164,23 +228,35 @@ class Householder<Scalar_, cpu> {
       OFT_OMP(for schedule(static))
       for (Index tile = 0; tile < tiles(rows); ++tile) {
         const Index start = tile * kTileRows, n = std::min(kTileRows, rows - start);
-        const auto xt = x.map().middleRows(start, n);
-        const auto gt = dy.map().middleRows(start, n);
-        RowMap a(panels, n, r), c(panels + kTileRows * r, n, r), ct(panels + 2 * kTileRows * r, n, r),
-            at(panels + 3 * kTileRows * r, n, r);
-        a.noalias() = xt * q_;
-        c.noalias() = gt * q_;
-        ct.noalias() = c * t_;
-        if (want_du) {
-          at.noalias() = a * t_.transpose();
-          dq_part.noalias() -= xt.transpose() * ct;
-          dq_part.noalias() -= gt.transpose() * at;
-          if (!gram_schmidt_) dt_part.noalias() -= c.transpose() * a;
-        }
-        if (want_dx) {
-          auto dxt = dx.map().middleRows(start, n);
-          if (!detail::same_memory(dx, dy)) dxt = gt;
-          dxt.noalias() -= ct * q_.transpose();
+        RowMap ct(panels + 2 * kTileRows * r, n, r);
+        const auto gradient_sums = [&](const auto& xt, const auto& gt) {
+          RowMap a(panels, n, r), c(panels + kTileRows * r, n, r), at(panels + 3 * kTileRows * r, n, r);
+          a.noalias() = xt * q_;
+          c.noalias() = gt * q_;
+          ct.noalias() = c * t_;
+          if (want_du) {
+            at.noalias() = a * t_.transpose();
+            dq_part.noalias() -= xt.transpose() * ct;
+            dq_part.noalias() -= gt.transpose() * at;
+            if (!gram_schmidt_) dt_part.noalias() -= c.transpose() * a;
+          }
+        };
+        if constexpr (std::is_same_v<Act, Scalar>) {
+          const auto gt = dy.map().middleRows(start, n);
+          gradient_sums(x.map().middleRows(start, n), gt);
+          if (want_dx) {
+            auto dxt = dx.map().middleRows(start, n);
+            if (!detail::same_memory(dx, dy)) dxt = gt;
+            dxt.noalias() -= ct * q_.transpose();
+          }
+        } else {
+          const RowMap xt(widened_tile(x, start, n, 0), n, d);
+          RowMap gt(widened_tile(dy, start, n, 1), n, d);
+          gradient_sums(xt, gt);
+          if (want_dx) {
+            gt.noalias() -= ct * q_.transpose();
+            narrow_tile(gt.data(), dx, start, n);
+          }
         }
       }
     }
@@ -201,34 +277,19 @@ class Householder<Scalar_, cpu> {
     }
   }
 
-  /// The whole d x d R (a slow reference: R = I R).
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dense() const {
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m =
-        Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Identity(features_, features_);
-    apply(view(m), view(m));
-    return m;
+  /// Rows start .. start + n - 1 of bfloat16 `x`, widened exactly into this thread's tile
+  /// buffer `which` (0 or 1) as a contiguous n x d float matrix.
+  Scalar* widened_tile(ConstMatrixView<bfloat16> x, Index start, Index n, int which) const {
+    const Index d = features_;
+    Scalar* tile = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderTile>(2 * kTileRows * d) +
+                   which * kTileRows * d;
+    for (Index i = 0; i < n; ++i) detail::cpu::convert_row(x.row(start + i), d, tile + i * d);
+    return tile;
   }
-
- private:
-  void apply_with(ConstMatrixView<Scalar> x, MatrixView<Scalar> y, bool transposed) const {
-    detail::require(x.cols() == features_, "X has ", x.cols(), " columns, expected d=", features_,
-                    " (r=", reflections_, " reflections)");
-    detail::require_shape(y, x.rows(), x.cols(), "Y");
-    detail::require_in_place_or_disjoint(y, x, "Y", "X");
-    const Index rows = x.rows(), r = reflections_;
-    const Matrix t = transposed ? t_ : Matrix(t_.transpose());
-    OFT_OMP(parallel for schedule(static) if (rows * features_ >= kParallelElements))
-    for (Index tile = 0; tile < tiles(rows); ++tile) {
-      const Index start = tile * kTileRows, n = std::min(kTileRows, rows - start);
-      Scalar* panel = detail::thread_buffer<Scalar, detail::ScratchSlot::HouseholderPanel>(2 * kTileRows * r);
-      RowMap a(panel, n, r), b(panel + kTileRows * r, n, r);
-      const auto xt = x.map().middleRows(start, n);
-      a.noalias() = xt * q_;  // read the tile of X before Y (which may be X) is written
-      b.noalias() = a * t;
-      auto yt = y.map().middleRows(start, n);
-      if (!detail::same_memory(x, y)) yt = xt;
-      yt.noalias() -= b * q_.transpose();
-    }
+  /// The n x d float rows `from` into rows start .. of bfloat16 `y`, each rounded once.
+  void narrow_tile(const Scalar* from, MatrixView<bfloat16> y, Index start, Index n) const {
+    const Index d = features_;
+    for (Index i = 0; i < n; ++i) detail::cpu::convert_row(from + i * d, d, y.row(start + i));
   }
 
   /// Rows per tile: 64 rows of d = 4096 floats (1 MiB) stay in L2/L3 between the tile's two

@@ -35,6 +35,7 @@ enum class ScratchSlot : int {
   ButterflyRow,     // Butterfly: one row, while its features are permuted in place
   ButterflyTile,    // Butterfly: a tile of rows going through every factor in cache
   HouseholderPanel, // Householder::apply: X Q and (X Q) T^T of one row tile
+  HouseholderTile,  // Householder with bfloat16 activations: a tile of X (and of dY) in float
   GivensRows,       // Givens::backward: one row's output and gradient
 };
 
