@@ -9,6 +9,7 @@
 ///                    1 BOFT m = 2, 2 BOFT m = 4 (b = 32, exact Cayley), 3 HRA r = 8, 4 HRA r = 32,
 ///                    5 GOFT (d - 1 angles)
 ///   BM_FamilyRotationStep   the rotation's part alone (parameters, apply, backward)
+///   BM_FamilyRotationStepBf16   the same with bfloat16 activations
 ///
 /// Counter "workspace_MB": the scratch each backward keeps (the caller's workspace; HRA's is its
 /// per-thread partial dQ and tile panels, independent of N). Every family's forward is checked against its dense R once, outside
@@ -22,6 +23,7 @@ using namespace oft_bench;
 using Scalar = float;
 
 constexpr Index kD = 4096, kOut = 4096, kN = 2048, kB = 32;
+using Bf16Matrix = Matrix<oft::bfloat16>;
 
 const char* family_name(int family) {
   static const char* names[] = {"oft_b32", "boft_m2_b32", "boft_m4_b32", "hra_r8", "hra_r32", "goft"};
@@ -36,6 +38,8 @@ struct Family {
   virtual void backward(const Matrix<Scalar>& x, Matrix<Scalar>& dy_to_dx) = 0;  // dX in place
   virtual Matrix<Scalar> dense() = 0;
   virtual double workspace_bytes() const = 0;
+  virtual void apply(const Bf16Matrix& x, Bf16Matrix& y) = 0;
+  virtual void backward(const Bf16Matrix& x, Bf16Matrix& dy_to_dx) = 0;
 };
 
 struct OftFamily : Family {
@@ -45,6 +49,10 @@ struct OftFamily : Family {
   void set_parameters() override { op.set_generators(theta); }
   void apply(const Matrix<Scalar>& x, Matrix<Scalar>& y) override { op.apply(oft::view(x), oft::view(y)); }
   void backward(const Matrix<Scalar>& x, Matrix<Scalar>& g) override {
+    op.backward(oft::view(x), oft::view(g), oft::view(g), dtheta.view(), ws);
+  }
+  void apply(const Bf16Matrix& x, Bf16Matrix& y) override { op.apply(oft::view(x), oft::view(y)); }
+  void backward(const Bf16Matrix& x, Bf16Matrix& g) override {
     op.backward(oft::view(x), oft::view(g), oft::view(g), dtheta.view(), ws);
   }
   Matrix<Scalar> dense() override { return op.dense(); }
@@ -66,6 +74,10 @@ struct BoftFamily : Family {
   void backward(const Matrix<Scalar>& x, Matrix<Scalar>& g) override {
     op.backward(oft::view(x), oft::view(g), oft::view(g), dtheta.view(), ws);
   }
+  void apply(const Bf16Matrix& x, Bf16Matrix& y) override { op.apply(oft::view(x), oft::view(y)); }
+  void backward(const Bf16Matrix& x, Bf16Matrix& g) override {
+    op.backward(oft::view(x), oft::view(g), oft::view(g), dtheta.view(), ws);
+  }
   Matrix<Scalar> dense() override { return op.dense(); }
   double workspace_bytes() const override { return double(op.workspace_size(kN)) * sizeof(Scalar); }
 };
@@ -82,6 +94,10 @@ struct HraFamily : Family {
   void backward(const Matrix<Scalar>& x, Matrix<Scalar>& g) override {
     op.backward(oft::view(x), oft::view(g), oft::view(g), oft::view(du), ws);
   }
+  void apply(const Bf16Matrix& x, Bf16Matrix& y) override { op.apply(oft::view(x), oft::view(y)); }
+  void backward(const Bf16Matrix& x, Bf16Matrix& g) override {
+    op.backward(oft::view(x), oft::view(g), oft::view(g), oft::view(du), ws);
+  }
   Matrix<Scalar> dense() override { return op.dense(); }
   double workspace_bytes() const override { return double(op.workspace_size(kN)) * sizeof(Scalar); }
 };
@@ -96,6 +112,10 @@ struct GoftFamily : Family {
   void set_parameters() override { op.set_angles(angles); }
   void apply(const Matrix<Scalar>& x, Matrix<Scalar>& y) override { op.apply(oft::view(x), oft::view(y)); }
   void backward(const Matrix<Scalar>& x, Matrix<Scalar>& g) override {
+    op.backward(oft::view(x), oft::view(g), oft::view(g), dangles.data(), ws);
+  }
+  void apply(const Bf16Matrix& x, Bf16Matrix& y) override { op.apply(oft::view(x), oft::view(y)); }
+  void backward(const Bf16Matrix& x, Bf16Matrix& g) override {
     op.backward(oft::view(x), oft::view(g), oft::view(g), dangles.data(), ws);
   }
   Matrix<Scalar> dense() override { return op.dense(); }
@@ -118,6 +138,7 @@ struct Data {
   Matrix<Scalar> x = random_matrix<Scalar>(kN, kD, 1), y = random_matrix<Scalar>(kN, kD, 2),
                  z = random_matrix<Scalar>(kN, kOut, 3), dz = random_matrix<Scalar>(kN, kOut, 4),
                  g = random_matrix<Scalar>(kN, kD, 5);
+  Bf16Matrix xb = x.cast<oft::bfloat16>(), yb = y.cast<oft::bfloat16>(), gb = g.cast<oft::bfloat16>();
   std::unique_ptr<Family> families[6];
   std::string error[6];
 };
@@ -180,9 +201,24 @@ void BM_FamilyRotationStep(benchmark::State& state) {
   }
 }
 
+/// The rotation's part with bfloat16 activations (X, dY, Y, dX; parameters and sums in float).
+/// OFT's block operator uses its default arithmetic (vdpbf16ps where the CPU has it); the other
+/// families widen to float and round each output once.
+void BM_FamilyRotationStepBf16(benchmark::State& state) {
+  Data& s = data();
+  Family& f = family(static_cast<int>(state.range(0)), state);
+  for (auto _ : state) {
+    f.set_parameters();
+    f.apply(s.xb, s.yb);
+    f.backward(s.xb, s.gb);
+    benchmark::ClobberMemory();
+  }
+}
+
 BENCHMARK(BM_BaseGemmStep)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FamilyStep)->DenseRange(0, 5)->ArgName("family")->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FamilyRotationStep)->DenseRange(0, 5)->ArgName("family")->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_FamilyRotationStepBf16)->DenseRange(0, 5)->ArgName("family")->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
