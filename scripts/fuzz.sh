@@ -31,7 +31,7 @@ cmake --build "$BUILD" -j "${OFT_JOBS:-2}" --target fuzz_safetensors fuzz_peft_a
 mkdir -p "$BUILD/corpus-safetensors" "$BUILD/corpus-peft_adapter" "$BUILD/artifacts"
 cp -f tests/io/fixtures/*.safetensors tests/peft/fixtures/adapters/*/adapter_model.safetensors \
   "$BUILD/corpus-safetensors/" 2>/dev/null || true
-for dir in tests/peft/fixtures/adapters/*/; do
+for dir in tests/peft/fixtures/adapters/*/ tests/families/fixtures/adapters/*/; do
   name=$(basename "$dir")
   { cat "$dir/adapter_config.json"; printf '\xff'; cat "$dir/adapter_model.safetensors"; } \
     >"$BUILD/corpus-peft_adapter/seed_$name"
