@@ -650,7 +650,8 @@ class CpuButterfly {
     const auto& s = spec();
     const auto xv = matrix_of<const Scalar>(x, "x");
     const auto dyv = matrix_of<const Scalar>(dy, "dy");
-    const oft::MatrixView<Scalar> dxv = dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+    const oft::MatrixView<Scalar> dxv =
+        dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
     oft::MatrixView<Scalar> dbv;
     if (d_boft_r) {
       check_shape(*d_boft_r, "d_boft_R", s.generators(), s.block_size * s.block_size,
@@ -741,7 +742,8 @@ class CpuHouseholder {
                 const std::optional<AnyArray>& du) {
     const auto xv = matrix_of<const Scalar>(x, "x");
     const auto dyv = matrix_of<const Scalar>(dy, "dy");
-    const oft::MatrixView<Scalar> dxv = dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+    const oft::MatrixView<Scalar> dxv =
+        dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
     oft::MatrixView<Scalar> duv;
     if (du) {
       check_shape(*du, "d_hra_u", features(), reflections(), "PEFT's [d, r]");
@@ -763,7 +765,8 @@ template <template <class> class Op>
 class Family {
  public:
   template <class... Args>
-  Family(const std::string& dtype, Args&&... args) : op_(make(dtype, std::forward<Args>(args)...)) {}
+  Family(const std::string& dtype, Args&&... args)
+      : op_(make(dtype, std::forward<Args>(args)...)) {}
 
   template <class F>
   decltype(auto) visit(F&& f) {
