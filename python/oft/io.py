@@ -50,11 +50,12 @@ def _dtype(what, name, dtype, none_name):
 
 def merge_model(base, adapter, out, *, strength=1.0, dtype=None, force=False, unmerge=False,
                 progress=None):
-    """Folds the PEFT OFT ``adapter`` into the Hugging Face model directory ``base`` and writes
-    the merged model to ``out`` (``oft merge``); with ``unmerge=True`` takes it out again with the
-    true inverse (``oft unmerge``).
+    """Folds the PEFT OFT, BOFT or HRA ``adapter`` into the Hugging Face model directory ``base``
+    and writes the merged model to ``out`` (``oft merge``); with ``unmerge=True`` takes it out
+    again with the true inverse (``oft unmerge``).
 
-    ``strength`` merges R(strength * Q); ``dtype`` (None, "float32", "float16", "bfloat16" or a
+    ``strength`` merges R(strength * Q) (OFT only: BOFT and HRA refuse any other value than 1,
+    as PEFT defines none); ``dtype`` (None, "float32", "float16", "bfloat16" or a
     torch/NumPy dtype) converts the floating-point tensors, None keeps each tensor's own;
     ``force`` replaces an existing ``out``; ``progress`` is called after each tensor written with
     a dict (tensors_done, tensors_total, bytes_done, bytes_total, current). Returns a dict:
@@ -73,10 +74,12 @@ def merge_model(base, adapter, out, *, strength=1.0, dtype=None, force=False, un
 
 
 def inspect_adapter(adapter, *, tolerance=1e-6):
-    """What ``oft inspect --json`` reports on a PEFT OFT adapter, as a dict of the same schema:
+    """What ``oft inspect --json`` reports on a PEFT adapter, as a dict of the same schema. OFT:
     PEFT's settings and, per module, the generators, block size, rho = ||Q||_2,
     orthogonality_error and distance_to_cayley (worst and median), whether a Neumann series
-    diverges, and the Neumann terms that ``tolerance`` needs."""
+    diverges, and the Neumann terms that ``tolerance`` needs. BOFT and HRA (``family``): per
+    module m, N and b (BOFT, with rho and the range of boft_s) or r and apply_GS (HRA), the
+    numbers and bytes stored, and orthogonality_error (docs/io.md)."""
     _need_io("inspect_adapter")
     return json.loads(_core.inspect_adapter_json(_path("inspect_adapter", "adapter", adapter),
                                                  float(tolerance)))
