@@ -253,6 +253,12 @@ def householder_operator(features: int, reflections: int, gram_schmidt: bool, dt
                                                         kernel_dtype(dtype)))
 
 
+def _parameter_dtype(x: torch.Tensor) -> torch.dtype:
+    """The family kernels' parameter and gradient dtype for activations x: float32 for bfloat16
+    activations (the float32 operator takes them), else x's."""
+    return torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+
+
 def _boft_matrix(boft_R: torch.Tensor) -> torch.Tensor:
     m, n, b, _ = boft_R.shape
     return boft_R.detach().contiguous().view(m * n, b * b)
@@ -286,7 +292,7 @@ class ButterflyRotate(torch.autograd.Function):
         _family_set(entry, boft_R, lambda p: entry.op.set_peft_weight(_boft_matrix(p)), False)
         x2, dy2 = rows(x), rows(dy)
         dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else None
-        dr = torch.empty((m * n, b * b), dtype=x.dtype) if want_dr else None
+        dr = torch.empty((m * n, b * b), dtype=_parameter_dtype(x)) if want_dr else None
         entry.op.backward(x2, dy2, dx, dr)
         return (dx.view(x.shape) if want_dx else None,
                 dr.view(m, n, b, b).to(boft_R.dtype) if want_dr else None, None, None)
@@ -319,6 +325,6 @@ class HouseholderRotate(torch.autograd.Function):
         _family_set(entry, hra_u, lambda p: entry.op.set_vectors(p.detach().contiguous()), False)
         x2, dy2 = rows(x), rows(dy)
         dx = torch.empty(x2.shape, dtype=x.dtype) if want_dx else None
-        du = torch.empty((d, r), dtype=x.dtype) if want_du else None
+        du = torch.empty((d, r), dtype=_parameter_dtype(x)) if want_du else None
         entry.op.backward(x2, dy2, dx, du)
         return (dx.view(x.shape) if want_dx else None, du if want_du else None, None)

@@ -41,7 +41,11 @@ HRA's ``linear(x R_H^T, W0, bias)`` with no gradient to W0 (PEFT reads ``weight.
 (``torch.randint`` of the factor, ``torch.randperm`` of its blocks) from the same generator,
 and the dropped blocks' ``boft_R`` zeroed, whose Cayley block is exactly I. The forward falls back
 to PEFT's own, with the same results, where oft does not apply: adapters disabled or merged,
-several active adapters, inputs or parameters not float32/float64 of one dtype, or not on the CPU.
+several active adapters, inputs or parameters not float32/float64 of one dtype (or bfloat16
+inputs and base with float32 adapter weights, PEFT's bfloat16 model), or not on the CPU. With
+bfloat16 inputs the rotation is float32 arithmetic rounded to bfloat16 once, and the base layer
+runs in bfloat16; PEFT's BOFT rounds its d x d rotation to bfloat16 instead, and PEFT's HRA runs
+the whole layer in float32 (the numbers differ at bfloat16 rounding level).
 BOFT and HRA Conv2d layers stay PEFT's (``TypeError`` unless ``skip_unsupported=True``, as for
 OFT). Note that PEFT on a CPU without its ``fbd_cuda`` extension forces a BOFT layer to one
 butterfly factor; oft computes any m that ``boft_R [m, N, b, b]`` holds (docs/families.md 1.1).
@@ -106,10 +110,16 @@ def _single_adapter(layer, parameters):
     return active[0] if len(active) == 1 else None
 
 
-def _oft_runs(x, *tensors) -> bool:
-    """Whether oft's CPU family kernels take x with these parameters as they are."""
-    return (x.device.type == "cpu" and x.dtype in _FAMILY_DTYPES
-            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors))
+def _oft_runs(x, parameters, base=()) -> bool:
+    """Whether oft's CPU family kernels take x with these adapter parameters (and base tensors)
+    as they are: all float32 or all float64, or bfloat16 x and base with float32 parameters
+    (PEFT keeps a bfloat16 model's adapter weights in float32)."""
+    if x.device.type != "cpu" or any(t.device.type != "cpu" for t in (*parameters, *base)):
+        return False
+    if x.dtype in _FAMILY_DTYPES:
+        return all(t.dtype == x.dtype for t in (*parameters, *base))
+    return (x.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in parameters)
+            and all(t.dtype == torch.bfloat16 for t in base))
 
 
 def _boft_dropout_keep(boft_R: torch.Tensor, dropout) -> torch.Tensor | None:
@@ -133,7 +143,10 @@ class AcceleratedBOFTLinear(_boft.Linear):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         adapter = _single_adapter(self, self.boft_R)
-        if adapter is None or not _oft_runs(x, self.boft_R[adapter], self.boft_s[adapter]):
+        base = self.get_base_layer()
+        base_tensors = (base.weight,) if base.bias is None else (base.weight, base.bias)
+        if adapter is None or not _oft_runs(x, (self.boft_R[adapter], self.boft_s[adapter]),
+                                            base_tensors):
             return super().forward(x, *args, **kwargs)
         boft_R, boft_s = self.boft_R[adapter], self.boft_s[adapter]
         keep = _boft_dropout_keep(boft_R, self.boft_dropout[adapter])
@@ -144,9 +157,11 @@ class AcceleratedBOFTLinear(_boft.Linear):
         result = self.base_layer(butterfly_rotate(x, boft_R), *args, **kwargs)
         bias = self.base_layer.bias
         scale = boft_s.squeeze(-1)
+        # PEFT's order and dtypes: the scale is float32 for a bfloat16 model, the result is cast
+        # back to x's dtype.
         if bias is None:
-            return result * scale
-        return (result - bias) * scale + bias
+            return (result * scale).to(x.dtype)
+        return ((result - bias) * scale + bias).to(x.dtype)
 
 
 class AcceleratedHRALinear(_hra.HRALinear):
@@ -156,8 +171,8 @@ class AcceleratedHRALinear(_hra.HRALinear):
         adapter = _single_adapter(self, self.hra_u)
         weight = self.get_base_layer().weight
         bias = self.get_base_layer().bias
-        tensors = (self.hra_u[adapter], weight) if adapter is not None else ()
-        if adapter is None or not _oft_runs(x, *tensors, *(() if bias is None else (bias,))):
+        base_tensors = (weight,) if bias is None else (weight, bias)
+        if adapter is None or not _oft_runs(x, (self.hra_u[adapter],), base_tensors):
             return super().forward(x, *args, **kwargs)
         x_rot = householder_rotate(x, self.hra_u[adapter], apply_GS=self.hra_apply_GS[adapter])
         return F.linear(x_rot, weight.detach(), bias)

@@ -208,19 +208,24 @@ _FAMILY_POLICIES = ("cayley", "cayley_neumann")
 
 
 def _check_family_inputs(where: str, x, name: str, param, features: int) -> None:
-    """The checks with the names a user knows: tensors, CPU, one float dtype, the feature count."""
+    """The checks with the names a user knows: tensors, CPU, the dtypes, the feature count."""
     for label, t in (("x", x), (name, param)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{where}: {label} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_TYPES:
+        allowed = _FLOAT_TYPES + ((torch.bfloat16,) if label == "x" else ())
+        if t.dtype not in allowed:
             raise TypeError(f"{where}: {label} {list(t.shape)} is {t.dtype}; oft's BOFT and HRA "
-                            "kernels take float32 or float64")
+                            "kernels take float32 or float64"
+                            + (" (or bfloat16 activations)" if label == "x" else ""))
         if t.device.type != "cpu":
             raise ValueError(f"{where}: {label} {list(t.shape)} is on {t.device}; oft's BOFT and "
                              "HRA kernels run on the CPU")
-    if x.dtype != param.dtype:
+    # bfloat16 activations run on the float32 operator: the parameter stays float32 (PEFT keeps
+    # a bfloat16 model's adapter weights in float32).
+    wanted = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+    if param.dtype != wanted:
         raise TypeError(f"{where}: x {list(x.shape)} is {x.dtype} but {name} "
-                        f"{list(param.shape)} is {param.dtype}; both must have one dtype")
+                        f"{list(param.shape)} is {param.dtype}; {name} must be {wanted}")
     if x.dim() < 1 or x.shape[-1] != features:
         raise ValueError(f"{where}: x {list(x.shape)}: its last dimension must be {features}, "
                          f"the features of {name} {list(param.shape)}")
@@ -236,6 +241,8 @@ def butterfly_rotate(x: torch.Tensor, boft_R: torch.Tensor, *, policy: str = "ca
     ``S = (A - A^T) / 2``, as PEFT computes it (``policy="cayley"``), or oft's Cayley-Neumann
     ``R_k`` of the same generator (``policy="cayley_neumann"``, ``k`` terms, default 4).
     Its gradient comes back in PEFT's layout (zero on the diagonals, which do not enter S).
+    bfloat16 ``x`` takes a float32 ``boft_R``: the arithmetic is float32 and each output is
+    rounded to bfloat16 once.
     """
     where = "oft.torch.butterfly_rotate"
     if not isinstance(boft_R, torch.Tensor) or boft_R.dim() != 4 or (
@@ -259,6 +266,8 @@ def householder_rotate(x: torch.Tensor, hra_u: torch.Tensor, *,
     with ``q_i`` the normalized column i, or with ``apply_GS`` the columns made orthonormal by
     Gram-Schmidt first (then ``R_H = I - 2 Q Q^T``). Computed in compact WY form, never d x d.
     A zero column (or a zero Gram-Schmidt residual) raises ``ValueError`` (PEFT gives NaN).
+    bfloat16 ``x`` takes a float32 ``hra_u``: the arithmetic is float32 and each output is
+    rounded to bfloat16 once.
     """
     where = "oft.torch.householder_rotate"
     if not isinstance(hra_u, torch.Tensor) or hra_u.dim() != 2:

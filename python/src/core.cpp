@@ -635,23 +635,47 @@ class CpuButterfly {
     set(view);
   }
 
+  /// The float32 operator also takes bfloat16 activations (x, y, dy, dx; boft_R and its
+  /// gradient stay float32): each call follows the dtype of its x.
   void apply(const AnyArray& x, const AnyArray& y, bool transposed) const {
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto yv = matrix_of<Scalar>(y, "y");
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>()) return apply_as<oft::bfloat16>(x, y, transposed);
+    }
+    apply_as<Scalar>(x, y, transposed);
+  }
+
+  /// dx = dy M^T; d_boft_R (PEFT's layout, [m N, b b]) or dtheta (packed), either or none.
+  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                const std::optional<AnyArray>& d_boft_r, const std::optional<AnyArray>& dtheta) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>())
+        return backward_as<oft::bfloat16>(x, dy, dx, d_boft_r, dtheta);
+    }
+    backward_as<Scalar>(x, dy, dx, d_boft_r, dtheta);
+  }
+
+  double orthogonality_error() const {
+    return std::visit([](const auto& op) { return op.orthogonality_error(); }, op_);
+  }
+
+ private:
+  template <class Act>
+  void apply_as(const AnyArray& x, const AnyArray& y, bool transposed) const {
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto yv = matrix_of<Act>(y, "y");
     if (xv.rows() == 0 && yv.rows() == 0) return;
     nb::gil_scoped_release release;
     std::visit([&](const auto& op) { transposed ? op.apply_transposed(xv, yv) : op.apply(xv, yv); },
                op_);
   }
 
-  /// dx = dy M^T; d_boft_R (PEFT's layout, [m N, b b]) or dtheta (packed), either or none.
-  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
-                const std::optional<AnyArray>& d_boft_r, const std::optional<AnyArray>& dtheta) {
+  template <class Act>
+  void backward_as(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                   const std::optional<AnyArray>& d_boft_r, const std::optional<AnyArray>& dtheta) {
     const auto& s = spec();
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto dyv = matrix_of<const Scalar>(dy, "dy");
-    const oft::MatrixView<Scalar> dxv =
-        dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto dyv = matrix_of<const Act>(dy, "dy");
+    const oft::MatrixView<Act> dxv = dx ? matrix_of<Act>(*dx, "dx") : oft::MatrixView<Act>();
     oft::MatrixView<Scalar> dbv;
     if (d_boft_r) {
       check_shape(*d_boft_r, "d_boft_R", s.generators(), s.block_size * s.block_size,
@@ -682,11 +706,6 @@ class CpuButterfly {
     if (d_boft_r) oft::peft::boft_gradient(oft::GeneratorView<const Scalar>(packed), s, dbv.data());
   }
 
-  double orthogonality_error() const {
-    return std::visit([](const auto& op) { return op.orthogonality_error(); }, op_);
-  }
-
- private:
   using Variant = std::variant<oft::Butterfly<Scalar, oft::ExactCayley>,
                                oft::Butterfly<Scalar, oft::CayleyNeumann>>;
 
@@ -730,20 +749,39 @@ class CpuHouseholder {
     op_.set_vectors(view);
   }
 
+  /// The float32 operator also takes bfloat16 activations (x, y, dy, dx; hra_u and its gradient
+  /// stay float32): each call follows the dtype of its x.
   void apply(const AnyArray& x, const AnyArray& y, bool transposed) const {
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto yv = matrix_of<Scalar>(y, "y");
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>()) return apply_as<oft::bfloat16>(x, y, transposed);
+    }
+    apply_as<Scalar>(x, y, transposed);
+  }
+
+  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                const std::optional<AnyArray>& du) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (x.dtype() == dtype_of<oft::bfloat16>()) return backward_as<oft::bfloat16>(x, dy, dx, du);
+    }
+    backward_as<Scalar>(x, dy, dx, du);
+  }
+
+ private:
+  template <class Act>
+  void apply_as(const AnyArray& x, const AnyArray& y, bool transposed) const {
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto yv = matrix_of<Act>(y, "y");
     if (xv.rows() == 0 && yv.rows() == 0) return;
     nb::gil_scoped_release release;
     transposed ? op_.apply_transposed(xv, yv) : op_.apply(xv, yv);
   }
 
-  void backward(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
-                const std::optional<AnyArray>& du) {
-    const auto xv = matrix_of<const Scalar>(x, "x");
-    const auto dyv = matrix_of<const Scalar>(dy, "dy");
-    const oft::MatrixView<Scalar> dxv =
-        dx ? matrix_of<Scalar>(*dx, "dx") : oft::MatrixView<Scalar>();
+  template <class Act>
+  void backward_as(const AnyArray& x, const AnyArray& dy, const std::optional<AnyArray>& dx,
+                   const std::optional<AnyArray>& du) {
+    const auto xv = matrix_of<const Act>(x, "x");
+    const auto dyv = matrix_of<const Act>(dy, "dy");
+    const oft::MatrixView<Act> dxv = dx ? matrix_of<Act>(*dx, "dx") : oft::MatrixView<Act>();
     oft::MatrixView<Scalar> duv;
     if (du) {
       check_shape(*du, "d_hra_u", features(), reflections(), "PEFT's [d, r]");
@@ -754,19 +792,19 @@ class CpuHouseholder {
     op_.backward(xv, dyv, dxv, duv, workspace_);
   }
 
- private:
   oft::Householder<Scalar, oft::cpu> op_;
   oft::Workspace<Scalar> workspace_;
   std::mutex mutex_;
 };
 
-/// oft._core.Butterfly / oft._core.Householder: the CPU operators for "float32" or "float64".
+/// oft._core.Butterfly / oft._core.Householder: the CPU operators for "float32" or "float64"
+/// ("bfloat16": the float32 operator, for bfloat16 activations).
 template <template <class> class Op>
 class Family {
  public:
   template <class... Args>
   Family(const std::string& dtype, Args&&... args)
-      : op_(make(dtype, std::forward<Args>(args)...)) {}
+      : op_(make(dtype, std::forward<Args>(args)...)), dtype_(dtype) {}
 
   template <class F>
   decltype(auto) visit(F&& f) {
@@ -776,19 +814,22 @@ class Family {
   decltype(auto) visit(F&& f) const {
     return std::visit(std::forward<F>(f), op_);
   }
-  std::string dtype() const { return op_.index() == 0 ? "float32" : "float64"; }
+  std::string dtype() const { return dtype_; }
 
  private:
   using Variant = std::variant<Op<float>, Op<double>>;
   template <class... Args>
   static Variant make(const std::string& dtype, Args&&... args) {
-    if (dtype == "float32") return Variant(std::in_place_index<0>, std::forward<Args>(args)...);
+    // bfloat16 activations run on the float32 operator (parameters and gradients in float32).
+    if (dtype == "float32" || dtype == "bfloat16")
+      return Variant(std::in_place_index<0>, std::forward<Args>(args)...);
     if (dtype == "float64") return Variant(std::in_place_index<1>, std::forward<Args>(args)...);
-    throw nb::type_error(("dtype " + dtype + " is not float32 or float64 (the CPU families' "
-                                              "kernels)")
+    throw nb::type_error(("dtype " + dtype + " is not float32, float64 or bfloat16 (the CPU "
+                                              "families' kernels)")
                              .c_str());
   }
   Variant op_;
+  std::string dtype_;
 };
 
 using Butterfly = Family<CpuButterfly>;

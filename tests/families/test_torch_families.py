@@ -155,6 +155,73 @@ def test_hra_equals_pefts_forward_and_gradients(name, d, n_out, bias, fields, dt
     assert set(errors) == {"y", "dX", "dhra_u"}  # PEFT reads W0 through .data: no dW0
 
 
+# bfloat16 models: PEFT keeps the adapter weights of a bfloat16 model in float32
+# (autocast_adapter_dtype). oft rotates the bfloat16 input in float32 and rounds it once, then the
+# base layer runs in bfloat16; PEFT rounds its d x d rotation to bfloat16 (BOFT) or runs the layer
+# in float32 (HRA). Both are compared with the float64 layer on the same (bfloat16-exact) input,
+# weights and upstream gradient. Bound: u = 2^-9 is bfloat16's unit roundoff; each of y, dX and
+# the parameter gradients passes through at most two bfloat16 roundings (the rotated input or the
+# base's dX, then the output) with float32 sums between, so 4u = 2^-7 normwise. A wrong sign, a
+# transposed block or a missing boft_s moves them by O(1).
+BF16_BOUND = 2.0 ** -7
+
+
+@pytest.mark.parametrize("family", ["boft", "hra"])
+def test_bfloat16_model_is_within_two_roundings_of_float64(family, monkeypatch):
+    fields = (dict(boft_block_size=8, boft_n_butterfly_factor=2) if family == "boft"
+              else dict(r=4, apply_GS=False))
+    config_class = BOFTConfig if family == "boft" else HRAConfig
+    d, n_out = 32, 24
+    source = peft_layer_model(config_class(target_modules=["proj"], **fields), d, n_out, True,
+                              torch.float64)
+    base = OneLayer(d, n_out, True)
+    with torch.no_grad():  # the bfloat16 model's base: the float64 one rounded
+        base.proj.weight.copy_(source.base_model.model.proj.base_layer.weight)
+        base.proj.bias.copy_(source.base_model.model.proj.base_layer.bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = get_peft_model(base.to(torch.bfloat16),
+                                   config_class(target_modules=["proj"], **fields))
+    adapters = {n: p for n, p in reference.named_parameters() if "boft_" in n or "hra_u" in n}
+    assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
+    exact = dict(source.named_parameters())
+    with torch.no_grad():
+        for n, p in adapters.items():
+            p.copy_(exact[n])
+        # The float64 layer the two are measured against: the same rounded numbers in float64.
+        for n, p in source.named_parameters():
+            p.copy_(dict(reference.named_parameters())[n].double())
+    fast = copy.deepcopy(reference)
+    assert oft.peft.accelerate(fast) == ["base_model.model.proj"]
+    calls = []
+    for name in ("butterfly_rotate", "householder_rotate"):
+        original = getattr(oft.peft, name)
+        monkeypatch.setattr(oft.peft, name,
+                            lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+
+    x = torch.randn(2, 7, d, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    g = torch.randn(2, 7, n_out, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+
+    def step_with(model, inputs, upstream):
+        inputs = inputs.clone().requires_grad_()
+        y = model(inputs)
+        y.backward(upstream)
+        return y.detach(), inputs.grad, {n.split(".")[-2]: p.grad.clone()
+                                         for n, p in model.named_parameters() if p.grad is not None}
+
+    exact_step = step_with(source, x.double(), g.double())
+    errors = {}
+    for label, model in (("peft", reference), ("oft", fast)):
+        y, dx, grads = step_with(model, x, g)
+        assert y.dtype == torch.bfloat16 and dx.dtype == torch.bfloat16
+        errors[label] = {"y": rel(y.double(), exact_step[0]), "dX": rel(dx.double(), exact_step[1])}
+        errors[label].update({"d" + n: rel(grads[n].double(), exact_step[2][n])
+                              for n in exact_step[2] if n in grads})
+    assert calls, "the bfloat16 layer fell back to PEFT's forward"
+    assert set(errors["oft"]) == set(errors["peft"]) and len(errors["oft"]) >= 3
+    assert all(e <= BF16_BOUND for e in errors["oft"].values()), errors
+
+
 def test_boft_dropout_in_training_draws_pefts_blocks():
     config = BOFTConfig(target_modules=["proj"], boft_block_size=4, boft_n_butterfly_factor=2,
                         boft_dropout=0.5)
@@ -316,7 +383,7 @@ def test_bad_inputs_name_the_argument():
         core.Butterfly(10, 4, 1, core.Parameterization.cayley(), "float32")
     with pytest.raises(ValueError, match=r"not a butterfly parameterization"):
         core.Butterfly(16, 4, 1, core.Parameterization.exponential(), "float32")
-    with pytest.raises(TypeError, match=r"dtype float16 is not float32 or float64"):
+    with pytest.raises(TypeError, match=r"dtype float16 is not float32, float64 or bfloat16"):
         core.Householder(16, 2, False, "float16")
     op = core.Butterfly(16, 4, 2, core.Parameterization.cayley(), "float64")
     with pytest.raises(ValueError, match=r"boft_R has shape \[8, 4\], expected \[8, 16\]"):
