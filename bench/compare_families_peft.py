@@ -3,7 +3,8 @@
 (and PEFT's LoRA, and the bare base Linear), on the CPU, in one interleaved run.
 
 A step is one forward and backward of one adapted Linear layer (d = n_out = 4096, bias, the base
-W0 frozen) on X [N = 2048, d] in float32 for a fixed upstream gradient dY: dX and the adapter's
+W0 frozen) on X [N = 2048, d] in float32 (or, with --dtype bfloat16, a bfloat16 model whose adapter
+weights PEFT keeps in float32) for a fixed upstream gradient dY: dX and the adapter's
 parameter gradients (PEFT's boft_R and boft_s, hra_u, OFT's weight, LoRA's A and B). Sides:
 
   peft boft m, peft hra r, peft oft b, peft lora r   PEFT 0.21.2's layers (get_peft_model on one
@@ -20,11 +21,14 @@ OPENBLAS_L2_SIZE are removed from the environment (the script restarts itself wi
 torch loads OpenBLAS). Memory kept for backward: torch.autograd.graph.saved_tensors_hooks around one
 forward, the distinct storages saved, less W0 and the adapter's parameters (which exist anyway);
 oft's backward workspace, kept by its operator between steps, is added for the oft sides
-(Butterfly: (m + 1) N d scalars plus a generator scratch; Householder: 2 N r). Peak memory during
+(Butterfly: (m + 1) N d scalars plus a generator scratch; Householder: per thread, its partial dQ
+and dT and four 64-row tile panels). Peak memory during
 backward is not measured (the CPU allocator has no peak counter).
 
 Run: python3 bench/compare_families_peft.py [--rounds 5] [--tokens 2048] [--features 4096]
-Writes bench/results/zen4/families_peft.json (--out to change) and prints a table.
+         [--dtype float32|bfloat16]
+Writes bench/results/zen4/families_peft.json (families_peft_bf16.json for bfloat16; --out to
+change) and prints a table.
 """
 import argparse
 import copy
@@ -116,8 +120,17 @@ def main():
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--features", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/zen4/families_peft.json"))
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="activations and base weights; adapter weights stay float32 in a "
+                         "bfloat16 model, as PEFT keeps them (autocast_adapter_dtype)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file (default bench/results/zen4/families_peft.json, "
+                         "families_peft_bf16.json for --dtype bfloat16)")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.dtype == "float32" else "_bf16"
+        args.out = os.path.join(ROOT, f"bench/results/zen4/families_peft{suffix}.json")
+    dtype = getattr(torch, args.dtype)
 
     import peft
     import peft.tuners.boft.layer as boft_layer
@@ -131,11 +144,11 @@ def main():
     boft_layer._FBD_CUDA = BlockDiagonal
     d, n = args.features, args.tokens
     torch.manual_seed(0)
-    base = torch.nn.Linear(d, d, bias=True)
+    base = torch.nn.Linear(d, d, bias=True).to(dtype)
     for p in base.parameters():
         p.requires_grad_(False)
-    x = torch.randn(n, d)
-    dy = torch.randn(n, d)
+    x = torch.randn(n, d).to(dtype)
+    dy = torch.randn(n, d).to(dtype)
 
     configs = {}
     for m in (2, 4):
@@ -191,15 +204,16 @@ def main():
         y.backward(dy)
         for p in model.parameters():
             p.grad = None
-        memory[name] = nbytes + x.numel() * 4  # X itself is saved by every side
+        memory[name] = nbytes + x.numel() * x.element_size()  # X itself is saved by every side
     for name in configs:
         key = f"oft {name}"
         if name.startswith("boft"):
             m = int(name.split("m=")[1].split()[0])
-            memory[key] += (m + 1) * n * d * 4
+            memory[key] += (m + 1) * n * d * 4  # the factor inputs and the gradient, float32
         elif name.startswith("hra"):
             r = int(name.split("r=")[1])
-            memory[key] += 2 * n * r * 4
+            # per thread: partial dQ and dT, and four 64-row tile panels (independent of N)
+            memory[key] += args.threads * (d * r + r * r + 4 * 64 * r) * 4
 
     names = list(sides)
     times = {k: [] for k in names}
@@ -227,7 +241,8 @@ def main():
 
     result = {
         "what": "one adapted Linear layer step (forward + backward, dX and adapter grads, W0 "
-                "frozen), float32, oft through oft.peft.accelerate vs PEFT's own layers",
+                f"frozen), {args.dtype}, oft through oft.peft.accelerate vs PEFT's own layers",
+        "dtype": args.dtype,
         "cpu": cpu_name(), "threads": args.threads, "features": d, "n_out": d, "tokens": n,
         "rounds": args.rounds, "torch": torch.__version__, "peft": peft.__version__,
         "python": platform.python_version(),
@@ -243,7 +258,7 @@ def main():
         json.dump(result, f, indent=1)
         f.write("\n")
 
-    print(f"\n{cpu_name()}, {args.threads} threads, d = n_out = {d}, N = {n}, float32, "
+    print(f"\n{cpu_name()}, {args.threads} threads, d = n_out = {d}, N = {n}, {args.dtype}, "
           f"median of {args.rounds} interleaved rounds")
     print(f"{'side':<22}{'ms':>10}{'x LoRA16':>10}{'x base':>9}{'PEFT/oft':>10}{'saved MiB':>11}")
     for row in rows:
