@@ -48,6 +48,8 @@ if any(k in os.environ for k in _DROP):
 import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "families"))
+from peft_fbd_stand_in import FbdStandIn  # noqa: E402  (PEFT's fbd_cuda on the CPU)
 
 
 def cpu_name():
@@ -65,24 +67,6 @@ class OneLayer(torch.nn.Module):
 
     def forward(self, x):
         return self.proj(x)
-
-
-class BlockDiagonal:
-    """PEFT's fbd_cuda on the CPU: [m, N, b, b] blocks on the diagonal of [m, N b, N b]."""
-
-    @staticmethod
-    def forward(blocks):
-        m, count, b, _ = blocks.shape
-        out = blocks.new_zeros(m, count * b, count * b)
-        for g in range(count):
-            out[:, g * b:(g + 1) * b, g * b:(g + 1) * b] = blocks[:, g]
-        return [out]
-
-    @staticmethod
-    def backward(grad, blocks):
-        b = blocks.shape[-1]
-        return [torch.stack([grad[:, g * b:(g + 1) * b, g * b:(g + 1) * b]
-                             for g in range(blocks.shape[1])], dim=1).contiguous()]
 
 
 def peft_model(base, config):
@@ -141,7 +125,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     oft._core.set_num_threads(args.threads)
-    boft_layer._FBD_CUDA = BlockDiagonal
+    boft_layer._FBD_CUDA = FbdStandIn
     d, n = args.features, args.tokens
     torch.manual_seed(0)
     base = torch.nn.Linear(d, d, bias=True).to(dtype)

@@ -63,6 +63,8 @@ import safetensors  # noqa: E402
 from peft import BOFTConfig, HRAConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from peft_fbd_stand_in import FbdStandIn  # noqa: E402  (this script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 TOKENS = 3
 
@@ -91,28 +93,10 @@ HRA_CASES = [
 ]
 
 
-class _FbdStandIn:
-    """What PEFT's fbd_cuda extension computes (fbd/fbd_cuda_kernel.cu), on the CPU."""
-
-    @staticmethod
-    def forward(blocks):
-        z, count, b, _ = blocks.shape
-        out = blocks.new_zeros(z, count * b, count * b)
-        for n in range(count):
-            out[:, n * b:(n + 1) * b, n * b:(n + 1) * b] = blocks[:, n]
-        return [out]
-
-    @staticmethod
-    def backward(grad_out, blocks):
-        b = blocks.shape[-1]
-        grads = [grad_out[:, n * b:(n + 1) * b, n * b:(n + 1) * b] for n in range(blocks.shape[1])]
-        return [torch.stack(grads, dim=1).contiguous()]
-
-
 def use_fbd(stand_in):
     # get_fbd_cuda() returns the cached module when it is not None: False means "absent" and
     # keeps PEFT from trying to build the extension.
-    boft_layer._FBD_CUDA = _FbdStandIn if stand_in else False
+    boft_layer._FBD_CUDA = FbdStandIn if stand_in else False
 
 
 class OneLayer(nn.Module):

@@ -13,7 +13,7 @@ from peft import BOFTConfig, HRAConfig, get_peft_model  # noqa: E402
 
 import oft.peft  # noqa: E402
 
-from test_torch_families import _BlockDiagonal  # noqa: E402  (PEFT's fbd_cuda on the CPU)
+from peft_fbd_stand_in import FbdStandIn  # noqa: E402  (PEFT's fbd_cuda on the CPU)
 
 SENTENCES = ["Orthogonal finetuning keeps the angles between neurons.",
              "The quick brown fox jumps over the lazy dog."]
@@ -50,7 +50,7 @@ def minilm_model():
     HRAConfig(r=8, apply_GS=False, target_modules=["value"]),
 ], ids=["boft-b16-m2", "hra-r8"])
 def test_training_curve_equals_pefts(config, minilm_model, monkeypatch):
-    monkeypatch.setattr(boft_layer, "_FBD_CUDA", _BlockDiagonal)  # PEFT's m = 2 on the CPU
+    monkeypatch.setattr(boft_layer, "_FBD_CUDA", FbdStandIn)  # PEFT's m = 2 on the CPU
     model, inputs, target = minilm_model
     base = copy.deepcopy(model)
     with warnings.catch_warnings():

@@ -22,35 +22,16 @@ from peft import BOFTConfig, HRAConfig, get_peft_model  # noqa: E402
 import oft  # noqa: E402
 import oft.peft  # noqa: E402
 import oft.torch  # noqa: E402
+from peft_fbd_stand_in import FbdStandIn  # noqa: E402  (PEFT's fbd_cuda on the CPU)
 
 EPS32 = torch.finfo(torch.float32).eps
 TOL = {torch.float64: 1e-12, torch.float32: 100 * EPS32}
 
 
-class _BlockDiagonal:
-    """What PEFT's fbd_cuda extension computes (the blocks of [m, N, b, b] on the diagonal of
-    [m, N b, N b], and back), on the CPU: without it PEFT forces a BOFT layer to m = 1
-    (docs/families.md 1.1), so PEFT's m > 1 layers need this to exist here at all."""
-
-    @staticmethod
-    def forward(blocks):
-        m, count, b, _ = blocks.shape
-        out = blocks.new_zeros(m, count * b, count * b)
-        for g in range(count):
-            out[:, g * b:(g + 1) * b, g * b:(g + 1) * b] = blocks[:, g]
-        return [out]
-
-    @staticmethod
-    def backward(grad, blocks):
-        b = blocks.shape[-1]
-        return [torch.stack([grad[:, g * b:(g + 1) * b, g * b:(g + 1) * b]
-                             for g in range(blocks.shape[1])], dim=1).contiguous()]
-
-
 @pytest.fixture(autouse=True)
 def block_diagonal_stand_in():
     saved = boft_layer._FBD_CUDA
-    boft_layer._FBD_CUDA = _BlockDiagonal
+    boft_layer._FBD_CUDA = FbdStandIn
     yield
     boft_layer._FBD_CUDA = saved
 
