@@ -40,6 +40,7 @@
 #include "../coft.hpp"
 #include "../peft.hpp"
 #include "../peft_polynomial.hpp"
+#include "detail/adapter_files.hpp"
 #include "safetensors_reader.hpp"
 #include "safetensors_writer.hpp"
 
@@ -202,7 +203,7 @@ class PeftOftAdapter {
     writer.add_metadata("format", "pt");
     std::filesystem::create_directories(directory);
     writer.write(directory / "adapter_model.safetensors");
-    write_text_atomically(directory / "adapter_config.json", config.raw.dump(2) + "\n");
+    detail::write_text_atomically(directory / "adapter_config.json", config.raw.dump(2) + "\n");
   }
 
   /// PEFT's tensor name for a module.
@@ -215,21 +216,6 @@ class PeftOftAdapter {
   static constexpr const char* kPrefix = "base_model.model.";
   static constexpr const char* kLinearSuffix = ".oft_R.weight";
   static constexpr const char* kEmbeddingSuffix = ".oft_embedding_R.weight";
-
-  static bool ends_with(const std::string& s, const std::string& tail) {
-    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-  }
-
-  template <class T>
-  static T field(const nlohmann::ordered_json& json, const char* key, const std::string& where, T fallback) {
-    if (!json.contains(key) || json.at(key).is_null()) return fallback;
-    try {
-      return json.at(key).get<T>();
-    } catch (const nlohmann::json::exception&) {
-      throw format_error(oft::detail::message("oft: ", where, ": field '", key, "' is ",
-                                         json.at(key).dump(), ", of the wrong type"));
-    }
-  }
 
   // nlohmann's get<int>() of 1e30 or 2.5 is a static_cast (undefined for out-of-range values, a
   // silent truncation otherwise), so integer fields take JSON integers in T's range only.
@@ -264,23 +250,23 @@ class PeftOftAdapter {
     }
     const auto& json = config.raw;
     if (!json.is_object()) throw format_error(oft::detail::message("oft: ", where, ": not a JSON object"));
-    const std::string type = field<std::string>(json, "peft_type", where, "");
+    const std::string type = detail::config_field<std::string>(json, "peft_type", where, "");
     if (type != "OFT")
       throw format_error(oft::detail::message("oft: ", where, ": peft_type is '", type,
                                          "', expected 'OFT'"));
-    config.peft_version = field<std::string>(json, "peft_version", where, "");
-    config.use_cayley_neumann = field<bool>(json, "use_cayley_neumann", where, false);
+    config.peft_version = detail::config_field<std::string>(json, "peft_version", where, "");
+    config.use_cayley_neumann = detail::config_field<bool>(json, "use_cayley_neumann", where, false);
     config.num_cayley_neumann_terms = integer_field<int>(json, "num_cayley_neumann_terms", where, 5);
-    config.block_share = field<bool>(json, "block_share", where, false);
-    config.coft = field<bool>(json, "coft", where, false);
-    config.eps = field<double>(json, "eps", where, 6e-5);
+    config.block_share = detail::config_field<bool>(json, "block_share", where, false);
+    config.coft = detail::config_field<bool>(json, "coft", where, false);
+    config.eps = detail::config_field<double>(json, "eps", where, 6e-5);
     config.oft_block_size = integer_field<Index>(json, "oft_block_size", where, 0);
     config.r = integer_field<Index>(json, "r", where, 0);
-    config.module_dropout = field<double>(json, "module_dropout", where, 0.0);
+    config.module_dropout = detail::config_field<double>(json, "module_dropout", where, 0.0);
     if (json.contains("target_modules") && json.at("target_modules").is_string())
       config.target_modules = {json.at("target_modules").get<std::string>()};
     else
-      config.target_modules = field<std::vector<std::string>>(json, "target_modules", where, {});
+      config.target_modules = detail::config_field<std::vector<std::string>>(json, "target_modules", where, {});
     if (config.use_cayley_neumann) (void)peft::NeumannBranch{config.num_cayley_neumann_terms};
     if (config.coft)
       oft::detail::require(config.eps >= 0.0 && std::isfinite(config.eps), where, ": coft eps ",
@@ -293,10 +279,10 @@ class PeftOftAdapter {
     const std::string where = file.path().string();
     PeftOftModule m;
     std::string stem;
-    if (ends_with(key, kLinearSuffix)) {
+    if (detail::ends_with(key, kLinearSuffix)) {
       m.kind = PeftModuleKind::Linear;
       stem = key.substr(0, key.size() - std::string(kLinearSuffix).size());
-    } else if (ends_with(key, kEmbeddingSuffix)) {
+    } else if (detail::ends_with(key, kEmbeddingSuffix)) {
       m.kind = PeftModuleKind::Embedding;
       stem = key.substr(0, key.size() - std::string(kEmbeddingSuffix).size());
     } else {
@@ -332,22 +318,6 @@ class PeftOftAdapter {
     // knows (spec_for takes it from the base weight); until then the spec holds one block.
     m.spec = BlockSpec{config.block_share ? 1 : rows, b, config.block_share};
     return m;
-  }
-
-  static void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-    const std::filesystem::path temporary = path.string() + ".tmp-oft";
-    {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-      out << text;
-      out.flush();
-      if (!out) {
-        std::error_code ignored;
-        std::filesystem::remove(temporary, ignored);
-        throw std::system_error(errno, std::generic_category(),
-                                oft::detail::message("oft: cannot write ", temporary.string()));
-      }
-    }
-    std::filesystem::rename(temporary, path);
   }
 };
 

@@ -49,6 +49,7 @@
 #include "../householder.hpp"
 #include "../peft_butterfly.hpp"
 #include "../policies.hpp"
+#include "detail/adapter_files.hpp"
 #include "safetensors_reader.hpp"
 #include "safetensors_writer.hpp"
 
@@ -133,16 +134,16 @@ class PeftFamilyAdapter {
     const std::string where = file.path().string();
     const char* first = adapter.config.family == PeftFamily::Boft ? kBoftR : kHraU;
     for (const std::string& key : file.tensor_names()) {
-      if (!ends_with(key, first) && !(adapter.config.family == PeftFamily::Boft && ends_with(key, kBoftS)))
+      if (!detail::ends_with(key, first) && !(adapter.config.family == PeftFamily::Boft && detail::ends_with(key, kBoftS)))
         detail::fail(where, "tensor ", detail::quote_name(key), " is no ", peft_type_name(adapter.config.family),
                      " tensor (expected <module>",
                      adapter.config.family == PeftFamily::Boft ? ".boft_R and <module>.boft_s" : ".hra_u",
                      "; modules_to_save and trained biases are not read)");
-      if (ends_with(key, first)) adapter.modules.push_back(read_module(file, key, adapter.config));
+      if (detail::ends_with(key, first)) adapter.modules.push_back(read_module(file, key, adapter.config));
     }
     if (adapter.config.family == PeftFamily::Boft)  // every boft_s belongs to a boft_R
       for (const std::string& key : file.tensor_names())
-        if (ends_with(key, kBoftS) && !file.contains(key.substr(0, key.size() - std::strlen(kBoftS)) + kBoftR))
+        if (detail::ends_with(key, kBoftS) && !file.contains(key.substr(0, key.size() - std::strlen(kBoftS)) + kBoftR))
           detail::fail(where, "tensor ", detail::quote_name(key), " has no ", kBoftR + 1, " beside it");
     if (adapter.modules.empty()) detail::fail(where, "holds no ", peft_type_name(adapter.config.family), " module");
     return adapter;
@@ -241,7 +242,7 @@ class PeftFamilyAdapter {
     writer.add_metadata("format", "pt");
     std::filesystem::create_directories(directory);
     writer.write(directory / "adapter_model.safetensors");
-    write_text_atomically(directory / "adapter_config.json", config.raw.dump(2) + "\n");
+    detail::write_text_atomically(directory / "adapter_config.json", config.raw.dump(2) + "\n");
   }
 
  private:
@@ -251,10 +252,6 @@ class PeftFamilyAdapter {
   static constexpr const char* kHraU = ".hra_u";
 
   static std::uint64_t u64(Index v) { return static_cast<std::uint64_t>(v); }
-
-  static bool ends_with(const std::string& s, const std::string& tail) {
-    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-  }
 
   static std::vector<std::byte> encode(const std::vector<double>& values, Dtype dtype) {
     std::vector<std::byte> out(values.size() * static_cast<std::size_t>(dtype_bits(dtype) / 8));
@@ -270,16 +267,6 @@ class PeftFamilyAdapter {
       }
     }
     return out;
-  }
-
-  template <class T>
-  static T field(const nlohmann::ordered_json& json, const char* key, const std::string& where, T fallback) {
-    if (!json.contains(key) || json.at(key).is_null()) return fallback;
-    try {
-      return json.at(key).get<T>();
-    } catch (const nlohmann::json::exception&) {
-      detail::fail(where, "field '", key, "' is ", json.at(key).dump(), ", of the wrong type");
-    }
   }
 
   // Integer fields take JSON integers in [0, 2^31) only (get<int>() of 2.5 would truncate).
@@ -307,16 +294,16 @@ class PeftFamilyAdapter {
     }
     const auto& json = config.raw;
     if (!json.is_object()) detail::fail(where, "not a JSON object");
-    const std::string type = field<std::string>(json, "peft_type", where, "");
+    const std::string type = detail::config_field<std::string>(json, "peft_type", where, "");
     if (!is_peft_family_type(type)) detail::fail(where, "peft_type is '", type, "', expected 'BOFT' or 'HRA'");
     config.family = type == "BOFT" ? PeftFamily::Boft : PeftFamily::Hra;
-    config.peft_version = field<std::string>(json, "peft_version", where, "");
-    config.bias = field<std::string>(json, "bias", where, "none");
-    config.fan_in_fan_out = field<bool>(json, "fan_in_fan_out", where, false);
+    config.peft_version = detail::config_field<std::string>(json, "peft_version", where, "");
+    config.bias = detail::config_field<std::string>(json, "bias", where, "none");
+    config.fan_in_fan_out = detail::config_field<bool>(json, "fan_in_fan_out", where, false);
     if (json.contains("target_modules") && json.at("target_modules").is_string())
       config.target_modules = {json.at("target_modules").get<std::string>()};
     else
-      config.target_modules = field<std::vector<std::string>>(json, "target_modules", where, {});
+      config.target_modules = detail::config_field<std::vector<std::string>>(json, "target_modules", where, {});
     if (config.bias != "none")
       detail::fail(where, "bias is '", config.bias,
                    "': oft reads adapters with bias 'none' only (a trained bias is a tensor oft does not merge)");
@@ -326,7 +313,7 @@ class PeftFamilyAdapter {
       config.boft_block_size = count_field(json, "boft_block_size", where, 0);
       config.boft_block_num = count_field(json, "boft_block_num", where, 0);
       config.boft_n_butterfly_factor = count_field(json, "boft_n_butterfly_factor", where, 1);
-      config.boft_dropout = field<double>(json, "boft_dropout", where, 0.0);
+      config.boft_dropout = detail::config_field<double>(json, "boft_dropout", where, 0.0);
       if ((config.boft_block_size == 0) == (config.boft_block_num == 0))
         detail::fail(where, "boft_block_size ", config.boft_block_size, " and boft_block_num ", config.boft_block_num,
                      ": exactly one must be non-zero (PEFT's rule)");
@@ -334,7 +321,7 @@ class PeftFamilyAdapter {
         detail::fail(where, "boft_n_butterfly_factor is ", config.boft_n_butterfly_factor, ", expected >= 1");
     } else {
       config.r = count_field(json, "r", where, 0);
-      config.apply_GS = field<bool>(json, "apply_GS", where, false);
+      config.apply_GS = detail::config_field<bool>(json, "apply_GS", where, false);
       if (config.r < 1) detail::fail(where, "r is ", config.r, ", expected a positive integer");
     }
     return config;
@@ -475,21 +462,6 @@ class PeftFamilyAdapter {
     require_finite(m.boft_s, scale_key, where);
     (void)butterfly<double>(m);  // the exact Cayley of every block (cannot fail for a finite skew part)
     return m;
-  }
-
-  static void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-    const std::filesystem::path temporary = path.string() + ".tmp-oft";
-    {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-      out << text;
-      out.flush();
-      if (!out) {
-        std::error_code ignored;
-        std::filesystem::remove(temporary, ignored);
-        detail::fail_errno("cannot write", temporary);
-      }
-    }
-    std::filesystem::rename(temporary, path);
   }
 };
 
