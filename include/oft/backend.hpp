@@ -59,4 +59,12 @@ class Givens {
                 "oft::Givens has no implementation for this backend yet: use oft::cpu");
 };
 
+/// Many adapters' block-diagonal rotations resident for one layer, each token rotated by its
+/// own (serving). Primary template; the CPU one is cpu/adapter_bank.hpp (<oft/adapter_bank.hpp>).
+template <class Scalar, class Backend = cpu>
+class AdapterBank {
+  static_assert(detail::always_false<Backend>,
+                "oft::AdapterBank has no implementation for this backend yet: use oft::cpu");
+};
+
 }  // namespace oft

@@ -37,6 +37,7 @@ enum class ScratchSlot : int {
   HouseholderPanel, // Householder::apply: X Q and (X Q) T^T of one row tile
   HouseholderTile,  // Householder with bfloat16 activations: a tile of X (and of dY) in float
   GivensRows,       // Givens::backward: one row's output and gradient
+  BankScratch,      // AdapterBank::apply: a gathered item's slices (large block sizes)
 };
 
 /// This thread's scratch matrix for `Slot`, resized to rows x cols (a no-op when the size is

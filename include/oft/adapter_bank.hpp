@@ -1,0 +1,34 @@
+#pragma once
+/// \file adapter_bank.hpp
+/// Serving many OFT adapters in one batch: an AdapterBank holds A adapters' block-diagonal
+/// rotations for one layer, computed once when each is added, and rotates every token of a
+/// batch by its own adapter, Y_t = X_t R_{ids[t]} (kNoAdapter: Y_t = X_t). One shared base GEMM
+/// then serves every request, Z = Y W0^T: the rotation costs d b multiply-adds per token
+/// against the base layer's d n_out.
+///
+///   oft::AdapterBank<float> bank(4096, 64);         // d = 4096, up to 64 adapters
+///   auto a = bank.add(peft_adapter.rotation_for(module, n_out, 4096));
+///   auto b = bank.add(spec, rotations);             // or R's blocks directly
+///   bank.apply(x, y, ids);                          // ids: one slot (or -1) per row of x
+///
+/// Adapters may differ in policy (anything BlockOrthogonal or AnyBlockOrthogonal computes:
+/// exact Cayley, Cayley-Neumann, COFT, block_share) and in block size. apply groups the tokens
+/// by adapter so that each adapter's blocks are loaded once per register tile of its tokens:
+/// runs of equal ids are rotated where they are (prefill), scattered tokens are gathered into
+/// slices and back (decode); BankRouting picks or forces the path.
+///
+/// Tensor parallelism: AdapterBank(d, capacity, FeatureRange{first, count}) holds only the
+/// blocks of input features [first, first + count) (a row-parallel rank's shard) and takes X
+/// with `count` columns; the ranks' banks together equal the whole, with no communication.
+///
+/// Concurrency: apply is const and may run on any number of threads at once; add, replace and
+/// remove may run on other threads at the same time. A writer computes the new adapter first,
+/// then waits for the applies in flight to finish and swaps one pointer; applies that start
+/// later see the new table. Slots are fixed at construction, so a writer never moves another
+/// adapter.
+///
+/// Not yet: bfloat16 storage of R and the vdpbf16ps kernels (bfloat16 activations are computed
+/// in float), fused q/k/v projections, and a CUDA backend.
+
+#include "backend.hpp"
+#include "cpu/adapter_bank.hpp"

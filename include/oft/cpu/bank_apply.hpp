@@ -1,0 +1,136 @@
+#pragma once
+/// \file cpu/bank_apply.hpp
+/// The CPU loops of the adapter bank (cpu/adapter_bank.hpp): each token's row of X is rotated
+/// by its own adapter's blocks, Y_t = X_t R_{a(t)}, through the register-tile kernel
+/// (cpu/gemm_tile.hpp). Work arrives as items of at most one register tile of rows that share
+/// an adapter, so an adapter's blocks are loaded once per item, not once per token:
+///   - contiguous items: the rows [first, first + rows) of X (a prefill request's run of
+///     tokens), read and written where they are, as the single-adapter apply does;
+///   - gathered items: `rows` token indices of `order` (decode: one token per request, the
+///     requests of one adapter scattered over the batch), copied into a slice and back.
+/// Items of slot -1 (no adapter) copy their rows when Y is not X. No checks here: the host
+/// class validates the ids, the shapes and the table before it builds the items.
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "panels.hpp"
+
+namespace oft::detail::cpu {
+
+/// One resident adapter, restricted to the bank's feature range: `spec.blocks` blocks of
+/// `spec.block_size` (one shared block when spec.shared), R row-major, Y = X R.
+template <class Scalar>
+struct BankAdapter {
+  BlockSpec spec;
+  std::vector<Scalar> rotations;  ///< spec.generators() x b x b
+
+  const Scalar* block(Index i) const {
+    return rotations.data() + spec.generator_of(i) * spec.block_size * spec.block_size;
+  }
+  std::size_t bytes() const { return rotations.size() * sizeof(Scalar); }
+};
+
+/// Rows of one item: one register tile, as the single-adapter apply's panels.
+inline constexpr Index kBankItemRows = kTileRows;
+
+/// A run of rows sharing one adapter (`slot`, or -1 for none): X's rows [first, first + rows)
+/// when the plan is contiguous, else the token indices order[first, first + rows).
+struct BankItem {
+  std::int32_t slot;
+  Index first;
+  Index rows;
+};
+
+/// What the loops read: the adapter table (indexed by slot) and the token order of a gathered
+/// plan (null for a contiguous one).
+template <class Scalar>
+struct BankPlan {
+  const std::unique_ptr<BankAdapter<Scalar>>* table;
+  const BankItem* items;
+  Index item_count;
+  const Index* order;  ///< gathered plans only
+  Index max_block_size;
+};
+
+/// Y's rows [first, first + rows) = X's rows R (contiguous rows, in place or out of place).
+template <class Scalar, class Act>
+inline void rotate_contiguous(const BankAdapter<Scalar>& adapter, const ConstMatrixView<Act>& x,
+                              const MatrixView<Act>& y, Index first, Index rows,
+                              Scalar* scratch) {
+  const Index b = adapter.spec.block_size;
+  for (Index i = 0; i < adapter.spec.blocks; ++i) {
+    const Act* in = x.row(first) + i * b;
+    Act* out = y.row(first) + i * b;
+    if constexpr (kDirect<Act, Scalar>) {
+      // As cpu/apply.hpp: read X where it is unless an in-place store could clobber rows that a
+      // later register tile of the same block still reads.
+      const Scalar* a = in;
+      Index a_row = x.stride();
+      if (in == out && !one_register_tile<Scalar>(b)) {
+        copy_slice(in, x.stride(), rows, b, scratch);
+        a = scratch, a_row = b;
+      }
+      gemm_small(rows, b, b, a, a_row, 1, adapter.block(i), b, out, y.stride(), false);
+    } else {
+      copy_slice(in, x.stride(), rows, b, scratch);  // bfloat16 widened exactly
+      gemm_small(rows, b, b, scratch, b, 1, adapter.block(i), b, out, y.stride(), false);
+    }
+  }
+}
+
+/// The rows of tokens[0, rows) of Y = the same rows of X times R: each block's slices are
+/// gathered into `scratch` (rows x b), rotated into the next rows x b, and scattered back
+/// (rounded to bfloat16 once, as stored, for bfloat16 activations).
+template <class Scalar, class Act>
+inline void rotate_gathered(const BankAdapter<Scalar>& adapter, const ConstMatrixView<Act>& x,
+                            const MatrixView<Act>& y, const Index* tokens, Index rows,
+                            Scalar* scratch) {
+  const Index b = adapter.spec.block_size;
+  Scalar* gathered = scratch;
+  Scalar* rotated = scratch + rows * b;
+  for (Index i = 0; i < adapter.spec.blocks; ++i) {
+    for (Index t = 0; t < rows; ++t) convert_row(x.row(tokens[t]) + i * b, b, gathered + t * b);
+    gemm_small(rows, b, b, gathered, b, 1, adapter.block(i), b, rotated, b, false);
+    for (Index t = 0; t < rows; ++t) convert_row(rotated + t * b, b, y.row(tokens[t]) + i * b);
+  }
+}
+
+/// Runs every item of `plan` over X -> Y, split across threads item by item.
+template <class Scalar, class Act>
+inline void bank_apply(const BankPlan<Scalar>& plan, const ConstMatrixView<Act>& x,
+                       const MatrixView<Act>& y) {
+  const bool in_place = x.data() == y.data();
+  const Index scratch_size = 2 * kBankItemRows * plan.max_block_size;
+  const bool on_stack = scratch_size <= kStackScratch;
+  [[maybe_unused]] const double flops = 2.0 * static_cast<double>(x.rows()) *
+                                        static_cast<double>(x.cols()) *
+                                        static_cast<double>(plan.max_block_size);
+  OFT_OMP(parallel if (flops > kParallelFlops && plan.item_count > 1)) {
+    alignas(64) Scalar stack_scratch[kStackScratch];
+    Scalar* scratch =
+        on_stack ? stack_scratch
+                 : detail::thread_buffer<Scalar, detail::ScratchSlot::BankScratch>(scratch_size);
+    OFT_OMP(for schedule(dynamic))
+    for (Index k = 0; k < plan.item_count; ++k) {
+      const BankItem& item = plan.items[k];
+      if (item.slot < 0) {  // no adapter: the identity
+        if (in_place) continue;
+        for (Index t = 0; t < item.rows; ++t) {
+          const Index row = plan.order ? plan.order[item.first + t] : item.first + t;
+          std::copy(x.row(row), x.row(row) + x.cols(), y.row(row));
+        }
+        continue;
+      }
+      const BankAdapter<Scalar>& adapter = *plan.table[item.slot];
+      if (plan.order)
+        rotate_gathered(adapter, x, y, plan.order + item.first, item.rows, scratch);
+      else
+        rotate_contiguous(adapter, x, y, item.first, item.rows, scratch);
+    }
+  }
+}
+
+}  // namespace oft::detail::cpu
