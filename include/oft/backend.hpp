@@ -67,4 +67,12 @@ class AdapterBank {
                 "oft::AdapterBank has no implementation for this backend yet: use oft::cpu");
 };
 
+/// A frozen linear layer (optionally fused projections) serving many adapters in one batch over
+/// AdapterBanks. Primary template; the CPU one is cpu/serving_linear.hpp (<oft/serving_linear.hpp>).
+template <class Scalar, class Backend = cpu>
+class ServingLinear {
+  static_assert(detail::always_false<Backend>,
+                "oft::ServingLinear has no implementation for this backend yet: use oft::cpu");
+};
+
 }  // namespace oft

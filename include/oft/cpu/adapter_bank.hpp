@@ -83,48 +83,74 @@ class AdapterBank<Scalar_, cpu> {
     return slot >= 0 && slot < capacity() && slots_[static_cast<std::size_t>(slot)] != nullptr;
   }
 
-  /// Adds an adapter given R's blocks for the whole layer: `rotations` holds spec.generators()
-  /// row-major b x b blocks R_g (Y = X R, the orientation of BlockOrthogonal::apply). The bank
-  /// copies the blocks in its feature range. Returns the slot (the lowest free one). Throws
-  /// std::invalid_argument for a spec of another width, a block size that does not divide the
-  /// shard, or a full bank; std::domain_error for a non-finite entry. The bank is unchanged then.
-  Index add(const BlockSpec& spec, const Scalar* rotations) {
-    auto adapter = make_adapter(spec, [&](Index g, Scalar* to) {
+  /// An adapter computed and checked for this bank, not yet resident: add and replace take it.
+  /// Preparing first lets a caller check several banks before changing any (a fused layer's
+  /// slices), and keeps theta -> R out of the writer's lock.
+  class Prepared {
+   public:
+    std::size_t bytes() const { return adapter_->bytes(); }
+
+   private:
+    friend class AdapterBank;
+    explicit Prepared(std::unique_ptr<detail::cpu::BankAdapter<Scalar>> adapter)
+        : adapter_(std::move(adapter)) {}
+    std::unique_ptr<detail::cpu::BankAdapter<Scalar>> adapter_;
+  };
+
+  /// Prepares an adapter given R's blocks for the whole layer: `rotations` holds
+  /// spec.generators() row-major b x b blocks R_g (Y = X R, the orientation of
+  /// BlockOrthogonal::apply); the bank keeps the blocks in its feature range. Throws
+  /// std::invalid_argument for a spec of another width or a block size that does not divide the
+  /// shard, std::domain_error for a non-finite entry.
+  Prepared prepare(const BlockSpec& spec, const Scalar* rotations) const {
+    return Prepared(make_adapter(spec, [&](Index g, Scalar* to) {
       const Index area = spec.block_size * spec.block_size;
       std::copy(rotations + g * area, rotations + (g + 1) * area, to);
-    });
-    return insert(std::move(adapter));
+    }));
   }
 
-  /// Adds the rotation of an operator with spec() and block(i) (BlockOrthogonal,
+  /// Prepares the rotation of an operator with spec() and block(i) (BlockOrthogonal,
   /// AnyBlockOrthogonal: any policy, exact or Neumann, COFT, block_share), computed once here.
   template <class Operator>
-  Index add(const Operator& op) {
-    return insert(make_adapter(op));
+  Prepared prepare(const Operator& op) const {
+    return Prepared(make_adapter(op));
   }
 
-  /// Replaces the adapter in `slot` (which must hold one) by a new one, as add takes it.
+  /// Prepares an adapter that leaves this layer alone (its tokens pass through, as
+  /// kNoAdapter's): a fused layer's slice that an adapter does not target keeps the slot
+  /// numbering of the others.
+  Prepared prepare_identity() const { return Prepared(std::make_unique<Adapter>()); }
+
+  /// Makes a prepared adapter resident in the lowest free slot and returns the slot. Throws
+  /// std::invalid_argument for a full bank (the bank is unchanged).
+  Index add(Prepared adapter) { return insert(std::move(adapter.adapter_)); }
+  /// prepare and add in one call; the same checks, the bank unchanged on a refusal.
+  Index add(const BlockSpec& spec, const Scalar* rotations) { return add(prepare(spec, rotations)); }
+  template <class Operator>
+  Index add(const Operator& op) {
+    return add(prepare(op));
+  }
+  Index add_identity() { return add(prepare_identity()); }
+
+  /// Replaces the adapter in `slot` (which must hold one) by a prepared one.
+  void replace(Index slot, Prepared adapter) { swap_into(slot, std::move(adapter.adapter_)); }
   void replace(Index slot, const BlockSpec& spec, const Scalar* rotations) {
-    auto adapter = make_adapter(spec, [&](Index g, Scalar* to) {
-      const Index area = spec.block_size * spec.block_size;
-      std::copy(rotations + g * area, rotations + (g + 1) * area, to);
-    });
-    swap_into(slot, std::move(adapter));
+    replace(slot, prepare(spec, rotations));
   }
   template <class Operator>
   void replace(Index slot, const Operator& op) {
-    swap_into(slot, make_adapter(op));
+    replace(slot, prepare(op));
   }
 
   /// Frees `slot` (which must hold an adapter); tokens may no longer name it.
   void remove(Index slot) { swap_into(slot, nullptr); }
 
-  /// Bytes of the blocks `slot` holds (in this bank's feature range).
+  /// Bytes of the blocks `slot` holds (in this bank's feature range; 0 for the identity).
   std::size_t adapter_bytes(Index slot) const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     return occupied(slot, "adapter_bytes").bytes();
   }
-  /// The block size of the adapter in `slot`.
+  /// The block size of the adapter in `slot` (0 for the identity).
   Index block_size(Index slot) const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     return occupied(slot, "block_size").spec.block_size;

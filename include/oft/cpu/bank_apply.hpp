@@ -8,7 +8,7 @@
 ///     tokens), read and written where they are, as the single-adapter apply does;
 ///   - gathered items: `rows` token indices of `order` (decode: one token per request, the
 ///     requests of one adapter scattered over the batch), copied into a slice and back.
-/// Items of slot -1 (no adapter) copy their rows when Y is not X. No checks here: the host
+/// Items of slot -1 (no adapter) and of identity adapters copy their rows when Y is not X. No checks here: the host
 /// class validates the ids, the shapes and the table before it builds the items.
 
 #include <algorithm>
@@ -21,11 +21,14 @@
 namespace oft::detail::cpu {
 
 /// One resident adapter, restricted to the bank's feature range: `spec.blocks` blocks of
-/// `spec.block_size` (one shared block when spec.shared), R row-major, Y = X R.
+/// `spec.block_size` (one shared block when spec.shared), R row-major, Y = X R. An adapter with
+/// no blocks is the identity: one that does not touch this layer (or this slice of a fused one).
 template <class Scalar>
 struct BankAdapter {
   BlockSpec spec;
-  std::vector<Scalar> rotations;  ///< spec.generators() x b x b
+  std::vector<Scalar> rotations;  ///< spec.generators() x b x b; empty for the identity
+
+  bool identity() const { return rotations.empty(); }
 
   const Scalar* block(Index i) const {
     return rotations.data() + spec.generator_of(i) * spec.block_size * spec.block_size;
@@ -52,7 +55,7 @@ struct BankPlan {
   const BankItem* items;
   Index item_count;
   const Index* order;  ///< gathered plans only
-  Index max_block_size;
+  Index max_block_size;  ///< over the adapters the items name (0 when all are identities)
 };
 
 /// Y's rows [first, first + rows) = X's rows R (contiguous rows, in place or out of place).
@@ -116,7 +119,7 @@ inline void bank_apply(const BankPlan<Scalar>& plan, const ConstMatrixView<Act>&
     OFT_OMP(for schedule(dynamic))
     for (Index k = 0; k < plan.item_count; ++k) {
       const BankItem& item = plan.items[k];
-      if (item.slot < 0) {  // no adapter: the identity
+      if (item.slot < 0 || plan.table[item.slot]->identity()) {
         if (in_place) continue;
         for (Index t = 0; t < item.rows; ++t) {
           const Index row = plan.order ? plan.order[item.first + t] : item.first + t;
