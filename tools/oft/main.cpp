@@ -52,21 +52,24 @@ void print_table(const std::string& path, const oft::io::AdapterReport& r) {
   std::printf(", block_share %s\n\n", yes_no(r.block_share).c_str());
   int width = 28;  // the module column fits the longest name (BERT's run past 40 characters)
   for (const auto& m : r.modules) width = std::max(width, static_cast<int>(m.name.size()));
-  std::printf("  %-*s %-9s %5s %4s  %-19s %-19s %-19s %-8s %s\n", width, "module", "kind", "gens",
-              "b", "rho worst/median", "orth. err worst/med", "dist. Cayley w/med", "diverges",
-              "k for tol");
+  std::printf("  %-*s %-9s %5s %4s  %-19s %-19s %-19s %-8s %-9s %s\n", width, "module", "kind",
+              "gens", "b", "rho worst/median", "orth. err worst/med", "dist. Cayley w/med",
+              "diverges", "k for tol", "served B");
   for (const auto& m : r.modules) {
     char k[32];
     if (m.terms_for_tolerance >= 0)
       std::snprintf(k, sizeof k, "%d", m.terms_for_tolerance);
     else
       std::snprintf(k, sizeof k, "> %d", oft::kMaxNeumannTerms);  // rho too close to 1 (or >= 1)
-    std::printf("  %-*s %-9s %5lld %4lld  %8.2e/%8.2e   %8.2e/%8.2e   %8.2e/%8.2e   %-8s %s\n",
+    std::printf("  %-*s %-9s %5lld %4lld  %8.2e/%8.2e   %8.2e/%8.2e   %8.2e/%8.2e   %-8s %-9s %llu\n",
                 width, m.name.c_str(), m.kind.c_str(), static_cast<long long>(m.generators),
                 static_cast<long long>(m.block_size), m.rho.worst, m.rho.median,
                 m.orthogonality.worst, m.orthogonality.median, m.distance.worst, m.distance.median,
-                yes_no(m.diverges).c_str(), k);
+                yes_no(m.diverges).c_str(), k, static_cast<unsigned long long>(m.served_bytes));
   }
+  std::printf("\n  served B: what serving keeps resident per module (oft::AdapterBank: float32 R "
+              "blocks); %llu bytes for the whole adapter",
+              static_cast<unsigned long long>(r.served_bytes()));
   std::printf(
       "\n  k for tol: smallest Cayley-Neumann k with ||R - R_k||_2 = rho^(k+1) <= %g at the "
       "worst rho\n",

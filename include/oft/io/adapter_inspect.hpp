@@ -46,6 +46,7 @@ struct ModuleReport {
   Spread distance;        ///< ||R_g - Cayley(Q_g)||_2 over generators
   bool diverges = false;  ///< some rho >= 1: a Cayley–Neumann series diverges there
   int terms_for_tolerance = -1;  ///< smallest k with rho^(k+1) <= tol for the worst rho; -1: none
+  std::uint64_t served_bytes = 0;  ///< OFT: what an AdapterBank keeps resident (float32 R blocks)
   // BOFT and HRA only (zero for OFT)
   Index features = 0;              ///< d
   Index out_features = 0;          ///< BOFT: n_out, the length of boft_s
@@ -72,6 +73,13 @@ struct AdapterReport {
   bool block_share = false;
   double tolerance = 0.0;
   std::vector<ModuleReport> modules;
+
+  /// OFT: bytes the adapter's modules take resident when served (AdapterBank, float32 R).
+  std::uint64_t served_bytes() const {
+    std::uint64_t total = 0;
+    for (const auto& m : modules) total += m.served_bytes;
+    return total;
+  }
 };
 
 namespace detail {
@@ -98,6 +106,9 @@ inline ModuleReport inspect_module(const PeftOftAdapter& adapter, const PeftOftM
   report.generators = m.theta.count();
   report.block_size = m.spec.block_size;
   report.shared = m.spec.shared;
+  // AdapterBank keeps R itself, one float32 b x b block per generator (adapter_bank.hpp).
+  report.served_bytes = static_cast<std::uint64_t>(m.spec.generators()) *
+                        static_cast<std::uint64_t>(m.spec.block_size * m.spec.block_size) * 4;
 
   const Generators<float> effective = adapter.effective_generators(m);
   Generators<double> theta(effective.count(), effective.block_size());
@@ -267,6 +278,7 @@ inline nlohmann::ordered_json to_json(const AdapterReport& report) {
   out["eps"] = report.eps;
   out["block_share"] = report.block_share;
   out["tolerance"] = report.tolerance;
+  out["served_bytes"] = report.served_bytes();
   out["modules"] = nlohmann::ordered_json::array();
   for (const auto& m : report.modules) {
     out["modules"].push_back({{"name", m.name},
@@ -278,7 +290,8 @@ inline nlohmann::ordered_json to_json(const AdapterReport& report) {
                               {"orthogonality_error", spread(m.orthogonality)},
                               {"distance_to_cayley", spread(m.distance)},
                               {"diverges", m.diverges},
-                              {"terms_for_tolerance", m.terms_for_tolerance}});
+                              {"terms_for_tolerance", m.terms_for_tolerance},
+                              {"served_bytes", m.served_bytes}});
   }
   return out;
 }
