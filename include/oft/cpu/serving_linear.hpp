@@ -13,6 +13,7 @@
 
 #include "../backend.hpp"
 #include "../detail/layer_checks.hpp"
+#include "../parameterization.hpp"
 #include "../workspace.hpp"
 #include "adapter_bank.hpp"
 
