@@ -4,6 +4,8 @@
   arrays or torch tensors (no copies).
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``) and the ``OFTRotation`` module.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
+- ``oft.serve``: many PEFT OFT adapters served in one batch, each request through its own
+  (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).
 - ``oft.merge_model``, ``oft.inspect_adapter``, ``oft.convert_adapter`` (``oft.io``): the library's
   model-file functions, the ones the ``oft`` tool runs.
 """
