@@ -354,7 +354,7 @@ class ScopedThreads {
   ScopedThreads& operator=(const ScopedThreads&) = delete;
 
  private:
-  int saved_ = 1;
+  [[maybe_unused]] int saved_ = 1;  // unused in builds without OpenMP
 };
 
 /// True when `text` contains `part` (for exception messages).
