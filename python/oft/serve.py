@@ -103,6 +103,7 @@ class AdapterBankRotation(torch.nn.Module):
         first, count = (0, None) if shard is None else shard
         self.bank = _core.AdapterBank(features, capacity, str(dtype)[len("torch."):], first, count)
         self.dtype = dtype
+        self.last_routing = None  # what the last forward's bank apply chose
 
     @property
     def features(self) -> int:
@@ -381,13 +382,16 @@ def from_peft(model: torch.nn.Module, adapters=None) -> MultiAdapterModel:
                             "serves OFT adapters")
     base_model = peft_model.base_model.model
 
-    plan = []
+    plan, unwrapped = [], []
     for qualified, module in base_model.named_modules():
         if not isinstance(module, layer_module.OFTLayer):
             continue
         held = [n for n in names
                 if n in module.oft_R or n in getattr(module, "oft_embedding_R", {})]
         if not held:
+            # Only adapters that are not served target it: PEFT's forward would apply its
+            # active adapter to every token, so the layer goes back to its base.
+            unwrapped.append((qualified, module.get_base_layer()))
             continue
         if type(module) is not layer_module.Linear:
             raise TypeError(f"oft.serve.from_peft: {qualified} is a PEFT OFT "
@@ -412,7 +416,7 @@ def from_peft(model: torch.nn.Module, adapters=None) -> MultiAdapterModel:
             table[names.index(name) + 1] = serving.rotation.add(blocks, shared=shared)
         layers[qualified] = (serving, table)
         replacements.append((qualified, serving))
-    for qualified, serving in replacements:
+    for qualified, serving in replacements + unwrapped:
         parent_name, _, child = qualified.rpartition(".")
         parent = base_model.get_submodule(parent_name) if parent_name else base_model
         setattr(parent, child, serving)

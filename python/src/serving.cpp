@@ -104,7 +104,8 @@ class TypedBank {
   std::string apply(const AnyArray& x, const AnyArray& y, const AnyArray& ids,
                     oft::BankRouting routing) const {
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (x.dtype() == dtype_of<oft::bfloat16>()) return apply_as<oft::bfloat16>(x, y, ids, routing);
+      if (x.dtype() == dtype_of<oft::bfloat16>())
+        return apply_as<oft::bfloat16>(x, y, ids, routing);
     }
     return apply_as<Scalar>(x, y, ids, routing);
   }
@@ -245,7 +246,8 @@ void bind_serving(nb::module_& m) {
           nb::arg("slot"), nb::arg("block_size"), nb::arg("shared"), nb::arg("rotations"),
           "Replaces the adapter in `slot` (which must hold one), as add takes it.")
       .def(
-          "remove", [](AdapterBank& b, oft::Index slot) { b.visit([&](auto& t) { t.remove(slot); }); },
+          "remove",
+          [](AdapterBank& b, oft::Index slot) { b.visit([&](auto& t) { t.remove(slot); }); },
           nb::arg("slot"), "Frees `slot` (which must hold an adapter).")
       .def(
           "contains",

@@ -205,6 +205,26 @@ def test_peft_model_with_loaded_adapters_serves_the_same(folders):
     assert not any(type(m).__module__.startswith("peft") for m in consumed.model.modules())
 
 
+def test_a_subset_of_a_peft_models_adapters(folders):
+    """Layers that only the adapters left out target go back to their base layer (PEFT's forward
+    would apply its active adapter to every token there)."""
+    keep = ["exact_r4", "neumann_b16"]
+    subset = oft.serve.from_peft(peft_reference(folders, torch.float64), keep)
+    assert subset.adapters == keep
+    assert not any(type(m).__module__.startswith("peft") for m in subset.model.modules())
+    key = subset.model.encoder.layer[0].attention.self.key
+    assert type(key) is torch.nn.Linear  # only exact_b8_shared targets key
+    requests = [(a, n) for a, n in REQUESTS if a in keep or a is None]
+    input_ids, mask = batch(requests)
+    everything = oft.serve.from_peft(base_model(torch.float64), folders)
+    names = [a for a, _ in requests]
+    with torch.no_grad():
+        got = subset(input_ids=input_ids, attention_mask=mask, adapter_ids=names)
+        want = everything(input_ids=input_ids, attention_mask=mask, adapter_ids=names)
+    # The same R and the same arithmetic per token: only the slot numbers differ.
+    assert torch.equal(got.last_hidden_state, want.last_hidden_state)
+
+
 def test_adapter_bytes_are_the_blocks_each_adapter_keeps(folders):
     served = oft.serve.from_peft(base_model(torch.float32), folders)
     d, ffn, layers = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["num_hidden_layers"]
