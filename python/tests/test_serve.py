@@ -297,6 +297,22 @@ def test_bank_bfloat16_activations_are_the_float32_result_rounded_once():
         assert torch.equal(y.view(torch.int16), rounded.view(torch.int16))
 
 
+def test_shards_together_equal_the_whole():
+    """Row-parallel ranks: each bank holds its input columns' blocks of the same adapters."""
+    blocks = [random_blocks(4, 8, 1, torch.float32), random_blocks(1, 16, 2, torch.float32)]
+    whole = oft.serve.AdapterBankRotation(32, 2)
+    shards = [oft.serve.AdapterBankRotation(32, 2, shard=(0, 16)),
+              oft.serve.AdapterBankRotation(32, 2, shard=(16, 16))]
+    for bank in (whole, *shards):
+        bank.add(blocks[0])
+        bank.add(blocks[1], shared=True)
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
+    ids = torch.tensor([1, 0, -1, 1, 1, 0])
+    parts = [shards[0](x[:, :16], ids), shards[1](x[:, 16:], ids)]  # strided views of x
+    assert torch.equal(torch.cat(parts, dim=1), whole(x, ids))
+    assert shards[0].adapter_bytes(0) == whole.adapter_bytes(0) // 2
+
+
 def test_replace_and_remove():
     bank = oft.serve.AdapterBankRotation(16, 2, dtype=torch.float64)
     first = bank.add(random_blocks(2, 8, 1, torch.float64))
