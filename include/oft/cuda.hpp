@@ -12,6 +12,7 @@
 #error "<oft/cuda.hpp> must be compiled by nvcc (include it from a .cu file)"
 #endif
 
+#include "cuda/adapter_bank.hpp"
 #include "cuda/block_orthogonal.hpp"
 #include "cuda/device_view.hpp"
 #include "cuda/error.hpp"
