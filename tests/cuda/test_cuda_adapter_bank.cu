@@ -78,8 +78,7 @@ void expect_matches_cpu(const std::vector<T>& x, const std::vector<T>& y, Index 
     const std::vector<double> ref_blocks = cpu_rotation_blocks<double>(a->config, theta);
     const std::vector<double> rt =
         rotation_tolerances(a->config, row_rho_bounds(a->config, a->theta), eps_of<P>());
-    const ApplyMagnitudes mag_full =
-        apply_magnitudes(a->config, {}, xs, m, ref_blocks, rt, false);
+    const ApplyMagnitudes mag_full = apply_magnitudes(a->config, {}, xs, m, ref_blocks, rt, false);
     const std::vector<double> bound_full = apply_bound<T>(mag_full, ref_full, a->config.b);
     std::vector<double> ref(actual.size()), bound(actual.size());
     for (Index k = 0; k < m; ++k)
@@ -168,18 +167,18 @@ void run_case(BankFixture<T>& f, const Case& c, Rng& rng, Index first_column = 0
       make_ids(c.ids, n, static_cast<std::int32_t>(f.by_slot.size()), rng);
   const T sentinel = from_double<T>(-7.5);
   DeviceMatrix<T> x_dev(x, n, width, ld, sentinel);
-  DeviceMatrix<T> y_dev(std::vector<T>(static_cast<std::size_t>(n * width), sentinel), n, width,
-                        ld, sentinel);
+  DeviceMatrix<T> y_dev(std::vector<T>(static_cast<std::size_t>(n * width), sentinel), n, width, ld,
+                        sentinel);
   DeviceArray<std::int32_t> ids_dev(ids);
   const std::size_t bytes = f.bank->workspace_bytes(n);
   DeviceArray<unsigned char> workspace(bytes);
   const oft::DeviceMatrixView<T> out = c.in_place ? x_dev.view() : y_dev.view();
   Stream stream;
   const oft::BankRouting used =
-      c.host_ids ? f.bank->apply(x_dev.cview(), out, ids, workspace.data(), bytes, stream.get(),
-                                 c.routing)
-                 : f.bank->apply(x_dev.cview(), out, ids_dev.data(), n, workspace.data(), bytes,
-                                 stream.get(), c.routing);
+      c.host_ids
+          ? f.bank->apply(x_dev.cview(), out, ids, workspace.data(), bytes, stream.get(), c.routing)
+          : f.bank->apply(x_dev.cview(), out, ids_dev.data(), n, workspace.data(), bytes,
+                          stream.get(), c.routing);
   if (c.routing != oft::BankRouting::Automatic) EXPECT_EQ(used, c.routing);
   EXPECT_NE(used, oft::BankRouting::Automatic);
   stream.sync();
@@ -271,9 +270,9 @@ TEST_F(CudaAdapterBank, AddFromGpuOperatorMatchesItsApply) {
   const std::vector<float> theta = oft_cuda_test::random_theta<float>(config, 0.6, rng);
   DeviceArray<float> theta_dev(theta);
   Op op(oft_cuda_test::spec_of(config), oft::CayleyNeumann{4});
-  op.set_generators(oft::DeviceMatrixView<const float>(theta_dev.data(), config.generators(),
-                                                       config.packed()),
-                    nullptr);
+  op.set_generators(
+      oft::DeviceMatrixView<const float>(theta_dev.data(), config.generators(), config.packed()),
+      nullptr);
   oft::AdapterBank<float, oft::cuda> bank(kD, 2);
   ASSERT_EQ(bank.add(op), 0);
   EXPECT_EQ(bank.block_size(0), 8);
@@ -362,7 +361,9 @@ TEST_F(CudaAdapterBankErrors, Shapes) {
   const std::vector<std::int32_t> ids(kN, 0);
   DeviceArray<std::int32_t> ids_dev(ids);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] { bank->apply(xv(kD - 8), yv(kD - 8), ids, workspace.data(), workspace.size(), nullptr); },
+      [&] {
+        bank->apply(xv(kD - 8), yv(kD - 8), ids, workspace.data(), workspace.size(), nullptr);
+      },
       {"X has 184 columns", "shard width 192"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [&] {
@@ -378,8 +379,8 @@ TEST_F(CudaAdapterBankErrors, Shapes) {
       {"workspace of 16 bytes", "workspace_bytes(6)"}));
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [&] {
-        bank->apply(xv(), oft::DeviceMatrixView<float>(x.data() + 1, kN, kD), ids,
-                    workspace.data(), workspace.size(), nullptr);
+        bank->apply(xv(), oft::DeviceMatrixView<float>(x.data() + 1, kN, kD), ids, workspace.data(),
+                    workspace.size(), nullptr);
       },
       {"Y partially overlaps X"}));
   expect_untouched();
@@ -394,7 +395,9 @@ TEST_F(CudaAdapterBankErrors, Slots) {
   Bank sharded(kD, 2, oft::FeatureRange{32, 96});
   const std::vector<float> wide(static_cast<std::size_t>(3 * 64 * 64), 0.0f);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [&] { sharded.add(oft::BlockSpec{3, 64, false}, wide.data()); },
+      [&] {
+        sharded.add(oft::BlockSpec{3, 64, false}, wide.data());
+      },
       {"adapter block size b=64 does not divide the bank's shard [32, 128)"}));
   std::vector<float> nan_blocks = adapter.blocks;
   nan_blocks[7] = std::numeric_limits<float>::quiet_NaN();
@@ -410,7 +413,9 @@ TEST_F(CudaAdapterBankErrors, Slots) {
                                                  {"adapter bank is full (capacity 2)"}));
   EXPECT_EQ(bank->size(), 2);
   EXPECT_TRUE(throws_with<std::invalid_argument>(
-      [] { Bank(kD, 4, oft::FeatureRange{100, 100}); },
+      [] {
+        Bank(kD, 4, oft::FeatureRange{100, 100});
+      },
       {"shard [100, 200) is not a non-empty range of the layer's features [0, 192)"}));
 }
 

@@ -79,14 +79,15 @@ class AdapterBank<Scalar_, cuda> {
   /// A bank holding features [shard.first, shard.first + shard.count) (a tensor-parallel rank's
   /// input columns): apply takes X with shard.count columns.
   AdapterBank(Index features, Index capacity, FeatureRange shard)
-      : features_(features), shard_(checked(features, capacity, shard)),
+      : features_(features),
+        shard_(checked(features, capacity, shard)),
         slots_(static_cast<std::size_t>(capacity)),
         device_(detail::cuda::query_device(kConstructor)),
         tensor_env_(tensor_environment()),
         table_(static_cast<std::size_t>(capacity)) {
     // Shared-memory limits are set now, not first inside a later apply (or a graph capture).
-    (void)detail::cuda::dynamic_shared_limit(detail::cuda::bank_apply_simt_kernel<Scalar, Parameter>,
-                                            kConstructor);
+    (void)detail::cuda::dynamic_shared_limit(
+        detail::cuda::bank_apply_simt_kernel<Scalar, Parameter>, kConstructor);
     detail::cuda::check(cudaMemset(table_.data(), 0, table_.bytes()), "cudaMemset", kConstructor);
   }
 
@@ -110,9 +111,9 @@ class AdapterBank<Scalar_, cuda> {
  private:
   // One resident adapter: its blocks in the shard, in device memory (empty for the identity).
   struct Adapter {
-    BlockSpec spec{};                  ///< restricted to the shard; b = 0 for the identity
-    DeviceBuffer<Parameter> blocks;    ///< generators x b x b, row-major R_g
-    DeviceBuffer<Scalar> hi, lo;       ///< 16-bit T, tensor-core b: the split of R
+    BlockSpec spec{};                ///< restricted to the shard; b = 0 for the identity
+    DeviceBuffer<Parameter> blocks;  ///< generators x b x b, row-major R_g
+    DeviceBuffer<Scalar> hi, lo;     ///< 16-bit T, tensor-core b: the split of R
 
     bool identity() const { return spec.block_size == 0; }
     bool tensor_cores() const { return hi.size() > 0; }
@@ -165,7 +166,8 @@ class AdapterBank<Scalar_, cuda> {
                   "AdapterBank<T, cuda>::prepare: the operator's rotation blocks must have the "
                   "bank's parameter type (float for float, __half and __nv_bfloat16; double for "
                   "double)");
-    detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", "AdapterBank<cuda>::prepare");
+    detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize",
+                        "AdapterBank<cuda>::prepare");
     const std::vector<Parameter> blocks = op.rotation_blocks_host(nullptr);
     return prepare(op.spec(), blocks.data());
   }
@@ -264,8 +266,8 @@ class AdapterBank<Scalar_, cuda> {
       const std::int32_t id = ids[static_cast<std::size_t>(t)];
       detail::require(id == kNoAdapter || (id >= 0 && id < capacity() &&
                                            slots_[static_cast<std::size_t>(id)] != nullptr),
-                      "adapter ids[", t, "]=", id, " names no adapter (capacity ", capacity(),
-                      "; ", kNoAdapter, " means none)");
+                      "adapter ids[", t, "]=", id, " names no adapter (capacity ", capacity(), "; ",
+                      kNoAdapter, " means none)");
     }
     const Shape s = shape();
     if (routing == BankRouting::Automatic) {
@@ -276,8 +278,8 @@ class AdapterBank<Scalar_, cuda> {
     const Layout parts = layout(count);
     auto* device_ids = reinterpret_cast<std::int32_t*>(static_cast<char*>(workspace) + parts.ids);
     detail::cuda::check(cudaMemcpyAsync(device_ids, ids.data(), ids.size() * sizeof(std::int32_t),
-                                       cudaMemcpyHostToDevice, stream),
-                       "cudaMemcpyAsync", where);
+                                        cudaMemcpyHostToDevice, stream),
+                        "cudaMemcpyAsync", where);
     enqueue(x, y, device_ids, workspace, routing, s, stream, where);
     return routing;
   }
@@ -289,9 +291,9 @@ class AdapterBank<Scalar_, cuda> {
     detail::require(workspace != nullptr, where, ": null workspace");
     detail::cuda::require_device_pointer(workspace, "workspace", where);
     std::int32_t status = 0;
-    detail::cuda::check(cudaMemcpyAsync(&status, workspace, sizeof status, cudaMemcpyDeviceToHost,
-                                       stream),
-                       "cudaMemcpyAsync", where);
+    detail::cuda::check(
+        cudaMemcpyAsync(&status, workspace, sizeof status, cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync", where);
     detail::cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", where);
     return status == detail::cuda::kBankStatusOk ? Index(-1) : Index(status);
   }
@@ -339,7 +341,8 @@ class AdapterBank<Scalar_, cuda> {
       return detail::cuda::tensor_core_block_size(b) &&
              tensor_env_.device_arch >= detail::cuda::tensor_core_min_arch<Scalar>() &&
              tensor_env_.kernel_arch >= detail::cuda::tensor_core_min_arch<Scalar>() &&
-             detail::cuda::bank_tensor_shared_bytes(static_cast<int>(b)) <= tensor_env_.shared_limit;
+             detail::cuda::bank_tensor_shared_bytes(static_cast<int>(b)) <=
+                 tensor_env_.shared_limit;
     }
   }
 
@@ -366,7 +369,7 @@ class AdapterBank<Scalar_, cuda> {
   }
   Index resident() const {
     return static_cast<Index>(std::count_if(slots_.begin(), slots_.end(),
-                                             [](const auto& slot) { return slot != nullptr; }));
+                                            [](const auto& slot) { return slot != nullptr; }));
   }
 
   // Byte offsets of the workspace's parts (each 256-byte aligned): the status word, a copy of
@@ -382,7 +385,8 @@ class AdapterBank<Scalar_, cuda> {
       return align_up(static_cast<std::size_t>(count) * sizeof(std::int32_t));
     };
     Index max_tiles = 0, max_positions = 0;
-    for (const Index rows : {detail::cuda::kBankTileRows<false>, detail::cuda::kBankTileRows<true>}) {
+    for (const Index rows :
+         {detail::cuda::kBankTileRows<false>, detail::cuda::kBankTileRows<true>}) {
       const Index tiles = detail::cuda::bank_gathered_tiles(tokens, capacity(), rows);
       max_tiles = std::max(max_tiles, tiles);
       max_positions = std::max(max_positions, tiles * rows);
@@ -409,8 +413,8 @@ class AdapterBank<Scalar_, cuda> {
     detail::cuda::require_in_place_or_disjoint(y, x, "Y", "X", where);
     detail::require(id_count == x.rows(), where, ": adapter ids have ", id_count,
                     " entries, expected one per row of X (", x.rows(), ")");
-    detail::require(x.rows() <= kMaxTokens, where, ": ", x.rows(), " tokens; at most ",
-                    kMaxTokens, " (int32 token indices)");
+    detail::require(x.rows() <= kMaxTokens, where, ": ", x.rows(), " tokens; at most ", kMaxTokens,
+                    " (int32 token indices)");
     detail::cuda::require_device_pointer(x.data(), "X", where);
     detail::cuda::require_device_pointer(y.data(), "Y", where);
     if (x.rows() > 0)
@@ -426,7 +430,9 @@ class AdapterBank<Scalar_, cuda> {
     const Index n = x.rows();
     const Layout parts = layout(n);
     char* base = static_cast<char*>(workspace);
-    const auto part = [&](std::size_t offset) { return reinterpret_cast<std::int32_t*>(base + offset); };
+    const auto part = [&](std::size_t offset) {
+      return reinterpret_cast<std::int32_t*>(base + offset);
+    };
     std::int32_t* status = part(0);
     const bool gathered = routing == BankRouting::Gathered;
     const Index rows = tile_rows(s);
@@ -434,11 +440,10 @@ class AdapterBank<Scalar_, cuda> {
     // kBankStatusOk is 0x7F7F7F7F, so one byte memset initializes the status word.
     check(cudaMemsetAsync(status, 0x7F, sizeof(std::int32_t), stream), "cudaMemsetAsync", where);
     if (gathered)
-      check(cudaMemsetAsync(part(parts.counts), 0, static_cast<std::size_t>(buckets) * sizeof(std::int32_t),
-                            stream),
+      check(cudaMemsetAsync(part(parts.counts), 0,
+                            static_cast<std::size_t>(buckets) * sizeof(std::int32_t), stream),
             "cudaMemsetAsync", where);
-    const unsigned token_blocks =
-        static_cast<unsigned>(std::min<Index>((n + 255) / 256, 4096));
+    const unsigned token_blocks = static_cast<unsigned>(std::min<Index>((n + 255) / 256, 4096));
     bank_count_kernel<Scalar, Parameter><<<token_blocks, 256, 0, stream>>>(
         ids, n, table_.data(), static_cast<std::int32_t>(capacity()), status,
         gathered ? part(parts.counts) : nullptr);
@@ -446,17 +451,15 @@ class AdapterBank<Scalar_, cuda> {
 
     BankLaunch<Scalar, Parameter> p{};
     p.table = table_.data();
-    p.capacity = static_cast<std::int32_t>(capacity());
     p.ids = ids;
     p.status = status;
     p.n = n;
     p.tiles = token_tiles(n, rows);
     if (gathered) {
       const Index max_tiles = bank_gathered_tiles(n, capacity(), rows);
-      bank_plan_kernel<<<1, kBankPlanThreads, 0, stream>>>(part(parts.counts), buckets, rows,
-                                                           max_tiles, part(parts.cursor),
-                                                           part(parts.tile_slot),
-                                                           part(parts.tile_rows));
+      bank_plan_kernel<<<1, kBankPlanThreads, 0, stream>>>(
+          part(parts.counts), buckets, rows, max_tiles, part(parts.cursor), part(parts.tile_slot),
+          part(parts.tile_rows));
       check_launch("bank_plan_kernel", where);
       bank_scatter_kernel<<<token_blocks, 256, 0, stream>>>(ids, n, status, part(parts.cursor),
                                                             part(parts.order));
@@ -477,8 +480,8 @@ class AdapterBank<Scalar_, cuda> {
         const std::size_t bytes = bank_tensor_shared_bytes(b_max);
         require_dynamic_shared(bank_apply_tensor_core_kernel<Scalar>, bytes, s.b_max,
                                "bank_apply_tensor_core_kernel", where);
-        bank_apply_tensor_core_kernel<Scalar><<<grid, kTensorThreads, bytes, stream>>>(
-            x.data(), x.ld(), y.data(), y.ld(), p, b_max);
+        bank_apply_tensor_core_kernel<Scalar>
+            <<<grid, kTensorThreads, bytes, stream>>>(x.data(), x.ld(), y.data(), y.ld(), p, b_max);
         check_launch("bank_apply_tensor_core_kernel", where);
         return;
       }
@@ -488,8 +491,8 @@ class AdapterBank<Scalar_, cuda> {
         2 * static_cast<std::size_t>(kSimtTileRows) * sizeof(std::int32_t);
     require_dynamic_shared(bank_apply_simt_kernel<Scalar, Parameter>, bytes, s.b_max,
                            "bank_apply_simt_kernel", where);
-    bank_apply_simt_kernel<Scalar, Parameter><<<grid, kSimtThreads, bytes, stream>>>(
-        x.data(), x.ld(), y.data(), y.ld(), p, b_max);
+    bank_apply_simt_kernel<Scalar, Parameter>
+        <<<grid, kSimtThreads, bytes, stream>>>(x.data(), x.ld(), y.data(), y.ld(), p, b_max);
     check_launch("bank_apply_simt_kernel", where);
   }
 
@@ -500,8 +503,9 @@ class AdapterBank<Scalar_, cuda> {
     const char* where = "AdapterBank<cuda>::prepare";
     spec.validate();
     const Index b = spec.block_size;
-    detail::require(spec.features() == features_, "adapter has d=", spec.features(), " (r=",
-                    spec.blocks, " blocks of b=", b, "), the bank's layer has d=", features_);
+    detail::require(spec.features() == features_, "adapter has d=", spec.features(),
+                    " (r=", spec.blocks, " blocks of b=", b,
+                    "), the bank's layer has d=", features_);
     detail::require(shard_.first % b == 0 && shard_.count % b == 0, "adapter block size b=", b,
                     " does not divide the bank's shard [", shard_.first, ", ",
                     shard_.first + shard_.count, "): shards must end on block boundaries");
@@ -509,7 +513,8 @@ class AdapterBank<Scalar_, cuda> {
     const Index first_block = shard_.first / b, area = b * b;
     const Index kept = kept_spec.generators();
     std::vector<Parameter> host(static_cast<std::size_t>(kept * area));
-    for (Index g = 0; g < kept; ++g) fill(spec.shared ? 0 : first_block + g, host.data() + g * area);
+    for (Index g = 0; g < kept; ++g)
+      fill(spec.shared ? 0 : first_block + g, host.data() + g * area);
     for (const Parameter value : host)
       detail::require_domain(std::isfinite(value), "adapter rotation has a non-finite entry");
 

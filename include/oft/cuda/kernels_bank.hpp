@@ -72,7 +72,6 @@ inline constexpr std::int32_t kBankNoTile = -2;
 template <class T, class P>
 struct BankLaunch {
   const BankSlot<T, P>* table;
-  std::int32_t capacity;
   const std::int32_t* ids;        ///< one per token
   const std::int32_t* order;      ///< gathered: token of each plan position; contiguous: nullptr
   const std::int32_t* tile_slot;  ///< gathered: slot of each tile (kBankNoTile past the last)
@@ -147,7 +146,8 @@ __global__ void __launch_bounds__(kBankPlanThreads)
       tile_rows[tile] = static_cast<std::int32_t>(min(left, rows));
     }
   }
-  for (Index t = total + threadIdx.x; t < max_tiles; t += kBankPlanThreads) tile_slot[t] = kBankNoTile;
+  for (Index t = total + threadIdx.x; t < max_tiles; t += kBankPlanThreads)
+    tile_slot[t] = kBankNoTile;
 }
 
 /// order[cursor[id + 1]++] = t. The order inside a bucket depends on the atomics' timing; the
