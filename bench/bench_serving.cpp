@@ -8,6 +8,7 @@
 ///   BM_LoopDecode/...               the same tokens, one single-adapter apply per request, as a
 ///                                   server holding one operator per adapter would run them
 ///   BM_BankDecodeBf16/...           AdapterBank::apply with bfloat16 activations
+///   BM_BankDecodeStoredBf16/...     float activations, R stored as bfloat16 (RotationStorage)
 ///   BM_BankPrefill/adapters:A       8 requests x 512 tokens, request k on adapter k mod A
 ///   BM_LoopPrefill/adapters:A       the same, one single-adapter apply per request
 ///   Fused QKV (d = 4096, q = 4096, k = v = 1024 rows; 8 adapters targeting q, k and v):
@@ -50,11 +51,12 @@ const std::vector<std::unique_ptr<Op>>& operators() {
 }
 
 /// A bank holding the first `adapters` operators (kept per count: building one costs seconds).
-const oft::AdapterBank<Scalar>& bank(Index adapters) {
-  static std::map<Index, std::unique_ptr<oft::AdapterBank<Scalar>>> banks;
-  auto& slot = banks[adapters];
+const oft::AdapterBank<Scalar>& bank(Index adapters,
+                                     oft::RotationStorage storage = oft::RotationStorage::Scalar) {
+  static std::map<std::pair<Index, oft::RotationStorage>, std::unique_ptr<oft::AdapterBank<Scalar>>> banks;
+  auto& slot = banks[{adapters, storage}];
   if (!slot) {
-    slot = std::make_unique<oft::AdapterBank<Scalar>>(kD, adapters);
+    slot = std::make_unique<oft::AdapterBank<Scalar>>(kD, adapters, storage);
     for (Index a = 0; a < adapters; ++a) slot->add(*operators()[static_cast<std::size_t>(a)]);
   }
   return *slot;
@@ -101,15 +103,15 @@ void BM_BaseGemm(benchmark::State& state) {
 }
 
 template <class Act>
-void bank_decode(benchmark::State& state) {
+void bank_decode(benchmark::State& state, oft::RotationStorage storage = oft::RotationStorage::Scalar) {
   const Index adapters = state.range(0), n = state.range(1);
   const auto ids = decode_ids(n, adapters);
   const Matrix<Scalar> xf = random_matrix<Scalar>(n, kD, 4);
   const Matrix<Act> x = xf.template cast<Act>();
   Matrix<Act> y = Matrix<Act>::Zero(n, kD);
-  const auto& b = bank(adapters);
+  const auto& b = bank(adapters, storage);
   b.apply(oft::ConstMatrixView<Act>(x.data(), n, kD), oft::MatrixView<Act>(y.data(), n, kD), ids);
-  check_rows(state, x, y, ids);
+  if (storage == oft::RotationStorage::Scalar) check_rows(state, x, y, ids);
   for (auto _ : state) {
     b.apply(oft::ConstMatrixView<Act>(x.data(), n, kD), oft::MatrixView<Act>(y.data(), n, kD), ids);
     benchmark::ClobberMemory();
@@ -118,6 +120,10 @@ void bank_decode(benchmark::State& state) {
 }
 void BM_BankDecode(benchmark::State& state) { bank_decode<Scalar>(state); }
 void BM_BankDecodeBf16(benchmark::State& state) { bank_decode<oft::bfloat16>(state); }
+// (Its numbers are the float bank's of the rounded R: tests/serving/test_adapter_bank.cpp.)
+void BM_BankDecodeStoredBf16(benchmark::State& state) {
+  bank_decode<Scalar>(state, oft::RotationStorage::BFloat16);
+}
 
 void BM_LoopDecode(benchmark::State& state) {
   const Index adapters = state.range(0), n = state.range(1);
@@ -257,6 +263,7 @@ void decode_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_BaseGemm)->ArgName("tokens")->Arg(1)->Arg(8)->Arg(64)->Arg(256)->Arg(4096)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankDecode)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankDecodeBf16)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_BankDecodeStoredBf16)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LoopDecode)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankPrefill)->ArgName("adapters")->Arg(1)->Arg(8)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LoopPrefill)->ArgName("adapters")->Arg(1)->Arg(8)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -60,11 +60,13 @@ class Givens {
 };
 
 /// Many adapters' block-diagonal rotations resident for one layer, each token rotated by its
-/// own (serving). Primary template; the CPU one is cpu/adapter_bank.hpp (<oft/adapter_bank.hpp>).
+/// own (serving). Primary template; the CPU one is cpu/adapter_bank.hpp (<oft/adapter_bank.hpp>),
+/// the CUDA one cuda/adapter_bank.hpp (<oft/cuda.hpp>).
 template <class Scalar, class Backend = cpu>
 class AdapterBank {
   static_assert(detail::always_false<Backend>,
-                "oft::AdapterBank has no implementation for this backend yet: use oft::cpu");
+                "oft::AdapterBank has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
 };
 
 /// A frozen linear layer (optionally fused projections) serving many adapters in one batch over

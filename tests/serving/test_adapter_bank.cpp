@@ -189,6 +189,40 @@ TEST(AdapterBankBf16, MatchesTheSingleAdapterFloatPathBitForBit) {
   }
 }
 
+TEST(AdapterBankStorage, Bf16BlocksAreTheFloatBankOfTheRoundedRotation) {
+  // A bfloat16-stored bank rounds R once (nearest even) and widens it exactly when it computes:
+  // bit for bit a float bank given the rounded blocks, at half the bytes.
+  Rng rng(31);
+  const Index d = 96;
+  const auto ops = make_operators<float>(d, {8, 32, 24, 16}, rng);
+  AdapterBank<float> half(d, 4, oft::RotationStorage::BFloat16), rounded(d, 4);
+  for (const auto& op : ops) {
+    half.add(op);
+    std::vector<float> blocks;
+    for (Index g = 0; g < op.spec().generators(); ++g) {
+      const RowMat<float> r = op.block(g);
+      for (Index k = 0; k < r.size(); ++k)
+        blocks.push_back(static_cast<float>(oft::bfloat16(r.data()[k])));  // nearest even
+    }
+    rounded.add(op.spec(), blocks.data());
+  }
+  EXPECT_EQ(half.adapter_bytes(1) * 2, rounded.adapter_bytes(1));
+  const Index n = 301;
+  const auto ids = random_ids(n, 4, rng);
+  const RowMat<float> x = oft_test::random_matrix<float>(n, d, rng);
+  for (const BankRouting routing : {BankRouting::Contiguous, BankRouting::Gathered}) {
+    RowMat<float> y_half(n, d), y_rounded(n, d);
+    half.apply(oft::ConstMatrixView<float>(x.data(), n, d), oft::MatrixView<float>(y_half.data(), n, d),
+               ids, routing);
+    rounded.apply(oft::ConstMatrixView<float>(x.data(), n, d),
+                  oft::MatrixView<float>(y_rounded.data(), n, d), ids, routing);
+    EXPECT_EQ(y_half, y_rounded) << "routing=" << static_cast<int>(routing);
+  }
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [&] { AdapterBank<double>(d, 2, oft::RotationStorage::BFloat16); },
+      {"bfloat16 storage of R is for float banks"}));
+}
+
 TYPED_TEST(AdapterBankTest, TwoShardsEqualTheWhole) {
   using Scalar = TypeParam;
   Rng rng(3);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../backend.hpp"
+#include "../bank_types.hpp"
 #include "../errors.hpp"
 #include "../half_types.hpp"
 #include "../index.hpp"
@@ -24,21 +25,6 @@
 #include "bank_apply.hpp"
 
 namespace oft {
-
-/// The columns of a layer's input that one tensor-parallel rank holds: features
-/// [first, first + count) of d. Every adapter's block size must divide `first` and `count`.
-struct FeatureRange {
-  Index first = 0;
-  Index count = 0;
-};
-
-/// How apply groups the tokens (BankRouting::Automatic picks one from the ids; the others force
-/// it, for tests and benchmarks).
-enum class BankRouting {
-  Automatic,   ///< Contiguous when the runs of equal ids average a register tile or more
-  Contiguous,  ///< runs of equal ids, rotated where they are (prefill: a request's tokens)
-  Gathered,    ///< tokens grouped by adapter, copied into slices and back (decode)
-};
 
 template <class Scalar_>
 class AdapterBank<Scalar_, cpu> {
@@ -49,14 +35,20 @@ class AdapterBank<Scalar_, cpu> {
   static constexpr std::int32_t kNoAdapter = -1;
 
   /// A bank of `capacity` slots for a layer with `features` input features, holding all of them.
-  AdapterBank(Index features, Index capacity)
-      : AdapterBank(features, capacity, FeatureRange{0, features}) {}
+  AdapterBank(Index features, Index capacity, RotationStorage storage = RotationStorage::Scalar)
+      : AdapterBank(features, capacity, FeatureRange{0, features}, storage) {}
 
   /// A bank holding features [shard.first, shard.first + shard.count) of a layer with `features`
   /// input features (a tensor-parallel rank's input columns): apply takes X with shard.count
   /// columns, and each adapter keeps only its blocks in that range.
-  AdapterBank(Index features, Index capacity, FeatureRange shard)
-      : features_(features), shard_(shard), slots_(static_cast<std::size_t>(capacity)) {
+  AdapterBank(Index features, Index capacity, FeatureRange shard,
+              RotationStorage storage = RotationStorage::Scalar)
+      : features_(features),
+        shard_(shard),
+        storage_(storage),
+        slots_(static_cast<std::size_t>(capacity)) {
+    detail::require(storage == RotationStorage::Scalar || std::is_same_v<Scalar, float>,
+                    "adapter bank: bfloat16 storage of R is for float banks");
     detail::require(features >= 1, "adapter bank features=", features, " must be at least 1");
     detail::require(capacity >= 1 && capacity <= kMaxCapacity, "adapter bank capacity=", capacity,
                     " must be in [1, ", kMaxCapacity, "]");
@@ -71,6 +63,7 @@ class AdapterBank<Scalar_, cpu> {
   Index features() const { return features_; }          ///< d of the whole layer
   const FeatureRange& shard() const { return shard_; }  ///< the columns apply reads and writes
   Index capacity() const { return static_cast<Index>(slots_.size()); }
+  RotationStorage storage() const { return storage_; }
 
   /// Slots holding an adapter now.
   Index size() const {
@@ -298,6 +291,12 @@ class AdapterBank<Scalar_, cpu> {
     for (Index g = 0; g < kept; ++g) fill(spec.shared ? 0 : first_block + g, adapter->rotations.data() + g * area);
     for (const Scalar value : adapter->rotations)
       detail::require_domain(std::isfinite(value), "adapter rotation has a non-finite entry");
+    if (storage_ == RotationStorage::BFloat16) {
+      adapter->rotations_bf16.resize(adapter->rotations.size());
+      for (std::size_t k = 0; k < adapter->rotations.size(); ++k)
+        adapter->rotations_bf16[k] = detail::cpu::narrow_bf16(static_cast<float>(adapter->rotations[k]));
+      adapter->rotations = {};
+    }
     return adapter;
   }
 
@@ -335,6 +334,7 @@ class AdapterBank<Scalar_, cpu> {
 
   Index features_;
   FeatureRange shard_;
+  RotationStorage storage_;
   // Sized once: adding or removing an adapter never moves the others. Readers (apply) hold the
   // lock shared for their whole call; writers hold it exclusively only to swap one pointer.
   std::vector<std::unique_ptr<Adapter>> slots_;

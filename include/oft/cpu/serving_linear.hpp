@@ -28,25 +28,27 @@ class ServingLinear<Scalar_, cpu> {
 
   /// A layer over `weight` (n_out x d, copied) whose output rows are the projections `slices`
   /// (their n_out counts, in order: {q, k, v} of a fused QKV, {gate, up}; {} or {n_out} for one
-  /// projection), with room for `capacity` adapters; `bias` (n_out entries) may be null.
+  /// projection), with room for `capacity` adapters; `bias` (n_out entries) may be null;
+  /// `storage`: how the banks keep R (adapter_bank.hpp).
   ServingLinear(ConstMatrixView<Scalar> weight, const Scalar* bias, std::vector<Index> slices,
-                Index capacity)
+                Index capacity, RotationStorage storage = RotationStorage::Scalar)
       : ServingLinear(weight, bias, std::move(slices), capacity, weight.cols(),
-                      FeatureRange{0, weight.cols()}) {}
+                      FeatureRange{0, weight.cols()}, storage) {}
 
   /// A row-parallel rank's part of a layer with `features` inputs: `weight` holds W0's columns
   /// [shard.first, shard.first + shard.count) (n_out x shard.count), forward takes X's same
   /// columns and returns this rank's partial Z (the ranks' outputs sum to the layer's; the bias,
   /// if any, is added by the rank that passes it).
   ServingLinear(ConstMatrixView<Scalar> weight, const Scalar* bias, std::vector<Index> slices,
-                Index capacity, Index features, FeatureRange shard)
+                Index capacity, Index features, FeatureRange shard,
+                RotationStorage storage = RotationStorage::Scalar)
       : weight_(weight.map()),
         bias_(bias ? Vector(Eigen::Map<const Vector>(bias, weight.rows())) : Vector()),
         offsets_(slice_offsets(std::move(slices), weight.rows())) {
     detail::require(weight.cols() == shard.count, "W0 has ", weight.cols(),
                     " columns, expected the shard's ", shard.count);
     for (std::size_t k = 0; k + 1 < offsets_.size(); ++k)
-      banks_.push_back(std::make_unique<Bank>(features, capacity, shard));
+      banks_.push_back(std::make_unique<Bank>(features, capacity, shard, storage));
   }
 
   Index features() const { return weight_.cols(); }  ///< X's columns (the shard's, if sharded)

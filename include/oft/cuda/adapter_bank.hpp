@@ -52,7 +52,7 @@
 #include "../backend.hpp"
 #include "../errors.hpp"
 #include "../index.hpp"
-#include "bank_types.hpp"
+#include "../bank_types.hpp"
 #include "block_orthogonal.hpp"
 #include "device_view.hpp"
 #include "error.hpp"
