@@ -4,16 +4,16 @@
 #   scripts/test.sh             -> build/      (Release, -Werror, -march=native, tests+examples+bench,
 #                                               ctest; with nvcc also the CUDA tests, which skip
 #                                               without a GPU)
-#   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g1 with asserts, no bench, ctest;
-#                                               built with clang++, so that CI compiles oft with
-#                                               both GCC and clang; OFT_SANITIZE_CXX=g++ picks GCC)
+#   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g1 with asserts, no bench, no
+#                                               examples, ctest; built with clang++, so that CI
+#                                               compiles oft with both GCC and clang;
+#                                               OFT_SANITIZE_CXX=g++ picks GCC)
 #   scripts/test.sh --march=ISA -> build-ISA/  (Release, -Werror, -march=ISA, tests+examples, no
 #                                               bench, CUDA or io; e.g. x86-64-v3 = AVX2,
 #                                               x86-64-v4 = AVX-512)
 #   --sanitize --march=ISA      -> build-asan-ISA/ (the ASan+UBSan build for that ISA: on an
 #                                               AVX-512 CPU, x86-64-v3 runs the AVX2 code paths
-#                                               under the sanitizers; .ci/run does this; tests
-#                                               only, no examples)
+#                                               under the sanitizers; .ci/run does this)
 #   --build-only                   configure and build, run nothing (an ISA this CPU lacks)
 #   --only=T1,T2,...               with --sanitize or --build-only: build only these test
 #                                  programs (CMake target names, e.g. test_bf16, quant_test_bnb4)
@@ -141,12 +141,10 @@ if [[ -n $ONLY ]]; then
 fi
 only_list="$(IFS=';'; echo "${only_targets[*]}")"
 
-# The examples run in the native Release build and, on a CPU without AVX-512, in the native
-# sanitizer build. The other-ISA sanitizer build (.ci/run's x86-64-v3 stage on an AVX-512 CPU) is
-# there for the kernels' AVX2 code paths, which the test programs cover; the examples would add
-# six ASan compiles (~2.5 min here) and no code path the tests do not run.
+# The examples run in the Release build only: they call the public API whose code paths the test
+# programs run under the sanitizers, and would add six ASan compiles (~2.5 min here).
 EXAMPLES=ON
-if [[ $SANITIZE -eq 1 && -n $MARCH ]]; then
+if [[ $SANITIZE -eq 1 ]]; then
   EXAMPLES=OFF
 fi
 
