@@ -50,9 +50,9 @@
 #include <vector>
 
 #include "../backend.hpp"
+#include "../bank_types.hpp"
 #include "../errors.hpp"
 #include "../index.hpp"
-#include "../bank_types.hpp"
 #include "block_orthogonal.hpp"
 #include "device_view.hpp"
 #include "error.hpp"
