@@ -303,7 +303,8 @@ def main():
         y_grouped = sides["lora grouped delta"]()
         y_lora = sides["lora bgmv"]().view(y_base.shape)
         if w["phase"] == "decode" and w["tokens"] <= 64:
-            lora_error = relative(y_lora, lora.reference(base, w["x3"], w["ids"]).view(y_base.shape))
+            exact = lora.reference(base, w["x3"], w["ids"]).view(y_base.shape)
+            lora_error = relative(y_lora, exact)
         else:  # the float64 loop would take a while: the same products, summed in another order
             lora_error = None
         c = {"oft_effect": relative(y_base, y_peft), "oft_bank_vs_peft": relative(y_bank, y_peft),
@@ -340,8 +341,8 @@ def main():
                         f()
                     w["times"][s].append((time.perf_counter() - t0) / reps * 1e3)
             if phase_workloads:
-                print(f"[{phase} round {round_ + 1}/{rounds}] {time.perf_counter() - started:.0f} s",
-                      flush=True)
+                elapsed = time.perf_counter() - started
+                print(f"[{phase} round {round_ + 1}/{rounds}] {elapsed:.0f} s", flush=True)
 
     rows = []
     for w in workloads:
