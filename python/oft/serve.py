@@ -144,7 +144,10 @@ class AdapterBankRotation(torch.nn.Module):
                              "must be [g, b, b] (R's blocks)")
         return rotations.detach().to(device="cpu", dtype=self.dtype).contiguous()
 
-    def forward(self, x: torch.Tensor, ids, routing: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids, routing: str = "auto",
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x R_{ids}`` in a new tensor, or written into ``out`` (contiguous, ``x``'s dtype and
+        ``[tokens, features]`` rows, disjoint from ``x``) and returned viewed as ``x``'s shape."""
         where = "oft.serve.AdapterBankRotation"
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
@@ -163,7 +166,14 @@ class AdapterBankRotation(torch.nn.Module):
         rows = x.reshape(-1, self.features)
         if rows.shape[0] > 1 and (rows.stride(1) != 1 or rows.stride(0) < self.features):
             rows = rows.contiguous()
-        y = torch.empty(rows.shape, dtype=x.dtype)
+        if out is None:
+            y = torch.empty(rows.shape, dtype=x.dtype)
+        else:
+            if (out.shape != rows.shape or out.dtype != x.dtype or out.device.type != "cpu"
+                    or not out.is_contiguous()):
+                raise ValueError(f"{where}: out {list(out.shape)} {out.dtype} must be a contiguous "
+                                 f"CPU tensor of shape {list(rows.shape)} and dtype {x.dtype}")
+            y = out
         self.last_routing = self.bank.apply(rows, y, token_ids, routing)
         return y.view(x.shape)
 
@@ -192,6 +202,11 @@ class ServingLinear(torch.nn.Module):
         dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
         self.rotation = AdapterBankRotation(base.in_features, capacity, dtype=dtype)
         self.ids = None
+        # The rotated input lives only until the base GEMM has read it, so one buffer per layer
+        # (grown to the largest batch seen) serves every forward: a fresh 64 MiB tensor per call
+        # was measured to cost a prefill 4x the rotation itself (its pages faulted in each time).
+        # One forward at a time per layer, as MultiAdapterModel already requires.
+        self._rotated = None
 
     def forward(self, x: torch.Tensor, ids=None) -> torch.Tensor:
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.base_layer.parameters()):
@@ -202,8 +217,17 @@ class ServingLinear(torch.nn.Module):
                              f"{_FORWARD_ONLY}")
         ids = self.ids if ids is None else ids
         if ids is not None:
-            x = self.rotation(x, ids)
+            x = self.rotation(x, ids, out=self._rotated_rows(x))
         return self.base_layer(x)
+
+    def _rotated_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.rotation.features:
+            return None  # the bank's own checks word the error
+        rows = x.numel() // x.shape[-1]
+        need = rows * x.shape[-1]
+        if self._rotated is None or self._rotated.dtype != x.dtype or self._rotated.numel() < need:
+            self._rotated = torch.empty(need, dtype=x.dtype)
+        return self._rotated[:need].view(rows, x.shape[-1])
 
 
 def peft_rotation_blocks(rotation) -> tuple[torch.Tensor, bool]:

@@ -297,6 +297,29 @@ def test_bank_bfloat16_activations_are_the_float32_result_rounded_once():
         assert torch.equal(y.view(torch.int16), rounded.view(torch.int16))
 
 
+def test_serving_linear_reuses_its_rotated_buffer_across_batch_sizes():
+    # ServingLinear rotates into one buffer per layer (grown to the largest batch): whatever the
+    # order of batch sizes, each forward equals the base layer over a fresh rotation, and an
+    # earlier forward's output is not touched by a later one.
+    torch.manual_seed(0)
+    base = torch.nn.Linear(32, 5)
+    layer = oft.serve.ServingLinear(base, 2)
+    layer.rotation.add(random_blocks(4, 8, 8, torch.float32))
+    layer.rotation.add(random_blocks(2, 16, 9, torch.float32))
+    with torch.no_grad():
+        outputs = []
+        for rows in (3, 11, 2, 11):
+            x = torch.randn(rows, 32)
+            ids = torch.randint(-1, 2, (rows,))
+            z = layer(x, ids)
+            assert torch.equal(z, base(layer.rotation(x, ids)))
+            outputs.append((z.clone(), z))
+        for kept, z in outputs:
+            assert torch.equal(kept, z)
+    with pytest.raises(ValueError, match="out .* must be a contiguous CPU tensor of shape"):
+        layer.rotation(torch.randn(3, 32), [0, 1, 0], out=torch.empty(2, 32))
+
+
 def test_shards_together_equal_the_whole():
     """Row-parallel ranks: each bank holds its input columns' blocks of the same adapters."""
     blocks = [random_blocks(4, 8, 1, torch.float32), random_blocks(1, 16, 2, torch.float32)]
