@@ -25,6 +25,8 @@
 #include "givens.hpp"            // Givens (GOFT) operator
 #include "any_operator.hpp"      // AnyBlockOrthogonal / AnyOftLinear / AnyButterfly: map chosen at run time
 #include "any_orthogonal.hpp"    // AnyOrthogonal: family chosen at run time
+#include "adapter_bank.hpp"      // AdapterBank: many adapters served in one batch
+#include "serving_linear.hpp"    // ServingLinear: a frozen (fused) layer over adapter banks
 #include "coft.hpp"              // COFT projection
 #include "dropout.hpp"           // multiplicative block dropout
 #include "peft_polynomial.hpp"   // PEFT's Cayley-Neumann polynomials (peft::NeumannBranch)

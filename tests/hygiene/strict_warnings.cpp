@@ -216,6 +216,32 @@ void use_bf16() {
   rotation.backward(in, in, out, dtheta.view(), workspace);
 }
 
+// Serving: the adapter bank (every routing, bfloat16 activations and storage) and the layer.
+template <class Scalar>
+void use_serving() {
+  const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
+  oft::AnyBlockOrthogonal<Scalar> rotation(spec, oft::ExactCayley{});
+  oft::AdapterBank<Scalar> bank(8, 2);
+  const oft::Index slot = bank.add(rotation);
+  bank.add_identity();
+  std::vector<Scalar> x(16), y(16), w(24), z(6);
+  const std::vector<std::int32_t> ids = {static_cast<std::int32_t>(slot), -1};
+  bank.apply(oft::MatrixView<const Scalar>(x.data(), 2, 8), oft::MatrixView<Scalar>(y.data(), 2, 8), ids,
+             oft::BankRouting::Gathered);
+  oft::ServingLinear<Scalar> layer(oft::MatrixView<const Scalar>(w.data(), 3, 8), nullptr, {2, 1}, 2);
+  layer.add(std::vector<const oft::AnyBlockOrthogonal<Scalar>*>{&rotation, nullptr});
+  oft::Workspace<Scalar> workspace;
+  layer.forward(oft::MatrixView<const Scalar>(x.data(), 2, 8), ids, oft::MatrixView<Scalar>(z.data(), 2, 3),
+                workspace);
+  if constexpr (std::is_same_v<Scalar, float>) {
+    oft::AdapterBank<float> half(8, 1, oft::RotationStorage::BFloat16);
+    half.add(rotation);
+    std::vector<oft::bfloat16> xb(16), yb(16);
+    half.apply(oft::MatrixView<const oft::bfloat16>(xb.data(), 2, 8),
+               oft::MatrixView<oft::bfloat16>(yb.data(), 2, 8), {0, 0});
+  }
+}
+
 }  // namespace
 
 // Referenced so that the instantiations are compiled; never called.
@@ -224,4 +250,6 @@ void oft_strict_warnings_instantiate() {
   use_all<double>();
   use_quant();
   use_bf16();
+  use_serving<float>();
+  use_serving<double>();
 }
