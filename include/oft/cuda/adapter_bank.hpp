@@ -457,11 +457,11 @@ class AdapterBank<Scalar_, cuda> {
     p.tiles = token_tiles(n, rows);
     if (gathered) {
       const Index max_tiles = bank_gathered_tiles(n, capacity(), rows);
-      bank_plan_kernel<<<1, kBankPlanThreads, 0, stream>>>(
+      bank_plan_kernel<><<<1, kBankPlanThreads, 0, stream>>>(
           part(parts.counts), buckets, rows, max_tiles, part(parts.cursor), part(parts.tile_slot),
           part(parts.tile_rows));
       check_launch("bank_plan_kernel", where);
-      bank_scatter_kernel<<<token_blocks, 256, 0, stream>>>(ids, n, status, part(parts.cursor),
+      bank_scatter_kernel<><<<token_blocks, 256, 0, stream>>>(ids, n, status, part(parts.cursor),
                                                             part(parts.order));
       check_launch("bank_scatter_kernel", where);
       p.order = part(parts.order);

@@ -117,6 +117,9 @@ inline constexpr int kBankPlanThreads = 256;
 /// exclusive scan of those tile counts; writes each tile's slot and row count, marks the tiles
 /// past the last kBankNoTile, and sets cursor[k] to the bucket's first plan position. Each thread
 /// scans a contiguous range of buckets, so one pass over the counts suffices for any capacity.
+/// (A template, as every kernel in these headers: a non-template __global__ function defined in a
+/// header would be defined again by each translation unit that includes it, and fail to link.)
+template <int = 0>
 __global__ void __launch_bounds__(kBankPlanThreads)
     bank_plan_kernel(const std::int32_t* counts, Index buckets, Index rows, Index max_tiles,
                      std::int32_t* cursor, std::int32_t* tile_slot, std::int32_t* tile_rows) {
@@ -152,6 +155,7 @@ __global__ void __launch_bounds__(kBankPlanThreads)
 
 /// order[cursor[id + 1]++] = t. The order inside a bucket depends on the atomics' timing; the
 /// results do not, since each row's product is computed the same way wherever the row sits.
+template <int = 0>
 __global__ void bank_scatter_kernel(const std::int32_t* ids, Index n, const std::int32_t* status,
                                     std::int32_t* cursor, std::int32_t* order) {
   if (*status != kBankStatusOk) return;
