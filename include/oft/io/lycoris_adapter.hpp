@@ -1,0 +1,253 @@
+#pragma once
+/// \file io/lycoris_adapter.hpp
+/// LyCORIS diag-OFT adapters in and out: one `.safetensors` file as lycoris-lora's
+/// LycorisNetwork.save_weights writes it (lycoris-lora 4.1.3, `lycoris/wrapper.py` and
+/// `lycoris/modules/diag_oft.py`), read into the math of <oft/lycoris.hpp>:
+///
+///   auto adapter = oft::io::LycorisAdapter::load("my_lycoris.safetensors");
+///   const auto& m = adapter.module("lycoris_fc1");           // or LycorisAdapter::module_name("fc1")
+///   oft::RowMatrix<float> merged = adapter.merge(m, w_view);  // what LyCORIS's merge_to writes
+///
+/// LyCORIS's keys, per adapted module (its name is the model's module path with '.' replaced by
+/// '_', behind the network's prefix, "lycoris" by default: `lycoris_proj_out` for `proj.out`):
+///   `<name>.oft_blocks`  [k, b, b]   dense blocks B; R comes from Q = B - B^T (no 1/2)
+///   `<name>.alpha`       []          the norm constraint, ||Q||_F <= alpha * k * b (<= 0: off)
+///   `<name>.rescale`     [k*b, 1...] optional per-output-channel factor ([out, 1] for Linear,
+///                                    [out, 1, 1, 1] for Conv2d: LyCORIS's nn.Parameter shape)
+/// The name alone cannot be mapped back to a module path ('.' and '_' are merged), so a
+/// caller names the module it merges (module_name() builds LyCORIS's name from a path).
+///
+/// Detection (is_lycoris_diag_oft): a tensor `<name>.oft_blocks` of 3 dimensions, as LyCORIS's
+/// own DiagOFTModule.algo_check (4 dimensions is its BOFT). The reader is strict: every tensor of
+/// the file must be one of the three above, so a file mixing other LyCORIS algorithms (LoRA's
+/// lora_up, LoHa's hada_*, BOFT's 4-D oft_blocks) is refused naming the tensor rather than
+/// merged in part. alpha is required (LyCORIS's loader calls float(alpha) and fails without it).
+///
+/// Errors: format_error (a std::invalid_argument) naming the file, the tensor and the values:
+/// no diag-OFT tensor in the file, oft_blocks not [k, b, b] with square blocks, an alpha that is
+/// not one finite number, a rescale not of shape [k*b, 1, ...], a tensor of no module, a
+/// non-float dtype. merge() refuses, with std::invalid_argument naming both shapes, a base
+/// weight whose rows are not the k*b output channels the blocks rotate.
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../lycoris.hpp"
+#include "detail/adapter_files.hpp"
+#include "safetensors_reader.hpp"
+#include "safetensors_writer.hpp"
+
+namespace oft::io {
+
+/// One LyCORIS diag-OFT module as saved (float, whatever dtype the file used: F32, F16, BF16
+/// widen exactly; F64 is rounded to float, as LyCORIS computes in float32).
+struct LycorisDiagOftModule {
+  std::string name;                   ///< LyCORIS's module name: "lycoris_fc1", "lycoris_proj_out"
+  Index blocks = 0;                   ///< k
+  Index block_size = 0;               ///< b
+  std::vector<float> oft_blocks;      ///< k x b x b, row-major (LyCORIS's [k, b, b])
+  float alpha = 0.0f;                 ///< the saved constraint (LyCORIS stores it as float32)
+  std::vector<float> rescale;         ///< empty (no rescale) or k*b factors
+  std::vector<std::uint64_t> rescale_shape;  ///< as saved: [k*b, 1] (Linear), [k*b, 1, 1, 1]...
+
+  Index out_features() const { return blocks * block_size; }
+  bool rescaled() const { return !rescale.empty(); }
+
+  /// The module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`.
+  lycoris::DiagOft<float> diag_oft(double multiplier = 1.0) const {
+    return lycoris::DiagOft<float>(blocks, block_size, oft_blocks.data(), static_cast<double>(alpha),
+                                   rescale, multiplier);
+  }
+};
+
+class LycorisAdapter {
+ public:
+  std::vector<LycorisDiagOftModule> modules;    ///< in the file's key order
+  std::map<std::string, std::string> metadata;  ///< the file's __metadata__, written back by save()
+
+  static constexpr const char* kBlocksSuffix = ".oft_blocks";
+  static constexpr const char* kAlphaSuffix = ".alpha";
+  static constexpr const char* kRescaleSuffix = ".rescale";
+
+  /// LyCORIS's module name for the module path `path` of a model: `<prefix>_<path with '.' as
+  /// '_'>` (LycorisNetwork: `f"{prefix}_{name}".replace(".", "_")`, prefix "lycoris" unless a
+  /// preset sets lora_prefix).
+  static std::string module_name(const std::string& path, const std::string& prefix = "lycoris") {
+    std::string out = prefix + "_" + path;
+    for (char& c : out)
+      if (c == '.') c = '_';
+    return out;
+  }
+
+  /// Whether `file` holds a LyCORIS diag-OFT module: a `<name>.oft_blocks` tensor of 3 dimensions.
+  static bool is_lycoris_diag_oft(const SafetensorsFile& file) {
+    for (const TensorInfo& info : file.tensors())
+      if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 3) return true;
+    return false;
+  }
+
+  /// Reads and validates the adapter file at `path` (see the file comment for what is refused).
+  static LycorisAdapter load(const std::filesystem::path& path) {
+    return read(SafetensorsFile::open(path));
+  }
+
+  /// The same from an open file.
+  static LycorisAdapter read(const SafetensorsFile& file) {
+    const std::string where = file.path().string();
+    const std::vector<std::string> names = file.tensor_names();
+    if (!is_lycoris_diag_oft(file)) {
+      std::ostringstream listed;
+      for (std::size_t i = 0; i < names.size() && i < 6; ++i)
+        listed << (i ? ", " : "") << detail::quote_name(names[i]);
+      if (names.size() > 6) listed << ", ... (" << names.size() << " tensors)";
+      detail::fail(where, "no LyCORIS diag-OFT module (a tensor <module>", kBlocksSuffix,
+                   " of shape [k, b, b]); the file holds ",
+                   names.empty() ? std::string("no tensor") : listed.str());
+    }
+    LycorisAdapter adapter;
+    adapter.metadata = file.metadata();
+    std::map<std::string, bool> used;
+    for (const std::string& key : names) {
+      if (!detail::ends_with(key, kBlocksSuffix)) continue;
+      const std::string name = key.substr(0, key.size() - std::string(kBlocksSuffix).size());
+      adapter.modules.push_back(read_module(file, name));
+      used[key] = used[name + kAlphaSuffix] = used[name + kRescaleSuffix] = true;
+    }
+    for (const std::string& key : names)
+      if (!used.count(key))
+        detail::fail(where, "tensor ", detail::quote_name(key), " ",
+                     detail::dims(file.tensor(key).shape),
+                     " belongs to no LyCORIS diag-OFT module (each is <module>.oft_blocks, "
+                     ".alpha and an optional .rescale); other LyCORIS algorithms are not read");
+    return adapter;
+  }
+
+  /// The module called `name` (LyCORIS's name; throws std::out_of_range naming it).
+  const LycorisDiagOftModule& module(const std::string& name) const {
+    for (const LycorisDiagOftModule& m : modules)
+      if (m.name == name) return m;
+    throw std::out_of_range(oft::detail::message("oft: the LyCORIS adapter has no module '", name, "'"));
+  }
+
+  /// What LyCORIS's merge_to(multiplier) writes into module m's base weight (float, as LyCORIS
+  /// computes for a float32 model): diag(rescale) (s R + (1 - s) I)^T W along the rows (output
+  /// channels). `weight`: the base weight as [out, in] (a conv kernel flattened to
+  /// [out, in * kh * kw]). Throws std::invalid_argument when its rows are not m's k*b channels.
+  static RowMatrix<float> merge(const LycorisDiagOftModule& m, ConstMatrixView<float> weight,
+                                double multiplier = 1.0) {
+    oft::detail::require(weight.rows() == m.out_features(), "LyCORIS module '", m.name,
+                         "': base weight is ", weight.rows(), "x", weight.cols(), ", but oft_blocks [",
+                         m.blocks, ", ", m.block_size, ", ", m.block_size, "] rotate out=",
+                         m.out_features(), " output channels; another model's adapter?");
+    return m.diag_oft(multiplier).merge(weight);
+  }
+
+  /// Writes the adapter as LyCORIS's saver does (F32 tensors `<name>.oft_blocks` [k, b, b],
+  /// `<name>.alpha` [], `<name>.rescale` as rescale_shape), atomically, with `metadata`. Every
+  /// module is checked first: a malformed one throws std::invalid_argument and nothing is written.
+  void save(const std::filesystem::path& path) const {
+    SafetensorsWriter writer;
+    for (const LycorisDiagOftModule& m : modules) {
+      check_module(m);
+      writer.add(m.name + kBlocksSuffix,
+                 {static_cast<std::uint64_t>(m.blocks), static_cast<std::uint64_t>(m.block_size),
+                  static_cast<std::uint64_t>(m.block_size)},
+                 m.oft_blocks);
+      writer.add(m.name + kAlphaSuffix, std::vector<std::uint64_t>{}, &m.alpha);
+      if (m.rescaled()) writer.add(m.name + kRescaleSuffix, m.rescale_shape, m.rescale);
+    }
+    for (const auto& [key, value] : metadata) writer.add_metadata(key, value);
+    writer.write(path);
+  }
+
+ private:
+  static void check_module(const LycorisDiagOftModule& m) {
+    oft::detail::require(m.blocks >= 1 && m.block_size >= 1 &&
+                             m.oft_blocks.size() == static_cast<std::size_t>(m.blocks * m.block_size * m.block_size),
+                         "LyCORIS module '", m.name, "': ", m.oft_blocks.size(),
+                         " oft_blocks values for k=", m.blocks, " blocks of b=", m.block_size);
+    oft::detail::require(std::isfinite(m.alpha), "LyCORIS module '", m.name, "': alpha ", m.alpha,
+                         " is not finite");
+    if (!m.rescaled()) return;
+    oft::detail::require(rescale_shape_fits(m.rescale_shape, m.out_features()) &&
+                             m.rescale.size() == static_cast<std::size_t>(m.out_features()),
+                         "LyCORIS module '", m.name, "': rescale ", detail::dims(m.rescale_shape),
+                         " with ", m.rescale.size(), " values, expected [", m.out_features(),
+                         ", 1, ...] (out=k*b)");
+  }
+
+  /// [out, 1, ..., 1] with at least two dimensions: LyCORIS's `torch.ones(out_dim, *(1 for the
+  /// weight's other dims))`, which broadcasts over a weight's rows. A 1-D [out] would broadcast
+  /// over the columns instead, so it is refused.
+  static bool rescale_shape_fits(const std::vector<std::uint64_t>& shape, Index out) {
+    if (shape.size() < 2 || shape[0] != static_cast<std::uint64_t>(out)) return false;
+    for (std::size_t i = 1; i < shape.size(); ++i)
+      if (shape[i] != 1) return false;
+    return true;
+  }
+
+  static std::vector<float> floats(const TensorView& t, const std::string& where) {
+    if (t.dtype == Dtype::F64) {
+      std::vector<float> out;
+      for (const double v : t.copy_as<double>()) out.push_back(static_cast<float>(v));
+      return out;
+    }
+    if (t.dtype != Dtype::F32 && t.dtype != Dtype::F16 && t.dtype != Dtype::BF16)
+      detail::fail(where, "tensor ", detail::quote_name(t.name), " is ", dtype_name(t.dtype),
+                   ", expected a float dtype (F32, F16, BF16 or F64)");
+    return t.to_floats();
+  }
+
+  static LycorisDiagOftModule read_module(const SafetensorsFile& file, const std::string& name) {
+    const std::string where = file.path().string();
+    LycorisDiagOftModule m;
+    m.name = name;
+    const TensorView blocks = file.tensor(name + kBlocksSuffix);
+    const auto& shape = blocks.shape;
+    if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[1] != shape[2] ||
+        shape[1] > static_cast<std::uint64_t>(kMaxBlockSize))
+      detail::fail(where, "tensor ", detail::quote_name(blocks.name), " is ", detail::dims(shape),
+                   ", expected [k, b, b] (k >= 1 square blocks of 1 <= b <= ", kMaxBlockSize,
+                   shape.size() == 4 ? "; a 4-D oft_blocks is LyCORIS BOFT, not read yet)" : ")");
+    m.blocks = static_cast<Index>(shape[0]);
+    m.block_size = static_cast<Index>(shape[1]);
+    oft::detail::require(m.blocks <= std::numeric_limits<Index>::max() / m.block_size,
+                         where, ": tensor '", blocks.name, "' has too many channels");
+    m.oft_blocks = floats(blocks, where);
+
+    const std::string alpha_key = name + kAlphaSuffix;
+    if (!file.contains(alpha_key))
+      detail::fail(where, "module ", detail::quote_name(name), " has ", detail::quote_name(blocks.name),
+                   " but no ", detail::quote_name(alpha_key),
+                   " (LyCORIS saves alpha with every diag-OFT module and cannot load one without it)");
+    const TensorView alpha = file.tensor(alpha_key);
+    const std::vector<float> alpha_values = floats(alpha, where);
+    if (alpha_values.size() != 1 || alpha.shape.size() > 1 || !std::isfinite(alpha_values[0]))
+      detail::fail(where, "tensor ", detail::quote_name(alpha_key), " ", detail::dims(alpha.shape),
+                   alpha_values.size() == 1 ? oft::detail::message(" = ", alpha_values[0]) : std::string(),
+                   ": expected one finite number (shape [] or [1])");
+    m.alpha = alpha_values[0];
+
+    const std::string rescale_key = name + kRescaleSuffix;
+    if (file.contains(rescale_key)) {
+      const TensorView rescale = file.tensor(rescale_key);
+      if (!rescale_shape_fits(rescale.shape, m.out_features()))
+        detail::fail(where, "tensor ", detail::quote_name(rescale_key), " is ", detail::dims(rescale.shape),
+                     ", expected [", m.out_features(), ", 1, ...]: one factor per output channel of ",
+                     detail::quote_name(blocks.name), " ", detail::dims(shape), " (out=k*b=",
+                     m.out_features(), ")");
+      m.rescale = floats(rescale, where);
+      m.rescale_shape = rescale.shape;
+    }
+    return m;
+  }
+};
+
+}  // namespace oft::io

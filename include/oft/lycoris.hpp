@@ -1,0 +1,269 @@
+#pragma once
+/// \file lycoris.hpp
+/// LyCORIS's diag-OFT (algo "diag-oft"), exactly as lycoris-lora computes it, on oft's
+/// block-diagonal Cayley operator. Read from lycoris-lora 4.1.3 (PyPI),
+/// `lycoris/modules/diag_oft.py` (DiagOFTModule: get_r, make_weight, _bypass_forward) and
+/// `lycoris/functional/diag_oft.py` (get_r, _diff_weight, _bypass_diff); docs/dialects.md has
+/// the whole convention and what differs from oft's own (SPEC sections 2 and 8).
+///
+/// A module stores dense blocks B = `oft_blocks` [k, b, b] over the layer's k*b OUTPUT channels,
+/// a scalar `alpha` and, optionally, `rescale` [out, 1, ...]. LyCORIS computes, in float32:
+///
+///   Q_i = B_i - B_i^T                       (no 1/2, unlike PEFT's BOFT)
+///   n   = ||Q||_F + 1e-8                    over all k blocks together
+///   c   = alpha * out                       (out = k*b; alpha <= 0 means no constraint)
+///   if c > 0 and n > c:  Q <- Q * c / n     (the same factor for every block)
+///   R_i = (I + Q_i)(I - Q_i)^-1             (oft's ExactCayley of theta_i(p,q) = Q_i(p,q))
+///   M_i = s R_i + (1 - s) I                 the "multiplier" s, a LINEAR blend: not orthogonal
+///                                           unless s is 0 or 1 (oft's own strength, SPEC 8, is
+///                                           R(sQ), which stays orthogonal)
+///   merge:    W' = diag(rescale) blockdiag(M)^T W, along W's dim 0 (the output channels; the
+///             weight's other dims, e.g. a conv kernel's, are flattened into columns)
+///   forward:  X W'^T + bias (the default mode: the bias is neither rotated nor rescaled)
+///   bypass:   rescale * ((X W^T + bias) M) (bypass_mode: the layer's output, bias included)
+///
+/// Both forwards are the output-side rotation Z -> diag(rescale)-scaled Z M of the layer's output
+/// Z, which is BlockOrthogonal::apply on Z (Y = Z R per block) blended with Z; the merge is the
+/// same map on W^T (W'^T = W^T M diag(rescale)). So nothing here needs a kernel of its own.
+///
+///   oft::lycoris::DiagOft<float> m(k, b, oft_blocks.data(), alpha, rescale, /*multiplier=*/1.0);
+///   oft::RowMatrix<float> merged = m.merge(oft::view(w));      // what LyCORIS's merge_to writes
+///
+/// Rounding: LyCORIS's float32 path forms (I - Q)^-1 explicitly and, at s = 1, computes
+/// W + rescale (R - I)^T W + (rescale - 1) W; oft solves by LU and computes rescale (M^T W). The
+/// two agree within float rounding (tests/dialects states and checks the bound); they are not
+/// bitwise equal.
+///
+/// Not here (docs/dialects.md lists them): LyCORIS BOFT, the constraint's gradient (training
+/// through this dialect), LyCORIS's rank dropout and module dropout (training only).
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "block_orthogonal.hpp"
+#include "cayley.hpp"
+#include "errors.hpp"
+#include "index.hpp"
+#include "orthogonality.hpp"
+#include "skew.hpp"
+#include "view.hpp"
+
+namespace oft::lycoris {
+
+/// oft's packed generators of LyCORIS's Q_i = B_i - B_i^T for `count` dense row-major b x b
+/// blocks at `blocks` (oft_blocks [count, b, b]): theta_i(p, q) = B_i(p, q) - B_i(q, p), p < q,
+/// one float subtraction each, as LyCORIS's. Throws std::invalid_argument for count < 1 or b
+/// outside [1, kMaxBlockSize].
+template <class Scalar>
+Generators<Scalar> skew_from_blocks(const Scalar* blocks, Index count, Index b) {
+  detail::require(count >= 1 && b >= 1, "LyCORIS oft_blocks [", count, ", ", b, ", ", b,
+                  "]: needs at least one block of size b >= 1");
+  detail::require_block_size(b, "LyCORIS block size");
+  Generators<Scalar> theta(count, b);
+  for (Index i = 0; i < count; ++i) {
+    const Scalar* block = blocks + i * b * b;
+    Scalar* row = theta.row(i);
+    for (Index p = 0; p < b; ++p)
+      for (Index q = p + 1; q < b; ++q) row[packed_index(p, q, b)] = block[p * b + q] - block[q * b + p];
+  }
+  return theta;
+}
+
+/// LyCORIS's norm constraint of one module, as it decides it.
+template <class Scalar>
+struct Constraint {
+  double radius = 0.0;  ///< c = alpha * out (a Python float in LyCORIS: double here too)
+  Scalar norm = 0;      ///< ||Q||_F + 1e-8, all blocks together, in Scalar (LyCORIS: float32)
+  bool active = false;  ///< c > 0 and norm > c: Q was scaled by c / norm
+};
+
+/// Applies LyCORIS's constraint to packed generators in place and says what it did. `alpha` is
+/// the module's saved alpha, `out` its output channels (k*b). ||Q||_F = sqrt(2 sum theta^2) (Q's
+/// diagonal is exactly zero), summed in double and rounded once to Scalar (torch reduces float32
+/// in float: the two differ by a few ulps, far below any threshold a fixture sits near). The
+/// comparison and the scaling use the radius rounded to Scalar, as torch does with a Python
+/// float against a float32 tensor: theta <- (theta * c) / norm.
+template <class Scalar>
+Constraint<Scalar> apply_constraint(GeneratorView<Scalar> theta, double alpha, Index out) {
+  Constraint<Scalar> result;
+  result.radius = alpha * static_cast<double>(out);
+  double sum = 0.0;
+  for (Index g = 0; g < theta.count(); ++g)
+    for (Index k = 0; k < theta.packed(); ++k) {
+      const double v = static_cast<double>(theta.row(g)[k]);
+      sum += v * v;
+    }
+  result.norm = static_cast<Scalar>(std::sqrt(2.0 * sum)) + static_cast<Scalar>(1e-8);
+  const auto radius = static_cast<Scalar>(result.radius);
+  result.active = result.radius > 0.0 && result.norm > radius;
+  if (result.active)
+    for (Index g = 0; g < theta.count(); ++g)
+      for (Index k = 0; k < theta.packed(); ++k) theta.row(g)[k] = (theta.row(g)[k] * radius) / result.norm;
+  return result;
+}
+
+/// One LyCORIS diag-OFT module: R from its dense blocks and alpha, with its rescale and
+/// multiplier, over `blocks * block_size` output channels. Float or double (LyCORIS computes in
+/// float32; double is for references and gradient checks).
+template <class Scalar_>
+class DiagOft {
+ public:
+  using Scalar = Scalar_;
+  static_assert(std::is_floating_point_v<Scalar>, "oft::lycoris::DiagOft needs float or double");
+
+  /// `oft_blocks`: blocks x b x b scalars, row-major (LyCORIS's [k, b, b]); `alpha`: the saved
+  /// constraint (<= 0: none); `rescale`: empty or one factor per output channel; `multiplier`:
+  /// LyCORIS's s. Throws std::invalid_argument for a bad shape or a rescale of another length,
+  /// std::domain_error for non-finite blocks, alpha, rescale or multiplier.
+  DiagOft(Index blocks, Index block_size, const Scalar* oft_blocks, double alpha,
+          std::vector<Scalar> rescale = {}, double multiplier = 1.0)
+      : spec_(checked_spec(blocks, block_size)),
+        rotation_(spec_, ExactCayley{}),
+        alpha_(alpha),
+        rescale_(std::move(rescale)) {
+    detail::require(oft_blocks != nullptr, "LyCORIS oft_blocks: null pointer");
+    detail::require_domain(std::isfinite(alpha), "LyCORIS alpha ", alpha, " is not finite");
+    detail::require(rescale_.empty() || static_cast<Index>(rescale_.size()) == out_features(),
+                    "LyCORIS rescale has ", rescale_.size(), " factors, but the module has out=",
+                    out_features(), " channels (k=", blocks, " blocks of b=", block_size, ")");
+    for (const Scalar v : rescale_)
+      detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS rescale holds ", v);
+    theta_ = skew_from_blocks(oft_blocks, blocks, block_size);
+    constraint_ = apply_constraint(theta_.view(), alpha_, out_features());
+    rotation_.set_generators(theta_);
+    set_multiplier(multiplier);
+  }
+
+  Index out_features() const { return spec_.features(); }
+  const BlockSpec& spec() const { return spec_; }
+  double alpha() const { return alpha_; }
+  const std::vector<Scalar>& rescale() const { return rescale_; }
+  bool rescaled() const { return !rescale_.empty(); }
+  const Constraint<Scalar>& constraint() const { return constraint_; }
+  /// oft's generators of the constrained Q (what R is computed from).
+  const Generators<Scalar>& generators() const { return theta_; }
+  /// R = blockdiag(R_i), s = 1, no rescale: oft's operator (apply gives Z R).
+  const BlockOrthogonal<Scalar, ExactCayley>& rotation() const { return rotation_; }
+
+  double multiplier() const { return multiplier_; }
+  /// LyCORIS's multiplier s (M = s R + (1 - s) I). Throws std::domain_error unless finite.
+  void set_multiplier(double s) {
+    detail::require_domain(std::isfinite(s), "LyCORIS multiplier ", s, " is not finite");
+    multiplier_ = s;
+  }
+
+  /// M_i = s R_i + (1 - s) I (b x b), block i: the dense reference of what apply_output uses.
+  RowMatrix<Scalar> block(Index i) const {
+    RowMatrix<Scalar> m = rotation_.block(i) * static_cast<Scalar>(multiplier_);
+    m.diagonal().array() += static_cast<Scalar>(1.0 - multiplier_);
+    return m;
+  }
+
+  /// max_i ||M_i^T M_i - I||_2 (in double): 0 up to rounding for s in {0, 1}, and growing with
+  /// |s (1 - s)| otherwise (the blend is not a rotation); rescale not included.
+  double orthogonality_error() const {
+    double worst = 0.0;
+    for (Index i = 0; i < spec_.blocks; ++i) worst = std::max(worst, oft::orthogonality_error(block(i)));
+    return worst;
+  }
+
+  /// The output-side map of the layer output Z (N x out, any row stride):
+  /// out = (s (Z R) + (1 - s) Z) diag(rescale), i.e. each token's channel block z_i -> z_i M_i,
+  /// then channel j times rescale_j. `out` may not overlap `z`; allocates one N x out temporary
+  /// when s != 1 (meant for merging and checking, not for a training loop).
+  void apply_output(ConstMatrixView<Scalar> z, MatrixView<Scalar> out) const {
+    detail::require(z.cols() == out_features() && out.rows() == z.rows() && out.cols() == z.cols(),
+                    "LyCORIS diag-OFT apply_output: Z is ", z.rows(), "x", z.cols(), " and out ",
+                    out.rows(), "x", out.cols(), ", both must be N x out with out=", out_features());
+    const auto s = static_cast<Scalar>(multiplier_);
+    if (multiplier_ == 1.0) {
+      rotation_.apply(z, out);
+    } else {
+      RowMatrix<Scalar> rotated(z.rows(), z.cols());
+      rotation_.apply(z, view(rotated));
+      out.map() = rotated * s + z.map() * static_cast<Scalar>(1.0 - multiplier_);
+    }
+    if (rescaled())
+      for (Index t = 0; t < out.rows(); ++t)
+        for (Index j = 0; j < out.cols(); ++j) out(t, j) *= rescale_[static_cast<std::size_t>(j)];
+  }
+
+  /// LyCORIS's merged weight W' = diag(rescale) M^T W for a base weight `weight` of out rows
+  /// (a Linear's [out, in]; a conv kernel flattened to [out, in * kh * kw]). Throws
+  /// std::invalid_argument naming both shapes when the rows are not the module's out channels.
+  RowMatrix<Scalar> merge(ConstMatrixView<Scalar> weight) const {
+    require_base(weight.rows(), weight.cols(), "merge");
+    RowMatrix<Scalar> transposed = weight.map().transpose();
+    RowMatrix<Scalar> rotated(transposed.rows(), transposed.cols());
+    apply_output(view(std::as_const(transposed)), view(rotated));
+    return rotated.transpose();
+  }
+
+  /// LyCORIS's default forward of a Linear layer: X W'^T + bias, computed as the output-side map
+  /// of X W^T plus the bias (which LyCORIS neither rotates nor rescales). `bias` is null or out
+  /// values. Throws std::invalid_argument on a shape mismatch.
+  RowMatrix<Scalar> forward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
+                            const Scalar* bias = nullptr) const {
+    RowMatrix<Scalar> z = base_output(x, weight, nullptr);
+    RowMatrix<Scalar> out(z.rows(), z.cols());
+    apply_output(view(std::as_const(z)), view(out));
+    if (bias != nullptr)
+      for (Index t = 0; t < out.rows(); ++t)
+        for (Index j = 0; j < out.cols(); ++j) out(t, j) += bias[j];
+    return out;
+  }
+
+  /// LyCORIS's bypass_mode forward of a Linear layer: the output-side map of the whole layer
+  /// output, X W^T + bias (so the bias is rotated and rescaled, unlike forward() and the merged
+  /// weight). lycoris-lora 4.1.3 computes this at s = 1; at other s its bypass path raises on a
+  /// 2-D input and, with rescale, adds (rescale - 1) Z instead of scaling (docs/dialects.md): the
+  /// formula here is the consistent one at every s.
+  RowMatrix<Scalar> forward_bypass(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
+                                   const Scalar* bias = nullptr) const {
+    RowMatrix<Scalar> z = base_output(x, weight, bias);
+    RowMatrix<Scalar> out(z.rows(), z.cols());
+    apply_output(view(std::as_const(z)), view(out));
+    return out;
+  }
+
+ private:
+  static BlockSpec checked_spec(Index blocks, Index block_size) {
+    detail::require(blocks >= 1 && block_size >= 1, "LyCORIS oft_blocks [", blocks, ", ",
+                    block_size, ", ", block_size, "]: needs at least one block of size b >= 1");
+    BlockSpec spec{blocks, block_size, false};
+    spec.validate();
+    return spec;
+  }
+
+  void require_base(Index rows, Index cols, const char* what) const {
+    detail::require(rows == out_features() && cols >= 1, "LyCORIS diag-OFT ", what,
+                    ": base weight is ", rows, "x", cols, ", but the module rotates out=",
+                    out_features(), " output channels (k=", spec_.blocks, " blocks of b=",
+                    spec_.block_size, ")");
+  }
+
+  RowMatrix<Scalar> base_output(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
+                                const Scalar* bias) const {
+    require_base(weight.rows(), weight.cols(), "forward");
+    detail::require(x.cols() == weight.cols(), "LyCORIS diag-OFT forward: X is ", x.rows(), "x",
+                    x.cols(), " but the weight is ", weight.rows(), "x", weight.cols());
+    RowMatrix<Scalar> z = x.map() * weight.map().transpose();
+    if (bias != nullptr)
+      for (Index t = 0; t < z.rows(); ++t)
+        for (Index j = 0; j < z.cols(); ++j) z(t, j) += bias[j];
+    return z;
+  }
+
+  BlockSpec spec_;
+  BlockOrthogonal<Scalar, ExactCayley> rotation_;
+  double alpha_;
+  std::vector<Scalar> rescale_;
+  Generators<Scalar> theta_;
+  Constraint<Scalar> constraint_;
+  double multiplier_ = 1.0;
+};
+
+}  // namespace oft::lycoris
