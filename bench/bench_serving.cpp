@@ -7,7 +7,10 @@
 ///                                   each request's adapter drawn uniformly from A (decode)
 ///   BM_LoopDecode/...               the same tokens, one single-adapter apply per request, as a
 ///                                   server holding one operator per adapter would run them
-///   BM_BankDecodeBf16/...           AdapterBank::apply with bfloat16 activations
+///   BM_BankDecodeBf16/...           AdapterBank::apply with bfloat16 activations (float
+///                                   arithmetic: widened, rounded once)
+///   BM_BankDecodeBf16Dot/...        the same through vdpbf16ps (Bf16Arithmetic::DotProduct;
+///                                   skipped in builds without AVX512_BF16)
 ///   BM_BankDecodeStoredBf16/...     float activations, R stored as bfloat16 (RotationStorage)
 ///   BM_BankPrefill/adapters:A       8 requests x 512 tokens, request k on adapter k mod A
 ///   BM_LoopPrefill/adapters:A       the same, one single-adapter apply per request
@@ -24,6 +27,7 @@
 #include <oft/serving_linear.hpp>
 
 #include <map>
+#include <tuple>
 
 #include "bench_common.hpp"
 
@@ -52,11 +56,14 @@ const std::vector<std::unique_ptr<Op>>& operators() {
 
 /// A bank holding the first `adapters` operators (kept per count: building one costs seconds).
 const oft::AdapterBank<Scalar>& bank(Index adapters,
-                                     oft::RotationStorage storage = oft::RotationStorage::Scalar) {
-  static std::map<std::pair<Index, oft::RotationStorage>, std::unique_ptr<oft::AdapterBank<Scalar>>> banks;
-  auto& slot = banks[{adapters, storage}];
+                                     oft::RotationStorage storage = oft::RotationStorage::Scalar,
+                                     oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
+  static std::map<std::tuple<Index, oft::RotationStorage, oft::Bf16Arithmetic>,
+                  std::unique_ptr<oft::AdapterBank<Scalar>>>
+      banks;
+  auto& slot = banks[{adapters, storage, arithmetic}];
   if (!slot) {
-    slot = std::make_unique<oft::AdapterBank<Scalar>>(kD, adapters, storage);
+    slot = std::make_unique<oft::AdapterBank<Scalar>>(kD, adapters, storage, arithmetic);
     for (Index a = 0; a < adapters; ++a) slot->add(*operators()[static_cast<std::size_t>(a)]);
   }
   return *slot;
@@ -79,10 +86,13 @@ std::vector<std::int32_t> prefill_ids(Index adapters) {
   return ids;
 }
 
-/// Fails the benchmark unless every row of `y` is its adapter's operator applied to that row.
+/// Fails the benchmark unless every row of `y` is its adapter's operator applied to that row
+/// (bfloat16 rows in the bank's arithmetic: the two arithmetics differ by bfloat16 roundings).
 template <class Act>
 void check_rows(benchmark::State& state, const Matrix<Act>& x, const Matrix<Act>& y,
-                const std::vector<std::int32_t>& ids) {
+                const std::vector<std::int32_t>& ids,
+                oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
+  for (const auto& op : operators()) op->set_bf16_arithmetic(arithmetic);
   Matrix<Act> expected(x.rows(), x.cols());
   for (Index t = 0; t < x.rows(); ++t)
     operators()[static_cast<std::size_t>(ids[static_cast<std::size_t>(t)])]->apply(
@@ -103,15 +113,20 @@ void BM_BaseGemm(benchmark::State& state) {
 }
 
 template <class Act>
-void bank_decode(benchmark::State& state, oft::RotationStorage storage = oft::RotationStorage::Scalar) {
+void bank_decode(benchmark::State& state, oft::RotationStorage storage = oft::RotationStorage::Scalar,
+                 oft::Bf16Arithmetic arithmetic = oft::Bf16Arithmetic::Float) {
+  if (arithmetic == oft::Bf16Arithmetic::DotProduct && !oft::kBf16DotProductAvailable) {
+    state.SkipWithError("this build has no AVX512_BF16 (vdpbf16ps)");
+    return;
+  }
   const Index adapters = state.range(0), n = state.range(1);
   const auto ids = decode_ids(n, adapters);
   const Matrix<Scalar> xf = random_matrix<Scalar>(n, kD, 4);
   const Matrix<Act> x = xf.template cast<Act>();
   Matrix<Act> y = Matrix<Act>::Zero(n, kD);
-  const auto& b = bank(adapters, storage);
+  const auto& b = bank(adapters, storage, arithmetic);
   b.apply(oft::ConstMatrixView<Act>(x.data(), n, kD), oft::MatrixView<Act>(y.data(), n, kD), ids);
-  if (storage == oft::RotationStorage::Scalar) check_rows(state, x, y, ids);
+  if (storage == oft::RotationStorage::Scalar) check_rows(state, x, y, ids, arithmetic);
   for (auto _ : state) {
     b.apply(oft::ConstMatrixView<Act>(x.data(), n, kD), oft::MatrixView<Act>(y.data(), n, kD), ids);
     benchmark::ClobberMemory();
@@ -120,6 +135,10 @@ void bank_decode(benchmark::State& state, oft::RotationStorage storage = oft::Ro
 }
 void BM_BankDecode(benchmark::State& state) { bank_decode<Scalar>(state); }
 void BM_BankDecodeBf16(benchmark::State& state) { bank_decode<oft::bfloat16>(state); }
+// bfloat16 activations through vdpbf16ps (a DotProduct bank): D = R - I in bfloat16 pairs.
+void BM_BankDecodeBf16Dot(benchmark::State& state) {
+  bank_decode<oft::bfloat16>(state, oft::RotationStorage::Scalar, oft::Bf16Arithmetic::DotProduct);
+}
 // (Its numbers are the float bank's of the rounded R: tests/serving/test_adapter_bank.cpp.)
 void BM_BankDecodeStoredBf16(benchmark::State& state) {
   bank_decode<Scalar>(state, oft::RotationStorage::BFloat16);
@@ -263,6 +282,7 @@ void decode_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_BaseGemm)->ArgName("tokens")->Arg(1)->Arg(8)->Arg(64)->Arg(256)->Arg(4096)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankDecode)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankDecodeBf16)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_BankDecodeBf16Dot)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankDecodeStoredBf16)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LoopDecode)->Apply(decode_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_BankPrefill)->ArgName("adapters")->Arg(1)->Arg(8)->UseRealTime()->Unit(benchmark::kMillisecond);

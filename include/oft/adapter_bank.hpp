@@ -28,15 +28,16 @@
 /// adapter.
 ///
 /// Storage: R in the bank's Scalar, or (RotationStorage::BFloat16, float banks) rounded once to
-/// bfloat16, half the memory. Fused projections: serving_linear.hpp.
+/// bfloat16, half the memory. bfloat16 activations (float banks): Bf16Arithmetic::Float widens
+/// them (the default), Bf16Arithmetic::DotProduct (AVX512_BF16 builds) runs vdpbf16ps on D = R - I
+/// packed in bfloat16 pairs, bit for bit the single-adapter operator's arithmetic of that name.
+/// Fused projections: serving_linear.hpp.
 ///
 /// CUDA: AdapterBank<T, oft::cuda> (cuda/adapter_bank.hpp, from <oft/cuda.hpp>) holds each
 /// adapter's R in device memory and rotates tokens by device-resident int32 ids with contiguous
 /// and gathered kernels (the gathered plan is built on the device), on tensor cores for 16-bit
 /// activations when every resident b is a multiple of 16 up to 64; compiled, not yet run on a
 /// GPU (docs/serving.md).
-///
-/// Not yet: the vdpbf16ps kernels for bfloat16 activations (they are computed in float).
 
 #include "backend.hpp"
 #include "cpu/adapter_bank.hpp"

@@ -216,7 +216,8 @@ void use_bf16() {
   rotation.backward(in, in, out, dtheta.view(), workspace);
 }
 
-// Serving: the adapter bank (every routing, bfloat16 activations and storage) and the layer.
+// Serving: the adapter bank (every routing, bfloat16 activations in both arithmetics, bfloat16
+// storage) and the layer.
 template <class Scalar>
 void use_serving() {
   const oft::BlockSpec spec = oft::BlockSpec::from_features(8, 4);
@@ -239,6 +240,12 @@ void use_serving() {
     std::vector<oft::bfloat16> xb(16), yb(16);
     half.apply(oft::MatrixView<const oft::bfloat16>(xb.data(), 2, 8),
                oft::MatrixView<oft::bfloat16>(yb.data(), 2, 8), {0, 0});
+    oft::AdapterBank<float> dot(8, 1, oft::RotationStorage::Scalar, oft::Bf16Arithmetic::DotProduct);
+    dot.add(rotation);
+    dot.apply(oft::MatrixView<const oft::bfloat16>(xb.data(), 2, 8),
+              oft::MatrixView<oft::bfloat16>(yb.data(), 2, 8), {0, 0}, oft::BankRouting::Contiguous);
+    dot.apply(oft::MatrixView<const oft::bfloat16>(xb.data(), 2, 8),
+              oft::MatrixView<oft::bfloat16>(yb.data(), 2, 8), {0, 0}, oft::BankRouting::Gathered);
   }
 }
 

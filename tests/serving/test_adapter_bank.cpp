@@ -189,6 +189,67 @@ TEST(AdapterBankBf16, MatchesTheSingleAdapterFloatPathBitForBit) {
   }
 }
 
+TEST(AdapterBankBf16, DotProductMatchesTheSingleAdapterDotProductBitForBit) {
+  if (!oft::kBf16DotProductAvailable) {
+    EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+        [] { AdapterBank<float>(64, 2, oft::RotationStorage::Scalar, oft::Bf16Arithmetic::DotProduct); },
+        {"DotProduct needs a build with AVX512_BF16"}));
+    GTEST_SKIP() << "this build has no AVX512_BF16 (vdpbf16ps): the refusal above is what it can check";
+  }
+  Rng rng(29);
+  // b = 15 (odd: a half pair at the end), 8 and 24 (one register tile, rotated in place), 40 and
+  // 60 (several tiles per row: an in-place item is copied first), and a shared generator.
+  const Index d = 120;
+  const std::vector<Index> sizes = {8, 24, 40, 15, 60};
+  auto ops = make_operators<float>(d, sizes, rng);
+  for (auto& op : ops) op.set_bf16_arithmetic(oft::Bf16Arithmetic::DotProduct);
+  // bfloat16 storage rounds the float R kept for float activations; the pairs are packed from R
+  // before that rounding, so both banks give the operator's bits.
+  for (const auto storage : {oft::RotationStorage::Scalar, oft::RotationStorage::BFloat16}) {
+    AdapterBank<float> bank(d, 5, storage, oft::Bf16Arithmetic::DotProduct);
+    EXPECT_EQ(bank.bf16_arithmetic(), oft::Bf16Arithmetic::DotProduct);
+    std::vector<Index> slots;
+    for (const auto& op : ops) slots.push_back(bank.add(op));
+    for (const Index n : {Index{1}, Index{7}, Index{33}, Index{2049}}) {
+      const auto ids = random_ids(n, 5, rng);
+      RowMat<oft::bfloat16> x(n, d);
+      for (Index i = 0; i < n; ++i)
+        for (Index j = 0; j < d; ++j)
+          x(i, j) = oft::bfloat16(static_cast<float>(2.0 * rng.uniform() - 1.0));
+      const RowMat<oft::bfloat16> expected = reference(ops, slots, x, ids);
+      const auto bytes = sizeof(oft::bfloat16) * static_cast<std::size_t>(n * d);
+      for (const BankRouting routing : {BankRouting::Contiguous, BankRouting::Gathered}) {
+        RowMat<oft::bfloat16> y(n, d);
+        bank.apply(oft::ConstMatrixView<oft::bfloat16>(x.data(), n, d),
+                   oft::MatrixView<oft::bfloat16>(y.data(), n, d), ids, routing);
+        EXPECT_EQ(std::memcmp(y.data(), expected.data(), bytes), 0)
+            << "out of place, n=" << n << " routing=" << static_cast<int>(routing);
+        RowMat<oft::bfloat16> z = x;
+        bank.apply(oft::ConstMatrixView<oft::bfloat16>(z.data(), n, d),
+                   oft::MatrixView<oft::bfloat16>(z.data(), n, d), ids, routing);
+        EXPECT_EQ(std::memcmp(z.data(), expected.data(), bytes), 0)
+            << "in place, n=" << n << " routing=" << static_cast<int>(routing);
+      }
+    }
+    // The rotation is not the identity: a bank that skipped D (or used D^T) would differ.
+    const auto ids = random_ids(64, 5, rng);
+    RowMat<oft::bfloat16> x(64, d), y(64, d);
+    for (Index k = 0; k < x.size(); ++k) x.data()[k] = oft::bfloat16(static_cast<float>(rng.uniform()));
+    bank.apply(oft::ConstMatrixView<oft::bfloat16>(x.data(), 64, d),
+               oft::MatrixView<oft::bfloat16>(y.data(), 64, d), ids);
+    EXPECT_NE(std::memcmp(y.data(), x.data(), sizeof(oft::bfloat16) * 64 * d), 0);
+  }
+  // The pairs cost b^2 x 2 bytes a block: one and a half times the float blocks' bytes in all.
+  AdapterBank<float> plain(d, 1), packed(d, 1, oft::RotationStorage::Scalar,
+                                         oft::Bf16Arithmetic::DotProduct);
+  plain.add(ops[0]);
+  packed.add(ops[0]);
+  EXPECT_EQ(packed.adapter_bytes(0) * 2, plain.adapter_bytes(0) * 3);
+  EXPECT_TRUE(oft_test::throws_with<std::invalid_argument>(
+      [&] { AdapterBank<double>(d, 2, oft::RotationStorage::Scalar, oft::Bf16Arithmetic::DotProduct); },
+      {"DotProduct is for float banks"}));
+}
+
 TEST(AdapterBankStorage, Bf16BlocksAreTheFloatBankOfTheRoundedRotation) {
   // A bfloat16-stored bank rounds R once (nearest even) and widens it exactly when it computes:
   // bit for bit a float bank given the rounded blocks, at half the bytes.

@@ -8,8 +8,11 @@
 ///     tokens), read and written where they are, as the single-adapter apply does;
 ///   - gathered items: `rows` token indices of `order` (decode: one token per request, the
 ///     requests of one adapter scattered over the batch), copied into a slice and back.
-/// Items of slot -1 (no adapter) and of identity adapters copy their rows when Y is not X. No checks here: the host
-/// class validates the ids, the shapes and the table before it builds the items.
+/// Items of slot -1 (no adapter) and of identity adapters copy their rows when Y is not X.
+/// bfloat16 activations take the float kernels (widened exactly, rounded once), or, in banks
+/// built with Bf16Arithmetic::DotProduct, `vdpbf16ps` on each adapter's D = R - I packed in
+/// bfloat16 pairs, as the single-adapter apply_bf16_dot (cpu/apply_bf16.hpp). No checks here:
+/// the host class validates the ids, the shapes and the table before it builds the items.
 
 #include <algorithm>
 #include <cstdint>
@@ -32,6 +35,10 @@ struct BankAdapter {
   BlockSpec spec;
   std::vector<Scalar> rotations;                 ///< spec.generators() x b x b, or empty
   std::vector<std::uint16_t> rotations_bf16;     ///< the same as bfloat16 bits, or empty
+  /// D = R - I rounded to bfloat16 and packed for `vdpbf16ps` (pack_pairs): spec.generators() x
+  /// pair_words(b) words, in DotProduct banks only (else empty). Packed from R in Scalar before
+  /// any bfloat16 storage rounds it, as the single-adapter operator packs it.
+  std::vector<std::uint32_t> pairs;
 
   bool identity() const { return rotations.empty() && rotations_bf16.empty(); }
   bool stored_bf16() const { return !rotations_bf16.empty(); }
@@ -48,8 +55,13 @@ struct BankAdapter {
     (void)scratch;
     return rotations.data() + offset;
   }
+  /// Block i's packed pairs (DotProduct banks).
+  const std::uint32_t* block_pairs(Index i) const {
+    return pairs.data() + spec.generator_of(i) * pair_words(spec.block_size);
+  }
   std::size_t bytes() const {
-    return rotations.size() * sizeof(Scalar) + rotations_bf16.size() * sizeof(std::uint16_t);
+    return rotations.size() * sizeof(Scalar) + rotations_bf16.size() * sizeof(std::uint16_t) +
+           pairs.size() * sizeof(std::uint32_t);
   }
 };
 
@@ -73,6 +85,7 @@ struct BankPlan {
   Index item_count;
   const Index* order;  ///< gathered plans only
   Index max_block_size;  ///< over the adapters the items name (0 when all are identities)
+  bool dot_products;     ///< bfloat16 activations through the packed pairs (DotProduct banks)
 };
 
 /// Y's rows [first, first + rows) = X's rows R (contiguous rows, in place or out of place).
@@ -123,6 +136,52 @@ inline void rotate_gathered(const BankAdapter<Scalar>& adapter, const ConstMatri
   }
 }
 
+/// As rotate_contiguous, for bfloat16 activations through `vdpbf16ps`: Y = X + X D per block,
+/// each output row computed as apply_bf16_dot computes it (so bit for bit the single-adapter
+/// operator's DotProduct apply). `scratch` holds kBankItemRows b bfloat16 (an in-place copy).
+inline void rotate_contiguous_dot(const BankAdapter<float>& adapter,
+                                  const ConstMatrixView<bfloat16>& x, const MatrixView<bfloat16>& y,
+                                  Index first, Index rows, std::uint16_t* scratch) {
+#if defined(OFT_HAVE_BF16_DOT)
+  const Index b = adapter.spec.block_size;
+  for (Index i = 0; i < adapter.spec.blocks; ++i) {
+    const std::uint16_t* in = bits(x.row(first) + i * b);
+    std::uint16_t* out = bits(y.row(first) + i * b);
+    const std::uint16_t* a = in;
+    Index a_row = x.stride();
+    if (in == out && !rotate_in_place(b)) {
+      // More than one register tile per row: one tile's stores would clobber what another reads.
+      copy_bf16_rows(in, x.stride(), rows, b, scratch, b);
+      a = scratch, a_row = b;
+    }
+    rotate_rows(false, rows, b, a, a_row, adapter.block_pairs(i), out, y.stride());
+  }
+#else
+  (void)adapter, (void)x, (void)y, (void)first, (void)rows, (void)scratch;  // never built
+#endif
+}
+
+/// As rotate_gathered, for bfloat16 activations through `vdpbf16ps`: each block's slices are
+/// gathered into `scratch` (rows x b bfloat16), rotated into the next rows x b and scattered back.
+inline void rotate_gathered_dot(const BankAdapter<float>& adapter,
+                                const ConstMatrixView<bfloat16>& x, const MatrixView<bfloat16>& y,
+                                const Index* tokens, Index rows, std::uint16_t* scratch) {
+#if defined(OFT_HAVE_BF16_DOT)
+  const Index b = adapter.spec.block_size;
+  std::uint16_t* gathered = scratch;
+  std::uint16_t* rotated = scratch + kBankItemRows * b;
+  for (Index i = 0; i < adapter.spec.blocks; ++i) {
+    for (Index t = 0; t < rows; ++t)
+      std::copy_n(bits(x.row(tokens[t]) + i * b), b, gathered + t * b);
+    rotate_rows(false, rows, b, gathered, b, adapter.block_pairs(i), rotated, b);
+    for (Index t = 0; t < rows; ++t)
+      std::copy_n(rotated + t * b, b, bits(y.row(tokens[t]) + i * b));
+  }
+#else
+  (void)adapter, (void)x, (void)y, (void)tokens, (void)rows, (void)scratch;  // never built
+#endif
+}
+
 /// Runs every item of `plan` over X -> Y, split across threads item by item.
 template <class Scalar, class Act>
 inline void bank_apply(const BankPlan<Scalar>& plan, const ConstMatrixView<Act>& x,
@@ -151,6 +210,17 @@ inline void bank_apply(const BankPlan<Scalar>& plan, const ConstMatrixView<Act>&
         continue;
       }
       const BankAdapter<Scalar>& adapter = *plan.table[item.slot];
+      if constexpr (std::is_same_v<Act, bfloat16> && std::is_same_v<Scalar, float>) {
+        if (plan.dot_products) {
+          // 2 kBankItemRows b bfloat16 fit in the float scratch's first kBankItemRows b floats.
+          auto* half_scratch = reinterpret_cast<std::uint16_t*>(scratch);
+          if (plan.order)
+            rotate_gathered_dot(adapter, x, y, plan.order + item.first, item.rows, half_scratch);
+          else
+            rotate_contiguous_dot(adapter, x, y, item.first, item.rows, half_scratch);
+          continue;
+        }
+      }
       if (plan.order)
         rotate_gathered(adapter, x, y, plan.order + item.first, item.rows, scratch);
       else

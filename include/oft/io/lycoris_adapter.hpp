@@ -103,6 +103,10 @@ class LycorisAdapter {
     const std::string where = file.path().string();
     const std::vector<std::string> names = file.tensor_names();
     if (!is_lycoris_diag_oft(file)) {
+      for (const TensorInfo& info : file.tensors())
+        if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 4)
+          detail::fail(where, "tensor ", detail::quote_name(info.name), " is ", detail::dims(info.shape),
+                       ": LyCORIS BOFT ([m, N, b, b]), which oft does not read yet (diag-OFT only)");
       std::ostringstream listed;
       for (std::size_t i = 0; i < names.size() && i < 6; ++i)
         listed << (i ? ", " : "") << detail::quote_name(names[i]);
