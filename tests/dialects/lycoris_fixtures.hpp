@@ -18,6 +18,10 @@
 // (in) u (|X| |W|^T)) and the bias: w is replaced by the block's (|X| |W|^T)_t (plus |bias| in
 // bypass mode, where the bias is rotated) and the constant 4b + 8 by in + 4b + 8, plus 2u |bias|.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/lycoris.hpp>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -30,7 +34,6 @@
 
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/safetensors_reader.hpp>
-#include <oft/lycoris.hpp>
 
 #ifndef OFT_DIALECTS_FIXTURES_DIR
 #error "tests/dialects/CMakeLists.txt defines OFT_DIALECTS_FIXTURES_DIR"

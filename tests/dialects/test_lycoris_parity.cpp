@@ -5,6 +5,10 @@
 // wrong (a transposed R, PEFT's 1/2 in the skew part, a missing rescale, a missing constraint, the
 // bias rotated or not) each shown to break that bound.
 
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/lycoris.hpp>
+
 #include <gtest/gtest.h>
 
 #include <cstdio>

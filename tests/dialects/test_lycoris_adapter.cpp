@@ -1,0 +1,283 @@
+// The LyCORIS diag-OFT reader and writer (include/oft/io/lycoris_adapter.hpp) and the module
+// math's own invariants (include/oft/lycoris.hpp): round trips through LyCORIS's files, the
+// name mapping, and every refusal, each one clear line naming the tensor and its values, with
+// nothing written.
+
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
+// (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
+#include <oft/lycoris.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <Eigen/SVD>
+
+#include <oft/io/safetensors_writer.hpp>
+
+#include "io_test_support.hpp"
+#include "lycoris_fixtures.hpp"
+
+namespace oft_dialects_test {
+namespace {
+
+using oft::io::LycorisAdapter;
+using oft::io::LycorisDiagOftModule;
+using oft_io_test::ScratchDir;
+
+TEST(LycorisAdapter, ModuleNamesAreLycorisOwn) {
+  EXPECT_EQ(LycorisAdapter::module_name("fc1"), "lycoris_fc1");
+  EXPECT_EQ(LycorisAdapter::module_name("proj.out"), "lycoris_proj_out");
+  EXPECT_EQ(LycorisAdapter::module_name("down_blocks.0.attentions.0.proj_in", "lora_unet"),
+            "lora_unet_down_blocks_0_attentions_0_proj_in");
+}
+
+TEST(LycorisAdapter, ReadsTheSavedShapes) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("lycoris_rescaled_b4.safetensors"));
+  ASSERT_EQ(a.modules.size(), 3u);
+  const LycorisDiagOftModule& fc2 = a.module("lycoris_fc2");
+  EXPECT_EQ(fc2.blocks, 6);  // LyCORIS's factorization(24, 4) = (4, 6): 6 blocks of 4
+  EXPECT_EQ(fc2.block_size, 4);
+  EXPECT_EQ(fc2.rescale_shape, (std::vector<std::uint64_t>{24, 1}));
+  EXPECT_FLOAT_EQ(fc2.alpha, 0.04f);
+  EXPECT_THROW((void)a.module("fc2"), std::out_of_range);
+  const LycorisAdapter plain = LycorisAdapter::load(fixture("lycoris_constrained_b8.safetensors"));
+  EXPECT_FALSE(plain.module("lycoris_fc1").rescaled());
+  EXPECT_EQ(plain.module("lycoris_fc2").block_size, 3);  // factorization(24, 8) = (3, 8)
+}
+
+// save() writes what LyCORIS's saver wrote: the same entries (names, dtypes, shapes, offsets)
+// and the same data bytes. Only the header text differs: LyCORIS passes metadata {} and the
+// safetensors package then writes an empty "__metadata__" object, which oft's writer leaves out.
+TEST(LycorisAdapter, SaveReproducesLycorisFiles) {
+  ScratchDir dir;
+  for (const std::string& name : lycoris_cases()) {
+    SCOPED_TRACE(name);
+    const fs::path original = fixture("lycoris_" + name + ".safetensors");
+    const LycorisAdapter a = LycorisAdapter::load(original);
+    a.save(dir / "copy.safetensors");
+    const auto theirs = oft::io::SafetensorsFile::open(original);
+    const auto ours = oft::io::SafetensorsFile::open(dir / "copy.safetensors");
+    ASSERT_EQ(theirs.tensors().size(), ours.tensors().size());
+    for (std::size_t i = 0; i < ours.tensors().size(); ++i) {
+      const oft::io::TensorInfo &x = theirs.tensors()[i], &y = ours.tensors()[i];
+      EXPECT_EQ(x.name, y.name);
+      EXPECT_EQ(x.dtype, y.dtype);
+      EXPECT_EQ(x.shape, y.shape);
+      EXPECT_EQ(x.begin, y.begin);
+      EXPECT_EQ(x.end, y.end);
+    }
+    EXPECT_TRUE(oft_io_test::read_bytes(original).substr(theirs.header().data_start()) ==
+                oft_io_test::read_bytes(dir / "copy.safetensors").substr(ours.header().data_start()));
+    const LycorisAdapter b = LycorisAdapter::load(dir / "copy.safetensors");
+    ASSERT_EQ(a.modules.size(), b.modules.size());
+    for (std::size_t i = 0; i < a.modules.size(); ++i) {
+      EXPECT_EQ(a.modules[i].name, b.modules[i].name);
+      EXPECT_EQ(a.modules[i].oft_blocks, b.modules[i].oft_blocks);
+      EXPECT_EQ(a.modules[i].rescale, b.modules[i].rescale);
+      EXPECT_EQ(a.modules[i].alpha, b.modules[i].alpha);
+    }
+  }
+}
+
+TEST(LycorisAdapter, DetectsByAThreeDimensionalOftBlocks) {
+  EXPECT_TRUE(LycorisAdapter::is_lycoris_diag_oft(
+      oft::io::SafetensorsFile::open(fixture("lycoris_plain_b4.safetensors"))));
+  EXPECT_FALSE(LycorisAdapter::is_lycoris_diag_oft(oft::io::SafetensorsFile::open(
+      fs::path(OFT_DIALECTS_FIXTURES_DIR) / "lycoris_plain_b4_expected.safetensors")));
+}
+
+// --- refusals --------------------------------------------------------------------------------
+
+/// A file of the given F32 tensors (name, shape, values).
+struct Tensor {
+  std::string name;
+  std::vector<std::uint64_t> shape;
+  std::vector<float> values;
+};
+fs::path write_file(const ScratchDir& dir, const std::vector<Tensor>& tensors) {
+  oft::io::SafetensorsWriter writer;
+  for (const Tensor& t : tensors) writer.add(t.name, t.shape, t.values);
+  const fs::path path = dir / "adapter.safetensors";
+  writer.write(path);
+  return path;
+}
+std::vector<float> values(std::size_t n, float v = 0.25f) { return std::vector<float>(n, v); }
+
+/// load() throws format_error (a std::invalid_argument) whose one-line message holds `parts`.
+void expect_refused(const fs::path& path, const std::vector<std::string>& parts) {
+  try {
+    (void)LycorisAdapter::load(path);
+    ADD_FAILURE() << "accepted " << path;
+  } catch (const oft::io::format_error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    EXPECT_CONTAINS(what, path.string());
+    for (const std::string& part : parts) EXPECT_CONTAINS(what, part);
+  }
+}
+
+TEST(LycorisAdapterRefuses, AFileWithoutDiagOft) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"base_model.model.fc1.oft_R.weight", {4, 6}, values(24)}}),
+                 {"no LyCORIS diag-OFT module", "'base_model.model.fc1.oft_R.weight'"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.lora_up.weight", {16, 4}, values(64)},
+                                  {"lycoris_fc1.alpha", {}, values(1)}}),
+                 {"no LyCORIS diag-OFT module", "'lycoris_fc1.lora_up.weight'"});
+}
+
+TEST(LycorisAdapterRefuses, BoftBlocks) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 4, 2, 2}, values(32)},
+                                  {"lycoris_fc1.alpha", {}, values(1)}}),
+                 {"'lycoris_fc1.oft_blocks'", "[2, 4, 2, 2]", "BOFT"});
+}
+
+TEST(LycorisAdapterRefuses, BlocksThatAreNotSquare) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {4, 3, 2}, values(24)},
+                                  {"lycoris_fc1.alpha", {}, values(1)}}),
+                 {"'lycoris_fc1.oft_blocks'", "[4, 3, 2]", "[k, b, b]"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {0, 4, 4}, {}},
+                                  {"lycoris_fc1.alpha", {}, values(1)}}),
+                 {"'lycoris_fc1.oft_blocks'", "[0, 4, 4]"});
+}
+
+TEST(LycorisAdapterRefuses, ARescaleOfTheWrongShape) {
+  ScratchDir dir;
+  const Tensor blocks{"lycoris_fc1.oft_blocks", {4, 4, 4}, values(64)};
+  const Tensor alpha{"lycoris_fc1.alpha", {}, values(1)};
+  expect_refused(write_file(dir, {blocks, alpha, {"lycoris_fc1.rescale", {15, 1}, values(15)}}),
+                 {"'lycoris_fc1.rescale'", "[15, 1]", "expected [16, 1, ...]", "[4, 4, 4]"});
+  // 1-D would broadcast over the weight's columns in torch, not its rows.
+  expect_refused(write_file(dir, {blocks, alpha, {"lycoris_fc1.rescale", {16}, values(16)}}),
+                 {"'lycoris_fc1.rescale'", "[16]", "expected [16, 1, ...]"});
+  expect_refused(write_file(dir, {blocks, alpha, {"lycoris_fc1.rescale", {16, 2}, values(32)}}),
+                 {"'lycoris_fc1.rescale'", "[16, 2]"});
+}
+
+TEST(LycorisAdapterRefuses, AMissingOrMalformedAlpha) {
+  ScratchDir dir;
+  const Tensor blocks{"lycoris_fc1.oft_blocks", {4, 4, 4}, values(64)};
+  expect_refused(write_file(dir, {blocks}), {"'lycoris_fc1.alpha'", "'lycoris_fc1.oft_blocks'"});
+  expect_refused(write_file(dir, {blocks, {"lycoris_fc1.alpha", {2}, values(2)}}),
+                 {"'lycoris_fc1.alpha'", "[2]", "one finite number"});
+  expect_refused(write_file(dir, {blocks, {"lycoris_fc1.alpha", {}, {std::numeric_limits<float>::quiet_NaN()}}}),
+                 {"'lycoris_fc1.alpha'", "nan", "one finite number"});
+}
+
+TEST(LycorisAdapterRefuses, ATensorOfNoModule) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {4, 4, 4}, values(64)},
+                                  {"lycoris_fc1.alpha", {}, values(1)},
+                                  {"lycoris_fc2.lora_up.weight", {16, 4}, values(64)}}),
+                 {"'lycoris_fc2.lora_up.weight'", "[16, 4]", "no LyCORIS diag-OFT module"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {4, 4, 4}, values(64)},
+                                  {"lycoris_fc1.alpha", {}, values(1)},
+                                  {"lycoris_fc2.rescale", {16, 1}, values(16)}}),
+                 {"'lycoris_fc2.rescale'"});
+}
+
+TEST(LycorisAdapterRefuses, AnIntegerDtype) {
+  ScratchDir dir;
+  oft::io::SafetensorsWriter writer;
+  const std::vector<std::int32_t> ints(64, 1);
+  const std::vector<float> one{1.0f};
+  writer.add("lycoris_fc1.oft_blocks", {4, 4, 4}, ints);
+  writer.add("lycoris_fc1.alpha", std::vector<std::uint64_t>{}, one);
+  writer.write(dir / "adapter.safetensors");
+  expect_refused(dir / "adapter.safetensors", {"'lycoris_fc1.oft_blocks'", "I32", "float dtype"});
+}
+
+TEST(LycorisAdapterRefuses, ABaseWeightOfAnotherShape) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("lycoris_plain_b4.safetensors"));
+  const Matrix w = Matrix::Ones(15, 12);
+  try {
+    (void)LycorisAdapter::merge(a.module("lycoris_fc1"), oft::view(w));
+    ADD_FAILURE() << "merged a 15x12 weight";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "'lycoris_fc1'");
+    EXPECT_CONTAINS(std::string(e.what()), "15x12");
+    EXPECT_CONTAINS(std::string(e.what()), "out=16");
+  }
+}
+
+TEST(LycorisAdapterRefuses, SavingAMalformedModuleWritesNothing) {
+  ScratchDir dir;
+  LycorisAdapter a = LycorisAdapter::load(fixture("lycoris_rescaled_b4.safetensors"));
+  a.modules[1].rescale.pop_back();
+  try {
+    a.save(dir / "out.safetensors");
+    ADD_FAILURE() << "saved a rescale of the wrong length";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "'lycoris_fc2'");
+    EXPECT_CONTAINS(std::string(e.what()), "23 values");
+  }
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+// --- the module math ------------------------------------------------------------------------
+
+// b = 1 (LyCORIS's factorization of a prime width): Q = 0, R = I, and the merge only rescales.
+TEST(LycorisDiagOft, BlocksOfOneOnlyRescale) {
+  const std::vector<float> blocks{0.3f, -0.2f, 0.7f};
+  const oft::lycoris::DiagOft<float> op(3, 1, blocks.data(), 1.0, {2.0f, 0.5f, 1.0f}, 0.6);
+  const Matrix w = (Matrix(3, 2) << 1, 2, 3, 4, 5, 6).finished();
+  const Matrix merged = op.merge(oft::view(w));
+  const Matrix want = (Matrix(3, 2) << 2, 4, 1.5, 2, 5, 6).finished();
+  EXPECT_EQ(merged, want);
+}
+
+// The multiplier blends linearly, so M = s R + (1 - s) I is orthogonal only at s = 0 and 1.
+// With R's eigenvalues e^(i t), t = 2 atan(lambda) for Q's i lambda, M^T M - I = -s (1 - s)
+// (2I - R - R^T) has norm |s (1 - s)| 4 lambda^2 / (1 + lambda^2) at the largest |lambda| = rho.
+TEST(LycorisDiagOft, TheBlendIsNotOrthogonalByTheExpectedAmount) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("lycoris_plain_b4.safetensors"));
+  const LycorisDiagOftModule& m = a.module("lycoris_fc1");
+  const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+  double rho = 0.0;
+  const oft::lycoris::DiagOft<double> exact(m.blocks, m.block_size, blocks.data(), 0.0);
+  for (oft::Index g = 0; g < m.blocks; ++g) {
+    oft::SquareMatrix<double> q(m.block_size, m.block_size);
+    oft::unpack_skew(exact.generators().row(g), m.block_size, q);
+    rho = std::max(rho, q.jacobiSvd().singularValues()(0));
+  }
+  ASSERT_GT(rho, 0.1);  // random blocks: a blend far from a rotation
+  for (const double s : {0.0, 1.0, 0.5, -0.75, 1.5}) {
+    oft::lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), 0.0, {}, s);
+    const double want = std::abs(s * (1.0 - s)) * 4.0 * rho * rho / (1.0 + rho * rho);
+    EXPECT_NEAR(op.orthogonality_error(), want, 1e-13) << "s=" << s;
+  }
+}
+
+// apply_output is the output side of merge: X W'^T = (X W^T) M diag(rescale).
+TEST(LycorisDiagOft, OutputSideEqualsMergedWeightInDouble) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("lycoris_rescaled_b4.safetensors"));
+  const LycorisDiagOftModule& m = a.module("lycoris_fc1");
+  const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+  const oft::lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha),
+                                         std::vector<double>(m.rescale.begin(), m.rescale.end()), -0.75);
+  const MatrixD w = MatrixD::Random(16, 12), x = MatrixD::Random(5, 12);
+  const MatrixD merged = op.merge(oft::view(w));
+  const MatrixD want = x * merged.transpose();
+  const MatrixD got = op.forward(oft::view(x), oft::view(w));
+  EXPECT_LE((got - want).cwiseAbs().maxCoeff(), 1e-14);
+}
+
+TEST(LycorisDiagOft, RefusesBadArguments) {
+  const std::vector<float> blocks(16, 0.1f);
+  EXPECT_THROW(oft::lycoris::DiagOft<float>(4, 2, blocks.data(), 1.0, {1.0f, 2.0f}), std::invalid_argument);
+  EXPECT_THROW(oft::lycoris::DiagOft<float>(0, 2, blocks.data(), 1.0), std::invalid_argument);
+  EXPECT_THROW(oft::lycoris::DiagOft<float>(4, 2, blocks.data(), std::nan("")), std::domain_error);
+  oft::lycoris::DiagOft<float> op(4, 2, blocks.data(), 1.0);
+  EXPECT_THROW(op.set_multiplier(std::numeric_limits<double>::infinity()), std::domain_error);
+  const Matrix w = Matrix::Ones(7, 3);
+  EXPECT_THROW((void)op.merge(oft::view(w)), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace oft_dialects_test
