@@ -23,7 +23,11 @@ alone (its Neumann polynomial for ``num_cayley_neumann_terms``, the exact branch
 forward applies before every use, applied once at load); float32 and float64 models, and
 bfloat16 models (float32 R, bfloat16 activations rotated in float32 and rounded once, as PEFT's
 bfloat16 path casts to its float32 adapter weight and back); layers that some adapters target and
-others do not (identity there).
+others do not (identity there). Options of every bank (``AdapterBankRotation``, ``ServingLinear``,
+``from_peft``): ``storage=torch.bfloat16`` keeps R rounded once to bfloat16 (half the memory, float32
+banks), and ``bf16_arithmetic="dot_product"`` computes bfloat16 activations with ``vdpbf16ps``
+where the CPU and build have AVX512_BF16 (``oft.has_bf16_dot_product``; docs/bf16.md has its error
+bound; not bit for bit PEFT's float32 path, which ``"float"``, the default, is).
 
 What is not: autograd (serving is forward-only; inputs that require grad, or a layer whose base
 parameters were made trainable again under grad mode, are refused with ``ValueError``: train with
@@ -85,23 +89,50 @@ def _token_ids(where: str, ids: torch.Tensor, leading: torch.Size) -> torch.Tens
                      "first dimension)")
 
 
+def _check_bank_options(where: str, dtype: torch.dtype, storage, bf16_arithmetic) -> None:
+    """Refuses a bank's storage and arithmetic options that the bank could not honour."""
+    if storage is not None and storage not in (dtype, torch.bfloat16):
+        raise TypeError(f"{where}: storage {storage} is not the bank's dtype {dtype} or "
+                        "torch.bfloat16")
+    if storage == torch.bfloat16 and dtype != torch.float32:
+        raise TypeError(f"{where}: storage torch.bfloat16 is for float32 banks, this one is {dtype}")
+    if bf16_arithmetic not in ("float", "dot_product"):
+        raise ValueError(f"{where}: bf16_arithmetic {bf16_arithmetic!r} is not 'float' or "
+                         "'dot_product'")
+    if bf16_arithmetic == "dot_product":
+        if dtype != torch.float32:
+            raise ValueError(f"{where}: bf16_arithmetic 'dot_product' is for float32 banks (bfloat16 "
+                             f"activations), this one is {dtype}")
+        if not _core.has_bf16_dot_product:
+            raise ValueError(f"{where}: bf16_arithmetic 'dot_product' needs oft._core built with "
+                             "AVX512_BF16 (oft.has_bf16_dot_product is False here)")
+
+
 class AdapterBankRotation(torch.nn.Module):
     """``y = x R_{ids}``: token t of ``x`` rotated by the adapter in slot ``ids[t]`` (-1: none).
 
     ``features`` is the layer's input width; ``capacity`` the number of slots; ``dtype`` the
     bank's (``torch.float32``: also bfloat16 activations; or ``torch.float64``); ``shard``
     ``(first, count)`` keeps only those input features (a row-parallel rank's columns: ``x`` then
-    has ``count`` columns). Forward only: ``x`` must not require grad.
+    has ``count`` columns); ``storage`` how R is kept (``None``: the bank's dtype; or
+    ``torch.bfloat16`` for a float32 bank, half the memory); ``bf16_arithmetic`` how bfloat16
+    activations are computed (``"float"``, or ``"dot_product"`` with AVX512_BF16). Forward only:
+    ``x`` must not require grad.
     """
 
     def __init__(self, features: int, capacity: int, *, dtype: torch.dtype = torch.float32,
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, storage: torch.dtype | None = None,
+                 bf16_arithmetic: str = "float"):
         super().__init__()
+        where = "oft.serve.AdapterBankRotation"
         if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"oft.serve.AdapterBankRotation: dtype {dtype} is not torch.float32 or "
+            raise TypeError(f"{where}: dtype {dtype} is not torch.float32 or "
                             "torch.float64 (a float32 bank takes bfloat16 activations too)")
+        _check_bank_options(where, dtype, storage, bf16_arithmetic)
         first, count = (0, None) if shard is None else shard
-        self.bank = _core.AdapterBank(features, capacity, str(dtype)[len("torch."):], first, count)
+        self.bank = _core.AdapterBank(features, capacity, str(dtype)[len("torch."):], first, count,
+                                      None if storage is None else str(storage)[len("torch."):],
+                                      bf16_arithmetic)
         self.dtype = dtype
         self.last_routing = None  # what the last forward's bank apply chose
 
@@ -179,6 +210,7 @@ class AdapterBankRotation(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"features={self.features}, capacity={self.capacity}, dtype={self.dtype}, "
+                f"storage={self.bank.storage}, bf16_arithmetic={self.bank.bf16_arithmetic}, "
                 f"adapters={len(self)}")
 
 
@@ -191,7 +223,8 @@ class ServingLinear(torch.nn.Module):
     bfloat16 base then gets bfloat16 activations rotated in float32).
     """
 
-    def __init__(self, base: torch.nn.Linear, capacity: int):
+    def __init__(self, base: torch.nn.Linear, capacity: int, *, storage: torch.dtype | None = None,
+                 bf16_arithmetic: str = "float"):
         super().__init__()
         if not isinstance(base, torch.nn.Linear):
             raise TypeError("oft.serve.ServingLinear: base must be a torch.nn.Linear, got "
@@ -200,7 +233,8 @@ class ServingLinear(torch.nn.Module):
             p.requires_grad_(False)
         self.base_layer = base
         dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
-        self.rotation = AdapterBankRotation(base.in_features, capacity, dtype=dtype)
+        self.rotation = AdapterBankRotation(base.in_features, capacity, dtype=dtype,
+                                            storage=storage, bf16_arithmetic=bf16_arithmetic)
         self.ids = None
         # The rotated input lives only until the base GEMM has read it, so one buffer per layer
         # (grown to the largest batch seen) serves every forward: a fresh 64 MiB tensor per call
@@ -370,7 +404,8 @@ def _load_folders(model, adapters):
     return peft_model, names
 
 
-def from_peft(model: torch.nn.Module, adapters=None) -> MultiAdapterModel:
+def from_peft(model: torch.nn.Module, adapters=None, *, storage: torch.dtype | None = None,
+              bf16_arithmetic: str = "float") -> MultiAdapterModel:
     """Serves several PEFT OFT adapters of one base model in one batch.
 
     Either ``model`` is a transformers (or any torch) model and ``adapters`` the PEFT OFT adapter
@@ -380,6 +415,7 @@ def from_peft(model: torch.nn.Module, adapters=None) -> MultiAdapterModel:
     Each adapter's R is computed once here, in float64, and stored in each layer's bank (the
     base model's dtype: float64, else float32). Folders are the robust choice: a ``PeftModel``
     is consumed (its OFT layers are replaced in place, so it no longer runs as PEFT).
+    ``storage`` and ``bf16_arithmetic`` go to every layer's bank (``AdapterBankRotation``).
 
     Returns a ``MultiAdapterModel`` over the base model (``.model``), whose PEFT OFT ``Linear``
     layers are now ``ServingLinear``. Raises ``TypeError`` for an adapter that is not OFT or a
@@ -433,7 +469,8 @@ def from_peft(model: torch.nn.Module, adapters=None) -> MultiAdapterModel:
     layers = {}
     replacements = []
     for qualified, module, base, held in plan:
-        serving = ServingLinear(base, capacity=len(held))
+        serving = ServingLinear(base, capacity=len(held), storage=storage,
+                                bf16_arithmetic=bf16_arithmetic)
         table = torch.full((len(names) + 1,), -1, dtype=torch.int32)
         for name in held:
             blocks, shared = peft_rotation_blocks(module.oft_R[name])

@@ -33,6 +33,7 @@
 #include <oft/oft.hpp>
 
 #include "arrays.hpp"
+#include "bf16_names.hpp"
 #include "serving.hpp"
 
 #ifdef OFT_PYTHON_CUDA
@@ -47,6 +48,8 @@ namespace nb = nanobind;
 namespace {
 
 using oft_python::AnyArray;
+using oft_python::arithmetic_name;
+using oft_python::parse_arithmetic;
 using oft_python::array_of;
 using oft_python::dtype_name;
 using oft_python::dtype_of;
@@ -94,17 +97,6 @@ std::string describe(const oft::AnyPolicy& p) {
         }
       },
       p);
-}
-
-/// The names that Python uses for oft::Bf16Arithmetic.
-const char* arithmetic_name(oft::Bf16Arithmetic a) {
-  return a == oft::Bf16Arithmetic::Float ? "float" : "dot_product";
-}
-oft::Bf16Arithmetic parse_arithmetic(const std::string& name) {
-  if (name == "float") return oft::Bf16Arithmetic::Float;
-  if (name == "dot_product") return oft::Bf16Arithmetic::DotProduct;
-  throw nb::value_error(
-      ("bf16_arithmetic must be 'float' or 'dot_product', got '" + name + "'").c_str());
 }
 
 /// theta or dtheta against the operator's [generators, b(b-1)/2], naming the argument.

@@ -3,8 +3,9 @@
 // concurrency. Everything here is argument checking: each array is checked (device, dtype,
 // shape, strides) with an error naming it before the bank sees a pointer, because the bank's
 // add reads spec.generators() blocks from a raw pointer and cannot check the length itself.
-// A float32 bank also takes bfloat16 activations (x and y), as oft._core.Rotation does; R stays
-// float32. The GIL is released while the bank works: apply waits for no Python object, and
+// A float32 bank also takes bfloat16 activations (x and y), as oft._core.Rotation does, computed
+// in the bank's bf16_arithmetic ("float" or "dot_product"); R is kept in float32, or in bfloat16
+// (storage "bfloat16"). The GIL is released while the bank works: apply waits for no Python object, and
 // add/replace/remove may wait for applies in flight on other threads (the bank's writer lock).
 #include "serving.hpp"
 
@@ -22,6 +23,7 @@
 #include <oft/adapter_bank.hpp>
 
 #include "arrays.hpp"
+#include "bf16_names.hpp"
 
 namespace nb = nanobind;
 
@@ -79,8 +81,9 @@ const std::int32_t* ids_of(const AnyArray& ids) {
 template <class Scalar>
 class TypedBank {
  public:
-  TypedBank(oft::Index features, oft::Index capacity, oft::FeatureRange shard)
-      : bank_(features, capacity, shard) {}
+  TypedBank(oft::Index features, oft::Index capacity, oft::FeatureRange shard,
+            oft::RotationStorage storage, oft::Bf16Arithmetic arithmetic)
+      : bank_(features, capacity, shard, storage, arithmetic) {}
 
   const oft::AdapterBank<Scalar>& bank() const { return bank_; }
 
@@ -167,13 +170,22 @@ class TypedBank {
 class AdapterBank {
  public:
   AdapterBank(oft::Index features, oft::Index capacity, const std::string& dtype,
-              oft::Index shard_first, std::optional<oft::Index> shard_count)
-      : dtype_(dtype) {
+              oft::Index shard_first, std::optional<oft::Index> shard_count,
+              std::optional<std::string> storage, const std::string& bf16_arithmetic)
+      : dtype_(dtype), storage_(storage ? *storage : dtype), arithmetic_(bf16_arithmetic) {
     const oft::FeatureRange shard{shard_first, shard_count ? *shard_count : features - shard_first};
+    if (storage_ != dtype && !(storage_ == "bfloat16" && dtype == "float32")) {
+      throw nb::value_error(("AdapterBank storage " + storage_ + " is not the bank's dtype " +
+                             dtype + " (or bfloat16, for a float32 bank)")
+                                .c_str());
+    }
+    const auto kept = storage_ == "bfloat16" ? oft::RotationStorage::BFloat16
+                                             : oft::RotationStorage::Scalar;
+    const oft::Bf16Arithmetic arithmetic = oft_python::parse_arithmetic(bf16_arithmetic);
     if (dtype == "float32") {
-      bank_ = std::make_unique<TypedBank<float>>(features, capacity, shard);
+      bank_ = std::make_unique<TypedBank<float>>(features, capacity, shard, kept, arithmetic);
     } else if (dtype == "float64") {
-      bank_ = std::make_unique<TypedBank<double>>(features, capacity, shard);
+      bank_ = std::make_unique<TypedBank<double>>(features, capacity, shard, kept, arithmetic);
     } else {
       throw nb::type_error(("AdapterBank dtype " + dtype +
                             " is not float32 or float64 (a float32 bank also takes bfloat16 "
@@ -191,9 +203,11 @@ class AdapterBank {
     return std::visit([&](const auto& bank) -> decltype(auto) { return f(*bank); }, bank_);
   }
   const std::string& dtype() const { return dtype_; }
+  const std::string& storage() const { return storage_; }
+  const std::string& bf16_arithmetic() const { return arithmetic_; }
 
  private:
-  std::string dtype_;
+  std::string dtype_, storage_, arithmetic_;
   std::variant<std::unique_ptr<TypedBank<float>>, std::unique_ptr<TypedBank<double>>> bank_;
 };
 
@@ -205,11 +219,14 @@ void bind_serving(nb::module_& m) {
       "Many OFT adapters' block-diagonal rotations for one layer (oft::AdapterBank, CPU): "
       "apply rotates row t of x by the adapter in slot ids[t] (-1: none). Forward only.")
       .def(nb::init<oft::Index, oft::Index, const std::string&, oft::Index,
-                    std::optional<oft::Index>>(),
+                    std::optional<oft::Index>, std::optional<std::string>, const std::string&>(),
            nb::arg("features"), nb::arg("capacity"), nb::arg("dtype") = "float32",
            nb::arg("shard_first") = 0, nb::arg("shard_count").none() = nb::none(),
+           nb::arg("storage").none() = nb::none(), nb::arg("bf16_arithmetic") = "float",
            "A bank of `capacity` slots for a layer of `features` inputs, holding features "
-           "[shard_first, shard_first + shard_count) (default: from shard_first to the end).")
+           "[shard_first, shard_first + shard_count) (default: from shard_first to the end); R "
+           "kept in `storage` (the dtype, or bfloat16 for a float32 bank); bfloat16 activations "
+           "computed in `bf16_arithmetic` ('float' or 'dot_product').")
       .def_prop_ro("features",
                    [](const AdapterBank& b) {
                      return b.visit([](const auto& t) { return t.bank().features(); });
@@ -227,6 +244,8 @@ void bind_serving(nb::module_& m) {
                      return b.visit([](const auto& t) { return t.bank().shard().count; });
                    })
       .def_prop_ro("dtype", &AdapterBank::dtype)
+      .def_prop_ro("storage", &AdapterBank::storage)
+      .def_prop_ro("bf16_arithmetic", &AdapterBank::bf16_arithmetic)
       .def(
           "add",
           [](AdapterBank& b, oft::Index block_size, bool shared, nb::handle rotations) {

@@ -237,6 +237,9 @@ def test_adapter_bytes_are_the_blocks_each_adapter_keeps(folders):
     assert served.adapter_bytes()["exact_r4"] == layers * 2 * 4 * (d // 4) ** 2 * 4
     # b = 32 in value (d/32 blocks), attention output (d/32) and FFN output (ffn/32).
     assert served.adapter_bytes()["coft_b32_t7"] == layers * (2 * d + ffn) * 32 * 4
+    # The bank options reach every layer: bfloat16 storage keeps half the bytes.
+    half = oft.serve.from_peft(base_model(torch.float32), folders, storage=torch.bfloat16)
+    assert all(2 * half.adapter_bytes()[name] == served.adapter_bytes()[name] for name in folders)
 
 
 def block_diagonal_reference(x, blocks_of_slot, ids):
@@ -295,6 +298,70 @@ def test_bank_bfloat16_activations_are_the_float32_result_rounded_once():
         assert y.dtype == torch.bfloat16
         rounded = bank(x.float(), ids, routing=routing).bfloat16()
         assert torch.equal(y.view(torch.int16), rounded.view(torch.int16))
+
+
+def test_bank_bfloat16_storage_is_the_float_bank_of_the_rounded_rotation():
+    blocks = [random_blocks(4, 8, 11, torch.float32), random_blocks(2, 16, 12, torch.float32)]
+    half = oft.serve.AdapterBankRotation(32, 2, storage=torch.bfloat16)
+    rounded = oft.serve.AdapterBankRotation(32, 2)
+    for r in blocks:
+        half.add(r)
+        rounded.add(r.bfloat16().float())  # rounded once to nearest even, as the bank keeps it
+    assert half.bank.storage == "bfloat16" and rounded.bank.storage == "float32"
+    assert 2 * half.bank.adapter_bytes(0) == rounded.bank.adapter_bytes(0)
+    x = torch.randn(11, 32, generator=torch.Generator().manual_seed(13))
+    ids = torch.tensor([0, 1, -1, 1, 0, 0, 1, 1, 0, -1, 1])
+    for routing in ("contiguous", "gathered"):
+        assert torch.equal(half(x, ids, routing=routing), rounded(x, ids, routing=routing))
+    with pytest.raises(TypeError, match="storage torch.bfloat16 is for float32 banks"):
+        oft.serve.AdapterBankRotation(32, 2, dtype=torch.float64, storage=torch.bfloat16)
+    with pytest.raises(TypeError, match="storage torch.float16"):
+        oft.serve.AdapterBankRotation(32, 2, storage=torch.float16)
+
+
+def test_bank_dot_product_arithmetic_is_within_its_bound():
+    if not oft.has_bf16_dot_product:
+        with pytest.raises(ValueError, match="needs oft._core built with AVX512_BF16"):
+            oft.serve.AdapterBankRotation(32, 2, bf16_arithmetic="dot_product")
+        pytest.skip("oft._core has no AVX512_BF16 here: the refusal above is what it can check")
+    # Near-identity blocks, as OFT's are: R = Cayley(Q) of a small skew Q.
+    g = torch.Generator().manual_seed(14)
+    blocks = []
+    for count, b in ((4, 8), (1, 32), (2, 16)):
+        a = 0.1 * torch.randn(count, b, b, generator=g, dtype=torch.float64)
+        q = a - a.transpose(-1, -2)
+        eye = torch.eye(b, dtype=torch.float64)
+        blocks.append(torch.linalg.solve(eye - q, eye + q).float())
+    bank = oft.serve.AdapterBankRotation(32, 3, bf16_arithmetic="dot_product")
+    floats = oft.serve.AdapterBankRotation(32, 3)
+    for r in blocks:
+        bank.add(r, shared=r.shape[0] == 1)
+        floats.add(r, shared=r.shape[0] == 1)
+    assert bank.bank.bf16_arithmetic == "dot_product"
+    x = (2 * torch.rand(40, 32, generator=g) - 1).bfloat16()
+    ids = torch.randint(-1, 3, (40,), generator=g)
+    # docs/bf16.md, entrywise: E = 2^-8' |X||D| + gamma_{b+1} (|X| + (1 + 2^-8')|X||D|) (F, the
+    # subnormal term, is nil for this data), |Y - X R| <= 2^-8 (|X R| + E) + E.
+    u8, b_max = 2.0**-8 + 2.0**-22, 32
+    gamma = (b_max + 1) * 2.0**-24 / (1 - (b_max + 1) * 2.0**-24)
+    blocks_of_slot = dict(enumerate(blocks))
+    exact = block_diagonal_reference(x.float(), blocks_of_slot, ids)
+    xd = x.double().abs()
+    d_abs = {k: (r.double() - torch.eye(r.shape[-1], dtype=torch.float64)).abs()
+             for k, r in blocks_of_slot.items()}
+    xd_abs = block_diagonal_reference(xd, d_abs, ids) - torch.where(ids[:, None] >= 0, 0.0, xd)
+    e = u8 * xd_abs + gamma * (xd + (1 + u8) * xd_abs)
+    bound = 2.0**-8 * (exact.abs() + e) + e
+    for routing in ("contiguous", "gathered"):
+        y = bank(x, ids, routing=routing)
+        assert y.dtype == torch.bfloat16
+        assert ((y.double() - exact).abs() <= bound).all()
+        # Not the float arithmetic's bits everywhere (D is rounded), yet the same rotation.
+        assert not torch.equal(y, floats(x, ids, routing=routing))
+    with pytest.raises(ValueError, match="'dot_product' is for float32 banks"):
+        oft.serve.AdapterBankRotation(32, 2, dtype=torch.float64, bf16_arithmetic="dot_product")
+    with pytest.raises(ValueError, match="'fast' is not 'float' or 'dot_product'"):
+        oft.serve.AdapterBankRotation(32, 2, bf16_arithmetic="fast")
 
 
 def test_serving_linear_reuses_its_rotated_buffer_across_batch_sizes():
