@@ -91,6 +91,31 @@ TEST(LycorisAdapter, DetectsByAThreeDimensionalOftBlocks) {
       fs::path(OFT_DIALECTS_FIXTURES_DIR) / "lycoris_plain_b4_expected.safetensors")));
 }
 
+// inspect_lycoris (what `oft inspect FILE.safetensors` prints): the constraint decisions are
+// LyCORIS's (the fixture's record), R is a rotation at s = 1, and the blend at s = 1/2 is off by
+// exactly 0.25 * 4 rho^2 / (1 + rho^2) at the reported rho.
+TEST(LycorisAdapter, InspectReportsTheConstraintAndTheBlend) {
+  const LycorisCase c = LycorisCase::load("rescaled_b4");
+  const std::vector<oft::io::LycorisModuleReport> report = oft::io::inspect_lycoris(c.adapter);
+  ASSERT_EQ(report.size(), 3u);
+  for (const auto& r : report) {
+    SCOPED_TRACE(r.name);
+    std::string path = r.name.substr(std::string("lycoris_").size());
+    if (path == "proj_out") path = "proj.out";
+    EXPECT_EQ(r.constraint_active, c.meta.at("constraint_active").at(path).get<bool>());
+    EXPECT_EQ(r.constraint_active, r.binding() > 1.0);
+    EXPECT_LE(r.orthogonality, 1e-14);
+    EXPECT_NEAR(r.blend_half, r.rho * r.rho / (1.0 + r.rho * r.rho), 1e-13);
+    EXPECT_TRUE(r.rescaled);
+    EXPECT_GE(r.rescale_min, 0.5);
+    EXPECT_LE(r.rescale_max, 1.5);
+  }
+  const nlohmann::ordered_json j = oft::io::to_json(report);
+  EXPECT_EQ(j.at("dialect"), "lycoris-diag-oft");
+  EXPECT_EQ(j.at("side"), "output");
+  EXPECT_EQ(j.at("modules").size(), 3u);
+}
+
 // --- refusals --------------------------------------------------------------------------------
 
 /// A file of the given F32 tensors (name, shape, values).

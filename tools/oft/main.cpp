@@ -6,6 +6,9 @@
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
 //       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
 //       A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters, bytes, orthogonality.
+//       A LyCORIS diag-OFT file (FILE.safetensors, not a directory): side, k, b, the constraint
+//       and how near it binds, rho, orthogonality at s = 1 and of the blend at s = 1/2, rescale
+//       (oft::io::inspect_lycoris, io/lycoris_adapter.hpp).
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
 //       (or taken out: the true inverse), streamed tensor by tensor (oft::io::merge_model,
@@ -31,6 +34,7 @@
 #include <nlohmann/json.hpp>
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>
 #include <string>
 
@@ -115,6 +119,29 @@ void print_family_table(const std::string& path, const oft::io::AdapterReport& r
       boft ? " over the m N blocks" : " of the whole product");
 }
 
+void print_lycoris_table(const std::string& path, const std::vector<oft::io::LycorisModuleReport>& r) {
+  std::printf("%s\n", path.c_str());
+  std::printf("  LyCORIS diag-OFT: output channels rotated, Q = B - B^T, R = (I + Q)(I - Q)^-1; "
+              "||Q||_F <= alpha * out over all blocks; multiplier s blends s R + (1 - s) I\n\n");
+  int width = 28;
+  for (const auto& m : r) width = std::max(width, static_cast<int>(m.name.size()));
+  std::printf("  %-*s %6s %5s %4s %9s %9s %-7s %9s %9s %9s  %s\n", width, "module", "out", "k", "b",
+              "||Q||_F", "alpha*out", "binds", "rho", "orth. s=1", "s=1/2", "rescale min/max");
+  for (const auto& m : r) {
+    char rescale[48] = "-";
+    if (m.rescaled) std::snprintf(rescale, sizeof rescale, "%.4g/%.4g", m.rescale_min, m.rescale_max);
+    char radius[16] = "off";
+    if (m.radius > 0.0) std::snprintf(radius, sizeof radius, "%9.3g", m.radius);
+    std::printf("  %-*s %6lld %5lld %4lld %9.3g %9s %-7s %9.3g %9.2e %9.2e  %s\n", width,
+                m.name.c_str(), static_cast<long long>(m.out_features),
+                static_cast<long long>(m.blocks), static_cast<long long>(m.block_size), m.norm,
+                radius, m.radius > 0.0 ? yes_no(m.constraint_active).c_str() : "-", m.rho,
+                m.orthogonality, m.blend_half, rescale);
+  }
+  std::printf("\n  binds: ||Q||_F > alpha * out, so LyCORIS scales Q by alpha * out / ||Q||_F; "
+              "s=1/2: ||M^T M - I||_2 of LyCORIS's multiplier 0.5, which is no rotation\n");
+}
+
 /// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
 class ProgressBar {
  public:
@@ -187,10 +214,13 @@ int main(int argc, char** argv) {
   bool as_json = false;
   double tolerance = 1e-6;
   CLI::App* inspect = app.add_subcommand(
-      "inspect", "Report on a PEFT OFT, BOFT or HRA adapter directory (peft_type decides)");
+      "inspect",
+      "Report on a PEFT OFT, BOFT or HRA adapter directory (peft_type decides), or a LyCORIS "
+      "diag-OFT .safetensors file");
   inspect
       ->add_option("ADAPTER", adapter_path,
-                   "directory with adapter_config.json and adapter_model.safetensors")
+                   "directory with adapter_config.json and adapter_model.safetensors, or a "
+                   "LyCORIS .safetensors file")
       ->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
   inspect
@@ -301,6 +331,14 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (std::filesystem::is_regular_file(adapter_path)) {  // PEFT adapters are directories
+      const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(adapter_path));
+      if (as_json)
+        std::cout << to_json(report).dump(2) << "\n";
+      else
+        print_lycoris_table(adapter_path, report);
+      return 0;
+    }
     const auto report = oft::io::inspect_adapter(adapter_path, tolerance);
     if (as_json)
       std::cout << to_json(report).dump(2) << "\n";

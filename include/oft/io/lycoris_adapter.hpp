@@ -23,12 +23,20 @@
 /// lora_up, LoHa's hada_*, BOFT's 4-D oft_blocks) is refused naming the tensor rather than
 /// merged in part. alpha is required (LyCORIS's loader calls float(alpha) and fails without it).
 ///
+/// inspect_lycoris() is what `oft inspect FILE.safetensors` reports per module (the side, b, k,
+/// the constraint and how near it is to binding, rho, the orthogonality error at s = 1 and of
+/// the blend at s = 1/2, the rescale range); to_json() its `--json` form.
+///
 /// Errors: format_error (a std::invalid_argument) naming the file, the tensor and the values:
 /// no diag-OFT tensor in the file, oft_blocks not [k, b, b] with square blocks, an alpha that is
 /// not one finite number, a rescale not of shape [k*b, 1, ...], a tensor of no module, a
 /// non-float dtype. merge() refuses, with std::invalid_argument naming both shapes, a base
 /// weight whose rows are not the k*b output channels the blocks rotate.
 
+#include "../detail/intrinsics.hpp"  // before Eigen (GCC 12)
+
+#include <Eigen/Eigenvalues>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -38,6 +46,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "../lycoris.hpp"
 #include "detail/adapter_files.hpp"
@@ -253,5 +263,85 @@ class LycorisAdapter {
     return m;
   }
 };
+
+/// What `oft inspect` reports on one LyCORIS diag-OFT module (numbers in double).
+struct LycorisModuleReport {
+  std::string name;
+  Index blocks = 0, block_size = 0, out_features = 0;
+  double alpha = 0.0;
+  double radius = 0.0;         ///< alpha * out; 0 or less: no constraint
+  double norm = 0.0;           ///< ||B - B^T||_F + 1e-8 over all blocks, before the constraint
+  bool constraint_active = false;
+  double rho = 0.0;            ///< max over blocks of ||Q_i||_2 after the constraint
+  double orthogonality = 0.0;  ///< max ||R_i^T R_i - I||_2 at s = 1 (R from float blocks)
+  double blend_half = 0.0;     ///< the same of 0.5 R + 0.5 I: LyCORIS's multiplier 0.5
+  bool rescaled = false;
+  double rescale_min = 1.0, rescale_max = 1.0;
+  /// n / c: above 1 the constraint scales Q down by c / n; 0 when there is no constraint.
+  double binding() const { return radius > 0.0 ? norm / radius : 0.0; }
+};
+
+/// The report on every module of `adapter`, from its float data computed in double.
+inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& adapter) {
+  std::vector<LycorisModuleReport> out;
+  for (const LycorisDiagOftModule& m : adapter.modules) {
+    LycorisModuleReport r;
+    r.name = m.name;
+    r.blocks = m.blocks;
+    r.block_size = m.block_size;
+    r.out_features = m.out_features();
+    r.alpha = double(m.alpha);
+    const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+    lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha));
+    r.radius = op.constraint().radius;
+    r.norm = op.constraint().norm;
+    r.constraint_active = op.constraint().active;
+    r.orthogonality = op.orthogonality_error();
+    op.set_multiplier(0.5);
+    r.blend_half = op.orthogonality_error();
+    SquareMatrix<double> q(m.block_size, m.block_size);
+    for (Index g = 0; g < m.blocks; ++g) {
+      unpack_skew(op.generators().row(g), m.block_size, q);
+      // Q is skew: Q^T Q = -Q^2 is symmetric with eigenvalues lambda^2.
+      const SquareMatrix<double> qtq = q.transpose() * q;
+      const double top = Eigen::SelfAdjointEigenSolver<SquareMatrix<double>>(qtq, Eigen::EigenvaluesOnly)
+                             .eigenvalues()
+                             .maxCoeff();
+      r.rho = std::max(r.rho, std::sqrt(std::max(top, 0.0)));
+    }
+    r.rescaled = m.rescaled();
+    if (r.rescaled) {
+      const auto [lo, hi] = std::minmax_element(m.rescale.begin(), m.rescale.end());
+      r.rescale_min = double(*lo);
+      r.rescale_max = double(*hi);
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+/// The report as JSON (`oft inspect --json` on a LyCORIS file).
+inline nlohmann::ordered_json to_json(const std::vector<LycorisModuleReport>& report) {
+  nlohmann::ordered_json out{{"dialect", "lycoris-diag-oft"}, {"side", "output"},
+                             {"modules", nlohmann::ordered_json::array()}};
+  for (const LycorisModuleReport& r : report) {
+    nlohmann::ordered_json j{{"name", r.name},
+                             {"blocks", r.blocks},
+                             {"block_size", r.block_size},
+                             {"out_features", r.out_features},
+                             {"alpha", r.alpha},
+                             {"constraint_radius", r.radius},
+                             {"q_norm", r.norm},
+                             {"constraint_active", r.constraint_active},
+                             {"binding", r.binding()},
+                             {"rho", r.rho},
+                             {"orthogonality_error", r.orthogonality},
+                             {"blend_half_orthogonality_error", r.blend_half},
+                             {"rescaled", r.rescaled}};
+    if (r.rescaled) j["rescale"] = {r.rescale_min, r.rescale_max};
+    out["modules"].push_back(j);
+  }
+  return out;
+}
 
 }  // namespace oft::io
