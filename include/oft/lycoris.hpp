@@ -34,6 +34,14 @@
 /// two agree within float rounding (tests/dialects states and checks the bound); they are not
 /// bitwise equal.
 ///
+/// kohya sd-scripts' OFT (`networks/oft.py`, github kohya-ss/sd-scripts, last changed in commit
+/// 2d8ee3c28007393386528cfeec0a9b714dafd85b; not on PyPI) stores the same tensors (no rescale)
+/// and computes the same map but for its constraint rule, ConstraintRule::Kohya:
+///   n = ||Q||_F;  Q <- Q (min(n, c) + 1e-8) / (n + 1e-8), applied always,
+/// which agrees with LyCORIS's to about 1e-8 relative for alpha > 0, but for alpha = 0 scales Q to
+/// ~0 (R ~ I: the adapter does nothing) where LyCORIS reads alpha = 0 as "no constraint", and
+/// for alpha < 0 flips Q's sign. Its multiplier, s (R - I) + I, is LyCORIS's blend.
+///
 /// Not here (docs/dialects.md lists them): LyCORIS BOFT, the constraint's gradient (training
 /// through this dialect), LyCORIS's rank dropout and module dropout (training only).
 
@@ -72,22 +80,31 @@ Generators<Scalar> skew_from_blocks(const Scalar* blocks, Index count, Index b) 
   return theta;
 }
 
-/// LyCORIS's norm constraint of one module, as it decides it.
-template <class Scalar>
-struct Constraint {
-  double radius = 0.0;  ///< c = alpha * out (a Python float in LyCORIS: double here too)
-  Scalar norm = 0;      ///< ||Q||_F + 1e-8, all blocks together, in Scalar (LyCORIS: float32)
-  bool active = false;  ///< c > 0 and norm > c: Q was scaled by c / norm
+/// Whose norm-constraint rule a module follows (the file's owner decides; see the file comment).
+enum class ConstraintRule {
+  Lycoris,  ///< lycoris-lora: n = ||Q||_F + 1e-8; if c > 0 and n > c then Q <- (Q c) / n
+  Kohya,    ///< kohya sd-scripts: n = ||Q||_F; Q <- Q ((min(n, c) + 1e-8) / (n + 1e-8)), always
 };
 
-/// Applies LyCORIS's constraint to packed generators in place and says what it did. `alpha` is
-/// the module's saved alpha, `out` its output channels (k*b). ||Q||_F = sqrt(2 sum theta^2) (Q's
-/// diagonal is exactly zero), summed in double and rounded once to Scalar (torch reduces float32
-/// in float: the two differ by a few ulps, far below any threshold a fixture sits near). The
-/// comparison and the scaling use the radius rounded to Scalar, as torch does with a Python
-/// float against a float32 tensor: theta <- (theta * c) / norm.
+/// A module's norm constraint, as its owner decides it.
 template <class Scalar>
-Constraint<Scalar> apply_constraint(GeneratorView<Scalar> theta, double alpha, Index out) {
+struct Constraint {
+  double radius = 0.0;  ///< c = alpha * out (a Python float in both trainers: double here too)
+  Scalar norm = 0;      ///< LyCORIS: ||Q||_F + 1e-8; kohya: ||Q||_F; all blocks together
+  bool active = false;  ///< Q was scaled: LyCORIS c > 0 and n > c; kohya n > c (so c <= 0 too)
+  Scalar factor = 1;    ///< what Q was multiplied by (1 when inactive)
+};
+
+/// Applies a module's norm constraint to packed generators in place and says what it did.
+/// `alpha` is the module's saved alpha, `out` its output channels (k*b). ||Q||_F =
+/// sqrt(2 sum theta^2) (Q's diagonal is exactly zero), summed in double and rounded once to
+/// Scalar (torch reduces float32 in float: the two differ by a few ulps, far below any threshold
+/// a fixture sits near). The radius is rounded to Scalar before use, as torch does with a Python
+/// float against a float32 tensor. LyCORIS: theta <- (theta * c) / n; kohya: theta <- theta *
+/// ((min(n, c) + 1e-8) / (n + 1e-8)), the factor rounded first, as each computes it.
+template <class Scalar>
+Constraint<Scalar> apply_constraint(GeneratorView<Scalar> theta, double alpha, Index out,
+                                    ConstraintRule rule = ConstraintRule::Lycoris) {
   Constraint<Scalar> result;
   result.radius = alpha * static_cast<double>(out);
   double sum = 0.0;
@@ -96,12 +113,24 @@ Constraint<Scalar> apply_constraint(GeneratorView<Scalar> theta, double alpha, I
       const double v = static_cast<double>(theta.row(g)[k]);
       sum += v * v;
     }
-  result.norm = static_cast<Scalar>(std::sqrt(2.0 * sum)) + static_cast<Scalar>(1e-8);
+  const auto norm = static_cast<Scalar>(std::sqrt(2.0 * sum));
   const auto radius = static_cast<Scalar>(result.radius);
-  result.active = result.radius > 0.0 && result.norm > radius;
-  if (result.active)
-    for (Index g = 0; g < theta.count(); ++g)
-      for (Index k = 0; k < theta.packed(); ++k) theta.row(g)[k] = (theta.row(g)[k] * radius) / result.norm;
+  const auto tiny = static_cast<Scalar>(1e-8);
+  if (rule == ConstraintRule::Lycoris) {
+    result.norm = norm + tiny;
+    result.active = result.radius > 0.0 && result.norm > radius;
+    if (result.active) {
+      result.factor = radius / result.norm;
+      for (Index g = 0; g < theta.count(); ++g)
+        for (Index k = 0; k < theta.packed(); ++k) theta.row(g)[k] = (theta.row(g)[k] * radius) / result.norm;
+    }
+    return result;
+  }
+  result.norm = norm;
+  result.active = norm > radius;
+  result.factor = (std::min(norm, radius) + tiny) / (norm + tiny);
+  for (Index g = 0; g < theta.count(); ++g)
+    for (Index k = 0; k < theta.packed(); ++k) theta.row(g)[k] *= result.factor;
   return result;
 }
 
@@ -115,14 +144,17 @@ class DiagOft {
   static_assert(std::is_floating_point_v<Scalar>, "oft::lycoris::DiagOft needs float or double");
 
   /// `oft_blocks`: blocks x b x b scalars, row-major (LyCORIS's [k, b, b]); `alpha`: the saved
-  /// constraint (<= 0: none); `rescale`: empty or one factor per output channel; `multiplier`:
-  /// LyCORIS's s. Throws std::invalid_argument for a bad shape or a rescale of another length,
+  /// constraint (<= 0: none for LyCORIS); `rescale`: empty or one factor per output channel;
+  /// `multiplier`: LyCORIS's s; `rule`: whose constraint rule (ConstraintRule::Kohya for kohya
+  /// sd-scripts' files). Throws std::invalid_argument for a bad shape or a rescale of another length,
   /// std::domain_error for non-finite blocks, alpha, rescale or multiplier.
   DiagOft(Index blocks, Index block_size, const Scalar* oft_blocks, double alpha,
-          std::vector<Scalar> rescale = {}, double multiplier = 1.0)
+          std::vector<Scalar> rescale = {}, double multiplier = 1.0,
+          ConstraintRule rule = ConstraintRule::Lycoris)
       : spec_(checked_spec(blocks, block_size)),
         rotation_(spec_, ExactCayley{}),
         alpha_(alpha),
+        rule_(rule),
         rescale_(std::move(rescale)) {
     detail::require(oft_blocks != nullptr, "LyCORIS oft_blocks: null pointer");
     detail::require_domain(std::isfinite(alpha), "LyCORIS alpha ", alpha, " is not finite");
@@ -132,7 +164,7 @@ class DiagOft {
     for (const Scalar v : rescale_)
       detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS rescale holds ", v);
     theta_ = skew_from_blocks(oft_blocks, blocks, block_size);
-    constraint_ = apply_constraint(theta_.view(), alpha_, out_features());
+    constraint_ = apply_constraint(theta_.view(), alpha_, out_features(), rule_);
     rotation_.set_generators(theta_);
     set_multiplier(multiplier);
   }
@@ -140,6 +172,7 @@ class DiagOft {
   Index out_features() const { return spec_.features(); }
   const BlockSpec& spec() const { return spec_; }
   double alpha() const { return alpha_; }
+  ConstraintRule constraint_rule() const { return rule_; }
   const std::vector<Scalar>& rescale() const { return rescale_; }
   bool rescaled() const { return !rescale_.empty(); }
   const Constraint<Scalar>& constraint() const { return constraint_; }
@@ -260,6 +293,7 @@ class DiagOft {
   BlockSpec spec_;
   BlockOrthogonal<Scalar, ExactCayley> rotation_;
   double alpha_;
+  ConstraintRule rule_;
   std::vector<Scalar> rescale_;
   Generators<Scalar> theta_;
   Constraint<Scalar> constraint_;

@@ -47,31 +47,36 @@ using MatrixD = oft::RowMatrix<double>;
 
 inline fs::path fixture(const std::string& name) { return fs::path(OFT_DIALECTS_FIXTURES_DIR) / name; }
 
-inline const std::vector<std::string>& lycoris_cases() {
-  static const std::vector<std::string> cases{"plain_b4", "constrained_b8", "rescaled_b4",
-                                              "bypass_b4", "bypass_rescaled_b8"};
+/// The fixture stems: LyCORIS's (saved and computed by lycoris-lora) and kohya's (made by
+/// make_fixtures.py's reference of kohya's formulas, with kohya's key names).
+inline const std::vector<std::string>& fixture_cases() {
+  static const std::vector<std::string> cases{"lycoris_plain_b4",  "lycoris_constrained_b8",
+                                              "lycoris_rescaled_b4", "lycoris_bypass_b4",
+                                              "lycoris_bypass_rescaled_b8", "kohya_k4", "kohya_alpha0"};
   return cases;
 }
 
-/// One case: the adapter LyCORIS saved, and what it computed (make_fixtures.py's layout).
+/// One case: the adapter file, and what its owner computed (make_fixtures.py's layout).
 struct LycorisCase {
   std::string name;
   oft::io::LycorisAdapter adapter;
   oft::io::SafetensorsFile expected;
   nlohmann::json meta;  // the expected file's metadata, each value parsed as JSON
 
-  static LycorisCase load(const std::string& name) {
-    LycorisCase c{name, oft::io::LycorisAdapter::load(fixture("lycoris_" + name + ".safetensors")),
-                  oft::io::SafetensorsFile::open(fixture("lycoris_" + name + "_expected.safetensors")),
+  static LycorisCase load(const std::string& stem) {
+    LycorisCase c{stem, oft::io::LycorisAdapter::load(fixture(stem + ".safetensors")),
+                  oft::io::SafetensorsFile::open(fixture(stem + "_expected.safetensors")),
                   nlohmann::json::object()};
     for (const auto& [key, value] : c.expected.metadata())
-      c.meta[key] = (key == "lycoris_version" || key == "torch_version") ? nlohmann::json(value)
-                                                                          : nlohmann::json::parse(value);
+      c.meta[key] = (key == "lycoris_version" || key == "torch_version" || key == "reference")
+                        ? nlohmann::json(value)
+                        : nlohmann::json::parse(value);
     return c;
   }
+  bool kohya() const { return name.rfind("kohya", 0) == 0; }
   std::vector<std::string> modules() const { return meta.at("modules").get<std::vector<std::string>>(); }
   std::vector<double> multipliers() const { return meta.at("multipliers").get<std::vector<double>>(); }
-  bool bypass() const { return meta.at("case").at("bypass_mode").get<bool>(); }
+  bool bypass() const { return meta.contains("case") && meta.at("case").at("bypass_mode").get<bool>(); }
   bool has(const std::string& key) const { return expected.contains(key); }
   Matrix matrix(const std::string& key) const {
     const oft::io::TensorView t = expected.tensor(key);
@@ -83,7 +88,7 @@ struct LycorisCase {
   }
   std::vector<float> vector(const std::string& key) const { return expected.tensor(key).copy_as<float>(); }
   const oft::io::LycorisDiagOftModule& module(const std::string& path) const {
-    return adapter.module(oft::io::LycorisAdapter::module_name(path));
+    return adapter.module(oft::io::LycorisAdapter::module_name(path, kohya() ? "oft_unet" : "lycoris"));
   }
 };
 

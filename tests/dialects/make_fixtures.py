@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Writes tests/dialects/fixtures/: LyCORIS diag-OFT adapters saved by LyCORIS itself, and what
-LyCORIS computes with them, for the C++ parity tests (test_lycoris_parity.cpp).
+LyCORIS computes with them, for the C++ parity tests (test_lycoris_parity.cpp); and kohya
+sd-scripts OFT files with what kohya's formulas compute (kohya is not on PyPI: see
+kohya_reference_merge below).
 
 Uses the real lycoris-lora from PyPI (pinned below; the venv of scripts/peft_venv.sh):
 
@@ -129,6 +131,71 @@ def make_case(out_dir, name, linear_dim, alpha, rescaled, bypass, spread, seed):
     return active, failed
 
 
+# kohya sd-scripts networks/oft.py (github kohya-ss/sd-scripts, last changed in commit
+# 2d8ee3c28007393386528cfeec0a9b714dafd85b): OFTModule.get_weight and OFTInfModule.merge_to,
+# restated from their formulas (the package cannot be imported: it is no PyPI package and its
+# module pulls diffusers and the repository's library/). Per module, k = the network's dim (the
+# block COUNT, unlike LyCORIS's linear_dim), b = out / k, c = alpha * out:
+#   n = ||B - B^T||_F (no 1e-8 here);  Q <- Q (min(n, c) + 1e-8) / (n + 1e-8), ALWAYS applied:
+#   alpha = 0 scales Q to ~0 (R ~ I), where LyCORIS reads alpha = 0 as "no constraint";
+#   R = (I + Q)(I - Q)^-1 in float32;  M = s (R - I) + I;  W' = blockdiag(M)^T W along dim 0;
+#   forward: F.linear(x, W', bias) (bias untouched). Keys: oft_unet_<path with _>.oft_blocks
+#   [k, b, b] and .alpha (no rescale).
+def kohya_reference_merge(weight, oft_blocks, alpha, multiplier):
+    k, b, _ = oft_blocks.shape
+    constraint = float(alpha) * weight.shape[0]
+    q = oft_blocks - oft_blocks.transpose(1, 2)
+    norm = torch.norm(q.flatten())
+    q = q * ((torch.clamp(norm, max=constraint) + 1e-8) / (norm + 1e-8))
+    eye = torch.eye(b).unsqueeze(0).repeat(k, 1, 1)
+    r = torch.matmul(eye + q, (eye - q).inverse())
+    m = multiplier * (r - eye) + eye
+    merged = torch.einsum("k n m, k n ... -> k m ...", m, weight.reshape(k, b, -1))
+    return merged.reshape(weight.shape), bool(norm > constraint)
+
+
+# name, alpha, spread of the blocks per module; paths are SD U-Net-like (kohya adapts the U-Net
+# only: networks/oft.py has no text-encoder prefix), all with k = 4 blocks (kohya's dim).
+KOHYA_LAYERS = [("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 16, 16),
+                ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0", 16, 24),
+                ("mid_block.attentions.0.proj_in", 8, 12)]
+KOHYA_CASES = [("kohya_k4", 0.02, [0.5, 0.02, 0.4]), ("kohya_alpha0", 0.0, [0.3, 0.3, 0.3])]
+
+
+def make_kohya_case(out_dir, name, alpha, spread, seed):
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    adapter, expected, active = {}, {}, {}
+    with torch.no_grad():
+        for (path, fan_in, fan_out), sigma in zip(KOHYA_LAYERS, spread):
+            layer = nn.Linear(fan_in, fan_out)
+            key = "oft_unet_" + path.replace(".", "_")
+            blocks = torch.randn(4, fan_out // 4, fan_out // 4) * sigma
+            adapter[key + ".oft_blocks"] = blocks
+            adapter[key + ".alpha"] = torch.tensor(alpha)
+            x = torch.randn(TOKENS, fan_in)
+            expected[f"{path}.weight"] = layer.weight.detach().clone()
+            expected[f"{path}.bias"] = layer.bias.detach().clone()
+            expected[f"{path}.x"] = x
+            for i, s in enumerate(MULTIPLIERS):
+                merged, active[path] = kohya_reference_merge(layer.weight, blocks,
+                                                             adapter[key + ".alpha"].item(), s)
+                expected[f"{path}.merged.{i}"] = merged
+                expected[f"{path}.forward.{i}"] = torch.nn.functional.linear(x, merged, layer.bias)
+    save_file(adapter, os.path.join(out_dir, f"{name}.safetensors"),
+              {"ss_network_module": "networks.oft"})
+    metadata = {
+        "reference": "kohya-ss/sd-scripts networks/oft.py @ 2d8ee3c28007393386528cfeec0a9b714dafd85b",
+        "torch_version": torch.__version__,
+        "multipliers": json.dumps(MULTIPLIERS),
+        "modules": json.dumps([path for path, _, _ in KOHYA_LAYERS]),
+        "constraint_active": json.dumps(active),
+    }
+    save_file({k: v.contiguous() for k, v in expected.items()},
+              os.path.join(out_dir, f"{name}_expected.safetensors"), metadata)
+    return active
+
+
 def main():
     import importlib.metadata as md
     version = md.version("lycoris-lora")
@@ -142,6 +209,8 @@ def main():
     for seed, case in enumerate(CASES, start=30):
         active, failed = make_case(out_dir, *case, seed=seed)
         print(f"lycoris_{case[0]}: constraint active {active}; forward failed at {failed}")
+    for seed, case in enumerate(KOHYA_CASES, start=60):
+        print(f"{case[0]}: constraint active {make_kohya_case(out_dir, *case, seed=seed)}")
 
 
 if __name__ == "__main__":

@@ -55,9 +55,9 @@ TEST(LycorisAdapter, ReadsTheSavedShapes) {
 // safetensors package then writes an empty "__metadata__" object, which oft's writer leaves out.
 TEST(LycorisAdapter, SaveReproducesLycorisFiles) {
   ScratchDir dir;
-  for (const std::string& name : lycoris_cases()) {
+  for (const std::string& name : fixture_cases()) {
     SCOPED_TRACE(name);
-    const fs::path original = fixture("lycoris_" + name + ".safetensors");
+    const fs::path original = fixture(name + ".safetensors");
     const LycorisAdapter a = LycorisAdapter::load(original);
     a.save(dir / "copy.safetensors");
     const auto theirs = oft::io::SafetensorsFile::open(original);
@@ -95,7 +95,7 @@ TEST(LycorisAdapter, DetectsByAThreeDimensionalOftBlocks) {
 // LyCORIS's (the fixture's record), R is a rotation at s = 1, and the blend at s = 1/2 is off by
 // exactly 0.25 * 4 rho^2 / (1 + rho^2) at the reported rho.
 TEST(LycorisAdapter, InspectReportsTheConstraintAndTheBlend) {
-  const LycorisCase c = LycorisCase::load("rescaled_b4");
+  const LycorisCase c = LycorisCase::load("lycoris_rescaled_b4");
   const std::vector<oft::io::LycorisModuleReport> report = oft::io::inspect_lycoris(c.adapter);
   ASSERT_EQ(report.size(), 3u);
   for (const auto& r : report) {
@@ -114,6 +114,33 @@ TEST(LycorisAdapter, InspectReportsTheConstraintAndTheBlend) {
   EXPECT_EQ(j.at("dialect"), "lycoris-diag-oft");
   EXPECT_EQ(j.at("side"), "output");
   EXPECT_EQ(j.at("modules").size(), 3u);
+}
+
+// kohya's alpha = 0 scales Q by 1e-8 / (n + 1e-8): inspect says so, and R is ~I.
+TEST(LycorisAdapter, InspectShowsKohyasAlphaZero) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("kohya_alpha0.safetensors"));
+  ASSERT_EQ(a.dialect, LycorisAdapter::Dialect::Kohya);
+  for (const auto& r : oft::io::inspect_lycoris(a)) {
+    EXPECT_EQ(r.dialect, "kohya-oft");
+    EXPECT_TRUE(r.constraint_active);
+    EXPECT_LT(r.constraint_factor, 1e-7);
+    EXPECT_LT(r.rho, 1e-7);
+  }
+  EXPECT_EQ(oft::io::to_json(oft::io::inspect_lycoris(a)).at("dialect"), "kohya-oft");
+}
+
+// --- dialects ----------------------------------------------------------------------------------
+
+TEST(LycorisAdapter, DetectsKohyaByItsPrefixAndCanBeOverridden) {
+  const fs::path kohya = fixture("kohya_alpha0.safetensors");
+  const LycorisAdapter detected = LycorisAdapter::load(kohya);
+  EXPECT_EQ(detected.dialect, LycorisAdapter::Dialect::Kohya);
+  for (const auto& m : detected.modules) EXPECT_EQ(m.rule, oft::lycoris::ConstraintRule::Kohya);
+  const LycorisAdapter forced = LycorisAdapter::load(kohya, LycorisAdapter::Dialect::Lycoris);
+  EXPECT_EQ(forced.dialect, LycorisAdapter::Dialect::Lycoris);
+  for (const auto& m : forced.modules) EXPECT_EQ(m.rule, oft::lycoris::ConstraintRule::Lycoris);
+  EXPECT_EQ(LycorisAdapter::load(fixture("lycoris_plain_b4.safetensors"), LycorisAdapter::Dialect::Kohya).dialect,
+            LycorisAdapter::Dialect::Kohya);
 }
 
 // --- refusals --------------------------------------------------------------------------------
@@ -205,6 +232,27 @@ TEST(LycorisAdapterRefuses, ATensorOfNoModule) {
                                   {"lycoris_fc1.alpha", {}, values(1)},
                                   {"lycoris_fc2.rescale", {16, 1}, values(16)}}),
                  {"'lycoris_fc2.rescale'"});
+}
+
+TEST(LycorisAdapterRefuses, AFileMixingKohyaAndLycoris) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {4, 4, 4}, values(64)},
+                                  {"lycoris_fc1.alpha", {}, values(1)},
+                                  {"oft_unet_mid_block_proj_in.oft_blocks", {4, 2, 2}, values(16)},
+                                  {"oft_unet_mid_block_proj_in.alpha", {}, values(1)}}),
+                 {"'oft_unet_mid_block_proj_in.oft_blocks'", "'lycoris_fc1.oft_blocks'", "mixes"});
+}
+
+TEST(LycorisAdapterRefuses, KohyaWithRescaleAndKohyaFluxSplits) {
+  ScratchDir dir;
+  expect_refused(write_file(dir, {{"oft_unet_a.oft_blocks", {4, 2, 2}, values(16)},
+                                  {"oft_unet_a.alpha", {}, values(1)},
+                                  {"oft_unet_a.rescale", {8, 1}, values(8)}}),
+                 {"'oft_unet_a.rescale'", "kohya", "no rescale"});
+  expect_refused(write_file(dir, {{"oft_unet_single_blocks_0_linear1.oft_blocks.0", {4, 2, 2}, values(16)},
+                                  {"oft_unet_single_blocks_0_linear1.oft_blocks.1", {4, 2, 2}, values(16)},
+                                  {"oft_unet_single_blocks_0_linear1.alpha", {}, values(1)}}),
+                 {"'oft_unet_single_blocks_0_linear1.oft_blocks.0'", "FLUX", "not read yet"});
 }
 
 TEST(LycorisAdapterRefuses, AnIntegerDtype) {

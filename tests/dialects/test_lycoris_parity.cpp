@@ -1,9 +1,11 @@
 // oft's LyCORIS diag-OFT (include/oft/lycoris.hpp, read by include/oft/io/lycoris_adapter.hpp)
 // against lycoris-lora's own numbers: the adapters LyCORIS saved and the merged weights and
 // forward outputs it computed (fixtures/, made by make_fixtures.py with lycoris-lora 4.1.3), to
-// the float rounding bound derived in lycoris_fixtures.hpp; and the conventions a loader can get
-// wrong (a transposed R, PEFT's 1/2 in the skew part, a missing rescale, a missing constraint, the
-// bias rotated or not) each shown to break that bound.
+// the float rounding bound derived in lycoris_fixtures.hpp; the same for kohya sd-scripts' OFT
+// files against make_fixtures.py's reference of kohya's formulas (networks/oft.py @ 2d8ee3c); and
+// the conventions a loader can get wrong (a transposed R, PEFT's 1/2 in the skew part, a missing
+// rescale, a missing constraint, LyCORIS's constraint rule on a kohya file, the bias rotated or
+// not) each shown to break that bound.
 
 // oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off
 // (include/oft/detail/intrinsics.hpp); Eigen included earlier would bring it in without that.
@@ -16,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "io_test_support.hpp"
 #include "lycoris_fixtures.hpp"
 
 namespace oft_dialects_test {
@@ -25,9 +28,15 @@ using oft::io::LycorisDiagOftModule;
 
 class LycorisParity : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(LycorisParity, FixturesComeFromThePinnedLycoris) {
+TEST_P(LycorisParity, FixturesComeFromThePinnedReference) {
   const LycorisCase c = LycorisCase::load(GetParam());
-  EXPECT_EQ(c.meta.at("lycoris_version").get<std::string>(), "4.1.3");
+  if (c.kohya()) {
+    EXPECT_CONTAINS(c.meta.at("reference").get<std::string>(), "2d8ee3c28007393386528cfeec0a9b714dafd85b");
+    EXPECT_EQ(c.adapter.dialect, oft::io::LycorisAdapter::Dialect::Kohya);
+  } else {
+    EXPECT_EQ(c.meta.at("lycoris_version").get<std::string>(), "4.1.3");
+    EXPECT_EQ(c.adapter.dialect, oft::io::LycorisAdapter::Dialect::Lycoris);
+  }
   EXPECT_EQ(c.adapter.modules.size(), c.modules().size());
 }
 
@@ -60,7 +69,8 @@ TEST_P(LycorisParity, MergeAndForwardMatchLycoris) {
       // the same bound of LyCORIS's float result.
       std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
       const oft::lycoris::DiagOft<double> op_d(m.blocks, m.block_size, blocks.data(), double(m.alpha),
-                                               std::vector<double>(m.rescale.begin(), m.rescale.end()), s);
+                                               std::vector<double>(m.rescale.begin(), m.rescale.end()), s,
+                                               m.rule);
       const Difference dd = compare(op_d.merge(oft::view(wd)), c.matrix(path + ".merged." + std::to_string(i)), tol);
       EXPECT_LE(dd.worst_ratio, 1.0) << "double merge: worst difference " << dd.worst;
       double_worst.worst = std::max(double_worst.worst, dd.worst);
@@ -84,7 +94,7 @@ TEST_P(LycorisParity, MergeAndForwardMatchLycoris) {
     }
   }
   EXPECT_GT(forwards, 0);
-  std::printf("[ parity ] lycoris_%s: merge worst %.3g (%.3f of the bound), double merge %.3g (%.3f), "
+  std::printf("[ parity ] %s: merge worst %.3g (%.3f of the bound), double merge %.3g (%.3f), "
               "forward %.3g (%.3f) over %d forwards\n",
               GetParam().c_str(), merge_worst.worst, merge_worst.worst_ratio, double_worst.worst,
               double_worst.worst_ratio, forward_worst.worst, forward_worst.worst_ratio, forwards);
@@ -94,6 +104,10 @@ TEST_P(LycorisParity, MergeAndForwardMatchLycoris) {
 // the tests above rely on it being the only missing output.
 TEST_P(LycorisParity, BypassFailuresAreTheRecordedOnes) {
   const LycorisCase c = LycorisCase::load(GetParam());
+  if (c.kohya()) {  // kohya's forward has no bypass mode, and every forward was recorded
+    EXPECT_FALSE(c.meta.contains("forward_failed"));
+    return;
+  }
   const auto failed = c.meta.at("forward_failed").at("multipliers");
   if (!c.bypass()) {
     EXPECT_TRUE(failed.empty());
@@ -124,6 +138,12 @@ struct Wrong {
   bool (*make)(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong);
 };
 
+/// Whether the module's R differs visibly from I: kohya's alpha = 0 scales Q by ~1e-8, so no
+/// convention about Q can show there.
+bool rotates(const LycorisDiagOftModule& m) {
+  return !(m.rule == oft::lycoris::ConstraintRule::Kohya && m.alpha <= 0.0f);
+}
+
 bool transposed(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) {
   wrong = right;  // B_i^T: Q -> -Q, R -> R^T (for the Cayley transform the same as a wrong sign)
   const oft::Index b = right.block_size;
@@ -131,12 +151,12 @@ bool transposed(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) 
     for (oft::Index p = 0; p < b; ++p)
       for (oft::Index q = 0; q < b; ++q)
         wrong.oft_blocks[size_t(k * b * b + p * b + q)] = right.oft_blocks[size_t(k * b * b + q * b + p)];
-  return b > 1;
+  return b > 1 && rotates(right);
 }
 bool half_skew(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) {
   wrong = right;  // PEFT's BOFT convention, 0.5 (B - B^T)
   for (float& v : wrong.oft_blocks) v *= 0.5f;
-  return right.block_size > 1 && !right.diag_oft().constraint().active;
+  return right.block_size > 1 && !right.diag_oft().constraint().active && rotates(right);
 }
 bool no_rescale(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) {
   wrong = right;  // ComfyUI loads rescale and never applies it (issue 30)
@@ -146,18 +166,25 @@ bool no_rescale(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) 
 bool no_constraint(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) {
   wrong = right;
   wrong.alpha = 0.0f;
-  return right.diag_oft().constraint().active;
+  wrong.rule = oft::lycoris::ConstraintRule::Lycoris;  // alpha = 0 is "off" only in LyCORIS's rule
+  return right.diag_oft().constraint().active && right.alpha > 0.0f;
+}
+bool lycoris_rule_on_kohya(const LycorisDiagOftModule& right, LycorisDiagOftModule& wrong) {
+  wrong = right;  // what a LyCORIS loader does with a kohya file: alpha = 0 read as no constraint
+  wrong.rule = oft::lycoris::ConstraintRule::Lycoris;
+  return right.rule == oft::lycoris::ConstraintRule::Kohya && right.alpha <= 0.0f;
 }
 
 TEST(LycorisParityConventions, EachWrongConventionBreaksTheBound) {
   const Wrong variants[] = {{"transposed R (or Q negated)", transposed},
                             {"skew part 0.5 (B - B^T)", half_skew},
                             {"rescale ignored", no_rescale},
-                            {"constraint ignored", no_constraint}};
+                            {"constraint ignored", no_constraint},
+                            {"LyCORIS rule on kohya alpha=0", lycoris_rule_on_kohya}};
   for (const Wrong& variant : variants) {
     double weakest = -1.0;  // the smallest worst-ratio over the modules it applies to
     int checked = 0;
-    for (const std::string& name : lycoris_cases()) {
+    for (const std::string& name : fixture_cases()) {
       const LycorisCase c = LycorisCase::load(name);
       const std::vector<double> multipliers = c.multipliers();
       for (const std::string& path : c.modules()) {
@@ -185,10 +212,10 @@ TEST(LycorisParityConventions, EachWrongConventionBreaksTheBound) {
 // it. Computing one mode's forward for the other's fixture breaks the bound.
 TEST(LycorisParityConventions, BiasModeMatters) {
   int checked = 0;
-  for (const std::string& name : lycoris_cases()) {
+  for (const std::string& name : fixture_cases()) {
     const LycorisCase c = LycorisCase::load(name);
     for (const std::string& path : c.modules()) {
-      if (!c.has(path + ".bias")) continue;
+      if (!c.has(path + ".bias") || !rotates(c.module(path))) continue;
       const Matrix w = c.matrix(path + ".weight"), x = c.matrix(path + ".x");
       const std::vector<float> bias = c.vector(path + ".bias");
       const oft::lycoris::DiagOft<float> op = c.module(path).diag_oft(1.0);
@@ -207,7 +234,7 @@ TEST(LycorisParityConventions, BiasModeMatters) {
 // cases above are not vacuous.
 TEST(LycorisParityConventions, FixturesCoverTheRegimes) {
   int active = 0, inactive_with_alpha = 0, rescaled = 0, bypass = 0;
-  for (const std::string& name : lycoris_cases()) {
+  for (const std::string& name : fixture_cases()) {
     const LycorisCase c = LycorisCase::load(name);
     bypass += c.bypass();
     for (const std::string& path : c.modules()) {
@@ -224,7 +251,28 @@ TEST(LycorisParityConventions, FixturesCoverTheRegimes) {
   EXPECT_GT(bypass, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, LycorisParity, ::testing::ValuesIn(lycoris_cases()),
+// Where alpha > 0 the two trainers' rules agree to ~1e-8 relative (kohya's factor is
+// (c + 1e-8) / (n + 1e-8), LyCORIS's c / (n + 1e-8)): either rule meets the other's fixture.
+TEST(LycorisParityConventions, TheRulesAgreeForPositiveAlpha) {
+  int checked = 0;
+  for (const std::string& name : fixture_cases()) {
+    const LycorisCase c = LycorisCase::load(name);
+    for (const std::string& path : c.modules()) {
+      LycorisDiagOftModule other = c.module(path);
+      if (other.alpha <= 0.0f) continue;
+      other.rule = other.rule == oft::lycoris::ConstraintRule::Kohya ? oft::lycoris::ConstraintRule::Lycoris
+                                                                     : oft::lycoris::ConstraintRule::Kohya;
+      const Matrix w = c.matrix(path + ".weight");
+      const Difference d = compare(oft::io::LycorisAdapter::merge(other, oft::view(w)), c.matrix(path + ".merged.0"),
+                                   merge_tolerance(c.module(path).diag_oft(), w));
+      EXPECT_LE(d.worst_ratio, 1.0) << name << " " << path;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LycorisParity, ::testing::ValuesIn(fixture_cases()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace

@@ -6,7 +6,7 @@
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
 //       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
 //       A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters, bytes, orthogonality.
-//       A LyCORIS diag-OFT file (FILE.safetensors, not a directory): side, k, b, the constraint
+//       A LyCORIS diag-OFT or kohya OFT file (FILE.safetensors, not a directory): k, b, the constraint
 //       and how near it binds, rho, orthogonality at s = 1 and of the blend at s = 1/2, rescale
 //       (oft::io::inspect_lycoris, io/lycoris_adapter.hpp).
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
@@ -121,8 +121,11 @@ void print_family_table(const std::string& path, const oft::io::AdapterReport& r
 
 void print_lycoris_table(const std::string& path, const std::vector<oft::io::LycorisModuleReport>& r) {
   std::printf("%s\n", path.c_str());
-  std::printf("  LyCORIS diag-OFT: output channels rotated, Q = B - B^T, R = (I + Q)(I - Q)^-1; "
-              "||Q||_F <= alpha * out over all blocks; multiplier s blends s R + (1 - s) I\n\n");
+  const bool kohya = !r.empty() && r.front().dialect == "kohya-oft";
+  std::printf("  %s: output channels rotated, Q = B - B^T, R = (I + Q)(I - Q)^-1; "
+              "||Q||_F <= alpha * out over all blocks (%s); multiplier s blends s R + (1 - s) I\n\n",
+              kohya ? "kohya sd-scripts OFT" : "LyCORIS diag-OFT",
+              kohya ? "kohya's rule: always applied, alpha = 0 makes R ~ I" : "alpha <= 0: off");
   int width = 28;
   for (const auto& m : r) width = std::max(width, static_cast<int>(m.name.size()));
   std::printf("  %-*s %6s %5s %4s %9s %9s %-7s %9s %9s %9s  %s\n", width, "module", "out", "k", "b",
@@ -131,15 +134,15 @@ void print_lycoris_table(const std::string& path, const std::vector<oft::io::Lyc
     char rescale[48] = "-";
     if (m.rescaled) std::snprintf(rescale, sizeof rescale, "%.4g/%.4g", m.rescale_min, m.rescale_max);
     char radius[16] = "off";
-    if (m.radius > 0.0) std::snprintf(radius, sizeof radius, "%9.3g", m.radius);
+    if (m.radius > 0.0 || kohya) std::snprintf(radius, sizeof radius, "%9.3g", m.radius);
     std::printf("  %-*s %6lld %5lld %4lld %9.3g %9s %-7s %9.3g %9.2e %9.2e  %s\n", width,
                 m.name.c_str(), static_cast<long long>(m.out_features),
                 static_cast<long long>(m.blocks), static_cast<long long>(m.block_size), m.norm,
-                radius, m.radius > 0.0 ? yes_no(m.constraint_active).c_str() : "-", m.rho,
+                radius, m.radius > 0.0 || kohya ? yes_no(m.constraint_active).c_str() : "-", m.rho,
                 m.orthogonality, m.blend_half, rescale);
   }
-  std::printf("\n  binds: ||Q||_F > alpha * out, so LyCORIS scales Q by alpha * out / ||Q||_F; "
-              "s=1/2: ||M^T M - I||_2 of LyCORIS's multiplier 0.5, which is no rotation\n");
+  std::printf("\n  binds: ||Q||_F > alpha * out, so the trainer scales Q onto that ball; "
+              "s=1/2: ||M^T M - I||_2 of the multiplier 0.5, a blend that is no rotation\n");
 }
 
 /// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
@@ -216,11 +219,11 @@ int main(int argc, char** argv) {
   CLI::App* inspect = app.add_subcommand(
       "inspect",
       "Report on a PEFT OFT, BOFT or HRA adapter directory (peft_type decides), or a LyCORIS "
-      "diag-OFT .safetensors file");
+      "diag-OFT or kohya OFT .safetensors file");
   inspect
       ->add_option("ADAPTER", adapter_path,
                    "directory with adapter_config.json and adapter_model.safetensors, or a "
-                   "LyCORIS .safetensors file")
+                   "LyCORIS or kohya OFT .safetensors file")
       ->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
   inspect

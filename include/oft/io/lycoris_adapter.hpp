@@ -17,6 +17,14 @@
 /// The name alone cannot be mapped back to a module path ('.' and '_' are merged), so a
 /// caller names the module it merges (module_name() builds LyCORIS's name from a path).
 ///
+/// kohya sd-scripts' OFT files (`networks/oft.py`, github kohya-ss/sd-scripts @ 2d8ee3c; U-Net
+/// only) have the same keys without rescale, every name behind kohya's prefix `oft_unet_`; they
+/// differ in the constraint rule (lycoris::ConstraintRule::Kohya, see <oft/lycoris.hpp>), which
+/// is what the reader's dialect decides: names starting with `oft_unet_` are kohya's, others
+/// LyCORIS's, a file with both is refused, and load(path, dialect) overrides the detection.
+/// kohya's FLUX files (`networks/oft_flux.py`: `<name>.oft_blocks.0`, `.1`, ... per q/k/v/mlp
+/// split) are refused as not read yet.
+///
 /// Detection (is_lycoris_diag_oft): a tensor `<name>.oft_blocks` of 3 dimensions, as LyCORIS's
 /// own DiagOFTModule.algo_check (4 dimensions is its BOFT). The reader is strict: every tensor of
 /// the file must be one of the three above, so a file mixing other LyCORIS algorithms (LoRA's
@@ -66,6 +74,7 @@ struct LycorisDiagOftModule {
   float alpha = 0.0f;                 ///< the saved constraint (LyCORIS stores it as float32)
   std::vector<float> rescale;         ///< empty (no rescale) or k*b factors
   std::vector<std::uint64_t> rescale_shape;  ///< as saved: [k*b, 1] (Linear), [k*b, 1, 1, 1]...
+  lycoris::ConstraintRule rule = lycoris::ConstraintRule::Lycoris;  ///< kohya's files: Kohya
 
   Index out_features() const { return blocks * block_size; }
   bool rescaled() const { return !rescale.empty(); }
@@ -73,18 +82,28 @@ struct LycorisDiagOftModule {
   /// The module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`.
   lycoris::DiagOft<float> diag_oft(double multiplier = 1.0) const {
     return lycoris::DiagOft<float>(blocks, block_size, oft_blocks.data(), static_cast<double>(alpha),
-                                   rescale, multiplier);
+                                   rescale, multiplier, rule);
   }
 };
 
 class LycorisAdapter {
  public:
+  /// Whose file it is: Detect (by the module names), or forced.
+  enum class Dialect { Detect, Lycoris, Kohya };
+
+  Dialect dialect = Dialect::Lycoris;           ///< as read: Lycoris or Kohya
   std::vector<LycorisDiagOftModule> modules;    ///< in the file's key order
   std::map<std::string, std::string> metadata;  ///< the file's __metadata__, written back by save()
 
   static constexpr const char* kBlocksSuffix = ".oft_blocks";
   static constexpr const char* kAlphaSuffix = ".alpha";
   static constexpr const char* kRescaleSuffix = ".rescale";
+  static constexpr const char* kKohyaPrefix = "oft_unet_";  ///< networks/oft.py OFT_PREFIX_UNET
+
+  /// "LyCORIS diag-OFT" or "kohya sd-scripts OFT", for messages and reports.
+  static const char* dialect_name(Dialect d) {
+    return d == Dialect::Kohya ? "kohya sd-scripts OFT" : "LyCORIS diag-OFT";
+  }
 
   /// LyCORIS's module name for the module path `path` of a model: `<prefix>_<path with '.' as
   /// '_'>` (LycorisNetwork: `f"{prefix}_{name}".replace(".", "_")`, prefix "lycoris" unless a
@@ -103,15 +122,24 @@ class LycorisAdapter {
     return false;
   }
 
-  /// Reads and validates the adapter file at `path` (see the file comment for what is refused).
-  static LycorisAdapter load(const std::filesystem::path& path) {
-    return read(SafetensorsFile::open(path));
+  /// Reads and validates the adapter file at `path` (see the file comment for what is refused);
+  /// `dialect` Detect decides LyCORIS or kohya by the module names.
+  static LycorisAdapter load(const std::filesystem::path& path, Dialect dialect = Dialect::Detect) {
+    return read(SafetensorsFile::open(path), dialect);
   }
 
   /// The same from an open file.
-  static LycorisAdapter read(const SafetensorsFile& file) {
+  static LycorisAdapter read(const SafetensorsFile& file, Dialect dialect = Dialect::Detect) {
     const std::string where = file.path().string();
     const std::vector<std::string> names = file.tensor_names();
+    for (const std::string& key : names) {
+      const std::size_t at = key.rfind(".oft_blocks.");
+      if (at != std::string::npos && at + 12 < key.size() &&
+          key.find_first_not_of("0123456789", at + 12) == std::string::npos)
+        detail::fail(where, "tensor ", detail::quote_name(key),
+                     " is one split of kohya's FLUX OFT (networks/oft_flux.py: oft_blocks.0..N, one "
+                     "per q/k/v/mlp split with its own constraint), which oft does not read yet");
+    }
     if (!is_lycoris_diag_oft(file)) {
       for (const TensorInfo& info : file.tensors())
         if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 4)
@@ -128,11 +156,28 @@ class LycorisAdapter {
     LycorisAdapter adapter;
     adapter.metadata = file.metadata();
     std::map<std::string, bool> used;
+    std::string lycoris_key, kohya_key;  // one module name of each dialect, for the refusal
     for (const std::string& key : names) {
       if (!detail::ends_with(key, kBlocksSuffix)) continue;
       const std::string name = key.substr(0, key.size() - std::string(kBlocksSuffix).size());
+      (name.rfind(kKohyaPrefix, 0) == 0 ? kohya_key : lycoris_key) = key;
       adapter.modules.push_back(read_module(file, name));
       used[key] = used[name + kAlphaSuffix] = used[name + kRescaleSuffix] = true;
+    }
+    if (dialect == Dialect::Detect) {
+      if (!kohya_key.empty() && !lycoris_key.empty())
+        detail::fail(where, "mixes kohya sd-scripts OFT modules (", detail::quote_name(kohya_key),
+                     ": prefix '", kKohyaPrefix, "') with LyCORIS ones (", detail::quote_name(lycoris_key),
+                     "), whose constraints differ; name the dialect to read it as one");
+      dialect = kohya_key.empty() ? Dialect::Lycoris : Dialect::Kohya;
+    }
+    adapter.dialect = dialect;
+    for (LycorisDiagOftModule& m : adapter.modules) {
+      if (dialect != Dialect::Kohya) continue;
+      m.rule = lycoris::ConstraintRule::Kohya;
+      if (m.rescaled())
+        detail::fail(where, "tensor ", detail::quote_name(m.name + kRescaleSuffix),
+                     " in a kohya sd-scripts OFT file: kohya's OFT has no rescale (networks/oft.py)");
     }
     for (const std::string& key : names)
       if (!used.count(key))
@@ -267,11 +312,13 @@ class LycorisAdapter {
 /// What `oft inspect` reports on one LyCORIS diag-OFT module (numbers in double).
 struct LycorisModuleReport {
   std::string name;
+  std::string dialect;         ///< "lycoris-diag-oft" or "kohya-oft" (whose constraint rule)
   Index blocks = 0, block_size = 0, out_features = 0;
   double alpha = 0.0;
   double radius = 0.0;         ///< alpha * out; 0 or less: no constraint
   double norm = 0.0;           ///< ||B - B^T||_F + 1e-8 over all blocks, before the constraint
   bool constraint_active = false;
+  double constraint_factor = 1.0;  ///< what Q was scaled by (kohya with alpha = 0: ~1e-8 / n)
   double rho = 0.0;            ///< max over blocks of ||Q_i||_2 after the constraint
   double orthogonality = 0.0;  ///< max ||R_i^T R_i - I||_2 at s = 1 (R from float blocks)
   double blend_half = 0.0;     ///< the same of 0.5 R + 0.5 I: LyCORIS's multiplier 0.5
@@ -287,15 +334,17 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
   for (const LycorisDiagOftModule& m : adapter.modules) {
     LycorisModuleReport r;
     r.name = m.name;
+    r.dialect = m.rule == lycoris::ConstraintRule::Kohya ? "kohya-oft" : "lycoris-diag-oft";
     r.blocks = m.blocks;
     r.block_size = m.block_size;
     r.out_features = m.out_features();
     r.alpha = double(m.alpha);
     const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
-    lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha));
+    lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha), {}, 1.0, m.rule);
     r.radius = op.constraint().radius;
     r.norm = op.constraint().norm;
     r.constraint_active = op.constraint().active;
+    r.constraint_factor = op.constraint().factor;
     r.orthogonality = op.orthogonality_error();
     op.set_multiplier(0.5);
     r.blend_half = op.orthogonality_error();
@@ -322,7 +371,8 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
 
 /// The report as JSON (`oft inspect --json` on a LyCORIS file).
 inline nlohmann::ordered_json to_json(const std::vector<LycorisModuleReport>& report) {
-  nlohmann::ordered_json out{{"dialect", "lycoris-diag-oft"}, {"side", "output"},
+  nlohmann::ordered_json out{{"dialect", report.empty() ? "lycoris-diag-oft" : report.front().dialect},
+                             {"side", "output"},
                              {"modules", nlohmann::ordered_json::array()}};
   for (const LycorisModuleReport& r : report) {
     nlohmann::ordered_json j{{"name", r.name},
@@ -333,6 +383,7 @@ inline nlohmann::ordered_json to_json(const std::vector<LycorisModuleReport>& re
                              {"constraint_radius", r.radius},
                              {"q_norm", r.norm},
                              {"constraint_active", r.constraint_active},
+                             {"constraint_factor", r.constraint_factor},
                              {"binding", r.binding()},
                              {"rho", r.rho},
                              {"orthogonality_error", r.orthogonality},
