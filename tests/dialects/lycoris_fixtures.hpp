@@ -86,6 +86,15 @@ struct LycorisCase {
     std::copy(v.begin(), v.end(), m.data());
     return m;
   }
+  /// A weight of any rank as [dim 0, the rest] (a conv kernel [out, in, kh, kw] -> [out, in kh kw]).
+  Matrix flat(const std::string& key) const {
+    const oft::io::TensorView t = expected.tensor(key);
+    const auto rows = static_cast<oft::Index>(t.shape.at(0));
+    const std::vector<float> v = t.copy_as<float>();
+    Matrix m(rows, static_cast<oft::Index>(v.size()) / rows);
+    std::copy(v.begin(), v.end(), m.data());
+    return m;
+  }
   std::vector<float> vector(const std::string& key) const { return expected.tensor(key).copy_as<float>(); }
   const oft::io::LycorisDiagOftModule& module(const std::string& path) const {
     return adapter.module(oft::io::LycorisAdapter::module_name(path, kohya() ? "oft_unet" : "lycoris"));

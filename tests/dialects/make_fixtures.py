@@ -20,6 +20,9 @@ Per case, two files:
   metadata: lycoris and torch versions, the multipliers, the case's settings, and per module
   whether LyCORIS's norm constraint was active (its own test: ||Q||_F + 1e-8 > alpha * out_dim).
 
+A rerun writes the same tensors, but may order the metadata of an *_expected file differently
+(the safetensors package orders it by hash): keep the committed file when only that changed.
+
 The oft_blocks are random and nonzero (LyCORIS initializes them to zero, which would hide a
 transposed R or a wrong sign); rescale is random too where it is on. One module per case is
 scaled so that its constraint binds and another so that it does not, where the case has one.
@@ -131,6 +134,74 @@ def make_case(out_dir, name, linear_dim, alpha, rescaled, bypass, spread, seed):
     return active, failed
 
 
+class TinyConv(nn.Module):
+    """Convolutions: 3x3, 1x1 and a non-square 1x3 kernel, and a Conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in = nn.Conv2d(4, 8, 3, padding=1)
+        self.proj = nn.Conv2d(8, 8, 1)
+        self.wide = nn.Conv2d(8, 6, (1, 3), padding=(0, 1), bias=False)
+        self.seq = nn.Conv1d(6, 12, 3)
+
+
+CONV_SPREAD = {"conv_in": 0.5, "proj": 0.05, "wide": 0.3, "seq": 0.3}
+
+
+def make_conv_case(out_dir, name, linear_dim, alpha, seed):
+    """LyCORIS diag-OFT on convolutions: the merged kernels [out, in, kh, kw] (LyCORIS rotates
+    dim 0 only, the rest flattened). The script checks that LyCORIS's forward is the convolution
+    with its merged kernel (its default mode); the C++ test checks the merge."""
+    from lycoris import create_lycoris
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = TinyConv()
+    network = create_lycoris(model, 1.0, linear_dim=linear_dim, linear_alpha=1,
+                             algo="diag-oft", constraint=alpha, rescaled=True)
+    network.apply_to()
+    modules = dict(model.named_modules())
+    lora_of = {lora.lora_name: lora for lora in network.loras}
+    expected, active = {}, {}
+    with torch.no_grad():
+        for path, sigma in CONV_SPREAD.items():
+            lora = lora_of["lycoris_" + path]
+            lora.oft_blocks.normal_(0.0, sigma)
+            lora.rescale.uniform_(0.5, 1.5)
+            q = lora.oft_blocks - lora.oft_blocks.transpose(1, 2)
+            active[path] = bool(lora.constraint > 0 and torch.norm(q) + 1e-8 > lora.constraint)
+    network.save_weights(os.path.join(out_dir, f"{name}.safetensors"), torch.float32, None)
+    with torch.no_grad():
+        for path in CONV_SPREAD:
+            layer = modules[path]
+            lora = lora_of["lycoris_" + path]
+            expected[f"{path}.weight"] = layer.weight.detach().clone()
+            x = torch.randn(2, layer.in_channels, *([5] * (layer.weight.dim() - 2)))
+            for i, s in enumerate(MULTIPLIERS):
+                network.set_multiplier(s)
+                merged, _ = lora.get_merged_weight(multiplier=s, shape=layer.weight.shape,
+                                                   device=layer.weight.device)
+                expected[f"{path}.merged.{i}"] = merged.detach().clone()
+                conv = layer._conv_forward if layer.weight.dim() == 4 else None
+                direct = (conv(x, merged, layer.bias) if conv is not None else
+                          torch.nn.functional.conv1d(x, merged, layer.bias))
+                assert torch.allclose(layer(x), direct, atol=1e-5), (path, s)
+    import importlib.metadata as md
+    metadata = {
+        "lycoris_version": md.version("lycoris-lora"),
+        "torch_version": torch.__version__,
+        "multipliers": json.dumps(MULTIPLIERS),
+        "case": json.dumps({"linear_dim": linear_dim, "constraint": alpha, "rescaled": True,
+                            "bypass_mode": False}),
+        "modules": json.dumps(list(CONV_SPREAD)),
+        "constraint_active": json.dumps(active),
+        "forward_failed": json.dumps({"multipliers": {}, "error": ""}),
+    }
+    save_file({k: v.contiguous() for k, v in expected.items()},
+              os.path.join(out_dir, f"{name}_expected.safetensors"), metadata)
+    return active
+
+
 # kohya sd-scripts networks/oft.py (github kohya-ss/sd-scripts, last changed in commit
 # 2d8ee3c28007393386528cfeec0a9b714dafd85b): OFTModule.get_weight and OFTInfModule.merge_to,
 # restated from their formulas (the package cannot be imported: it is no PyPI package and its
@@ -209,6 +280,8 @@ def main():
     for seed, case in enumerate(CASES, start=30):
         active, failed = make_case(out_dir, *case, seed=seed)
         print(f"lycoris_{case[0]}: constraint active {active}; forward failed at {failed}")
+    print(f"lycoris_conv_b4: constraint active "
+          f"{make_conv_case(out_dir, 'lycoris_conv_b4', 4, 0.05, seed=50)}")
     for seed, case in enumerate(KOHYA_CASES, start=60):
         print(f"{case[0]}: constraint active {make_kohya_case(out_dir, *case, seed=seed)}")
 

@@ -55,7 +55,9 @@ TEST(LycorisAdapter, ReadsTheSavedShapes) {
 // safetensors package then writes an empty "__metadata__" object, which oft's writer leaves out.
 TEST(LycorisAdapter, SaveReproducesLycorisFiles) {
   ScratchDir dir;
-  for (const std::string& name : fixture_cases()) {
+  std::vector<std::string> files = fixture_cases();
+  files.push_back("lycoris_conv_b4");
+  for (const std::string& name : files) {
     SCOPED_TRACE(name);
     const fs::path original = fixture(name + ".safetensors");
     const LycorisAdapter a = LycorisAdapter::load(original);

@@ -100,6 +100,34 @@ TEST_P(LycorisParity, MergeAndForwardMatchLycoris) {
               double_worst.worst_ratio, forward_worst.worst, forward_worst.worst_ratio, forwards);
 }
 
+// Convolutions (Conv2d 3x3, 1x1, a non-square 1x3 kernel, Conv1d; rescale [out, 1, 1(, 1)]):
+// LyCORIS rotates dim 0 of the kernel with the rest flattened, so merge() of the kernel viewed
+// as [out, in kh kw] is LyCORIS's merged kernel, within the same bound. (make_fixtures.py checks
+// that LyCORIS's own conv forward is the convolution with that kernel.)
+TEST(LycorisParityConventions, ConvolutionKernelsMergeAsLycoris) {
+  const LycorisCase c = LycorisCase::load("lycoris_conv_b4");
+  const std::vector<double> multipliers = c.multipliers();
+  Difference worst;
+  int merges = 0;
+  for (const std::string& path : c.modules()) {
+    const LycorisDiagOftModule& m = c.module(path);
+    EXPECT_EQ(m.rescale_shape.size(), c.expected.tensor(path + ".weight").shape.size()) << path;
+    const Matrix w = c.flat(path + ".weight");
+    for (std::size_t i = 0; i < multipliers.size(); ++i) {
+      const Difference d = compare(oft::io::LycorisAdapter::merge(m, oft::view(w), multipliers[i]),
+                                   c.flat(path + ".merged." + std::to_string(i)),
+                                   merge_tolerance(m.diag_oft(multipliers[i]), w));
+      EXPECT_LE(d.worst_ratio, 1.0) << path << " s=" << multipliers[i] << ": worst " << d.worst;
+      worst.worst = std::max(worst.worst, d.worst);
+      worst.worst_ratio = std::max(worst.worst_ratio, d.worst_ratio);
+      ++merges;
+    }
+  }
+  EXPECT_EQ(merges, 20);
+  std::printf("[ parity ] lycoris_conv_b4: merge worst %.3g (%.3f of the bound) over %d kernels\n", worst.worst,
+              worst.worst_ratio, merges);
+}
+
 // LyCORIS's bypass forward raises at s != 1 on a 2-D input in 4.1.3: the fixtures say so, and
 // the tests above rely on it being the only missing output.
 TEST_P(LycorisParity, BypassFailuresAreTheRecordedOnes) {
