@@ -42,8 +42,15 @@
 /// ~0 (R ~ I: the adapter does nothing) where LyCORIS reads alpha = 0 as "no constraint", and
 /// for alpha < 0 flips Q's sign. Its multiplier, s (R - I) + I, is LyCORIS's blend.
 ///
-/// Not here (docs/dialects.md lists them): LyCORIS BOFT, the constraint's gradient (training
-/// through this dialect), LyCORIS's rank dropout and module dropout (training only).
+/// Gradients (training through the dialect): DiagOft::backward_output and backward_merge give
+/// dL/d oft_blocks, dL/d rescale and dL/dZ (or dL/dW) through everything LyCORIS's autograd
+/// sees: the rescale, the blend, the Cayley transform (BlockOrthogonal::backward), the norm
+/// constraint where it is active (theta_c = f theta with f = c / (n + 1e-8), or kohya's
+/// (c + 1e-8) / (n + 1e-8), n = ||Q||_F: d theta = f d theta_c - f'(n) <theta, d theta_c>
+/// 2 theta / n), and Q = B - B^T (dB = dQ - dQ^T: dB(p, q) = d theta(p, q) = -dB(q, p)).
+///
+/// Not here (docs/dialects.md lists them): LyCORIS BOFT, LyCORIS's rank dropout and module
+/// dropout (training only).
 
 #include <algorithm>
 #include <cmath>
@@ -164,6 +171,7 @@ class DiagOft {
     for (const Scalar v : rescale_)
       detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS rescale holds ", v);
     theta_ = skew_from_blocks(oft_blocks, blocks, block_size);
+    raw_theta_ = theta_;
     constraint_ = apply_constraint(theta_.view(), alpha_, out_features(), rule_);
     rotation_.set_generators(theta_);
     set_multiplier(multiplier);
@@ -224,6 +232,75 @@ class DiagOft {
         for (Index j = 0; j < out.cols(); ++j) out(t, j) *= rescale_[static_cast<std::size_t>(j)];
   }
 
+  /// Vector-Jacobian product of apply_output for the upstream gradient `d_out` (N x out) at the
+  /// layer output `z`: writes d_z = dL/dZ (skipped for an empty view; may not overlap the
+  /// inputs), d_blocks = dL/d oft_blocks (blocks * b * b scalars, row-major as the file's; the
+  /// diagonals are 0; skipped when null), d_rescale = dL/d rescale (out scalars; skipped when
+  /// null; requires a rescaled module). Everything is overwritten, not accumulated. Allocates
+  /// its temporaries (a training step of a LyCORIS module, not a hot loop). Throws
+  /// std::invalid_argument on a shape mismatch or a d_rescale without rescale.
+  void backward_output(ConstMatrixView<Scalar> z, ConstMatrixView<Scalar> d_out, MatrixView<Scalar> d_z,
+                       Scalar* d_blocks, Scalar* d_rescale) const {
+    const Index out = out_features(), n = z.rows(), b = spec_.block_size;
+    detail::require(z.cols() == out && d_out.rows() == n && d_out.cols() == out &&
+                        (d_z.empty() || (d_z.rows() == n && d_z.cols() == out)),
+                    "LyCORIS diag-OFT backward: Z is ", z.rows(), "x", z.cols(), ", dOut ", d_out.rows(),
+                    "x", d_out.cols(), ", dZ ", d_z.rows(), "x", d_z.cols(), "; all must be N x out, out=", out);
+    detail::require(d_rescale == nullptr || rescaled(),
+                    "LyCORIS diag-OFT backward: d_rescale asked of a module without rescale");
+    const auto s = static_cast<Scalar>(multiplier_);
+    const auto blend = static_cast<Scalar>(1.0 - multiplier_);
+    if (d_rescale != nullptr) {  // d rescale_j = sum_t (s (Z R) + (1 - s) Z)(t, j) dOut(t, j)
+      RowMatrix<Scalar> rotated(n, out);
+      rotation_.apply(z, view(rotated));
+      for (Index j = 0; j < out; ++j) {
+        Scalar sum = 0;
+        for (Index t = 0; t < n; ++t) sum += (rotated(t, j) * s + z(t, j) * blend) * d_out(t, j);
+        d_rescale[j] = sum;
+      }
+    }
+    RowMatrix<Scalar> g = d_out.map();  // dL/d(s Z R + (1 - s) Z)
+    if (rescaled())
+      for (Index j = 0; j < out; ++j) g.col(j) *= rescale_[static_cast<std::size_t>(j)];
+    const RowMatrix<Scalar> g_rotated = g * s;  // dL/d(Z R)
+    RowMatrix<Scalar> dz_rotated(d_z.empty() ? 0 : n, d_z.empty() ? 0 : out);
+    Generators<Scalar> dtheta(spec_.blocks, b);
+    std::vector<Scalar> workspace(static_cast<std::size_t>(rotation_.workspace_size()));
+    rotation_.backward(z, view(g_rotated), d_z.empty() ? MatrixView<Scalar>{} : view(dz_rotated),
+                       d_blocks == nullptr ? GeneratorView<Scalar>{} : dtheta.view(), workspace.data(),
+                       rotation_.workspace_size());
+    if (!d_z.empty()) d_z.map() = dz_rotated + g * blend;
+    if (d_blocks == nullptr) return;
+    constraint_backward(dtheta);
+    for (Index i = 0; i < spec_.blocks; ++i) {
+      Scalar* block = d_blocks + i * b * b;
+      for (Index p = 0; p < b; ++p) {
+        block[p * b + p] = 0;
+        for (Index q = p + 1; q < b; ++q) {
+          const Scalar v = dtheta.row(i)[packed_index(p, q, b)];
+          block[p * b + q] = v;
+          block[q * b + p] = -v;
+        }
+      }
+    }
+  }
+
+  /// The gradients of a loss of the merged weight, given d_merged = dL/dW' (out x cols): returns
+  /// dL/dW of the base, and writes d_blocks and d_rescale as backward_output (W'^T is
+  /// apply_output of W^T).
+  RowMatrix<Scalar> backward_merge(ConstMatrixView<Scalar> weight, ConstMatrixView<Scalar> d_merged,
+                                   Scalar* d_blocks, Scalar* d_rescale) const {
+    require_base(weight.rows(), weight.cols(), "backward_merge");
+    detail::require(d_merged.rows() == weight.rows() && d_merged.cols() == weight.cols(),
+                    "LyCORIS diag-OFT backward_merge: dW' is ", d_merged.rows(), "x", d_merged.cols(),
+                    " but the weight is ", weight.rows(), "x", weight.cols());
+    const RowMatrix<Scalar> z = weight.map().transpose();
+    const RowMatrix<Scalar> d_out = d_merged.map().transpose();
+    RowMatrix<Scalar> d_z(z.rows(), z.cols());
+    backward_output(view(z), view(d_out), view(d_z), d_blocks, d_rescale);
+    return d_z.transpose();
+  }
+
   /// LyCORIS's merged weight W' = diag(rescale) M^T W for a base weight `weight` of out rows
   /// (a Linear's [out, in]; a conv kernel flattened to [out, in * kh * kw]). Throws
   /// std::invalid_argument naming both shapes when the rows are not the module's out channels.
@@ -278,6 +355,32 @@ class DiagOft {
                     spec_.block_size, ")");
   }
 
+  /// d theta_c -> d theta through theta_c = f(theta) theta (in place). Inactive: f = 1 (kohya's
+  /// f is (n + 1e-8) / (n + 1e-8) = 1 there too), nothing to do.
+  void constraint_backward(Generators<Scalar>& dtheta) const {
+    if (!constraint_.active) return;
+    double sum = 0.0, dot = 0.0;
+    for (Index g = 0; g < dtheta.count(); ++g)
+      for (Index k = 0; k < dtheta.packed(); ++k) {
+        const double t = static_cast<double>(raw_theta_.row(g)[k]);
+        sum += t * t;
+        dot += t * static_cast<double>(dtheta.row(g)[k]);
+      }
+    const double norm = std::sqrt(2.0 * sum);  // ||Q||_F
+    if (norm == 0.0) return;                   // kohya, alpha <= 0 and Q = 0: f is constant
+    const double tiny = static_cast<double>(static_cast<Scalar>(1e-8));
+    const double numerator = rule_ == ConstraintRule::Kohya ? static_cast<double>(static_cast<Scalar>(constraint_.radius)) + tiny
+                                                            : static_cast<double>(static_cast<Scalar>(constraint_.radius));
+    const double df_dnorm = -numerator / ((norm + tiny) * (norm + tiny));
+    const double f = static_cast<double>(constraint_.factor);
+    for (Index g = 0; g < dtheta.count(); ++g)
+      for (Index k = 0; k < dtheta.packed(); ++k) {
+        const double t = static_cast<double>(raw_theta_.row(g)[k]);
+        dtheta.row(g)[k] = static_cast<Scalar>(f * static_cast<double>(dtheta.row(g)[k]) +
+                                               df_dnorm * dot * 2.0 * t / norm);
+      }
+  }
+
   RowMatrix<Scalar> base_output(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
                                 const Scalar* bias) const {
     require_base(weight.rows(), weight.cols(), "forward");
@@ -295,7 +398,8 @@ class DiagOft {
   double alpha_;
   ConstraintRule rule_;
   std::vector<Scalar> rescale_;
-  Generators<Scalar> theta_;
+  Generators<Scalar> theta_;      // after the constraint: what R is computed from
+  Generators<Scalar> raw_theta_;  // B - B^T before it (the constraint's gradient needs it)
   Constraint<Scalar> constraint_;
   double multiplier_ = 1.0;
 };

@@ -11,12 +11,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include <Eigen/SVD>
 
+#include <oft/finite_difference.hpp>
 #include <oft/io/safetensors_writer.hpp>
 
 #include "io_test_support.hpp"
@@ -341,6 +343,74 @@ TEST(LycorisDiagOft, OutputSideEqualsMergedWeightInDouble) {
   const MatrixD want = x * merged.transpose();
   const MatrixD got = op.forward(oft::view(x), oft::view(w));
   EXPECT_LE((got - want).cwiseAbs().maxCoeff(), 1e-14);
+}
+
+// The gradients (backward_merge, hence backward_output) against central differences in double,
+// in every regime of the constraint: LyCORIS's active and inactive, kohya's active, inactive and
+// alpha = 0; multipliers 1, 0.5, -0.75; rescale on and off. Tolerance as in
+// tests/test_backward_gradcheck.cpp: 1e-6 of the gradient's largest entry plus the
+// finite-difference rounding 4 eps |L| / h, h = 1e-6. alpha is fixed from ||Q||_F so that every
+// active regime sits at n = 2c and every inactive one at n = c / 2, far from the kink.
+TEST(LycorisDiagOft, GradientsMatchFiniteDifferences) {
+  using oft::lycoris::ConstraintRule;
+  constexpr double kStep = 1e-6, kRelative = 1e-6;
+  const oft::Index k = 3, b = 4, out = k * b, cols = 5;
+  struct Regime {
+    const char* name;
+    ConstraintRule rule;
+    double radius_over_norm;  // c / ||Q||_F; 0: alpha = 0
+    double s;
+    bool rescaled;
+  };
+  const Regime regimes[] = {{"lycoris active", ConstraintRule::Lycoris, 0.5, 1.0, true},
+                            {"lycoris active blend", ConstraintRule::Lycoris, 0.5, -0.75, false},
+                            {"lycoris inactive", ConstraintRule::Lycoris, 2.0, 0.5, true},
+                            {"lycoris off (alpha 0)", ConstraintRule::Lycoris, 0.0, 1.0, false},
+                            {"kohya active", ConstraintRule::Kohya, 0.5, 0.5, false},
+                            {"kohya inactive", ConstraintRule::Kohya, 2.0, 1.0, false},
+                            {"kohya alpha 0", ConstraintRule::Kohya, 0.0, 1.0, false}};
+  std::srand(30);
+  const auto random = [] { return 2.0 * std::rand() / RAND_MAX - 1.0; };
+  for (const Regime& regime : regimes) {
+    SCOPED_TRACE(regime.name);
+    std::vector<double> blocks(static_cast<std::size_t>(k * b * b)), rescale;
+    for (double& v : blocks) v = 0.4 * random();
+    if (regime.rescaled)
+      for (oft::Index j = 0; j < out; ++j) rescale.push_back(1.0 + 0.5 * random());
+    MatrixD w(out, cols), c(out, cols);
+    for (oft::Index i = 0; i < out; ++i)
+      for (oft::Index j = 0; j < cols; ++j) {
+        w(i, j) = random();
+        c(i, j) = random();
+      }
+    const double norm = [&] {
+      const auto theta = oft::lycoris::skew_from_blocks(blocks.data(), k, b);
+      return std::sqrt(2.0) * theta.values().norm();
+    }();
+    const double alpha = regime.radius_over_norm * norm / double(out);
+    const auto loss = [&] {
+      const oft::lycoris::DiagOft<double> op(k, b, blocks.data(), alpha, rescale, regime.s, regime.rule);
+      return (c.array() * op.merge(oft::view(w)).array()).sum();
+    };
+    const oft::lycoris::DiagOft<double> op(k, b, blocks.data(), alpha, rescale, regime.s, regime.rule);
+    EXPECT_EQ(op.constraint().active, regime.radius_over_norm < 1.0 &&
+                                          (regime.radius_over_norm > 0.0 || regime.rule == ConstraintRule::Kohya));
+    std::vector<double> d_blocks(blocks.size()), d_rescale(rescale.size());
+    const MatrixD d_w = op.backward_merge(oft::view(w), oft::view(c), d_blocks.data(),
+                                          regime.rescaled ? d_rescale.data() : nullptr);
+    const double loss_abs = std::abs(loss());
+    const auto check = [&](double* values, std::size_t count, const double* analytic, const char* what) {
+      double scale = 0.0;
+      for (std::size_t j = 0; j < count; ++j) scale = std::max(scale, std::abs(analytic[j]));
+      ASSERT_GT(scale, 0.0) << what;
+      const double tol = kRelative * scale + 4.0 * std::numeric_limits<double>::epsilon() * loss_abs / kStep;
+      const std::vector<double> fd = oft::numerical_gradient(values, oft::Index(count), loss, kStep);
+      for (std::size_t j = 0; j < count; ++j) EXPECT_NEAR(analytic[j], fd[j], tol) << what << " " << j;
+    };
+    check(blocks.data(), blocks.size(), d_blocks.data(), "d oft_blocks");
+    if (regime.rescaled) check(rescale.data(), rescale.size(), d_rescale.data(), "d rescale");
+    check(w.data(), std::size_t(w.size()), d_w.data(), "d W");
+  }
 }
 
 TEST(LycorisDiagOft, RefusesBadArguments) {
