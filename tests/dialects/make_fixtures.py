@@ -17,6 +17,9 @@ Per case, two files:
       <module>.merged.<i>                LoRA module get_merged_weight(multipliers[i]) (what
                                          LycorisNetwork.merge_to writes into the layer)
       <module>.forward.<i>               the wrapped layer's forward(x) at multiplier[i]
+      <module>.grad_c, .grad_blocks.<i>, .grad_rescale.<i>   (not in bypass cases) LyCORIS's
+                                         autograd gradient of sum(grad_c * merged(s_i)) with
+                                         respect to oft_blocks and rescale
   metadata: lycoris and torch versions, the multipliers, the case's settings, and per module
   whether LyCORIS's norm constraint was active (its own test: ||Q||_F + 1e-8 > alpha * out_dim).
 
@@ -40,6 +43,7 @@ import torch.nn as nn
 LYCORIS_VERSION = "4.1.3"  # pinned: the version these fixtures were made with
 
 MULTIPLIERS = [1.0, 0.5, 0.0, -0.75, 1.5]
+GRADIENT_MULTIPLIERS = [0, 1, 3]  # indices into MULTIPLIERS: 1, 0.5, -0.75
 
 
 class Tiny(nn.Module):
@@ -111,6 +115,22 @@ def make_case(out_dir, name, linear_dim, alpha, rescaled, bypass, spread, seed):
                     # recorded, so the docs' statement stays checked.
                     failed.setdefault(path, []).append(s)
                     first_error[0] = str(error).split(".")[0]
+    # LyCORIS's own autograd through its merge: the gradient of <C, W'(s)> with respect to
+    # oft_blocks (and rescale), for a random C (<module>.grad_c), at GRADIENT_MULTIPLIERS.
+    if not bypass:
+        for path in spread:
+            layer = modules[path]
+            lora = lora_of["lycoris_" + path.replace(".", "_")]
+            c = torch.randn_like(layer.weight)
+            expected[f"{path}.grad_c"] = c
+            for i in GRADIENT_MULTIPLIERS:
+                lora.zero_grad(set_to_none=True)
+                merged, _ = lora.get_merged_weight(multiplier=MULTIPLIERS[i], shape=layer.weight.shape,
+                                                   device=layer.weight.device)
+                (c * merged).sum().backward()
+                expected[f"{path}.grad_blocks.{i}"] = lora.oft_blocks.grad.detach().clone()
+                if rescaled:
+                    expected[f"{path}.grad_rescale.{i}"] = lora.rescale.grad.detach().clone()
     # merge_to writes get_merged_weight into the layer: checked here once, so the fixture's
     # "merged" is what a LyCORIS merge leaves in the model.
     network.set_multiplier(1.0)

@@ -100,6 +100,77 @@ TEST_P(LycorisParity, MergeAndForwardMatchLycoris) {
               double_worst.worst_ratio, forward_worst.worst, forward_worst.worst_ratio, forwards);
 }
 
+// The gradients against LyCORIS's own autograd through its merge (grad of sum(C * W'(s)) with
+// respect to oft_blocks and rescale, float32), oft's computed in double from the same float
+// data. Tolerance, the repository's second policy (tests/test_support.hpp: c n eps scale where a
+// rigorous bound is impractical, LU solves): the float error of LyCORIS's chain, G = sum over the
+// cols columns (length cols), the Cayley VJP (I + R)^T G (I - Q)^-T (norm <= 2, a solve: 4b + 8
+// terms, kappa^2) and the constraint's projection (at most doubling), with c = 4:
+//   |d oft_blocks error| <= 4 (cols + 4b + 8) u kappa^2 (|s| + |1 - s|) max_i || |W_i| |r C_i|^T ||_F
+//   |d rescale_j error|  <= 4 (cols + 4b + 8) u kappa (|s| + |1 - s|) sum_col ||w_blk,col|| |C_j,col|
+// (kappa = max_i sqrt(1 + ||Q_i||_F^2), W_i and C_i block i's rows).
+TEST(LycorisParityConventions, GradientsMatchLycorisAutograd) {
+  int checked = 0;
+  double worst_blocks = 0.0, worst_rescale = 0.0;
+  for (const std::string& name : fixture_cases()) {
+    const LycorisCase c = LycorisCase::load(name);
+    const std::vector<double> multipliers = c.multipliers();
+    for (const std::string& path : c.modules()) {
+      if (!c.has(path + ".grad_c")) continue;
+      const LycorisDiagOftModule& m = c.module(path);
+      const oft::Index b = m.block_size, out = m.out_features();
+      const MatrixD w = c.matrix(path + ".weight").cast<double>();
+      const MatrixD cm = c.matrix(path + ".grad_c").cast<double>();
+      const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+      const std::vector<double> rescale(m.rescale.begin(), m.rescale.end());
+      for (std::size_t i = 0; i < multipliers.size(); ++i) {
+        const std::string key = path + ".grad_blocks." + std::to_string(i);
+        if (!c.has(key)) continue;
+        const double s = multipliers[i];
+        const oft::lycoris::DiagOft<double> op(m.blocks, b, blocks.data(), double(m.alpha), rescale, s, m.rule);
+        std::vector<double> d_blocks(blocks.size()), d_rescale(rescale.size());
+        (void)op.backward_merge(oft::view(w), oft::view(cm), d_blocks.data(), m.rescaled() ? d_rescale.data() : nullptr);
+
+        double kappa = 1.0, magnitude = 0.0;
+        for (oft::Index g = 0; g < m.blocks; ++g) {
+          kappa = std::max(kappa, std::sqrt(1.0 + 2.0 * op.generators().values().row(g).squaredNorm()));
+          MatrixD rc = cm.block(g * b, 0, b, cm.cols()).cwiseAbs();
+          if (m.rescaled())
+            for (oft::Index r = 0; r < b; ++r) rc.row(r) *= std::abs(rescale[size_t(g * b + r)]);
+          magnitude = std::max(magnitude, (w.block(g * b, 0, b, w.cols()).cwiseAbs() * rc.transpose()).norm());
+        }
+        const double terms = double(w.cols() + 4 * b + 8), cs = std::abs(s) + std::abs(1.0 - s);
+        const double tol_blocks = 4.0 * terms * kUnitRoundoff * kappa * kappa * cs * magnitude;
+        const std::vector<float> theirs = c.vector(key);
+        ASSERT_EQ(theirs.size(), d_blocks.size());
+        for (std::size_t j = 0; j < theirs.size(); ++j) {
+          const double diff = std::abs(d_blocks[j] - double(theirs[j]));
+          EXPECT_LE(diff, tol_blocks) << name << " " << path << " s=" << s << " d oft_blocks[" << j << "]";
+          worst_blocks = std::max(worst_blocks, diff / tol_blocks);
+        }
+        if (m.rescaled()) {
+          const std::vector<float> their_rescale = c.vector(path + ".grad_rescale." + std::to_string(i));
+          ASSERT_EQ(their_rescale.size(), size_t(out));
+          for (oft::Index j = 0; j < out; ++j) {
+            const oft::Index g = j / b;
+            double sum = 0.0;
+            for (oft::Index col = 0; col < w.cols(); ++col)
+              sum += w.block(g * b, col, b, 1).norm() * std::abs(cm(j, col));
+            const double tol = 4.0 * terms * kUnitRoundoff * kappa * cs * sum;
+            const double diff = std::abs(d_rescale[size_t(j)] - double(their_rescale[size_t(j)]));
+            EXPECT_LE(diff, tol) << name << " " << path << " s=" << s << " d rescale[" << j << "]";
+            worst_rescale = std::max(worst_rescale, diff / tol);
+          }
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 27);  // 3 cases x 3 modules x 3 multipliers
+  std::printf("[ parity ] gradients vs LyCORIS autograd: oft_blocks within %.3f of the bound, rescale %.3f, "
+              "%d module gradients\n", worst_blocks, worst_rescale, checked);
+}
+
 // Convolutions (Conv2d 3x3, 1x1, a non-square 1x3 kernel, Conv1d; rescale [out, 1, 1(, 1)]):
 // LyCORIS rotates dim 0 of the kernel with the rest flattened, so merge() of the kernel viewed
 // as [out, in kh kw] is LyCORIS's merged kernel, within the same bound. (make_fixtures.py checks
