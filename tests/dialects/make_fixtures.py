@@ -287,6 +287,56 @@ def make_kohya_case(out_dir, name, alpha, spread, seed):
     return active
 
 
+# kohya sd-scripts networks/oft_flux.py (same commit): a fused layer's output rows split in
+# split_dims (FLUX's q/k/v, or linear1's q/k/v/mlp), each split its own kohya diag-OFT with
+# constraint alpha * split_dim, keys <name>.oft_blocks.<i> and one <name>.alpha. Its forward
+# (F.linear per split, outputs concatenated) defines the format: its merge_to cannot run (it calls
+# .to() on a list, and concatenates along the columns). The reference is that forward's weight.
+KOHYA_FLUX_LAYERS = [("double_blocks.0.img_attn.qkv", 8, [12, 12, 12], [0.5, 0.02, 0.3]),
+                     ("single_blocks.0.linear1", 8, [12, 12, 12, 4], [0.03, 0.4, 0.3, 0.3])]
+
+
+def make_kohya_flux_case(out_dir, name, alpha, seed):
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    adapter, expected, active = {}, {}, {}
+    with torch.no_grad():
+        for path, fan_in, split_dims, spread in KOHYA_FLUX_LAYERS:
+            layer = nn.Linear(fan_in, sum(split_dims))
+            key = "oft_unet_" + path.replace(".", "_")
+            parts = [torch.randn(4, d // 4, d // 4) * sigma for d, sigma in zip(split_dims, spread)]
+            for i, blocks in enumerate(parts):
+                adapter[f"{key}.oft_blocks.{i}"] = blocks
+            adapter[key + ".alpha"] = torch.tensor(alpha)
+            x = torch.randn(TOKENS, fan_in)
+            expected[f"{path}.weight"] = layer.weight.detach().clone()
+            expected[f"{path}.bias"] = layer.bias.detach().clone()
+            expected[f"{path}.x"] = x
+            for i, s in enumerate(MULTIPLIERS):
+                rows, merged, active[path] = 0, [], []
+                for d, blocks in zip(split_dims, parts):
+                    part, binds = kohya_reference_merge(layer.weight[rows:rows + d], blocks,
+                                                        adapter[key + ".alpha"].item(), s)
+                    merged.append(part)
+                    active[path].append(binds)
+                    rows += d
+                merged = torch.cat(merged, dim=0)
+                expected[f"{path}.merged.{i}"] = merged
+                expected[f"{path}.forward.{i}"] = torch.nn.functional.linear(x, merged, layer.bias)
+    save_file(adapter, os.path.join(out_dir, f"{name}.safetensors"),
+              {"ss_network_module": "networks.oft_flux"})
+    metadata = {
+        "reference": "kohya-ss/sd-scripts networks/oft_flux.py @ 2d8ee3c28007393386528cfeec0a9b714dafd85b",
+        "torch_version": torch.__version__,
+        "multipliers": json.dumps(MULTIPLIERS),
+        "modules": json.dumps([layer[0] for layer in KOHYA_FLUX_LAYERS]),
+        "constraint_active": json.dumps(active),
+    }
+    save_file({k: v.contiguous() for k, v in expected.items()},
+              os.path.join(out_dir, f"{name}_expected.safetensors"), metadata)
+    return active
+
+
 def main():
     import importlib.metadata as md
     version = md.version("lycoris-lora")
@@ -304,6 +354,7 @@ def main():
           f"{make_conv_case(out_dir, 'lycoris_conv_b4', 4, 0.05, seed=50)}")
     for seed, case in enumerate(KOHYA_CASES, start=60):
         print(f"{case[0]}: constraint active {make_kohya_case(out_dir, *case, seed=seed)}")
+    print(f"kohya_flux: constraint active {make_kohya_flux_case(out_dir, 'kohya_flux', 0.03, 70)}")
 
 
 if __name__ == "__main__":

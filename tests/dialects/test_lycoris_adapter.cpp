@@ -59,6 +59,7 @@ TEST(LycorisAdapter, SaveReproducesLycorisFiles) {
   ScratchDir dir;
   std::vector<std::string> files = fixture_cases();
   files.push_back("lycoris_conv_b4");
+  files.push_back("kohya_flux");
   for (const std::string& name : files) {
     SCOPED_TRACE(name);
     const fs::path original = fixture(name + ".safetensors");
@@ -247,16 +248,51 @@ TEST(LycorisAdapterRefuses, AFileMixingKohyaAndLycoris) {
                  {"'oft_unet_mid_block_proj_in.oft_blocks'", "'lycoris_fc1.oft_blocks'", "mixes"});
 }
 
-TEST(LycorisAdapterRefuses, KohyaWithRescaleAndKohyaFluxSplits) {
+TEST(LycorisAdapterRefuses, KohyaWithRescaleAndMalformedFluxSplits) {
   ScratchDir dir;
   expect_refused(write_file(dir, {{"oft_unet_a.oft_blocks", {4, 2, 2}, values(16)},
                                   {"oft_unet_a.alpha", {}, values(1)},
                                   {"oft_unet_a.rescale", {8, 1}, values(8)}}),
                  {"'oft_unet_a.rescale'", "kohya", "no rescale"});
-  expect_refused(write_file(dir, {{"oft_unet_single_blocks_0_linear1.oft_blocks.0", {4, 2, 2}, values(16)},
-                                  {"oft_unet_single_blocks_0_linear1.oft_blocks.1", {4, 2, 2}, values(16)},
-                                  {"oft_unet_single_blocks_0_linear1.alpha", {}, values(1)}}),
-                 {"'oft_unet_single_blocks_0_linear1.oft_blocks.0'", "FLUX", "not read yet"});
+  const std::string name = "oft_unet_single_blocks_0_linear1";
+  expect_refused(write_file(dir, {{name + ".oft_blocks.0", {4, 2, 2}, values(16)},
+                                  {name + ".oft_blocks.2", {4, 2, 2}, values(16)},
+                                  {name + ".alpha", {}, values(1)}}),
+                 {"'" + name + ".oft_blocks.2'", "no '" + name + ".oft_blocks.1'"});
+  expect_refused(write_file(dir, {{name + ".oft_blocks.0", {4, 2, 2}, values(16)},
+                                  {name + ".oft_blocks", {4, 2, 2}, values(16)},
+                                  {name + ".alpha", {}, values(1)}}),
+                 {"'" + name + ".oft_blocks'", "'" + name + ".oft_blocks.0'", "both"});
+  expect_refused(write_file(dir, {{name + ".oft_blocks.0", {4, 2, 2}, values(16)}}),
+                 {"'" + name + ".alpha'"});
+  expect_refused(write_file(dir, {{name + ".oft_blocks.0", {4, 3, 2}, values(24)},
+                                  {name + ".alpha", {}, values(1)}}),
+                 {"'" + name + ".oft_blocks.0'", "[4, 3, 2]"});
+  const fs::path split = write_file(dir, {{name + ".oft_blocks.0", {4, 2, 2}, values(16)},
+                                          {name + ".alpha", {}, values(1)}});
+  try {
+    (void)LycorisAdapter::load(split, LycorisAdapter::Dialect::Lycoris);
+    ADD_FAILURE() << "read a FLUX split as LyCORIS";
+  } catch (const oft::io::format_error& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "FLUX");
+  }
+}
+
+TEST(LycorisAdapter, ReadsKohyaFluxSplitsInRowOrder) {
+  const LycorisAdapter a = LycorisAdapter::load(fixture("kohya_flux.safetensors"));
+  EXPECT_EQ(a.dialect, LycorisAdapter::Dialect::Kohya);
+  const LycorisDiagOftModule& m = a.module("oft_unet_single_blocks_0_linear1");
+  ASSERT_EQ(m.splits.size(), 4u);
+  EXPECT_EQ(m.out_features(), 40);
+  EXPECT_EQ(m.splits[3].block_size, 1);  // 4 rows in k = 4 blocks
+  EXPECT_EQ(m.splits[2].name, "oft_unet_single_blocks_0_linear1.oft_blocks.2");
+  for (const auto& part : m.splits) {
+    EXPECT_EQ(part.rule, oft::lycoris::ConstraintRule::Kohya);
+    EXPECT_EQ(part.alpha, m.alpha);
+  }
+  const Matrix w = Matrix::Ones(39, 8);
+  EXPECT_THROW((void)LycorisAdapter::merge(m, oft::view(w)), std::invalid_argument);
+  EXPECT_EQ(oft::io::inspect_lycoris(a).size(), 7u);  // one row per split
 }
 
 TEST(LycorisAdapterRefuses, AnIntegerDtype) {

@@ -171,6 +171,61 @@ TEST(LycorisParityConventions, GradientsMatchLycorisAutograd) {
               "%d module gradients\n", worst_blocks, worst_rescale, checked);
 }
 
+// kohya FLUX (networks/oft_flux.py): a fused layer's rows split, each split its own kohya
+// diag-OFT with its own constraint alpha * split_dim. merge() of the module and each split's
+// forward (kohya's forward concatenates them) against the reference, each within its split's
+// bound; the constraint decisions per split are the reference's.
+TEST(LycorisParityConventions, KohyaFluxSplitsMergeAndForwardAsKohya) {
+  const LycorisCase c = LycorisCase::load("kohya_flux");
+  EXPECT_EQ(c.adapter.dialect, oft::io::LycorisAdapter::Dialect::Kohya);
+  const std::vector<double> multipliers = c.multipliers();
+  Difference merge_worst, forward_worst;
+  int active = 0, inactive = 0;
+  for (const std::string& path : c.modules()) {
+    SCOPED_TRACE(path);
+    const LycorisDiagOftModule& m = c.module(path);
+    ASSERT_GE(m.splits.size(), 3u);
+    EXPECT_THROW((void)m.diag_oft(), std::invalid_argument);
+    const Matrix w = c.matrix(path + ".weight"), x = c.matrix(path + ".x");
+    const std::vector<float> bias = c.vector(path + ".bias");
+    const std::vector<bool> decided = c.meta.at("constraint_active").at(path).get<std::vector<bool>>();
+    ASSERT_EQ(decided.size(), m.splits.size());
+    for (std::size_t i = 0; i < multipliers.size(); ++i) {
+      const double s = multipliers[i];
+      const Matrix merged = oft::io::LycorisAdapter::merge(m, oft::view(w), s);
+      const Matrix want = c.matrix(path + ".merged." + std::to_string(i));
+      const Matrix want_forward = c.matrix(path + ".forward." + std::to_string(i));
+      oft::Index row = 0;
+      for (std::size_t p = 0; p < m.splits.size(); ++p) {
+        const LycorisDiagOftModule& part = m.splits[p];
+        const oft::Index rows = part.out_features();
+        const oft::lycoris::DiagOft<float> op = part.diag_oft(s);
+        if (i == 0) (op.constraint().active ? active : inactive) += 1;
+        EXPECT_EQ(op.constraint().active, bool(decided[p])) << part.name;
+        const Matrix w_part = w.block(row, 0, rows, w.cols());
+        const Difference d = compare(Matrix(merged.block(row, 0, rows, w.cols())),
+                                     Matrix(want.block(row, 0, rows, w.cols())), merge_tolerance(op, w_part));
+        EXPECT_LE(d.worst_ratio, 1.0) << part.name << " s=" << s;
+        merge_worst.worst = std::max(merge_worst.worst, d.worst);
+        merge_worst.worst_ratio = std::max(merge_worst.worst_ratio, d.worst_ratio);
+        const std::vector<float> bias_part(bias.begin() + row, bias.begin() + row + rows);
+        const Difference f = compare(op.forward(oft::view(x), oft::view(w_part), bias_part.data()),
+                                     Matrix(want_forward.block(0, row, x.rows(), rows)),
+                                     forward_tolerance(op, x, w_part, bias_part, false));
+        EXPECT_LE(f.worst_ratio, 1.0) << part.name << " s=" << s;
+        forward_worst.worst = std::max(forward_worst.worst, f.worst);
+        forward_worst.worst_ratio = std::max(forward_worst.worst_ratio, f.worst_ratio);
+        row += rows;
+      }
+      EXPECT_EQ(row, w.rows());
+    }
+  }
+  EXPECT_GT(active, 0);
+  EXPECT_GT(inactive, 0);
+  std::printf("[ parity ] kohya_flux: merge worst %.3g (%.3f of the bound), forward %.3g (%.3f)\n",
+              merge_worst.worst, merge_worst.worst_ratio, forward_worst.worst, forward_worst.worst_ratio);
+}
+
 // Convolutions (Conv2d 3x3, 1x1, a non-square 1x3 kernel, Conv1d; rescale [out, 1, 1(, 1)]):
 // LyCORIS rotates dim 0 of the kernel with the rest flattened, so merge() of the kernel viewed
 // as [out, in kh kw] is LyCORIS's merged kernel, within the same bound. (make_fixtures.py checks

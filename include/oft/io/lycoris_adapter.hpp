@@ -22,8 +22,11 @@
 /// differ in the constraint rule (lycoris::ConstraintRule::Kohya, see <oft/lycoris.hpp>), which
 /// is what the reader's dialect decides: names starting with `oft_unet_` are kohya's, others
 /// LyCORIS's, a file with both is refused, and load(path, dialect) overrides the detection.
-/// kohya's FLUX files (`networks/oft_flux.py`: `<name>.oft_blocks.0`, `.1`, ... per q/k/v/mlp
-/// split) are refused as not read yet.
+/// kohya's FLUX files (`networks/oft_flux.py`, same commit) split a fused layer's output rows:
+/// `<name>.oft_blocks.0`, `.1`, ... ([k, b_i, b_i] each, in row order) and one `<name>.alpha`,
+/// each split its own diag-OFT with its own constraint alpha * k * b_i; such a module holds one
+/// part per split (`splits`), always with kohya's rule. Its forward defines the format (kohya's
+/// own merge_to for FLUX cannot run: docs/dialects.md); merge() is that forward's weight.
 ///
 /// Detection (is_lycoris_diag_oft): a tensor `<name>.oft_blocks` of 3 dimensions, as LyCORIS's
 /// own DiagOFTModule.algo_check (4 dimensions is its BOFT). The reader is strict: every tensor of
@@ -75,12 +78,23 @@ struct LycorisDiagOftModule {
   std::vector<float> rescale;         ///< empty (no rescale) or k*b factors
   std::vector<std::uint64_t> rescale_shape;  ///< as saved: [k*b, 1] (Linear), [k*b, 1, 1, 1]...
   lycoris::ConstraintRule rule = lycoris::ConstraintRule::Lycoris;  ///< kohya's files: Kohya
+  /// kohya FLUX only: one part per output-row split, in row order (each named by its tensor,
+  /// `<name>.oft_blocks.<i>`, with the module's alpha); blocks and oft_blocks are empty then.
+  std::vector<LycorisDiagOftModule> splits;
 
-  Index out_features() const { return blocks * block_size; }
+  Index out_features() const {
+    if (splits.empty()) return blocks * block_size;
+    Index out = 0;
+    for (const LycorisDiagOftModule& part : splits) out += part.out_features();
+    return out;
+  }
   bool rescaled() const { return !rescale.empty(); }
 
-  /// The module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`.
+  /// The module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`. Throws
+  /// std::invalid_argument for a split module (use its splits, or LycorisAdapter::merge).
   lycoris::DiagOft<float> diag_oft(double multiplier = 1.0) const {
+    oft::detail::require(splits.empty(), "module '", name, "' is split into ", splits.size(),
+                         " kohya FLUX parts: take splits[i].diag_oft(), or LycorisAdapter::merge");
     return lycoris::DiagOft<float>(blocks, block_size, oft_blocks.data(), static_cast<double>(alpha),
                                    rescale, multiplier, rule);
   }
@@ -92,7 +106,7 @@ class LycorisAdapter {
   enum class Dialect { Detect, Lycoris, Kohya };
 
   Dialect dialect = Dialect::Lycoris;           ///< as read: Lycoris or Kohya
-  std::vector<LycorisDiagOftModule> modules;    ///< in the file's key order
+  std::vector<LycorisDiagOftModule> modules;    ///< in key order (kohya FLUX split ones last)
   std::map<std::string, std::string> metadata;  ///< the file's __metadata__, written back by save()
 
   static constexpr const char* kBlocksSuffix = ".oft_blocks";
@@ -115,11 +129,29 @@ class LycorisAdapter {
     return out;
   }
 
-  /// Whether `file` holds a LyCORIS diag-OFT module: a `<name>.oft_blocks` tensor of 3 dimensions.
+  /// Whether `file` holds a LyCORIS diag-OFT module: a `<name>.oft_blocks` tensor of 3 dimensions
+  /// (or kohya FLUX's `<name>.oft_blocks.<i>`).
   static bool is_lycoris_diag_oft(const SafetensorsFile& file) {
+    std::string name;
+    Index index = 0;
     for (const TensorInfo& info : file.tensors())
-      if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 3) return true;
+      if ((detail::ends_with(info.name, kBlocksSuffix) || split_key(info.name, name, index)) &&
+          info.shape.size() == 3)
+        return true;
     return false;
+  }
+
+  /// Whether `key` is kohya FLUX's `<name>.oft_blocks.<i>`; sets name and i.
+  static bool split_key(const std::string& key, std::string& name, Index& index) {
+    const std::string marker = std::string(kBlocksSuffix) + ".";
+    const std::size_t at = key.rfind(marker);
+    if (at == std::string::npos) return false;
+    const std::string digits = key.substr(at + marker.size());
+    if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    name = key.substr(0, at);
+    index = static_cast<Index>(std::stol(digits));
+    return true;
   }
 
   /// Reads and validates the adapter file at `path` (see the file comment for what is refused);
@@ -132,14 +164,6 @@ class LycorisAdapter {
   static LycorisAdapter read(const SafetensorsFile& file, Dialect dialect = Dialect::Detect) {
     const std::string where = file.path().string();
     const std::vector<std::string> names = file.tensor_names();
-    for (const std::string& key : names) {
-      const std::size_t at = key.rfind(".oft_blocks.");
-      if (at != std::string::npos && at + 12 < key.size() &&
-          key.find_first_not_of("0123456789", at + 12) == std::string::npos)
-        detail::fail(where, "tensor ", detail::quote_name(key),
-                     " is one split of kohya's FLUX OFT (networks/oft_flux.py: oft_blocks.0..N, one "
-                     "per q/k/v/mlp split with its own constraint), which oft does not read yet");
-    }
     if (!is_lycoris_diag_oft(file)) {
       for (const TensorInfo& info : file.tensors())
         if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 4)
@@ -157,12 +181,52 @@ class LycorisAdapter {
     adapter.metadata = file.metadata();
     std::map<std::string, bool> used;
     std::string lycoris_key, kohya_key;  // one module name of each dialect, for the refusal
+    std::map<std::string, std::map<Index, std::string>> split_parts;  // kohya FLUX
     for (const std::string& key : names) {
+      std::string split_name;
+      Index index = 0;
+      if (split_key(key, split_name, index)) {
+        split_parts[split_name][index] = key;
+        continue;
+      }
       if (!detail::ends_with(key, kBlocksSuffix)) continue;
       const std::string name = key.substr(0, key.size() - std::string(kBlocksSuffix).size());
       (name.rfind(kKohyaPrefix, 0) == 0 ? kohya_key : lycoris_key) = key;
-      adapter.modules.push_back(read_module(file, name));
+      adapter.modules.push_back(read_module(file, name, key));
       used[key] = used[name + kAlphaSuffix] = used[name + kRescaleSuffix] = true;
+    }
+    for (const auto& [name, parts] : split_parts) {
+      if (dialect == Dialect::Lycoris)
+        detail::fail(where, "tensor ", detail::quote_name(parts.begin()->second),
+                     " is a kohya FLUX split (networks/oft_flux.py), which the LyCORIS dialect has not");
+      if (file.contains(name + kBlocksSuffix))
+        detail::fail(where, "module ", detail::quote_name(name), " has both ",
+                     detail::quote_name(name + kBlocksSuffix), " and the kohya FLUX split ",
+                     detail::quote_name(parts.begin()->second));
+      if (file.contains(name + kRescaleSuffix))
+        detail::fail(where, "tensor ", detail::quote_name(name + kRescaleSuffix),
+                     " in a kohya FLUX OFT module: kohya's OFT has no rescale (networks/oft_flux.py)");
+      LycorisDiagOftModule m;
+      m.name = name;
+      m.rule = lycoris::ConstraintRule::Kohya;
+      Index expected = 0;
+      for (const auto& [index, key] : parts) {
+        if (index != expected)
+          detail::fail(where, "kohya FLUX module ", detail::quote_name(name), " has ",
+                       detail::quote_name(key), " but no ",
+                       detail::quote_name(name + kBlocksSuffix + "." + std::to_string(expected)),
+                       ": the splits must be numbered 0, 1, ... in row order");
+        ++expected;
+        LycorisDiagOftModule part = read_module(file, name, key);
+        part.name = key;
+        part.rule = lycoris::ConstraintRule::Kohya;
+        m.alpha = part.alpha;
+        m.splits.push_back(std::move(part));
+        used[key] = true;
+      }
+      used[name + kAlphaSuffix] = true;
+      if (kohya_key.empty() || name.rfind(kKohyaPrefix, 0) == 0) kohya_key = parts.begin()->second;
+      adapter.modules.push_back(std::move(m));
     }
     if (dialect == Dialect::Detect) {
       if (!kohya_key.empty() && !lycoris_key.empty())
@@ -199,13 +263,26 @@ class LycorisAdapter {
   /// computes for a float32 model): diag(rescale) (s R + (1 - s) I)^T W along the rows (output
   /// channels). `weight`: the base weight as [out, in] (a conv kernel flattened to
   /// [out, in * kh * kw]). Throws std::invalid_argument when its rows are not m's k*b channels.
+  /// A kohya FLUX module merges each split's rows with its own part (the weight of kohya's
+  /// forward, which concatenates the splits' outputs).
   static RowMatrix<float> merge(const LycorisDiagOftModule& m, ConstMatrixView<float> weight,
                                 double multiplier = 1.0) {
     oft::detail::require(weight.rows() == m.out_features(), "LyCORIS module '", m.name,
-                         "': base weight is ", weight.rows(), "x", weight.cols(), ", but oft_blocks [",
-                         m.blocks, ", ", m.block_size, ", ", m.block_size, "] rotate out=",
-                         m.out_features(), " output channels; another model's adapter?");
-    return m.diag_oft(multiplier).merge(weight);
+                         "': base weight is ", weight.rows(), "x", weight.cols(), ", but ",
+                         m.splits.empty() ? oft::detail::message("oft_blocks [", m.blocks, ", ", m.block_size,
+                                                                 ", ", m.block_size, "]")
+                                          : oft::detail::message(m.splits.size(), " kohya FLUX splits"),
+                         " rotate out=", m.out_features(), " output channels; another model's adapter?");
+    if (m.splits.empty()) return m.diag_oft(multiplier).merge(weight);
+    RowMatrix<float> out(weight.rows(), weight.cols());
+    Index row = 0;
+    for (const LycorisDiagOftModule& part : m.splits) {
+      const Index rows = part.out_features();
+      out.block(row, 0, rows, weight.cols()) =
+          part.diag_oft(multiplier).merge(weight.block(row, 0, rows, weight.cols()));
+      row += rows;
+    }
+    return out;
   }
 
   /// Writes the adapter as LyCORIS's saver does (F32 tensors `<name>.oft_blocks` [k, b, b],
@@ -215,6 +292,15 @@ class LycorisAdapter {
     SafetensorsWriter writer;
     for (const LycorisDiagOftModule& m : modules) {
       check_module(m);
+      if (!m.splits.empty()) {  // kohya FLUX: each part under its own key, one alpha
+        for (const LycorisDiagOftModule& part : m.splits)
+          writer.add(part.name,
+                     {static_cast<std::uint64_t>(part.blocks), static_cast<std::uint64_t>(part.block_size),
+                      static_cast<std::uint64_t>(part.block_size)},
+                     part.oft_blocks);
+        writer.add(m.name + kAlphaSuffix, std::vector<std::uint64_t>{}, &m.alpha);
+        continue;
+      }
       writer.add(m.name + kBlocksSuffix,
                  {static_cast<std::uint64_t>(m.blocks), static_cast<std::uint64_t>(m.block_size),
                   static_cast<std::uint64_t>(m.block_size)},
@@ -228,6 +314,10 @@ class LycorisAdapter {
 
  private:
   static void check_module(const LycorisDiagOftModule& m) {
+    if (!m.splits.empty()) {
+      for (const LycorisDiagOftModule& part : m.splits) check_module(part);
+      return;
+    }
     oft::detail::require(m.blocks >= 1 && m.block_size >= 1 &&
                              m.oft_blocks.size() == static_cast<std::size_t>(m.blocks * m.block_size * m.block_size),
                          "LyCORIS module '", m.name, "': ", m.oft_blocks.size(),
@@ -264,11 +354,13 @@ class LycorisAdapter {
     return t.to_floats();
   }
 
-  static LycorisDiagOftModule read_module(const SafetensorsFile& file, const std::string& name) {
+  /// Module `name` with its blocks from tensor `blocks_key` (`<name>.oft_blocks`, or a FLUX split).
+  static LycorisDiagOftModule read_module(const SafetensorsFile& file, const std::string& name,
+                                          const std::string& blocks_key) {
     const std::string where = file.path().string();
     LycorisDiagOftModule m;
     m.name = name;
-    const TensorView blocks = file.tensor(name + kBlocksSuffix);
+    const TensorView blocks = file.tensor(blocks_key);
     const auto& shape = blocks.shape;
     if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[1] != shape[2] ||
         shape[1] > static_cast<std::uint64_t>(kMaxBlockSize))
@@ -330,8 +422,14 @@ struct LycorisModuleReport {
 
 /// The report on every module of `adapter`, from its float data computed in double.
 inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& adapter) {
-  std::vector<LycorisModuleReport> out;
+  std::vector<const LycorisDiagOftModule*> units;  // a kohya FLUX module reports each split
   for (const LycorisDiagOftModule& m : adapter.modules) {
+    if (m.splits.empty()) units.push_back(&m);
+    for (const LycorisDiagOftModule& part : m.splits) units.push_back(&part);
+  }
+  std::vector<LycorisModuleReport> out;
+  for (const LycorisDiagOftModule* unit : units) {
+    const LycorisDiagOftModule& m = *unit;
     LycorisModuleReport r;
     r.name = m.name;
     r.dialect = m.rule == lycoris::ConstraintRule::Kohya ? "kohya-oft" : "lycoris-diag-oft";
