@@ -11,9 +11,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <Eigen/SVD>
@@ -331,6 +333,60 @@ TEST(LycorisAdapterRefuses, SavingAMalformedModuleWritesNothing) {
     EXPECT_CONTAINS(std::string(e.what()), "23 values");
   }
   EXPECT_TRUE(dir.entries().empty());
+}
+
+// Mutated files (one byte of the header or the data changed, or the file cut short), as the
+// fuzz targets of tests/fuzz do for the other readers: reading, building every module's math and
+// inspecting either succeed or throw one of the documented exceptions (format_error or another
+// std::invalid_argument, std::domain_error for non-finite values, std::system_error), never
+// anything else; the sanitizer builds run this too. Deterministic: a fixed seed.
+TEST(LycorisAdapterRefuses, MutatedFilesFailCleanly) {
+  ScratchDir dir;
+  std::uint64_t state = 30;
+  const auto next = [&state] {  // splitmix64
+    state += 0x9e3779b97f4a7c15ULL;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  int accepted = 0, refused = 0;
+  for (const std::string& name : {std::string("lycoris_rescaled_b4"), std::string("kohya_flux")}) {
+    const std::string original = oft_io_test::read_bytes(fixture(name + ".safetensors"));
+    std::uint64_t header = 0;
+    for (int i = 7; i >= 0; --i) header = (header << 8) | static_cast<unsigned char>(original[size_t(i)]);
+    for (int trial = 0; trial < 200; ++trial) {
+      std::string bytes = original;
+      if (trial % 10 == 9) {
+        bytes.resize(static_cast<std::size_t>(next() % bytes.size()));
+      } else {
+        // Mostly the JSON header (shapes, dtypes, names, offsets), sometimes the data.
+        const std::uint64_t span = trial % 4 == 3 ? bytes.size() - 8 - header : header;
+        const std::uint64_t at = 8 + (trial % 4 == 3 ? header : 0) + next() % span;
+        bytes[static_cast<std::size_t>(at)] = static_cast<char>(next() & 0xff);
+      }
+      const fs::path path = dir / "mutated.safetensors";
+      oft_io_test::write_bytes(path, bytes);
+      try {
+        const LycorisAdapter a = LycorisAdapter::load(path);
+        for (const auto& m : a.modules)
+          for (const auto& unit : m.splits.empty() ? std::vector<LycorisDiagOftModule>{m} : m.splits)
+            (void)unit.diag_oft(0.5);
+        (void)oft::io::inspect_lycoris(a);
+        ++accepted;
+      } catch (const std::invalid_argument&) {
+        ++refused;
+      } catch (const std::domain_error&) {
+        ++refused;
+      } catch (const std::system_error&) {
+        ++refused;
+      }
+    }
+  }
+  std::printf("[ mutate ] 400 mutated files: %d read, %d refused cleanly\n", accepted, refused);
+  EXPECT_EQ(accepted + refused, 400);
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(accepted, 0);  // data bytes changed into other finite values still read
 }
 
 // --- the module math ------------------------------------------------------------------------
