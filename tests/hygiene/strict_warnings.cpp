@@ -3,6 +3,7 @@
 // instantiated, so this file instantiates every public template with float and double and every
 // CPU parameterization. Nothing here is executed; the build of this object is the test.
 
+#include <oft/lycoris.hpp>
 #include <oft/oft.hpp>
 #include <oft/quant.hpp>
 
@@ -152,6 +153,30 @@ void use_all() {
   (void)oft::cayley_neumann(q, 4).apply(rows);
 }
 
+// LyCORIS's diag-OFT (both constraint rules): merge, both forwards, the constraint, backward.
+template <class Scalar>
+void use_lycoris(oft::lycoris::ConstraintRule rule) {
+  std::vector<Scalar> blocks(32, Scalar(0.125)), d_blocks(32), rescale(8, Scalar(1)), d_rescale(8);
+  const oft::lycoris::DiagOft<Scalar> op(2, 4, blocks.data(), 0.5, rescale, 0.5, rule);
+  oft::Generators<Scalar> theta = oft::lycoris::skew_from_blocks(blocks.data(), 2, 4);
+  (void)oft::lycoris::apply_constraint(theta.view(), 0.5, 8, rule);
+  (void)op.constraint();
+  (void)op.block(0);
+  (void)op.orthogonality_error();
+  std::vector<Scalar> x(16), y(32), bias(3);
+  const oft::RowMatrix<Scalar> weight = oft::RowMatrix<Scalar>::Zero(8, 3);
+  const oft::RowMatrix<Scalar> tokens = oft::RowMatrix<Scalar>::Zero(2, 3);
+  (void)op.merge(oft::view(weight));
+  (void)op.forward(oft::view(tokens), oft::view(weight), bias.data());
+  (void)op.forward_bypass(oft::view(tokens), oft::view(weight), bias.data());
+  op.apply_output(oft::ConstMatrixView<Scalar>(x.data(), 2, 8),
+                  oft::MatrixView<Scalar>(y.data(), 2, 8));
+  op.backward_output(
+      oft::ConstMatrixView<Scalar>(x.data(), 2, 8), oft::ConstMatrixView<Scalar>(y.data(), 2, 8),
+      oft::MatrixView<Scalar>(y.data() + 16, 2, 8), d_blocks.data(), d_rescale.data());
+  (void)op.backward_merge(oft::view(weight), oft::view(weight), d_blocks.data(), d_rescale.data());
+}
+
 template <class Scalar, class Base>
 void use_quantized_layers(const Base& base) {
   oft::quant::QoftLinear<Scalar, oft::CayleyNeumann, Base> qoft(base, nullptr, 4, false, oft::CayleyNeumann{3});
@@ -259,4 +284,6 @@ void oft_strict_warnings_instantiate() {
   use_bf16();
   use_serving<float>();
   use_serving<double>();
+  use_lycoris<float>(oft::lycoris::ConstraintRule::Lycoris);
+  use_lycoris<double>(oft::lycoris::ConstraintRule::Kohya);
 }

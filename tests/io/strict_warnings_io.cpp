@@ -4,6 +4,7 @@
 
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>
 #include <oft/io/peft_adapter.hpp>
 #include <oft/io/peft_family_adapter.hpp>
@@ -40,6 +41,23 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   (void)adapter.effective_generators(adapter.modules.at(0));
   (void)adapter.config.policy();
   adapter.save("out");
+}
+
+[[maybe_unused]] void use_lycoris_adapter() {
+  using oft::io::LycorisAdapter;
+  const auto adapter = LycorisAdapter::load("lycoris.safetensors", LycorisAdapter::Dialect::Kohya);
+  const auto file = oft::io::SafetensorsFile::open("lycoris.safetensors");
+  (void)LycorisAdapter::is_lycoris_diag_oft(file);
+  (void)LycorisAdapter::read(file);
+  const oft::io::LycorisDiagOftModule& m = adapter.module(LycorisAdapter::module_name("proj.out"));
+  const oft::RowMatrix<float> base = oft::RowMatrix<float>::Zero(m.out_features(), 8);
+  (void)LycorisAdapter::merge(m, oft::view(base), 0.5);
+  (void)m.diag_oft(0.5).merge(oft::view(base));
+  (void)LycorisAdapter::dialect_name(adapter.dialect);
+  adapter.save("copy.safetensors");
+  const auto report = oft::io::inspect_lycoris(adapter);
+  (void)report.front().binding();
+  (void)oft::io::to_json(report);
 }
 
 [[maybe_unused]] void use_model_functions() {
