@@ -177,6 +177,12 @@ class Int4GroupBase {
   static unsigned nibble(const std::uint32_t* words, Index i) {
     return (words[i / 8] >> (4 * (i % 8))) & 0xFu;
   }
+
+  /// Entry of code i in the 16-value table of its group: group * 16 + code (group_of is int32,
+  /// the code unsigned; both widened to Index before they meet).
+  static Index table_index(std::int32_t group, const std::uint32_t* words, Index i) {
+    return Index{group} * 16 + static_cast<Index>(nibble(words, i));
+  }
   unsigned code(Index o, Index i) const { return nibble(codes_.data() + o * words_, i); }
   float scale(Index o, Index g) const {
     return f16_to_float(scales_[static_cast<std::size_t>(o * groups_ + g)]);
@@ -227,7 +233,7 @@ class Int4GroupBase {
     Index i = a;
     if constexpr (std::is_same_v<Out, float>) {
 #if defined(__AVX512F__)
-      for (; i < b && i % 16 != 0; ++i) *dst++ = tables[group_of[i] * 16 + nibble(words, i)];
+      for (; i < b && i % 16 != 0; ++i) *dst++ = tables[table_index(group_of[i], words, i)];
       const __m128i low_nibble = _mm_set1_epi8(0x0F);
       for (; i + 16 <= b; i += 16, dst += 16) {
         const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(words + i / 8));
@@ -239,7 +245,7 @@ class Int4GroupBase {
             dst, _mm512_i32gather_ps(_mm512_add_epi32(_mm512_slli_epi32(g, 4), q), tables, 4));
       }
 #elif defined(__AVX2__)
-      for (; i < b && i % 8 != 0; ++i) *dst++ = tables[group_of[i] * 16 + nibble(words, i)];
+      for (; i < b && i % 8 != 0; ++i) *dst++ = tables[table_index(group_of[i], words, i)];
       const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
       const __m256i mask = _mm256_set1_epi32(0xF);
       for (; i + 8 <= b; i += 8, dst += 8) {
@@ -251,7 +257,7 @@ class Int4GroupBase {
       }
 #endif
     }
-    for (; i < b; ++i) *dst++ = static_cast<Out>(tables[group_of[i] * 16 + nibble(words, i)]);
+    for (; i < b; ++i) *dst++ = static_cast<Out>(tables[table_index(group_of[i], words, i)]);
   }
 
   template <class Out>
