@@ -4,7 +4,8 @@
 #   scripts/test.sh             -> build/      (Release, -Werror, -march=native, tests+examples+bench,
 #                                               ctest; with nvcc also the CUDA tests, which skip
 #                                               without a GPU)
-#   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g1 with asserts, no bench, no
+#   scripts/test.sh --sanitize  -> build-asan/ (ASan+UBSan, -O1 -g1 (-O0 for most programs: see
+#                                               cmake/OftDevFlags.cmake) with asserts, no bench, no
 #                                               examples, ctest; built with clang++, so that CI
 #                                               compiles oft with both GCC and clang;
 #                                               OFT_SANITIZE_CXX=g++ picks GCC)
@@ -44,7 +45,7 @@ for arg in "$@"; do
     --march=?*) MARCH="${arg#--march=}" ;;
     --build-only) BUILD_ONLY=1 ;;
     --only=?*) ONLY="${arg#--only=}" ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
