@@ -49,11 +49,14 @@
 /// (c + 1e-8) / (n + 1e-8), n = ||Q||_F: d theta = f d theta_c - f'(n) <theta, d theta_c>
 /// 2 theta / n), and Q = B - B^T (dB = dQ - dQ^T: dB(p, q) = d theta(p, q) = -dB(q, p)).
 ///
-/// Not here (docs/dialects.md lists them): LyCORIS BOFT, LyCORIS's rank dropout and module
-/// dropout (training only).
+/// LyCORIS BOFT (algo "boft"): Boft below, with its own comment.
+///
+/// Not here (docs/dialects.md lists them): gradients of LyCORIS BOFT, LyCORIS's bypass mode for
+/// BOFT, its rank dropout and module dropout (training only).
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -401,6 +404,206 @@ class DiagOft {
   Generators<Scalar> theta_;      // after the constraint: what R is computed from
   Generators<Scalar> raw_theta_;  // B - B^T before it (the constraint's gradient needs it)
   Constraint<Scalar> constraint_;
+  double multiplier_ = 1.0;
+};
+
+/// LyCORIS's butterfly permutation for BOFT stage `stage` over blocks of `block_size` (even)
+/// channels: the original channel that sits at `position` once the stage has gathered its
+/// blocks. Stage i works in groups of 2k = 2^i b consecutive channels, k = 2^i b / 2; a group's
+/// channel g k + j (half g in {0, 1}, j < k) moves to position 2 j + g of the group, so each
+/// b-block of the gathered order pairs channels j and k + j of its group, b/2 pairs per block
+/// (lycoris/functional/boft.py, _diff_weight: unflatten(0, (-1, 2, k)).transpose(1, 2)).
+inline Index boft_source_channel(Index position, Index stage, Index block_size) {
+  const Index half = (Index{1} << stage) * (block_size / 2);  // k
+  const Index group = position / (2 * half), within = position % (2 * half);
+  return group * 2 * half + (within % 2) * half + within / 2;
+}
+
+/// One LyCORIS BOFT module (algo "boft"), exactly as lycoris-lora 4.1.3 computes it: read from
+/// `lycoris/modules/boft.py` (ButterflyOFTModule: __init__, make_weight, forward) and
+/// `lycoris/functional/boft.py` (_diff_weight, the CPU path of diff_weight) with
+/// `lycoris/functional/diag_oft.py` (get_r). A module stores `oft_blocks` [m, N, b, b]: m
+/// butterfly stages of N dense b x b blocks over the layer's out = N b OUTPUT channels (LyCORIS
+/// makes b even and N a power of two, m = log2(N) + 1), a scalar `alpha` and optionally
+/// `rescale` [out, 1, ...]. In float32:
+///
+///   Q_{i,d} = B_{i,d} - B_{i,d}^T           (no 1/2)
+///   n = ||Q||_F + 1e-8 over ALL m N blocks; c = alpha * out; if c > 0 and n > c: Q <- Q c / n
+///   R_{i,d} = (I + Q_{i,d})(I - Q_{i,d})^-1
+///   M_{i,d} = s R_{i,d} + (1 - s) I         the multiplier s blends EVERY STAGE (not the product)
+///   T_i = P_i^T blockdiag_d(M_{i,d}) P_i    P_i gathers channel boft_source_channel(p, i, b) to p
+///   merge:   W' = diag(rescale) T_{m-1} ... T_1 T_0 W   along W's dim 0 (LyCORIS multiplies each
+///            gathered block of rows by R from the LEFT, einsum "b i j, b j ... -> b i ...":
+///            R, where its diag-OFT takes R^T), stage 0 first
+///   forward: X W'^T + bias (the default mode; the bias is neither rotated nor rescaled)
+///
+/// In oft's output-side terms a token's output row z goes to z T_0^T ... T_{m-1}^T diag(rescale).
+/// Stage i needs out to be a multiple of 2^i b, so N must be a multiple of 2^(m-1): a block count
+/// that does not factor so is refused, as is an odd b (LyCORIS's pairing needs b/2 pairs).
+///
+///   oft::lycoris::Boft<float> m(stages, blocks, b, oft_blocks.data(), alpha, rescale, 1.0);
+///   oft::RowMatrix<float> merged = m.merge(oft::view(w));  // what LyCORIS's merge_to writes
+///
+/// Rounding: LyCORIS forms (I - Q)^-1 explicitly and computes W + (rescale T W - W); oft solves
+/// by LU and scales T W: the two agree within float rounding (tests/dialects states the bound).
+template <class Scalar_>
+class Boft {
+ public:
+  using Scalar = Scalar_;
+  static_assert(std::is_floating_point_v<Scalar>, "oft::lycoris::Boft needs float or double");
+
+  /// `oft_blocks`: stages x blocks x b x b scalars, row-major (LyCORIS's [m, N, b, b]);
+  /// `alpha`, `rescale`, `multiplier` as DiagOft's. Throws std::invalid_argument for a shape
+  /// that is not a butterfly (m, N, b >= 1, b even, N a multiple of 2^(m-1)) or a rescale of
+  /// another length, std::domain_error for non-finite values.
+  Boft(Index stages, Index blocks, Index block_size, const Scalar* oft_blocks, double alpha,
+       std::vector<Scalar> rescale = {}, double multiplier = 1.0)
+      : stages_(check_shape(stages, blocks, block_size)),
+        spec_{blocks, block_size, false},
+        alpha_(alpha),
+        rescale_(std::move(rescale)) {
+    detail::require(oft_blocks != nullptr, "LyCORIS BOFT oft_blocks: null pointer");
+    detail::require_domain(std::isfinite(alpha), "LyCORIS BOFT alpha ", alpha, " is not finite");
+    detail::require(rescale_.empty() || static_cast<Index>(rescale_.size()) == out_features(),
+                    "LyCORIS BOFT rescale has ", rescale_.size(), " factors, but the module has out=",
+                    out_features(), " channels (N=", blocks, " blocks of b=", block_size, ")");
+    for (const Scalar v : rescale_)
+      detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS BOFT rescale holds ", v);
+    for (Index i = 0; i < stages * blocks * block_size * block_size; ++i)
+      detail::require_domain(std::isfinite(static_cast<double>(oft_blocks[i])), "LyCORIS BOFT oft_blocks[",
+                             i, "] is ", oft_blocks[i]);
+    theta_ = skew_from_blocks(oft_blocks, stages * blocks, block_size);
+    constraint_ = apply_constraint(theta_.view(), alpha_, out_features());
+    for (Index i = 0; i < stages; ++i) {
+      Generators<Scalar> stage_theta(blocks, block_size);
+      for (Index d = 0; d < blocks; ++d)
+        std::copy(theta_.row(i * blocks + d), theta_.row(i * blocks + d) + theta_.packed(), stage_theta.row(d));
+      rotations_.emplace_back(spec_, ExactCayley{});
+      rotations_.back().set_generators(stage_theta);
+    }
+    set_multiplier(multiplier);
+  }
+
+  Index stages() const { return stages_; }                   ///< m
+  Index blocks() const { return spec_.blocks; }              ///< N, per stage
+  Index block_size() const { return spec_.block_size; }      ///< b
+  Index out_features() const { return spec_.features(); }    ///< N b
+  double alpha() const { return alpha_; }
+  const std::vector<Scalar>& rescale() const { return rescale_; }
+  bool rescaled() const { return !rescale_.empty(); }
+  const Constraint<Scalar>& constraint() const { return constraint_; }
+  /// oft's generators of the constrained Q, m N rows (stage i's block d at row i N + d).
+  const Generators<Scalar>& generators() const { return theta_; }
+
+  double multiplier() const { return multiplier_; }
+  /// LyCORIS's multiplier s (each stage's M = s R + (1 - s) I). Throws std::domain_error
+  /// unless finite.
+  void set_multiplier(double s) {
+    detail::require_domain(std::isfinite(s), "LyCORIS BOFT multiplier ", s, " is not finite");
+    multiplier_ = s;
+  }
+
+  /// R_{i,d} (b x b) of stage i, block d: LyCORIS's (I + Q)(I - Q)^-1, s = 1.
+  RowMatrix<Scalar> rotation(Index stage, Index block) const {
+    check_index(stage, block);
+    return rotations_[static_cast<std::size_t>(stage)].block(block);
+  }
+
+  /// M_{i,d} = s R_{i,d} + (1 - s) I: what stage i multiplies its gathered block d by (left).
+  RowMatrix<Scalar> block(Index stage, Index block) const {
+    RowMatrix<Scalar> m = rotation(stage, block) * static_cast<Scalar>(multiplier_);
+    m.diagonal().array() += static_cast<Scalar>(1.0 - multiplier_);
+    return m;
+  }
+
+  /// max over stages and blocks of ||M^T M - I||_2 (in double): 0 up to rounding for s in
+  /// {0, 1}, the blend's error otherwise; rescale not included.
+  double orthogonality_error() const {
+    double worst = 0.0;
+    for (Index i = 0; i < stages_; ++i)
+      for (Index d = 0; d < spec_.blocks; ++d) worst = std::max(worst, oft::orthogonality_error(block(i, d)));
+    return worst;
+  }
+
+  /// In place on `rows` (out x cols, any row stride): rows <- diag(rescale) T_{m-1} ... T_0 rows.
+  /// Allocates one out x cols temporary.
+  void apply_rows(MatrixView<Scalar> rows) const {
+    detail::require(rows.rows() == out_features(), "LyCORIS BOFT: ", rows.rows(), "x", rows.cols(),
+                    " rows given, but the module rotates out=", out_features(), " channels");
+    const Index b = spec_.block_size, out = out_features();
+    RowMatrix<Scalar> gathered(out, rows.cols());
+    for (Index i = 0; i < stages_; ++i) {
+      for (Index p = 0; p < out; ++p) gathered.row(p) = rows.map().row(boft_source_channel(p, i, b));
+      for (Index d = 0; d < spec_.blocks; ++d) {
+        const RowMatrix<Scalar> m = block(i, d);
+        gathered.middleRows(d * b, b) = (m * gathered.middleRows(d * b, b)).eval();
+      }
+      for (Index p = 0; p < out; ++p) rows.map().row(boft_source_channel(p, i, b)) = gathered.row(p);
+    }
+    if (rescaled())
+      for (Index j = 0; j < out; ++j) rows.map().row(j) *= rescale_[static_cast<std::size_t>(j)];
+  }
+
+  /// LyCORIS's merged weight diag(rescale) T W for a base weight of out rows (a Linear's
+  /// [out, in]; a conv kernel flattened to [out, in * kh * kw]). Throws std::invalid_argument
+  /// naming both shapes when the rows are not the module's out channels.
+  RowMatrix<Scalar> merge(ConstMatrixView<Scalar> weight) const {
+    require_base(weight.rows(), weight.cols(), "merge");
+    RowMatrix<Scalar> merged = weight.map();
+    apply_rows(view(merged));
+    return merged;
+  }
+
+  /// LyCORIS's default forward of a Linear layer, X W'^T + bias, computed as the output-side map
+  /// of Z = X W^T (each token's row z -> z T^T diag(rescale)) plus the bias, which LyCORIS
+  /// neither rotates nor rescales. `bias` is null or out values.
+  RowMatrix<Scalar> forward(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
+                            const Scalar* bias = nullptr) const {
+    require_base(weight.rows(), weight.cols(), "forward");
+    detail::require(x.cols() == weight.cols(), "LyCORIS BOFT forward: X is ", x.rows(), "x", x.cols(),
+                    " but the weight is ", weight.rows(), "x", weight.cols());
+    RowMatrix<Scalar> zt = weight.map() * x.map().transpose();  // Z^T: out x N
+    apply_rows(view(zt));
+    RowMatrix<Scalar> out = zt.transpose();
+    if (bias != nullptr)
+      for (Index t = 0; t < out.rows(); ++t)
+        for (Index j = 0; j < out.cols(); ++j) out(t, j) += bias[j];
+    return out;
+  }
+
+ private:
+  static Index check_shape(Index stages, Index blocks, Index block_size) {
+    detail::require(stages >= 1 && blocks >= 1 && block_size >= 2 && block_size % 2 == 0,
+                    "LyCORIS BOFT oft_blocks [", stages, ", ", blocks, ", ", block_size, ", ", block_size,
+                    "]: needs m >= 1 stages of N >= 1 blocks of an even size b >= 2");
+    detail::require_block_size(block_size, "LyCORIS BOFT block size");
+    detail::require(stages <= 62 && blocks % (Index{1} << (stages - 1)) == 0, "LyCORIS BOFT oft_blocks [",
+                    stages, ", ", blocks, ", ", block_size, ", ", block_size, "]: N=", blocks,
+                    " blocks do not factor into m=", stages, " butterfly stages (stage i pairs channels across ",
+                    "2^i b; N must be a multiple of 2^(m-1))");
+    detail::require(blocks <= std::numeric_limits<Index>::max() / block_size / block_size / stages,
+                    "LyCORIS BOFT oft_blocks: too many values");
+    return stages;
+  }
+
+  void check_index(Index stage, Index block) const {
+    detail::require(stage >= 0 && stage < stages_ && block >= 0 && block < spec_.blocks,
+                    "LyCORIS BOFT: no block (", stage, ", ", block, ") in [", stages_, ", ", spec_.blocks, "]");
+  }
+
+  void require_base(Index rows, Index cols, const char* what) const {
+    detail::require(rows == out_features() && cols >= 1, "LyCORIS BOFT ", what, ": base weight is ", rows,
+                    "x", cols, ", but the module rotates out=", out_features(), " output channels (N=",
+                    spec_.blocks, " blocks of b=", spec_.block_size, ")");
+  }
+
+  Index stages_;
+  BlockSpec spec_;
+  double alpha_;
+  std::vector<Scalar> rescale_;
+  Generators<Scalar> theta_;
+  Constraint<Scalar> constraint_;
+  std::vector<BlockOrthogonal<Scalar, ExactCayley>> rotations_;
   double multiplier_ = 1.0;
 };
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/dialects/fixtures/: LyCORIS diag-OFT adapters saved by LyCORIS itself, and what
-LyCORIS computes with them, for the C++ parity tests (test_lycoris_parity.cpp); and kohya
+LyCORIS computes with them, for the C++ parity tests (test_lycoris_parity.cpp); the same for
+LyCORIS BOFT (lycoris_boft_*, make_boft_case, for test_lycoris_boft.cpp); and kohya
 sd-scripts OFT files with what kohya's formulas compute (kohya is not on PyPI: see
 kohya_reference_merge below).
 
@@ -395,6 +396,110 @@ def make_kohya_flux_case(out_dir, name, alpha, seed):
     return active
 
 
+# LyCORIS BOFT (algo "boft", lycoris/modules/boft.py and lycoris/functional/boft.py of the pinned
+# version): oft_blocks [m, N, b, b] over out = N * b output channels, N a power of two picked by
+# LyCORIS's power2factorization(out, linear_dim), m = log2(N) + 1 stages. The layers' out
+# features are chosen so that LyCORIS can factor them (24, for one, it cannot: ValueError).
+class TinyBoft(nn.Module):
+    """Three Linear layers whose out features factor under BOFT; proj.out has no bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(12, 16)
+        self.fc2 = nn.Linear(16, 32)
+        self.proj = nn.Module()
+        self.proj.out = nn.Linear(32, 8, bias=False)
+
+
+class TinyBoftConv(nn.Module):
+    """One Conv2d with a 3x3 kernel (LyCORIS rotates dim 0, the rest flattened)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 16, 3, padding=1)
+
+
+BOFT_MULTIPLIERS = [1.0, 0.5, -0.75]
+# name, model, linear_dim, constraint alpha (0 = off), rescaled, spread of oft_blocks per module
+# (where alpha > 0, chosen so that one module's constraint binds and another's does not).
+BOFT_CASES = [
+    ("boft_plain_b4", TinyBoft, 4, 0.0, False, {"fc1": 0.3, "fc2": 0.25, "proj.out": 0.4}),
+    ("boft_constrained_b8", TinyBoft, 8, 0.02, False, {"fc1": 0.5, "fc2": 0.01, "proj.out": 0.4}),
+    ("boft_rescaled_b4", TinyBoft, 4, 0.05, True, {"fc1": 0.02, "fc2": 0.4, "proj.out": 0.3}),
+    ("boft_conv_b4", TinyBoftConv, 4, 0.0, True, {"conv": 0.3}),
+]
+
+
+def make_boft_case(out_dir, name, model_type, linear_dim, alpha, rescaled, spread, seed):
+    """As make_case, for algo "boft" (default mode only: the merged weight; for Linear layers
+    also the wrapped layer's forward). Per module the metadata also records LyCORIS's (m, N, b)."""
+    from lycoris import LycorisNetwork, create_lycoris
+    from safetensors.torch import save_file
+    import importlib.metadata as md
+
+    # The preset is class state: make_minilm_case's target_name preset would still be in force.
+    LycorisNetwork.apply_preset({"target_module": ["Linear", "Conv2d"], "target_name": []})
+    torch.manual_seed(seed)
+    model = model_type()
+    network = create_lycoris(model, 1.0, linear_dim=linear_dim, linear_alpha=1,
+                             conv_dim=linear_dim, conv_alpha=1, algo="boft",
+                             constraint=alpha, rescaled=rescaled)
+    network.apply_to()
+    modules = dict(model.named_modules())
+    lora_of = {lora.lora_name: lora for lora in network.loras}
+    assert sorted(lora_of) == sorted("lycoris_" + p.replace(".", "_") for p in spread), lora_of
+    expected, active, shapes = {}, {}, {}
+    with torch.no_grad():
+        for path, sigma in spread.items():
+            lora = lora_of["lycoris_" + path.replace(".", "_")]
+            lora.oft_blocks.normal_(0.0, sigma)
+            if rescaled:
+                lora.rescale.uniform_(0.5, 1.5)
+            q = lora.oft_blocks - lora.oft_blocks.transpose(-1, -2)
+            active[path] = bool(lora.constraint > 0 and torch.norm(q) + 1e-8 > lora.constraint)
+            shapes[path] = list(lora.oft_blocks.shape)
+    network.save_weights(os.path.join(out_dir, f"lycoris_{name}.safetensors"), torch.float32, None)
+    with torch.no_grad():
+        for path in spread:
+            layer = modules[path]
+            lora = lora_of["lycoris_" + path.replace(".", "_")]
+            expected[f"{path}.weight"] = layer.weight.detach().clone()
+            if layer.bias is not None:
+                expected[f"{path}.bias"] = layer.bias.detach().clone()
+            linear = isinstance(layer, nn.Linear)
+            x = torch.randn(TOKENS, layer.in_features) if linear else torch.randn(2, 4, 5, 5)
+            if linear:
+                expected[f"{path}.x"] = x
+            for i, s in enumerate(BOFT_MULTIPLIERS):
+                network.set_multiplier(s)
+                merged, _ = lora.get_merged_weight(multiplier=s, shape=layer.weight.shape,
+                                                   device=layer.weight.device)
+                expected[f"{path}.merged.{i}"] = merged.detach().clone()
+                if linear:
+                    expected[f"{path}.forward.{i}"] = layer(x).detach().clone()
+                else:  # LyCORIS's default forward is the convolution with its merged kernel
+                    direct = layer._conv_forward(x, merged, layer.bias)
+                    assert torch.allclose(layer(x), direct, atol=1e-5), (path, s)
+    network.set_multiplier(1.0)
+    network.merge_to(BOFT_MULTIPLIERS[0])
+    for path in spread:
+        assert torch.equal(modules[path].weight.detach(), expected[f"{path}.merged.0"]), path
+    metadata = {
+        "lycoris_version": md.version("lycoris-lora"),
+        "torch_version": torch.__version__,
+        "multipliers": json.dumps(BOFT_MULTIPLIERS),
+        "case": json.dumps({"linear_dim": linear_dim, "constraint": alpha,
+                            "rescaled": rescaled, "bypass_mode": False, "algo": "boft"}),
+        "modules": json.dumps(list(spread)),
+        "oft_blocks_shape": json.dumps(shapes),
+        "constraint_active": json.dumps(active),
+        "forward_failed": json.dumps({"multipliers": {}, "error": ""}),
+    }
+    save_file({k: v.contiguous() for k, v in expected.items()},
+              os.path.join(out_dir, f"lycoris_{name}_expected.safetensors"), metadata)
+    return active, shapes
+
+
 def main():
     import importlib.metadata as md
     version = md.version("lycoris-lora")
@@ -415,6 +520,9 @@ def main():
     print(f"lycoris_minilm: constraint active "
           f"{make_minilm_case(out_dir, 'lycoris_minilm', 0.005, seed=80)}")
     print(f"kohya_flux: constraint active {make_kohya_flux_case(out_dir, 'kohya_flux', 0.03, 70)}")
+    for seed, case in enumerate(BOFT_CASES, start=90):
+        active, shapes = make_boft_case(out_dir, *case, seed=seed)
+        print(f"lycoris_{case[0]}: oft_blocks {shapes}; constraint active {active}")
 
 
 if __name__ == "__main__":

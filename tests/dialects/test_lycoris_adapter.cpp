@@ -189,11 +189,62 @@ TEST(LycorisAdapterRefuses, AFileWithoutDiagOft) {
                  {"no LyCORIS diag-OFT module", "'lycoris_fc1.lora_up.weight'"});
 }
 
-TEST(LycorisAdapterRefuses, BoftBlocks) {
+// LyCORIS BOFT: a 4-D oft_blocks [m, N, b, b] is read when it is a butterfly (b even, N a
+// multiple of 2^(m-1)); otherwise refused naming the tensor and m, N, b; nothing is written by
+// save() for a module that is not one.
+TEST(LycorisAdapterRefuses, BoftBlocksThatAreNoButterfly) {
   ScratchDir dir;
-  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 4, 2, 2}, values(32)},
-                                  {"lycoris_fc1.alpha", {}, values(1)}}),
-                 {"'lycoris_fc1.oft_blocks'", "[2, 4, 2, 2]", "BOFT"});
+  const Tensor alpha{"lycoris_fc1.alpha", {}, values(1)};
+  const LycorisAdapter read = LycorisAdapter::load(
+      write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 4, 2, 2}, values(32)}, alpha}));
+  ASSERT_EQ(read.modules.size(), 1u);
+  EXPECT_EQ(read.modules[0].stages, 2);
+  EXPECT_EQ(read.modules[0].out_features(), 8);
+  // N = 6 does not factor into 3 stages (stage 2 pairs channels across 4 b: N % 4 != 0).
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {3, 6, 2, 2}, values(72)}, alpha}),
+                 {"'lycoris_fc1.oft_blocks'", "[3, 6, 2, 2]", "N=6", "m=3", "does not factor"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 2, 3, 3}, values(36)}, alpha}),
+                 {"'lycoris_fc1.oft_blocks'", "[2, 2, 3, 3]", "even"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 2, 4, 2}, values(32)}, alpha}),
+                 {"'lycoris_fc1.oft_blocks'", "[2, 2, 4, 2]", "[m, N, b, b]"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 4, 2, 2}, values(32)}, alpha,
+                                  {"lycoris_fc1.rescale", {4, 1}, values(4)}}),
+                 {"'lycoris_fc1.rescale'", "[4, 1]", "[8, 1, ...]", "[2, 4, 2, 2]"});
+  expect_refused(write_file(dir, {{"lycoris_fc1.oft_blocks", {2, 4, 2, 2}, values(32)}}),
+                 {"'lycoris_fc1.alpha'", "'lycoris_fc1.oft_blocks'"});
+  // kohya has no BOFT: a 4-D block tensor read as kohya's is refused.
+  const fs::path kohya = write_file(dir, {{"oft_unet_a.oft_blocks", {2, 4, 2, 2}, values(32)},
+                                          {"oft_unet_a.alpha", {}, values(1)}});
+  try {
+    (void)LycorisAdapter::load(kohya, LycorisAdapter::Dialect::Kohya);
+    ADD_FAILURE() << "a BOFT module read as kohya";
+  } catch (const oft::io::format_error& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "'oft_unet_a.oft_blocks'");
+    EXPECT_CONTAINS(std::string(e.what()), "no BOFT");
+  }
+  // A module edited into no butterfly is refused by save(), and nothing is written.
+  LycorisAdapter edited = read;
+  edited.modules[0].blocks = 3;
+  edited.modules[0].oft_blocks = values(2 * 3 * 2 * 2);
+  const fs::path out = dir / "edited.safetensors";
+  try {
+    edited.save(out);
+    ADD_FAILURE() << "saved a BOFT module of N=3 blocks in 2 stages";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "N=3");
+    EXPECT_CONTAINS(std::string(e.what()), "m=2");
+  }
+  EXPECT_FALSE(fs::exists(out));
+  // merge() of a base weight of another model: both shapes named.
+  const oft::RowMatrix<float> w = oft::RowMatrix<float>::Ones(6, 3);
+  try {
+    (void)LycorisAdapter::merge(read.modules[0], oft::view(w));
+    ADD_FAILURE() << "merged a 6-row weight with an 8-channel BOFT";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "6x3");
+    EXPECT_CONTAINS(std::string(e.what()), "[2, 4, 2, 2]");
+    EXPECT_CONTAINS(std::string(e.what()), "out=8");
+  }
 }
 
 TEST(LycorisAdapterRefuses, BlocksThatAreNotSquare) {

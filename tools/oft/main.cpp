@@ -6,8 +6,8 @@
 //       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
 //       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
 //       A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters, bytes, orthogonality.
-//       A LyCORIS diag-OFT or kohya OFT file (FILE.safetensors, not a directory): k, b, the constraint
-//       and how near it binds, rho, orthogonality at s = 1 and of the blend at s = 1/2, rescale
+//       A LyCORIS diag-OFT or BOFT, or kohya OFT file (FILE.safetensors, not a directory): m, k, b,
+//       the constraint and how near it binds, rho, orthogonality at s = 1 and of the blend at s = 1/2, rescale
 //       (oft::io::inspect_lycoris, io/lycoris_adapter.hpp).
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
@@ -122,27 +122,38 @@ void print_family_table(const std::string& path, const oft::io::AdapterReport& r
 void print_lycoris_table(const std::string& path, const std::vector<oft::io::LycorisModuleReport>& r) {
   std::printf("%s\n", path.c_str());
   const bool kohya = !r.empty() && r.front().dialect == "kohya-oft";
-  std::printf("  %s: output channels rotated, Q = B - B^T, R = (I + Q)(I - Q)^-1; "
-              "||Q||_F <= alpha * out over all blocks (%s); multiplier s blends s R + (1 - s) I\n\n",
-              kohya ? "kohya sd-scripts OFT" : "LyCORIS diag-OFT",
-              kohya ? "kohya's rule: always applied, alpha = 0 makes R ~ I" : "alpha <= 0: off");
+  bool diag = false, boft = false;
+  for (const auto& m : r) (m.stages > 0 ? boft : diag) = true;
+  if (diag || kohya)
+    std::printf("  %s: output channels rotated, Q = B - B^T, R = (I + Q)(I - Q)^-1; "
+                "||Q||_F <= alpha * out over all blocks (%s); multiplier s blends s R + (1 - s) I\n",
+                kohya ? "kohya sd-scripts OFT" : "LyCORIS diag-OFT",
+                kohya ? "kohya's rule: always applied, alpha = 0 makes R ~ I" : "alpha <= 0: off");
+  if (boft)
+    std::printf("  LyCORIS BOFT: output channels rotated by m butterfly stages W' = T_(m-1)...T_0 W, "
+                "T_i = P_i^T blockdiag(R) P_i (R, not R^T), Q = B - B^T; ||Q||_F <= alpha * out over "
+                "all m N blocks (alpha <= 0: off); the multiplier blends every stage\n");
+  std::printf("\n");
   int width = 28;
   for (const auto& m : r) width = std::max(width, static_cast<int>(m.name.size()));
-  std::printf("  %-*s %6s %5s %4s %9s %9s %-7s %9s %9s %9s  %s\n", width, "module", "out", "k", "b",
-              "||Q||_F", "alpha*out", "binds", "rho", "orth. s=1", "s=1/2", "rescale min/max");
+  std::printf("  %-*s %6s %3s %5s %4s %9s %9s %-7s %9s %9s %9s  %s\n", width, "module", "out", "m", "k|N",
+              "b", "||Q||_F", "alpha*out", "binds", "rho", "orth. s=1", "s=1/2", "rescale min/max");
   for (const auto& m : r) {
     char rescale[48] = "-";
     if (m.rescaled) std::snprintf(rescale, sizeof rescale, "%.4g/%.4g", m.rescale_min, m.rescale_max);
     char radius[16] = "off";
     if (m.radius > 0.0 || kohya) std::snprintf(radius, sizeof radius, "%9.3g", m.radius);
-    std::printf("  %-*s %6lld %5lld %4lld %9.3g %9s %-7s %9.3g %9.2e %9.2e  %s\n", width,
-                m.name.c_str(), static_cast<long long>(m.out_features),
+    char stages[24] = "-";
+    if (m.stages > 0) std::snprintf(stages, sizeof stages, "%lld", static_cast<long long>(m.stages));
+    std::printf("  %-*s %6lld %3s %5lld %4lld %9.3g %9s %-7s %9.3g %9.2e %9.2e  %s\n", width,
+                m.name.c_str(), static_cast<long long>(m.out_features), stages,
                 static_cast<long long>(m.blocks), static_cast<long long>(m.block_size), m.norm,
                 radius, m.radius > 0.0 || kohya ? yes_no(m.constraint_active).c_str() : "-", m.rho,
                 m.orthogonality, m.blend_half, rescale);
   }
-  std::printf("\n  binds: ||Q||_F > alpha * out, so the trainer scales Q onto that ball; "
-              "s=1/2: ||M^T M - I||_2 of the multiplier 0.5, a blend that is no rotation\n");
+  std::printf("\n  m: BOFT stages (- for diag-OFT); k|N: blocks (per stage for BOFT); binds: ||Q||_F > "
+              "alpha * out, so the trainer scales Q onto that ball; s=1/2: ||M^T M - I||_2 of the "
+              "multiplier 0.5 per block, a blend that is no rotation\n");
 }
 
 /// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
@@ -219,7 +230,7 @@ int main(int argc, char** argv) {
   CLI::App* inspect = app.add_subcommand(
       "inspect",
       "Report on a PEFT OFT, BOFT or HRA adapter directory (peft_type decides), or a LyCORIS "
-      "diag-OFT or kohya OFT .safetensors file");
+      "diag-OFT or BOFT, or kohya OFT .safetensors file");
   inspect
       ->add_option("ADAPTER", adapter_path,
                    "directory with adapter_config.json and adapter_model.safetensors, or a "

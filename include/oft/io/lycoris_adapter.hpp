@@ -28,11 +28,18 @@
 /// part per split (`splits`), always with kohya's rule. Its forward defines the format (kohya's
 /// own merge_to for FLUX cannot run: docs/dialects.md); merge() is that forward's weight.
 ///
-/// Detection (is_lycoris_diag_oft): a tensor `<name>.oft_blocks` of 3 dimensions, as LyCORIS's
-/// own DiagOFTModule.algo_check (4 dimensions is its BOFT). The reader is strict: every tensor of
-/// the file must be one of the three above, so a file mixing other LyCORIS algorithms (LoRA's
-/// lora_up, LoHa's hada_*, BOFT's 4-D oft_blocks) is refused naming the tensor rather than
-/// merged in part. alpha is required (LyCORIS's loader calls float(alpha) and fails without it).
+/// LyCORIS BOFT (algo "boft", `lycoris/modules/boft.py`) has the same three keys, with
+///   `<name>.oft_blocks`  [m, N, b, b]  m butterfly stages of N blocks over out = N b channels
+/// read into a module with `stages` = m (lycoris::Boft, <oft/lycoris.hpp>): b must be even and N
+/// a multiple of 2^(m-1) (stage i pairs channels across 2^i b), or the tensor is refused naming
+/// m, N and b. kohya sd-scripts has no BOFT: a 4-D oft_blocks in a kohya file is refused.
+///
+/// Detection (is_lycoris_diag_oft, is_lycoris_boft): a tensor `<name>.oft_blocks` of 3
+/// dimensions (diag-OFT) or 4 (BOFT), as LyCORIS's own DiagOFTModule.algo_check and
+/// ButterflyOFTModule.algo_check. The reader is strict: every tensor of the file must be one of
+/// the three above, so a file mixing other LyCORIS algorithms (LoRA's lora_up, LoHa's hada_*) is
+/// refused naming the tensor rather than merged in part. alpha is required (LyCORIS's loader
+/// calls float(alpha) and fails without it).
 ///
 /// inspect_lycoris() is what `oft inspect FILE.safetensors` reports per module (the side, b, k,
 /// the constraint and how near it is to binding, rho, the orthogonality error at s = 1 and of
@@ -67,8 +74,9 @@
 
 namespace oft::io {
 
-/// One LyCORIS diag-OFT module as saved (float, whatever dtype the file used: F32, F16, BF16
-/// widen exactly; F64 is rounded to float, as LyCORIS computes in float32).
+/// One LyCORIS diag-OFT or BOFT module (stages > 0: oft_blocks [stages, blocks, b, b]) as saved
+/// (float, whatever dtype the file used: F32, F16, BF16 widen exactly; F64 is rounded to float,
+/// as LyCORIS computes in float32).
 struct LycorisDiagOftModule {
   std::string name;                   ///< LyCORIS's module name: "lycoris_fc1", "lycoris_proj_out"
   Index blocks = 0;                   ///< k
@@ -78,6 +86,8 @@ struct LycorisDiagOftModule {
   std::vector<float> rescale;         ///< empty (no rescale) or k*b factors
   std::vector<std::uint64_t> rescale_shape;  ///< as saved: [k*b, 1] (Linear), [k*b, 1, 1, 1]...
   lycoris::ConstraintRule rule = lycoris::ConstraintRule::Lycoris;  ///< kohya's files: Kohya
+  /// LyCORIS BOFT: m, with oft_blocks [m, N, b, b] (blocks = N per stage); 0 for diag-OFT.
+  Index stages = 0;
   /// kohya FLUX only: one part per output-row split, in row order (each named by its tensor,
   /// `<name>.oft_blocks.<i>`, with the module's alpha); blocks and oft_blocks are empty then.
   std::vector<LycorisDiagOftModule> splits;
@@ -89,12 +99,23 @@ struct LycorisDiagOftModule {
     return out;
   }
   bool rescaled() const { return !rescale.empty(); }
+  bool boft() const { return stages > 0; }
+
+  /// A BOFT module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`. Throws
+  /// std::invalid_argument for a diag-OFT module.
+  lycoris::Boft<float> boft_op(double multiplier = 1.0) const {
+    oft::detail::require(boft(), "module '", name, "' is LyCORIS diag-OFT, not BOFT: take diag_oft()");
+    return lycoris::Boft<float>(stages, blocks, block_size, oft_blocks.data(), static_cast<double>(alpha),
+                                rescale, multiplier);
+  }
 
   /// The module's math (<oft/lycoris.hpp>) at LyCORIS multiplier `multiplier`. Throws
   /// std::invalid_argument for a split module (use its splits, or LycorisAdapter::merge).
   lycoris::DiagOft<float> diag_oft(double multiplier = 1.0) const {
     oft::detail::require(splits.empty(), "module '", name, "' is split into ", splits.size(),
                          " kohya FLUX parts: take splits[i].diag_oft(), or LycorisAdapter::merge");
+    oft::detail::require(!boft(), "module '", name, "' is LyCORIS BOFT (", stages,
+                         " stages): take boft_op(), or LycorisAdapter::merge");
     return lycoris::DiagOft<float>(blocks, block_size, oft_blocks.data(), static_cast<double>(alpha),
                                    rescale, multiplier, rule);
   }
@@ -114,7 +135,8 @@ class LycorisAdapter {
   static constexpr const char* kRescaleSuffix = ".rescale";
   static constexpr const char* kKohyaPrefix = "oft_unet_";  ///< networks/oft.py OFT_PREFIX_UNET
 
-  /// "LyCORIS diag-OFT" or "kohya sd-scripts OFT", for messages and reports.
+  /// "LyCORIS diag-OFT" or "kohya sd-scripts OFT", for messages and reports (a LyCORIS file may
+  /// hold BOFT modules too).
   static const char* dialect_name(Dialect d) {
     return d == Dialect::Kohya ? "kohya sd-scripts OFT" : "LyCORIS diag-OFT";
   }
@@ -141,6 +163,13 @@ class LycorisAdapter {
     return false;
   }
 
+  /// Whether `file` holds a LyCORIS BOFT module: a `<name>.oft_blocks` tensor of 4 dimensions.
+  static bool is_lycoris_boft(const SafetensorsFile& file) {
+    for (const TensorInfo& info : file.tensors())
+      if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 4) return true;
+    return false;
+  }
+
   /// Whether `key` is kohya FLUX's `<name>.oft_blocks.<i>`; sets name and i.
   static bool split_key(const std::string& key, std::string& name, Index& index) {
     const std::string marker = std::string(kBlocksSuffix) + ".";
@@ -164,17 +193,13 @@ class LycorisAdapter {
   static LycorisAdapter read(const SafetensorsFile& file, Dialect dialect = Dialect::Detect) {
     const std::string where = file.path().string();
     const std::vector<std::string> names = file.tensor_names();
-    if (!is_lycoris_diag_oft(file)) {
-      for (const TensorInfo& info : file.tensors())
-        if (detail::ends_with(info.name, kBlocksSuffix) && info.shape.size() == 4)
-          detail::fail(where, "tensor ", detail::quote_name(info.name), " is ", detail::dims(info.shape),
-                       ": LyCORIS BOFT ([m, N, b, b]), which oft does not read yet (diag-OFT only)");
+    if (!is_lycoris_diag_oft(file) && !is_lycoris_boft(file)) {
       std::ostringstream listed;
       for (std::size_t i = 0; i < names.size() && i < 6; ++i)
         listed << (i ? ", " : "") << detail::quote_name(names[i]);
       if (names.size() > 6) listed << ", ... (" << names.size() << " tensors)";
       detail::fail(where, "no LyCORIS diag-OFT module (a tensor <module>", kBlocksSuffix,
-                   " of shape [k, b, b]); the file holds ",
+                   " of shape [k, b, b]) nor BOFT module ([m, N, b, b]); the file holds ",
                    names.empty() ? std::string("no tensor") : listed.str());
     }
     LycorisAdapter adapter;
@@ -191,8 +216,8 @@ class LycorisAdapter {
       }
       if (!detail::ends_with(key, kBlocksSuffix)) continue;
       const std::string name = key.substr(0, key.size() - std::string(kBlocksSuffix).size());
-      (name.rfind(kKohyaPrefix, 0) == 0 ? kohya_key : lycoris_key) = key;
       adapter.modules.push_back(read_module(file, name, key));
+      if (!adapter.modules.back().boft()) (name.rfind(kKohyaPrefix, 0) == 0 ? kohya_key : lycoris_key) = key;
       used[key] = used[name + kAlphaSuffix] = used[name + kRescaleSuffix] = true;
     }
     for (const auto& [name, parts] : split_parts) {
@@ -218,6 +243,9 @@ class LycorisAdapter {
                        ": the splits must be numbered 0, 1, ... in row order");
         ++expected;
         LycorisDiagOftModule part = read_module(file, name, key);
+        if (part.boft())
+          detail::fail(where, "tensor ", detail::quote_name(key), " ", detail::dims(file.tensor(key).shape),
+                       " is a 4-D (BOFT) block tensor in a kohya FLUX split; kohya's splits are [k, b, b]");
         part.name = key;
         part.rule = lycoris::ConstraintRule::Kohya;
         m.alpha = part.alpha;
@@ -238,6 +266,10 @@ class LycorisAdapter {
     adapter.dialect = dialect;
     for (LycorisDiagOftModule& m : adapter.modules) {
       if (dialect != Dialect::Kohya) continue;
+      if (m.boft())
+        detail::fail(where, "tensor ", detail::quote_name(m.name + kBlocksSuffix), " [", m.stages, ", ",
+                     m.blocks, ", ", m.block_size, ", ", m.block_size,
+                     "] is LyCORIS BOFT, in a file read as kohya sd-scripts OFT (which has no BOFT)");
       m.rule = lycoris::ConstraintRule::Kohya;
       if (m.rescaled())
         detail::fail(where, "tensor ", detail::quote_name(m.name + kRescaleSuffix),
@@ -247,7 +279,7 @@ class LycorisAdapter {
       if (!used.count(key))
         detail::fail(where, "tensor ", detail::quote_name(key), " ",
                      detail::dims(file.tensor(key).shape),
-                     " belongs to no LyCORIS diag-OFT module (each is <module>.oft_blocks, "
+                     " belongs to no LyCORIS diag-OFT module nor BOFT module (each is <module>.oft_blocks, "
                      ".alpha and an optional .rescale); other LyCORIS algorithms are not read");
     return adapter;
   }
@@ -269,10 +301,13 @@ class LycorisAdapter {
                                 double multiplier = 1.0) {
     oft::detail::require(weight.rows() == m.out_features(), "LyCORIS module '", m.name,
                          "': base weight is ", weight.rows(), "x", weight.cols(), ", but ",
-                         m.splits.empty() ? oft::detail::message("oft_blocks [", m.blocks, ", ", m.block_size,
-                                                                 ", ", m.block_size, "]")
-                                          : oft::detail::message(m.splits.size(), " kohya FLUX splits"),
+                         !m.splits.empty() ? oft::detail::message(m.splits.size(), " kohya FLUX splits")
+                         : m.boft()        ? oft::detail::message("BOFT oft_blocks [", m.stages, ", ", m.blocks,
+                                                                  ", ", m.block_size, ", ", m.block_size, "]")
+                                           : oft::detail::message("oft_blocks [", m.blocks, ", ", m.block_size,
+                                                                  ", ", m.block_size, "]"),
                          " rotate out=", m.out_features(), " output channels; another model's adapter?");
+    if (m.boft()) return m.boft_op(multiplier).merge(weight);
     if (m.splits.empty()) return m.diag_oft(multiplier).merge(weight);
     RowMatrix<float> out(weight.rows(), weight.cols());
     Index row = 0;
@@ -301,10 +336,10 @@ class LycorisAdapter {
         writer.add(m.name + kAlphaSuffix, std::vector<std::uint64_t>{}, &m.alpha);
         continue;
       }
-      writer.add(m.name + kBlocksSuffix,
-                 {static_cast<std::uint64_t>(m.blocks), static_cast<std::uint64_t>(m.block_size),
-                  static_cast<std::uint64_t>(m.block_size)},
-                 m.oft_blocks);
+      std::vector<std::uint64_t> shape{static_cast<std::uint64_t>(m.blocks), static_cast<std::uint64_t>(m.block_size),
+                                       static_cast<std::uint64_t>(m.block_size)};
+      if (m.boft()) shape.insert(shape.begin(), static_cast<std::uint64_t>(m.stages));
+      writer.add(m.name + kBlocksSuffix, shape, m.oft_blocks);
       writer.add(m.name + kAlphaSuffix, std::vector<std::uint64_t>{}, &m.alpha);
       if (m.rescaled()) writer.add(m.name + kRescaleSuffix, m.rescale_shape, m.rescale);
     }
@@ -318,10 +353,17 @@ class LycorisAdapter {
       for (const LycorisDiagOftModule& part : m.splits) check_module(part);
       return;
     }
-    oft::detail::require(m.blocks >= 1 && m.block_size >= 1 &&
-                             m.oft_blocks.size() == static_cast<std::size_t>(m.blocks * m.block_size * m.block_size),
+    const Index stages = m.boft() ? m.stages : 1;
+    oft::detail::require(m.blocks >= 1 && m.block_size >= 1 && m.stages >= 0 &&
+                             m.oft_blocks.size() == static_cast<std::size_t>(stages * m.blocks * m.block_size * m.block_size),
                          "LyCORIS module '", m.name, "': ", m.oft_blocks.size(),
-                         " oft_blocks values for k=", m.blocks, " blocks of b=", m.block_size);
+                         " oft_blocks values for ", stages, " stage(s) of k=", m.blocks, " blocks of b=", m.block_size);
+    if (m.boft())  // the butterfly shape (values are the math's concern: save writes any floats)
+      oft::detail::require(m.block_size >= 2 && m.block_size % 2 == 0 && m.stages <= 62 &&
+                               m.blocks % (Index{1} << (m.stages - 1)) == 0,
+                           "LyCORIS module '", m.name, "': BOFT oft_blocks [", m.stages, ", ", m.blocks, ", ",
+                           m.block_size, ", ", m.block_size, "]: N=", m.blocks, " blocks of b=", m.block_size,
+                           " do not factor into m=", m.stages, " butterfly stages (b even, N a multiple of 2^(m-1))");
     oft::detail::require(std::isfinite(m.alpha), "LyCORIS module '", m.name, "': alpha ", m.alpha,
                          " is not finite");
     if (!m.rescaled()) return;
@@ -361,23 +403,61 @@ class LycorisAdapter {
     LycorisDiagOftModule m;
     m.name = name;
     const TensorView blocks = file.tensor(blocks_key);
+    if (blocks.shape.size() == 4) return read_boft_module(file, name, blocks);
     const auto& shape = blocks.shape;
     if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[1] != shape[2] ||
         shape[1] > static_cast<std::uint64_t>(kMaxBlockSize))
       detail::fail(where, "tensor ", detail::quote_name(blocks.name), " is ", detail::dims(shape),
                    ", expected [k, b, b] (k >= 1 square blocks of 1 <= b <= ", kMaxBlockSize,
-                   shape.size() == 4 ? "; a 4-D oft_blocks is LyCORIS BOFT, not read yet)" : ")");
+                   "; or [m, N, b, b] for LyCORIS BOFT)");
     m.blocks = static_cast<Index>(shape[0]);
     m.block_size = static_cast<Index>(shape[1]);
     oft::detail::require(m.blocks <= std::numeric_limits<Index>::max() / m.block_size,
                          where, ": tensor '", blocks.name, "' has too many channels");
     m.oft_blocks = floats(blocks, where);
+    read_alpha_and_rescale(file, name, blocks, m);
+    return m;
+  }
+
+  /// A LyCORIS BOFT module: oft_blocks [m, N, b, b] with b even and N a multiple of 2^(m-1).
+  static LycorisDiagOftModule read_boft_module(const SafetensorsFile& file, const std::string& name,
+                                               const TensorView& blocks) {
+    const std::string where = file.path().string();
+    const auto& shape = blocks.shape;
+    if (shape[0] < 1 || shape[1] < 1 || shape[2] != shape[3] || shape[2] < 2 || shape[2] % 2 != 0 ||
+        shape[2] > static_cast<std::uint64_t>(kMaxBlockSize) || shape[0] > 62)
+      detail::fail(where, "tensor ", detail::quote_name(blocks.name), " is ", detail::dims(shape),
+                   ", expected LyCORIS BOFT [m, N, b, b]: 1 <= m <= 62 stages of N >= 1 square blocks of an ",
+                   "even size 2 <= b <= ", kMaxBlockSize);
+    const std::uint64_t stride = std::uint64_t{1} << (shape[0] - 1);
+    if (shape[1] % stride != 0)
+      detail::fail(where, "tensor ", detail::quote_name(blocks.name), " is ", detail::dims(shape),
+                   ": its block count N=", shape[1], " does not factor into m=", shape[0],
+                   " butterfly stages (stage i pairs channels across 2^i b, so N must be a multiple of 2^(m-1)=",
+                   stride, ")");
+    if (shape[1] > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()) / shape[2] / shape[2] / shape[0])
+      detail::fail(where, "tensor ", detail::quote_name(blocks.name), " ", detail::dims(shape), " is too large");
+    LycorisDiagOftModule m;
+    m.name = name;
+    m.stages = static_cast<Index>(shape[0]);
+    m.blocks = static_cast<Index>(shape[1]);
+    m.block_size = static_cast<Index>(shape[2]);
+    m.oft_blocks = floats(blocks, where);
+    read_alpha_and_rescale(file, name, blocks, m);
+    return m;
+  }
+
+  /// `<name>.alpha` (required) and `<name>.rescale` (optional) of module m.
+  static void read_alpha_and_rescale(const SafetensorsFile& file, const std::string& name,
+                                     const TensorView& blocks, LycorisDiagOftModule& m) {
+    const std::string where = file.path().string();
+    const auto& shape = blocks.shape;
 
     const std::string alpha_key = name + kAlphaSuffix;
     if (!file.contains(alpha_key))
       detail::fail(where, "module ", detail::quote_name(name), " has ", detail::quote_name(blocks.name),
                    " but no ", detail::quote_name(alpha_key),
-                   " (LyCORIS saves alpha with every diag-OFT module and cannot load one without it)");
+                   " (LyCORIS saves alpha with every diag-OFT and BOFT module and cannot load one without it)");
     const TensorView alpha = file.tensor(alpha_key);
     const std::vector<float> alpha_values = floats(alpha, where);
     if (alpha_values.size() != 1 || alpha.shape.size() > 1 || !std::isfinite(alpha_values[0]))
@@ -392,20 +472,20 @@ class LycorisAdapter {
       if (!rescale_shape_fits(rescale.shape, m.out_features()))
         detail::fail(where, "tensor ", detail::quote_name(rescale_key), " is ", detail::dims(rescale.shape),
                      ", expected [", m.out_features(), ", 1, ...]: one factor per output channel of ",
-                     detail::quote_name(blocks.name), " ", detail::dims(shape), " (out=k*b=",
+                     detail::quote_name(blocks.name), " ", detail::dims(shape), " (out=", m.boft() ? "N*b=" : "k*b=",
                      m.out_features(), ")");
       m.rescale = floats(rescale, where);
       m.rescale_shape = rescale.shape;
     }
-    return m;
   }
 };
 
 /// What `oft inspect` reports on one LyCORIS diag-OFT module (numbers in double).
 struct LycorisModuleReport {
   std::string name;
-  std::string dialect;         ///< "lycoris-diag-oft" or "kohya-oft" (whose constraint rule)
-  Index blocks = 0, block_size = 0, out_features = 0;
+  std::string dialect;         ///< "lycoris-diag-oft", "lycoris-boft" or "kohya-oft"
+  Index stages = 0;            ///< BOFT: m butterfly stages (0 for diag-OFT)
+  Index blocks = 0, block_size = 0, out_features = 0;  ///< k (BOFT: N per stage), b, out
   double alpha = 0.0;
   double radius = 0.0;         ///< alpha * out; 0 or less: no constraint
   double norm = 0.0;           ///< ||B - B^T||_F + 1e-8 over all blocks, before the constraint
@@ -413,12 +493,30 @@ struct LycorisModuleReport {
   double constraint_factor = 1.0;  ///< what Q was scaled by (kohya with alpha = 0: ~1e-8 / n)
   double rho = 0.0;            ///< max over blocks of ||Q_i||_2 after the constraint
   double orthogonality = 0.0;  ///< max ||R_i^T R_i - I||_2 at s = 1 (R from float blocks)
-  double blend_half = 0.0;     ///< the same of 0.5 R + 0.5 I: LyCORIS's multiplier 0.5
+  double blend_half = 0.0;     ///< the same of 0.5 R + 0.5 I: LyCORIS's multiplier 0.5 (BOFT:
+                               ///< per stage block; the product of m blended stages drifts more)
   bool rescaled = false;
   double rescale_min = 1.0, rescale_max = 1.0;
   /// n / c: above 1 the constraint scales Q down by c / n; 0 when there is no constraint.
   double binding() const { return radius > 0.0 ? norm / radius : 0.0; }
 };
+
+namespace detail {
+/// max over the generators' blocks of ||Q_i||_2.
+inline double max_skew_norm(const Generators<double>& theta, Index b) {
+  double rho = 0.0;
+  SquareMatrix<double> q(b, b);
+  for (Index g = 0; g < theta.count(); ++g) {
+    unpack_skew(theta.row(g), b, q);
+    // Q is skew: Q^T Q = -Q^2 is symmetric with eigenvalues lambda^2.
+    const SquareMatrix<double> qtq = q.transpose() * q;
+    const double top =
+        Eigen::SelfAdjointEigenSolver<SquareMatrix<double>>(qtq, Eigen::EigenvaluesOnly).eigenvalues().maxCoeff();
+    rho = std::max(rho, std::sqrt(std::max(top, 0.0)));
+  }
+  return rho;
+}
+}  // namespace detail
 
 /// The report on every module of `adapter`, from its float data computed in double.
 inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& adapter) {
@@ -432,12 +530,34 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
     const LycorisDiagOftModule& m = *unit;
     LycorisModuleReport r;
     r.name = m.name;
-    r.dialect = m.rule == lycoris::ConstraintRule::Kohya ? "kohya-oft" : "lycoris-diag-oft";
+    r.dialect = m.boft() ? "lycoris-boft"
+                : m.rule == lycoris::ConstraintRule::Kohya ? "kohya-oft"
+                                                           : "lycoris-diag-oft";
+    r.stages = m.stages;
     r.blocks = m.blocks;
     r.block_size = m.block_size;
     r.out_features = m.out_features();
     r.alpha = double(m.alpha);
     const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+    r.rescaled = m.rescaled();
+    if (r.rescaled) {
+      const auto [lo, hi] = std::minmax_element(m.rescale.begin(), m.rescale.end());
+      r.rescale_min = double(*lo);
+      r.rescale_max = double(*hi);
+    }
+    if (m.boft()) {
+      lycoris::Boft<double> op(m.stages, m.blocks, m.block_size, blocks.data(), double(m.alpha));
+      r.radius = op.constraint().radius;
+      r.norm = op.constraint().norm;
+      r.constraint_active = op.constraint().active;
+      r.constraint_factor = op.constraint().factor;
+      r.orthogonality = op.orthogonality_error();
+      op.set_multiplier(0.5);
+      r.blend_half = op.orthogonality_error();
+      r.rho = detail::max_skew_norm(op.generators(), m.block_size);
+      out.push_back(r);
+      continue;
+    }
     lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha), {}, 1.0, m.rule);
     r.radius = op.constraint().radius;
     r.norm = op.constraint().norm;
@@ -446,22 +566,7 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
     r.orthogonality = op.orthogonality_error();
     op.set_multiplier(0.5);
     r.blend_half = op.orthogonality_error();
-    SquareMatrix<double> q(m.block_size, m.block_size);
-    for (Index g = 0; g < m.blocks; ++g) {
-      unpack_skew(op.generators().row(g), m.block_size, q);
-      // Q is skew: Q^T Q = -Q^2 is symmetric with eigenvalues lambda^2.
-      const SquareMatrix<double> qtq = q.transpose() * q;
-      const double top = Eigen::SelfAdjointEigenSolver<SquareMatrix<double>>(qtq, Eigen::EigenvaluesOnly)
-                             .eigenvalues()
-                             .maxCoeff();
-      r.rho = std::max(r.rho, std::sqrt(std::max(top, 0.0)));
-    }
-    r.rescaled = m.rescaled();
-    if (r.rescaled) {
-      const auto [lo, hi] = std::minmax_element(m.rescale.begin(), m.rescale.end());
-      r.rescale_min = double(*lo);
-      r.rescale_max = double(*hi);
-    }
+    r.rho = detail::max_skew_norm(op.generators(), m.block_size);
     out.push_back(r);
   }
   return out;
@@ -469,11 +574,16 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
 
 /// The report as JSON (`oft inspect --json` on a LyCORIS file).
 inline nlohmann::ordered_json to_json(const std::vector<LycorisModuleReport>& report) {
-  nlohmann::ordered_json out{{"dialect", report.empty() ? "lycoris-diag-oft" : report.front().dialect},
+  std::string dialect = report.empty() ? "lycoris-diag-oft" : report.front().dialect;
+  for (const LycorisModuleReport& r : report)
+    if (r.dialect != dialect) dialect = "lycoris-diag-oft+boft";  // a LyCORIS file of both algos
+  nlohmann::ordered_json out{{"dialect", dialect},
                              {"side", "output"},
                              {"modules", nlohmann::ordered_json::array()}};
   for (const LycorisModuleReport& r : report) {
     nlohmann::ordered_json j{{"name", r.name},
+                             {"algo", r.stages > 0 ? "boft" : "diag-oft"},
+                             {"stages", r.stages},
                              {"blocks", r.blocks},
                              {"block_size", r.block_size},
                              {"out_features", r.out_features},

@@ -2,7 +2,8 @@
 """Writes the hand-made seeds of fuzz_lycoris_adapter (stdlib only): tiny files that reach the
 reader's refusals a byte mutation of the trainer-made fixtures (tests/dialects/fixtures, also
 seeds) rarely builds, as they need a new tensor whose data fits: a file mixing LyCORIS and kohya
-modules, LyCORIS BOFT's 4-D oft_blocks, kohya FLUX splits with a rescale or beside a plain
+modules, LyCORIS BOFT's 4-D oft_blocks (one that reads, one whose block count does not factor,
+one beside a diag-OFT module and a rescale), kohya FLUX splits with a rescale or beside a plain
 `.oft_blocks`, and the F64 / F16 / BF16 dtypes. Run from anywhere; writes next to itself."""
 import json
 import os
@@ -47,6 +48,12 @@ write("half_dtypes", [
     ("lycoris_fc.rescale", "BF16", [6, 1], [1.0] * 6)])
 write("boft_4d", [
     ("lycoris_fc.oft_blocks", "F32", [1, 2, 2, 2], blocks(2, 2)), ("lycoris_fc.alpha", "F32", [], [0.5])])
+write("boft_no_factor", [
+    ("lycoris_fc.oft_blocks", "F32", [3, 6, 2, 2], blocks(18, 2)), ("lycoris_fc.alpha", "F32", [], [0.5])])
+write("boft_and_diag", [
+    ("lycoris_up.oft_blocks", "F32", [2, 2, 2, 2], blocks(4, 2)), ("lycoris_up.alpha", "F32", [], [0.01]),
+    ("lycoris_up.rescale", "F16", [4, 1, 1, 1], [1.0, 0.5, 2.0, 1.5]),
+    ("lycoris_fc.oft_blocks", "F32", [2, 2, 2], blocks(2, 2)), ("lycoris_fc.alpha", "F32", [], [0.0])])
 write("flux_rescale", [
     ("oft_unet_qkv.oft_blocks.0", "F32", [1, 2, 2], blocks(1, 2)),
     ("oft_unet_qkv.oft_blocks.1", "F32", [2, 2, 2], blocks(2, 2)),
