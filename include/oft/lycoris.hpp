@@ -49,10 +49,10 @@
 /// (c + 1e-8) / (n + 1e-8), n = ||Q||_F: d theta = f d theta_c - f'(n) <theta, d theta_c>
 /// 2 theta / n), and Q = B - B^T (dB = dQ - dQ^T: dB(p, q) = d theta(p, q) = -dB(q, p)).
 ///
-/// LyCORIS BOFT (algo "boft"): Boft below, with its own comment.
+/// LyCORIS BOFT (algo "boft"): Boft below (merge, forward, backward_merge), with its own comment.
 ///
-/// Not here (docs/dialects.md lists them): gradients of LyCORIS BOFT, LyCORIS's bypass mode for
-/// BOFT, its rank dropout and module dropout (training only).
+/// Not here (docs/dialects.md lists them): LyCORIS's bypass mode for BOFT, its rank dropout and
+/// module dropout (training only).
 
 #include <algorithm>
 #include <cmath>
@@ -446,6 +446,10 @@ inline Index boft_source_channel(Index position, Index stage, Index block_size) 
 ///
 /// Rounding: LyCORIS forms (I - Q)^-1 explicitly and computes W + (rescale T W - W); oft solves
 /// by LU and scales T W: the two agree within float rounding (tests/dialects states the bound).
+///
+/// Gradients: backward_merge gives dL/dW, dL/d oft_blocks and dL/d rescale of a loss of the
+/// merged weight, through everything LyCORIS's autograd sees (checked against it and against
+/// finite differences in tests/dialects).
 template <class Scalar_>
 class Boft {
  public:
@@ -473,6 +477,7 @@ class Boft {
       detail::require_domain(std::isfinite(static_cast<double>(oft_blocks[i])), "LyCORIS BOFT oft_blocks[",
                              i, "] is ", oft_blocks[i]);
     theta_ = skew_from_blocks(oft_blocks, stages * blocks, block_size);
+    raw_theta_ = theta_;
     constraint_ = apply_constraint(theta_.view(), alpha_, out_features());
     for (Index i = 0; i < stages; ++i) {
       Generators<Scalar> stage_theta(blocks, block_size);
@@ -554,6 +559,79 @@ class Boft {
     return merged;
   }
 
+  /// The gradients of a loss of the merged weight, given d_merged = dL/dW' (out x cols, as the
+  /// weight): returns dL/dW of the base, and writes d_blocks = dL/d oft_blocks (m N b b scalars,
+  /// row-major as the file's; diagonals 0; skipped when null) and d_rescale (out scalars;
+  /// skipped when null; needs a rescaled module), overwritten. Through everything LyCORIS's
+  /// autograd sees: the rescale, each stage's blend and permutation (stage i's input X_i gives
+  /// dM = dY X_gathered^T, dX = P^T M^T dY), the Cayley transform (dQ = (I + R)^T dR (I - Q)^-T),
+  /// the constraint over all blocks where active, and Q = B - B^T. Allocates (m + 1) out x cols
+  /// temporaries. Throws std::invalid_argument on a shape mismatch.
+  RowMatrix<Scalar> backward_merge(ConstMatrixView<Scalar> weight, ConstMatrixView<Scalar> d_merged,
+                                   Scalar* d_blocks, Scalar* d_rescale) const {
+    require_base(weight.rows(), weight.cols(), "backward_merge");
+    detail::require(d_merged.rows() == weight.rows() && d_merged.cols() == weight.cols(),
+                    "LyCORIS BOFT backward_merge: dW' is ", d_merged.rows(), "x", d_merged.cols(),
+                    " but the weight is ", weight.rows(), "x", weight.cols());
+    detail::require(d_rescale == nullptr || rescaled(),
+                    "LyCORIS BOFT backward_merge: d_rescale asked of a module without rescale");
+    const Index b = spec_.block_size, out = out_features(), cols = weight.cols(), n = spec_.blocks;
+    // Forward again, keeping each stage's gathered input.
+    std::vector<RowMatrix<Scalar>> gathered(static_cast<std::size_t>(stages_), RowMatrix<Scalar>(out, cols));
+    RowMatrix<Scalar> x = weight.map();
+    for (Index i = 0; i < stages_; ++i) {
+      RowMatrix<Scalar>& g = gathered[static_cast<std::size_t>(i)];
+      for (Index p = 0; p < out; ++p) g.row(p) = x.row(boft_source_channel(p, i, b));
+      for (Index d = 0; d < n; ++d) {
+        const RowMatrix<Scalar> y = block(i, d) * g.middleRows(d * b, b);
+        for (Index r = 0; r < b; ++r) x.row(boft_source_channel(d * b + r, i, b)) = y.row(r);
+      }
+    }
+    RowMatrix<Scalar> dx = d_merged.map();
+    if (rescaled())
+      for (Index j = 0; j < out; ++j) {
+        const auto r = rescale_[static_cast<std::size_t>(j)];
+        if (d_rescale != nullptr) d_rescale[j] = x.row(j).dot(dx.row(j));
+        dx.row(j) *= r;
+      }
+    Generators<Scalar> dtheta(stages_ * n, b);
+    SquareMatrix<Scalar> q(b, b), r(b, b), dr(b, b), dq(b, b);
+    const auto s = static_cast<Scalar>(multiplier_);
+    RowMatrix<Scalar> dy(out, cols);
+    for (Index i = stages_ - 1; i >= 0; --i) {
+      const RowMatrix<Scalar>& g = gathered[static_cast<std::size_t>(i)];
+      for (Index p = 0; p < out; ++p) dy.row(p) = dx.row(boft_source_channel(p, i, b));
+      for (Index d = 0; d < n; ++d) {
+        const auto dy_block = dy.middleRows(d * b, b);
+        const RowMatrix<Scalar> dg = block(i, d).transpose() * dy_block;
+        for (Index row = 0; row < b; ++row) dx.row(boft_source_channel(d * b + row, i, b)) = dg.row(row);
+        if (d_blocks == nullptr) continue;
+        dr = (dy_block * g.middleRows(d * b, b).transpose()) * s;  // dL/dR = s dL/dM
+        unpack_skew(theta_.row(i * n + d), b, q);
+        r = rotation(i, d);
+        detail::ParameterizationOps<ExactCayley, SquareMatrix<Scalar>>::rotation_vjp(q, r, dr, dq);
+        Scalar* packed = dtheta.row(i * n + d);
+        for (Index p = 0; p < b; ++p)
+          for (Index c = p + 1; c < b; ++c) packed[packed_index(p, c, b)] = dq(p, c) - dq(c, p);
+      }
+    }
+    if (d_blocks != nullptr) {
+      constraint_backward(dtheta);
+      for (Index g = 0; g < stages_ * n; ++g) {
+        Scalar* blk = d_blocks + g * b * b;
+        for (Index p = 0; p < b; ++p) {
+          blk[p * b + p] = 0;
+          for (Index c = p + 1; c < b; ++c) {
+            const Scalar v = dtheta.row(g)[packed_index(p, c, b)];
+            blk[p * b + c] = v;
+            blk[c * b + p] = -v;
+          }
+        }
+      }
+    }
+    return dx;
+  }
+
   /// LyCORIS's default forward of a Linear layer, X W'^T + bias, computed as the output-side map
   /// of Z = X W^T (each token's row z -> z T^T diag(rescale)) plus the bias, which LyCORIS
   /// neither rotates nor rescales. `bias` is null or out values.
@@ -586,6 +664,30 @@ class Boft {
     return stages;
   }
 
+  /// d theta_c -> d theta through LyCORIS's constraint theta_c = theta c / n, n = ||Q||_F + 1e-8
+  /// over all blocks (in place; nothing to do when inactive).
+  void constraint_backward(Generators<Scalar>& dtheta) const {
+    if (!constraint_.active) return;
+    double sum = 0.0, dot = 0.0;
+    for (Index g = 0; g < dtheta.count(); ++g)
+      for (Index k = 0; k < dtheta.packed(); ++k) {
+        const double t = static_cast<double>(raw_theta_.row(g)[k]);
+        sum += t * t;
+        dot += t * static_cast<double>(dtheta.row(g)[k]);
+      }
+    const double norm = std::sqrt(2.0 * sum);  // ||Q||_F > 0 when active
+    const double tiny = static_cast<double>(static_cast<Scalar>(1e-8));
+    const double radius = static_cast<double>(static_cast<Scalar>(constraint_.radius));
+    const double df_dnorm = -radius / ((norm + tiny) * (norm + tiny));
+    const double f = static_cast<double>(constraint_.factor);
+    for (Index g = 0; g < dtheta.count(); ++g)
+      for (Index k = 0; k < dtheta.packed(); ++k) {
+        const double t = static_cast<double>(raw_theta_.row(g)[k]);
+        dtheta.row(g)[k] = static_cast<Scalar>(f * static_cast<double>(dtheta.row(g)[k]) +
+                                               df_dnorm * dot * 2.0 * t / norm);
+      }
+  }
+
   void check_index(Index stage, Index block) const {
     detail::require(stage >= 0 && stage < stages_ && block >= 0 && block < spec_.blocks,
                     "LyCORIS BOFT: no block (", stage, ", ", block, ") in [", stages_, ", ", spec_.blocks, "]");
@@ -601,7 +703,8 @@ class Boft {
   BlockSpec spec_;
   double alpha_;
   std::vector<Scalar> rescale_;
-  Generators<Scalar> theta_;
+  Generators<Scalar> theta_;      // after the constraint: what R is computed from
+  Generators<Scalar> raw_theta_;  // B - B^T before it (the constraint's gradient needs it)
   Constraint<Scalar> constraint_;
   std::vector<BlockOrthogonal<Scalar, ExactCayley>> rotations_;
   double multiplier_ = 1.0;

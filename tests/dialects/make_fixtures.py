@@ -432,7 +432,8 @@ BOFT_CASES = [
 
 def make_boft_case(out_dir, name, model_type, linear_dim, alpha, rescaled, spread, seed):
     """As make_case, for algo "boft" (default mode only: the merged weight; for Linear layers
-    also the wrapped layer's forward). Per module the metadata also records LyCORIS's (m, N, b)."""
+    also the wrapped layer's forward; the gradients of sum(grad_c * merged) at every multiplier).
+    Per module the metadata also records LyCORIS's oft_blocks shape [m, N, b, b]."""
     from lycoris import LycorisNetwork, create_lycoris
     from safetensors.torch import save_file
     import importlib.metadata as md
@@ -480,6 +481,21 @@ def make_boft_case(out_dir, name, model_type, linear_dim, alpha, rescaled, sprea
                 else:  # LyCORIS's default forward is the convolution with its merged kernel
                     direct = layer._conv_forward(x, merged, layer.bias)
                     assert torch.allclose(layer(x), direct, atol=1e-5), (path, s)
+    # LyCORIS's own autograd through its merge: the gradient of sum(grad_c * W'(s)) with respect
+    # to oft_blocks (and rescale) for a random grad_c, at every multiplier.
+    for path in spread:
+        layer = modules[path]
+        lora = lora_of["lycoris_" + path.replace(".", "_")]
+        c = torch.randn_like(layer.weight)
+        expected[f"{path}.grad_c"] = c
+        for i, s in enumerate(BOFT_MULTIPLIERS):
+            lora.zero_grad(set_to_none=True)
+            merged, _ = lora.get_merged_weight(multiplier=s, shape=layer.weight.shape,
+                                               device=layer.weight.device)
+            (c * merged).sum().backward()
+            expected[f"{path}.grad_blocks.{i}"] = lora.oft_blocks.grad.detach().clone()
+            if rescaled:
+                expected[f"{path}.grad_rescale.{i}"] = lora.rescale.grad.detach().clone()
     network.set_multiplier(1.0)
     network.merge_to(BOFT_MULTIPLIERS[0])
     for path in spread:
