@@ -199,6 +199,10 @@ def main():
     ap.add_argument("--prefill-rounds", type=int, default=None,
                     help="default 7 (float32) or 3 (bfloat16)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--storage", choices=("float32", "bfloat16"), default="float32",
+                    help="how the bank keeps R (bfloat16: rounded once, half the bytes)")
+    ap.add_argument("--bf16-arithmetic", choices=("float", "dot_product"), default="float",
+                    help="how the bank computes bfloat16 activations (dot_product: vdpbf16ps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/zen3/"
                     "serving_python.json, serving_python_bf16.json for bfloat16); the table is "
@@ -208,6 +212,8 @@ def main():
         args.prefill_rounds = 7 if args.dtype == "float32" else 3
     if args.out is None:
         suffix = "" if args.dtype == "float32" else "_bf16"
+        suffix += "" if args.storage == "float32" else "_storage_bf16"
+        suffix += "" if args.bf16_arithmetic == "float" else "_dot"
         args.out = os.path.join(ROOT, f"bench/results/zen3/serving_python{suffix}.json")
     dtype = getattr(torch, args.dtype)
     batches = [int(v) for v in args.batches.split(",") if v]
@@ -230,7 +236,9 @@ def main():
     for p in base.parameters():
         p.requires_grad_(False)
     layer = peft_layer(base, count, args.seed + 1)
-    serving = oft.serve.ServingLinear(base, capacity=count)
+    serving = oft.serve.ServingLinear(base, capacity=count,
+                                      storage=getattr(torch, args.storage),
+                                      bf16_arithmetic=args.bf16_arithmetic)
     for k in range(count):
         blocks, shared = oft.serve.peft_rotation_blocks(layer.oft_R[f"a{k}"])
         assert serving.rotation.add(blocks, shared=shared) == k
@@ -238,7 +246,8 @@ def main():
     sizes = {
         "oft_trained_parameters_per_adapter": (d // BLOCK) * BLOCK * (BLOCK - 1) // 2,
         "oft_bank_bytes_per_adapter": serving.rotation.adapter_bytes(0),
-        "oft_bank_values_per_adapter": serving.rotation.adapter_bytes(0) // 4,
+        # R's entries (b^2 per block), whatever the bank keeps them in.
+        "oft_bank_values_per_adapter": (d // BLOCK) * BLOCK * BLOCK,
         "lora_r16_parameters_per_adapter": LORA_RANK * (d + n_out),
         "lora_r16_bytes_per_adapter": LORA_RANK * (d + n_out) * lora.a.element_size(),
     }
@@ -378,7 +387,9 @@ def main():
         f"peft {peft.__version__}, oft.serve")
     out(f"one Linear d = n_out = {d}, {args.dtype}, forward; OFT b = {BLOCK} (PEFT trains "
         f"{sizes['oft_trained_parameters_per_adapter']:,} parameters per adapter, the bank keeps "
-        f"{sizes['oft_bank_values_per_adapter']:,} float32 values of R resident), LoRA r = "
+        f"{sizes['oft_bank_values_per_adapter']:,} {args.storage} values of R resident, "
+        f"{sizes['oft_bank_bytes_per_adapter']:,} bytes in all; bfloat16 "
+        f"activations in {args.bf16_arithmetic} arithmetic), LoRA r = "
         f"{LORA_RANK} ({sizes['lora_r16_parameters_per_adapter']:,} parameters per adapter)")
     out(f"medians of {args.rounds} (decode) / {args.prefill_rounds} (prefill) interleaved rounds; "
         "all figures relative to the base's median time:")
@@ -409,6 +420,7 @@ def main():
                 "bank vs PEFT's per-adapter loop vs a gathered (bgmv) LoRA r=16 in PyTorch",
         "command": "python3 bench/compare_serving.py " + " ".join(sys.argv[1:]),
         "cpu": cpu_description(), "threads": args.threads, "dtype": args.dtype,
+        "storage": args.storage, "bf16_arithmetic": args.bf16_arithmetic,
         "features": d, "n_out": n_out, "block_size": BLOCK, "lora_rank": LORA_RANK,
         "rounds": {"decode": args.rounds, "prefill": args.prefill_rounds},
         "torch": torch.__version__, "peft": peft.__version__,
