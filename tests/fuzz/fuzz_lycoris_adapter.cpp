@@ -1,5 +1,5 @@
-// libFuzzer target: LycorisAdapter (LyCORIS diag-OFT and kohya sd-scripts OFT, FLUX splits
-// included) on an arbitrary .safetensors file. The file is read three ways: with the dialect
+// libFuzzer target: LycorisAdapter (LyCORIS diag-OFT and BOFT, kohya sd-scripts OFT, FLUX
+// splits included) on an arbitrary .safetensors file. The file is read three ways: with the dialect
 // detected from the names, and forced to LyCORIS and to kohya (the two constraint rules and the
 // paths only a forced dialect reaches). An accepted adapter is looked up by name, merged into a
 // small base weight per module (at s = 1 and s = 1/2, capped so one input stays fast),
@@ -8,7 +8,7 @@
 //
 // Refusals must be the documented exceptions, never a crash, leak or stray read: reading throws
 // format_error (a std::invalid_argument); merge std::invalid_argument, or std::domain_error for
-// values the math cannot take (lycoris::DiagOft: non-finite blocks, or finite ones whose
+// values the math cannot take (lycoris::DiagOft, lycoris::Boft: non-finite blocks, or finite ones whose
 // B - B^T overflows); module() std::out_of_range. Anything else escapes and fails the run.
 #include <oft/io/lycoris_adapter.hpp>
 
@@ -44,7 +44,8 @@ bool same_module(const LycorisDiagOftModule& a, const LycorisDiagOftModule& b) {
   if (a.name != b.name || a.blocks != b.blocks || a.block_size != b.block_size ||
       a.rule != b.rule || std::memcmp(&a.alpha, &b.alpha, sizeof(float)) != 0 ||
       !same_bits(a.oft_blocks, b.oft_blocks) || !same_bits(a.rescale, b.rescale) ||
-      a.rescale_shape != b.rescale_shape || a.splits.size() != b.splits.size())
+      a.rescale_shape != b.rescale_shape || a.splits.size() != b.splits.size() ||
+      a.stages != b.stages)
     return false;
   for (std::size_t i = 0; i < a.splits.size(); ++i)
     if (!same_module(a.splits[i], b.splits[i])) return false;
