@@ -57,6 +57,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -144,6 +145,55 @@ Constraint<Scalar> apply_constraint(GeneratorView<Scalar> theta, double alpha, I
   return result;
 }
 
+/// The argument checks both module kinds share: `module` names the kind in the messages
+/// ("LyCORIS", "LyCORIS BOFT"), `shape` its blocks ("k=4 blocks of b=8"). Throws
+/// std::invalid_argument for a null `oft_blocks` or a rescale that is neither empty nor one
+/// factor per output channel, std::domain_error for a non-finite alpha or rescale factor.
+template <class Scalar>
+void check_module_arguments(const char* module, const std::string& shape, const Scalar* oft_blocks,
+                            double alpha, const std::vector<Scalar>& rescale, Index out) {
+  detail::require(oft_blocks != nullptr, module, " oft_blocks: null pointer");
+  detail::require_domain(std::isfinite(alpha), module, " alpha ", alpha, " is not finite");
+  detail::require(rescale.empty() || static_cast<Index>(rescale.size()) == out, module,
+                  " rescale has ", rescale.size(), " factors, but the module has out=", out,
+                  " channels (", shape, ")");
+  for (const Scalar v : rescale)
+    detail::require_domain(std::isfinite(static_cast<double>(v)), module, " rescale holds ", v);
+}
+
+/// d theta_c -> d theta through the constraint theta_c = f(theta) theta (in place), theta the
+/// raw generators (B - B^T) before it: d theta = f d theta_c + f'(n) <theta, d theta_c> dn/dtheta,
+/// n = ||Q||_F = sqrt(2 sum theta^2). LyCORIS: f = c / (n + 1e-8); kohya: f = (c + 1e-8) /
+/// (n + 1e-8) where it binds. Inactive: f = 1 (kohya's is (n + 1e-8) / (n + 1e-8) there), nothing
+/// to do.
+template <class Scalar>
+void constraint_backward(const Constraint<Scalar>& constraint, ConstraintRule rule,
+                         const Generators<Scalar>& raw_theta, Generators<Scalar>& dtheta) {
+  if (!constraint.active) return;
+  double sum = 0.0, dot = 0.0;
+  for (Index g = 0; g < dtheta.count(); ++g)
+    for (Index k = 0; k < dtheta.packed(); ++k) {
+      const double t = static_cast<double>(raw_theta.row(g)[k]);
+      sum += t * t;
+      dot += t * static_cast<double>(dtheta.row(g)[k]);
+    }
+  const double norm = std::sqrt(2.0 * sum);  // ||Q||_F
+  // The radius and 1e-8 as the forward used them: rounded to Scalar.
+  const double tiny = static_cast<double>(static_cast<Scalar>(1e-8));
+  const double radius = static_cast<double>(static_cast<Scalar>(constraint.radius));
+  const double numerator = rule == ConstraintRule::Kohya ? radius + tiny : radius;
+  const double df_dnorm = -numerator / ((norm + tiny) * (norm + tiny));
+  const double f = static_cast<double>(constraint.factor);
+  // f'(n) <theta, d theta_c> dn/dtheta_k = f'(n) dot 2 theta_k / n; at Q = 0 (theta = 0) the
+  // term vanishes with theta.
+  const double along = norm == 0.0 ? 0.0 : df_dnorm * dot * 2.0 / norm;
+  for (Index g = 0; g < dtheta.count(); ++g)
+    for (Index k = 0; k < dtheta.packed(); ++k) {
+      const double t = static_cast<double>(raw_theta.row(g)[k]);
+      dtheta.row(g)[k] = static_cast<Scalar>(f * static_cast<double>(dtheta.row(g)[k]) + along * t);
+    }
+}
+
 /// One LyCORIS diag-OFT module: R from its dense blocks and alpha, with its rescale and
 /// multiplier, over `blocks * block_size` output channels. Float or double (LyCORIS computes in
 /// float32; double is for references and gradient checks).
@@ -166,13 +216,8 @@ class DiagOft {
         alpha_(alpha),
         rule_(rule),
         rescale_(std::move(rescale)) {
-    detail::require(oft_blocks != nullptr, "LyCORIS oft_blocks: null pointer");
-    detail::require_domain(std::isfinite(alpha), "LyCORIS alpha ", alpha, " is not finite");
-    detail::require(rescale_.empty() || static_cast<Index>(rescale_.size()) == out_features(),
-                    "LyCORIS rescale has ", rescale_.size(), " factors, but the module has out=",
-                    out_features(), " channels (k=", blocks, " blocks of b=", block_size, ")");
-    for (const Scalar v : rescale_)
-      detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS rescale holds ", v);
+    check_module_arguments("LyCORIS", detail::message("k=", blocks, " blocks of b=", block_size),
+                           oft_blocks, alpha, rescale_, out_features());
     theta_ = skew_from_blocks(oft_blocks, blocks, block_size);
     raw_theta_ = theta_;
     constraint_ = apply_constraint(theta_.view(), alpha_, out_features(), rule_);
@@ -274,7 +319,7 @@ class DiagOft {
                        rotation_.workspace_size());
     if (!d_z.empty()) d_z.map() = dz_rotated + g * blend;
     if (d_blocks == nullptr) return;
-    constraint_backward(dtheta);
+    constraint_backward(constraint_, rule_, raw_theta_, dtheta);
     for (Index i = 0; i < spec_.blocks; ++i) {
       Scalar* block = d_blocks + i * b * b;
       for (Index p = 0; p < b; ++p) {
@@ -356,32 +401,6 @@ class DiagOft {
                     ": base weight is ", rows, "x", cols, ", but the module rotates out=",
                     out_features(), " output channels (k=", spec_.blocks, " blocks of b=",
                     spec_.block_size, ")");
-  }
-
-  /// d theta_c -> d theta through theta_c = f(theta) theta (in place). Inactive: f = 1 (kohya's
-  /// f is (n + 1e-8) / (n + 1e-8) = 1 there too), nothing to do.
-  void constraint_backward(Generators<Scalar>& dtheta) const {
-    if (!constraint_.active) return;
-    double sum = 0.0, dot = 0.0;
-    for (Index g = 0; g < dtheta.count(); ++g)
-      for (Index k = 0; k < dtheta.packed(); ++k) {
-        const double t = static_cast<double>(raw_theta_.row(g)[k]);
-        sum += t * t;
-        dot += t * static_cast<double>(dtheta.row(g)[k]);
-      }
-    const double norm = std::sqrt(2.0 * sum);  // ||Q||_F
-    if (norm == 0.0) return;                   // kohya, alpha <= 0 and Q = 0: f is constant
-    const double tiny = static_cast<double>(static_cast<Scalar>(1e-8));
-    const double numerator = rule_ == ConstraintRule::Kohya ? static_cast<double>(static_cast<Scalar>(constraint_.radius)) + tiny
-                                                            : static_cast<double>(static_cast<Scalar>(constraint_.radius));
-    const double df_dnorm = -numerator / ((norm + tiny) * (norm + tiny));
-    const double f = static_cast<double>(constraint_.factor);
-    for (Index g = 0; g < dtheta.count(); ++g)
-      for (Index k = 0; k < dtheta.packed(); ++k) {
-        const double t = static_cast<double>(raw_theta_.row(g)[k]);
-        dtheta.row(g)[k] = static_cast<Scalar>(f * static_cast<double>(dtheta.row(g)[k]) +
-                                               df_dnorm * dot * 2.0 * t / norm);
-      }
   }
 
   RowMatrix<Scalar> base_output(ConstMatrixView<Scalar> x, ConstMatrixView<Scalar> weight,
@@ -466,13 +485,8 @@ class Boft {
         spec_{blocks, block_size, false},
         alpha_(alpha),
         rescale_(std::move(rescale)) {
-    detail::require(oft_blocks != nullptr, "LyCORIS BOFT oft_blocks: null pointer");
-    detail::require_domain(std::isfinite(alpha), "LyCORIS BOFT alpha ", alpha, " is not finite");
-    detail::require(rescale_.empty() || static_cast<Index>(rescale_.size()) == out_features(),
-                    "LyCORIS BOFT rescale has ", rescale_.size(), " factors, but the module has out=",
-                    out_features(), " channels (N=", blocks, " blocks of b=", block_size, ")");
-    for (const Scalar v : rescale_)
-      detail::require_domain(std::isfinite(static_cast<double>(v)), "LyCORIS BOFT rescale holds ", v);
+    check_module_arguments("LyCORIS BOFT", detail::message("N=", blocks, " blocks of b=", block_size),
+                           oft_blocks, alpha, rescale_, out_features());
     for (Index i = 0; i < stages * blocks * block_size * block_size; ++i)
       detail::require_domain(std::isfinite(static_cast<double>(oft_blocks[i])), "LyCORIS BOFT oft_blocks[",
                              i, "] is ", oft_blocks[i]);
@@ -616,7 +630,7 @@ class Boft {
       }
     }
     if (d_blocks != nullptr) {
-      constraint_backward(dtheta);
+      constraint_backward(constraint_, ConstraintRule::Lycoris, raw_theta_, dtheta);
       for (Index g = 0; g < stages_ * n; ++g) {
         Scalar* blk = d_blocks + g * b * b;
         for (Index p = 0; p < b; ++p) {
@@ -662,30 +676,6 @@ class Boft {
     detail::require(blocks <= std::numeric_limits<Index>::max() / block_size / block_size / stages,
                     "LyCORIS BOFT oft_blocks: too many values");
     return stages;
-  }
-
-  /// d theta_c -> d theta through LyCORIS's constraint theta_c = theta c / n, n = ||Q||_F + 1e-8
-  /// over all blocks (in place; nothing to do when inactive).
-  void constraint_backward(Generators<Scalar>& dtheta) const {
-    if (!constraint_.active) return;
-    double sum = 0.0, dot = 0.0;
-    for (Index g = 0; g < dtheta.count(); ++g)
-      for (Index k = 0; k < dtheta.packed(); ++k) {
-        const double t = static_cast<double>(raw_theta_.row(g)[k]);
-        sum += t * t;
-        dot += t * static_cast<double>(dtheta.row(g)[k]);
-      }
-    const double norm = std::sqrt(2.0 * sum);  // ||Q||_F > 0 when active
-    const double tiny = static_cast<double>(static_cast<Scalar>(1e-8));
-    const double radius = static_cast<double>(static_cast<Scalar>(constraint_.radius));
-    const double df_dnorm = -radius / ((norm + tiny) * (norm + tiny));
-    const double f = static_cast<double>(constraint_.factor);
-    for (Index g = 0; g < dtheta.count(); ++g)
-      for (Index k = 0; k < dtheta.packed(); ++k) {
-        const double t = static_cast<double>(raw_theta_.row(g)[k]);
-        dtheta.row(g)[k] = static_cast<Scalar>(f * static_cast<double>(dtheta.row(g)[k]) +
-                                               df_dnorm * dot * 2.0 * t / norm);
-      }
   }
 
   void check_index(Index stage, Index block) const {
