@@ -194,6 +194,24 @@ void constraint_backward(const Constraint<Scalar>& constraint, ConstraintRule ru
     }
 }
 
+/// dL/dB for each dense block B (b x b, row-major, one per generator of `dtheta`) from the
+/// packed dL/dtheta of Q = B - B^T: theta_(p,q) = B_pq - B_qp, so dL/dB_pq = dtheta_(p,q) and
+/// dL/dB_qp = -dtheta_(p,q) above the diagonal, and the diagonal (which Q never sees) gets 0.
+template <class Scalar>
+void dense_block_gradients(const Generators<Scalar>& dtheta, Index b, Scalar* d_blocks) {
+  for (Index g = 0; g < dtheta.count(); ++g) {
+    Scalar* block = d_blocks + g * b * b;
+    for (Index p = 0; p < b; ++p) {
+      block[p * b + p] = 0;
+      for (Index q = p + 1; q < b; ++q) {
+        const Scalar v = dtheta.row(g)[packed_index(p, q, b)];
+        block[p * b + q] = v;
+        block[q * b + p] = -v;
+      }
+    }
+  }
+}
+
 /// One LyCORIS diag-OFT module: R from its dense blocks and alpha, with its rescale and
 /// multiplier, over `blocks * block_size` output channels. Float or double (LyCORIS computes in
 /// float32; double is for references and gradient checks).
@@ -320,17 +338,7 @@ class DiagOft {
     if (!d_z.empty()) d_z.map() = dz_rotated + g * blend;
     if (d_blocks == nullptr) return;
     constraint_backward(constraint_, rule_, raw_theta_, dtheta);
-    for (Index i = 0; i < spec_.blocks; ++i) {
-      Scalar* block = d_blocks + i * b * b;
-      for (Index p = 0; p < b; ++p) {
-        block[p * b + p] = 0;
-        for (Index q = p + 1; q < b; ++q) {
-          const Scalar v = dtheta.row(i)[packed_index(p, q, b)];
-          block[p * b + q] = v;
-          block[q * b + p] = -v;
-        }
-      }
-    }
+    dense_block_gradients(dtheta, b, d_blocks);
   }
 
   /// The gradients of a loss of the merged weight, given d_merged = dL/dW' (out x cols): returns
@@ -631,17 +639,7 @@ class Boft {
     }
     if (d_blocks != nullptr) {
       constraint_backward(constraint_, ConstraintRule::Lycoris, raw_theta_, dtheta);
-      for (Index g = 0; g < stages_ * n; ++g) {
-        Scalar* blk = d_blocks + g * b * b;
-        for (Index p = 0; p < b; ++p) {
-          blk[p * b + p] = 0;
-          for (Index c = p + 1; c < b; ++c) {
-            const Scalar v = dtheta.row(g)[packed_index(p, c, b)];
-            blk[p * b + c] = v;
-            blk[c * b + p] = -v;
-          }
-        }
-      }
+      dense_block_gradients(dtheta, b, d_blocks);
     }
     return dx;
   }

@@ -545,8 +545,8 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
       r.rescale_min = double(*lo);
       r.rescale_max = double(*hi);
     }
-    if (m.boft()) {
-      lycoris::Boft<double> op(m.stages, m.blocks, m.block_size, blocks.data(), double(m.alpha));
+    // The same report from either module kind's math.
+    const auto describe = [&](auto& op) {
       r.radius = op.constraint().radius;
       r.norm = op.constraint().norm;
       r.constraint_active = op.constraint().active;
@@ -555,18 +555,14 @@ inline std::vector<LycorisModuleReport> inspect_lycoris(const LycorisAdapter& ad
       op.set_multiplier(0.5);
       r.blend_half = op.orthogonality_error();
       r.rho = detail::max_skew_norm(op.generators(), m.block_size);
-      out.push_back(r);
-      continue;
+    };
+    if (m.boft()) {
+      lycoris::Boft<double> op(m.stages, m.blocks, m.block_size, blocks.data(), double(m.alpha));
+      describe(op);
+    } else {
+      lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha), {}, 1.0, m.rule);
+      describe(op);
     }
-    lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha), {}, 1.0, m.rule);
-    r.radius = op.constraint().radius;
-    r.norm = op.constraint().norm;
-    r.constraint_active = op.constraint().active;
-    r.constraint_factor = op.constraint().factor;
-    r.orthogonality = op.orthogonality_error();
-    op.set_multiplier(0.5);
-    r.blend_half = op.orthogonality_error();
-    r.rho = detail::max_skew_norm(op.generators(), m.block_size);
     out.push_back(r);
   }
   return out;
