@@ -4,6 +4,7 @@
 /// block-diagonal orthogonal operators and the OFT linear layer. Conventions: docs/conventions.md.
 /// The CUDA backend is opt-in (<oft/cuda.hpp>, from .cu files only).
 
+#include "version.hpp"           // OFT_VERSION_*, oft::version()
 #include "config.hpp"            // Index, backend tags
 #include "errors.hpp"            // exception conventions
 #include "index.hpp"             // packed layout, BlockSpec
