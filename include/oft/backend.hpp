@@ -36,11 +36,13 @@ class OftLinear {
 };
 
 /// Butterfly orthogonal operator M = B_{m-1} ... B_0 (BOFT; butterfly_spec.hpp). Primary
-/// template, as for BlockOrthogonal; the CPU one is cpu/butterfly.hpp (<oft/butterfly.hpp>).
+/// template, as for BlockOrthogonal; the CPU one is cpu/butterfly.hpp (<oft/butterfly.hpp>), the
+/// CUDA one cuda/butterfly.hpp.
 template <class Scalar, class Parameterization, class Backend = cpu>
 class Butterfly {
   static_assert(detail::always_false<Backend>,
-                "oft::Butterfly has no implementation for this backend yet: use oft::cpu");
+                "oft::Butterfly has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
 };
 
 /// Householder reflection operator (HRA): R = H_{r-1} ... H_0 applied to rows, from r
@@ -52,11 +54,13 @@ class Householder {
 };
 
 /// Givens rotation operator (GOFT): R = P_L ... P_1, stages of disjoint Givens rotations
-/// (givens_spec.hpp). Primary template; the CPU one is cpu/givens.hpp (<oft/givens.hpp>).
+/// (givens_spec.hpp). Primary template; the CPU one is cpu/givens.hpp (<oft/givens.hpp>), the
+/// CUDA one cuda/givens.hpp.
 template <class Scalar, class Backend = cpu>
 class Givens {
   static_assert(detail::always_false<Backend>,
-                "oft::Givens has no implementation for this backend yet: use oft::cpu");
+                "oft::Givens has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
 };
 
 /// Many adapters' block-diagonal rotations resident for one layer, each token rotated by its
