@@ -64,6 +64,7 @@ class OftConan(ConanFile):
         root = self._source_root()
         copy(self, "CMakeLists.txt", root, self.export_sources_folder)
         copy(self, "CHANGELOG.md", root, self.export_sources_folder)
+        copy(self, "LICENSE*", root, self.export_sources_folder)
         copy(self, "*", os.path.join(root, "cmake"), os.path.join(self.export_sources_folder, "cmake"))
         copy(self, "*", os.path.join(root, "include"),
              os.path.join(self.export_sources_folder, "include"))
@@ -102,7 +103,8 @@ class OftConan(ConanFile):
     def package(self):
         cmake = CMake(self)
         cmake.install()
-        copy(self, "CHANGELOG.md", self.source_folder, os.path.join(self.package_folder, "licenses"))
+        # None yet: the repository has no LICENSE file (see `license` above).
+        copy(self, "LICENSE*", self.source_folder, os.path.join(self.package_folder, "licenses"))
 
     def package_info(self):
         self.cpp_info.bindirs = []
