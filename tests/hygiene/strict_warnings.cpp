@@ -4,6 +4,7 @@
 // CPU parameterization. Nothing here is executed; the build of this object is the test.
 
 #include <oft/lycoris.hpp>
+#include <oft/onetrainer.hpp>
 #include <oft/oft.hpp>
 #include <oft/quant.hpp>
 
@@ -274,6 +275,21 @@ void use_serving() {
   }
 }
 
+// OneTrainer / ComfyUI-OFTv2: each flag's rotation and both merge sides.
+template <class Scalar>
+void use_onetrainer() {
+  std::vector<Scalar> theta(12, Scalar(0.125)), starts(8, Scalar(1));
+  oft::onetrainer::Flags flags;
+  flags.scaled = flags.clipped = flags.cans = true;
+  flags.clip = 0.5;
+  const auto rot = oft::onetrainer::rotations(theta.data(), 2, 4, flags, starts.data());
+  flags.cans = false;
+  (void)oft::onetrainer::rotations(theta.data(), 2, 4, flags);
+  const oft::RowMatrix<Scalar> weight = oft::RowMatrix<Scalar>::Zero(3, 8);
+  (void)oft::onetrainer::merge(oft::view(weight), rot, oft::onetrainer::Layer::Linear, 0.5);
+  (void)oft::onetrainer::merge(oft::view(weight), rot, oft::onetrainer::Layer::Conv2d);
+}
+
 }  // namespace
 
 // Referenced so that the instantiations are compiled; never called.
@@ -286,4 +302,6 @@ void oft_strict_warnings_instantiate() {
   use_serving<double>();
   use_lycoris<float>(oft::lycoris::ConstraintRule::Lycoris);
   use_lycoris<double>(oft::lycoris::ConstraintRule::Kohya);
+  use_onetrainer<float>();
+  use_onetrainer<double>();
 }

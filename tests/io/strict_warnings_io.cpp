@@ -4,14 +4,17 @@
 
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/dialect.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>
+#include <oft/io/onetrainer_adapter.hpp>
 #include <oft/io/peft_adapter.hpp>
 #include <oft/io/peft_family_adapter.hpp>
 #include <oft/io/quantized_weights.hpp>
 #include <oft/io/safetensors.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -41,6 +44,25 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   (void)adapter.effective_generators(adapter.modules.at(0));
   (void)adapter.config.policy();
   adapter.save("out");
+}
+
+[[maybe_unused]] void use_onetrainer_adapter() {
+  using oft::io::OneTrainerAdapter;
+  const auto adapter = OneTrainerAdapter::load("onetrainer.safetensors");
+  const auto file = oft::io::SafetensorsFile::open("onetrainer.safetensors");
+  (void)OneTrainerAdapter::is_onetrainer(file);
+  const oft::io::OneTrainerModule& m = adapter.module("lora_unet_conv_in");
+  const oft::RowMatrix<double> base = oft::RowMatrix<double>::Zero(4, m.rows * m.block_size);
+  const std::vector<double> starts(static_cast<std::size_t>(m.rows * m.block_size), 1.0);
+  (void)OneTrainerAdapter::merge(m, oft::view(base), oft::onetrainer::Layer::Conv2d, 0.5);
+  (void)OneTrainerAdapter::merge(m, oft::view(base), oft::onetrainer::Layer::Linear, 1.0,
+                                 starts.data());
+  adapter.save("copy.safetensors");
+  (void)oft::io::to_json(oft::io::inspect_onetrainer(adapter));
+  const oft::io::Dialect d = oft::io::detect_dialect(std::filesystem::path("adapter"));
+  (void)oft::io::dialect_name(d);
+  (void)oft::io::parse_dialect("onetrainer");
+  (void)oft::io::detect_dialect(file);
 }
 
 [[maybe_unused]] void use_lycoris_adapter() {

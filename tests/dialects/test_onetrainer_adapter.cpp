@@ -1,0 +1,535 @@
+// OneTrainer / ComfyUI-OFTv2 adapters (io/onetrainer_adapter.hpp, onetrainer.hpp) against the
+// float64 reference of make_onetrainer_fixtures.py, which is written from the math of
+// OneTrainer's modules/module/oft_utils.py (github Nerogar/OneTrainer @ 23df383 and @ ad977de)
+// and ComfyUI-OFTv2's node/oftv2_loader.py (github Koratahiu/ComfyUI-OFTv2 @ 29bdbae); and the
+// dialect detection of io/dialect.hpp over every dialect's fixtures.
+//
+// Tolerance, per element, derived before comparing (u = 2^-53; both sides compute in double):
+// the merge W + s W_beta (R^T - I) of row i and input block beta rounds the product to at most
+// (b + 2) u (1 + |s|) ||w||_2 max(1, ||R||_F), w the row's block; R itself is a few products
+// (Neumann: 3; CANS: 7 steps of 2 products and a square) of matrices of norm <= max(1, ||R||_F)
+// after scaling, each adding at most b u of that: in all under 32 (b + 8) u (1 + |s|) ||w||_2
+// max(1, ||R||_F) per side, and twice that between the two sides (64 (b + 8) u ...). The
+// forwards add the GEMM over K inputs: K replaces b.
+
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <oft/io/dialect.hpp>
+#include <oft/io/onetrainer_adapter.hpp>
+#include <string>
+#include <vector>
+
+#include "io_test_support.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using oft::Index;
+using MatrixD = oft::RowMatrix<double>;
+using oft::io::OneTrainerAdapter;
+using oft::io::OneTrainerModule;
+using oft::onetrainer::Layer;
+
+constexpr double kU = 0x1p-53;
+const std::vector<double> kStrengths{1.0, 0.5, -0.75};
+
+fs::path fixture(const std::string& name) { return fs::path(OFT_DIALECTS_FIXTURES_DIR) / name; }
+
+struct Spec {
+  std::string name;
+  Layer layer;
+  std::vector<Index> shape;  // the base weight's
+};
+
+// make_onetrainer_fixtures.py's module_specs().
+const std::vector<Spec>& specs() {
+  static const std::vector<Spec> s{
+      {"lora_unet_down_blocks_0_attentions_0_proj_in", Layer::Linear, {16, 12}},
+      {"lora_te1_text_model_encoder_layers_0_mlp_fc1", Layer::Linear, {10, 16}},
+      {"lora_unet_mid_block_attentions_0_to_k", Layer::Linear, {5, 8}},
+      {"lora_unet_conv_in", Layer::Conv2d, {6, 4, 3, 3}},
+      {"lora_unet_down_blocks_1_downsamplers_0_conv", Layer::Conv2d, {4, 2, 1, 3}}};
+  return s;
+}
+
+const std::vector<std::string>& cases() {
+  static const std::vector<std::string> c{"plain", "scaled", "clipped", "cans", "all"};
+  return c;
+}
+
+struct Case {
+  OneTrainerAdapter adapter;
+  oft::io::SafetensorsFile expected;
+  static Case load(const std::string& stem) {
+    return {
+        OneTrainerAdapter::load(fixture("onetrainer_" + stem + ".safetensors")),
+        oft::io::SafetensorsFile::open(fixture("onetrainer_" + stem + "_expected.safetensors"))};
+  }
+  std::vector<double> values(const std::string& key) const {
+    return expected.tensor(key).copy_as<double>();
+  }
+  // Any rank as [dim 0, the rest].
+  MatrixD flat(const std::string& key) const {
+    const oft::io::TensorView t = expected.tensor(key);
+    const auto rows = static_cast<Index>(t.shape.at(0));
+    const std::vector<double> v = t.copy_as<double>();
+    MatrixD m(rows, static_cast<Index>(v.size()) / rows);
+    std::copy(v.begin(), v.end(), m.data());
+    return m;
+  }
+};
+
+double max_rotation_norm(const std::vector<oft::SquareMatrix<double>>& rot) {
+  double n = 1.0;
+  for (const auto& r : rot) n = std::max(n, r.norm());
+  return n;
+}
+
+// The worst |got - want| / bound over the merge, the bound per element as derived above.
+double merge_ratio(const MatrixD& got, const MatrixD& want, const MatrixD& w, Index b, double s,
+                   double r_norm) {
+  EXPECT_EQ(got.rows(), want.rows());
+  EXPECT_EQ(got.cols(), want.cols());
+  double worst = 0.0;
+  for (Index i = 0; i < w.rows(); ++i)
+    for (Index j = 0; j < w.cols(); ++j) {
+      const double wn = w.row(i).segment((j / b) * b, b).norm();
+      const double bound =
+          64.0 * static_cast<double>(b + 8) * kU * (1.0 + std::abs(s)) * wn * r_norm;
+      worst = std::max(worst, std::abs(got(i, j) - want(i, j)) / bound);
+    }
+  return worst;
+}
+
+TEST(OneTrainerAdapter, ReadsKeysAndFlags) {
+  for (const std::string& c : cases()) {
+    const Case k = Case::load(c);
+    ASSERT_EQ(k.adapter.modules.size(), specs().size()) << c;
+    for (const Spec& spec : specs()) {
+      const OneTrainerModule& m = k.adapter.module(spec.name);
+      EXPECT_EQ(m.flags.scaled, c == "scaled" || c == "all") << c << " " << spec.name;
+      EXPECT_EQ(m.flags.clipped, c == "clipped" || c == "all") << c;
+      EXPECT_EQ(m.flags.cans, c == "cans" || c == "all") << c;
+      if (m.flags.clipped) {
+        EXPECT_EQ(m.flags.clip, static_cast<double>(c == "all" ? 0.3f : 0.5f));
+      }
+      EXPECT_EQ(m.dtype, oft::io::Dtype::F32);
+    }
+    EXPECT_EQ(k.adapter.module("lora_unet_mid_block_attentions_0_to_k").rows, 1);  // shared block
+    EXPECT_EQ(k.adapter.module("lora_unet_conv_in").block_size, 6);
+  }
+}
+
+// Every case, module and strength: the merge equals the reference's, the clipped ones with the
+// reference's power-iteration start vectors (and, at s = 1, with the exact spectral norm).
+TEST(OneTrainerAdapter, MergeMatchesReference) {
+  double worst = 0.0;
+  int compared = 0;
+  for (const std::string& c : cases()) {
+    const Case k = Case::load(c);
+    for (const Spec& spec : specs()) {
+      const OneTrainerModule& m = k.adapter.module(spec.name);
+      const MatrixD w = k.flat(spec.name + ".weight");
+      const std::vector<double> starts = k.values(spec.name + ".clip_start");
+      const double r_norm = max_rotation_norm(m.rotations(starts.data()));
+      for (std::size_t i = 0; i < kStrengths.size(); ++i) {
+        const MatrixD got =
+            OneTrainerAdapter::merge(m, oft::view(w), spec.layer, kStrengths[i], starts.data());
+        const double ratio = merge_ratio(got, k.flat(spec.name + ".merged." + std::to_string(i)), w,
+                                         m.block_size, kStrengths[i], r_norm);
+        EXPECT_LE(ratio, 1.0) << c << " " << spec.name << " s=" << kStrengths[i];
+        worst = std::max(worst, ratio);
+        ++compared;
+      }
+      if (!m.flags.clipped) continue;
+      const MatrixD exact = OneTrainerAdapter::merge(m, oft::view(w), spec.layer, 1.0);
+      const double ratio = merge_ratio(exact, k.flat(spec.name + ".merged_exact"), w, m.block_size,
+                                       1.0, max_rotation_norm(m.rotations()));
+      EXPECT_LE(ratio, 1.0) << c << " " << spec.name << " exact spectral norm";
+      worst = std::max(worst, ratio);
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 5 * 5 * 3 + 2 * 5);
+  std::printf("OneTrainer merges: %d compared, worst %.3g of the bound\n", compared, worst);
+}
+
+// The power iteration's estimate is what makes a clipped file's merge differ from load to load:
+// on these fixtures the two clippings differ far beyond the bound (so the exact path is not the
+// estimate in disguise), and the estimate never exceeds the exact norm.
+TEST(OneTrainerAdapter, PowerIterationIsNotTheExactNorm) {
+  const Case k = Case::load("clipped");
+  double largest = 0.0;
+  for (const Spec& spec : specs()) {
+    const OneTrainerModule& m = k.adapter.module(spec.name);
+    const std::vector<double> starts = k.values(spec.name + ".clip_start");
+    const Index packed = m.block_size * (m.block_size - 1) / 2;
+    for (Index i = 0; i < m.rows; ++i) {
+      const auto q = oft::onetrainer::skew_block(m.theta.data() + i * packed, m.block_size);
+      const double estimate =
+          oft::onetrainer::power_iteration_sigma(q, starts.data() + i * m.block_size);
+      EXPECT_LE(estimate, oft::detail::skew_spectral_norm(q) * (1 + 1e-14))
+          << spec.name << " block " << i;
+    }
+    largest =
+        std::max(largest, (k.flat(spec.name + ".merged.0") - k.flat(spec.name + ".merged_exact"))
+                              .cwiseAbs()
+                              .maxCoeff());
+  }
+  EXPECT_GT(largest, 1e-3);
+}
+
+// OneTrainer's own forwards: Linear rotates the input (x -> x R per block) and then applies W;
+// Conv2d convolves with W R. Computed here from oft's R (not from the merge), they equal the
+// reference's: this is what pins R's orientation on each layer kind.
+TEST(OneTrainerAdapter, ForwardMatchesReference) {
+  for (const std::string& c : cases()) {
+    const Case k = Case::load(c);
+    for (const Spec& spec : specs()) {
+      const OneTrainerModule& m = k.adapter.module(spec.name);
+      const std::vector<double> starts = k.values(spec.name + ".clip_start");
+      const auto rot = m.rotations(starts.data());
+      const double r_norm = max_rotation_norm(rot);
+      const Index b = m.block_size;
+      const MatrixD w = k.flat(spec.name + ".weight");
+      const std::vector<double> want = k.values(spec.name + ".forward");
+      const Index in = w.cols();
+      if (spec.layer == Layer::Linear) {
+        const MatrixD x = k.flat(spec.name + ".x");
+        MatrixD xr(x.rows(), in);
+        for (Index j = 0; j < in / b; ++j)
+          xr.middleCols(j * b, b) =
+              x.middleCols(j * b, b) * rot[rot.size() == 1 ? 0 : static_cast<std::size_t>(j)];
+        const MatrixD z = xr * w.transpose();
+        for (Index t = 0; t < z.rows(); ++t)
+          for (Index o = 0; o < z.cols(); ++o) {
+            const double bound = 64.0 * static_cast<double>(in + b + 8) * kU * x.row(t).norm() *
+                                 w.row(o).norm() * r_norm;
+            EXPECT_NEAR(z(t, o), want[static_cast<std::size_t>(t * z.cols() + o)], bound)
+                << c << " " << spec.name;
+          }
+        continue;
+      }
+      MatrixD wr(w.rows(), in);  // W R per block: OneTrainer's "ork,rkc->orc"
+      for (Index j = 0; j < in / b; ++j)
+        wr.middleCols(j * b, b) = w.middleCols(j * b, b) * rot[static_cast<std::size_t>(j)];
+      const Index channels = spec.shape[1], kh = spec.shape[2], kw = spec.shape[3];
+      const std::vector<double> x = k.values(spec.name + ".x");  // [2, channels, 7, 6], padding 1
+      const Index batch = 2, height = 7, width = 6, oh = height + 2 - kh + 1,
+                  ow = width + 2 - kw + 1;
+      ASSERT_EQ(want.size(), static_cast<std::size_t>(batch * w.rows() * oh * ow));
+      const double x_max = std::abs(*std::max_element(
+          x.begin(), x.end(), [](double a, double z) { return std::abs(a) < std::abs(z); }));
+      for (Index n = 0; n < batch; ++n)
+        for (Index o = 0; o < w.rows(); ++o)
+          for (Index y = 0; y < oh; ++y)
+            for (Index xx = 0; xx < ow; ++xx) {
+              double sum = 0.0;
+              for (Index ch = 0; ch < channels; ++ch)
+                for (Index dy = 0; dy < kh; ++dy)
+                  for (Index dx = 0; dx < kw; ++dx) {
+                    const Index iy = y + dy - 1, ix = xx + dx - 1;
+                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
+                    sum += wr(o, (ch * kh + dy) * kw + dx) *
+                           x[static_cast<std::size_t>(((n * channels + ch) * height + iy) * width +
+                                                      ix)];
+                  }
+              const double bound = 64.0 * static_cast<double>(in + b + 8) * kU * x_max *
+                                   w.row(o).lpNorm<1>() * r_norm;
+              EXPECT_NEAR(sum,
+                          want[static_cast<std::size_t>(((n * w.rows() + o) * oh + y) * ow + xx)],
+                          bound)
+                  << c << " " << spec.name;
+            }
+    }
+  }
+}
+
+// A transposed R (the generator negated: R_5(-Q) = R_5(Q)^T, and CANS's polar factor transposes
+// too), the other layer kind's side, or a flag dropped would each be caught: every variant
+// breaks the bound by orders of magnitude somewhere.
+TEST(OneTrainerAdapter, CatchesTransposedRWrongSideAndDroppedFlags) {
+  for (const std::string& c : cases()) {
+    const Case k = Case::load(c);
+    for (const Spec& spec : specs()) {
+      const OneTrainerModule& m = k.adapter.module(spec.name);
+      const MatrixD w = k.flat(spec.name + ".weight");
+      const MatrixD want = k.flat(spec.name + ".merged.0");
+      const std::vector<double> starts = k.values(spec.name + ".clip_start");
+      const double r_norm = max_rotation_norm(m.rotations(starts.data()));
+      auto ratio = [&](const OneTrainerModule& variant, Layer layer) {
+        return merge_ratio(
+            OneTrainerAdapter::merge(variant, oft::view(w), layer, 1.0, starts.data()), want, w,
+            m.block_size, 1.0, r_norm);
+      };
+      OneTrainerModule negated = m;
+      for (double& v : negated.theta) v = -v;
+      EXPECT_GT(ratio(negated, spec.layer), 1e6) << c << " " << spec.name;
+      EXPECT_GT(ratio(m, spec.layer == Layer::Linear ? Layer::Conv2d : Layer::Linear), 1e6)
+          << c << " " << spec.name;
+      for (int flag = 0; flag < 3; ++flag) {
+        OneTrainerModule dropped = m;
+        bool& on = flag == 0   ? dropped.flags.scaled
+                   : flag == 1 ? dropped.flags.clipped
+                               : dropped.flags.cans;
+        if (!on) continue;
+        on = false;
+        // A clip that binds on no block changes nothing: only where it binds must dropping it show.
+        if (flag == 1 && ratio(dropped, spec.layer) <= 1.0) {
+          const Index packed = m.block_size * (m.block_size - 1) / 2;
+          const double scale =
+              m.flags.scaled ? 2.0 * std::sqrt(static_cast<double>(m.block_size - 1)) : 1.0;
+          for (Index i = 0; i < m.rows; ++i)
+            EXPECT_LE(oft::onetrainer::power_iteration_sigma(
+                          oft::onetrainer::skew_block(m.theta.data() + i * packed, m.block_size),
+                          starts.data() + i * m.block_size) /
+                          scale,
+                      m.flags.clip)
+                << c << " " << spec.name;
+          continue;
+        }
+        EXPECT_GT(ratio(dropped, spec.layer), 1e6) << c << " " << spec.name << " flag " << flag;
+      }
+    }
+  }
+}
+
+TEST(OneTrainerAdapter, SaveRoundTrip) {
+  oft_io_test::ScratchDir dir;
+  for (const std::string& c : cases()) {
+    const Case k = Case::load(c);
+    const fs::path out = dir / (c + ".safetensors");
+    k.adapter.save(out);
+    const OneTrainerAdapter back = OneTrainerAdapter::load(out);
+    ASSERT_EQ(back.modules.size(), k.adapter.modules.size());
+    for (std::size_t i = 0; i < back.modules.size(); ++i) {
+      const OneTrainerModule &a = k.adapter.modules[i], &b = back.modules[i];
+      EXPECT_EQ(a.name, b.name);
+      EXPECT_EQ(a.rows, b.rows);
+      EXPECT_EQ(a.block_size, b.block_size);
+      EXPECT_EQ(a.theta, b.theta);  // float32 values, exactly
+      EXPECT_EQ(a.flags.scaled, b.flags.scaled);
+      EXPECT_EQ(a.flags.clipped, b.flags.clipped);
+      EXPECT_EQ(a.flags.clip, b.flags.clip);
+      EXPECT_EQ(a.flags.cans, b.flags.cans);
+    }
+    const auto file = oft::io::SafetensorsFile::open(out);
+    const std::string name = specs().front().name;
+    if (c == "all") {
+      EXPECT_EQ(file.tensor(name + ".oft_R.scaled_oft").dtype, oft::io::Dtype::BOOL);
+      EXPECT_EQ(file.tensor(name + ".oft_R.cans_oft").dtype, oft::io::Dtype::BOOL);
+      EXPECT_EQ(file.tensor(name + ".oft_R.clipped_oft").dtype, oft::io::Dtype::F32);
+    }
+  }
+}
+
+// Writes a file of the given tensors (float scalars/arrays, or BOOL flags) and expects read()
+// to refuse it with a message containing every part.
+struct Forged {
+  oft::io::SafetensorsWriter writer;
+  std::vector<std::vector<float>> keep;
+  Forged& floats(const std::string& key, std::vector<std::uint64_t> shape, std::vector<float> v) {
+    keep.push_back(std::move(v));
+    writer.add(key, std::move(shape), keep.back());
+    return *this;
+  }
+  Forged& flag(const std::string& key, std::uint8_t value = 1) {
+    static const std::uint8_t values[2] = {0, 1};
+    writer.add(key, oft::io::Dtype::BOOL, {}, &values[value ? 1 : 0], 1);
+    return *this;
+  }
+};
+
+void expect_refused(Forged& f, const std::vector<std::string>& parts) {
+  oft_io_test::ScratchDir dir;
+  const fs::path path = dir / "forged.safetensors";
+  f.writer.write(path);
+  try {
+    (void)OneTrainerAdapter::load(path);
+    ADD_FAILURE() << "not refused: " << parts.front();
+  } catch (const std::invalid_argument& e) {
+    for (const std::string& part : parts)
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+          << e.what() << "\nlacks: " << part;
+  }
+}
+
+TEST(OneTrainerAdapter, RefusesDoraAndMalformedFiles) {
+  const std::vector<float> six(6, 0.1f);
+  for (const char* dora : {".dora_scale", ".initial_norm", ".dora_log_multiplier"}) {
+    Forged f;
+    f.floats("m.oft_R.weight", {2, 6}, std::vector<float>(12, 0.1f))
+        .floats(std::string("m") + dora, {8}, std::vector<float>(8, 1));
+    expect_refused(f, {std::string("m") + dora, "DoRA", "[8]"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, six)
+        .floats("m.lora_up.weight", {4, 2}, std::vector<float>(8, 0));
+    expect_refused(f, {"m.lora_up.weight", "[4, 2]", "belongs to no OneTrainer OFT module"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, six).flag("n.oft_R.cans_oft");
+    expect_refused(f, {"n.oft_R.cans_oft", "n.oft_R.weight"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {2, 5}, std::vector<float>(10, 0));
+    expect_refused(f, {"m.oft_R.weight", "[2, 5]", "b(b-1)/2"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 2, 3}, six);
+    expect_refused(f, {"m.oft_R.weight", "[1, 2, 3]"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, six).flag("m.oft_R.scaled_oft", 0);
+    expect_refused(f, {"m.oft_R.scaled_oft", "presence"});
+  }
+  for (const float clip : {0.0f, -1.0f, std::nanf("")}) {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, six).floats("m.oft_R.clipped_oft", {}, {clip});
+    expect_refused(f, {"m.oft_R.clipped_oft", "positive"});
+  }
+  {
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, six).floats("m.oft_R.clipped_oft", {2}, {0.5f, 0.5f});
+    expect_refused(f, {"m.oft_R.clipped_oft", "[2]", "one value"});
+  }
+  {
+    std::vector<float> bad = six;
+    bad[3] = std::numeric_limits<float>::infinity();
+    Forged f;
+    f.floats("m.oft_R.weight", {1, 6}, bad);
+    expect_refused(f, {"m.oft_R.weight", "inf"});
+  }
+  {
+    Forged f;
+    f.floats("m.alpha", {}, {1.0f});
+    expect_refused(f, {"no OneTrainer OFT module", "m.alpha"});
+  }
+}
+
+TEST(OneTrainerAdapter, RefusesAWeightOfAnotherShapeAndWritesNothingMalformed) {
+  const Case k = Case::load("plain");
+  const OneTrainerModule& m =
+      k.adapter.module("lora_unet_down_blocks_0_attentions_0_proj_in");  // 3 blocks of 4
+  const MatrixD w = MatrixD::Ones(16, 16);
+  try {
+    (void)OneTrainerAdapter::merge(m, oft::view(w), Layer::Linear);
+    ADD_FAILURE() << "not refused";
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("16x16"), std::string::npos) << what;
+    EXPECT_NE(what.find("[3, 6]"), std::string::npos) << what;
+  }
+  // A shared block fits any multiple of b, and nothing else.
+  const OneTrainerModule& shared = k.adapter.module("lora_unet_mid_block_attentions_0_to_k");
+  EXPECT_NO_THROW((void)OneTrainerAdapter::merge(shared, oft::view(MatrixD(MatrixD::Ones(2, 12))),
+                                                 Layer::Linear));
+  EXPECT_THROW((void)OneTrainerAdapter::merge(shared, oft::view(MatrixD(MatrixD::Ones(2, 10))),
+                                              Layer::Linear),
+               std::invalid_argument);
+
+  oft_io_test::ScratchDir dir;
+  OneTrainerAdapter bad = k.adapter;
+  bad.modules.back().theta.pop_back();
+  EXPECT_THROW(bad.save(dir / "bad.safetensors"), std::invalid_argument);
+  bad = k.adapter;
+  bad.modules.front().flags.clipped = true;
+  bad.modules.front().flags.clip = -0.5;
+  EXPECT_THROW(bad.save(dir / "bad.safetensors"), std::invalid_argument);
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(OneTrainerAdapter, InspectReportsFlagsClipAndOrthogonality) {
+  const auto report = oft::io::inspect_onetrainer(Case::load("all").adapter);
+  ASSERT_EQ(report.size(), specs().size());
+  for (const auto& r : report) {
+    EXPECT_TRUE(r.scaled && r.clipped && r.cans) << r.name;
+    EXPECT_LT(r.orthogonality_error, 1e-6) << r.name;  // CANS, 7 steps: near orthogonal
+  }
+  const auto plain = oft::io::inspect_onetrainer(Case::load("clipped").adapter);
+  Index clipped = 0;
+  for (const auto& r : plain) clipped += r.clipped_blocks;
+  EXPECT_GT(clipped, 0);
+  const auto json = oft::io::to_json(plain);
+  EXPECT_EQ(json.at("dialect"), "onetrainer-oft");
+  EXPECT_EQ(json.at("modules").at(0).at("clipped_oft"), static_cast<double>(0.5f));
+}
+
+// ---- dialect detection (io/dialect.hpp) ----
+
+TEST(Dialect, DetectsEachDialectByItsKeys) {
+  using oft::io::detect_dialect;
+  using oft::io::Dialect;
+  for (const std::string& c : cases())
+    EXPECT_EQ(detect_dialect(fixture("onetrainer_" + c + ".safetensors")), Dialect::OneTrainer)
+        << c;
+  EXPECT_EQ(detect_dialect(fixture("lycoris_plain_b4.safetensors")), Dialect::Lycoris);
+  EXPECT_EQ(detect_dialect(fixture("lycoris_boft_plain_b4.safetensors")), Dialect::Lycoris);
+  EXPECT_EQ(detect_dialect(fixture("kohya_k4.safetensors")), Dialect::Kohya);
+  EXPECT_EQ(detect_dialect(fixture("kohya_flux.safetensors")), Dialect::Kohya);
+  const fs::path peft =
+      fs::path(OFT_DIALECTS_FIXTURES_DIR) / ".." / ".." / "peft" / "fixtures" / "adapters";
+  const fs::path families =
+      fs::path(OFT_DIALECTS_FIXTURES_DIR) / ".." / ".." / "families" / "fixtures" / "adapters";
+  EXPECT_EQ(detect_dialect(peft / "neumann_t5"), Dialect::PeftOft);
+  EXPECT_EQ(detect_dialect(peft / "embedding"), Dialect::PeftOft);
+  EXPECT_EQ(detect_dialect(families / "boft"), Dialect::PeftBoft);
+  EXPECT_EQ(detect_dialect(families / "hra"), Dialect::PeftHra);
+}
+
+TEST(Dialect, RefusesFilesOfNoneOrTwoNamingTheKeys) {
+  oft_io_test::ScratchDir dir;
+  {
+    Forged f;
+    f.floats("lycoris_fc1.oft_blocks", {2, 2, 2}, std::vector<float>(8, 0))
+        .floats("fc2.oft_R.weight", {1, 1}, {0});
+    f.writer.write(dir / "two.safetensors");
+    try {
+      (void)oft::io::detect_dialect(dir / "two.safetensors");
+      ADD_FAILURE() << "not refused";
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      for (const char* part :
+           {"more than one", "lycoris", "lycoris_fc1.oft_blocks", "onetrainer", "fc2.oft_R.weight"})
+        EXPECT_NE(what.find(part), std::string::npos) << what << "\nlacks: " << part;
+    }
+  }
+  {
+    Forged f;
+    f.floats("fc1.lora_down.weight", {2, 2}, std::vector<float>(4, 0));
+    f.writer.write(dir / "none.safetensors");
+    try {
+      (void)oft::io::detect_dialect(dir / "none.safetensors");
+      ADD_FAILURE() << "not refused";
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("no OFT dialect"), std::string::npos) << what;
+      EXPECT_NE(what.find("fc1.lora_down.weight"), std::string::npos) << what;
+    }
+  }
+}
+
+TEST(Dialect, ParsesNamesAndRefusesUnknownOnes) {
+  for (const oft::io::Dialect d : oft::io::kDialects)
+    EXPECT_EQ(oft::io::parse_dialect(oft::io::dialect_name(d)), d);
+  try {
+    (void)oft::io::parse_dialect("comfy");
+    ADD_FAILURE() << "not refused";
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'comfy'"), std::string::npos) << what;
+    EXPECT_NE(what.find("onetrainer"), std::string::npos) << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+  }
+}
+
+}  // namespace
