@@ -147,7 +147,22 @@ else
       *) die "$(basename "$f") does not carry the version $VERSION" ;;
     esac
   done
-  say "wheel: $(cd "$DIST/python" && ls | tr '\n' ' ')"
+  # The metadata inside each, as pip reads it, not only the file names.
+  python3 - "$VERSION" "$DIST/python"/*.whl "$DIST/python"/*.tar.gz <<'PY' || die "a Python artifact's metadata does not say Version: $VERSION (above)"
+import sys, tarfile, zipfile
+version, wheel, sdist = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z:
+    meta = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+    lines = z.read(meta[0]).decode().splitlines() if len(meta) == 1 else []
+with tarfile.open(sdist) as t:
+    info = [m for m in t.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")]
+    lines2 = t.extractfile(info[0]).read().decode().splitlines() if len(info) == 1 else []
+for name, ls in ((wheel, lines), (sdist, lines2)):
+    found = [l for l in ls if l.startswith("Version: ")]
+    if found != ["Version: " + version]:
+        sys.exit(f"{name}: {found or 'no Version field'}, expected Version: {version}")
+PY
+  say "wheel: $(cd "$DIST/python" && ls | tr '\n' ' ')(metadata Version: $VERSION)"
 fi
 
 (cd "$DIST" && find . -type f ! -name SHA256SUMS | sort | xargs sha256sum > SHA256SUMS)
