@@ -518,6 +518,29 @@ TEST(Dialect, RefusesFilesOfNoneOrTwoNamingTheKeys) {
   }
 }
 
+// --dialect: any non-PEFT name is taken as given (its reader judges the keys); a PEFT name must be
+// a directory whose keys agree, since PEFT's own config decides how PEFT reads it.
+TEST(Dialect, ResolvesAForcedDialect) {
+  using oft::io::Dialect;
+  using oft::io::resolve_dialect;
+  const fs::path peft =
+      fs::path(OFT_DIALECTS_FIXTURES_DIR) / ".." / ".." / "peft" / "fixtures" / "adapters";
+  EXPECT_EQ(resolve_dialect(fixture("lycoris_plain_b4.safetensors"), Dialect::Kohya),
+            Dialect::Kohya);
+  EXPECT_EQ(resolve_dialect(fixture("lycoris_plain_b4.safetensors"), std::nullopt),
+            Dialect::Lycoris);
+  EXPECT_EQ(resolve_dialect(peft / "exact", Dialect::OneTrainer), Dialect::OneTrainer);
+  EXPECT_EQ(resolve_dialect(peft / "exact", Dialect::PeftOft), Dialect::PeftOft);
+  EXPECT_THROW((void)resolve_dialect(peft / "exact", Dialect::PeftBoft), std::invalid_argument);
+  EXPECT_THROW((void)resolve_dialect(fixture("onetrainer_plain.safetensors"), Dialect::PeftOft),
+               std::invalid_argument);
+  // The forced reader then refuses what is not its own, naming the keys.
+  EXPECT_THROW((void)oft::io::LycorisAdapter::load(fixture("onetrainer_plain.safetensors")),
+               std::invalid_argument);
+  EXPECT_THROW((void)OneTrainerAdapter::load(fixture("lycoris_plain_b4.safetensors")),
+               std::invalid_argument);
+}
+
 TEST(Dialect, ParsesNamesAndRefusesUnknownOnes) {
   for (const oft::io::Dialect d : oft::io::kDialects)
     EXPECT_EQ(oft::io::parse_dialect(oft::io::dialect_name(d)), d);

@@ -183,3 +183,74 @@ if(NOT err MATCHES "^oft convert: convert: .* is a PEFT HRA adapter; convert rew
 endif()
 file(REMOVE_RECURSE "${scratch}")
 message(STATUS "oft on BOFT and HRA adapters: all checks passed")
+
+# Dialects (io/dialect.hpp): detection by keys, --dialect to override it, one-line refusals of an
+# unknown name (exit 2), of a reader that does not fit the keys, of a file of two dialects, and
+# of merging a non-PEFT dialect into a model directory. The library side is tested in
+# tests/dialects (test_onetrainer_adapter.cpp).
+set(dialects "${CMAKE_CURRENT_LIST_DIR}/../dialects/fixtures")
+function(expect_one_line err pattern what)
+  string(REGEX MATCHALL "\n" lines "${err}")
+  list(LENGTH lines count)
+  if(NOT count EQUAL 1 OR NOT err MATCHES "${pattern}")
+    message(FATAL_ERROR "${what}: expected one line matching '${pattern}', got: ${err}")
+  endif()
+endfunction()
+run(0 out err "${OFT}" inspect "${dialects}/onetrainer_all.safetensors")
+foreach(part "OneTrainer / ComfyUI-OFTv2" "lora_unet_conv_in" "scaled" "cans" "clipped")
+  string(FIND "${out}" "${part}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "OneTrainer table lacks '${part}':\n${out}")
+  endif()
+endforeach()
+run(0 json err "${OFT}" inspect "${dialects}/onetrainer_clipped.safetensors" --json)
+expect_json("${json}" "onetrainer-oft" dialect)
+expect_json("${json}" "input" side)
+expect_json("${json}" "lora_te1_text_model_encoder_layers_0_mlp_fc1" modules 0 name)
+expect_json("${json}" "8" modules 0 block_size)
+expect_json("${json}" "1" modules 0 clipped_blocks)
+expect_json("${json}" "0.5" modules 0 clipped_oft)
+run(0 json err "${OFT}" inspect "${dialects}/onetrainer_plain.safetensors" --json --dialect onetrainer)
+expect_json("${json}" "onetrainer-oft" dialect)
+# Detected, and overridden: a LyCORIS file read under kohya's constraint rule.
+run(0 json err "${OFT}" inspect "${dialects}/lycoris_plain_b4.safetensors" --json)
+expect_json("${json}" "lycoris-diag-oft" dialect)
+run(0 json err "${OFT}" inspect "${dialects}/lycoris_plain_b4.safetensors" --json --dialect kohya)
+expect_json("${json}" "kohya-oft" dialect)
+# A PEFT OFT directory read as OneTrainer reads it: the trap is named.
+run(0 json err "${OFT}" inspect "${FIXTURES}/exact" --json --dialect onetrainer)
+expect_json("${json}" "onetrainer-oft" dialect)
+string(JSON note GET "${json}" modules 0 note)
+if(NOT note MATCHES "inverse rotation")
+  message(FATAL_ERROR "a PEFT adapter read as OneTrainer lacks the inverse-rotation note: ${note}")
+endif()
+run(2 out err "${OFT}" inspect "${dialects}/onetrainer_plain.safetensors" --dialect comfyui)
+expect_one_line("${err}" "^oft inspect: unknown dialect 'comfyui' \\(known: peft-oft, .*onetrainer\\)"
+                "unknown --dialect")
+run(1 out err "${OFT}" inspect "${dialects}/onetrainer_plain.safetensors" --dialect lycoris)
+expect_one_line("${err}" "^oft inspect: .*onetrainer_plain.safetensors: no LyCORIS diag-OFT module"
+                "--dialect lycoris on a OneTrainer file")
+run(1 out err "${OFT}" inspect "${FIXTURES}/exact" --dialect peft-hra)
+expect_one_line("${err}" "^oft inspect: .*exact: --dialect peft-hra, but its keys are peft-oft's"
+                "--dialect peft-hra on a PEFT OFT adapter")
+set(scratch "${SCRATCH}")
+file(REMOVE_RECURSE "${scratch}")
+file(MAKE_DIRECTORY "${scratch}")
+run(0 out err "${MAKE_FIXTURES}" "${PEFT_FIXTURES}" "${scratch}/bases")
+run(1 out err "${OFT}" inspect "${dialects}/../../peft/fixtures/peft_reference.safetensors")
+expect_one_line("${err}" "^oft inspect: .*peft_reference.safetensors: its keys match no OFT dialect"
+                "a file of no dialect")
+run(1 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter
+    "${dialects}/onetrainer_plain.safetensors" -o "${scratch}/ot" --dialect onetrainer)
+expect_one_line("${err}" "^oft merge: --dialect onetrainer: oft merge folds PEFT adapter directories"
+                "oft merge --dialect onetrainer")
+run(2 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter "${FIXTURES}/neumann_t5"
+    -o "${scratch}/ot" --dialect nope)
+expect_one_line("${err}" "^oft merge: unknown dialect 'nope'" "oft merge --dialect nope")
+run(0 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter "${FIXTURES}/neumann_t5"
+    -o "${scratch}/ok" --dialect peft-oft -q)
+if(EXISTS "${scratch}/ot" OR NOT EXISTS "${scratch}/ok")
+  message(FATAL_ERROR "oft merge --dialect: a refused merge wrote, or the accepted one did not")
+endif()
+file(REMOVE_RECURSE "${scratch}")
+message(STATUS "oft --dialect: all checks passed")

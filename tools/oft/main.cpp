@@ -1,15 +1,21 @@
 // The `oft` command-line tool: argument parsing, the progress bar and the messages, over the
 // library functions that do the work (the C++ tests and Python call the same ones).
-//   oft inspect ADAPTER [--json] [--tolerance TOL]
-//       per module of a PEFT OFT adapter directory: generators, b, shared, rho = ||Q||_2, the
-//       orthogonality error and the distance to exact Cayley of every block under the adapter's
-//       own policy (worst and median), whether a Neumann series diverges, and the k a tolerance
-//       needs; a table, or JSON for scripts (oft::io::inspect_adapter, io/adapter_inspect.hpp).
-//       A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters, bytes, orthogonality.
-//       A LyCORIS diag-OFT or BOFT, or kohya OFT file (FILE.safetensors, not a directory): m, k, b,
-//       the constraint and how near it binds, rho, orthogonality at s = 1 and of the blend at s = 1/2, rescale
-//       (oft::io::inspect_lycoris, io/lycoris_adapter.hpp).
+//   oft inspect ADAPTER [--json] [--tolerance TOL] [--dialect NAME]
+//       the adapter's dialect found by its keys (oft::io::detect_dialect, io/dialect.hpp; refused
+//       when none or two match), or named: peft-oft, peft-boft, peft-hra, lycoris, kohya,
+//       onetrainer. per module of a PEFT OFT adapter directory: generators, b, shared, rho =
+//       ||Q||_2, the orthogonality error and the distance to exact Cayley of every block under the
+//       adapter's own policy (worst and median), whether a Neumann series diverges, and the k a
+//       tolerance needs; a table, or JSON for scripts (oft::io::inspect_adapter,
+//       io/adapter_inspect.hpp). A PEFT BOFT or HRA adapter: m, N, b or r, apply_GS, parameters,
+//       bytes, orthogonality. A LyCORIS diag-OFT or BOFT, or kohya OFT file (FILE.safetensors, not
+//       a directory): m, k, b, the constraint and how near it binds, rho, orthogonality at s = 1
+//       and of the blend at s = 1/2, rescale (oft::io::inspect_lycoris, io/lycoris_adapter.hpp). A
+//       OneTrainer / ComfyUI-OFTv2 file: r, b, shared, the scaled_oft / clipped_oft / cans_oft
+//       flags, rho, the blocks the clip binds on, the loaded R's orthogonality error
+//       (oft::io::inspect_onetrainer, io/onetrainer_adapter.hpp).
 //   oft merge --base MODEL_DIR --adapter ADAPTER_DIR --out DIR [--strength S] [--dtype D] [--force]
+//       [--dialect NAME] (PEFT dialects only: others are refused, they merge through the library)
 //   oft unmerge (the same options): a Hugging Face model directory with the adapter folded in
 //       (or taken out: the true inverse), streamed tensor by tensor (oft::io::merge_model,
 //       io/model_merge.hpp); OFT, BOFT or HRA adapters (BOFT and HRA without --strength).
@@ -18,7 +24,7 @@
 //       the adapter in another form PEFT loads; a change of R is measured and refused unless
 //       allowed (oft::io::convert_adapter, io/adapter_convert.hpp).
 // Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
-// arguments, from CLI11).
+// arguments, from CLI11, or an unknown --dialect).
 
 #include <unistd.h>
 
@@ -34,8 +40,12 @@
 #include <nlohmann/json.hpp>
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/dialect.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>
+#include <oft/io/onetrainer_adapter.hpp>
+#include <optional>
+#include <stdexcept>
 #include <string>
 
 namespace {
@@ -156,6 +166,32 @@ void print_lycoris_table(const std::string& path, const std::vector<oft::io::Lyc
               "multiplier 0.5 per block, a blend that is no rotation\n");
 }
 
+void print_onetrainer_table(const std::string& path,
+                            const std::vector<oft::io::OneTrainerModuleReport>& r) {
+  std::printf("%s\n", path.c_str());
+  std::printf(
+      "  OneTrainer / ComfyUI-OFTv2 OFT: input side, Linear W' = W R^T, Conv2d W' = W_flat R "
+      "(c*kh*kw input); R = 5 Neumann terms, or CANS where cans_oft; scaled_oft divides "
+      "theta by 2 sqrt(b - 1); clipped_oft clips ||Q||_2 (oft: exact norm, the loader: a "
+      "2-step power iteration from a random start); strength s blends W + s (W' - W)\n\n");
+  int width = 28;
+  for (const auto& m : r) width = std::max(width, static_cast<int>(m.name.size()));
+  std::printf("  %-*s %4s %4s %-6s %-6s %7s %-4s %9s %7s %9s  %s\n", width, "module", "r", "b",
+              "shared", "scaled", "clip", "cans", "rho", "clipped", "orth.", "note");
+  for (const auto& m : r) {
+    char clip[16] = "-";
+    if (m.clipped) std::snprintf(clip, sizeof clip, "%.3g", m.clip);
+    std::printf("  %-*s %4lld %4lld %-6s %-6s %7s %-4s %9.3g %7lld %9.2e  %s\n", width,
+                m.name.c_str(), static_cast<long long>(m.rows),
+                static_cast<long long>(m.block_size), yes_no(m.shared).c_str(),
+                yes_no(m.scaled).c_str(), clip, yes_no(m.cans).c_str(), m.rho,
+                static_cast<long long>(m.clipped_blocks), m.orthogonality_error, m.note.c_str());
+  }
+  std::printf(
+      "\n  rho: max ||Q||_2 after scaled_oft, before the clip; clipped: blocks with rho above "
+      "the clip radius; orth.: max ||R^T R - I||_2 of the loaded R\n");
+}
+
 /// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
 class ProgressBar {
  public:
@@ -240,6 +276,12 @@ int main(int argc, char** argv) {
   inspect
       ->add_option("--tolerance", tolerance, "distance to exact Cayley for the 'k for tol' column")
       ->check(CLI::PositiveNumber);
+  // Checked after parsing by oft::io::parse_dialect, so that a wrong name is one line.
+  std::string dialect_arg;
+  const char* dialect_help =
+      "read the adapter as this dialect instead of detecting it by its keys: peft-oft, peft-boft, "
+      "peft-hra, lycoris, kohya, onetrainer";
+  inspect->add_option("--dialect", dialect_arg, dialect_help);
 
   // Paths are parsed as paths (as CLI11 shows them in --help), then handed to the library.
   std::filesystem::path base, adapter, out;
@@ -265,6 +307,10 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
     command->add_flag("--force", force, "replace an existing output directory");
     command->add_flag("--quiet,-q", quiet, "no progress bar");
+    command->add_option(
+        "--dialect", dialect_arg,
+        "the adapter's dialect (peft-oft, peft-boft or peft-hra; the others are not "
+        "merged into model directories yet)");
   }
   std::filesystem::path convert_adapter, convert_out, convert_base;
   bool expand_block_share = false, to_current_polynomial = false, allow_change = false,
@@ -285,6 +331,20 @@ int main(int argc, char** argv) {
   convert->add_flag("--allow-change", allow_change, "write a conversion that changes R");
   convert->add_flag("--force", convert_force, "replace an existing output directory");
   CLI11_PARSE(app, argc, argv);
+
+  std::optional<oft::io::Dialect> dialect;
+  if (!dialect_arg.empty()) {
+    try {
+      dialect = oft::io::parse_dialect(dialect_arg);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "oft %s: %s\n",
+                   inspect->parsed() ? "inspect"
+                   : merge->parsed() ? "merge"
+                                     : "unmerge",
+                   without_prefix(e).c_str());
+      return 2;
+    }
+  }
 
   if (convert->parsed()) {
     oft::io::ConvertOptions options;
@@ -320,6 +380,13 @@ int main(int argc, char** argv) {
     options.force = force;
     options.unmerge = unmerge->parsed();
     try {
+      if (dialect && !oft::io::is_peft(*dialect))
+        throw std::invalid_argument(
+            oft::detail::message("--dialect ", oft::io::dialect_name(*dialect), ": oft ", name,
+                                 " folds PEFT adapter directories into model directories; a ",
+                                 oft::io::dialect_name(*dialect),
+                                 " adapter merges through the library (per weight) only, for now"));
+      if (dialect) (void)oft::io::resolve_dialect(adapter, dialect);
       ProgressBar bar(!quiet && ::isatty(2) != 0);
       const auto report = oft::io::merge_model(options, std::ref(bar));
       std::printf(
@@ -345,12 +412,25 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (std::filesystem::is_regular_file(adapter_path)) {  // PEFT adapters are directories
-      const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(adapter_path));
+    using oft::io::Dialect;
+    const Dialect found = oft::io::resolve_dialect(adapter_path, dialect);
+    const std::filesystem::path tensors = oft::io::dialect_tensor_file(adapter_path);
+    if (found == Dialect::Lycoris || found == Dialect::Kohya) {
+      const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(
+          tensors, found == Dialect::Kohya ? oft::io::LycorisAdapter::Dialect::Kohya
+                                           : oft::io::LycorisAdapter::Dialect::Lycoris));
       if (as_json)
         std::cout << to_json(report).dump(2) << "\n";
       else
         print_lycoris_table(adapter_path, report);
+      return 0;
+    }
+    if (found == Dialect::OneTrainer) {
+      const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors));
+      if (as_json)
+        std::cout << to_json(report).dump(2) << "\n";
+      else
+        print_onetrainer_table(adapter_path, report);
       return 0;
     }
     const auto report = oft::io::inspect_adapter(adapter_path, tolerance);

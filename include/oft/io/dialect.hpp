@@ -22,6 +22,7 @@
 
 #include <array>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -134,6 +135,26 @@ inline Dialect detect_dialect(const SafetensorsFile& file) {
 /// The dialect of a file or PEFT adapter directory.
 inline Dialect detect_dialect(const std::filesystem::path& path) {
   return detect_dialect(SafetensorsFile::open(dialect_tensor_file(path)));
+}
+
+/// The dialect to read `path` as: `forced` when given, else detect_dialect(path). A forced PEFT
+/// dialect must be a directory whose keys agree (PEFT's adapter_config.json decides how PEFT
+/// reads it, so --dialect cannot change that); any other forced dialect is returned as is, and
+/// its reader then refuses keys that are not its own.
+inline Dialect resolve_dialect(const std::filesystem::path& path,
+                               const std::optional<Dialect>& forced) {
+  if (!forced) return detect_dialect(path);
+  if (!is_peft(*forced)) return *forced;
+  if (!std::filesystem::is_directory(path))
+    detail::fail(
+        path.string(), "--dialect ", dialect_name(*forced),
+        ": a PEFT adapter is a directory (adapter_config.json beside adapter_model.safetensors)");
+  const Dialect found = detect_dialect(path);
+  if (found != *forced)
+    detail::fail(path.string(), "--dialect ", dialect_name(*forced), ", but its keys are ",
+                 dialect_name(found),
+                 "'s; PEFT's adapter_config.json decides how PEFT reads an adapter");
+  return found;
 }
 
 }  // namespace oft::io
