@@ -8,16 +8,35 @@
   (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).
 - ``oft.merge_model``, ``oft.inspect_adapter``, ``oft.convert_adapter`` (``oft.io``): the library's
   model-file functions, the ones the ``oft`` tool runs.
+- ``oft.build_info()``: which compiled kernels run (the instruction-set level chosen at import,
+  ``OFT_ISA`` to force one; oft/_dispatch.py).
 """
+from ._dispatch import load as _load
+
+# oft._core is the compiled module of the instruction-set level this CPU runs (or OFT_ISA forces):
+# oft/_dispatch.py.
+_core, _build_info = _load()
 from ._core import (Parameterization, Policy, get_num_threads, has_bf16_dot_product, has_cuda,
                     set_num_threads)
-from . import _core
 from .io import convert_adapter, inspect_adapter, merge_model
 
 __all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
            "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name",
-           "merge_model", "inspect_adapter", "convert_adapter"]
-__version__ = "0.1.0"
+           "merge_model", "inspect_adapter", "convert_adapter", "build_info"]
+# From include/oft/version.hpp, compiled into the module (pyproject reads the same line).
+__version__ = _build_info.get("version", "unknown")
+
+
+def build_info() -> dict:
+    """Which kernels run: ``level`` (the module imported: x86-64-v3, x86-64-v4, avx512bf16, or
+    native / default for a one-level developer build), ``chosen`` (how: the best level of the CPU,
+    or forced by OFT_ISA), ``levels_built`` (this installation's), ``cpu_levels`` (those this CPU
+    runs), ``compiled_flags`` (the instruction-set macros the module was compiled with),
+    ``compiler``, ``bf16_dot_product`` (the vdpbf16ps kernels), ``openmp``, ``io`` (the model-file
+    functions), ``cuda``, ``version``, ``machine``."""
+    info = dict(_build_info)
+    info.update(io=bool(_core.has_io), cuda=bool(_core.has_cuda))
+    return info
 
 
 def dtype_name(dtype) -> str:

@@ -31,6 +31,9 @@
 #endif
 
 #include <oft/oft.hpp>
+#if __has_include(<oft/version.hpp>)
+#include <oft/version.hpp>
+#endif
 
 #include "arrays.hpp"
 #include "bf16_names.hpp"
@@ -833,7 +836,88 @@ void bind_families(nb::module_& m) {
 
 }  // namespace
 
-NB_MODULE(_core, m) {
+// One complete module per instruction-set level (python/CMakeLists.txt compiles this file once per
+// level into its own shared object, _core_x86_64_v3, _core_x86_64_v4, ...: the header-only kernels
+// are inline templates, so two levels in one shared object would leave the linker one arbitrary
+// copy of each); oft/_dispatch.py imports the one this CPU runs.
+#ifndef OFT_PYTHON_MODULE
+#define OFT_PYTHON_MODULE _core
+#endif
+#ifndef OFT_PYTHON_ISA
+#define OFT_PYTHON_ISA "unspecified"
+#endif
+
+namespace {
+
+// What this module was compiled for, from the compiler's own macros (oft.build_info()).
+nb::dict compiled_build() {
+  nb::dict info;
+  info["level"] = OFT_PYTHON_ISA;
+  nb::list flags;
+  auto add = [&flags](bool on, const char* name) {
+    if (on) flags.append(name);
+  };
+#ifdef __SSE4_2__
+  add(true, "sse4_2");
+#endif
+#ifdef __AVX__
+  add(true, "avx");
+#endif
+#ifdef __AVX2__
+  add(true, "avx2");
+#endif
+#ifdef __FMA__
+  add(true, "fma");
+#endif
+#ifdef __F16C__
+  add(true, "f16c");
+#endif
+#ifdef __AVX512F__
+  add(true, "avx512f");
+#endif
+#ifdef __AVX512BW__
+  add(true, "avx512bw");
+#endif
+#ifdef __AVX512CD__
+  add(true, "avx512cd");
+#endif
+#ifdef __AVX512DQ__
+  add(true, "avx512dq");
+#endif
+#ifdef __AVX512VL__
+  add(true, "avx512vl");
+#endif
+#ifdef __AVX512BF16__
+  add(true, "avx512_bf16");
+#endif
+#ifdef __ARM_NEON
+  add(true, "neon");
+#endif
+  (void)add;
+  info["compiled_flags"] = flags;
+#if defined(__clang__)
+  info["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = "GCC " __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  info["bf16_dot_product"] = oft::kBf16DotProductAvailable;
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#ifdef OFT_VERSION_STRING
+  info["version"] = OFT_VERSION_STRING;
+#endif
+  return info;
+}
+
+}  // namespace
+
+NB_MODULE(OFT_PYTHON_MODULE, m) {
+  m.attr("_build") = compiled_build();
   m.doc() = "oft's rotation kernels over DLPack arrays: the CPU (float32, float64, bfloat16 "
             "activations) and, when built with OFT_PYTHON_CUDA, CUDA";
 
