@@ -13,14 +13,22 @@
 // forwards add the GEMM over K inputs: K replaces b.
 
 // oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off.
+// clang-format off
+#include <oft/io/dialect.hpp>
+#include <oft/io/onetrainer_adapter.hpp>
+
 #include <gtest/gtest.h>
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
-#include <oft/io/dialect.hpp>
-#include <oft/io/onetrainer_adapter.hpp>
+#include <limits>
+#include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "io_test_support.hpp"
@@ -553,6 +561,65 @@ TEST(Dialect, ParsesNamesAndRefusesUnknownOnes) {
     EXPECT_NE(what.find("onetrainer"), std::string::npos) << what;
     EXPECT_EQ(what.find('\n'), std::string::npos) << what;
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Mutated files (one byte of the header or the data changed, or the file cut short), as
+// test_lycoris_adapter.cpp does for the LyCORIS reader: detecting, reading, merging every module
+// and inspecting either succeed or throw a documented exception (std::invalid_argument, of which
+// format_error, or std::system_error), never anything else. Deterministic: a fixed seed.
+TEST(OneTrainerAdapter, MutatedFilesFailCleanly) {
+  oft_io_test::ScratchDir dir;
+  std::uint64_t state = 31;
+  const auto next = [&state] {  // splitmix64
+    state += 0x9e3779b97f4a7c15ULL;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  int accepted = 0, refused = 0;
+  for (const std::string name : {"onetrainer_all", "onetrainer_scaled"}) {
+    const std::string original = oft_io_test::read_bytes(fixture(name + ".safetensors"));
+    std::uint64_t header = 0;
+    for (int i = 7; i >= 0; --i)
+      header = (header << 8) | static_cast<unsigned char>(original[static_cast<std::size_t>(i)]);
+    for (int trial = 0; trial < 200; ++trial) {
+      std::string bytes = original;
+      if (trial % 10 == 9) {
+        bytes.resize(static_cast<std::size_t>(next() % bytes.size()));
+      } else {
+        // Mostly the JSON header (shapes, dtypes, names, offsets), sometimes the data.
+        const std::uint64_t span = trial % 4 == 3 ? bytes.size() - 8 - header : header;
+        const std::uint64_t at = 8 + (trial % 4 == 3 ? header : 0) + next() % span;
+        bytes[static_cast<std::size_t>(at)] = static_cast<char>(next() & 0xff);
+      }
+      const fs::path path = dir / "mutated.safetensors";
+      oft_io_test::write_bytes(path, bytes);
+      try {
+        (void)oft::io::detect_dialect(path);
+        const OneTrainerAdapter a = OneTrainerAdapter::load(path);
+        for (const OneTrainerModule& m : a.modules) {
+          const MatrixD w = MatrixD::Ones(3, m.rows * m.block_size);
+          (void)OneTrainerAdapter::merge(m, oft::view(w), Layer::Linear, 0.5);
+        }
+        (void)oft::io::to_json(oft::io::inspect_onetrainer(a));
+        ++accepted;
+      } catch (const std::invalid_argument&) {
+        ++refused;
+      } catch (const std::system_error&) {
+        ++refused;
+      }
+    }
+  }
+  std::printf("[ mutate ] 400 mutated OneTrainer files: %d read, %d refused cleanly\n", accepted,
+              refused);
+  EXPECT_EQ(accepted + refused, 400);
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(accepted, 0);  // data bytes changed into other finite values still read
 }
 
 }  // namespace

@@ -32,7 +32,11 @@
 /// branch, which computes R(Q)^T) then loads as roughly the INVERSE rotation, and any PEFT
 /// adapter with another term count loads with 5. inspect_onetrainer() flags such names.
 
+// clang-format off
+#include "../detail/intrinsics.hpp"  // before Eigen (GCC 12)
 #include <Eigen/Eigenvalues>
+// clang-format on
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,9 +48,7 @@
 #include <utility>
 #include <vector>
 
-#include "../detail/intrinsics.hpp"  // before Eigen (GCC 12)
 #include "../onetrainer.hpp"
-#include "../orthogonality.hpp"
 #include "detail/adapter_files.hpp"
 #include "safetensors_reader.hpp"
 #include "safetensors_writer.hpp"
