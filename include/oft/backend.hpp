@@ -46,11 +46,13 @@ class Butterfly {
 };
 
 /// Householder reflection operator (HRA): R = H_{r-1} ... H_0 applied to rows, from r
-/// vectors. Primary template; the CPU one is cpu/householder.hpp (<oft/householder.hpp>).
+/// vectors. Primary template; the CPU one is cpu/householder.hpp (<oft/householder.hpp>), the
+/// CUDA one cuda/householder.hpp.
 template <class Scalar, class Backend = cpu>
 class Householder {
   static_assert(detail::always_false<Backend>,
-                "oft::Householder has no implementation for this backend yet: use oft::cpu");
+                "oft::Householder has no implementation for this backend: use oft::cpu, or "
+                "include <oft/cuda.hpp> (from a .cu file) for oft::cuda");
 };
 
 /// Givens rotation operator (GOFT): R = P_L ... P_1, stages of disjoint Givens rotations

@@ -4,7 +4,7 @@
 /// over DeviceMatrixView (pointer, rows, cols, leading dimension), for T in float, double,
 /// __half, __nv_bfloat16; QOFT (quantized frozen bases, float activations) in oft::cuda_quant;
 /// the BOFT and GOFT families as Butterfly<T, Parameterization, oft::cuda> (float, double) and
-/// Givens<T, oft::cuda>.
+/// Givens<T, oft::cuda>; HRA as Householder<T, oft::cuda> (float, double).
 /// Include it from .cu files compiled by nvcc. It does not include Eigen: besides what both
 /// backends share (config, index, parameterizations, errors) it uses only the Eigen-free quantization
 /// formats of quant/ (bnb4, int8, frozen_base).
@@ -20,6 +20,7 @@
 #include "cuda/device_view.hpp"
 #include "cuda/error.hpp"
 #include "cuda/givens.hpp"
+#include "cuda/householder.hpp"
 #include "cuda/linear.hpp"
 #include "cuda/numeric.hpp"
 #include "cuda/qoft_linear.hpp"

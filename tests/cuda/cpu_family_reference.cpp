@@ -1,4 +1,4 @@
-// The CPU Butterfly and Givens operators behind cpu_family_reference.hpp (host compiler, Eigen).
+// The CPU Butterfly, Givens and Householder operators behind cpu_family_reference.hpp (host compiler, Eigen).
 
 #include "cpu_family_reference.hpp"
 
@@ -7,6 +7,7 @@
 #include <oft/cayley.hpp>
 #include <oft/cayley_neumann.hpp>
 #include <oft/givens.hpp>
+#include <oft/householder.hpp>
 
 #include <stdexcept>
 #include <string>
@@ -121,6 +122,51 @@ void cpu_givens_backward(Index d, bool butterfly_layout, const std::vector<S>& a
               dx_view, dangles != nullptr ? dangles->data() : nullptr, workspace);
 }
 
+/// A CPU Householder operator with U set.
+template <class S>
+oft::Householder<S> householder(Index d, Index r, bool gram_schmidt, const std::vector<S>& u) {
+  require_size(u.size(), d * r, "u");
+  oft::Householder<S> op(d, r, gram_schmidt);
+  op.set_vectors(oft::ConstMatrixView<S>(u.data(), d, r));
+  return op;
+}
+
+template <class S>
+std::vector<S> cpu_householder_apply(Index d, Index r, bool gram_schmidt, const std::vector<S>& u,
+                                     const std::vector<S>& x, Index n, bool transposed) {
+  require_size(x.size(), n * d, "x");
+  const oft::Householder<S> op = householder(d, r, gram_schmidt, u);
+  std::vector<S> y(x.size());
+  const oft::ConstMatrixView<S> in(x.data(), n, d);
+  const oft::MatrixView<S> out(y.data(), n, d);
+  if (transposed)
+    op.apply_transposed(in, out);
+  else
+    op.apply(in, out);
+  return y;
+}
+
+template <class S>
+void cpu_householder_backward(Index d, Index r, bool gram_schmidt, const std::vector<S>& u,
+                              const std::vector<S>& x, const std::vector<S>& dy, Index n,
+                              std::vector<S>* dx, std::vector<S>* du) {
+  require_size(x.size(), n * d, "x");
+  require_size(dy.size(), n * d, "dy");
+  const oft::Householder<S> op = householder(d, r, gram_schmidt, u);
+  oft::MatrixView<S> dx_view, du_view;
+  if (dx != nullptr) {
+    dx->assign(x.size(), S(0));
+    dx_view = oft::MatrixView<S>(dx->data(), n, d);
+  }
+  if (du != nullptr) {
+    du->assign(u.size(), S(0));
+    du_view = oft::MatrixView<S>(du->data(), d, r);
+  }
+  oft::Workspace<S> workspace;
+  op.backward(oft::ConstMatrixView<S>(x.data(), n, d), oft::ConstMatrixView<S>(dy.data(), n, d),
+              dx_view, du_view, workspace);
+}
+
 #define OFT_FAMILY_REFERENCE(S)                                                                  \
   template std::vector<S> cpu_butterfly_apply<S>(const ButterflyConfig&, const std::vector<S>&, \
                                                  const std::vector<S>&, Index, bool);            \
@@ -131,7 +177,12 @@ void cpu_givens_backward(Index d, bool butterfly_layout, const std::vector<S>& a
                                               const std::vector<S>&, Index, bool);               \
   template void cpu_givens_backward<S>(Index, bool, const std::vector<S>&, const std::vector<S>&, \
                                        const std::vector<S>&, Index, std::vector<S>*,            \
-                                       std::vector<S>*);
+                                       std::vector<S>*);                                          \
+  template std::vector<S> cpu_householder_apply<S>(Index, Index, bool, const std::vector<S>&,   \
+                                                   const std::vector<S>&, Index, bool);          \
+  template void cpu_householder_backward<S>(Index, Index, bool, const std::vector<S>&,          \
+                                            const std::vector<S>&, const std::vector<S>&, Index, \
+                                            std::vector<S>*, std::vector<S>*);
 OFT_FAMILY_REFERENCE(float)
 OFT_FAMILY_REFERENCE(double)
 #undef OFT_FAMILY_REFERENCE

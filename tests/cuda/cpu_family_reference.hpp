@@ -1,6 +1,6 @@
 #pragma once
 /// \file cpu_family_reference.hpp
-/// oft's CPU Butterfly (BOFT) and Givens (GOFT) operators as references for the CUDA family
+/// oft's CPU Butterfly (BOFT), Givens (GOFT) and Householder (HRA) operators as references for the CUDA family
 /// tests, behind an Eigen-free interface (cpu_family_reference.cpp is compiled by the host
 /// compiler). Matrices are contiguous row-major std::vectors:
 ///   theta   m N x b(b-1)/2 (factor i's blocks are rows i N .. i N + N - 1)
@@ -49,5 +49,18 @@ template <class S>
 void cpu_givens_backward(Index d, bool butterfly_layout, const std::vector<S>& angles,
                          const std::vector<S>& x, const std::vector<S>& dy, Index n,
                          std::vector<S>* dx, std::vector<S>* dangles);
+
+/// Y = X R (X R^T when `transposed`) by oft::Householder<S, cpu> with d features, r reflections,
+/// from U (d x r row-major, PEFT's hra_u), with or without Gram-Schmidt.
+template <class S>
+std::vector<S> cpu_householder_apply(Index d, Index r, bool gram_schmidt, const std::vector<S>& u,
+                                     const std::vector<S>& x, Index n, bool transposed);
+
+/// oft::Householder<S, cpu>::backward: dx (n x d) and du (d x r); a null pointer skips that
+/// output.
+template <class S>
+void cpu_householder_backward(Index d, Index r, bool gram_schmidt, const std::vector<S>& u,
+                              const std::vector<S>& x, const std::vector<S>& dy, Index n,
+                              std::vector<S>* dx, std::vector<S>* du);
 
 }  // namespace oft_cuda_test

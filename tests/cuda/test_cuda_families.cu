@@ -1,4 +1,4 @@
-// The BOFT (Butterfly) and GOFT (Givens) operators on the GPU against oft's CPU operators
+// The BOFT (Butterfly), GOFT (Givens) and HRA (Householder) operators on the GPU against oft's CPU operators
 // (cpu_family_reference.cpp) on the same inputs: apply, apply_transposed, in place and strided,
 // backward (dX and the parameter gradients, dX in place), and the refusals.
 //
@@ -12,12 +12,18 @@
 //   blocks (generators of row norm 0.3), so m factors give |gpu - cpu| <= 8 m b eps
 //   ||x_row||_2 entrywise; generator gradients (b^2-term block products summed over n rows):
 //   8 m (b + n) eps max|x| max|dy| b.
+// - Householder: X R = X - ((X Q) T^T) Q^T with unit columns q_i: the products over d, r and r
+//   terms give |gpu - cpu| <= 8 (d + 2 r) eps ||x_row||_2 (1 + r max|T|) entrywise. dU sums
+//   N rows of such products and divides by the column norms (the Gram-Schmidt residuals):
+//   16 (d + N + 2 r) eps (1 + r max|T|)^2 sum_rows ||x_row|| ||dy_row|| / min residual.
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <oft/butterfly_spec.hpp>
 #include <oft/cuda.hpp>
 #include <oft/givens_spec.hpp>
@@ -327,6 +333,176 @@ TEST_F(CudaButterfly, RefusesBadInputBeforeEnqueueing) {
   EXPECT_TRUE(throws_with<std::invalid_argument>(
       [&] { op.set_generators(oft::DeviceMatrixView<const float>(theta.data(), 1, 5), nullptr); },
       {"theta has shape 1x5", "expected 16x6"}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Householder
+// ---------------------------------------------------------------------------------------------
+
+struct HouseholderCase {
+  Index d;
+  Index r;
+  bool gram_schmidt;
+};
+
+/// max |T| and the smallest column norm after modified Gram-Schmidt (or of U itself), in
+/// double, for the tolerances.
+std::pair<double, double> householder_scales(const HouseholderCase& c, const std::vector<double>& u) {
+  const Index d = c.d, r = c.r;
+  std::vector<double> q(static_cast<std::size_t>(d * r));
+  double smallest = std::numeric_limits<double>::infinity();
+  for (Index i = 0; i < r; ++i) {
+    double* v = q.data() + i * d;
+    for (Index p = 0; p < d; ++p) v[p] = u[static_cast<std::size_t>(p * r + i)];
+    if (c.gram_schmidt)
+      for (Index j = 0; j < i; ++j) {
+        double dot = 0.0;
+        for (Index p = 0; p < d; ++p) dot += q[static_cast<std::size_t>(j * d + p)] * v[p];
+        for (Index p = 0; p < d; ++p) v[p] -= dot * q[static_cast<std::size_t>(j * d + p)];
+      }
+    double norm = 0.0;
+    for (Index p = 0; p < d; ++p) norm += v[p] * v[p];
+    norm = std::sqrt(norm);
+    smallest = std::min(smallest, norm);
+    for (Index p = 0; p < d; ++p) v[p] /= norm;
+  }
+  // T: 2 on the diagonal, T(0:i, i) = -2 T(0:i, 0:i) Q(:, 0:i)^T q_i (no Gram-Schmidt).
+  std::vector<double> t(static_cast<std::size_t>(r * r), 0.0);
+  double largest = 2.0;
+  for (Index i = 0; i < r; ++i) {
+    t[static_cast<std::size_t>(i * r + i)] = 2.0;
+    if (c.gram_schmidt) continue;
+    std::vector<double> overlap(static_cast<std::size_t>(i), 0.0);
+    for (Index j = 0; j < i; ++j)
+      for (Index p = 0; p < d; ++p)
+        overlap[static_cast<std::size_t>(j)] += q[static_cast<std::size_t>(j * d + p)] * q[static_cast<std::size_t>(i * d + p)];
+    for (Index j = 0; j < i; ++j) {
+      double sum = 0.0;
+      for (Index k = j; k < i; ++k) sum += t[static_cast<std::size_t>(j * r + k)] * overlap[static_cast<std::size_t>(k)];
+      t[static_cast<std::size_t>(j * r + i)] = -2.0 * sum;
+      largest = std::max(largest, std::abs(-2.0 * sum));
+    }
+  }
+  return {largest, smallest};
+}
+
+template <class T>
+void check_householder(const HouseholderCase& c, Index n, std::uint64_t seed) {
+  SCOPED_TRACE("d=" + std::to_string(c.d) + " r=" + std::to_string(c.r) +
+               (c.gram_schmidt ? " apply_GS" : "") + " n=" + std::to_string(n) + " " + type_name<T>());
+  const Index d = c.d, r = c.r;
+  Rng rng(seed);
+  const std::vector<T> u = random_values<T>(d * r, rng);
+  const std::vector<T> x = random_values<T>(n * d, rng), dy = random_values<T>(n * d, rng);
+  const double eps = eps_of<T>();
+  const auto [t_max, smallest] = householder_scales(c, to_double(u));
+  const std::vector<double> xn = row_norms(to_double(x), n, d), dyn = row_norms(to_double(dy), n, d);
+  const double growth = 1.0 + static_cast<double>(r) * t_max;
+  const double c_rows = 8.0 * static_cast<double>(d + 2 * r) * eps * growth;
+
+  oft::Householder<T, oft::cuda> op(d, r, c.gram_schmidt);
+  op.set_vectors(u);
+  Workspace panels(op.apply_workspace_bytes(n));
+  const Index ld = d + 1;
+  for (bool transposed : {false, true}) {
+    const std::vector<T> expected = cpu_householder_apply<T>(d, r, c.gram_schmidt, u, x, n, transposed);
+    DeviceMatrix<T> in(x, n, d, ld, T(7), 1), out(std::vector<T>(x.size(), T(0)), n, d, ld, T(9));
+    DeviceMatrix<T> same(x, n, d, ld, T(5));
+    if (transposed) {
+      op.apply_transposed(in.cview(), out.view(), panels.data(), panels.size, nullptr);
+      op.apply_transposed(same.cview(), same.view(), panels.data(), panels.size, nullptr);
+    } else {
+      op.apply(in.cview(), out.view(), panels.data(), panels.size, nullptr);
+      op.apply(same.cview(), same.view(), panels.data(), panels.size, nullptr);
+    }
+    sync_device();
+    const char* what = transposed ? "apply_transposed" : "apply";
+    EXPECT_TRUE(within_bound(to_double(out.dense()), to_double(expected), row_bound(xn, d, c_rows), d))
+        << what;
+    EXPECT_TRUE(out.padding_intact()) << what;
+    EXPECT_TRUE(within_bound(to_double(same.dense()), to_double(expected), row_bound(xn, d, c_rows), d))
+        << what << " in place";
+  }
+
+  std::vector<T> dx_expected, du_expected;
+  cpu_householder_backward<T>(d, r, c.gram_schmidt, u, x, dy, n, &dx_expected, &du_expected);
+  DeviceMatrix<T> x_in(x, n, d, ld, T(0)), dy_in(dy, n, d, d, T(0));
+  DeviceMatrix<T> dx_out(std::vector<T>(x.size(), T(0)), n, d, ld, T(4));
+  DeviceMatrix<T> du(std::vector<T>(u.size(), T(0)), d, r, r + 2, T(6));
+  Workspace ws(op.workspace_bytes(n));
+  op.backward(x_in.cview(), dy_in.cview(), dx_out.view(), du.view(), ws.data(), ws.size, nullptr);
+  sync_device();
+  EXPECT_TRUE(within_bound(to_double(dx_out.dense()), to_double(dx_expected), row_bound(dyn, d, c_rows), d))
+      << "dX";
+  EXPECT_TRUE(dx_out.padding_intact());
+  EXPECT_TRUE(du.padding_intact());
+  double grad_scale = 0.0;
+  for (Index i = 0; i < n; ++i) grad_scale += xn[static_cast<std::size_t>(i)] * dyn[static_cast<std::size_t>(i)];
+  const double du_tol = 16.0 * static_cast<double>(d + n + 2 * r) * eps * growth * growth * grad_scale /
+                        smallest;
+  EXPECT_TRUE(within_bound(to_double(du.dense()), to_double(du_expected),
+                           std::vector<double>(u.size(), du_tol), r))
+      << "dU";
+  // dX in place over dY gives the same dX; dX alone too.
+  DeviceMatrix<T> dy_again(dy, n, d, d, T(0));
+  op.backward(x_in.cview(), dy_again.cview(), dy_again.view(), du.view(), ws.data(), ws.size, nullptr);
+  sync_device();
+  EXPECT_TRUE(within_bound(to_double(dy_again.dense()), to_double(dx_expected), row_bound(dyn, d, c_rows), d))
+      << "dX in place over dY";
+}
+
+class CudaHouseholder : public CudaTest {};
+
+const std::vector<HouseholderCase>& householder_cases() {
+  static const std::vector<HouseholderCase> cases = {
+      {16, 4, false}, {64, 8, true}, {100, 32, false}, {256, 16, true}, {8, 20, false}, {513, 1, true},
+  };
+  return cases;
+}
+
+TEST_F(CudaHouseholder, MatchesTheCpuOperatorFloat) {
+  for (const HouseholderCase& c : householder_cases())
+    for (Index n : {Index{1}, Index{37}, Index{300}}) check_householder<float>(c, n, 31);
+}
+
+TEST_F(CudaHouseholder, MatchesTheCpuOperatorDouble) {
+  for (const HouseholderCase& c : householder_cases())
+    for (Index n : {Index{0}, Index{5}, Index{64}}) check_householder<double>(c, n, 32);
+}
+
+TEST_F(CudaHouseholder, DeviceVectorsMatchHostVectors) {
+  Rng rng(7);
+  const std::vector<double> u = random_values<double>(64 * 8, rng), x = random_values<double>(9 * 64, rng);
+  oft::Householder<double, oft::cuda> host_set(64, 8, true), device_set(64, 8, true);
+  host_set.set_vectors(u);
+  const DeviceArray<double> on_device(u);
+  Stream stream;
+  device_set.set_vectors(oft::DeviceMatrixView<const double>(on_device.data(), 64, 8), stream.get());
+  Workspace panels(host_set.apply_workspace_bytes(9));
+  DeviceMatrix<double> a(x, 9, 64, 64, 0.0), b(x, 9, 64, 64, 0.0);
+  host_set.apply(a.cview(), a.view(), panels.data(), panels.size, nullptr);
+  sync_device();
+  device_set.apply(b.cview(), b.view(), panels.data(), panels.size, stream.get());
+  stream.sync();
+  EXPECT_TRUE(bitwise_equal(a.dense(), b.dense()));
+}
+
+TEST_F(CudaHouseholder, RefusesBadInputBeforeEnqueueing) {
+  using Op = oft::Householder<float, oft::cuda>;
+  EXPECT_TRUE(throws_with<std::invalid_argument>([] { Op(4, 5, true); }, {"r=5", "d=4"}));
+  Op op(8, 2, true);
+  std::vector<float> dependent(16, 0.f);  // u_1 = 3 u_0 = 3 e_0: an exactly zero residual
+  dependent[0] = 1.f;
+  dependent[1] = 3.f;
+  EXPECT_TRUE(throws_with<std::domain_error>([&] { op.set_vectors(dependent); }, {"column 1", "span"}));
+  Op plain(8, 2);
+  std::vector<float> zero_column(16, 1.f);
+  for (Index p = 0; p < 8; ++p) zero_column[static_cast<std::size_t>(p * 2 + 1)] = 0.f;
+  EXPECT_TRUE(throws_with<std::domain_error>([&] { plain.set_vectors(zero_column); }, {"column 1", "zero"}));
+  DeviceMatrix<float> x(std::vector<float>(3 * 8), 3, 8, 8, 0.f);
+  Workspace small(plain.apply_workspace_bytes(3) / 2);
+  EXPECT_TRUE(throws_with<std::invalid_argument>(
+      [&] { plain.apply(x.cview(), x.view(), small.data(), small.size, nullptr); }, {"workspace of"}));
 }
 
 }  // namespace
