@@ -31,6 +31,10 @@
 /// ("ork,rkc->orc", W R); both are merge-exact. A file with r = 1 shares its one block over every
 /// input block (block_share).
 ///
+/// Without cans_oft, clipping by the exact norm, the map is oft's BlockOrthogonal with
+/// Clipped<CayleyNeumann, SpectralNorm>{CayleyNeumann{3}, c} (or CayleyNeumann{3}) on theta, scaled
+/// as above: the operator to train through such a file (tests/dialects checks the equality).
+///
 ///   std::vector<oft::SquareMatrix<double>> r = oft::onetrainer::rotations(theta, rows, b, flags);
 ///   oft::onetrainer::merge(w_flat, r, oft::onetrainer::Layer::Linear, /*strength=*/1.0);
 

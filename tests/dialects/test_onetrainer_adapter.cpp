@@ -14,6 +14,8 @@
 
 // oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off.
 // clang-format off
+#include <oft/block_orthogonal.hpp>
+#include <oft/norm_clipping.hpp>
 #include <oft/io/dialect.hpp>
 #include <oft/io/onetrainer_adapter.hpp>
 
@@ -304,6 +306,47 @@ TEST(OneTrainerAdapter, CatchesTransposedRWrongSideAndDroppedFlags) {
       }
     }
   }
+}
+
+// Without cans_oft the loader's map, with the exact spectral norm, is oft's own operator:
+// BlockOrthogonal<Clipped<CayleyNeumann{3}, SpectralNorm>> (plain CayleyNeumann{3} without the
+// clip) on theta / (2 sqrt(b - 1)) (scaled_oft) or theta. So training through such a file from
+// C++ is that operator, whose backward the core tests check; this pins the equality, block by
+// block, within the bound of the merge test (64 (b + 8) u max(1, ||R||_F)).
+TEST(OneTrainerAdapter, NonCansMapIsOftsClippedNeumannOperator) {
+  int compared = 0;
+  for (const std::string c : {"plain", "scaled", "clipped"}) {
+    const Case k = Case::load(c);
+    for (const OneTrainerModule& m : k.adapter.modules) {
+      const Index b = m.block_size, packed = b * (b - 1) / 2;
+      const auto spec = oft::BlockSpec::from_features(m.rows * b, b);
+      oft::Generators<double> theta(spec);
+      const double scale = m.flags.scaled ? 2.0 * std::sqrt(static_cast<double>(b - 1)) : 1.0;
+      for (Index i = 0; i < m.rows; ++i)
+        for (Index j = 0; j < packed; ++j)
+          theta.row(i)[j] = m.theta[static_cast<std::size_t>(i * packed + j)] / scale;
+      std::vector<oft::RowMatrix<double>> blocks;
+      if (m.flags.clipped) {
+        using Policy = oft::Clipped<oft::CayleyNeumann, oft::SpectralNorm>;
+        oft::BlockOrthogonal<double, Policy> op(spec, Policy(oft::CayleyNeumann{3}, m.flags.clip));
+        op.set_generators(theta.view());
+        for (Index i = 0; i < m.rows; ++i) blocks.push_back(op.block(i));
+      } else {
+        oft::BlockOrthogonal<double, oft::CayleyNeumann> op(spec, oft::CayleyNeumann{3});
+        op.set_generators(theta.view());
+        for (Index i = 0; i < m.rows; ++i) blocks.push_back(op.block(i));
+      }
+      const auto rot = m.rotations();
+      for (Index i = 0; i < m.rows; ++i) {
+        const auto& r = rot[static_cast<std::size_t>(i)];
+        const double bound = 64.0 * static_cast<double>(b + 8) * kU * std::max(1.0, r.norm());
+        EXPECT_LE((blocks[static_cast<std::size_t>(i)] - r).cwiseAbs().maxCoeff(), bound)
+            << c << " " << m.name << " block " << i;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_EQ(compared, 3 * (3 + 2 + 1 + 6 + 2));
 }
 
 TEST(OneTrainerAdapter, SaveRoundTrip) {
