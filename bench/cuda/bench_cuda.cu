@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
     oft_cuda_bench::register_bf16();
     oft_cuda_bench::register_half();
     oft_cuda_bench::register_qoft();
+    oft_cuda_bench::register_families();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda: setup failed: %s\n", e.what());
     return 1;

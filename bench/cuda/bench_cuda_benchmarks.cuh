@@ -514,5 +514,6 @@ void register_float();
 void register_bf16();
 void register_half();
 void register_qoft();  ///< bench_cuda_qoft.cu: quantized frozen bases (QOFT)
+void register_families();  ///< bench_cuda_families.cu: BOFT, HRA and GOFT (float)
 
 }  // namespace oft_cuda_bench
