@@ -20,6 +20,7 @@
 ///                                              given the start vectors to repeat one draw
 ///   R = X_7^2, X_7 from 7 Chebyshev-optimized  cans_oft (7 steps: the loader's float32 count);
 ///       Newton-Schulz steps on G = I + Q       the polar factor of I + Q squared is exact Cayley
+///                                              (OneTrainer: 7 steps on (I + Q)^2, CansOrder)
 ///   R = I + 2Q + 2Q^2 + 2Q^3 + Q^4             otherwise: Cayley-Neumann with 5 terms (oft's
 ///                                              R_k, k = 3), whatever the file was trained with
 ///
@@ -58,12 +59,20 @@ inline constexpr double kPowerFloor = 1e-12;
 inline constexpr int kCansSteps = 7;
 inline constexpr double kCansFloor = 1e-7;
 
+/// Where CANS squares. The loader (ComfyUI-OFTv2 @ 29bdbae) runs the steps on G = I + Q and
+/// squares the result; OneTrainer's own forward since its commit 7d415a4 (in the preview merge
+/// ad977de) runs them on G = (I + Q)^2. Both tend to exact Cayley, but 7 steps on the squared G
+/// (its condition number squared) are far less converged for large ||Q||: a file trained that
+/// way loads as a different R. The file does not say which; the loader's order is the default.
+enum class CansOrder { SquareAfter, SquareFirst };
+
 /// The module's flags as stored (`oft_R.scaled_oft`, `oft_R.clipped_oft`, `oft_R.cans_oft`).
 struct Flags {
   bool scaled = false;
   bool clipped = false;
   double clip = 0.0;  ///< the radius c, when clipped
   bool cans = false;
+  CansOrder cans_order = CansOrder::SquareAfter;  ///< not stored: the loader's, unless asked
 };
 
 /// Which side the merge rotates: by the base weight's rank in the loader (4-D is Conv2d).
@@ -144,6 +153,7 @@ SquareMatrix<Scalar> rotation(const Scalar* theta, Index b, const Flags& flags,
   if (flags.cans) {
     SquareMatrix<Scalar> g = q;
     g.diagonal().array() += Scalar(1);
+    if (flags.cans_order == CansOrder::SquareFirst) return cans_polar(SquareMatrix<Scalar>(g * g));
     const SquareMatrix<Scalar> half = cans_polar(g);
     return half * half;
   }

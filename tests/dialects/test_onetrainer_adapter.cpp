@@ -308,6 +308,59 @@ TEST(OneTrainerAdapter, CatchesTransposedRWrongSideAndDroppedFlags) {
   }
 }
 
+// CANS's two orders: OneTrainer's own forward (the steps on (I + Q)^2) against the reference, and
+// on the "cans" fixture (blocks with ||Q||_2 up to about 8, where 7 steps have not converged)
+// the loader's R is neither OneTrainer's nor exact Cayley: a loader computing either would be
+// caught, by orders of magnitude over the bound.
+TEST(OneTrainerAdapter, CansOrdersAreDistinctAndMatchReference) {
+  for (const std::string c : {"cans", "all"}) {
+    const Case k = Case::load(c);
+    double from_trainer = 0.0, from_cayley = 0.0;
+    for (const Spec& spec : specs()) {
+      OneTrainerModule m = k.adapter.module(spec.name);
+      const MatrixD w = k.flat(spec.name + ".weight");
+      const std::vector<double> starts = k.values(spec.name + ".clip_start");
+      const MatrixD loader =
+          OneTrainerAdapter::merge(m, oft::view(w), spec.layer, 1.0, starts.data());
+      m.flags.cans_order = oft::onetrainer::CansOrder::SquareFirst;
+      const double r_norm = max_rotation_norm(m.rotations(starts.data()));
+      const MatrixD trainer =
+          OneTrainerAdapter::merge(m, oft::view(w), spec.layer, 1.0, starts.data());
+      EXPECT_LE(
+          merge_ratio(trainer, k.flat(spec.name + ".merged_trainer"), w, m.block_size, 1.0, r_norm),
+          1.0)
+          << c << " " << spec.name;
+      from_trainer =
+          std::max(from_trainer, merge_ratio(loader, trainer, w, m.block_size, 1.0, r_norm));
+      // Exact Cayley of the same (scaled, clipped) Q, by the Neumann-free route.
+      std::vector<oft::SquareMatrix<double>> cayley;
+      const Index b = m.block_size, packed = b * (b - 1) / 2;
+      for (Index i = 0; i < m.rows; ++i) {
+        oft::SquareMatrix<double> q = oft::onetrainer::skew_block(m.theta.data() + i * packed, b);
+        if (m.flags.scaled) q /= 2.0 * std::sqrt(static_cast<double>(b - 1));
+        if (m.flags.clipped) {
+          const double sigma = oft::onetrainer::power_iteration_sigma(q, starts.data() + i * b);
+          q *= m.flags.clip / std::max(sigma, m.flags.clip);
+        }
+        const oft::SquareMatrix<double> eye = oft::SquareMatrix<double>::Identity(b, b);
+        cayley.push_back((eye + q) * (eye - q).inverse());
+      }
+      from_cayley =
+          std::max(from_cayley,
+                   merge_ratio(loader,
+                               oft::onetrainer::merge(oft::ConstMatrixView<double>(oft::view(w)),
+                                                      cayley, spec.layer),
+                               w, m.block_size, 1.0, r_norm));
+    }
+    std::printf("%s: loader vs OneTrainer's CANS order %.3g, vs exact Cayley %.3g of the bound\n",
+                c.c_str(), from_trainer, from_cayley);
+    if (c == "cans") {
+      EXPECT_GT(from_trainer, 1e6);
+      EXPECT_GT(from_cayley, 1e3);
+    }
+  }
+}
+
 // Without cans_oft the loader's map, with the exact spectral norm, is oft's own operator:
 // BlockOrthogonal<Clipped<CayleyNeumann{3}, SpectralNorm>> (plain CayleyNeumann{3} without the
 // clip) on theta / (2 sqrt(b - 1)) (scaled_oft) or theta. So training through such a file from
