@@ -136,6 +136,58 @@ SquareMatrix<Scalar> cans_polar(const SquareMatrix<Scalar>& g, int steps = kCans
   return x;
 }
 
+/// dL/dQ of one block's CANS rotation (either order) from dL/dR = `r_bar`, as OneTrainer's
+/// autograd computes it: ||G||_inf is detached there (`.detach()`), so the scale and with it
+/// every step's Chebyshev coefficients are constants, and this is the derivative of the fixed
+/// polynomial steps (not of the norm's choice of them). With X_(i+1) = c1 X + c3 X X^T X:
+///   dL/dX_i = c1 B + c3 (B X^T X + X B^T X + X X^T B),  B = dL/dX_(i+1);
+/// then dL/dG = dL/dX_0 / ||G||_inf, and through R = H H (SquareAfter: dL/dH = B H^T + H^T B)
+/// or G = A A, A = I + Q (SquareFirst: dL/dA = B A^T + A^T B). The iterates are kept (steps + 1
+/// matrices b x b). Only the skew part of the result matters (dtheta(p,q) = dQ(p,q) - dQ(q,p)).
+template <class Scalar>
+SquareMatrix<Scalar> cans_rotation_vjp(const SquareMatrix<Scalar>& q, CansOrder order,
+                                       const SquareMatrix<Scalar>& r_bar, int steps = kCansSteps) {
+  SquareMatrix<Scalar> a = q;
+  a.diagonal().array() += Scalar(1);
+  const SquareMatrix<Scalar> g = order == CansOrder::SquareFirst ? SquareMatrix<Scalar>(a * a) : a;
+  const Scalar norm =
+      std::max(g.cwiseAbs().rowwise().sum().maxCoeff(), static_cast<Scalar>(kCansFloor));
+  std::vector<SquareMatrix<Scalar>> xs{g / norm};
+  std::vector<Scalar> c1s, c3s;
+  Scalar lo = Scalar(1) / norm, hi = Scalar(1);
+  for (int i = 0; i < steps; ++i) {  // the forward of cans_polar, keeping what the adjoint needs
+    const Scalar e2 = (lo * lo + lo * hi + hi * hi) / Scalar(3);
+    const Scalar k = Scalar(2) * std::pow(e2, Scalar(1.5));
+    const Scalar l = lo * hi * (lo + hi);
+    const Scalar alpha = Scalar(6) / (k + l);
+    c1s.push_back(alpha * e2);
+    c3s.push_back(-alpha / Scalar(3));
+    const SquareMatrix<Scalar>& x = xs.back();
+    const SquareMatrix<Scalar> gram = x * x.transpose();
+    xs.push_back(c1s.back() * x + c3s.back() * (gram * x));
+    const Scalar e = (k - l) / (k + l);
+    lo = Scalar(1) - e;
+    hi = Scalar(1) + e;
+  }
+  const SquareMatrix<Scalar>& h = xs.back();
+  SquareMatrix<Scalar> bar =
+      order == CansOrder::SquareAfter
+          ? SquareMatrix<Scalar>(r_bar * h.transpose() + h.transpose() * r_bar)
+          : r_bar;
+  for (int i = steps - 1; i >= 0; --i) {
+    const SquareMatrix<Scalar>& x = xs[static_cast<std::size_t>(i)];
+    const SquareMatrix<Scalar> xtx = x.transpose() * x;
+    const SquareMatrix<Scalar> xxt = x * x.transpose();
+    const SquareMatrix<Scalar> next =
+        c1s[static_cast<std::size_t>(i)] * bar +
+        c3s[static_cast<std::size_t>(i)] * (bar * xtx + x * bar.transpose() * x + xxt * bar);
+    bar = next;
+  }
+  bar /= norm;  // dL/dG
+  if (order == CansOrder::SquareFirst) return bar * a.transpose() + a.transpose() * bar;
+  return bar;
+}
+
 /// R of one block from its packed row, as the loader computes it (see the file comment).
 /// `start` (b values): the power iteration's start vector, to repeat one load of a clipped
 /// module; nullptr clips by the exact ||Q||_2 (computed in double).

@@ -31,6 +31,9 @@ Per case two files:
                              instead of the estimate (the iteration's limit)
       <name>.merged_trainer  (CANS cases) the merge at strength 1 with OneTrainer's own CANS order
                              (the steps on (I + Q)^2; the loader squares after the steps)
+      <name>.cans_grad_c, <name>.cans_grad_theta.after / .first   (CANS without clip) torch
+                             autograd's d sum(C * R) / d theta in each order, ||G||_inf detached
+                             as in OneTrainer
       <name>.x, <name>.forward   an input and OneTrainer's training forward at strength 1 (Linear:
                              the input rotated then the layer; Conv2d: conv2d with the rotated
                              kernel, padding 1); the script asserts that it equals the merged
@@ -91,6 +94,37 @@ def cans(g, steps):
         e = (k - ell) / (k + ell)
         lo, hi = 1.0 - e, 1.0 + e
     return x
+
+
+def cans_for_autograd(g, steps):
+    """cans() as OneTrainer's autograd sees it: ||G||_inf detached (`.detach()` in
+    _cans_newton_schulz_iteration), hence constant Chebyshev coefficients."""
+    norm = g.abs().sum(dim=-1, keepdim=True).amax(dim=-2, keepdim=True).clamp_min(1e-7).detach()
+    x = g / norm
+    lo, hi = 1.0 / norm, torch.ones_like(norm)
+    for _ in range(steps):
+        e2 = (lo * lo + lo * hi + hi * hi) / 3.0
+        k = 2.0 * e2 ** 1.5
+        ell = lo * hi * (lo + hi)
+        a = 6.0 / (k + ell)
+        x = (a * e2) * x + (-a / 3.0) * (x @ x.transpose(1, 2) @ x)
+        e = (k - ell) / (k + ell)
+        lo, hi = 1.0 - e, 1.0 + e
+    return x
+
+
+def cans_gradient(theta, b, scaled, c, square_first):
+    """d sum(C * R) / d theta through scaled_oft and CANS (no clip), by torch autograd."""
+    t = theta.clone().requires_grad_(True)
+    q = skew(t / (2.0 * math.sqrt(b - 1)) if scaled else t, b)
+    eye = torch.eye(b, dtype=q.dtype).expand_as(q)
+    if square_first:
+        r = cans_for_autograd((eye + q) @ (eye + q), 7)
+    else:
+        h = cans_for_autograd(eye + q, 7)
+        r = h @ h
+    (c * r).sum().backward()
+    return t.grad
 
 
 def rotation(theta, b, scaled, clip, cans_on, start, exact_sigma=False, square_first=False):
@@ -180,6 +214,13 @@ def make_case(out_dir, case, scaled, clip, cans_on, spread, seed):
         if cans_on:
             rot_trainer = rotation(t64, b, scaled, clip64, cans_on, start, square_first=True)
             expected[f"{name}.merged_trainer"] = merge(weight, rot_trainer, 1.0)
+        if cans_on and clip is None:  # a generator of its own: the other tensors stay as they were
+            c = torch.randn(r, b, b, generator=torch.Generator().manual_seed(seed + 1000 + r * b),
+                            dtype=torch.float64)
+            expected[f"{name}.cans_grad_c"] = c
+            for order, first in (("after", False), ("first", True)):
+                grad = cans_gradient(t64, b, scaled, c, first)
+                expected[f"{name}.cans_grad_theta.{order}"] = grad
         if clip is not None:  # only where it differs, at strength 1 (the files stay small)
             rot_exact = rotation(t64, b, scaled, clip64, cans_on, start, exact_sigma=True)
             expected[f"{name}.merged_exact"] = merge(weight, rot_exact, 1.0)

@@ -361,6 +361,97 @@ TEST(OneTrainerAdapter, CansOrdersAreDistinctAndMatchReference) {
   }
 }
 
+// Training through CANS: cans_rotation_vjp, chained through the packing, against torch autograd
+// of the reference (||G||_inf detached, as OneTrainer's code does) in both orders, on the cans
+// fixture (no scaled_oft there: its chain rule is the constant factor 1 / (2 sqrt(b - 1))).
+// Bound, per entry of dtheta: the adjoint is a linear map of C applied as 7 steps of 6 products
+// and a final product, each rounding at most (b + 2) u of ||bar||_F ||X_i||_F^2; a step
+// multiplies ||bar||_F by at most N_i = |c1_i| + 3 |c3_i| ||X_i||_F^2, the square by
+// 2 max(||H||_F, ||A||_F), the scale by 1 / ||G||_inf. So each side is within
+// 8 (b + 2) u P ||C||_F / ||G||_inf of the exact adjoint, P the product of max(1, N_i) and the
+// square's factor, and the two within 64 (b + 8) u P ||C||_F / ||G||_inf. A worst-case product
+// of norms, so loose; the test also shows that the likely mistakes break it by > 1e3.
+double cans_gradient_bound(const oft::SquareMatrix<double>& q, oft::onetrainer::CansOrder order,
+                           Index b, double c_norm) {
+  oft::SquareMatrix<double> a = q;
+  a.diagonal().array() += 1.0;
+  const oft::SquareMatrix<double> g =
+      order == oft::onetrainer::CansOrder::SquareFirst ? oft::SquareMatrix<double>(a * a) : a;
+  const double norm = std::max(g.cwiseAbs().rowwise().sum().maxCoeff(), 1e-7);
+  oft::SquareMatrix<double> x = g / norm;
+  double lo = 1.0 / norm, hi = 1.0, product = 1.0;
+  for (int i = 0; i < oft::onetrainer::kCansSteps; ++i) {
+    const double e2 = (lo * lo + lo * hi + hi * hi) / 3.0, k = 2.0 * std::pow(e2, 1.5);
+    const double l = lo * hi * (lo + hi), alpha = 6.0 / (k + l);
+    const double xn = x.norm();
+    product *= std::max(1.0, alpha * e2 + alpha * xn * xn);  // |c1| + 3 |c3| ||X||_F^2
+    x = (alpha * e2) * x - (alpha / 3.0) * (x * x.transpose() * x);
+    const double e = (k - l) / (k + l);
+    lo = 1.0 - e;
+    hi = 1.0 + e;
+  }
+  product *= 2.0 * std::max(x.norm(), a.norm());
+  return 64.0 * static_cast<double>(b + 8) * kU * product * c_norm / norm;
+}
+
+TEST(OneTrainerAdapter, CansGradientMatchesAutograd) {
+  using oft::onetrainer::CansOrder;
+  const Case k = Case::load("cans");
+  double worst = 0.0, largest_bound = 0.0, smallest_ref = 1e300, largest_ref = 0.0;
+  double caught_order = 0.0, caught_side = 0.0;
+  int compared = 0;
+  for (const Spec& spec : specs()) {
+    const OneTrainerModule& m = k.adapter.module(spec.name);
+    const Index b = m.block_size, packed = b * (b - 1) / 2;
+    const std::vector<double> c = k.values(spec.name + ".cans_grad_c");
+    for (const CansOrder order : {CansOrder::SquareAfter, CansOrder::SquareFirst}) {
+      const std::vector<double> want = k.values(
+          spec.name + ".cans_grad_theta." + (order == CansOrder::SquareAfter ? "after" : "first"));
+      for (Index i = 0; i < m.rows; ++i) {
+        const oft::SquareMatrix<double> q =
+            oft::onetrainer::skew_block(m.theta.data() + i * packed, b);
+        const oft::SquareMatrix<double> r_bar =
+            Eigen::Map<const MatrixD>(c.data() + i * b * b, b, b);  // C is row-major [b, b]
+        const oft::SquareMatrix<double> dq = oft::onetrainer::cans_rotation_vjp(q, order, r_bar);
+        const double bound = cans_gradient_bound(q, order, b, r_bar.norm());
+        // What the bound must catch: the other order's adjoint, or dL/dR taken transposed.
+        const CansOrder other =
+            order == CansOrder::SquareAfter ? CansOrder::SquareFirst : CansOrder::SquareAfter;
+        const oft::SquareMatrix<double> wrong_order =
+            oft::onetrainer::cans_rotation_vjp(q, other, r_bar);
+        const oft::SquareMatrix<double> wrong_side = oft::onetrainer::cans_rotation_vjp(
+            q, order, oft::SquareMatrix<double>(r_bar.transpose()));
+        Index at = 0;
+        for (Index p = 0; p < b; ++p)
+          for (Index col = p + 1; col < b; ++col, ++at) {
+            const double got = dq(p, col) - dq(col, p);
+            const double ref = want[static_cast<std::size_t>(i * packed + at)];
+            EXPECT_NEAR(got, ref, bound)
+                << spec.name << " block " << i << " (" << p << ", " << col << ")";
+            worst = std::max(worst, std::abs(got - ref) / bound);
+            caught_order = std::max(
+                caught_order, std::abs(wrong_order(p, col) - wrong_order(col, p) - ref) / bound);
+            caught_side = std::max(caught_side,
+                                   std::abs(wrong_side(p, col) - wrong_side(col, p) - ref) / bound);
+            largest_bound = std::max(largest_bound, bound);
+            smallest_ref = std::min(smallest_ref, std::abs(ref));
+            largest_ref = std::max(largest_ref, std::abs(ref));
+            ++compared;
+          }
+      }
+    }
+  }
+  std::printf(
+      "CANS gradients: %d entries, worst %.3g of the bound; bounds up to %.3g, |dtheta| "
+      "from %.3g to %.3g\n",
+      compared, worst, largest_bound, smallest_ref, largest_ref);
+  EXPECT_EQ(compared, 2 * (3 * 6 + 2 * 28 + 1 * 6 + 6 * 15 + 2 * 3));
+  std::printf("  the other order's adjoint: %.3g of the bound; dL/dR transposed: %.3g\n",
+              caught_order, caught_side);
+  EXPECT_GT(caught_order, 1e3);
+  EXPECT_GT(caught_side, 1e3);
+}
+
 // Without cans_oft the loader's map, with the exact spectral norm, is oft's own operator:
 // BlockOrthogonal<Clipped<CayleyNeumann{3}, SpectralNorm>> (plain CayleyNeumann{3} without the
 // clip) on theta / (2 sqrt(b - 1)) (scaled_oft) or theta. So training through such a file from

@@ -288,6 +288,9 @@ void use_onetrainer() {
   const oft::RowMatrix<Scalar> weight = oft::RowMatrix<Scalar>::Zero(3, 8);
   (void)oft::onetrainer::merge(oft::view(weight), rot, oft::onetrainer::Layer::Linear, 0.5);
   (void)oft::onetrainer::merge(oft::view(weight), rot, oft::onetrainer::Layer::Conv2d);
+  const oft::SquareMatrix<Scalar> q = oft::onetrainer::skew_block(theta.data(), 4);
+  (void)oft::onetrainer::cans_rotation_vjp(q, oft::onetrainer::CansOrder::SquareFirst, q);
+  (void)oft::onetrainer::power_iteration_sigma(q, starts.data());
 }
 
 }  // namespace
