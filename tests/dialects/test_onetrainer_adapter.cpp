@@ -31,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "io_test_support.hpp"
@@ -657,6 +658,35 @@ TEST(OneTrainerAdapter, InspectReportsFlagsClipAndOrthogonality) {
   const auto json = oft::io::to_json(plain);
   EXPECT_EQ(json.at("dialect"), "onetrainer-oft");
   EXPECT_EQ(json.at("modules").at(0).at("clipped_oft"), static_cast<double>(0.5f));
+}
+
+// A PEFT adapter read as OneTrainer's (the same oft_R.weight): with PEFT >= 0.18's 5-term
+// Neumann branch the loader computes PEFT's R (to rounding); PEFT's exact branch trained R(Q)^T,
+// which the loader turns into about the inverse; PEFT < 0.18's 5-term series and a 2-term one
+// are other R's. inspect_onetrainer measures each against PEFT's own policy.
+TEST(OneTrainerAdapter, InspectMeasuresAPeftAdapterReadAsOneTrainer) {
+  const fs::path peft =
+      fs::path(OFT_DIALECTS_FIXTURES_DIR) / ".." / ".." / "peft" / "fixtures" / "adapters";
+  auto change = [&](const std::string& name) {
+    const auto config = oft::io::PeftOftAdapter::load(peft / name).config;
+    const auto report = oft::io::inspect_onetrainer(
+        OneTrainerAdapter::load(peft / name / "adapter_model.safetensors"), &config);
+    double worst = 0.0;
+    for (const auto& r : report) {
+      EXPECT_GE(r.peft_change, 0.0) << name << " " << r.name;
+      worst = std::max(worst, r.peft_change);
+    }
+    return std::make_pair(worst, report.front().note);
+  };
+  const auto same = change("neumann_t5");
+  EXPECT_LT(same.first, 1e-12);  // double rounding of two evaluations of one polynomial
+  const auto exact = change("exact");
+  EXPECT_GT(exact.first, 0.1);
+  EXPECT_NE(exact.second.find("inverse"), std::string::npos) << exact.second;
+  EXPECT_GT(change("legacy_t5").first, 1e-3);
+  EXPECT_GT(change("neumann_t2").first, 1e-3);
+  std::printf("PEFT read as OneTrainer: max ||R_loaded - R_PEFT||_F %.3g (T = 5), %.3g (exact)\n",
+              same.first, exact.first);
 }
 
 // ---- dialect detection (io/dialect.hpp) ----

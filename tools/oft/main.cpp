@@ -186,6 +186,9 @@ void print_onetrainer_table(const std::string& path,
                 static_cast<long long>(m.block_size), yes_no(m.shared).c_str(),
                 yes_no(m.scaled).c_str(), clip, yes_no(m.cans).c_str(), m.rho,
                 static_cast<long long>(m.clipped_blocks), m.orthogonality_error, m.note.c_str());
+    if (m.peft_change >= 0)
+      std::printf("  %-*s max ||R_loaded - R_PEFT||_F over blocks: %.3g\n", width, "",
+                  m.peft_change);
   }
   std::printf(
       "\n  rho: max ||Q||_2 after scaled_oft, before the clip; clipped: blocks with rho above "
@@ -426,7 +429,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (found == Dialect::OneTrainer) {
-      const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors));
+      // A PEFT directory read as OneTrainer's: its config says what PEFT trained, to measure.
+      std::optional<oft::io::PeftOftConfig> peft;
+      if (std::filesystem::is_regular_file(std::filesystem::path(adapter_path) /
+                                           "adapter_config.json"))
+        peft = oft::io::PeftOftAdapter::load(adapter_path).config;
+      const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors),
+                                                      peft ? &*peft : nullptr);
       if (as_json)
         std::cout << to_json(report).dump(2) << "\n";
       else

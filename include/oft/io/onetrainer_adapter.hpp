@@ -50,6 +50,7 @@
 
 #include "../onetrainer.hpp"
 #include "detail/adapter_files.hpp"
+#include "peft_adapter.hpp"
 #include "safetensors_reader.hpp"
 #include "safetensors_writer.hpp"
 
@@ -289,9 +290,17 @@ struct OneTrainerModuleReport {
   Index clipped_blocks = 0;  ///< blocks whose ||Q_i||_2 exceeds the radius
   double orthogonality_error = 0.0;  ///< max ||R^T R - I||_2 of the loaded R
   std::string note;                  ///< convention traps found
+  /// With the config of a PEFT adapter read this way: max over blocks of ||R_loader - R_PEFT||_F,
+  /// the loader's R against the one PEFT trained; -1 when not measured.
+  double peft_change = -1.0;
 };
 
-inline std::vector<OneTrainerModuleReport> inspect_onetrainer(const OneTrainerAdapter& adapter) {
+/// The report on every module. `peft`: the config of a PEFT OFT adapter read as OneTrainer's
+/// (`oft inspect --dialect onetrainer` on a PEFT directory), to name and measure what the
+/// loader's 5-term series changes: PEFT's exact branch computes R(Q)^T (the loader then applies
+/// about the inverse); another term count, or PEFT's pre-0.18 series, another R.
+inline std::vector<OneTrainerModuleReport> inspect_onetrainer(const OneTrainerAdapter& adapter,
+                                                              const PeftOftConfig* peft = nullptr) {
   std::vector<OneTrainerModuleReport> out;
   for (const OneTrainerModule& m : adapter.modules) {
     OneTrainerModuleReport r;
@@ -320,12 +329,34 @@ inline std::vector<OneTrainerModuleReport> inspect_onetrainer(const OneTrainerAd
       r.orthogonality_error =
           std::max(r.orthogonality_error, eig.eigenvalues().cwiseAbs().maxCoeff());
     }
-    if (m.name.rfind(OneTrainerAdapter::kPeftPrefix, 0) == 0)
+    if (peft != nullptr && !m.flags.scaled && !m.flags.clipped && !m.flags.cans) {
+      // PEFT's own R per block by its policy (on negated theta for the exact branch, as
+      // PeftOftAdapter holds it), against the loader's.
+      const auto spec = BlockSpec::from_features(m.rows * m.block_size, m.block_size);
+      Generators<double> theta(spec);
+      const double sign = peft->use_cayley_neumann ? 1.0 : -1.0;
+      for (Index i = 0; i < m.rows; ++i)
+        for (Index j = 0; j < packed; ++j)
+          theta.row(i)[j] = sign * m.theta[static_cast<std::size_t>(i * packed + j)];
+      AnyBlockOrthogonal<double> trained(spec, peft->policy());
+      trained.set_generators(theta.view());
+      const std::vector<SquareMatrix<double>> loaded = m.rotations();
+      r.peft_change = 0.0;
+      for (Index i = 0; i < m.rows; ++i)
+        r.peft_change = std::max(r.peft_change,
+                                 (loaded[static_cast<std::size_t>(i)] - trained.block(i)).norm());
+      r.note = !peft->use_cayley_neumann
+                   ? "PEFT's exact branch trained R(Q)^T: the loader's 5-term series applies "
+                     "about its inverse"
+                   : "PEFT's Neumann branch, " + std::to_string(peft->num_cayley_neumann_terms) +
+                         " terms: the loader uses 5";
+    } else if (m.name.rfind(OneTrainerAdapter::kPeftPrefix, 0) == 0) {
       r.note =
           "a PEFT module name: ComfyUI-OFTv2 loads it with 5 Neumann terms (a PEFT exact-branch "
           "adapter, use_cayley_neumann=False, then loads as its inverse rotation)";
-    else if (!m.flags.cans && (m.flags.clipped ? std::min(r.rho, m.flags.clip) : r.rho) >= 1.0)
+    } else if (!m.flags.cans && (m.flags.clipped ? std::min(r.rho, m.flags.clip) : r.rho) >= 1.0) {
       r.note = "rho >= 1: the 5-term Neumann series is far from a rotation";
+    }
     out.push_back(std::move(r));
   }
   return out;
@@ -343,6 +374,8 @@ inline nlohmann::ordered_json to_json(const std::vector<OneTrainerModuleReport>&
                                                  : nlohmann::ordered_json(nullptr)},
                        {"cans_oft", r.cans},
                        {"rho", r.rho},
+                       {"peft_change", r.peft_change < 0 ? nlohmann::ordered_json(nullptr)
+                                                         : nlohmann::ordered_json(r.peft_change)},
                        {"clipped_blocks", r.clipped_blocks},
                        {"orthogonality_error", r.orthogonality_error},
                        {"note", r.note}});
