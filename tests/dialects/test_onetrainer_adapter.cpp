@@ -573,6 +573,13 @@ TEST(OneTrainerAdapter, RefusesDoraAndMalformedFiles) {
     f.floats("m.oft_R.weight", {1, 6}, six).flag("n.oft_R.cans_oft");
     expect_refused(f, {"n.oft_R.cans_oft", "n.oft_R.weight"});
   }
+  {  // OneTrainer's KOHYA format would flatten the weight's path but not the cans flag's
+    Forged f;
+    f.floats("lora_unet_mid_block_to_k.oft_R.weight", {1, 6}, six)
+        .flag("lora_unet.mid_block.to_k.oft_R.cans_oft");
+    expect_refused(f, {"lora_unet.mid_block.to_k.oft_R.cans_oft", "has no",
+                       "lora_unet.mid_block.to_k.oft_R.weight"});
+  }
   {
     Forged f;
     f.floats("m.oft_R.weight", {2, 5}, std::vector<float>(10, 0));
