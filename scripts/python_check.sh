@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds and installs oft's Python package (python/, scikit-build-core + nanobind) into the
-# PyPI virtual environment of the PEFT check and runs its pytest suites (python/tests, and
-# tests/families: the numpy reference of the other families against PEFT): gradcheck
-# of every op, parity with the real PEFT, a MiniLM training run, DDP with gloo, bad input, RSS.
+# oft's Python package in CI: builds the binary wheel once and checks it as a user would
+# (scripts/wheel_check.sh: sdist, the wheel from it with the module at every instruction-set level,
+# auditwheel, a fresh venv with no compiler on PATH, python/tests once per level this CPU runs,
+# tests/families and the README's Python example), then installs the same wheel into the PEFT
+# check's virtual environment, so that the developers' venv runs what CI tested (no second compile).
 # Run by scripts/test.sh after scripts/peft_check.sh (OFT_SKIP_PEFT_CHECK=1 skips both).
 #
-#   scripts/python_check.sh BUILD_DIR      (venv: ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv})
+#   scripts/python_check.sh BUILD_DIR      (venv: ${OFT_PEFT_VENV:-BUILD_DIR/peft-venv};
+#                                           the wheel and its fresh venv: BUILD_DIR/wheel)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${1:?usage: scripts/python_check.sh BUILD_DIR}"
+BUILD_DIR="$(cd "$BUILD_DIR" && pwd)"
 VENV="${OFT_PEFT_VENV:-$BUILD_DIR/peft-venv}"
 PY="$VENV/bin/python"
 if [[ ! -x $PY ]]; then
@@ -16,15 +19,17 @@ if [[ ! -x $PY ]]; then
   exit 1
 fi
 start=$SECONDS
-# The pinned build backend and test tools are in the venv (scripts/peft_venv.sh).
+# The pinned test requirements are in the venv (scripts/peft_venv.sh), and so in pip's cache for
+# the fresh venv of the wheel check.
 bash "$ROOT/scripts/peft_venv.sh" "$VENV"
-echo "== oft: building and installing the Python package (pip install ./python)"
-# No build isolation: the pinned backend above builds it, offline from PyPI after this point.
-"$PY" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$ROOT/python"
-echo "== oft: Python package installed in $((SECONDS - start)) s; pytest python/tests tests/families"
-# From the repository root, so that `import oft` finds the installed package, not python/oft.
-cd "$ROOT"
-HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" -m pytest -q -p no:cacheprovider python/tests tests/families
-echo "== oft: the README's Python example (examples/python/accelerate_peft.py)"
-HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$PY" examples/python/accelerate_peft.py
+bash "$ROOT/scripts/wheel_check.sh" "$BUILD_DIR/wheel"
+wheel=("$BUILD_DIR"/wheel/wheelhouse/oft-*.whl)
+"$PY" -m pip install -q --force-reinstall --no-deps "${wheel[0]}"
+(cd "$BUILD_DIR" && "$PY" - <<'PYTHON'
+import oft
+info = oft.build_info()
+print(f"== oft: {oft.__version__} installed in {oft.__path__[0]}: level {info['level']} of "
+      f"{', '.join(info['levels_built'])}")
+PYTHON
+)
 echo "== oft: Python checks done in $((SECONDS - start)) s"

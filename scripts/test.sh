@@ -25,8 +25,10 @@
 # The default build then runs the live check against the real PEFT on a real model
 # (scripts/peft_check.sh: a Python virtual environment from PyPI, ~5.5 GB once, made by
 # scripts/peft_venv.sh in the background while the C++ suite compiles); set
-# OFT_SKIP_PEFT_CHECK=1 to skip it (it says so), and then builds the Python package into that
-# environment and runs its pytest suite (scripts/python_check.sh; skipped with the PEFT check).
+# OFT_SKIP_PEFT_CHECK=1 to skip it (it says so), and then builds the Python package's binary
+# wheel once (all instruction-set levels), installs it into a fresh venv with no compiler on PATH,
+# runs its pytest suite once per level this CPU runs, and installs the same wheel into that
+# environment (scripts/python_check.sh, scripts/wheel_check.sh; skipped with the PEFT check).
 # The strict-warning compiles (OFT_BUILD_HYGIENE) are part of the default build only.
 #
 # Env: OFT_JOBS (default 2) controls build and ctest parallelism.

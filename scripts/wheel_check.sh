@@ -57,6 +57,21 @@ if ! unzip -l "${wheel[0]}" | grep -q 'oft.libs/libgomp'; then
   echo "wheel_check.sh: the repaired wheel does not vendor libgomp" >&2
   exit 1
 fi
+# The ODR trap, looked for in the machine code: no AVX-512 register in the x86-64-v3 module and no
+# vdpbf16ps in the x86-64-v4 one (an inline kernel of a higher level kept by the linker would show).
+if command -v objdump > /dev/null; then
+  rm -rf "$OUT/unpacked" && mkdir -p "$OUT/unpacked" && (cd "$OUT/unpacked" && unzip -q "${wheel[0]}")
+  for pair in "x86_64_v3:zmm" "x86_64_v4:vdpbf16ps"; do
+    module=("$OUT"/unpacked/oft/_core_"${pair%%:*}".*so)
+    [[ -f ${module[0]} ]] || continue
+    count="$(objdump -d --no-show-raw-insn "${module[0]}" | grep -c "${pair#*:}" || true)"
+    if [[ $count != 0 ]]; then
+      echo "wheel_check.sh: $(basename "${module[0]}") has $count instructions with ${pair#*:}" >&2
+      exit 1
+    fi
+    echo "   $(basename "${module[0]}"): no ${pair#*:} (objdump)"
+  done
+fi
 
 # 3. A fresh venv, no compiler on PATH: a folder of links to every program of /usr/bin and /bin
 # except the compilers.

@@ -22,7 +22,7 @@ if [[ ! -f $include/Python.h ]]; then
   say "no Python.h in $include: the module cannot be built here"; exit 3
 fi
 deps=$ROOT/.gpu_deps
-cmake -S python -B build-py-gpu -DCMAKE_BUILD_TYPE=Release -DOFT_PYTHON_CUDA=ON \
+cmake -S python -B build-py-gpu -DCMAKE_BUILD_TYPE=Release -DOFT_PYTHON_CUDA=ON -DOFT_PYTHON_ISA_LEVELS=native \
   -DOFT_PYTHON_CUDA_LIBRARY="$deps/python/liboft_python_cuda.a" \
   -DPython_EXECUTABLE="$(command -v "$PY")" -Dnanobind_DIR="$deps/python/nanobind/cmake" \
   -DEigen3_DIR="$deps/prefix/share/eigen3/cmake" > "$OUT/python_build.log" 2>&1 \
