@@ -22,7 +22,9 @@ start=$SECONDS
 # The pinned test requirements are in the venv (scripts/peft_venv.sh), and so in pip's cache for
 # the fresh venv of the wheel check.
 bash "$ROOT/scripts/peft_venv.sh" "$VENV"
-bash "$ROOT/scripts/wheel_check.sh" "$BUILD_DIR/wheel"
+# The three levels compile side by side with the C++ build's parallelism (scripts/test.sh's OFT_JOBS).
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-${OFT_JOBS:-2}}" \
+  bash "$ROOT/scripts/wheel_check.sh" "$BUILD_DIR/wheel"
 wheel=("$BUILD_DIR"/wheel/wheelhouse/oft-*.whl)
 "$PY" -m pip install -q --force-reinstall --no-deps "${wheel[0]}"
 (cd "$BUILD_DIR" && "$PY" - <<'PYTHON'
