@@ -3,7 +3,8 @@
 # on adapters the real PEFT wrote (tests/peft/fixtures), its JSON checked field by field, and its
 # one-line refusals; `oft merge`, `unmerge` and `convert` on model directories that
 # make_cli_fixtures writes. Inputs: -DOFT=<tool> -DFIXTURES=<adapters dir>
-# -DMAKE_FIXTURES=<make_cli_fixtures> -DPEFT_FIXTURES=<tests/peft/fixtures> -DSCRATCH=<dir>.
+# -DMAKE_FIXTURES=<make_cli_fixtures> -DPEFT_FIXTURES=<tests/peft/fixtures> -DSCRATCH=<dir>
+# -DVERSION=<oft's version>.
 cmake_minimum_required(VERSION 3.25)
 
 function(run expected_rc out_var err_var)
@@ -21,6 +22,12 @@ function(expect_json json expected)
     message(FATAL_ERROR "JSON ${ARGN} is '${value}', expected '${expected}'")
   endif()
 endfunction()
+
+# --version: the version of include/oft/version.hpp (CMake's PROJECT_VERSION reads it), exit 0.
+run(0 out err "${OFT}" --version)
+if(NOT out STREQUAL "oft ${VERSION}\n")
+  message(FATAL_ERROR "oft --version printed '${out}', expected 'oft ${VERSION}'")
+endif()
 
 # The table names every module and the policy.
 run(0 out err "${OFT}" inspect "${FIXTURES}/neumann_t5")

@@ -1,0 +1,135 @@
+// `oft merge` and `oft unmerge`: an adapter folded into (or taken out of) a model directory,
+// streamed tensor by tensor with a progress bar.
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <oft/io/dialect.hpp>
+#include <oft/io/model_merge.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "cli.hpp"
+
+namespace oft_tool {
+namespace {
+
+/// A one-line progress bar on a terminal (stderr): "[#####.....] 12/40 tensors  1.2/3.4 GB  name".
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  void operator()(const oft::io::MergeProgress& p) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const bool last = p.tensors_done == p.tensors_total;
+    if (!last && now - shown_ < std::chrono::milliseconds(100)) return;
+    shown_ = now;
+    const double fraction =
+        p.bytes_total == 0 ? 1.0
+                           : static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
+    const int width = 30, filled = static_cast<int>(fraction * width + 0.5);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.append(static_cast<std::size_t>(width - filled), '.');
+    std::string name =
+        p.current.size() > 40 ? "..." + p.current.substr(p.current.size() - 37) : p.current;
+    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %.2f/%.2f GB  %-40s", bar.c_str(), p.tensors_done,
+                 p.tensors_total, static_cast<double>(p.bytes_done) / 1e9,
+                 static_cast<double>(p.bytes_total) / 1e9, name.c_str());
+    if (last) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point shown_{};
+};
+
+/// --dtype's words (CLI11 has checked them).
+oft::io::MergeDtype merge_dtype(const std::string& name) {
+  if (name == "f32") return oft::io::MergeDtype::F32;
+  if (name == "f16") return oft::io::MergeDtype::F16;
+  if (name == "bf16") return oft::io::MergeDtype::BF16;
+  return oft::io::MergeDtype::Same;
+}
+
+}  // namespace
+
+void add_merge(CLI::App& app, MergeCommand& command, bool unmerge) {
+  command.unmerge = unmerge;
+  command.app =
+      unmerge ? app.add_subcommand("unmerge",
+                                   "Take a PEFT OFT, BOFT or HRA adapter out of a merged model "
+                                   "directory (true inverse)")
+              : app.add_subcommand(
+                    "merge", "Fold a PEFT OFT, BOFT or HRA adapter into a Hugging Face model directory");
+  CLI::App& c = *command.app;
+  c.add_option("--base", command.base, "model directory (model.safetensors or an index and shards)")
+      ->required();
+  c.add_option("--adapter", command.adapter, "PEFT OFT, BOFT or HRA adapter directory")->required();
+  c.add_option("--out,-o", command.out, "output directory (written whole, or not at all)")->required();
+  c.add_option("--strength", command.strength,
+               "rotate by R(s Q) instead of R(Q); default 1 (OFT only: BOFT and HRA refuse any "
+               "other)");
+  c.add_option("--dtype", command.dtype, "floating-point tensors as: same (default), f32, f16, bf16")
+      ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
+  c.add_flag("--force", command.force, "replace an existing output directory");
+  c.add_flag("--quiet,-q", command.quiet, "no progress bar");
+  add_dialect_option(c, command.dialect,
+                     "the adapter's dialect (peft-oft, peft-boft or peft-hra; the others are not "
+                     "merged into model directories yet)");
+}
+
+int run_merge(const MergeCommand& command) {
+  const char* name = command.unmerge ? "unmerge" : "merge";
+  std::optional<oft::io::Dialect> dialect;
+  try {
+    if (!command.dialect.empty()) dialect = oft::io::parse_dialect(command.dialect);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oft %s: %s\n", name, without_prefix(e).c_str());
+    return 2;
+  }
+  try {
+    oft::io::MergeOptions options;
+    options.base = command.base.string();
+    options.adapter = command.adapter.string();
+    options.out = command.out.string();
+    options.strength = command.strength;
+    options.dtype = merge_dtype(command.dtype);
+    options.force = command.force;
+    options.unmerge = command.unmerge;
+    if (dialect && !oft::io::is_peft(*dialect))
+      throw std::invalid_argument(
+          oft::detail::message("--dialect ", oft::io::dialect_name(*dialect), ": oft ", name,
+                               " folds PEFT adapter directories into model directories; a ",
+                               oft::io::dialect_name(*dialect),
+                               " adapter merges through the library (per weight) only, for now"));
+    if (dialect) (void)oft::io::resolve_dialect(command.adapter, dialect);
+    ProgressBar bar(!command.quiet && ::isatty(2) != 0);
+    const auto report = oft::io::merge_model(options, std::ref(bar));
+    std::printf(
+        "oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n",
+        name, options.out.c_str(), report.tensors, report.shards, report.adapted.size(),
+        report.other_files);
+    for (const auto& q : report.quantized) {
+      std::printf(
+          "  %s: %s%s requantized: error vs the float merge max %.3g, RMS %.3g; "
+          "the adapter's change max %.3g, RMS %.3g\n",
+          q.layer.c_str(), q.format.c_str(), q.double_quant ? " (double quantization)" : "",
+          q.max_error, q.rms_error, q.max_change, q.rms_change);
+      if (q.rms_error >= 0.5 * q.rms_change)
+        std::printf(
+            "    note: requantization rounds away about as much as the adapter changed; "
+            "consider keeping the adapter unmerged or merging into a float base\n");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oft %s: %s\n", name, without_prefix(e).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace oft_tool
