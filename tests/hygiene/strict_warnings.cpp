@@ -3,6 +3,7 @@
 // instantiated, so this file instantiates every public template with float and double and every
 // CPU parameterization. Nothing here is executed; the build of this object is the test.
 
+#include <oft/conv.hpp>
 #include <oft/lycoris.hpp>
 #include <oft/onetrainer.hpp>
 #include <oft/oft.hpp>
@@ -293,6 +294,24 @@ void use_onetrainer() {
   (void)oft::onetrainer::power_iteration_sigma(q, starts.data());
 }
 
+// The convolution OFT: merge, both passes of the unmerged path, the weight side.
+template <class Scalar>
+void use_conv() {
+  const oft::conv::Conv2dShape shape{2, 3, 3, 1, 2, 1, 1, 0, 2, 1};  // K = 6
+  oft::BlockOrthogonal<Scalar, oft::ExactCayley> rot(oft::BlockSpec::from_features(6, 3));
+  const oft::RowMatrix<Scalar> w = oft::RowMatrix<Scalar>::Zero(3, 6);
+  std::vector<Scalar> x(2 * 5 * 4), z(3 * 2 * 4), dx(x.size()), bias(3);
+  oft::Generators<Scalar> dtheta(rot.spec());
+  oft::Workspace<Scalar> workspace;
+  const oft::RowMatrix<Scalar> merged = oft::conv::merge(oft::view(w), rot);
+  oft::conv::forward_unmerged(x.data(), 1, 5, 4, shape, oft::view(w), bias.data(), rot, z.data());
+  oft::conv::conv2d_direct(x.data(), 1, 5, 4, shape, oft::view(merged), nullptr, z.data());
+  oft::conv::backward_unmerged(x.data(), z.data(), 1, 5, 4, shape, oft::view(w), rot, dx.data(),
+                               dtheta.view(), workspace);
+  oft::conv::weight_side_backward(oft::view(w), oft::view(merged), rot, dtheta.view());
+  oft::conv::negate_generators(dtheta.view());
+}
+
 }  // namespace
 
 // Referenced so that the instantiations are compiled; never called.
@@ -307,4 +326,6 @@ void oft_strict_warnings_instantiate() {
   use_lycoris<double>(oft::lycoris::ConstraintRule::Kohya);
   use_onetrainer<float>();
   use_onetrainer<double>();
+  use_conv<float>();
+  use_conv<double>();
 }
