@@ -4,15 +4,18 @@ with the adapter active) against the forward of the weight its own merge() write
 adapters, for a few kernel shapes, paddings, strides and input sizes. Uses the real PEFT (pinned
 below; the venv of scripts/peft_venv.sh):
 
-    /work/peft-venv/bin/python tests/conv/measure_peft_conv.py [--json OUT]
+    /work/peft-venv/bin/python tests/conv/measure_peft_conv.py [--json OUT] [--fixtures DIR]
 
 Prints one row per configuration (or the exception PEFT raises); docs/dialects.md section 7
 records the result. Nothing here is run by ctest: the facts it measures are PEFT's, and
-include/oft/io/peft_conv.hpp encodes them.
+include/oft/io/peft_conv.hpp encodes them. With --fixtures it also writes DIR/peft_conv/ (a PEFT
+adapter over a 3x3 and a 1x1 Conv2d, saved by PEFT) and DIR/peft_conv_expected.safetensors (the
+base kernels and what PEFT's merge writes for each), which tests/conv/test_peft_conv.cpp reads.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -77,9 +80,51 @@ def measure(cin, cout, kernel, stride, padding, hw, b, neumann):
     return row
 
 
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv3 = nn.Conv2d(4, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 6, 1, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv1(self.conv3(x))
+
+
+def write_fixtures(out_dir):
+    from peft import OFTConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = Two()
+    base = {f"{n}.weight": getattr(model, n).weight.detach().clone() for n in ("conv3", "conv1")}
+    config = OFTConfig(target_modules=["conv3", "conv1"], oft_block_size=4, r=0,
+                       init_weights=False)
+    pm = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "oft_R" in name:
+                p.copy_(0.2 * torch.randn_like(p))
+    pm.save_pretrained(os.path.join(out_dir, "peft_conv"))
+    os.remove(os.path.join(out_dir, "peft_conv", "README.md"))  # PEFT's model card template
+    x = torch.randn(1, 8, 5, 7)
+    with torch.no_grad():
+        conv1 = pm.base_model.model.conv1
+        unmerged = conv1(x)
+        merged_model = pm.merge_and_unload()
+    expected = {k: v.contiguous() for k, v in base.items()}
+    for n in ("conv3", "conv1"):
+        expected[f"{n}.merged"] = getattr(merged_model, n).weight.detach().contiguous()
+    expected["conv1.bias"] = model.conv1.bias.detach().clone()
+    expected["conv1.x"] = x
+    expected["conv1.unmerged"] = unmerged.contiguous()
+    save_file(expected, os.path.join(out_dir, "peft_conv_expected.safetensors"),
+              metadata={"peft": PEFT_VERSION, "torch": torch.__version__})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
+    parser.add_argument("--fixtures")
     args = parser.parse_args()
     import peft
     if peft.__version__ != PEFT_VERSION:
@@ -100,6 +145,8 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"peft": PEFT_VERSION, "torch": torch.__version__, "rows": rows}, f,
                       indent=1)
+    if args.fixtures:
+        write_fixtures(args.fixtures)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 #include <oft/io/model_merge.hpp>
 #include <oft/io/onetrainer_adapter.hpp>
 #include <oft/io/peft_adapter.hpp>
+#include <oft/io/peft_conv.hpp>
 #include <oft/io/peft_family_adapter.hpp>
 #include <oft/io/quantized_weights.hpp>
 #include <oft/io/safetensors.hpp>
