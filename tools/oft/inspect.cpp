@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/dialect.hpp>
+#include <oft/io/dialect_convert.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/onetrainer_adapter.hpp>
 #include <optional>
@@ -165,6 +166,33 @@ void print_onetrainer_table(const std::string& path,
       "the clip radius; orth.: max ||R^T R - I||_2 of the loaded R\n");
 }
 
+/// The same columns for every dialect (oft::io::summarize), after the dialect's own table.
+void print_summary(const std::vector<oft::io::DialectModuleSummary>& rows) {
+  int width = 28;
+  for (const auto& m : rows) width = std::max(width, static_cast<int>(m.name.size()));
+  std::printf("\n  every dialect's terms:\n  %-*s %-6s %4s %-9s %9s %9s  %s\n", width, "module",
+              "side", "b", "binding", "rho", "orth.", "traps");
+  for (const auto& m : rows) {
+    char binding[24] = "-";
+    if (m.binding >= 0) std::snprintf(binding, sizeof binding, "%.3g", m.binding);  // or inf
+    std::printf("  %-*s %-6s %4lld %-9s %9.3g %9.2e  %s\n", width, m.name.c_str(), m.side.c_str(),
+                static_cast<long long>(m.block_size), binding, m.rho, m.orthogonality_error,
+                m.traps.empty() ? "-" : m.traps.c_str());
+  }
+  std::printf("\n  side: input W' = W R^T, output W' = R^T W; binding: the constrained norm over "
+              "its bound (> 1: the constraint acts; - none); rho: max ||Q_i||_2; orth.: max "
+              "||R^T R - I||_2 of what the loader applies\n");
+}
+
+/// JSON: each module gains "summary" (oft::io::to_json(DialectModuleSummary)); the dialect's
+/// own fields stay as they were (scripts and Python read them).
+template <class Json>
+Json with_summary(Json json, const std::vector<oft::io::DialectModuleSummary>& rows) {
+  for (std::size_t i = 0; i < rows.size() && i < json["modules"].size(); ++i)
+    json["modules"][i]["summary"] = oft::io::to_json(rows[i]);
+  return json;
+}
+
 }  // namespace
 
 void add_inspect(CLI::App& app, InspectCommand& command) {
@@ -200,10 +228,13 @@ int run_inspect(const InspectCommand& command) {
       const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(
           tensors, found == Dialect::Kohya ? oft::io::LycorisAdapter::Dialect::Kohya
                                            : oft::io::LycorisAdapter::Dialect::Lycoris));
-      if (as_json)
-        std::cout << to_json(report).dump(2) << "\n";
-      else
+      const auto rows = oft::io::summarize(report);
+      if (as_json) {
+        std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
+      } else {
         print_lycoris_table(adapter_path, report);
+        print_summary(rows);
+      }
       return 0;
     }
     if (found == Dialect::OneTrainer) {
@@ -214,19 +245,26 @@ int run_inspect(const InspectCommand& command) {
         peft = oft::io::PeftOftAdapter::load(adapter_path).config;
       const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors),
                                                       peft ? &*peft : nullptr);
-      if (as_json)
-        std::cout << to_json(report).dump(2) << "\n";
-      else
+      const auto rows = oft::io::summarize(report);
+      if (as_json) {
+        std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
+      } else {
         print_onetrainer_table(adapter_path, report);
+        print_summary(rows);
+      }
       return 0;
     }
     const auto report = oft::io::inspect_adapter(adapter_path, command.tolerance);
+    std::optional<oft::io::PeftOftAdapter> peft;  // COFT's binding needs the generators
+    if (report.family == "OFT") peft = oft::io::PeftOftAdapter::load(adapter_path);
+    const auto rows = oft::io::summarize(report, peft ? &*peft : nullptr);
     if (as_json)
-      std::cout << to_json(report).dump(2) << "\n";
+      std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
     else if (report.family != "OFT")
       print_family_table(adapter_path, report);
     else
       print_table(adapter_path, report);
+    if (!as_json) print_summary(rows);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "oft inspect: %s\n", without_prefix(e).c_str());
     return 1;
