@@ -1,6 +1,7 @@
 #pragma once
 /// \file conv.hpp
-/// oft's convolution OFT (Conv2d; Conv1d is the case H = kh = 1): a merge-exact definition.
+/// oft's convolution OFT (Conv2d, Conv3d, and Conv1d as the case H = kh = 1): a merge-exact
+/// definition.
 /// docs/conventions.md section 14 has the derivation; in short:
 ///
 /// The rotation acts on the flattened input of each patch, p in R^(C kh kw), in PyTorch's weight
@@ -24,6 +25,10 @@
 /// weight-side path (merge, or weight_side_backward for training) is the cheaper one; the
 /// unmerged path here is the reference that proves the definition, written for clarity (plain
 /// loops, im2col, no blocking), not speed.
+///
+/// Conv3d is the same with patches of C kd kh kw in (c, a, i, j) order (every function has a
+/// (d, h, w) overload); Conv1d's weight [O, C, k] is a Conv2d's [O, C, 1, k] on inputs of
+/// height 1 (ConvShape::conv1d).
 ///
 ///   oft::conv::Conv2dShape s{/*in*/4, /*out*/8, /*kh*/3, /*kw*/5};
 ///   oft::RowMatrix<double> w_merged = oft::conv::merge(oft::view(w_flat), rot);
@@ -51,9 +56,12 @@ struct Same {
 template <class T>
 using NonDeduced = typename detail_conv::Same<T>::type;
 
-/// A Conv2d's geometry (groups = 1), PyTorch's meaning for every field. Input [N, C, H, W] and
-/// output [N, O, Ho, Wo], both contiguous; weight [O, C, kh, kw] seen as W_flat [O, C kh kw].
-struct Conv2dShape {
+/// A convolution's geometry (groups = 1), PyTorch's meaning for every field: Conv2d's by
+/// default; a Conv3d sets the depth fields too (they follow the 2-D ones so that a Conv2d reads
+/// {C, O, kh, kw, ...}), a Conv1d is a Conv2d with kh = 1 on inputs of height 1 (conv1d()).
+/// Input [N, C, (D,) H, W] and output [N, O, (Do,) Ho, Wo], both contiguous; weight
+/// [O, C, (kd,) kh, kw] seen as W_flat [O, K], K = C kd kh kw in PyTorch's order (c, a, i, j).
+struct ConvShape {
   Index in_channels = 0;
   Index out_channels = 0;
   Index kernel_h = 1;
@@ -64,10 +72,29 @@ struct Conv2dShape {
   Index pad_w = 0;
   Index dilation_h = 1;
   Index dilation_w = 1;
+  Index kernel_d = 1;
+  Index stride_d = 1;
+  Index pad_d = 0;
+  Index dilation_d = 1;
 
-  /// K = C kh kw, the length of a patch vector (what the rotation acts on).
-  Index patch() const { return in_channels * kernel_h * kernel_w; }
-  /// Ho for an input of height h (PyTorch's floor formula).
+  /// nn.Conv1d(in, out, k, stride, padding, dilation): its weight [O, C, k] is [O, C, 1, k].
+  static ConvShape conv1d(Index in, Index out, Index k, Index stride = 1, Index pad = 0,
+                          Index dilation = 1) {
+    return {in, out, 1, k, 1, stride, 0, pad, 1, dilation};
+  }
+  /// nn.Conv3d with one kernel, stride, padding and dilation per axis (d, h, w).
+  static ConvShape conv3d(Index in, Index out, Index kd, Index kh, Index kw, Index stride = 1,
+                          Index pad = 0, Index dilation = 1) {
+    return {in,  out,      kh,       kw, stride, stride, pad,
+            pad, dilation, dilation, kd, stride, pad,    dilation};
+  }
+
+  /// K = C kd kh kw, the length of a patch vector (what the rotation acts on).
+  Index patch() const { return in_channels * kernel_d * kernel_h * kernel_w; }
+  /// Do, Ho, Wo for an input of depth d, height h, width w (PyTorch's floor formula).
+  Index out_d(Index d) const {
+    return (d + 2 * pad_d - dilation_d * (kernel_d - 1) - 1) / stride_d + 1;
+  }
   Index out_h(Index h) const {
     return (h + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
   }
@@ -75,110 +102,146 @@ struct Conv2dShape {
     return (w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
   }
 
-  /// Throws std::invalid_argument naming the field at fault, or when an input of h x w leaves
-  /// no output position.
-  void check(Index h, Index w) const {
-    detail::require(in_channels >= 1 && out_channels >= 1 && kernel_h >= 1 && kernel_w >= 1,
-                    "Conv2d: channels ", in_channels, " -> ", out_channels, " and kernel ",
-                    kernel_h, "x", kernel_w, " must be positive");
-    detail::require(stride_h >= 1 && stride_w >= 1 && dilation_h >= 1 && dilation_w >= 1 &&
-                        pad_h >= 0 && pad_w >= 0,
-                    "Conv2d: stride ", stride_h, "x", stride_w, ", dilation ", dilation_h, "x",
-                    dilation_w, " must be >= 1 and padding ", pad_h, "x", pad_w, " >= 0");
-    detail::require(h >= 1 && w >= 1 && out_h(h) >= 1 && out_w(w) >= 1, "Conv2d: input ", h, "x", w,
-                    " with kernel ", kernel_h, "x", kernel_w, " leaves no output");
+  /// Throws std::invalid_argument naming the field at fault, or when an input of d x h x w
+  /// leaves no output position.
+  void check(Index d, Index h, Index w) const {
+    detail::require(
+        in_channels >= 1 && out_channels >= 1 && kernel_d >= 1 && kernel_h >= 1 && kernel_w >= 1,
+        "convolution: channels ", in_channels, " -> ", out_channels, " and kernel ", kernel_d, "x",
+        kernel_h, "x", kernel_w, " must be positive");
+    detail::require(stride_d >= 1 && stride_h >= 1 && stride_w >= 1 && dilation_d >= 1 &&
+                        dilation_h >= 1 && dilation_w >= 1 && pad_d >= 0 && pad_h >= 0 &&
+                        pad_w >= 0,
+                    "convolution: stride ", stride_d, "x", stride_h, "x", stride_w, ", dilation ",
+                    dilation_d, "x", dilation_h, "x", dilation_w, " must be >= 1 and padding ",
+                    pad_d, "x", pad_h, "x", pad_w, " >= 0");
+    detail::require(d >= 1 && h >= 1 && w >= 1 && out_d(d) >= 1 && out_h(h) >= 1 && out_w(w) >= 1,
+                    "convolution: input ", d, "x", h, "x", w, " with kernel ", kernel_d, "x",
+                    kernel_h, "x", kernel_w, " leaves no output");
   }
 };
 
-/// The patches of x [n, C, h, w] as rows: row (img, y, x) in that order, column (c, i, j) in
-/// PyTorch's weight order; padded positions read as zero.
-template <class Scalar>
-RowMatrix<Scalar> im2col(const Scalar* x, Index n, Index h, Index w, const Conv2dShape& s) {
-  s.check(h, w);
-  const Index ho = s.out_h(h), wo = s.out_w(w);
-  RowMatrix<Scalar> p = RowMatrix<Scalar>::Zero(n * ho * wo, s.patch());
+/// The name of the common case; every function below has a 2-D overload (h, w) and a 3-D one
+/// (d, h, w).
+using Conv2dShape = ConvShape;
+
+namespace detail_conv {
+// Calls f(row, k, pixel) for every patch entry k of output row `row` that reads input pixel
+// `pixel` (offsets into [n, C, d, h, w]); padding entries are skipped. Rows are (img, z, y, x),
+// patch entries (c, a, i, j): PyTorch's weight order.
+template <class F>
+void for_each_patch_entry(Index n, Index d, Index h, Index w, const ConvShape& s, F&& f) {
+  s.check(d, h, w);
+  const Index dout = s.out_d(d), hout = s.out_h(h), wout = s.out_w(w);
   for (Index img = 0; img < n; ++img)
-    for (Index y = 0; y < ho; ++y)
-      for (Index xo = 0; xo < wo; ++xo) {
-        Scalar* row = p.row((img * ho + y) * wo + xo).data();
-        for (Index c = 0; c < s.in_channels; ++c)
-          for (Index i = 0; i < s.kernel_h; ++i) {
-            const Index yi = y * s.stride_h + i * s.dilation_h - s.pad_h;
-            if (yi < 0 || yi >= h) continue;
-            for (Index j = 0; j < s.kernel_w; ++j) {
-              const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
-              if (xi < 0 || xi >= w) continue;
-              row[(c * s.kernel_h + i) * s.kernel_w + j] =
-                  x[((img * s.in_channels + c) * h + yi) * w + xi];
+    for (Index zo = 0; zo < dout; ++zo)
+      for (Index yo = 0; yo < hout; ++yo)
+        for (Index xo = 0; xo < wout; ++xo) {
+          const Index row = ((img * dout + zo) * hout + yo) * wout + xo;
+          for (Index c = 0; c < s.in_channels; ++c)
+            for (Index a = 0; a < s.kernel_d; ++a) {
+              const Index zi = zo * s.stride_d + a * s.dilation_d - s.pad_d;
+              if (zi < 0 || zi >= d) continue;
+              for (Index i = 0; i < s.kernel_h; ++i) {
+                const Index yi = yo * s.stride_h + i * s.dilation_h - s.pad_h;
+                if (yi < 0 || yi >= h) continue;
+                for (Index j = 0; j < s.kernel_w; ++j) {
+                  const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
+                  if (xi < 0 || xi >= w) continue;
+                  f(row, ((c * s.kernel_d + a) * s.kernel_h + i) * s.kernel_w + j,
+                    (((img * s.in_channels + c) * d + zi) * h + yi) * w + xi);
+                }
+              }
             }
-          }
-      }
+        }
+}
+}  // namespace detail_conv
+
+/// The patches of x [n, C, d, h, w] as rows: row (img, z, y, x) in that order, column
+/// (c, a, i, j) in PyTorch's weight order; padded positions read as zero.
+template <class Scalar>
+RowMatrix<Scalar> im2col(const Scalar* x, Index n, Index d, Index h, Index w, const ConvShape& s) {
+  s.check(d, h, w);
+  RowMatrix<Scalar> p =
+      RowMatrix<Scalar>::Zero(n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch());
+  detail_conv::for_each_patch_entry(n, d, h, w, s,
+                                    [&](Index row, Index k, Index pixel) { p(row, k) = x[pixel]; });
   return p;
 }
-
-/// The adjoint of im2col: dx [n, C, h, w] = the sum of each patch row's entries back into the
-/// pixels they were read from (padding entries dropped). Overwrites dx.
+/// im2col of x [n, C, h, w] (a Conv2d, or a Conv1d with h = 1).
 template <class Scalar>
-void col2im(ConstMatrixView<Scalar> cols, Index n, Index h, Index w, const Conv2dShape& s,
-            Scalar* dx) {
-  s.check(h, w);
-  const Index ho = s.out_h(h), wo = s.out_w(w);
-  detail::require_shape(cols, n * ho * wo, s.patch(), "Conv2d patch gradients");
-  std::fill(dx, dx + n * s.in_channels * h * w, Scalar(0));
-  for (Index img = 0; img < n; ++img)
-    for (Index y = 0; y < ho; ++y)
-      for (Index xo = 0; xo < wo; ++xo) {
-        const Index r = (img * ho + y) * wo + xo;
-        for (Index c = 0; c < s.in_channels; ++c)
-          for (Index i = 0; i < s.kernel_h; ++i) {
-            const Index yi = y * s.stride_h + i * s.dilation_h - s.pad_h;
-            if (yi < 0 || yi >= h) continue;
-            for (Index j = 0; j < s.kernel_w; ++j) {
-              const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
-              if (xi < 0 || xi >= w) continue;
-              dx[((img * s.in_channels + c) * h + yi) * w + xi] +=
-                  cols(r, (c * s.kernel_h + i) * s.kernel_w + j);
-            }
-          }
-      }
+RowMatrix<Scalar> im2col(const Scalar* x, Index n, Index h, Index w, const ConvShape& s) {
+  return im2col(x, n, 1, h, w, s);
 }
 
-/// The plain convolution z [n, O, ho, wo] = conv(x, W) + bias by direct summation over the
-/// kernel (no im2col: an independent reference for the tests). `bias`: O values or nullptr.
+/// The adjoint of im2col: dx [n, C, d, h, w] = the sum of each patch row's entries back into
+/// the pixels they were read from (padding entries dropped). Overwrites dx.
 template <class Scalar>
-void conv2d_direct(const Scalar* x, Index n, Index h, Index w, const Conv2dShape& s,
-                   ConstMatrixView<NonDeduced<Scalar>> w_flat, const NonDeduced<Scalar>* bias,
-                   Scalar* z) {
-  s.check(h, w);
-  detail::require_shape(w_flat, s.out_channels, s.patch(), "Conv2d weight [O, C*kh*kw]");
-  const Index ho = s.out_h(h), wo = s.out_w(w);
+void col2im(ConstMatrixView<Scalar> cols, Index n, Index d, Index h, Index w, const ConvShape& s,
+            Scalar* dx) {
+  s.check(d, h, w);
+  detail::require_shape(cols, n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch(),
+                        "convolution patch gradients");
+  std::fill(dx, dx + n * s.in_channels * d * h * w, Scalar(0));
+  detail_conv::for_each_patch_entry(
+      n, d, h, w, s, [&](Index row, Index k, Index pixel) { dx[pixel] += cols(row, k); });
+}
+/// col2im into dx [n, C, h, w].
+template <class Scalar>
+void col2im(ConstMatrixView<Scalar> cols, Index n, Index h, Index w, const ConvShape& s,
+            Scalar* dx) {
+  col2im(cols, n, 1, h, w, s, dx);
+}
+
+/// The plain convolution z [n, O, (do,) ho, wo] = conv(x, W) + bias by direct summation over
+/// the kernel, output by output, with its own index arithmetic (not im2col's: an independent
+/// reference for the tests). `bias`: O values or nullptr.
+template <class Scalar>
+void conv_direct(const Scalar* x, Index n, Index d, Index h, Index w, const ConvShape& s,
+                 ConstMatrixView<NonDeduced<Scalar>> w_flat, const NonDeduced<Scalar>* bias,
+                 Scalar* z) {
+  s.check(d, h, w);
+  detail::require_shape(w_flat, s.out_channels, s.patch(), "convolution weight [O, K]");
+  const Index dout = s.out_d(d), hout = s.out_h(h), wout = s.out_w(w);
+  const Index kd = s.kernel_d, kh = s.kernel_h, kw = s.kernel_w, chans = s.in_channels;
   for (Index img = 0; img < n; ++img)
     for (Index o = 0; o < s.out_channels; ++o)
-      for (Index y = 0; y < ho; ++y)
-        for (Index xo = 0; xo < wo; ++xo) {
-          Scalar acc = bias != nullptr ? bias[o] : Scalar(0);
-          for (Index c = 0; c < s.in_channels; ++c)
-            for (Index i = 0; i < s.kernel_h; ++i)
-              for (Index j = 0; j < s.kernel_w; ++j) {
-                const Index yi = y * s.stride_h + i * s.dilation_h - s.pad_h;
-                const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
-                if (yi < 0 || yi >= h || xi < 0 || xi >= w) continue;
-                acc += w_flat(o, (c * s.kernel_h + i) * s.kernel_w + j) *
-                       x[((img * s.in_channels + c) * h + yi) * w + xi];
-              }
-          z[((img * s.out_channels + o) * ho + y) * wo + xo] = acc;
-        }
+      for (Index zo = 0; zo < dout; ++zo)
+        for (Index yo = 0; yo < hout; ++yo)
+          for (Index xo = 0; xo < wout; ++xo) {
+            Scalar acc = bias != nullptr ? bias[o] : Scalar(0);
+            for (Index c = 0; c < chans; ++c)
+              for (Index a = 0; a < kd; ++a)
+                for (Index i = 0; i < kh; ++i)
+                  for (Index j = 0; j < kw; ++j) {
+                    const Index zi = zo * s.stride_d + a * s.dilation_d - s.pad_d;
+                    const Index yi = yo * s.stride_h + i * s.dilation_h - s.pad_h;
+                    const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
+                    if (zi < 0 || zi >= d || yi < 0 || yi >= h || xi < 0 || xi >= w) continue;
+                    acc += w_flat(o, c * kd * kh * kw + a * kh * kw + i * kw + j) *
+                           x[img * chans * d * h * w + c * d * h * w + zi * h * w + yi * w + xi];
+                  }
+            z[(((img * s.out_channels + o) * dout + zo) * hout + yo) * wout + xo] = acc;
+          }
+}
+/// conv_direct of x [n, C, h, w].
+template <class Scalar>
+void conv_direct(const Scalar* x, Index n, Index h, Index w, const ConvShape& s,
+                 ConstMatrixView<NonDeduced<Scalar>> w_flat, const NonDeduced<Scalar>* bias,
+                 Scalar* z) {
+  conv_direct(x, n, 1, h, w, s, w_flat, bias, z);
 }
 
 namespace detail_conv {
 template <class Scalar, class P>
-void check_operator(const BlockOrthogonal<Scalar, P>& rot, const Conv2dShape& s) {
-  detail::require(rot.features() == s.patch(), "Conv2d OFT: the operator rotates ", rot.features(),
-                  " features, but a patch of C*kh*kw = ", s.in_channels, "*", s.kernel_h, "*",
-                  s.kernel_w, " has ", s.patch(), " (b must divide C*kh*kw)");
+void check_operator(const BlockOrthogonal<Scalar, P>& rot, const ConvShape& s) {
+  detail::require(rot.features() == s.patch(), "convolution OFT: the operator rotates ",
+                  rot.features(), " features, but a patch of C*kd*kh*kw = ", s.in_channels, "*",
+                  s.kernel_d, "*", s.kernel_h, "*", s.kernel_w, " has ", s.patch(),
+                  " (b must divide it)");
 }
 
-// Rows (img, y, x) x O  <->  NCHW [n, O, ho, wo].
+// Rows (img, position) x O  <->  [n, O, positions].
 template <class Scalar>
 void rows_to_nchw(const RowMatrix<Scalar>& rows, Index n, Index hw, Index o, Scalar* z) {
   for (Index img = 0; img < n; ++img)
@@ -195,52 +258,69 @@ RowMatrix<Scalar> nchw_to_rows(const Scalar* z, Index n, Index hw, Index o) {
 }
 }  // namespace detail_conv
 
-/// The merged weight W'_flat = W_flat R^T ([O, C kh kw]; reshape to [O, C, kh, kw]).
+/// The merged weight W'_flat = W_flat R^T ([O, K]; reshape to [O, C, (kd,) kh, kw]).
 template <class Scalar, class P>
 RowMatrix<Scalar> merge(ConstMatrixView<NonDeduced<Scalar>> w_flat,
                         const BlockOrthogonal<Scalar, P>& rot) {
-  detail::require(w_flat.cols() == rot.features(), "Conv2d OFT merge: the weight has ",
+  detail::require(w_flat.cols() == rot.features(), "convolution OFT merge: the weight has ",
                   w_flat.cols(), " flattened input features, the operator rotates ", rot.features(),
-                  " (b must divide C*kh*kw)");
+                  " (b must divide C*kd*kh*kw)");
   RowMatrix<Scalar> out(w_flat.rows(), w_flat.cols());
   rot.apply_transposed(w_flat, view(out));
   return out;
 }
 
-/// The unmerged forward: z [n, O, ho, wo] = (im2col(x) R) W_flat^T + bias. `bias`: O values or
-/// nullptr. Equal to conv2d_direct with merge(w_flat, rot) up to rounding (the definition).
+/// The unmerged forward: z [n, O, (do,) ho, wo] = (im2col(x) R) W_flat^T + bias, x
+/// [n, C, d, h, w]. `bias`: O values or nullptr. Equal to conv_direct with merge(w_flat, rot)
+/// up to rounding (the definition).
 template <class Scalar, class P>
-void forward_unmerged(const Scalar* x, Index n, Index h, Index w, const Conv2dShape& s,
+void forward_unmerged(const Scalar* x, Index n, Index d, Index h, Index w, const ConvShape& s,
                       ConstMatrixView<NonDeduced<Scalar>> w_flat, const NonDeduced<Scalar>* bias,
                       const BlockOrthogonal<Scalar, P>& rot, Scalar* z) {
   detail_conv::check_operator(rot, s);
-  detail::require_shape(w_flat, s.out_channels, s.patch(), "Conv2d weight [O, C*kh*kw]");
-  RowMatrix<Scalar> p = im2col(x, n, h, w, s);
+  detail::require_shape(w_flat, s.out_channels, s.patch(), "convolution weight [O, K]");
+  RowMatrix<Scalar> p = im2col(x, n, d, h, w, s);
   rot.apply(view(p), view(p));
   RowMatrix<Scalar> rows = p * w_flat.map().transpose();
   if (bias != nullptr)
     for (Index o = 0; o < s.out_channels; ++o) rows.col(o).array() += bias[o];
-  detail_conv::rows_to_nchw(rows, n, s.out_h(h) * s.out_w(w), s.out_channels, z);
+  detail_conv::rows_to_nchw(rows, n, s.out_d(d) * s.out_h(h) * s.out_w(w), s.out_channels, z);
+}
+/// forward_unmerged of x [n, C, h, w].
+template <class Scalar, class P>
+void forward_unmerged(const Scalar* x, Index n, Index h, Index w, const ConvShape& s,
+                      ConstMatrixView<NonDeduced<Scalar>> w_flat, const NonDeduced<Scalar>* bias,
+                      const BlockOrthogonal<Scalar, P>& rot, Scalar* z) {
+  forward_unmerged(x, n, 1, h, w, s, w_flat, bias, rot, z);
 }
 
-/// The vector-Jacobian product of forward_unmerged for dz [n, O, ho, wo]: dx [n, C, h, w]
-/// (nullptr to skip) through dY = dZ W_flat, dP = dY R^T and col2im; dtheta (empty view to
-/// skip) through BlockOrthogonal::backward on (P, dY). The frozen W_flat and bias get none.
+/// The vector-Jacobian product of forward_unmerged for dz [n, O, (do,) ho, wo]: dx
+/// [n, C, d, h, w] (nullptr to skip) through dY = dZ W_flat, dP = dY R^T and col2im; dtheta
+/// (empty view to skip) through BlockOrthogonal::backward on (P, dY). The frozen W_flat and
+/// bias get none.
 template <class Scalar, class P>
-void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index h, Index w,
-                       const Conv2dShape& s, ConstMatrixView<NonDeduced<Scalar>> w_flat,
+void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index d, Index h, Index w,
+                       const ConvShape& s, ConstMatrixView<NonDeduced<Scalar>> w_flat,
                        const BlockOrthogonal<Scalar, P>& rot, NonDeduced<Scalar>* dx,
                        GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) {
   detail_conv::check_operator(rot, s);
-  detail::require_shape(w_flat, s.out_channels, s.patch(), "Conv2d weight [O, C*kh*kw]");
-  const RowMatrix<Scalar> p = im2col(x, n, h, w, s);
+  detail::require_shape(w_flat, s.out_channels, s.patch(), "convolution weight [O, K]");
+  const RowMatrix<Scalar> p = im2col(x, n, d, h, w, s);
   const RowMatrix<Scalar> dzr =
-      detail_conv::nchw_to_rows(dz, n, s.out_h(h) * s.out_w(w), s.out_channels);
+      detail_conv::nchw_to_rows(dz, n, s.out_d(d) * s.out_h(h) * s.out_w(w), s.out_channels);
   const RowMatrix<Scalar> dy = dzr * w_flat.map();
   RowMatrix<Scalar> dp(dy.rows(), dy.cols());
   rot.backward(view(p), view(dy), dx != nullptr ? view(dp) : MatrixView<Scalar>{}, dtheta,
                workspace);
-  if (dx != nullptr) col2im(ConstMatrixView<Scalar>(view(dp)), n, h, w, s, dx);
+  if (dx != nullptr) col2im(ConstMatrixView<Scalar>(view(dp)), n, d, h, w, s, dx);
+}
+/// backward_unmerged for x [n, C, h, w].
+template <class Scalar, class P>
+void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index h, Index w,
+                       const ConvShape& s, ConstMatrixView<NonDeduced<Scalar>> w_flat,
+                       const BlockOrthogonal<Scalar, P>& rot, NonDeduced<Scalar>* dx,
+                       GeneratorView<Scalar> dtheta, Workspace<Scalar>& workspace) {
+  backward_unmerged(x, dz, n, 1, h, w, s, w_flat, rot, dx, dtheta, workspace);
 }
 
 /// dtheta by the weight side, from the gradient dW' = dL/dW'_flat of the merged weight

@@ -15,6 +15,7 @@
 #include <oft/policies.hpp>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -24,21 +25,27 @@ using oft::conv::Conv2dShape;
 
 struct Case {
   const char* name;
-  Conv2dShape shape;
+  oft::conv::ConvShape shape;
   Index h, w, b;
+  Index d = 1;  // depth (Conv3d); 1 for Conv2d and Conv1d
 };
 
 // Every case has inputs larger than the kernel (several output positions whose patches overlap:
-// where PEFT's variant breaks), and b dividing C*kh*kw.
+// where PEFT's variant breaks), and b dividing C*kd*kh*kw. Conv1d cases have height 1.
 std::vector<Case> cases() {
   return {
-      {"3x3", {4, 6, 3, 3}, 9, 11, 4},                                  // K = 36
-      {"3x1_pad1", {4, 5, 3, 1, 1, 1, 1, 1}, 8, 7, 6},                  // K = 12
-      {"1x5", {3, 4, 1, 5}, 6, 10, 5},                                  // K = 15
-      {"3x5_stride2_pad1", {2, 3, 3, 5, 2, 2, 1, 1}, 11, 13, 6},        // K = 30
-      {"3x3_dil2_pad2", {4, 4, 3, 3, 1, 1, 2, 2, 2, 2}, 9, 9, 4},       // K = 36
-      {"3x3_stride2_dil2", {2, 3, 3, 3, 2, 2, 0, 0, 2, 2}, 12, 10, 3},  // K = 18
-      {"1x1", {8, 5, 1, 1, 2, 1}, 5, 6, 4},                             // K = 8
+      {"3x3", {4, 6, 3, 3}, 9, 11, 4},                                              // K = 36
+      {"3x1_pad1", {4, 5, 3, 1, 1, 1, 1, 1}, 8, 7, 6},                              // K = 12
+      {"1x5", {3, 4, 1, 5}, 6, 10, 5},                                              // K = 15
+      {"3x5_stride2_pad1", {2, 3, 3, 5, 2, 2, 1, 1}, 11, 13, 6},                    // K = 30
+      {"3x3_dil2_pad2", {4, 4, 3, 3, 1, 1, 2, 2, 2, 2}, 9, 9, 4},                   // K = 36
+      {"3x3_stride2_dil2", {2, 3, 3, 3, 2, 2, 0, 0, 2, 2}, 12, 10, 3},              // K = 18
+      {"1x1", {8, 5, 1, 1, 2, 1}, 5, 6, 4},                                         // K = 8
+      {"conv1d_k5_stride2_pad2", Conv2dShape::conv1d(3, 4, 5, 2, 2), 1, 17, 5},     // K = 15
+      {"conv1d_k3_dil2", Conv2dShape::conv1d(4, 3, 3, 1, 0, 2), 1, 12, 4},          // K = 12
+      {"conv3d_2x3x3_pad1", Conv2dShape::conv3d(2, 3, 2, 3, 3, 1, 1), 5, 6, 4, 4},  // K = 36
+      // kd x kh x kw = 3x1x2, stride 2 (d, h, w), padding 1, 0, 1, dilation 2, 1, 2: K = 12
+      {"conv3d_3x1x2_stride2_dil2", {2, 3, 1, 2, 2, 2, 0, 1, 1, 2, 3, 2, 1, 2}, 5, 6, 6, 7},
   };
 }
 
@@ -81,13 +88,14 @@ std::vector<double> rounding_bound(const std::vector<Scalar>& x, Index n, const 
                                    const std::vector<Scalar>& bias) {
   const Conv2dShape& s = c.shape;
   using Dense = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Dense p = oft::conv::im2col(x.data(), n, c.h, c.w, s).template cast<double>().cwiseAbs();
+  const Dense p =
+      oft::conv::im2col(x.data(), n, c.d, c.h, c.w, s).template cast<double>().cwiseAbs();
   const Dense r = rot.dense().template cast<double>().cwiseAbs();
   const Dense wa = w_flat.template cast<double>().cwiseAbs();
   const Dense m = (p * r) * wa.transpose();  // rows x O
   const double eps = static_cast<double>(std::numeric_limits<Scalar>::epsilon());
   const double gamma = 1.01 * static_cast<double>(s.patch() + c.b) * eps;
-  const Index hw = s.out_h(c.h) * s.out_w(c.w);
+  const Index hw = s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w);
   std::vector<double> bound(static_cast<size_t>(n * s.out_channels * hw));
   for (Index img = 0; img < n; ++img)
     for (Index o = 0; o < s.out_channels; ++o)
@@ -105,7 +113,7 @@ void check_merge_exact(const Case& c, bool shared) {
   std::mt19937 rng(7);
   const Conv2dShape& s = c.shape;
   const Index n = 2, k = s.patch();
-  const std::vector<Scalar> x = random_vector<Scalar>(n * s.in_channels * c.h * c.w, rng);
+  const std::vector<Scalar> x = random_vector<Scalar>(n * s.in_channels * c.d * c.h * c.w, rng);
   const std::vector<Scalar> bias = random_vector<Scalar>(s.out_channels, rng);
   const std::vector<Scalar> wv = random_vector<Scalar>(s.out_channels * k, rng, 0.3);
   const oft::RowMatrix<Scalar> w_flat =
@@ -113,12 +121,13 @@ void check_merge_exact(const Case& c, bool shared) {
   const Rot<Scalar> rot = make_rotation<Scalar>(k, c.b, shared, rng);
   const oft::RowMatrix<Scalar> merged = oft::conv::merge(oft::view(w_flat), rot);
 
-  const Index out = n * s.out_channels * s.out_h(c.h) * s.out_w(c.w);
-  ASSERT_GT(s.out_h(c.h) * s.out_w(c.w), 1);
+  const Index out = n * s.out_channels * s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w);
+  ASSERT_GT(s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w), 1);
   std::vector<Scalar> unmerged(static_cast<size_t>(out)), direct(unmerged.size());
-  oft::conv::forward_unmerged(x.data(), n, c.h, c.w, s, oft::view(w_flat), bias.data(), rot,
+  oft::conv::forward_unmerged(x.data(), n, c.d, c.h, c.w, s, oft::view(w_flat), bias.data(), rot,
                               unmerged.data());
-  oft::conv::conv2d_direct(x.data(), n, c.h, c.w, s, oft::view(merged), bias.data(), direct.data());
+  oft::conv::conv_direct(x.data(), n, c.d, c.h, c.w, s, oft::view(merged), bias.data(),
+                         direct.data());
   const std::vector<double> bound = rounding_bound(x, n, c, w_flat, rot, bias);
   double worst = 0.0;
   for (size_t i = 0; i < unmerged.size(); ++i) {
@@ -126,7 +135,7 @@ void check_merge_exact(const Case& c, bool shared) {
     EXPECT_LE(diff, bound[i]) << "output " << i;
     worst = std::max(worst, diff / bound[i]);
   }
-  ::testing::Test::RecordProperty("worst_diff_over_bound", std::to_string(worst));
+  ::testing::Test::RecordProperty(std::string("worst_over_bound_") + c.name, std::to_string(worst));
 }
 
 TEST(ConvOft, UnmergedEqualsMergedDouble) {
@@ -146,19 +155,20 @@ TEST(ConvOft, CatchesTransposedRotationAndWrongFlatteningOrder) {
   std::mt19937 rng(11);
   const Case c{"3x5", {2, 3, 3, 5, 1, 1, 1, 1}, 7, 9, 6};
   const Conv2dShape& s = c.shape;
-  const Index n = 1, k = s.patch(), out = n * s.out_channels * s.out_h(c.h) * s.out_w(c.w);
-  const std::vector<double> x = random_vector<double>(n * s.in_channels * c.h * c.w, rng);
+  const Index n = 1, k = s.patch(),
+              out = n * s.out_channels * s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w);
+  const std::vector<double> x = random_vector<double>(n * s.in_channels * c.d * c.h * c.w, rng);
   const std::vector<double> bias(static_cast<size_t>(s.out_channels), 0.0);
   const std::vector<double> wv = random_vector<double>(s.out_channels * k, rng);
   const oft::RowMatrix<double> w_flat =
       Eigen::Map<const oft::RowMatrix<double>>(wv.data(), s.out_channels, k);
   const Rot<double> rot = make_rotation<double>(k, c.b, false, rng);
   std::vector<double> unmerged(static_cast<size_t>(out));
-  oft::conv::forward_unmerged(x.data(), n, c.h, c.w, s, oft::view(w_flat), bias.data(), rot,
+  oft::conv::forward_unmerged(x.data(), n, c.d, c.h, c.w, s, oft::view(w_flat), bias.data(), rot,
                               unmerged.data());
   auto max_diff = [&](const oft::RowMatrix<double>& merged) {
     std::vector<double> z(unmerged.size());
-    oft::conv::conv2d_direct(x.data(), n, c.h, c.w, s, oft::view(merged), bias.data(), z.data());
+    oft::conv::conv_direct(x.data(), n, c.d, c.h, c.w, s, oft::view(merged), bias.data(), z.data());
     double worst = 0.0;
     for (size_t i = 0; i < z.size(); ++i) worst = std::max(worst, std::abs(z[i] - unmerged[i]));
     return worst;
@@ -195,8 +205,8 @@ TEST(ConvOft, GradientsMatchFiniteDifferences) {
     std::mt19937 rng(5);
     const Conv2dShape& s = c.shape;
     const Index n = 2, k = s.patch();
-    const Index hw = s.out_h(c.h) * s.out_w(c.w), out = n * s.out_channels * hw;
-    std::vector<double> x = random_vector<double>(n * s.in_channels * c.h * c.w, rng);
+    const Index hw = s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w), out = n * s.out_channels * hw;
+    std::vector<double> x = random_vector<double>(n * s.in_channels * c.d * c.h * c.w, rng);
     const std::vector<double> wv = random_vector<double>(s.out_channels * k, rng, 0.3);
     const oft::RowMatrix<double> w_flat =
         Eigen::Map<const oft::RowMatrix<double>>(wv.data(), s.out_channels, k);
@@ -208,7 +218,7 @@ TEST(ConvOft, GradientsMatchFiniteDifferences) {
     auto loss = [&]() {
       rot.set_generators(theta.view());
       std::vector<double> z(static_cast<size_t>(out));
-      oft::conv::forward_unmerged(x.data(), n, c.h, c.w, s, oft::view(w_flat), nullptr, rot,
+      oft::conv::forward_unmerged(x.data(), n, c.d, c.h, c.w, s, oft::view(w_flat), nullptr, rot,
                                   z.data());
       double l = 0.0;
       for (size_t i = 0; i < z.size(); ++i) l += cot[i] * z[i];
@@ -218,7 +228,7 @@ TEST(ConvOft, GradientsMatchFiniteDifferences) {
     oft::Generators<double> dtheta(theta.count(), c.b);
     oft::Workspace<double> ws;
     rot.set_generators(theta.view());
-    oft::conv::backward_unmerged(x.data(), cot.data(), n, c.h, c.w, s, oft::view(w_flat), rot,
+    oft::conv::backward_unmerged(x.data(), cot.data(), n, c.d, c.h, c.w, s, oft::view(w_flat), rot,
                                  dx.data(), dtheta.view(), ws);
     const std::vector<double> fd_x =
         oft::numerical_gradient(x.data(), static_cast<Index>(x.size()), loss, 1e-5);
@@ -233,7 +243,7 @@ TEST(ConvOft, GradientsMatchFiniteDifferences) {
     // The weight side gives the same dtheta from dW' = dZ_rows^T P (what a conv weight's
     // gradient is): two sums of the same products in another order.
     rot.set_generators(theta.view());
-    const oft::RowMatrix<double> p = oft::conv::im2col(x.data(), n, c.h, c.w, s);
+    const oft::RowMatrix<double> p = oft::conv::im2col(x.data(), n, c.d, c.h, c.w, s);
     oft::RowMatrix<double> dz_rows(n * hw, s.out_channels);
     for (Index img = 0; img < n; ++img)
       for (Index o = 0; o < s.out_channels; ++o)
@@ -254,13 +264,13 @@ TEST(ConvOft, Col2imIsTheAdjointOfIm2col) {
     std::mt19937 rng(3);
     const Conv2dShape& s = c.shape;
     const Index n = 2;
-    const std::vector<double> x = random_vector<double>(n * s.in_channels * c.h * c.w, rng);
-    const oft::RowMatrix<double> p = oft::conv::im2col(x.data(), n, c.h, c.w, s);
+    const std::vector<double> x = random_vector<double>(n * s.in_channels * c.d * c.h * c.w, rng);
+    const oft::RowMatrix<double> p = oft::conv::im2col(x.data(), n, c.d, c.h, c.w, s);
     const std::vector<double> yv = random_vector<double>(p.rows() * p.cols(), rng);
     const oft::RowMatrix<double> y =
         Eigen::Map<const oft::RowMatrix<double>>(yv.data(), p.rows(), p.cols());
     std::vector<double> back(x.size());
-    oft::conv::col2im(oft::view(y), n, c.h, c.w, s, back.data());
+    oft::conv::col2im(oft::view(y), n, c.d, c.h, c.w, s, back.data());
     double lhs = (p.array() * y.array()).sum(), rhs = 0.0, mag = 0.0;
     for (size_t i = 0; i < x.size(); ++i) {
       rhs += x[i] * back[i];

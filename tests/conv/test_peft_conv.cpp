@@ -63,7 +63,7 @@ TEST(PeftConv, OneByOneMergesAsPeftAndReproducesItsUnmergedForward) {
   const std::vector<float> bias = expected.tensor("conv1.bias").copy_as<float>();
   const std::vector<float> peft_z = expected.tensor("conv1.unmerged").copy_as<float>();
   std::vector<float> z(peft_z.size());
-  oft::conv::conv2d_direct(x.data(), 1, 5, 7, shape, oft::view(merged), bias.data(), z.data());
+  oft::conv::conv_direct(x.data(), 1, 5, 7, shape, oft::view(merged), bias.data(), z.data());
   // Each output: a bias plus a length-C sum after a length-b rotation (PEFT) or of merged
   // weights (oft): within (C + b + 8) eps (2 sum |W| |x| + |bias|), |x| <= max |x|.
   double max_x = 0.0, max_w = 0.0, max_b = 0.0;

@@ -305,11 +305,16 @@ void use_conv() {
   oft::Workspace<Scalar> workspace;
   const oft::RowMatrix<Scalar> merged = oft::conv::merge(oft::view(w), rot);
   oft::conv::forward_unmerged(x.data(), 1, 5, 4, shape, oft::view(w), bias.data(), rot, z.data());
-  oft::conv::conv2d_direct(x.data(), 1, 5, 4, shape, oft::view(merged), nullptr, z.data());
+  oft::conv::conv_direct(x.data(), 1, 5, 4, shape, oft::view(merged), nullptr, z.data());
   oft::conv::backward_unmerged(x.data(), z.data(), 1, 5, 4, shape, oft::view(w), rot, dx.data(),
                                dtheta.view(), workspace);
   oft::conv::weight_side_backward(oft::view(w), oft::view(merged), rot, dtheta.view());
   oft::conv::negate_generators(dtheta.view());
+  const oft::conv::ConvShape cube = oft::conv::ConvShape::conv3d(2, 3, 1, 3, 1);  // K = 6
+  oft::conv::forward_unmerged(x.data(), 1, 1, 5, 4, cube, oft::view(w), nullptr, rot, z.data());
+  oft::conv::backward_unmerged(x.data(), z.data(), 1, 1, 5, 4, cube, oft::view(w), rot,
+                               dx.data(), dtheta.view(), workspace);
+  (void)oft::conv::ConvShape::conv1d(2, 3, 3);
 }
 
 }  // namespace
