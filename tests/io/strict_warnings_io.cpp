@@ -5,6 +5,7 @@
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/dialect.hpp>
+#include <oft/io/dialect_convert.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>
 #include <oft/io/onetrainer_adapter.hpp>
@@ -64,6 +65,17 @@ void use_type(const oft::io::TensorView& view, oft::io::SafetensorsWriter& write
   (void)oft::io::dialect_name(d);
   (void)oft::io::parse_dialect("onetrainer");
   (void)oft::io::detect_dialect(file);
+}
+
+[[maybe_unused]] void use_dialect_convert() {
+  oft::io::DialectConvertOptions options;
+  options.adapter = "adapter";
+  options.out = "out.safetensors";
+  const oft::io::DialectConvertReport report = oft::io::convert_dialect(options);
+  (void)report.max_change;
+  (void)oft::io::to_json(oft::io::summarize(oft::io::inspect_adapter("adapter", 1e-6)).at(0));
+  (void)oft::io::summarize(oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load("o")));
+  (void)oft::io::summarize(oft::io::inspect_lycoris(oft::io::LycorisAdapter::load("l")));
 }
 
 [[maybe_unused]] void use_lycoris_adapter() {
