@@ -23,9 +23,13 @@
 //       [--generators-dtype f32|bf16|f16] [--to-current-polynomial] [--allow-change] [--force]
 //       the adapter in another form PEFT loads; a change of R is measured and refused unless
 //       allowed (oft::io::convert_adapter, io/adapter_convert.hpp).
+//   oft convert --to peft|lycoris|onetrainer --adapter IN --out OUT [--dialect NAME]
+//       [--tolerance TOL] [--allow-change] [--force]: an adapter of one dialect written in
+//       another where that is exact, refused with the measured change otherwise
+//       (oft::io::convert_dialect, io/dialect_convert.hpp).
+//   oft --version
 // Bad input: one line on stderr naming the file and the values, exit status 1 (2 for bad
 // arguments, from CLI11, or an unknown --dialect).
-
 //
 // main.cpp parses; each command lives in its own file (inspect.cpp, merge.cpp, convert.cpp).
 
