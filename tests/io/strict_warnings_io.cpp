@@ -5,6 +5,7 @@
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/dialect.hpp>
+#include <oft/io/diffusion_merge.hpp>
 #include <oft/io/dialect_convert.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/model_merge.hpp>

@@ -1,0 +1,787 @@
+#pragma once
+/// \file io/diffusion_merge.hpp
+/// A LyCORIS / kohya sd-scripts / OneTrainer OFT adapter (one `.safetensors` file) folded into an
+/// image-generation checkpoint: merge_diffusion(), the function behind `oft merge` when
+/// `--adapter` is such a file. docs/merging.md has the user's view.
+///
+/// Bases:
+///   - a diffusers model folder: `unet/`, `transformer/`, `text_encoder/`, `text_encoder_2/`,
+///     `text_encoder_3/`, each with one `*.safetensors` file or a `*.safetensors.index.json` and
+///     its shards; everything else of the folder (vae/, scheduler/, tokenizers,
+///     model_index.json) is copied byte for byte. The output is a folder, written whole or not at
+///     all (io/atomic_directory.hpp).
+///   - a single-file checkpoint (one `.safetensors`): SD 1.5 / SD 2 (`model.diffusion_model.*`,
+///     `cond_stage_model.transformer.*`), SDXL (`conditioner.embedders.0.transformer.*`, and
+///     `conditioner.embedders.1.model.*`, OpenCLIP's layout with its fused `attn.in_proj_weight`),
+///     SD3 (`text_encoders.{clip_l,clip_g,t5xxl}.transformer.*`) and FLUX as Black Forest Labs
+///     saves it (`double_blocks.*`, `single_blocks.*`, with or without `model.diffusion_model.`).
+///     The output is one file, written atomically (SafetensorsWriter::write).
+///
+/// Names: an adapter module is named after a module path with '.' replaced by '_' behind a
+/// prefix that says which model it adapts (kohya's `networks/lora.py` LORA_PREFIX_UNET
+/// "lora_unet", LORA_PREFIX_TEXT_ENCODER "lora_te", "lora_te1"/"lora_te2" for SDXL,
+/// `networks/oft.py` "oft_unet"; LyCORIS's wrapper "lycoris"; OneTrainer writes kohya's names).
+/// The candidate map is built from the base's own tensor names: every floating-point weight of
+/// rank >= 2 whose name ends in `.weight` gives the key `<prefix>_<path with '.' as '_'>` for each
+/// prefix its component accepts (table kComponentPrefixes below). In a single file the U-Net's
+/// original (LDM) names are also offered under their diffusers names (`input_blocks.1.1.proj_in`
+/// is kohya's `down_blocks_0_attentions_0_proj_in` for SD 1.5; SDXL's kohya names are the LDM
+/// ones, offered as they are), and OpenCLIP's `resblocks.<i>.attn.in_proj_weight` offers its
+/// three row slices as `text_model_encoder_layers_<i>_self_attn_{q,k,v}_proj`. A module whose
+/// name matches no key, or more than one tensor, is refused before anything is written, as is a
+/// tensor two modules would both change, a shape the module does not fit, or a non-float target.
+///
+/// Math per target (rows [begin, begin + count) of the tensor seen as [out, in * kh * kw]):
+///   LyCORIS, kohya (output side):  LycorisAdapter::merge(m, W, multiplier)
+///   OneTrainer (input side):       OneTrainerAdapter::merge(m, W, Linear or Conv2d, strength)
+/// `blend` s is each dialect's own multiplier: the linear blend s R + (1 - s) I that LyCORIS's
+/// merge_to and ComfyUI-OFTv2 apply, not orthogonal unless s is 0 or 1. `strength` s keeps oft's
+/// meaning (SPEC 8): R(s Q) with Q the module's effective skew matrix (after the LyCORIS / kohya
+/// norm constraint, OneTrainer's scaling and clipping), through the dialect's own map Q -> R
+/// (exact Cayley; OneTrainer's 5-term Neumann series or its CANS iteration). At s = 1 both are
+/// the adapter itself (the same path, bit for bit). Both at once are refused.
+///
+/// Memory and safety as merge_model (io/model_merge.hpp, whose pieces this reuses: encode,
+/// release_pages, the staging directory): every tensor is streamed through SafetensorsWriter's
+/// deferred tensors and its pages of the mapped base released once written, so the resident
+/// memory is about the largest tensor; every check runs before the first byte is written.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dialect.hpp"
+#include "lycoris_adapter.hpp"
+#include "model_merge.hpp"
+#include "onetrainer_adapter.hpp"
+#include "sharded.hpp"
+
+namespace oft::io {
+
+/// What merge_diffusion is asked to do.
+struct DiffusionMergeOptions {
+  std::string base;     ///< a diffusers model folder or a single-file checkpoint (.safetensors)
+  std::string adapter;  ///< a LyCORIS, kohya or OneTrainer OFT adapter file
+  std::string out;      ///< a folder (diffusers base) or a file (single-file base)
+  std::optional<double> strength;  ///< R(s Q), orthogonal (oft's meaning)
+  std::optional<double> blend;     ///< s R + (1 - s) I (the dialect's own multiplier)
+  MergeDtype dtype = MergeDtype::Same;
+  bool force = false;
+  std::optional<Dialect> dialect;  ///< lycoris, kohya or onetrainer; detected when empty
+};
+
+/// One adapter module placed in the base.
+struct DiffusionTarget {
+  std::string module;  ///< the adapter's module name
+  std::string tensor;  ///< the base tensor (component-qualified in a folder: `unet/<name>`)
+  std::uint64_t row_begin = 0, row_count = 0;  ///< the rows it changes (a fused qkv: a slice)
+};
+
+/// What merge_diffusion wrote.
+struct DiffusionMergeReport {
+  Dialect dialect = Dialect::Lycoris;
+  std::vector<DiffusionTarget> targets;  ///< in adapter module order
+  std::size_t tensors = 0;               ///< tensors written
+  std::size_t files = 0;                 ///< safetensors files written
+  std::size_t other_files = 0;           ///< files copied unchanged
+  std::uint64_t bytes = 0;
+  /// With `blend` s: max over modules of ||M^T M - I||_2, M = s R + (1 - s) I (per block; per
+  /// stage for BOFT); 0 otherwise. What the blend costs in orthogonality.
+  double blend_orthogonality_error = 0.0;
+};
+
+namespace detail {
+
+/// A base component: the diffusers subfolder (or the single file's part) and the prefixes of the
+/// adapter module names that adapt it.
+struct ComponentPrefixes {
+  const char* folder;
+  std::array<const char*, 6> prefixes;  // nullptr-terminated
+};
+
+/// kohya's prefixes (sd-scripts networks/lora.py, networks/oft.py, library/sd3_models and
+/// networks/lora_flux.py name FLUX's transformer "lora_unet" too), LyCORIS's default "lycoris"
+/// (whatever module it wrapped: any component), diffusers' own "lora_transformer".
+inline constexpr std::array<ComponentPrefixes, 5> kComponentPrefixes{{
+    {"unet", {"lora_unet_", "oft_unet_", "lycoris_", nullptr, nullptr, nullptr}},
+    {"transformer", {"lora_unet_", "oft_unet_", "lora_transformer_", "lycoris_", nullptr, nullptr}},
+    {"text_encoder", {"lora_te_", "lora_te1_", "oft_te_", "oft_te1_", "lycoris_", nullptr}},
+    {"text_encoder_2", {"lora_te2_", "oft_te2_", "lycoris_", nullptr, nullptr, nullptr}},
+    {"text_encoder_3", {"lora_te3_", "oft_te3_", "lycoris_", nullptr, nullptr, nullptr}},
+}};
+
+inline const ComponentPrefixes& component_prefixes(const std::string& folder) {
+  for (const ComponentPrefixes& c : kComponentPrefixes)
+    if (folder == c.folder) return c;
+  throw std::logic_error("oft: no component '" + folder + "'");
+}
+
+inline std::string underscored(std::string s) {
+  std::replace(s.begin(), s.end(), '.', '_');
+  return s;
+}
+
+inline bool starts_with(const std::string& s, const std::string& head) {
+  return s.rfind(head, 0) == 0;
+}
+
+/// Splits the leading "<number>." off `s` (false when it does not start so).
+inline bool take_number(std::string& s, int& n) {
+  const std::size_t dot = s.find('.');
+  if (dot == 0 || dot == std::string::npos || dot > 4 ||
+      s.substr(0, dot).find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  n = std::stoi(s.substr(0, dot));
+  s = s.substr(dot + 1);
+  return true;
+}
+
+/// The diffusers name of a ResNet block's inner tensor, from the LDM (original Stable Diffusion)
+/// layout (diffusers' convert_from_ckpt renames these five).
+inline std::string ldm_resnet(const std::string& rest) {
+  static const std::array<std::pair<const char*, const char*>, 6> renames{{
+      {"in_layers.0.", "norm1."},
+      {"in_layers.2.", "conv1."},
+      {"emb_layers.1.", "time_emb_proj."},
+      {"out_layers.0.", "norm2."},
+      {"out_layers.3.", "conv2."},
+      {"skip_connection.", "conv_shortcut."},
+  }};
+  for (const auto& [from, to] : renames)
+    if (starts_with(rest, from)) return to + rest.substr(std::strlen(from));
+  return rest;
+}
+
+/// The diffusers UNet2DConditionModel name of an LDM U-Net tensor (relative to
+/// `model.diffusion_model.`), for the layouts with two ResNets per down level and three per up
+/// level (SD 1.x, SD 2.x, SDXL); "" when the name has no diffusers counterpart known here.
+inline std::string ldm_unet_to_diffusers(const std::string& name) {
+  static const std::array<std::pair<const char*, const char*>, 8> renames{{
+      {"time_embed.0.", "time_embedding.linear_1."},
+      {"time_embed.2.", "time_embedding.linear_2."},
+      {"label_emb.0.0.", "add_embedding.linear_1."},
+      {"label_emb.0.2.", "add_embedding.linear_2."},
+      {"input_blocks.0.0.", "conv_in."},
+      {"middle_block.1.", "mid_block.attentions.0."},
+      {"out.0.", "conv_norm_out."},
+      {"out.2.", "conv_out."},
+  }};
+  for (const auto& [from, to] : renames)
+    if (starts_with(name, from)) return to + name.substr(std::strlen(from));
+  if (starts_with(name, "middle_block.0."))
+    return "mid_block.resnets.0." + ldm_resnet(name.substr(std::strlen("middle_block.0.")));
+  if (starts_with(name, "middle_block.2."))
+    return "mid_block.resnets.1." + ldm_resnet(name.substr(std::strlen("middle_block.2.")));
+  int block = 0, layer = 0;
+  std::string rest;
+  if (starts_with(name, "input_blocks.")) {
+    rest = name.substr(std::strlen("input_blocks."));
+    if (!take_number(rest, block) || !take_number(rest, layer) || block < 1) return {};
+    const int level = (block - 1) / 3, index = (block - 1) % 3;
+    const std::string down = "down_blocks." + std::to_string(level) + ".";
+    if (index == 2)  // input_blocks.3.0.op: the level's downsampler
+      return starts_with(rest, "op.") ? down + "downsamplers.0.conv." + rest.substr(3)
+                                      : std::string();
+    if (layer == 0) return down + "resnets." + std::to_string(index) + "." + ldm_resnet(rest);
+    if (layer == 1) return down + "attentions." + std::to_string(index) + "." + rest;
+    return {};
+  }
+  if (starts_with(name, "output_blocks.")) {
+    rest = name.substr(std::strlen("output_blocks."));
+    if (!take_number(rest, block) || !take_number(rest, layer)) return {};
+    const std::string up = "up_blocks." + std::to_string(block / 3) + ".";
+    const std::string index = std::to_string(block % 3);
+    if (layer == 0) return up + "resnets." + index + "." + ldm_resnet(rest);
+    // The upsampler is the last layer of every third block: .1.conv without attention, .2.conv
+    // with it; an attention is never called "conv".
+    if (starts_with(rest, "conv.")) return up + "upsamplers.0." + rest;
+    if (layer == 1) return up + "attentions." + index + "." + rest;
+    return {};
+  }
+  return {};
+}
+
+/// OpenCLIP's text transformer (SDXL's second encoder, `conditioner.embedders.1.model.`) under
+/// the Hugging Face CLIPTextModel names kohya uses for it. in_proj_weight gives three slices.
+struct OpenClipName {
+  std::string name;         ///< the HF path without `.weight`
+  std::uint64_t slice = 0;  ///< which third of in_proj_weight (q, k, v); 0 otherwise
+  bool sliced = false;
+};
+
+inline std::vector<OpenClipName> open_clip_to_hf(std::string name) {
+  if (!starts_with(name, "transformer.resblocks.")) return {};
+  std::string rest = name.substr(std::strlen("transformer.resblocks."));
+  int layer = 0;
+  if (!take_number(rest, layer)) return {};
+  const std::string head = "text_model.encoder.layers." + std::to_string(layer) + ".";
+  if (rest == "attn.in_proj_weight")
+    return {{head + "self_attn.q_proj", 0, true},
+            {head + "self_attn.k_proj", 1, true},
+            {head + "self_attn.v_proj", 2, true}};
+  if (rest == "attn.out_proj.weight") return {{head + "self_attn.out_proj", 0, false}};
+  if (rest == "mlp.c_fc.weight") return {{head + "mlp.fc1", 0, false}};
+  if (rest == "mlp.c_proj.weight") return {{head + "mlp.fc2", 0, false}};
+  return {};
+}
+
+/// One base tensor an adapter module name can mean.
+struct Candidate {
+  std::string tensor;  ///< qualified: "<component>/<name>" in a folder, the name in a file
+  std::uint64_t row_begin = 0, row_count = 0;  ///< row_count 0: all rows
+};
+
+using CandidateMap = std::map<std::string, std::vector<Candidate>>;
+
+inline void offer(CandidateMap& map, const char* component, const std::string& path,
+                  const Candidate& candidate) {
+  for (const char* prefix : component_prefixes(component).prefixes) {
+    if (prefix == nullptr) break;
+    std::vector<Candidate>& list = map[prefix + underscored(path)];
+    // One tensor offered twice under one key (an LDM name equal to its own diffusers name)
+    // is one candidate.
+    const bool seen = std::any_of(list.begin(), list.end(), [&](const Candidate& c) {
+      return c.tensor == candidate.tensor && c.row_begin == candidate.row_begin;
+    });
+    if (!seen) list.push_back(candidate);
+  }
+}
+
+inline bool adaptable(const TensorInfo& info) {
+  return info.shape.size() >= 2 &&
+         (info.dtype == Dtype::F32 || info.dtype == Dtype::F16 || info.dtype == Dtype::BF16);
+}
+
+/// The keys a single file's tensor `name` offers (see the file comment).
+inline void offer_single_file(CandidateMap& map, const TensorInfo& info) {
+  const std::string& name = info.name;
+  const Candidate whole{name, 0, 0};
+  static const std::array<std::pair<const char*, const char*>, 6> encoders{{
+      {"cond_stage_model.transformer.", "text_encoder"},         // SD 1.x (HF CLIP inside)
+      {"conditioner.embedders.0.transformer.", "text_encoder"},  // SDXL's CLIP-L
+      {"text_encoders.clip_l.transformer.", "text_encoder"},     // SD3
+      {"text_encoders.clip_g.transformer.", "text_encoder_2"},
+      {"text_encoders.t5xxl.transformer.", "text_encoder_3"},
+      {"cond_stage_model.model.", "text_encoder"},  // SD 2.x (OpenCLIP as the only encoder)
+  }};
+  for (const auto& [head, component] : encoders)
+    if (starts_with(name, head)) {
+      const std::string rest = name.substr(std::strlen(head));
+      if (std::string(head) == "cond_stage_model.model.") {
+        for (const OpenClipName& o : open_clip_to_hf(rest))
+          offer(map, component, o.name,
+                o.sliced ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3} : whole);
+        return;
+      }
+      if (detail::ends_with(rest, ".weight"))
+        offer(map, component, rest.substr(0, rest.size() - 7), whole);
+      return;
+    }
+  if (starts_with(name, "conditioner.embedders.1.model.")) {
+    const std::string rest = name.substr(std::strlen("conditioner.embedders.1.model."));
+    for (const OpenClipName& o : open_clip_to_hf(rest))
+      offer(map, "text_encoder_2", o.name,
+            o.sliced ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3} : whole);
+    return;
+  }
+  if (starts_with(name, "first_stage_model.") || starts_with(name, "vae.") ||
+      !detail::ends_with(name, ".weight"))
+    return;  // the VAE is not adapted by these trainers
+  std::string path = name.substr(0, name.size() - 7);
+  if (starts_with(path, "model.diffusion_model.")) {
+    path = path.substr(std::strlen("model.diffusion_model."));
+    const std::string diffusers = ldm_unet_to_diffusers(path + ".weight");
+    if (!diffusers.empty()) offer(map, "unet", diffusers.substr(0, diffusers.size() - 7), whole);
+  }
+  offer(map, "unet", path, whole);  // LDM names (kohya SDXL), SD3 / FLUX names as they are
+}
+
+}  // namespace detail
+
+namespace detail {
+
+/// A diffusers component folder opened like a model directory: a `*.safetensors.index.json`
+/// (diffusers names it after the weights file) and its shards, or exactly one `.safetensors`.
+inline ModelDirectory open_component(const std::filesystem::path& folder) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> indexes, files;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string name = entry.path().filename().string();
+    if (detail::ends_with(name, ".safetensors.index.json")) indexes.push_back(entry.path());
+    if (entry.path().extension() == ".safetensors") files.push_back(entry.path());
+  }
+  if (indexes.size() > 1 || (indexes.empty() && files.size() != 1))
+    throw std::invalid_argument(oft::detail::message(
+        "oft: base component '", folder.string(), "' has ", indexes.size(), " indexes and ",
+        files.size(), " .safetensors files; expected one file or one index (a variant such as ",
+        "*.fp16.safetensors beside the main file is ambiguous: remove one)"));
+  ModelDirectory model;
+  model.directory = folder;
+  if (!indexes.empty()) {
+    model.index_path = indexes.front();
+    const ShardedSafetensors sharded = ShardedSafetensors::open(indexes.front());
+    std::set<std::string> names;
+    for (const auto& shard : sharded.shards())
+      names.insert(fs::relative(shard.path(), folder).generic_string());
+    model.file_names.assign(names.begin(), names.end());
+  } else {
+    model.file_names.push_back(files.front().filename().string());
+  }
+  for (const std::string& name : model.file_names)
+    model.files.push_back(SafetensorsFile::open(folder / name));
+  for (std::size_t f = 0; f < model.files.size(); ++f)
+    for (const std::string& name : model.files[f].tensor_names()) model.where[name] = f;
+  return model;
+}
+
+/// R(s Q) of a LyCORIS / kohya module as a module of the same dialect: the constrained
+/// generators scaled by s, stored as upper-triangular blocks (so B - B^T = s Q) with no
+/// constraint left to apply (alpha 0 under LyCORIS's rule means none).
+inline LycorisDiagOftModule lycoris_at_strength(const LycorisDiagOftModule& m, double s) {
+  LycorisDiagOftModule out = m;
+  if (!m.splits.empty()) {
+    for (LycorisDiagOftModule& part : out.splits) part = lycoris_at_strength(part, s);
+    return out;
+  }
+  const auto write = [&](const Generators<float>& theta) {
+    const Index b = m.block_size;
+    std::fill(out.oft_blocks.begin(), out.oft_blocks.end(), 0.0f);
+    for (Index g = 0; g < theta.count(); ++g) {
+      Index k = 0;
+      for (Index p = 0; p < b; ++p)
+        for (Index q = p + 1; q < b; ++q, ++k)
+          out.oft_blocks[static_cast<std::size_t>(g * b * b + p * b + q)] =
+              static_cast<float>(s * static_cast<double>(theta.row(g)[k]));
+    }
+  };
+  if (m.boft()) {
+    const lycoris::Boft<float> op = m.boft_op();
+    write(op.generators());
+  } else {
+    const lycoris::DiagOft<float> op = m.diag_oft();
+    write(op.generators());
+  }
+  out.alpha = 0.0f;
+  out.rule = lycoris::ConstraintRule::Lycoris;
+  return out;
+}
+
+/// R(s Q) of a OneTrainer module: its generators after the scaling and the clip (by the exact
+/// spectral norm), times s, with those two flags cleared; CANS stays the map Q -> R.
+inline OneTrainerModule onetrainer_at_strength(const OneTrainerModule& m, double s) {
+  OneTrainerModule out = m;
+  out.flags.scaled = out.flags.clipped = false;
+  const Index packed = m.block_size * (m.block_size - 1) / 2;
+  const double scale =
+      m.flags.scaled ? 2.0 * std::sqrt(static_cast<double>(m.block_size - 1)) : 1.0;
+  for (Index i = 0; i < m.rows; ++i) {
+    double factor = 1.0 / scale;
+    if (m.flags.clipped) {
+      const double sigma = oft::detail::skew_spectral_norm(
+                               onetrainer::skew_block(m.theta.data() + i * packed, m.block_size)) /
+                           scale;
+      factor *= m.flags.clip / std::max(sigma, m.flags.clip);
+    }
+    for (Index j = 0; j < packed; ++j)
+      out.theta[static_cast<std::size_t>(i * packed + j)] *= s * factor;
+  }
+  return out;
+}
+
+inline double blend_error(const SquareMatrix<double>& r, double s) {
+  SquareMatrix<double> m = r * s;
+  m.diagonal().array() += 1.0 - s;
+  const SquareMatrix<double> gram =
+      m.transpose() * m - SquareMatrix<double>::Identity(m.rows(), m.cols());
+  return Eigen::SelfAdjointEigenSolver<SquareMatrix<double>>(gram, Eigen::EigenvaluesOnly)
+      .eigenvalues()
+      .cwiseAbs()
+      .maxCoeff();
+}
+
+/// The adapter file merge_diffusion folds in, with --strength already applied to its modules.
+class DiffusionAdapter {
+ public:
+  static DiffusionAdapter load(const std::string& path, const std::optional<Dialect>& forced,
+                               const std::optional<double>& strength) {
+    DiffusionAdapter a;
+    a.dialect_ = resolve_dialect(path, forced);
+    if (a.dialect_ == Dialect::OneTrainer) {
+      a.onetrainer_ = OneTrainerAdapter::load(path);
+      for (OneTrainerModule& m : a.onetrainer_->modules)
+        if (strength && *strength != 1.0) m = onetrainer_at_strength(m, *strength);
+    } else if (a.dialect_ == Dialect::Lycoris || a.dialect_ == Dialect::Kohya) {
+      a.lycoris_ = LycorisAdapter::load(path, a.dialect_ == Dialect::Kohya
+                                                  ? LycorisAdapter::Dialect::Kohya
+                                                  : LycorisAdapter::Dialect::Lycoris);
+      a.original_ = a.lycoris_->modules;
+      for (LycorisDiagOftModule& m : a.lycoris_->modules)
+        if (strength && *strength != 1.0) m = lycoris_at_strength(m, *strength);
+    } else {
+      throw std::invalid_argument(oft::detail::message(
+          "oft: '", path, "' is a ", dialect_name(a.dialect_),
+          " adapter: a PEFT adapter is a directory and merges into a Hugging Face model "
+          "directory (merge_model), not into a diffusion checkpoint"));
+    }
+    return a;
+  }
+
+  Dialect dialect() const { return dialect_; }
+  std::size_t size() const {
+    return onetrainer_ ? onetrainer_->modules.size() : lycoris_->modules.size();
+  }
+  const std::string& name(std::size_t i) const {
+    return onetrainer_ ? onetrainer_->modules[i].name : lycoris_->modules[i].name;
+  }
+
+  /// Throws std::invalid_argument unless module i fits a rows x cols target (a tensor of
+  /// `rank` dimensions, its trailing ones flattened into cols) named `tensor`.
+  void check(std::size_t i, const std::string& tensor, std::uint64_t rows, std::uint64_t cols,
+             std::size_t rank) const {
+    if (lycoris_) {
+      const LycorisDiagOftModule& m = lycoris_->modules[i];
+      if (rows != static_cast<std::uint64_t>(m.out_features()))
+        throw std::invalid_argument(
+            oft::detail::message("oft: adapter module '", m.name, "' rotates ", m.out_features(),
+                                 " output channels, but its base tensor '", tensor, "' has ", rows,
+                                 " rows there; another model's adapter?"));
+      return;
+    }
+    const OneTrainerModule& m = onetrainer_->modules[i];
+    const auto b = static_cast<std::uint64_t>(m.block_size);
+    const bool fits = m.rows == 1 ? cols % b == 0 : cols == static_cast<std::uint64_t>(m.rows) * b;
+    if (!fits || (rank != 2 && rank != 4))
+      throw std::invalid_argument(oft::detail::message(
+          "oft: adapter module '", m.name, "' holds ", m.rows, " block(s) of b=", m.block_size,
+          " over the input, but its base tensor '", tensor, "' is ", rows, "x", cols, " (rank ",
+          rank,
+          "; OneTrainer merges Linear and Conv2d weights); another model's "
+          "adapter?"));
+  }
+
+  /// Module i merged into `weight` ([rows, cols], cols the flattened trailing dims) at `blend`.
+  RowMatrix<float> apply(std::size_t i, ConstMatrixView<float> weight, std::size_t rank,
+                         double blend) const {
+    if (lycoris_) return LycorisAdapter::merge(lycoris_->modules[i], weight, blend);
+    const RowMatrix<double> wide = weight.map().cast<double>();
+    return OneTrainerAdapter::merge(
+               onetrainer_->modules[i], view(wide),
+               rank == 4 ? onetrainer::Layer::Conv2d : onetrainer::Layer::Linear, blend)
+        .cast<float>();
+  }
+
+  /// max ||M^T M - I||_2 over module i's blocks (stages), M = s R + (1 - s) I, in double.
+  double blend_orthogonality_error(std::size_t i, double s) const {
+    if (onetrainer_) {
+      double worst = 0.0;
+      for (const SquareMatrix<double>& r : onetrainer_->modules[i].rotations())
+        worst = std::max(worst, blend_error(r, s));
+      return worst;
+    }
+    const LycorisDiagOftModule& m = original_[i];
+    std::vector<const LycorisDiagOftModule*> parts;
+    if (m.splits.empty()) parts.push_back(&m);
+    for (const LycorisDiagOftModule& p : m.splits) parts.push_back(&p);
+    double worst = 0.0;
+    for (const LycorisDiagOftModule* p : parts) {
+      const std::vector<double> blocks(p->oft_blocks.begin(), p->oft_blocks.end());
+      if (p->boft()) {
+        lycoris::Boft<double> op(p->stages, p->blocks, p->block_size, blocks.data(),
+                                 double(p->alpha), {}, s);
+        worst = std::max(worst, op.orthogonality_error());
+      } else {
+        lycoris::DiagOft<double> op(p->blocks, p->block_size, blocks.data(), double(p->alpha), {},
+                                    s, p->rule);
+        worst = std::max(worst, op.orthogonality_error());
+      }
+    }
+    return worst;
+  }
+
+ private:
+  DiffusionAdapter() = default;
+  Dialect dialect_ = Dialect::Lycoris;
+  std::optional<LycorisAdapter> lycoris_;
+  std::vector<LycorisDiagOftModule> original_;  // before --strength, for the blend's report
+  std::optional<OneTrainerAdapter> onetrainer_;
+};
+
+/// A row range of a base tensor that one adapter module changes.
+struct PlannedChange {
+  std::size_t module = 0;
+  std::uint64_t row_begin = 0, row_count = 0;
+};
+
+/// The part of a base that holds tensors: a component folder or the single file.
+struct BasePart {
+  std::string component;  ///< the subfolder ("" for a single file)
+  ModelDirectory model;   ///< for a single file: one file, file_names = its name
+  std::string qualified(const std::string& tensor) const {
+    return component.empty() ? tensor : component + "/" + tensor;
+  }
+};
+
+}  // namespace detail
+
+/// The adapter's modules placed in the base (every check of names and shapes; nothing written):
+/// what merge_diffusion will change. Throws std::invalid_argument naming the module for a name
+/// with no tensor, one with several, a shape that does not fit, or two modules on one tensor.
+inline std::vector<DiffusionTarget> plan_diffusion_targets(
+    const std::vector<detail::BasePart>& parts, const detail::DiffusionAdapter& adapter) {
+  using namespace detail;
+  CandidateMap map;
+  std::map<std::string, std::pair<const BasePart*, TensorInfo>> infos;  // qualified -> info
+  for (const BasePart& part : parts)
+    for (const SafetensorsFile& file : part.model.files)
+      for (const TensorInfo& info : file.tensors()) {
+        if (!adaptable(info)) continue;
+        TensorInfo qualified = info;
+        qualified.name = part.qualified(info.name);
+        infos.emplace(qualified.name, std::make_pair(&part, info));
+        if (part.component.empty()) {
+          offer_single_file(map, info);
+        } else if (detail::ends_with(info.name, ".weight")) {
+          offer(map, part.component.c_str(), info.name.substr(0, info.name.size() - 7),
+                Candidate{qualified.name, 0, 0});
+        }
+      }
+  std::vector<DiffusionTarget> targets;
+  std::map<std::string, std::vector<std::pair<std::uint64_t, std::string>>> taken;
+  for (std::size_t i = 0; i < adapter.size(); ++i) {
+    const std::string& name = adapter.name(i);
+    const auto found = map.find(name);
+    if (found == map.end() || found->second.empty()) {
+      std::string known;
+      for (const ComponentPrefixes& c : kComponentPrefixes)
+        for (const char* p : c.prefixes)
+          if (p != nullptr && starts_with(name, p)) known = p;
+      throw std::invalid_argument(oft::detail::message(
+          "oft: the base has no tensor for adapter module '", name, "' (",
+          known.empty() ? std::string("its name starts with none of the prefixes lora_unet_, "
+                                      "oft_unet_, lora_te_, lora_te1_, lora_te2_, lycoris_, ...")
+                        : "no weight of the base is '" + name.substr(known.size()) +
+                              "' with '.' written '_' under '" + known + "'",
+          "); another model's adapter?"));
+    }
+    const std::vector<Candidate>& hits = found->second;
+    if (hits.size() > 1) {
+      std::string listed;
+      for (std::size_t h = 0; h < hits.size() && h < 4; ++h)
+        listed += (h ? ", '" : "'") + hits[h].tensor + "'";
+      throw std::invalid_argument(oft::detail::message(
+          "oft: adapter module '", name, "' matches ", hits.size(), " base tensors (", listed,
+          "): '.' and '_' are one character in its name; refusing to guess"));
+    }
+    const Candidate& hit = hits.front();
+    const TensorInfo& info = infos.at(hit.tensor).second;
+    const std::uint64_t rows = hit.row_count != 0 ? hit.row_count : info.shape[0];
+    std::uint64_t cols = 1;
+    for (std::size_t d = 1; d < info.shape.size(); ++d) cols *= info.shape[d];
+    for (const auto& [begin, other] : taken[hit.tensor])
+      if (begin == hit.row_begin)
+        throw std::invalid_argument(oft::detail::message(
+            "oft: adapter modules '", other, "' and '", name, "' both change base tensor '",
+            hit.tensor, "'; refusing to apply one after the other"));
+    adapter.check(i, hit.tensor, rows, cols, info.shape.size());
+    taken[hit.tensor].emplace_back(hit.row_begin, name);
+    targets.push_back({name, hit.tensor, hit.row_begin, rows});
+  }
+  return targets;
+}
+
+namespace detail {
+
+/// The base opened: its component folders, or the one file.
+inline std::vector<BasePart> open_diffusion_base(const std::filesystem::path& base) {
+  namespace fs = std::filesystem;
+  std::vector<BasePart> parts;
+  if (fs::is_directory(base)) {
+    for (const ComponentPrefixes& c : kComponentPrefixes)
+      if (fs::is_directory(base / c.folder))
+        parts.push_back({c.folder, open_component(base / c.folder)});
+    if (parts.empty())
+      throw std::invalid_argument(
+          "oft: base '" + base.string() +
+          "' is a folder without unet/, transformer/, text_encoder/, text_encoder_2/ or "
+          "text_encoder_3/ (a diffusers model folder is expected; a Hugging Face model "
+          "directory takes a PEFT adapter)");
+    return parts;
+  }
+  if (!fs::is_regular_file(base) || base.extension() != ".safetensors")
+    throw std::invalid_argument("oft: base '" + base.string() +
+                                "' is neither a diffusers model folder nor a .safetensors file");
+  BasePart part;
+  part.model.directory = base.parent_path();
+  part.model.file_names.push_back(base.filename().string());
+  part.model.files.push_back(SafetensorsFile::open(base));
+  for (const std::string& name : part.model.files.front().tensor_names())
+    part.model.where[name] = 0;
+  parts.push_back(std::move(part));
+  return parts;
+}
+
+}  // namespace detail
+
+/// Folds the adapter file `options.adapter` into the diffusion checkpoint `options.base` and
+/// writes `options.out` (see the file comment). `progress`, when set, is called after each
+/// tensor. Throws std::invalid_argument (bad options, an adapter for another model),
+/// std::domain_error, oft::io::format_error or std::system_error, leaving no output behind.
+inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options,
+                                            const MergeProgressCallback& progress = {}) {
+  namespace fs = std::filesystem;
+  using namespace detail;
+  if (options.strength && options.blend)
+    throw std::invalid_argument(
+        "oft: --strength and --blend both given: --strength s merges the rotation R(sQ), "
+        "--blend s the dialect's linear blend s R + (1 - s) I; choose one");
+  for (const auto& [flag, value] :
+       {std::make_pair("--strength", options.strength), std::make_pair("--blend", options.blend)})
+    if (value && !std::isfinite(*value))
+      throw std::invalid_argument(
+          oft::detail::message("oft: ", flag, " ", *value, " is not finite"));
+  const fs::path out_option = options.out;
+  if (out_option.empty() || !out_option.has_filename())
+    throw std::invalid_argument("oft: --out '" + out_option.string() + "' names nothing");
+  const fs::path out = fs::absolute(out_option);
+  if (fs::exists(out) && !options.force)
+    throw std::invalid_argument("oft: output '" + out_option.string() +
+                                "' exists (pass --force to replace it)");
+  if (fs::exists(options.base) && fs::exists(out) && fs::equivalent(options.base, out))
+    throw std::invalid_argument("oft: --out is the base itself");
+  const bool folder = fs::is_directory(options.base);
+  if (!folder && fs::is_directory(out))
+    throw std::invalid_argument("oft: --out '" + out_option.string() +
+                                "' is a folder; a single-file base merges into a file");
+
+  const DiffusionAdapter adapter =
+      DiffusionAdapter::load(options.adapter, options.dialect, options.strength);
+  const std::vector<BasePart> parts = open_diffusion_base(options.base);
+  DiffusionMergeReport report;
+  report.dialect = adapter.dialect();
+  report.targets = plan_diffusion_targets(parts, adapter);
+  std::map<std::string, std::vector<PlannedChange>> changes;  // qualified tensor -> its rows
+  for (std::size_t i = 0; i < report.targets.size(); ++i) {
+    const DiffusionTarget& t = report.targets[i];
+    changes[t.tensor].push_back({i, t.row_begin, t.row_count});
+  }
+  const double blend = options.blend.value_or(1.0);
+  if (options.blend)
+    for (std::size_t i = 0; i < adapter.size(); ++i)
+      report.blend_orthogonality_error =
+          std::max(report.blend_orthogonality_error, adapter.blend_orthogonality_error(i, blend));
+
+  const bool convert = options.dtype != MergeDtype::Same;
+  const Dtype wanted = merge_dtype(options.dtype);
+  const auto output_dtype = [&](const TensorView& v) {
+    return convert && is_mergeable(v.dtype) ? wanted : v.dtype;
+  };
+  MergeProgress state;
+  for (const BasePart& part : parts)
+    for (const SafetensorsFile& file : part.model.files)
+      for (const TensorInfo& info : file.tensors()) {
+        ++state.tensors_total;
+        state.bytes_total += bytes_as(file.view(info), output_dtype(file.view(info)));
+      }
+
+  // One file streamed as merge_model streams a shard (see io/model_merge.hpp's comments).
+  const auto stream = [&](const BasePart& part, const SafetensorsFile& file,
+                          const fs::path& destination) {
+    SafetensorsWriter writer;
+    for (const auto& [key, value] : file.metadata()) writer.add_metadata(key, value);
+    for (const TensorInfo& info : file.tensors()) {
+      const TensorView v = file.view(info);
+      writer.add_deferred(v.name, output_dtype(v), v.shape);
+    }
+    const auto fill = [&](const std::string& name, std::byte* dst, std::size_t bytes) {
+      const TensorView v = file.tensor(name);
+      const auto it = changes.find(part.qualified(name));
+      if (it == changes.end() && output_dtype(v) == v.dtype) {
+        if (bytes != 0) std::memcpy(dst, v.data, bytes);
+      } else {
+        std::vector<float> values = v.to_floats();
+        if (it != changes.end()) {
+          const std::uint64_t cols = v.numel() / v.shape[0];
+          for (const PlannedChange& c : it->second) {
+            float* rows = values.data() + c.row_begin * cols;
+            const ConstMatrixView<float> weight(rows, static_cast<Index>(c.row_count),
+                                                static_cast<Index>(cols));
+            const RowMatrix<float> merged = adapter.apply(c.module, weight, v.shape.size(), blend);
+            std::memcpy(rows, merged.data(),
+                        static_cast<std::size_t>(merged.size()) * sizeof(float));
+          }
+        }
+        encode(values.data(), values.size(), output_dtype(v), dst);
+      }
+      release_pages(v.data, v.bytes);
+      ++state.tensors_done;
+      state.bytes_done += bytes;
+      state.current = part.qualified(name);
+      if (progress) progress(state);
+    };
+    writer.write(destination, fill);
+    report.tensors += file.size();
+    report.bytes += fs::file_size(destination);
+    ++report.files;
+  };
+
+  if (!folder) {
+    stream(parts.front(), parts.front().model.files.front(), out);  // atomic by itself
+    return report;
+  }
+  const fs::path staging = staging_directory(out);
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  RemoveOnFailure cleanup(staging);
+  std::set<std::string> written;
+  for (const BasePart& part : parts) {
+    for (std::size_t f = 0; f < part.model.files.size(); ++f) {
+      const std::string relative = part.component + "/" + part.model.file_names[f];
+      fs::create_directories((staging / relative).parent_path());
+      stream(part, part.model.files[f], staging / relative);
+      written.insert(relative);
+    }
+    if (!part.model.index_path.empty() && convert) {  // sizes changed: rewrite total_size
+      const std::string relative = part.component + "/" + part.model.index_path.filename().string();
+      std::ifstream in(part.model.index_path);
+      nlohmann::ordered_json index = nlohmann::ordered_json::parse(in);
+      std::uint64_t total = 0;
+      for (const SafetensorsFile& file : part.model.files)
+        for (const TensorInfo& info : file.tensors())
+          total += bytes_as(file.view(info), output_dtype(file.view(info)));
+      if (!index.contains("metadata") || !index["metadata"].is_object())
+        index["metadata"] = nlohmann::ordered_json::object();
+      index["metadata"]["total_size"] = total;
+      std::ofstream(staging / relative) << index.dump(2) << "\n";
+      written.insert(relative);
+    }
+  }
+  for (auto it = fs::recursive_directory_iterator(options.base);
+       it != fs::recursive_directory_iterator(); ++it) {
+    const fs::path relative = fs::relative(it->path(), options.base);
+    if (written.count(relative.generic_string()) != 0) continue;
+    if (it->is_directory()) {
+      fs::create_directories(staging / relative);
+    } else if (it->is_regular_file()) {
+      fs::create_directories((staging / relative).parent_path());
+      fs::copy_file(it->path(), staging / relative);
+      ++report.other_files;
+    }
+  }
+  commit_directory(staging, out);
+  cleanup.release();
+  return report;
+}
+
+}  // namespace oft::io

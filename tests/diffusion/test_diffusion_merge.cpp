@@ -1,0 +1,502 @@
+// oft merge of LyCORIS / kohya / OneTrainer OFT files into diffusion checkpoints
+// (io/diffusion_merge.hpp). The bases are written here with real Stable Diffusion / SDXL / FLUX
+// tensor names (and small shapes that the adapters of tests/dialects/fixtures fit); each merged
+// tensor must equal the library's per-weight merge (LycorisAdapter::merge,
+// OneTrainerAdapter::merge) rounded to the tensor's dtype bit for bit, every other tensor and
+// file must be byte-identical, and every refusal must leave nothing behind.
+
+// oft first: its headers include <immintrin.h> with GCC 12's false -Wmaybe-uninitialized off.
+// clang-format off
+#include <oft/io/diffusion_merge.hpp>
+
+#include <gtest/gtest.h>
+// clang-format on
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "io_test_support.hpp"
+
+namespace {
+
+using namespace oft::io;
+using oft::Index;
+using oft::RowMatrix;
+using oft_io_test::ScratchDir;
+namespace fs = std::filesystem;
+
+fs::path dialect_fixture(const std::string& name) {
+  return fs::path(OFT_DIALECTS_FIXTURES_DIR) / name;
+}
+
+struct TensorSpec {
+  std::string name;
+  Dtype dtype;
+  std::vector<std::uint64_t> shape;
+};
+
+/// Writes seeded random tensors (values in [-1, 1), rounded to each dtype) to `path`.
+void write_base(const fs::path& path, const std::vector<TensorSpec>& specs, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<std::vector<std::byte>> keep;
+  keep.reserve(specs.size());
+  SafetensorsWriter writer;
+  for (const TensorSpec& s : specs) {
+    std::size_t n = 1;
+    for (const auto d : s.shape) n *= static_cast<std::size_t>(d);
+    std::vector<float> values(n);
+    for (float& v : values) v = dist(rng);
+    keep.emplace_back(n * static_cast<std::size_t>(dtype_bits(s.dtype) / 8));
+    detail::encode(values.data(), n, s.dtype, keep.back().data());
+    writer.add(s.name, s.dtype, s.shape, keep.back().data(), keep.back().size());
+  }
+  writer.add_metadata("format", "pt");
+  fs::create_directories(path.parent_path());
+  writer.write(path);
+}
+
+std::string bytes_of(const TensorView& v) {
+  return std::string(reinterpret_cast<const char*>(v.data), v.bytes);
+}
+
+/// `expected` rows [begin, begin + rows) of base tensor `v` replaced by `merge(rows view)`,
+/// encoded in v's dtype: what merge_diffusion must write.
+template <class Merge>
+std::string merged_bytes(const TensorView& v, std::uint64_t begin, std::uint64_t rows,
+                         const Merge& merge) {
+  std::vector<float> values = v.to_floats();
+  const std::uint64_t cols = v.numel() / v.shape[0];
+  float* at = values.data() + begin * cols;
+  const RowMatrix<float> out =
+      merge(oft::ConstMatrixView<float>(at, static_cast<Index>(rows), static_cast<Index>(cols)));
+  std::memcpy(at, out.data(), static_cast<std::size_t>(out.size()) * sizeof(float));
+  std::string bytes(v.bytes, '\0');
+  detail::encode(values.data(), values.size(), v.dtype, reinterpret_cast<std::byte*>(bytes.data()));
+  return bytes;
+}
+
+/// Every tensor of `out` byte-identical to `base`'s, but those in `changed`.
+void expect_untouched(const SafetensorsFile& base, const SafetensorsFile& out,
+                      const std::set<std::string>& changed) {
+  ASSERT_EQ(base.tensor_names(), out.tensor_names());
+  for (const std::string& name : base.tensor_names()) {
+    if (changed.count(name)) continue;
+    EXPECT_EQ(bytes_of(base.tensor(name)), bytes_of(out.tensor(name))) << name;
+  }
+}
+
+// kohya_k4: kohya sd-scripts OFT with SD 1.5 diffusers names (oft_unet_down_blocks_0_...).
+const char* const kToOut = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight";
+const char* const kToQ = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+const char* const kMidProjIn = "mid_block.attentions.0.proj_in.weight";
+
+void write_diffusers_folder(const fs::path& root) {
+  write_base(root / "unet" / "diffusion_pytorch_model.safetensors",
+             {{"conv_in.weight", Dtype::F16, {8, 4, 3, 3}},
+              {"conv_in.bias", Dtype::F16, {8}},
+              {kToOut, Dtype::F16, {24, 8}},
+              {kToQ, Dtype::F32, {16, 8}},
+              {kMidProjIn, Dtype::BF16, {12, 12, 1, 1}},
+              {"down_blocks.0.attentions.0.proj_in.weight", Dtype::F16, {5, 12}},
+              {"down_blocks.1.downsamplers.0.conv.weight", Dtype::F16, {5, 2, 3, 1}},
+              {"mid_block.attentions.0.to_k.weight", Dtype::F32, {7, 8}}},
+             1);
+  write_base(root / "text_encoder" / "model.safetensors",
+             {{"text_model.encoder.layers.0.mlp.fc1.weight", Dtype::F16, {6, 16}},
+              {"text_model.encoder.layers.0.mlp.fc1.bias", Dtype::F16, {6}}},
+             2);
+  write_base(root / "vae" / "diffusion_pytorch_model.safetensors",
+             {{"decoder.conv_in.weight", Dtype::F16, {4, 4, 3, 3}}}, 3);
+  oft_io_test::write_bytes(root / "model_index.json",
+                           "{\"_class_name\": \"StableDiffusionPipeline\"}\n");
+  oft_io_test::write_bytes(root / "unet" / "config.json", "{\"layers_per_block\": 2}\n");
+}
+
+TEST(DiffusionMerge, KohyaIntoDiffusersFolderEqualsTheLibraryMergeBitForBit) {
+  ScratchDir scratch;
+  write_diffusers_folder(scratch / "base");
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.adapter = dialect_fixture("kohya_k4.safetensors").string();
+  options.out = (scratch / "out").string();
+  std::size_t calls = 0;
+  const DiffusionMergeReport report = merge_diffusion(options, [&](const MergeProgress& p) {
+    ++calls;
+    EXPECT_LE(p.tensors_done, p.tensors_total);
+  });
+  EXPECT_EQ(report.dialect, Dialect::Kohya);
+  ASSERT_EQ(report.targets.size(), 3u);
+  EXPECT_EQ(report.files, 2u);
+  EXPECT_EQ(calls, report.tensors);
+  EXPECT_EQ(report.other_files, 3u);  // vae's file, model_index.json, unet/config.json
+
+  const LycorisAdapter adapter = LycorisAdapter::load(options.adapter);
+  const SafetensorsFile base =
+      SafetensorsFile::open(scratch / "base/unet/diffusion_pytorch_model.safetensors");
+  const SafetensorsFile out =
+      SafetensorsFile::open(scratch / "out/unet/diffusion_pytorch_model.safetensors");
+  const std::pair<const char*, const char*> pairs[] = {
+      {kToOut, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0"},
+      {kToQ, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"},
+      {kMidProjIn, "oft_unet_mid_block_attentions_0_proj_in"}};
+  for (const auto& [tensor, module] : pairs) {
+    const TensorView v = base.tensor(tensor);
+    const std::string expected = merged_bytes(v, 0, v.shape[0], [&](oft::ConstMatrixView<float> w) {
+      return LycorisAdapter::merge(adapter.module(module), w, 1.0);
+    });
+    EXPECT_EQ(bytes_of(out.tensor(tensor)), expected) << tensor;
+    EXPECT_NE(bytes_of(out.tensor(tensor)), bytes_of(v)) << tensor << " unchanged";
+  }
+  expect_untouched(base, out, {kToOut, kToQ, kMidProjIn});
+  for (const char* same : {"vae/diffusion_pytorch_model.safetensors", "model_index.json",
+                           "text_encoder/model.safetensors", "unet/config.json"})
+    EXPECT_EQ(oft_io_test::read_bytes(scratch / "base" / same),
+              oft_io_test::read_bytes(scratch / "out" / same))
+        << same;
+}
+
+TEST(DiffusionMerge, OneTrainerBlendIntoDiffusersFolderEqualsTheLibraryMerge) {
+  ScratchDir scratch;
+  write_diffusers_folder(scratch / "base");
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.adapter = dialect_fixture("onetrainer_scaled.safetensors").string();
+  options.out = (scratch / "out").string();
+  options.blend = 0.7;
+  const DiffusionMergeReport report = merge_diffusion(options);
+  EXPECT_EQ(report.dialect, Dialect::OneTrainer);
+  ASSERT_EQ(report.targets.size(), 5u);
+  // s R + (1 - s) I with s = 0.7 is not a rotation: the report says by how much.
+  EXPECT_GT(report.blend_orthogonality_error, 1e-4);
+
+  const OneTrainerAdapter adapter = OneTrainerAdapter::load(options.adapter);
+  for (const DiffusionTarget& t : report.targets) {
+    const std::string component = t.tensor.substr(0, t.tensor.find('/'));
+    const std::string name = t.tensor.substr(t.tensor.find('/') + 1);
+    const std::string file = component == "unet" ? "unet/diffusion_pytorch_model.safetensors"
+                                                 : "text_encoder/model.safetensors";
+    const SafetensorsFile base = SafetensorsFile::open(scratch / "base" / file);
+    const SafetensorsFile out = SafetensorsFile::open(scratch / "out" / file);
+    const TensorView v = base.tensor(name);
+    const auto layer =
+        v.shape.size() == 4 ? oft::onetrainer::Layer::Conv2d : oft::onetrainer::Layer::Linear;
+    const std::string expected = merged_bytes(v, 0, v.shape[0], [&](oft::ConstMatrixView<float> w) {
+      const RowMatrix<double> wide = w.map().cast<double>();
+      return RowMatrix<float>(
+          OneTrainerAdapter::merge(adapter.module(t.module), oft::view(wide), layer, 0.7)
+              .cast<float>());
+    });
+    EXPECT_EQ(bytes_of(out.tensor(name)), expected) << t.tensor;
+  }
+  const SafetensorsFile base =
+      SafetensorsFile::open(scratch / "base/unet/diffusion_pytorch_model.safetensors");
+  const SafetensorsFile out =
+      SafetensorsFile::open(scratch / "out/unet/diffusion_pytorch_model.safetensors");
+  expect_untouched(
+      base, out,
+      {"conv_in.weight", "down_blocks.0.attentions.0.proj_in.weight",
+       "down_blocks.1.downsamplers.0.conv.weight", "mid_block.attentions.0.to_k.weight"});
+}
+
+TEST(DiffusionMerge, KohyaDiffusersNamesIntoAnSD15SingleFileThroughTheLdmNames) {
+  ScratchDir scratch;
+  const std::string to_out =
+      "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_out.0.weight";
+  const std::string to_q =
+      "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+  const std::string proj_in = "model.diffusion_model.middle_block.1.proj_in.weight";
+  write_base(scratch / "sd15.safetensors",
+             {{to_out, Dtype::F16, {24, 8}},
+              {to_q, Dtype::F16, {16, 8}},
+              {proj_in, Dtype::F16, {12, 12, 1, 1}},
+              {"model.diffusion_model.input_blocks.0.0.weight", Dtype::F16, {8, 4, 3, 3}},
+              {"cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+               Dtype::F16,
+               {6, 16}},
+              {"first_stage_model.decoder.conv_in.weight", Dtype::F16, {4, 4, 3, 3}},
+              {"alphas_cumprod", Dtype::F32, {10}}},
+             4);
+  DiffusionMergeOptions options;
+  options.base = (scratch / "sd15.safetensors").string();
+  options.adapter = dialect_fixture("kohya_k4.safetensors").string();
+  options.out = (scratch / "merged.safetensors").string();
+  options.dtype = MergeDtype::Same;
+  const DiffusionMergeReport report = merge_diffusion(options);
+  ASSERT_EQ(report.targets.size(), 3u);
+  EXPECT_EQ(report.targets[2].tensor, proj_in);
+
+  const LycorisAdapter adapter = LycorisAdapter::load(options.adapter);
+  const SafetensorsFile base = SafetensorsFile::open(options.base);
+  const SafetensorsFile out = SafetensorsFile::open(options.out);
+  const std::pair<std::string, const char*> pairs[] = {
+      {to_out, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0"},
+      {to_q, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"},
+      {proj_in, "oft_unet_mid_block_attentions_0_proj_in"}};
+  for (const auto& [tensor, module] : pairs) {
+    const TensorView v = base.tensor(tensor);
+    EXPECT_EQ(bytes_of(out.tensor(tensor)), merged_bytes(v, 0, v.shape[0],
+                                                         [&](oft::ConstMatrixView<float> w) {
+                                                           return LycorisAdapter::merge(
+                                                               adapter.module(module), w, 1.0);
+                                                         }))
+        << tensor;
+  }
+  expect_untouched(base, out, {to_out, to_q, proj_in});
+  EXPECT_EQ(out.metadata(), base.metadata());
+}
+
+/// A LyCORIS file with lycoris_plain_b4's modules (made by lycoris-lora) under other names.
+fs::path renamed_lycoris(const fs::path& dir, const std::vector<std::string>& names) {
+  LycorisAdapter adapter = LycorisAdapter::load(dialect_fixture("lycoris_plain_b4.safetensors"));
+  for (std::size_t i = 0; i < names.size() && i < adapter.modules.size(); ++i)
+    adapter.modules[i].name = names[i];
+  adapter.modules.resize(names.size());
+  const fs::path path = dir / "renamed.safetensors";
+  adapter.save(path);
+  return path;
+}
+
+TEST(DiffusionMerge, SdxlSingleFileLdmNamesAndOpenClipFusedSlice) {
+  ScratchDir scratch;
+  // lycoris_plain_b4: fc1 rotates 16 channels, fc2 24.
+  const std::string in_proj =
+      "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight";
+  const std::string proj_in = "model.diffusion_model.input_blocks.4.1.proj_in.weight";
+  write_base(
+      scratch / "sdxl.safetensors",
+      {{in_proj, Dtype::F16, {48, 8}},
+       {"conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_bias",
+        Dtype::F16,
+        {48}},
+       {proj_in, Dtype::BF16, {24, 16}},
+       {"conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight",
+        Dtype::F16,
+        {16, 8}}},
+      5);
+  const fs::path adapter_path =
+      renamed_lycoris(scratch.path(), {"lora_te2_text_model_encoder_layers_0_self_attn_k_proj",
+                                       "lora_unet_input_blocks_4_1_proj_in"});
+  DiffusionMergeOptions options;
+  options.base = (scratch / "sdxl.safetensors").string();
+  options.adapter = adapter_path.string();
+  options.out = (scratch / "merged.safetensors").string();
+  const DiffusionMergeReport report = merge_diffusion(options);
+  ASSERT_EQ(report.targets.size(), 2u);
+  EXPECT_EQ(report.targets[0].tensor, in_proj);
+  EXPECT_EQ(report.targets[0].row_begin, 16u);  // k: the second third of q, k, v
+  EXPECT_EQ(report.targets[0].row_count, 16u);
+
+  const LycorisAdapter adapter = LycorisAdapter::load(adapter_path);
+  const SafetensorsFile base = SafetensorsFile::open(options.base);
+  const SafetensorsFile out = SafetensorsFile::open(options.out);
+  EXPECT_EQ(bytes_of(out.tensor(in_proj)),
+            merged_bytes(base.tensor(in_proj), 16, 16, [&](oft::ConstMatrixView<float> w) {
+              return LycorisAdapter::merge(adapter.modules[0], w, 1.0);
+            }));
+  EXPECT_EQ(bytes_of(out.tensor(proj_in)),
+            merged_bytes(base.tensor(proj_in), 0, 24, [&](oft::ConstMatrixView<float> w) {
+              return LycorisAdapter::merge(adapter.modules[1], w, 1.0);
+            }));
+  expect_untouched(base, out, {in_proj, proj_in});
+}
+
+TEST(DiffusionMerge, KohyaFluxSplitsIntoABflSingleFile) {
+  ScratchDir scratch;
+  const std::string qkv = "double_blocks.0.img_attn.qkv.weight";
+  const std::string linear1 = "single_blocks.0.linear1.weight";
+  write_base(scratch / "flux.safetensors",
+             {{qkv, Dtype::BF16, {36, 8}},
+              {linear1, Dtype::BF16, {40, 8}},
+              {"double_blocks.0.img_attn.proj.weight", Dtype::BF16, {12, 12}}},
+             6);
+  DiffusionMergeOptions options;
+  options.base = (scratch / "flux.safetensors").string();
+  options.adapter = dialect_fixture("kohya_flux.safetensors").string();
+  options.out = (scratch / "merged.safetensors").string();
+  options.blend = 0.5;
+  const DiffusionMergeReport report = merge_diffusion(options);
+  ASSERT_EQ(report.targets.size(), 2u);
+  const LycorisAdapter adapter = LycorisAdapter::load(options.adapter);
+  const SafetensorsFile base = SafetensorsFile::open(options.base);
+  const SafetensorsFile out = SafetensorsFile::open(options.out);
+  for (const auto& [tensor, module] :
+       {std::make_pair(qkv, "oft_unet_double_blocks_0_img_attn_qkv"),
+        std::make_pair(linear1, "oft_unet_single_blocks_0_linear1")}) {
+    const TensorView v = base.tensor(tensor);
+    EXPECT_EQ(bytes_of(out.tensor(tensor)), merged_bytes(v, 0, v.shape[0],
+                                                         [&](oft::ConstMatrixView<float> w) {
+                                                           return LycorisAdapter::merge(
+                                                               adapter.module(module), w, 0.5);
+                                                         }))
+        << tensor;
+  }
+  expect_untouched(base, out, {qkv, linear1});
+}
+
+TEST(DiffusionMerge, StrengthIsTheRotationOfTheScaledConstrainedGenerator) {
+  ScratchDir scratch;
+  write_base(scratch / "base.safetensors",
+             {{"model.diffusion_model.fc1.weight", Dtype::F32, {16, 8}}}, 7);
+  const fs::path adapter_path = renamed_lycoris(scratch.path(), {"lycoris_fc1"});
+  const LycorisAdapter adapter = LycorisAdapter::load(adapter_path);
+  const LycorisDiagOftModule& m = adapter.modules[0];
+  const SafetensorsFile base = SafetensorsFile::open(scratch / "base.safetensors");
+  const std::vector<float> w = base.tensor("model.diffusion_model.fc1.weight").to_floats();
+
+  for (const double s : {0.0, 0.5, -1.0, 1.0}) {
+    DiffusionMergeOptions options;
+    options.base = (scratch / "base.safetensors").string();
+    options.adapter = adapter_path.string();
+    options.out = (scratch / "s.safetensors").string();
+    options.force = true;
+    options.strength = s;
+    merge_diffusion(options);
+    const std::vector<float> got =
+        SafetensorsFile::open(options.out).tensor("model.diffusion_model.fc1.weight").to_floats();
+    // Reference in double: Q from LyCORIS's constrained generators, R = (I + sQ)(I - sQ)^-1,
+    // W' = blockdiag(R)^T W along the rows.
+    const std::vector<double> blocks(m.oft_blocks.begin(), m.oft_blocks.end());
+    const oft::lycoris::DiagOft<double> op(m.blocks, m.block_size, blocks.data(), double(m.alpha));
+    const Index b = m.block_size;
+    double worst = 0.0, scale = 0.0;
+    for (Index k = 0; k < m.blocks; ++k) {
+      oft::SquareMatrix<double> q(b, b);
+      oft::unpack_skew(op.generators().row(k), b, q);
+      q *= s;
+      const oft::SquareMatrix<double> id = oft::SquareMatrix<double>::Identity(b, b);
+      const oft::SquareMatrix<double> r = (id + q) * (id - q).inverse();
+      for (Index i = 0; i < b; ++i)
+        for (Index j = 0; j < 8; ++j) {
+          double want = 0.0;
+          for (Index p = 0; p < b; ++p)
+            want += r(p, i) * double(w[static_cast<std::size_t>((k * b + p) * 8 + j)]);
+          worst = std::max(
+              worst, std::abs(want - double(got[static_cast<std::size_t>((k * b + i) * 8 + j)])));
+          scale = std::max(scale, std::abs(want));
+        }
+    }
+    // float32 merge of b-term sums of values <= 1 through a float32 R: a few hundred ulps at most.
+    EXPECT_LT(worst, 1e-5 * std::max(1.0, scale)) << "s=" << s;
+    if (s == 0.0) {
+      EXPECT_EQ(got, w);  // R(0) = I
+    }
+    if (s == 1.0) {  // the adapter itself: LyCORIS's merge, bit for bit
+      const RowMatrix<float> want =
+          LycorisAdapter::merge(m, oft::ConstMatrixView<float>(w.data(), 16, 8), 1.0);
+      EXPECT_EQ(got, std::vector<float>(want.data(), want.data() + want.size()));
+    }
+  }
+}
+
+TEST(DiffusionMerge, OneTrainerStrengthZeroIsTheIdentity) {
+  ScratchDir scratch;
+  write_diffusers_folder(scratch / "base");
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.adapter = dialect_fixture("onetrainer_clipped.safetensors").string();
+  options.out = (scratch / "out").string();
+  options.strength = 0.0;
+  merge_diffusion(options);
+  const SafetensorsFile base =
+      SafetensorsFile::open(scratch / "base/unet/diffusion_pytorch_model.safetensors");
+  const SafetensorsFile out =
+      SafetensorsFile::open(scratch / "out/unet/diffusion_pytorch_model.safetensors");
+  expect_untouched(base, out, {});  // R(0) = I exactly: W (I^T - I) adds zeros
+}
+
+/// Runs merge_diffusion expecting std::invalid_argument whose message contains `part`, and no
+/// output.
+void expect_refused(const DiffusionMergeOptions& options, const std::string& part) {
+  try {
+    merge_diffusion(options);
+    ADD_FAILURE() << "not refused: " << part;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(options.out)) << options.out;
+  const fs::path parent = fs::path(options.out).parent_path();
+  for (const auto& entry : fs::directory_iterator(parent))
+    EXPECT_EQ(entry.path().filename().string().find(".oft-partial"), std::string::npos);
+}
+
+TEST(DiffusionMerge, RefusesAmbiguousMissingMisshapenAndBothStrengthAndBlend) {
+  ScratchDir scratch;
+  write_base(scratch / "base.safetensors",
+             {{"model.diffusion_model.proj_out.weight", Dtype::F16, {6, 4}},
+              {"model.diffusion_model.proj.out.weight", Dtype::F16, {6, 4}},
+              {"model.diffusion_model.fc1.weight", Dtype::F16, {16, 4}},
+              {"model.diffusion_model.fc2.weight", Dtype::F16, {24, 4}},
+              {"model.diffusion_model.fc3.weight", Dtype::F16, {20, 4}}},
+             8);
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base.safetensors").string();
+  options.out = (scratch / "out.safetensors").string();
+
+  options.adapter =
+      renamed_lycoris(scratch.path(), {"lycoris_fc1", "lycoris_fc2", "lycoris_proj_out"}).string();
+  expect_refused(options, "matches 2 base tensors");
+  options.adapter = renamed_lycoris(scratch.path(), {"lycoris_fc1", "lycoris_fc9"}).string();
+  expect_refused(options, "no tensor for adapter module 'lycoris_fc9'");
+  options.adapter = renamed_lycoris(scratch.path(), {"lycoris_fc1", "lycoris_fc3"}).string();
+  expect_refused(options, "rotates 24 output channels, but its base tensor");
+  options.adapter = renamed_lycoris(scratch.path(), {"lycoris_fc1"}).string();
+  options.strength = 0.5;
+  options.blend = 0.5;
+  expect_refused(options, "--strength and --blend both given");
+  options.blend.reset();
+  options.adapter = dialect_fixture("kohya_k4.safetensors").string();
+  expect_refused(options, "no tensor for adapter module 'oft_unet_down_blocks_0");
+  // Two names for one tensor (LyCORIS's and kohya's prefixes) would merge it twice.
+  options.strength.reset();
+  options.adapter = renamed_lycoris(scratch.path(), {"lora_unet_fc1", "lycoris_fc1"}).string();
+  expect_refused(options, "both change base tensor");
+  // An existing output is kept unless --force.
+  oft_io_test::write_bytes(scratch / "exists.safetensors", "x");
+  options.adapter = renamed_lycoris(scratch.path(), {"lycoris_fc1"}).string();
+  options.out = (scratch / "exists.safetensors").string();
+  EXPECT_THROW(merge_diffusion(options), std::invalid_argument);
+  EXPECT_EQ(oft_io_test::read_bytes(scratch / "exists.safetensors"), "x");
+}
+
+TEST(DiffusionMerge, RefusedFolderMergeLeavesNoFolder) {
+  ScratchDir scratch;
+  write_diffusers_folder(scratch / "base");
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.out = (scratch / "out").string();
+  options.adapter = dialect_fixture("lycoris_plain_b4.safetensors").string();  // fc1, fc2: absent
+  expect_refused(options, "no tensor for adapter module 'lycoris_fc1'");
+}
+
+TEST(DiffusionNames, LdmUnetNamesMapToDiffusers) {
+  using detail::ldm_unet_to_diffusers;
+  EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.1.1.proj_in.weight"),
+            "down_blocks.0.attentions.0.proj_in.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.5.0.in_layers.2.weight"),
+            "down_blocks.1.resnets.1.conv1.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.3.0.op.weight"),
+            "down_blocks.0.downsamplers.0.conv.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.0.0.weight"), "conv_in.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("middle_block.2.emb_layers.1.weight"),
+            "mid_block.resnets.1.time_emb_proj.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight"),
+            "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_k.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("output_blocks.2.1.conv.weight"),
+            "up_blocks.0.upsamplers.0.conv.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("output_blocks.5.2.conv.weight"),
+            "up_blocks.1.upsamplers.0.conv.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("output_blocks.0.0.skip_connection.weight"),
+            "up_blocks.0.resnets.0.conv_shortcut.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("time_embed.2.weight"), "time_embedding.linear_2.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("label_emb.0.0.weight"), "add_embedding.linear_1.weight");
+  EXPECT_EQ(ldm_unet_to_diffusers("out.2.weight"), "conv_out.weight");
+}
+
+}  // namespace
