@@ -249,8 +249,8 @@ expect_one_line("${err}" "^oft inspect: .*peft_reference.safetensors: its keys m
                 "a file of no dialect")
 run(1 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter
     "${dialects}/onetrainer_plain.safetensors" -o "${scratch}/ot" --dialect onetrainer)
-expect_one_line("${err}" "^oft merge: --dialect onetrainer: oft merge folds PEFT adapter directories"
-                "oft merge --dialect onetrainer")
+expect_one_line("${err}" "^oft merge: base '.*base_neumann_t5' is a folder without unet/"
+                "oft merge of a OneTrainer file into a Hugging Face model directory")
 run(2 out err "${OFT}" merge --base "${scratch}/bases/base_neumann_t5" --adapter "${FIXTURES}/neumann_t5"
     -o "${scratch}/ot" --dialect nope)
 expect_one_line("${err}" "^oft merge: unknown dialect 'nope'" "oft merge --dialect nope")
@@ -261,6 +261,45 @@ if(EXISTS "${scratch}/ot" OR NOT EXISTS "${scratch}/ok")
 endif()
 file(REMOVE_RECURSE "${scratch}")
 message(STATUS "oft --dialect: all checks passed")
+
+# ---- oft merge of LyCORIS / kohya / OneTrainer files into diffusion checkpoints (issue 30 item
+# 4; io/diffusion_merge.hpp, tested bit for bit in tests/diffusion): tests/diffusion/fixtures
+# (make_fixtures.py) with kohya_k4's SD 1.5 module names. Keep this block contiguous.
+set(dm "${SCRATCH}/diffusion_merge")
+set(diffusion "${CMAKE_CURRENT_LIST_DIR}/../diffusion/fixtures")
+file(REMOVE_RECURSE "${dm}")
+file(MAKE_DIRECTORY "${dm}")
+run(0 out err "${OFT}" merge --base "${diffusion}/sd15_tiny.safetensors" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/single.safetensors" -q)
+if(NOT out MATCHES "^oft merge: wrote .*single.safetensors: kohya adapter, 7 tensors in 1 file\\(s\\), 3 adapted, 0 other files copied\n$")
+  message(FATAL_ERROR "oft merge into a single file: unexpected output:\n${out}\nstderr: ${err}")
+endif()
+run(0 out err "${OFT}" merge --base "${diffusion}/sd15_diffusers" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/folder" --blend 0.5 --dtype f32 -q)
+if(NOT out MATCHES "^oft merge: wrote .*folder: kohya adapter, 5 tensors in 1 file\\(s\\), 3 adapted, 2 other files copied\n  --blend 0.5: .* = [0-9.e-]+ "
+   OR NOT EXISTS "${dm}/folder/model_index.json" OR NOT EXISTS "${dm}/folder/unet/config.json")
+  message(FATAL_ERROR "oft merge --blend into a diffusers folder: unexpected output:\n${out}\nstderr: ${err}")
+endif()
+run(1 out err "${OFT}" merge --base "${diffusion}/sd15_tiny.safetensors" --adapter
+    "${dialects}/lycoris_plain_b4.safetensors" -o "${dm}/missing.safetensors")
+expect_one_line("${err}" "^oft merge: the base has no tensor for adapter module 'lycoris_fc1'"
+                "oft merge of another model's LyCORIS file")
+run(1 out err "${OFT}" merge --base "${diffusion}/sd15_tiny.safetensors" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/single.safetensors")
+expect_one_line("${err}" "^oft merge: output '.*single.safetensors' exists" "oft merge onto an output")
+run(1 out err "${OFT}" unmerge --base "${diffusion}/sd15_tiny.safetensors" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/back.safetensors")
+expect_one_line("${err}" "^oft unmerge: oft unmerge takes a PEFT adapter directory out"
+                "oft unmerge of a kohya file")
+execute_process(COMMAND "${OFT}" merge --base "${diffusion}/sd15_tiny.safetensors" --adapter
+                "${dialects}/kohya_k4.safetensors" -o "${dm}/both.safetensors" --strength 0.5
+                --blend 0.5 RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "excludes" OR EXISTS "${dm}/both.safetensors"
+   OR EXISTS "${dm}/missing.safetensors" OR EXISTS "${dm}/back.safetensors")
+  message(FATAL_ERROR "oft merge --strength with --blend, or a refused merge, wrote: ${rc} ${err}")
+endif()
+file(REMOVE_RECURSE "${dm}")
+message(STATUS "oft merge into diffusion checkpoints: all checks passed")
 
 # ---- oft convert --to and inspect's uniform columns (issue 30 item 5; io/dialect_convert.hpp,
 # tested in tests/convert). Exact conversions are written and read back; refusals are one line,

@@ -32,6 +32,7 @@ struct MergeCommand {
   bool unmerge = false;
   std::filesystem::path base, adapter, out;
   double strength = 1.0;
+  double blend = 1.0;  ///< --blend: a LyCORIS/kohya/OneTrainer file's linear blend (merge only)
   std::string dtype = "same";
   bool force = false, quiet = false;
   std::string dialect;

@@ -6,8 +6,10 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <oft/io/dialect.hpp>
+#include <oft/io/diffusion_merge.hpp>
 #include <oft/io/model_merge.hpp>
 #include <optional>
 #include <stdexcept>
@@ -64,24 +66,71 @@ void add_merge(CLI::App& app, MergeCommand& command, bool unmerge) {
       unmerge ? app.add_subcommand("unmerge",
                                    "Take a PEFT OFT, BOFT or HRA adapter out of a merged model "
                                    "directory (true inverse)")
-              : app.add_subcommand(
-                    "merge", "Fold a PEFT OFT, BOFT or HRA adapter into a Hugging Face model directory");
+              : app.add_subcommand("merge",
+                                   "Fold a PEFT OFT, BOFT or HRA adapter into a Hugging Face model "
+                                   "directory, or a LyCORIS, kohya or OneTrainer OFT file into a "
+                                   "diffusers folder or a single-file checkpoint");
   CLI::App& c = *command.app;
-  c.add_option("--base", command.base, "model directory (model.safetensors or an index and shards)")
+  c.add_option("--base", command.base,
+               "model directory (model.safetensors or an index and shards); for an adapter "
+               "file: a diffusers model folder or a single-file .safetensors checkpoint")
       ->required();
-  c.add_option("--adapter", command.adapter, "PEFT OFT, BOFT or HRA adapter directory")->required();
-  c.add_option("--out,-o", command.out, "output directory (written whole, or not at all)")->required();
-  c.add_option("--strength", command.strength,
-               "rotate by R(s Q) instead of R(Q); default 1 (OFT only: BOFT and HRA refuse any "
-               "other)");
-  c.add_option("--dtype", command.dtype, "floating-point tensors as: same (default), f32, f16, bf16")
+  c.add_option("--adapter", command.adapter,
+               "PEFT OFT, BOFT or HRA adapter directory, or a LyCORIS / kohya / OneTrainer OFT "
+               ".safetensors file")
+      ->required();
+  c.add_option("--out,-o", command.out,
+               "output directory (or file, for a single-file base), written whole or not at all")
+      ->required();
+  auto* strength =
+      c.add_option("--strength", command.strength,
+                   "rotate by R(s Q) instead of R(Q), orthogonal for every s; default 1 (BOFT "
+                   "and HRA refuse any other)");
+  if (!unmerge)
+    c.add_option("--blend", command.blend,
+                 "LyCORIS/kohya/OneTrainer files only: the dialect's linear blend s R + (1 - s) I "
+                 "(what LyCORIS and ComfyUI call strength; not orthogonal unless s is 0 or 1)")
+        ->excludes(strength);
+  c.add_option("--dtype", command.dtype,
+               "floating-point tensors as: same (default), f32, f16, bf16")
       ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
-  c.add_flag("--force", command.force, "replace an existing output directory");
+  c.add_flag("--force", command.force, "replace an existing output");
   c.add_flag("--quiet,-q", command.quiet, "no progress bar");
   add_dialect_option(c, command.dialect,
-                     "the adapter's dialect (peft-oft, peft-boft or peft-hra; the others are not "
-                     "merged into model directories yet)");
+                     "the adapter's dialect (peft-oft, peft-boft, peft-hra for a directory; "
+                     "lycoris, kohya, onetrainer for a file)");
 }
+
+namespace {
+
+/// `oft merge` of a LyCORIS, kohya or OneTrainer file into a diffusion checkpoint.
+int run_diffusion_merge(const MergeCommand& command,
+                        const std::optional<oft::io::Dialect>& dialect) {
+  oft::io::DiffusionMergeOptions options;
+  options.base = command.base.string();
+  options.adapter = command.adapter.string();
+  options.out = command.out.string();
+  if (command.app->count("--strength") != 0) options.strength = command.strength;
+  if (command.app->count("--blend") != 0) options.blend = command.blend;
+  options.dtype = merge_dtype(command.dtype);
+  options.force = command.force;
+  options.dialect = dialect;
+  ProgressBar bar(!command.quiet && ::isatty(2) != 0);
+  const auto report = oft::io::merge_diffusion(options, std::ref(bar));
+  std::printf(
+      "oft merge: wrote %s: %s adapter, %zu tensors in %zu file(s), %zu adapted, %zu "
+      "other files copied\n",
+      options.out.c_str(), oft::io::dialect_name(report.dialect), report.tensors, report.files,
+      report.targets.size(), report.other_files);
+  if (options.blend)
+    std::printf(
+        "  --blend %g: the blended blocks s R + (1 - s) I are not rotations: "
+        "max ||M^T M - I||_2 = %.3g (--strength %g keeps them orthogonal)\n",
+        *options.blend, report.blend_orthogonality_error, *options.blend);
+  return 0;
+}
+
+}  // namespace
 
 int run_merge(const MergeCommand& command) {
   const char* name = command.unmerge ? "unmerge" : "merge";
@@ -101,18 +150,25 @@ int run_merge(const MergeCommand& command) {
     options.dtype = merge_dtype(command.dtype);
     options.force = command.force;
     options.unmerge = command.unmerge;
-    if (dialect && !oft::io::is_peft(*dialect))
+    // An adapter file (LyCORIS, kohya, OneTrainer) merges into a diffusion checkpoint; a PEFT
+    // directory into a model directory.
+    const bool file =
+        !std::filesystem::is_directory(command.adapter) || (dialect && !oft::io::is_peft(*dialect));
+    if (file && command.unmerge)
       throw std::invalid_argument(
-          oft::detail::message("--dialect ", oft::io::dialect_name(*dialect), ": oft ", name,
-                               " folds PEFT adapter directories into model directories; a ",
-                               oft::io::dialect_name(*dialect),
-                               " adapter merges through the library (per weight) only, for now"));
+          "oft unmerge takes a PEFT adapter directory out; a LyCORIS, kohya or OneTrainer "
+          "merge is not undone (their blend has no exact inverse in general)");
+    if (file) return run_diffusion_merge(command, dialect);
+    if (!command.unmerge && command.app->count("--blend") != 0)
+      throw std::invalid_argument(
+          "--blend is the linear blend of LyCORIS, kohya and OneTrainer files; a PEFT adapter "
+          "takes --strength");
     if (dialect) (void)oft::io::resolve_dialect(command.adapter, dialect);
     ProgressBar bar(!command.quiet && ::isatty(2) != 0);
     const auto report = oft::io::merge_model(options, std::ref(bar));
     std::printf(
-        "oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n",
-        name, options.out.c_str(), report.tensors, report.shards, report.adapted.size(),
+        "oft %s: wrote %s: %zu tensors in %zu file(s), %zu adapted, %zu other files copied\n", name,
+        options.out.c_str(), report.tensors, report.shards, report.adapted.size(),
         report.other_files);
     for (const auto& q : report.quantized) {
       std::printf(
