@@ -76,7 +76,7 @@ def cayley(q):
 
 
 def boft_merge(w, blocks, alpha, rescale, s, raw_alpha=False, double_strength=False):
-    m, n_blocks, b, _ = blocks.shape
+    m, _, b, _ = blocks.shape
     out = w.shape[0]
     q = constrain(blocks - blocks.transpose(-1, -2), alpha, out, raw_alpha, "lycoris")
     r = cayley(q)
@@ -126,6 +126,8 @@ def run():
             blocks = adapter[name + ".oft_blocks"].float()
             alpha = adapter[name + ".alpha"].item()
             rescale = adapter.get(name + ".rescale")
+            # The layer's output count, for the radius alpha * out (MiniLM's fixture keeps only
+            # the first rows of W, so it is not w.shape[0]).
             out = blocks.shape[-3] * blocks.shape[-1] if blocks.dim() == 4 else \
                 blocks.shape[0] * blocks.shape[1]
             for i, s in enumerate(strengths):
@@ -143,8 +145,6 @@ def run():
                     }
                 else:
                     rule = "kohya" if kohya else "lycoris"
-                    if partial:  # LyCORIS's radius is alpha * out of the whole layer
-                        out = blocks.shape[0] * blocks.shape[1]
 
                     def dm(**kw):
                         return diag_merge(w, blocks, alpha, rescale, s, rule, out, **kw)
@@ -169,10 +169,10 @@ def run():
 
 
 def diag_merge(w, blocks, alpha, rescale, s, rule, out, raw_alpha=False,
-                    double_strength=False, drop_rescale=False):
+               double_strength=False, drop_rescale=False):
     """LyCORIS's diag-OFT merge, each ComfyUI defect on request. `out` is the layer's whole
     output count (the radius alpha * out); MiniLM's fixture stores only the first rows of W."""
-    k, b, _ = blocks.shape
+    b = blocks.shape[1]
     q = constrain(blocks - blocks.transpose(1, 2), alpha, out, raw_alpha, rule)
     r = cayley(q)
     eye = torch.eye(b, dtype=w.dtype)
