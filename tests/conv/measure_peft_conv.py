@@ -50,7 +50,6 @@ CONFIGS = [
 
 
 def measure(cin, cout, kernel, stride, padding, hw, b, neumann):
-    import peft
     from peft import OFTConfig, get_peft_model
 
     torch.manual_seed(0)
@@ -70,7 +69,6 @@ def measure(cin, cout, kernel, stride, padding, hw, b, neumann):
             unmerged = pm(x)
             merged_model = pm.merge_and_unload()
             merged = merged_model(x)
-            # The base layer alone, to say how large the adapter's effect is.
         diff = (unmerged - merged).abs().max().item()
         scale = merged.abs().max().item()
         row.update({"max_abs_diff": diff, "max_abs_output": scale,
