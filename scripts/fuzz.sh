@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Bounded libFuzzer runs of the safetensors reader, the PEFT adapter loader and the LyCORIS/kohya
-# diag-OFT reader, under ASan+UBSan.
+# Bounded libFuzzer runs of the safetensors reader, the PEFT adapter loader and the single-file
+# dialect readers (LyCORIS diag-OFT and BOFT, kohya, OneTrainer, and the detection by keys), under
+# ASan+UBSan.
 #
 #   scripts/fuzz.sh [SECONDS]      the fuzzing takes SECONDS of wall-clock time in all (default
 #                                  60), however many targets there are: every target runs for
@@ -13,7 +14,7 @@
 # Needs clang and libFuzzer (Debian: clang, libclang-rt-14-dev; installed when missing, as root).
 # Seeds: tests/io/fixtures/*.safetensors and the PEFT-made adapters of tests/peft/fixtures (each as
 # adapter_config.json + 0xFF + adapter_model.safetensors, the adapter target's input format), and
-# the LyCORIS- and kohya-made files of tests/dialects/fixtures (not the *_expected outputs, nor
+# the LyCORIS-, kohya- and OneTrainer-style files of tests/dialects/fixtures (not the *_expected outputs, nor
 # the MiniLM one, longer than -max_len) with the hand-made ones of tests/fuzz/seeds/lycoris_adapter
 # (make_seeds.py: the refusals a byte mutation rarely reaches). A crash, leak, timeout (10 s per
 # input) or sanitizer report fails the run, and the input that did it is left in

@@ -1,16 +1,21 @@
-// libFuzzer target: LycorisAdapter (LyCORIS diag-OFT and BOFT, kohya sd-scripts OFT, FLUX
-// splits included) on an arbitrary .safetensors file. The file is read three ways: with the dialect
-// detected from the names, and forced to LyCORIS and to kohya (the two constraint rules and the
-// paths only a forced dialect reaches). An accepted adapter is looked up by name, merged into a
-// small base weight per module (at s = 1 and s = 1/2, capped so one input stays fast),
-// inspected (what `oft inspect` prints, and its JSON), and saved and read back, which must give
-// the same modules bit for bit.
+// libFuzzer target: the dialect files that are one .safetensors file each (LyCORIS diag-OFT and
+// BOFT, kohya sd-scripts OFT with FLUX splits, OneTrainer / ComfyUI-OFTv2), on an arbitrary
+// .safetensors file. The file's dialect is detected from its keys (detect_dialect: one dialect, or
+// a format_error naming the keys), then it is read every way: LycorisAdapter with the dialect
+// detected and forced to LyCORIS and to kohya (the two constraint rules and the paths only a
+// forced dialect reaches), and OneTrainerAdapter. An accepted adapter is looked up by name,
+// merged into a small base weight per module (LyCORIS at s = 1 and s = 1/2; OneTrainer as a
+// Linear and as a Conv2d layer, at strengths 1 and 1/2), inspected (what `oft inspect` prints, and
+// its JSON), and saved and read back, which must give the same modules bit for bit.
 //
-// Refusals must be the documented exceptions, never a crash, leak or stray read: reading throws
-// format_error (a std::invalid_argument); merge std::invalid_argument, or std::domain_error for
-// values the math cannot take (lycoris::DiagOft, lycoris::Boft: non-finite blocks, or finite ones whose
-// B - B^T overflows); module() std::out_of_range. Anything else escapes and fails the run.
+// Refusals must be the documented exceptions, never a crash, leak or stray read: reading and
+// detection throw format_error (a std::invalid_argument); merge std::invalid_argument, or
+// std::domain_error for values the math cannot take (lycoris::DiagOft, lycoris::Boft: non-finite
+// blocks, or finite ones whose B - B^T overflows; OneTrainer: a singular I - Q); module()
+// std::out_of_range. Anything else escapes and fails the run.
+#include <oft/io/dialect.hpp>
 #include <oft/io/lycoris_adapter.hpp>
+#include <oft/io/onetrainer_adapter.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -120,12 +125,80 @@ void exercise(const oft::io::SafetensorsFile& file, LycorisAdapter::Dialect dial
   }
 }
 
+using oft::io::OneTrainerAdapter;
+using oft::io::OneTrainerModule;
+
+bool same_module(const OneTrainerModule& a, const OneTrainerModule& b) {
+  // save() writes F32: a module read from F32 comes back bit for bit, one read from F16/BF16
+  // holds values F32 represents exactly, so it does too.
+  return a.name == b.name && a.rows == b.rows && a.block_size == b.block_size &&
+         a.theta.size() == b.theta.size() &&
+         (a.theta.empty() ||
+          std::memcmp(a.theta.data(), b.theta.data(), a.theta.size() * sizeof(double)) == 0) &&
+         a.flags.scaled == b.flags.scaled && a.flags.clipped == b.flags.clipped &&
+         a.flags.cans == b.flags.cans &&
+         (!a.flags.clipped ||
+          static_cast<float>(a.flags.clip) == static_cast<float>(b.flags.clip));
+}
+
+void exercise_onetrainer(const oft::io::SafetensorsFile& file) {
+  OneTrainerAdapter adapter;
+  try {
+    adapter = OneTrainerAdapter::read(file);
+  } catch (const oft::io::format_error&) {
+    return;
+  }
+  expect(!adapter.modules.empty(), "an accepted OneTrainer file without modules");
+  for (const OneTrainerModule& m : adapter.modules) {
+    expect(adapter.module(m.name).name == m.name, "module() by name");
+    const oft::Index in = m.rows * m.block_size;
+    if (in > 4096) continue;  // keep one input fast; the math is tested elsewhere
+    const oft::RowMatrix<double> weight = oft::RowMatrix<double>::Constant(2, in, 0.5);
+    for (const auto layer : {oft::onetrainer::Layer::Linear, oft::onetrainer::Layer::Conv2d})
+      for (const double s : {1.0, 0.5}) {
+        try {
+          const oft::RowMatrix<double> merged = OneTrainerAdapter::merge(m, oft::view(weight), layer, s);
+          expect(merged.rows() == 2 && merged.cols() == in, "OneTrainer merge() shape");
+        } catch (const std::domain_error&) {  // the math cannot take these values
+        }
+      }
+    const oft::RowMatrix<double> wrong = oft::RowMatrix<double>::Zero(2, in + 1);
+    try {
+      (void)OneTrainerAdapter::merge(m, oft::view(wrong), oft::onetrainer::Layer::Linear);
+      expect(false, "OneTrainer merge() accepted a base of in + 1 columns");
+    } catch (const std::invalid_argument&) {
+    }
+  }
+  try {
+    (void)oft::io::to_json(oft::io::inspect_onetrainer(adapter, nullptr)).dump();
+  } catch (const std::domain_error&) {
+  }
+  const oft_fuzz::fs::path path = oft_fuzz::scratch_root() / "saved_onetrainer.safetensors";
+  try {
+    adapter.save(path);
+    const OneTrainerAdapter back = OneTrainerAdapter::load(path);
+    oft_fuzz::fs::remove(path);
+    expect(back.metadata == adapter.metadata, "OneTrainer round trip: metadata");
+    expect(back.modules.size() == adapter.modules.size(), "OneTrainer round trip: module count");
+    for (std::size_t i = 0; i < adapter.modules.size(); ++i)
+      expect(same_module(back.modules[i], adapter.modules[i]), "OneTrainer round trip: a module changed");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fuzz_lycoris_adapter: OneTrainer round trip threw: %s\n", e.what());
+    std::abort();
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const oft_fuzz::ScratchFile input(data, size);
   try {
     const auto file = oft::io::SafetensorsFile::open(input.path());
+    try {
+      (void)oft::io::detect_dialect(file);
+    } catch (const oft::io::format_error&) {  // no dialect, or two: named by the message
+    }
+    exercise_onetrainer(file);
     exercise(file, LycorisAdapter::Dialect::Detect);
     exercise(file, LycorisAdapter::Dialect::Lycoris);
     exercise(file, LycorisAdapter::Dialect::Kohya);
