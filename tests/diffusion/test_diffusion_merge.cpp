@@ -475,6 +475,46 @@ TEST(DiffusionMerge, RefusedFolderMergeLeavesNoFolder) {
   expect_refused(options, "no tensor for adapter module 'lycoris_fc1'");
 }
 
+TEST(DiffusionMerge, ShardedComponentWithDtypeConversionRewritesTheIndex) {
+  ScratchDir scratch;
+  const fs::path unet = scratch / "base/unet";
+  write_base(unet / "diffusion_pytorch_model-00001-of-00002.safetensors",
+             {{kToOut, Dtype::F16, {24, 8}}, {"conv_in.weight", Dtype::F16, {8, 4, 3, 3}}}, 9);
+  write_base(unet / "diffusion_pytorch_model-00002-of-00002.safetensors",
+             {{kToQ, Dtype::BF16, {16, 8}}, {kMidProjIn, Dtype::F16, {12, 12, 1, 1}}}, 10);
+  oft_io_test::write_bytes(
+      unet / "diffusion_pytorch_model.safetensors.index.json",
+      std::string("{\"metadata\": {\"total_size\": 1504}, \"weight_map\": {") + "\"" + kToOut +
+          "\": \"diffusion_pytorch_model-00001-of-00002.safetensors\", \"conv_in.weight\": "
+          "\"diffusion_pytorch_model-00001-of-00002.safetensors\", \"" +
+          kToQ + "\": \"diffusion_pytorch_model-00002-of-00002.safetensors\", \"" + kMidProjIn +
+          "\": \"diffusion_pytorch_model-00002-of-00002.safetensors\"}}\n");
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.adapter = dialect_fixture("kohya_k4.safetensors").string();
+  options.out = (scratch / "out").string();
+  options.dtype = MergeDtype::F32;
+  const DiffusionMergeReport report = merge_diffusion(options);
+  EXPECT_EQ(report.files, 2u);
+  ASSERT_EQ(report.targets.size(), 3u);
+  // Every tensor is float32 now: 4 bytes a value, the index's total_size says so.
+  const std::uint64_t values = 24 * 8 + 8 * 4 * 3 * 3 + 16 * 8 + 12 * 12;
+  const ShardedSafetensors merged =
+      ShardedSafetensors::open(scratch / "out/unet/diffusion_pytorch_model.safetensors.index.json");
+  EXPECT_EQ(merged.index_metadata().at("total_size").get<std::uint64_t>(), 4 * values);
+  const LycorisAdapter adapter = LycorisAdapter::load(options.adapter);
+  const SafetensorsFile base =
+      SafetensorsFile::open(unet / "diffusion_pytorch_model-00002-of-00002.safetensors");
+  const SafetensorsFile out = SafetensorsFile::open(
+      scratch / "out/unet/diffusion_pytorch_model-00002-of-00002.safetensors");
+  EXPECT_EQ(out.tensor(kToQ).dtype, Dtype::F32);
+  const std::vector<float> w = base.tensor(kToQ).to_floats();
+  const RowMatrix<float> want = LycorisAdapter::merge(
+      adapter.module("oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"),
+      oft::ConstMatrixView<float>(w.data(), 16, 8), 1.0);
+  EXPECT_EQ(out.tensor(kToQ).to_floats(), std::vector<float>(want.data(), want.data() + 128));
+}
+
 TEST(DiffusionNames, LdmUnetNamesMapToDiffusers) {
   using detail::ldm_unet_to_diffusers;
   EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.1.1.proj_in.weight"),
