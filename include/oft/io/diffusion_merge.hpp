@@ -41,8 +41,8 @@
 /// (exact Cayley; OneTrainer's 5-term Neumann series or its CANS iteration). At s = 1 both are
 /// the adapter itself (the same path, bit for bit). Both at once are refused.
 ///
-/// Memory and safety as merge_model (io/model_merge.hpp, whose pieces this reuses: encode,
-/// release_pages, the staging directory): every tensor is streamed through SafetensorsWriter's
+/// Memory and safety as merge_model (io/model_merge.hpp, whose pieces this reuses: stream_file,
+/// encode, the staging directory): every tensor is streamed through SafetensorsWriter's
 /// deferred tensors and its pages of the mapped base released once written, so the resident
 /// memory is about the largest tensor; every check runs before the first byte is written.
 
@@ -695,22 +695,20 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
         state.bytes_total += bytes_as(file.view(info), output_dtype(file.view(info)));
       }
 
-  // One file streamed as merge_model streams a shard (see io/model_merge.hpp's comments).
+  // One file streamed by merge_model's stream_file (io/model_merge.hpp): each tensor copied,
+  // or widened, merged per target rows and rounded once to its output dtype.
   const auto stream = [&](const BasePart& part, const SafetensorsFile& file,
                           const fs::path& destination) {
-    SafetensorsWriter writer;
-    for (const auto& [key, value] : file.metadata()) writer.add_metadata(key, value);
-    for (const TensorInfo& info : file.tensors()) {
-      const TensorView v = file.view(info);
-      writer.add_deferred(v.name, output_dtype(v), v.shape);
-    }
-    const auto fill = [&](const std::string& name, std::byte* dst, std::size_t bytes) {
-      const TensorView v = file.tensor(name);
-      const auto it = changes.find(part.qualified(name));
+    const auto layout = [&](const TensorView& v) -> TensorLayout {
+      return {output_dtype(v), v.shape};
+    };
+    const auto produce = [&](const TensorView& v, std::byte* dst, std::size_t bytes) {
+      const auto it = changes.find(part.qualified(v.name));
       if (it == changes.end() && output_dtype(v) == v.dtype) {
         if (bytes != 0) std::memcpy(dst, v.data, bytes);
       } else {
         std::vector<float> values = v.to_floats();
+        release_pages(v.data, v.bytes);  // now, not after the merge: the float copy is enough
         if (it != changes.end()) {
           const std::uint64_t cols = v.numel() / v.shape[0];
           for (const PlannedChange& c : it->second) {
@@ -724,13 +722,12 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
         }
         encode(values.data(), values.size(), output_dtype(v), dst);
       }
-      release_pages(v.data, v.bytes);
       ++state.tensors_done;
       state.bytes_done += bytes;
-      state.current = part.qualified(name);
+      state.current = part.qualified(v.name);
       if (progress) progress(state);
     };
-    writer.write(destination, fill);
+    stream_file(file, destination, layout, produce);
     report.tensors += file.size();
     report.bytes += fs::file_size(destination);
     ++report.files;

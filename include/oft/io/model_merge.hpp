@@ -54,6 +54,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "atomic_directory.hpp"
@@ -254,6 +255,34 @@ inline void release_pages(const std::byte* data, std::size_t bytes) {
   (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advice only
 }
 
+/// A tensor's output dtype and shape, as stream_file asks for them.
+using TensorLayout = std::pair<Dtype, std::vector<std::uint64_t>>;
+
+/// One safetensors file of a base streamed into `destination` (atomically: SafetensorsWriter),
+/// its tensors in their own order and its metadata kept: `layout(view)` gives each tensor's
+/// output dtype and shape, `produce(view, out, bytes)` writes its bytes. Every tensor is deferred,
+/// even one copied as it is, and its pages of the memory-mapped base are released once written,
+/// so the resident memory stays about one tensor (a plain add(view) would leave the whole base
+/// mapped in). merge_model writes its shards with it, merge_diffusion (io/diffusion_merge.hpp)
+/// its files.
+inline void stream_file(
+    const SafetensorsFile& file, const std::filesystem::path& destination,
+    const std::function<TensorLayout(const TensorView&)>& layout,
+    const std::function<void(const TensorView&, std::byte*, std::size_t)>& produce) {
+  SafetensorsWriter writer;
+  for (const auto& [key, value] : file.metadata()) writer.add_metadata(key, value);
+  for (const auto& info : file.tensors()) {
+    const TensorView v = file.view(info);
+    TensorLayout out = layout(v);
+    writer.add_deferred(v.name, out.first, std::move(out.second));
+  }
+  writer.write(destination, [&](const std::string& name, std::byte* dst, std::size_t bytes) {
+    const TensorView v = file.tensor(name);
+    produce(v, dst, bytes);
+    release_pages(v.data, v.bytes);
+  });
+}
+
 }  // namespace detail
 
 /// Folds the adapter `options.adapter` into the model `options.base` (or takes it out, with
@@ -330,25 +359,16 @@ inline MergeReport merge_model(const MergeOptions& options,
   std::set<std::string> written;  // relative paths produced from tensors
   for (std::size_t f = 0; f < base.files.size(); ++f) {
     const SafetensorsFile& file = base.files[f];
-    SafetensorsWriter writer;
-    for (const auto& [key, value] : file.metadata()) writer.add_metadata(key, value);
-    // Every tensor is deferred, even one copied as it is: after it is written, its pages of the
-    // memory-mapped base are released, so the resident memory stays about one tensor (a plain
-    // add(view) would leave the whole base mapped in).
-    for (const auto& info : file.tensors()) {
-      const TensorView v = file.view(info);
+    const auto layout = [&](const TensorView& v) -> TensorLayout {
       const auto r = replaced.find(v.name);
-      if (r != replaced.end())
-        writer.add_deferred(v.name, r->second.dtype, r->second.shape);
-      else
-        writer.add_deferred(v.name, output_dtype(v), v.shape);
-    }
-    const auto fill = [&](const std::string& name, std::byte* dst, std::size_t bytes) {
-      const TensorView v = file.tensor(name);
+      if (r != replaced.end()) return {r->second.dtype, r->second.shape};
+      return {output_dtype(v), v.shape};
+    };
+    const auto produce = [&](const TensorView& v, std::byte* dst, std::size_t bytes) {
+      const std::string& name = v.name;
       const auto r = replaced.find(name);
       if (r != replaced.end()) {  // a requantized layer's tensor
         if (bytes != 0) std::memcpy(dst, r->second.bytes.data(), bytes);
-        release_pages(v.data, v.bytes);
         if (targets.count(name) != 0) report.adapted.push_back(name);
         advance(name, bytes);
         return;
@@ -356,12 +376,11 @@ inline MergeReport merge_model(const MergeOptions& options,
       const auto it = targets.find(name);
       if (it == targets.end() && output_dtype(v) == v.dtype) {
         if (bytes != 0) std::memcpy(dst, v.data, bytes);
-        release_pages(v.data, v.bytes);
         advance(name, bytes);
         return;
       }
       std::vector<float> values = v.to_floats();
-      release_pages(v.data, v.bytes);
+      release_pages(v.data, v.bytes);  // now, not after the merge: the float copy is enough
       if (it != targets.end()) {
         const auto rows = static_cast<Index>(v.shape[0]), cols = static_cast<Index>(v.shape[1]);
         const ConstMatrixView<float> weight(values.data(), rows, cols);
@@ -374,7 +393,7 @@ inline MergeReport merge_model(const MergeOptions& options,
     };
     const fs::path destination = staging / base.file_names[f];
     fs::create_directories(destination.parent_path());
-    writer.write(destination, fill);
+    stream_file(file, destination, layout, produce);
     report.tensors += file.size();
     report.bytes += fs::file_size(destination);
     ++report.shards;
