@@ -515,6 +515,41 @@ TEST(DiffusionMerge, ShardedComponentWithDtypeConversionRewritesTheIndex) {
   EXPECT_EQ(out.tensor(kToQ).to_floats(), std::vector<float>(want.data(), want.data() + 128));
 }
 
+TEST(DiffusionNames, DiffusersUnetNamesMapBackToLdm) {
+  const auto attention = [](int i) { return i != 0; };  // SD 1.5: up block 0 has none
+  for (const char* ldm :
+       {"input_blocks.1.1.proj_in.weight", "input_blocks.5.0.in_layers.2.weight",
+        "input_blocks.3.0.op.weight", "input_blocks.0.0.weight",
+        "middle_block.0.out_layers.3.weight", "middle_block.1.proj_out.weight",
+        "middle_block.2.emb_layers.1.weight",
+        "output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight", "output_blocks.2.1.conv.weight",
+        "output_blocks.5.2.conv.weight", "output_blocks.0.0.skip_connection.weight",
+        "time_embed.2.weight", "label_emb.0.0.weight", "out.2.weight"}) {
+    const std::string diffusers = detail::ldm_unet_to_diffusers(ldm);
+    EXPECT_EQ(detail::diffusers_unet_to_ldm(diffusers, attention), ldm) << diffusers;
+  }
+  EXPECT_EQ(detail::diffusers_unet_to_ldm("down_blocks.0.foo.weight", attention), "");
+}
+
+TEST(DiffusionMerge, KohyaSdxlLdmNamesIntoADiffusersFolder) {
+  ScratchDir scratch;
+  write_base(scratch / "base/unet/diffusion_pytorch_model.safetensors",
+             {{"down_blocks.1.attentions.0.proj_in.weight", Dtype::F16, {16, 8}},
+              {"up_blocks.1.attentions.0.proj_in.weight", Dtype::F16, {24, 8}}},
+             11);
+  const fs::path adapter_path = renamed_lycoris(
+      scratch.path(),
+      {"lora_unet_input_blocks_4_1_proj_in", "lora_unet_output_blocks_3_1_proj_in"});
+  DiffusionMergeOptions options;
+  options.base = (scratch / "base").string();
+  options.adapter = adapter_path.string();
+  options.out = (scratch / "out").string();
+  const DiffusionMergeReport report = merge_diffusion(options);
+  ASSERT_EQ(report.targets.size(), 2u);
+  EXPECT_EQ(report.targets[0].tensor, "unet/down_blocks.1.attentions.0.proj_in.weight");
+  EXPECT_EQ(report.targets[1].tensor, "unet/up_blocks.1.attentions.0.proj_in.weight");
+}
+
 TEST(DiffusionNames, LdmUnetNamesMapToDiffusers) {
   using detail::ldm_unet_to_diffusers;
   EXPECT_EQ(ldm_unet_to_diffusers("input_blocks.1.1.proj_in.weight"),

@@ -26,8 +26,9 @@
 /// prefix its component accepts (table kComponentPrefixes below). In a single file the U-Net's
 /// original (LDM) names are also offered under their diffusers names (`input_blocks.1.1.proj_in`
 /// is kohya's `down_blocks_0_attentions_0_proj_in` for SD 1.5; SDXL's kohya names are the LDM
-/// ones, offered as they are), and OpenCLIP's `resblocks.<i>.attn.in_proj_weight` offers its
-/// three row slices as `text_model_encoder_layers_<i>_self_attn_{q,k,v}_proj`. A module whose
+/// ones, offered as they are; a diffusers folder's unet/ offers its tensors' LDM names too), and
+/// OpenCLIP's `resblocks.<i>.attn.in_proj_weight` offers its three row slices as
+/// `text_model_encoder_layers_<i>_self_attn_{q,k,v}_proj`. A module whose
 /// name matches no key, or more than one tensor, is refused before anything is written, as is a
 /// tensor two modules would both change, a shape the module does not fit, or a non-float target.
 ///
@@ -210,6 +211,70 @@ inline std::string ldm_unet_to_diffusers(const std::string& name) {
     return {};
   }
   return {};
+}
+
+/// The LDM name of a diffusers UNet2DConditionModel tensor: the inverse of
+/// ldm_unet_to_diffusers, for a diffusers folder merged with kohya's SDXL names (which are the
+/// LDM ones). `up_attention(i)`: whether up block i has attentions (its upsampler is then the
+/// block's third layer). "" when the name has no LDM counterpart known here; every name given
+/// is checked to map back (the forward function is the definition).
+template <class HasAttention>
+std::string diffusers_unet_to_ldm(const std::string& name, const HasAttention& up_attention) {
+  static const std::array<std::pair<const char*, const char*>, 8> renames{{
+      {"time_embedding.linear_1.", "time_embed.0."},
+      {"time_embedding.linear_2.", "time_embed.2."},
+      {"add_embedding.linear_1.", "label_emb.0.0."},
+      {"add_embedding.linear_2.", "label_emb.0.2."},
+      {"conv_in.", "input_blocks.0.0."},
+      {"mid_block.attentions.0.", "middle_block.1."},
+      {"conv_norm_out.", "out.0."},
+      {"conv_out.", "out.2."},
+  }};
+  static const std::array<std::pair<const char*, const char*>, 6> resnet{{
+      {"norm1.", "in_layers.0."},
+      {"conv1.", "in_layers.2."},
+      {"time_emb_proj.", "emb_layers.1."},
+      {"norm2.", "out_layers.0."},
+      {"conv2.", "out_layers.3."},
+      {"conv_shortcut.", "skip_connection."},
+  }};
+  const auto inner = [&](const std::string& rest) {
+    for (const auto& [from, to] : resnet)
+      if (starts_with(rest, from)) return to + rest.substr(std::strlen(from));
+    return rest;
+  };
+  std::string ldm;
+  std::string rest;
+  int block = 0, index = 0;
+  for (const auto& [from, to] : renames)
+    if (starts_with(name, from)) ldm = to + name.substr(std::strlen(from));
+  if (!ldm.empty()) {
+    // a fixed rename
+  } else if (starts_with(name, "mid_block.resnets.")) {
+    rest = name.substr(std::strlen("mid_block.resnets."));
+    if (take_number(rest, index) && index <= 1)
+      ldm = "middle_block." + std::to_string(2 * index) + "." + inner(rest);
+  } else if (starts_with(name, "down_blocks.") || starts_with(name, "up_blocks.")) {
+    const bool down = starts_with(name, "down_blocks.");
+    rest = name.substr(std::strlen(down ? "down_blocks." : "up_blocks."));
+    if (!take_number(rest, block)) return {};
+    const std::string head = down ? "input_blocks." : "output_blocks.";
+    const auto number = [&](int n) { return std::to_string(n); };
+    if (starts_with(rest, "resnets.") || starts_with(rest, "attentions.")) {
+      const bool attention = starts_with(rest, "attentions.");
+      rest = rest.substr(std::strlen(attention ? "attentions." : "resnets."));
+      if (!take_number(rest, index)) return {};
+      const int n = down ? 3 * block + index + 1 : 3 * block + index;
+      ldm = head + number(n) + (attention ? ".1." + rest : ".0." + inner(rest));
+    } else if (down && starts_with(rest, "downsamplers.0.conv.")) {
+      ldm = head + number(3 * block + 3) + ".0.op." +
+            rest.substr(std::strlen("downsamplers.0.conv."));
+    } else if (!down && starts_with(rest, "upsamplers.0.conv.")) {
+      ldm = head + number(3 * block + 2) + (up_attention(block) ? ".2." : ".1.") +
+            rest.substr(std::strlen("upsamplers.0."));
+    }
+  }
+  return !ldm.empty() && ldm_unet_to_diffusers(ldm) == name ? ldm : std::string();
 }
 
 /// OpenCLIP's text transformer (SDXL's second encoder, `conditioner.embedders.1.model.`) under
@@ -555,6 +620,16 @@ inline std::vector<DiffusionTarget> plan_diffusion_targets(
         } else if (detail::ends_with(info.name, ".weight")) {
           offer(map, part.component.c_str(), info.name.substr(0, info.name.size() - 7),
                 Candidate{qualified.name, 0, 0});
+          // kohya's SDXL files name the U-Net by its LDM names: offer those too.
+          const auto up_attention = [&](int i) {
+            const std::string head = "up_blocks." + std::to_string(i) + ".attentions.";
+            const auto at = part.model.where.lower_bound(head);
+            return at != part.model.where.end() && starts_with(at->first, head);
+          };
+          const std::string ldm =
+              part.component == "unet" ? diffusers_unet_to_ldm(info.name, up_attention) : "";
+          if (!ldm.empty())
+            offer(map, "unet", ldm.substr(0, ldm.size() - 7), Candidate{qualified.name, 0, 0});
         }
       }
   std::vector<DiffusionTarget> targets;
