@@ -22,7 +22,7 @@ command -v cmake >/dev/null || die "cmake not found (bash scripts/setup.sh insta
 [[ -f /usr/share/eigen3/cmake/Eigen3Config.cmake || -n "${Eigen3_DIR:-}" ]] ||
   die "Eigen 3.4 not found (Debian: apt-get install libeigen3-dev; or set Eigen3_DIR)"
 
-if ! "$VENV/bin/conan" --version 2>/dev/null | grep -qx "Conan version $CONAN_VERSION"; then
+if [[ "$("$VENV/bin/conan" --version 2>/dev/null || true)" != "Conan version $CONAN_VERSION" ]]; then
   echo "== conan_check: installing conan==$CONAN_VERSION from PyPI into $VENV"
   python3 -m venv "$VENV" || die "could not create the virtual environment $VENV"
   "$VENV/bin/python" -m pip install -q "conan==$CONAN_VERSION" ||

@@ -53,7 +53,10 @@ PATH="$TOOLS/bin:$PATH" "$TOOLS/bin/auditwheel" repair -w "$OUT/wheelhouse" "${r
 wheel=("$OUT"/wheelhouse/oft-*.whl)
 say "repaired: $(basename "${wheel[0]}"), $(du -k "${wheel[0]}" | cut -f1) KiB"
 "$TOOLS/bin/auditwheel" show "${wheel[0]}" | sed 's/^/   /'
-if ! unzip -l "${wheel[0]}" | grep -q 'oft.libs/libgomp'; then
+# The listing is read whole before grep looks at it: `unzip | grep -q` under pipefail fails
+# whenever grep exits at its first match before unzip has written everything (SIGPIPE).
+listing="$(unzip -l "${wheel[0]}")"
+if ! grep -q 'oft.libs/libgomp' <<<"$listing"; then
   echo "wheel_check.sh: the repaired wheel does not vendor libgomp" >&2
   exit 1
 fi

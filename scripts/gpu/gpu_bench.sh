@@ -134,7 +134,7 @@ if want build; then
 fi
 
 if want test; then
-  if ctest --test-dir "$BUILD" -N -L cuda 2>/dev/null | grep -q 'Total Tests: [1-9]'; then
+  if grep -q 'Total Tests: [1-9]' <<<"$(ctest --test-dir "$BUILD" -N -L cuda 2>/dev/null)"; then
     run_step "ctest -L cuda" 150 "$LOG_TEST" ctest --test-dir "$BUILD" -L cuda \
       --output-on-failure --timeout 120 -j 4
   else

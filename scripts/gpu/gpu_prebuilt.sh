@@ -39,7 +39,7 @@ fi
 
 lib_dirs=("$ROOT/.gpu_deps/prefix/lib/x86_64-linux-gnu")
 for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libgomp.so.1; do
-  ldconfig -p 2>/dev/null | grep -q "$lib " && continue
+  grep -q "$lib " <<<"$(ldconfig -p 2>/dev/null)" && continue
   found=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
   [[ -n $found ]] && lib_dirs+=("$(dirname "$found")")
 done
