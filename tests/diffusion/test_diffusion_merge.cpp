@@ -145,7 +145,8 @@ TEST(DiffusionMerge, KohyaIntoDiffusersFolderEqualsTheLibraryMergeBitForBit) {
       {kToOut, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0"},
       {kToQ, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"},
       {kMidProjIn, "oft_unet_mid_block_attentions_0_proj_in"}};
-  for (const auto& [tensor, module] : pairs) {
+  for (const auto& [tensor, module_binding] : pairs) {
+    const std::string module = module_binding;  // lambdas cannot capture a structured binding
     const TensorView v = base.tensor(tensor);
     const std::string expected = merged_bytes(v, 0, v.shape[0], [&](oft::ConstMatrixView<float> w) {
       return LycorisAdapter::merge(adapter.module(module), w, 1.0);
@@ -238,7 +239,8 @@ TEST(DiffusionMerge, KohyaDiffusersNamesIntoAnSD15SingleFileThroughTheLdmNames) 
       {to_out, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0"},
       {to_q, "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"},
       {proj_in, "oft_unet_mid_block_attentions_0_proj_in"}};
-  for (const auto& [tensor, module] : pairs) {
+  for (const auto& [tensor, module_binding] : pairs) {
+    const std::string module = module_binding;  // lambdas cannot capture a structured binding
     const TensorView v = base.tensor(tensor);
     EXPECT_EQ(bytes_of(out.tensor(tensor)), merged_bytes(v, 0, v.shape[0],
                                                          [&](oft::ConstMatrixView<float> w) {
@@ -325,9 +327,10 @@ TEST(DiffusionMerge, KohyaFluxSplitsIntoABflSingleFile) {
   const LycorisAdapter adapter = LycorisAdapter::load(options.adapter);
   const SafetensorsFile base = SafetensorsFile::open(options.base);
   const SafetensorsFile out = SafetensorsFile::open(options.out);
-  for (const auto& [tensor, module] :
+  for (const auto& [tensor, module_binding] :
        {std::make_pair(qkv, "oft_unet_double_blocks_0_img_attn_qkv"),
         std::make_pair(linear1, "oft_unet_single_blocks_0_linear1")}) {
+    const std::string module = module_binding;  // lambdas cannot capture a structured binding
     const TensorView v = base.tensor(tensor);
     EXPECT_EQ(bytes_of(out.tensor(tensor)), merged_bytes(v, 0, v.shape[0],
                                                          [&](oft::ConstMatrixView<float> w) {
