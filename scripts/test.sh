@@ -29,7 +29,9 @@
 # wheel once (all instruction-set levels), installs it into a fresh venv with no compiler on PATH,
 # runs its pytest suite once per level this CPU runs, and installs the same wheel into that
 # environment (scripts/python_check.sh, scripts/wheel_check.sh; skipped with the PEFT check).
-# The strict-warning compiles (OFT_BUILD_HYGIENE) are part of the default build only.
+# The default build then checks the Conan recipe and the vcpkg port (scripts/conan_check.sh,
+# scripts/vcpkg_port_check.sh). The strict-warning compiles (OFT_BUILD_HYGIENE) are part of the
+# default build only.
 #
 # Env: OFT_JOBS (default 2) controls build and ctest parallelism.
 set -euo pipefail
@@ -47,7 +49,7 @@ for arg in "$@"; do
     --march=?*) MARCH="${arg#--march=}" ;;
     --build-only) BUILD_ONLY=1 ;;
     --only=?*) ONLY="${arg#--only=}" ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -206,4 +208,8 @@ if [[ $SANITIZE -eq 0 && -z "$MARCH" ]]; then
     bash "$ROOT/scripts/peft_check.sh" "$BUILD_DIR"
     bash "$ROOT/scripts/python_check.sh" "$BUILD_DIR"
   fi
+  # The C++ package managers: conan create of conan/ offline against this source (about 20 s),
+  # and ports/oft checked as far as possible without vcpkg (about 5 s).
+  bash "$ROOT/scripts/conan_check.sh"
+  bash "$ROOT/scripts/vcpkg_port_check.sh"
 fi
