@@ -23,9 +23,9 @@ namespace {
 
 /// One family's operator, its parameters and its workspaces, built once per benchmark.
 struct FamilyRun {
-  std::function<void()> step;      ///< parameters -> operator, apply, backward
-  std::function<void()> apply;     ///< Y = X R
-  double workspace_bytes = 0;      ///< caller workspace of one step
+  std::function<void()> step;   ///< parameters -> operator, apply, backward
+  std::function<void()> apply;  ///< Y = X R
+  double workspace_bytes = 0;   ///< caller workspace of one step
 };
 
 template <class Op>
@@ -46,20 +46,26 @@ FamilyRun make_run(const std::string& family, Activations<float>& act) {
     auto owned = std::make_shared<Owned<Op>>();
     const oft::ButterflySpec spec{d / 32, 32, m};
     owned->op = std::make_unique<Op>(spec, oft::CayleyNeumann{4});
-    owned->params = oft::DeviceBuffer<float>(static_cast<std::size_t>(spec.generators() * spec.packed()));
+    owned->params =
+        oft::DeviceBuffer<float>(static_cast<std::size_t>(spec.generators() * spec.packed()));
     owned->grads = oft::DeviceBuffer<float>(owned->params.size());
     fill_uniform(owned->params.data(), owned->params.size(), 21, 0.02f);
     owned->workspace = oft::DeviceBuffer<unsigned char>(owned->op->workspace_bytes(n));
     owned->apply_workspace = oft::DeviceBuffer<unsigned char>(owned->op->apply_workspace_bytes(n));
-    const oft::DeviceMatrixView<const float> theta(owned->params.data(), spec.generators(), spec.packed());
-    const oft::DeviceMatrixView<float> dtheta(owned->grads.data(), spec.generators(), spec.packed());
+    const oft::DeviceMatrixView<const float> theta(owned->params.data(), spec.generators(),
+                                                   spec.packed());
+    const oft::DeviceMatrixView<float> dtheta(owned->grads.data(), spec.generators(),
+                                              spec.packed());
     run.step = [=] {
       owned->op->set_generators(theta, stream());
-      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(), stream());
-      owned->op->backward(x, dy, dx, dtheta, owned->workspace.data(), owned->workspace.size(), stream());
+      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(),
+                       stream());
+      owned->op->backward(x, dy, dx, dtheta, owned->workspace.data(), owned->workspace.size(),
+                          stream());
     };
     run.apply = [=] {
-      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(), stream());
+      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(),
+                       stream());
     };
     run.workspace_bytes = static_cast<double>(owned->workspace.size());
   } else if (family.rfind("hra_r", 0) == 0) {
@@ -76,19 +82,22 @@ FamilyRun make_run(const std::string& family, Activations<float>& act) {
     const oft::DeviceMatrixView<float> du(owned->grads.data(), d, r);
     run.step = [=] {
       owned->op->set_vectors(u, stream());
-      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(), stream());
-      owned->op->backward(x, dy, dx, du, owned->workspace.data(), owned->workspace.size(), stream());
+      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(),
+                       stream());
+      owned->op->backward(x, dy, dx, du, owned->workspace.data(), owned->workspace.size(),
+                          stream());
     };
     run.apply = [=] {
-      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(), stream());
+      owned->op->apply(x, y, owned->apply_workspace.data(), owned->apply_workspace.size(),
+                       stream());
     };
     run.workspace_bytes = static_cast<double>(owned->workspace.size());
   } else {
     const bool butterfly = family == "goft_butterfly";
     using Op = oft::Givens<float, oft::cuda>;
     auto owned = std::make_shared<Owned<Op>>();
-    owned->op = std::make_unique<Op>(oft::GivensSpec(d, butterfly ? oft::GivensLayout::Butterfly
-                                                                    : oft::GivensLayout::Goft));
+    owned->op = std::make_unique<Op>(
+        oft::GivensSpec(d, butterfly ? oft::GivensLayout::Butterfly : oft::GivensLayout::Goft));
     owned->params = oft::DeviceBuffer<float>(static_cast<std::size_t>(owned->op->spec().angles()));
     owned->grads = oft::DeviceBuffer<float>(owned->params.size());
     fill_uniform(owned->params.data(), owned->params.size(), 23, 0.1f);
@@ -111,7 +120,8 @@ void bm_family(benchmark::State& state, const std::string& family, Index n, bool
   guarded(state, name, [&] {
     std::shared_ptr<Activations<float>> act = activations<float>(n);
     const FamilyRun run = make_run(family, *act);
-    const double seconds = step_only_apply ? run_timed(state, run.apply) : run_timed(state, run.step);
+    const double seconds =
+        step_only_apply ? run_timed(state, run.apply) : run_timed(state, run.step);
     const double d = static_cast<double>(kFeatures);
     state.counters["N"] = static_cast<double>(n);
     if (!step_only_apply) {
@@ -128,12 +138,12 @@ void register_families() {
   for (Index n : {Index{2048}, Index{16384}}) {
     for (const char* family : families) {
       for (bool apply_only : {false, true}) {
-        const std::string name = std::string(apply_only ? "cuda_family_apply/" : "cuda_family_step/") +
-                                 family + "/N:" + std::to_string(n);
+        const std::string name =
+            std::string(apply_only ? "cuda_family_apply/" : "cuda_family_step/") + family +
+            "/N:" + std::to_string(n);
         const std::string f = family;
-        configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
-          bm_family(s, f, n, apply_only, name);
-        }));
+        configure(benchmark::RegisterBenchmark(
+            name.c_str(), [=](benchmark::State& s) { bm_family(s, f, n, apply_only, name); }));
       }
     }
   }

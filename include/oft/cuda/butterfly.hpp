@@ -77,9 +77,9 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
       const std::vector<Index> position = spec_.positions(i);
       std::vector<int> narrow(position.begin(), position.end());
       DeviceBuffer<int> table(narrow.size());
-      detail::cuda::check(cudaMemcpy(table.data(), narrow.data(), table.bytes(),
-                                    cudaMemcpyHostToDevice),
-                         "cudaMemcpy", "Butterfly<cuda>::Butterfly");
+      detail::cuda::check(
+          cudaMemcpy(table.data(), narrow.data(), table.bytes(), cudaMemcpyHostToDevice),
+          "cudaMemcpy", "Butterfly<cuda>::Butterfly");
       positions_.push_back(std::move(table));
     }
   }
@@ -131,7 +131,8 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
       permute(now, i, next, i - 1, stream, where);
       now = next;
     }
-    if (now.data() != y.data()) copy(now, y, stream, where);  // in place with m odd
+    if (now.data() != y.data())  // in place with m odd
+      detail::cuda::copy_rows<Scalar>(now, y, stream, where);
   }
 
   /// Y = X M^T = X B_0^T ... B_{m-1}^T: the inverse of apply (M is orthogonal when every block
@@ -215,11 +216,11 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
     // own input. Once factor i is done its input plane is free, and the gradient moves into it
     // in factor i + 1's order; at the end it goes to dX in the natural order.
     DeviceMatrixView<Scalar> gradient = at(m);
-    copy(dy, gradient, stream, where);
+    detail::cuda::copy_rows<Scalar>(dy, gradient, stream, where);
     for (Index i = 0; i < m; ++i) {
       factors_[static_cast<std::size_t>(i)].backward(at(i), gradient, gradient,
-                                                   factor_rows(dtheta, i), factor_workspace,
-                                                   factor_bytes, stream);
+                                                     factor_rows(dtheta, i), factor_workspace,
+                                                     factor_bytes, stream);
       if (i + 1 < m) {
         permute(gradient, i, at(i), i + 1, stream, where);
         gradient = at(i);
@@ -258,8 +259,8 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
                                          std::size_t workspace_size, const char* where) const {
     const Index n = x.rows(), d = features();
     detail::require(x.cols() == d, where, ": X has ", x.cols(), " columns, expected d=", d,
-                    " (m=", spec_.factors, " factors of N=", spec_.blocks, " blocks of b=",
-                    spec_.block_size, ")");
+                    " (m=", spec_.factors, " factors of N=", spec_.blocks,
+                    " blocks of b=", spec_.block_size, ")");
     detail::cuda::require_shape(y, n, d, "y", where);
     detail::cuda::require_device_pointer(x.data(), "x", where);
     detail::cuda::require_device_pointer(y.data(), "y", where);
@@ -280,8 +281,8 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
     const int d = static_cast<int>(features());
     if (rows == 0) return;
     constexpr int kThreads = 256;
-    const unsigned grid_y = static_cast<unsigned>(
-        std::min<Index>(rows, static_cast<Index>(detail::cuda::kMaxGridY)));
+    const unsigned grid_y =
+        static_cast<unsigned>(std::min<Index>(rows, static_cast<Index>(detail::cuda::kMaxGridY)));
     const dim3 grid(static_cast<unsigned>((d + kThreads - 1) / kThreads), grid_y);
     detail::cuda::butterfly_permute_kernel<Scalar><<<grid, kThreads, 0, stream>>>(
         src.data(), src.ld(), dst.data(), dst.ld(), rows, d, table(from), table(to));
@@ -290,17 +291,6 @@ class Butterfly<Scalar_, Parameterization_, cuda> {
 
   const int* table(Index order) const {
     return order == kNatural ? nullptr : positions_[static_cast<std::size_t>(order)].data();
-  }
-
-  static void copy(DeviceMatrixView<const Scalar> src, DeviceMatrixView<Scalar> dst,
-                   cudaStream_t stream, const char* where) {
-    if (src.empty()) return;
-    detail::cuda::check(
-        cudaMemcpy2DAsync(dst.data(), static_cast<std::size_t>(dst.ld()) * sizeof(Scalar),
-                          src.data(), static_cast<std::size_t>(src.ld()) * sizeof(Scalar),
-                          static_cast<std::size_t>(src.cols()) * sizeof(Scalar),
-                          static_cast<std::size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream),
-        "cudaMemcpy2DAsync", where);
   }
 
   ButterflySpec spec_;

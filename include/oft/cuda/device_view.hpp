@@ -251,6 +251,18 @@ void require_in_place_or_disjoint(const DeviceMatrixView<A>& out, const DeviceMa
                   "; pass the same view for in-place use or disjoint memory");
 }
 
+/// dst = src (same shape, device memory, any leading dimensions), enqueued on `stream`.
+template <class T>
+void copy_rows(DeviceMatrixView<const T> src, DeviceMatrixView<T> dst, cudaStream_t stream,
+               const char* where) {
+  if (src.empty()) return;
+  check(cudaMemcpy2DAsync(dst.data(), static_cast<std::size_t>(dst.ld()) * sizeof(T), src.data(),
+                          static_cast<std::size_t>(src.ld()) * sizeof(T),
+                          static_cast<std::size_t>(src.cols()) * sizeof(T),
+                          static_cast<std::size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream),
+        "cudaMemcpy2DAsync", where);
+}
+
 template <class A, class B>
 void require_disjoint(const DeviceMatrixView<A>& out, const DeviceMatrixView<B>& in,
                       const char* out_name, const char* in_name, const char* where) {

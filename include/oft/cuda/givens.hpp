@@ -123,7 +123,8 @@ __global__ void givens_backward_kernel(const T* x, Index ldx, const T* dy, Index
       __syncthreads();
     }
     if (dx != nullptr)
-      for (int f = threadIdx.x; f < d; f += blockDim.x) dx[n * lddx + f] = from_accumulator<T>(g[f]);
+      for (int f = threadIdx.x; f < d; f += blockDim.x)
+        dx[n * lddx + f] = from_accumulator<T>(g[f]);
     __syncthreads();
   }
 }
@@ -174,7 +175,8 @@ class Givens<Scalar_, cuda> {
         pairs.push_back({static_cast<int>(pair.first), static_cast<int>(pair.second)});
       offsets.push_back(static_cast<int>(pairs.size()));
     }
-    const std::vector<Parameter> zeros(angles_.size(), Parameter(0)), ones(angles_.size(), Parameter(1));
+    const std::vector<Parameter> zeros(angles_.size(), Parameter(0)),
+        ones(angles_.size(), Parameter(1));
     upload(pairs_, pairs);
     upload(offsets_, offsets);
     upload(angles_, zeros);
@@ -195,9 +197,9 @@ class Givens<Scalar_, cuda> {
     detail::cuda::require_device_pointer(angles, "angles", where);
     const int count = static_cast<int>(spec_.angles());
     if (count == 0) return;
-    detail::cuda::check(cudaMemcpyAsync(angles_.data(), angles, angles_.bytes(),
-                                       cudaMemcpyDeviceToDevice, stream),
-                       "cudaMemcpyAsync", where);
+    detail::cuda::check(
+        cudaMemcpyAsync(angles_.data(), angles, angles_.bytes(), cudaMemcpyDeviceToDevice, stream),
+        "cudaMemcpyAsync", where);
     refresh_trig(stream, where);
   }
 
@@ -211,9 +213,9 @@ class Givens<Scalar_, cuda> {
       detail::require_domain(std::isfinite(static_cast<double>(angles[k])), where, ": angle ", k,
                              " is not finite (", angles[k], ")");
     if (angles.empty()) return;
-    detail::cuda::check(cudaMemcpy(angles_.data(), angles.data(), angles_.bytes(),
-                                  cudaMemcpyHostToDevice),
-                       "cudaMemcpy", where);
+    detail::cuda::check(
+        cudaMemcpy(angles_.data(), angles.data(), angles_.bytes(), cudaMemcpyHostToDevice),
+        "cudaMemcpy", where);
     refresh_trig(nullptr, where);
     detail::cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize", where);
   }
@@ -222,7 +224,8 @@ class Givens<Scalar_, cuda> {
   const Parameter* angles() const { return angles_.data(); }
 
   /// Y = X R (N x d). `y` may be the same view as `x`; partial overlap is refused.
-  void apply(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> y, cudaStream_t stream) const {
+  void apply(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> y,
+             cudaStream_t stream) const {
     turn_rows(x, y, /*inverse=*/false, stream, "Givens<cuda>::apply");
   }
 
@@ -276,10 +279,10 @@ class Givens<Scalar_, cuda> {
     const int blocks = backward_blocks(n);
     auto* partial = static_cast<Parameter*>(workspace);
     detail::cuda::check(cudaMemsetAsync(partial, 0,
-                                       static_cast<std::size_t>(blocks) *
-                                           static_cast<std::size_t>(count) * sizeof(Parameter),
-                                       stream),
-                       "cudaMemsetAsync", where);
+                                        static_cast<std::size_t>(blocks) *
+                                            static_cast<std::size_t>(count) * sizeof(Parameter),
+                                        stream),
+                        "cudaMemsetAsync", where);
     if (n > 0) {
       kernel<<<static_cast<unsigned>(blocks), detail::cuda::kGivensThreads, shared, stream>>>(
           x.data(), x.ld(), dy.data(), dy.ld(), want_dx ? dx.data() : nullptr,
@@ -300,8 +303,9 @@ class Givens<Scalar_, cuda> {
   template <class E>
   static void upload(DeviceBuffer<E>& buffer, const std::vector<E>& host) {
     if (host.empty()) return;
-    detail::cuda::check(cudaMemcpy(buffer.data(), host.data(), buffer.bytes(), cudaMemcpyHostToDevice),
-                       "cudaMemcpy", kConstructor);
+    detail::cuda::check(
+        cudaMemcpy(buffer.data(), host.data(), buffer.bytes(), cudaMemcpyHostToDevice),
+        "cudaMemcpy", kConstructor);
   }
 
   /// cosines_ and sines_ from angles_, on `stream`.
@@ -320,9 +324,8 @@ class Givens<Scalar_, cuda> {
                         const char* where) const {
     const std::size_t limit = detail::cuda::dynamic_shared_limit(kernel, where);
     detail::require(bytes <= limit, where, ": d=", spec_.features(), " needs ", bytes,
-                    " bytes of shared memory per thread block in ", kernel_name,
-                    " (the rows in ", sizeof(Parameter) * 8, "-bit arithmetic); this GPU allows ",
-                    limit);
+                    " bytes of shared memory per thread block in ", kernel_name, " (the rows in ",
+                    sizeof(Parameter) * 8, "-bit arithmetic); this GPU allows ", limit);
   }
 
   static unsigned blocks_for(int count) {
@@ -332,7 +335,8 @@ class Givens<Scalar_, cuda> {
 
   /// Thread blocks of the apply grid: one per row, up to 8 per multiprocessor.
   unsigned apply_blocks(Index rows) const {
-    return static_cast<unsigned>(std::max<Index>(1, std::min<Index>(rows, 8 * device_.multiprocessors)));
+    return static_cast<unsigned>(
+        std::max<Index>(1, std::min<Index>(rows, 8 * device_.multiprocessors)));
   }
 
   /// Thread blocks of the backward grid (each owns angles() partial sums): up to 2 per
@@ -355,8 +359,8 @@ class Givens<Scalar_, cuda> {
     const std::size_t shared = static_cast<std::size_t>(d) * sizeof(Parameter);
     require_row_fits(kernel, shared, "givens_rows_kernel", where);
     kernel<<<apply_blocks(n), detail::cuda::kGivensThreads, shared, stream>>>(
-        x.data(), x.ld(), y.data(), y.ld(), n, static_cast<int>(d), pairs_.data(),
-        offsets_.data(), stages(), cosines_.data(), sines_.data(), inverse);
+        x.data(), x.ld(), y.data(), y.ld(), n, static_cast<int>(d), pairs_.data(), offsets_.data(),
+        stages(), cosines_.data(), sines_.data(), inverse);
     detail::cuda::check_launch("givens_rows_kernel", where);
   }
 

@@ -79,7 +79,8 @@ __global__ void householder_setup_kernel(const P* u, Index ldu, int d, int r, bo
   P* overlap = reinterpret_cast<P*>(dynamic_shared_memory());
   for (int i = 0; i < r; ++i) {
     P* v = q + static_cast<Index>(i) * d;
-    for (int p = threadIdx.x; p < d; p += kHouseholderThreads) v[p] = u[static_cast<Index>(p) * ldu + i];
+    for (int p = threadIdx.x; p < d; p += kHouseholderThreads)
+      v[p] = u[static_cast<Index>(p) * ldu + i];
     if (gram_schmidt) {  // modified Gram-Schmidt: each projection on the updated v, as PEFT
       for (int j = 0; j < i; ++j) {
         const P* qj = q + static_cast<Index>(j) * d;
@@ -155,7 +156,8 @@ __global__ void householder_vector_gradient_kernel(P* dq, P* dt, P* m, const P* 
     P* dqi = dq + static_cast<Index>(i) * d;
     const P norm = norms[i];
     const P along_q = householder_dot(qi, dqi, d, scratch);
-    for (int p = threadIdx.x; p < d; p += kHouseholderThreads) dv[p] = (dqi[p] - qi[p] * along_q) / norm;
+    for (int p = threadIdx.x; p < d; p += kHouseholderThreads)
+      dv[p] = (dqi[p] - qi[p] * along_q) / norm;
     if (gram_schmidt) {
       // v_{j+1} = v_j - (q_j . v_j) q_j for j = i-1 .. 0, walked back from v_i = ||v_i|| q_i.
       for (int p = threadIdx.x; p < d; p += kHouseholderThreads) v[p] = norm * qi[p];
@@ -171,7 +173,8 @@ __global__ void householder_vector_gradient_kernel(P* dq, P* dt, P* m, const P* 
         }
       }
     }
-    for (int p = threadIdx.x; p < d; p += kHouseholderThreads) du[static_cast<Index>(p) * lddu + i] = dv[p];
+    for (int p = threadIdx.x; p < d; p += kHouseholderThreads)
+      du[static_cast<Index>(p) * lddu + i] = dv[p];
     __syncthreads();  // dv and dq columns are read by other threads in the next reflection
   }
 }
@@ -193,10 +196,11 @@ class Householder<Scalar_, cuda> {
     const char* where = kConstructor;
     detail::require(features >= 1 && features <= kMaxFeatures, "householder features d=", features,
                     " must be in [1, ", kMaxFeatures, "]");
-    detail::require(reflections >= 1 && reflections <= kMaxReflections, "householder reflections r=",
-                    reflections, " must be in [1, ", kMaxReflections, "] on the GPU");
-    detail::require(!gram_schmidt || reflections <= features, "householder reflections r=",
-                    reflections, " exceed features d=", features,
+    detail::require(reflections >= 1 && reflections <= kMaxReflections,
+                    "householder reflections r=", reflections, " must be in [1, ", kMaxReflections,
+                    "] on the GPU");
+    detail::require(!gram_schmidt || reflections <= features,
+                    "householder reflections r=", reflections, " exceed features d=", features,
                     ": Gram-Schmidt cannot make more than d orthonormal vectors");
     q_ = DeviceBuffer<Parameter>(static_cast<std::size_t>(features * reflections));
     t_ = DeviceBuffer<Parameter>(static_cast<std::size_t>(reflections * reflections));
@@ -204,10 +208,12 @@ class Householder<Scalar_, cuda> {
     coefficients_ = DeviceBuffer<Parameter>(static_cast<std::size_t>(reflections * reflections));
     detail::cuda::check(cudaMemset(q_.data(), 0, q_.bytes()), "cudaMemset", where);
     detail::cuda::check(cudaMemset(t_.data(), 0, t_.bytes()), "cudaMemset", where);  // T = 0: R = I
-    detail::cuda::check(cudaMemset(coefficients_.data(), 0, coefficients_.bytes()), "cudaMemset", where);
+    detail::cuda::check(cudaMemset(coefficients_.data(), 0, coefficients_.bytes()), "cudaMemset",
+                        where);
     const std::vector<Parameter> ones(static_cast<std::size_t>(reflections), Parameter(1));
-    detail::cuda::check(cudaMemcpy(norms_.data(), ones.data(), norms_.bytes(), cudaMemcpyHostToDevice),
-                       "cudaMemcpy", where);
+    detail::cuda::check(
+        cudaMemcpy(norms_.data(), ones.data(), norms_.bytes(), cudaMemcpyHostToDevice),
+        "cudaMemcpy", where);
     detail::cuda::check(cublasCreate(&handle_), "cublasCreate", where);
     detail::cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", where);
   }
@@ -248,13 +254,14 @@ class Householder<Scalar_, cuda> {
                     " values, expected d x r = ", d, " x ", r);
     for (Index p = 0; p < d; ++p)
       for (Index i = 0; i < r; ++i)
-        detail::require_domain(std::isfinite(static_cast<double>(u[static_cast<std::size_t>(p * r + i)])),
-                               "hra_u has a non-finite entry ", u[static_cast<std::size_t>(p * r + i)],
-                               " at (", p, ", ", i, ")");
+        detail::require_domain(
+            std::isfinite(static_cast<double>(u[static_cast<std::size_t>(p * r + i)])),
+            "hra_u has a non-finite entry ", u[static_cast<std::size_t>(p * r + i)], " at (", p,
+            ", ", i, ")");
     require_independent_columns(u);
     DeviceBuffer<Parameter> staged(u.size());
     detail::cuda::check(cudaMemcpy(staged.data(), u.data(), staged.bytes(), cudaMemcpyHostToDevice),
-                       "cudaMemcpy", where);
+                        "cudaMemcpy", where);
     set_vectors(DeviceMatrixView<const Parameter>(staged.data(), d, r), nullptr);
     detail::cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize", where);
   }
@@ -269,7 +276,8 @@ class Householder<Scalar_, cuda> {
   /// Y = X R (N x d). `y` may be the same view as `x`; partial overlap is refused.
   void apply(DeviceMatrixView<const Scalar> x, DeviceMatrixView<Scalar> y, void* workspace,
              std::size_t workspace_size, cudaStream_t stream) const {
-    rotate(x, y, /*transposed=*/false, workspace, workspace_size, stream, "Householder<cuda>::apply");
+    rotate(x, y, /*transposed=*/false, workspace, workspace_size, stream,
+           "Householder<cuda>::apply");
   }
 
   /// Y = X R^T: the inverse of apply when R is orthogonal; W0 R^T, PEFT's merge, on W0's rows.
@@ -282,7 +290,8 @@ class Householder<Scalar_, cuda> {
   /// Bytes of workspace backward needs for `tokens` rows: four N x r panels, dQ (d x r), two
   /// r x r matrices and two d-vectors.
   std::size_t workspace_bytes(Index tokens) const {
-    detail::require(tokens >= 0, "Householder<cuda>::workspace_bytes: negative token count ", tokens);
+    detail::require(tokens >= 0, "Householder<cuda>::workspace_bytes: negative token count ",
+                    tokens);
     return 4 * panel_bytes(tokens) + parameter_workspace_bytes();
   }
 
@@ -314,10 +323,10 @@ class Householder<Scalar_, cuda> {
     detail::cuda::require_workspace(workspace, workspace_size, workspace_bytes(n), n, where);
     auto* bytes = static_cast<unsigned char*>(workspace);
     const std::size_t panel = panel_bytes(n);
-    auto* a = reinterpret_cast<Parameter*>(bytes);              // (X Q)^T, r x N
-    auto* c = reinterpret_cast<Parameter*>(bytes + panel);      // (dY Q)^T
-    auto* ct = reinterpret_cast<Parameter*>(bytes + 2 * panel); // (C T)^T
-    auto* at = reinterpret_cast<Parameter*>(bytes + 3 * panel); // (A T^T)^T
+    auto* a = reinterpret_cast<Parameter*>(bytes);               // (X Q)^T, r x N
+    auto* c = reinterpret_cast<Parameter*>(bytes + panel);       // (dY Q)^T
+    auto* ct = reinterpret_cast<Parameter*>(bytes + 2 * panel);  // (C T)^T
+    auto* at = reinterpret_cast<Parameter*>(bytes + 3 * panel);  // (A T^T)^T
     unsigned char* rest = bytes + 4 * panel;
     auto* dq = reinterpret_cast<Parameter*>(rest);
     rest += detail::cuda::align_up(static_cast<std::size_t>(d * r) * sizeof(Parameter));
@@ -331,10 +340,12 @@ class Householder<Scalar_, cuda> {
 
     bind(stream, where);
     if (n == 0) {
-      detail::cuda::check(cudaMemsetAsync(dq, 0, static_cast<std::size_t>(d * r) * sizeof(Parameter), stream),
-                         "cudaMemsetAsync", where);
-      detail::cuda::check(cudaMemsetAsync(dt, 0, static_cast<std::size_t>(r * r) * sizeof(Parameter), stream),
-                         "cudaMemsetAsync", where);
+      detail::cuda::check(
+          cudaMemsetAsync(dq, 0, static_cast<std::size_t>(d * r) * sizeof(Parameter), stream),
+          "cudaMemsetAsync", where);
+      detail::cuda::check(
+          cudaMemsetAsync(dt, 0, static_cast<std::size_t>(r * r) * sizeof(Parameter), stream),
+          "cudaMemsetAsync", where);
     } else {
       // Column-major views throughout: X^T is d x N with leading dimension x.ld().
       gemm(CUBLAS_OP_T, CUBLAS_OP_N, r, n, d, 1, q_.data(), d, x.data(), x.ld(), 0, a, r, where);
@@ -347,8 +358,10 @@ class Householder<Scalar_, cuda> {
       // dT = -C^T A, stored row-major (= (dT)^T column-major = -A^T C).
       if (!gram_schmidt_) gemm(CUBLAS_OP_N, CUBLAS_OP_T, r, r, n, -1, a, r, c, r, 0, dt, r, where);
       if (want_dx) {  // dX = dY - (C T) Q^T, after every read of X and dY above
-        if (!detail::cuda::same_memory(dx, dy)) copy(dy, dx, stream, where);
-        gemm(CUBLAS_OP_N, CUBLAS_OP_N, d, n, r, -1, q_.data(), d, ct, r, 1, dx.data(), dx.ld(), where);
+        if (!detail::cuda::same_memory(dx, dy))
+          detail::cuda::copy_rows<Scalar>(dy, dx, stream, where);
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, d, n, r, -1, q_.data(), d, ct, r, 1, dx.data(), dx.ld(),
+             where);
       }
     }
     detail::cuda::householder_vector_gradient_kernel<Parameter>
@@ -369,7 +382,8 @@ class Householder<Scalar_, cuda> {
                                   static_cast<std::size_t>(reflections_) * sizeof(Parameter));
   }
   std::size_t parameter_workspace_bytes() const {
-    const std::size_t d = static_cast<std::size_t>(features_), r = static_cast<std::size_t>(reflections_);
+    const std::size_t d = static_cast<std::size_t>(features_),
+                      r = static_cast<std::size_t>(reflections_);
     return detail::cuda::align_up(d * r * sizeof(Parameter)) +
            2 * detail::cuda::align_up(r * r * sizeof(Parameter)) +
            2 * detail::cuda::align_up(d * sizeof(Parameter));
@@ -380,8 +394,8 @@ class Householder<Scalar_, cuda> {
               void* workspace, std::size_t workspace_size, cudaStream_t stream,
               const char* where) const {
     const Index n = x.rows(), d = features_, r = reflections_;
-    detail::require(x.cols() == d, where, ": X has ", x.cols(), " columns, expected d=", d, " (r=", r,
-                    " reflections)");
+    detail::require(x.cols() == d, where, ": X has ", x.cols(), " columns, expected d=", d,
+                    " (r=", r, " reflections)");
     detail::cuda::require_shape(y, n, d, "y", where);
     detail::cuda::require_device_pointer(x.data(), "x", where);
     detail::cuda::require_device_pointer(y.data(), "y", where);
@@ -395,7 +409,7 @@ class Householder<Scalar_, cuda> {
     // (A T^T)^T = T A^T; (A T)^T = T^T A^T. t_ is row-major, i.e. T^T column-major.
     gemm(transposed ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, r, n, r, 1, t_.data(), r, a, r, 0, b,
          r, where);
-    if (!detail::cuda::same_memory(x, y)) copy(x, y, stream, where);
+    if (!detail::cuda::same_memory(x, y)) detail::cuda::copy_rows<Scalar>(x, y, stream, where);
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, d, n, r, -1, q_.data(), d, b, r, 1, y.data(), y.ld(), where);
   }
 
@@ -440,24 +454,14 @@ class Householder<Scalar_, cuda> {
             Parameter alpha, const Parameter* a, Index lda, const Parameter* b, Index ldb,
             Parameter beta, Parameter* c, Index ldc, const char* where) const {
     if constexpr (std::is_same_v<Parameter, double>) {
-      detail::cuda::check(cublasDgemm(handle_, op_a, op_b, to_int(m), to_int(n), to_int(k), &alpha, a,
-                                     to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)),
-                         "cublasDgemm", where);
+      detail::cuda::check(cublasDgemm(handle_, op_a, op_b, to_int(m), to_int(n), to_int(k), &alpha,
+                                      a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)),
+                          "cublasDgemm", where);
     } else {
-      detail::cuda::check(cublasSgemm(handle_, op_a, op_b, to_int(m), to_int(n), to_int(k), &alpha, a,
-                                     to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)),
-                         "cublasSgemm", where);
+      detail::cuda::check(cublasSgemm(handle_, op_a, op_b, to_int(m), to_int(n), to_int(k), &alpha,
+                                      a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)),
+                          "cublasSgemm", where);
     }
-  }
-
-  static void copy(DeviceMatrixView<const Scalar> src, DeviceMatrixView<Scalar> dst,
-                   cudaStream_t stream, const char* where) {
-    detail::cuda::check(
-        cudaMemcpy2DAsync(dst.data(), static_cast<std::size_t>(dst.ld()) * sizeof(Scalar),
-                          src.data(), static_cast<std::size_t>(src.ld()) * sizeof(Scalar),
-                          static_cast<std::size_t>(src.cols()) * sizeof(Scalar),
-                          static_cast<std::size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream),
-        "cudaMemcpy2DAsync", where);
   }
 
   Index features_, reflections_;

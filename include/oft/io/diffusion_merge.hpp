@@ -839,18 +839,7 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
       written.insert(relative);
     }
   }
-  for (auto it = fs::recursive_directory_iterator(options.base);
-       it != fs::recursive_directory_iterator(); ++it) {
-    const fs::path relative = fs::relative(it->path(), options.base);
-    if (written.count(relative.generic_string()) != 0) continue;
-    if (it->is_directory()) {
-      fs::create_directories(staging / relative);
-    } else if (it->is_regular_file()) {
-      fs::create_directories((staging / relative).parent_path());
-      fs::copy_file(it->path(), staging / relative);
-      ++report.other_files;
-    }
-  }
+  report.other_files += detail::copy_other_files(options.base, staging, written);
   commit_directory(staging, out);
   cleanup.release();
   return report;

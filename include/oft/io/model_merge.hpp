@@ -283,6 +283,28 @@ inline void stream_file(
   });
 }
 
+/// Copies every file and directory under `base` whose relative path (generic form) is not in
+/// `written` into the same place under `staging`, byte for byte; returns the files copied.
+inline std::size_t copy_other_files(const std::filesystem::path& base,
+                                    const std::filesystem::path& staging,
+                                    const std::set<std::string>& written) {
+  namespace fs = std::filesystem;
+  std::size_t copied = 0;
+  for (auto it = fs::recursive_directory_iterator(base); it != fs::recursive_directory_iterator();
+       ++it) {
+    const fs::path relative = fs::relative(it->path(), base);
+    if (written.count(relative.generic_string()) != 0) continue;
+    if (it->is_directory()) {
+      fs::create_directories(staging / relative);
+    } else if (it->is_regular_file()) {
+      fs::create_directories((staging / relative).parent_path());
+      fs::copy_file(it->path(), staging / relative);
+      ++copied;
+    }
+  }
+  return copied;
+}
+
 }  // namespace detail
 
 /// Folds the adapter `options.adapter` into the model `options.base` (or takes it out, with
@@ -416,19 +438,7 @@ inline MergeReport merge_model(const MergeOptions& options,
     }
   }
   // Every other file of the base, byte for byte.
-  for (auto it = fs::recursive_directory_iterator(options.base);
-       it != fs::recursive_directory_iterator(); ++it) {
-    const fs::path relative = fs::relative(it->path(), options.base);
-    const std::string key = relative.generic_string();
-    if (written.count(key) != 0) continue;
-    if (it->is_directory()) {
-      fs::create_directories(staging / relative);
-    } else if (it->is_regular_file()) {
-      fs::create_directories((staging / relative).parent_path());
-      fs::copy_file(it->path(), staging / relative);
-      ++report.other_files;
-    }
-  }
+  report.other_files = detail::copy_other_files(options.base, staging, written);
 
   commit_directory(staging, out);
   cleanup.release();
