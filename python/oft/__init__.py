@@ -6,8 +6,9 @@
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 - ``oft.serve``: many PEFT OFT adapters served in one batch, each request through its own
   (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).
-- ``oft.merge_model``, ``oft.inspect_adapter``, ``oft.convert_adapter`` (``oft.io``): the library's
-  model-file functions, the ones the ``oft`` tool runs.
+- ``oft.merge_model``, ``oft.inspect_adapter``, ``oft.convert_adapter``, ``oft.merge_diffusion``,
+  ``oft.convert_dialect`` (``oft.io``): the library's model-file functions, the ones the ``oft``
+  tool runs (PEFT directories; LyCORIS, kohya and OneTrainer files into diffusion checkpoints).
 - ``oft.build_info()``: which compiled kernels run (the instruction-set level chosen at import,
   ``OFT_ISA`` to force one; oft/_dispatch.py).
 """
@@ -18,11 +19,12 @@ from ._dispatch import load as _load
 _core, _build_info = _load()
 from ._core import (Parameterization, Policy, get_num_threads, has_bf16_dot_product, has_cuda,
                     set_num_threads)
-from .io import convert_adapter, inspect_adapter, merge_model
+from .io import convert_adapter, convert_dialect, inspect_adapter, merge_diffusion, merge_model
 
 __all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
            "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name",
-           "merge_model", "inspect_adapter", "convert_adapter", "build_info"]
+           "merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion", "convert_dialect",
+           "build_info"]
 # From include/oft/version.hpp, compiled into the module (pyproject reads the same line).
 __version__ = _build_info.get("version", "unknown")
 

@@ -1,30 +1,64 @@
 // oft._core's model-file functions: thin wrappers over the library's merge, convert and inspect
 // (include/oft/io/), the same functions the `oft` tool calls, so the three faces share one
-// implementation. Reports come back as dicts (inspect's as the library's JSON, the schema of
-// `oft inspect --json`); the progress callback gets one dict per tensor.
+// implementation: PEFT directories (merge_model, convert_adapter) and LyCORIS / kohya /
+// OneTrainer files (merge_diffusion, convert_dialect). Reports come back as dicts (inspect's as
+// the library's JSON, the schema of `oft inspect --json`); the progress callback gets one dict
+// per tensor.
 // The GIL is released while the library works and taken again only to call the callback.
 #include "io.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <filesystem>
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/dialect.hpp>
+#include <oft/io/dialect_convert.hpp>
+#include <oft/io/diffusion_merge.hpp>
 #include <oft/io/model_merge.hpp>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace nb = nanobind;
 
 namespace {
 
-oft::io::MergeDtype merge_dtype(const std::string& name) {
+oft::io::MergeDtype merge_dtype(const char* what, const std::string& name) {
   if (name == "same") return oft::io::MergeDtype::Same;
   if (name == "float32") return oft::io::MergeDtype::F32;
   if (name == "float16") return oft::io::MergeDtype::F16;
   if (name == "bfloat16") return oft::io::MergeDtype::BF16;
-  throw nb::value_error(
-      ("merge_model: dtype must be None, 'float32', 'float16' or 'bfloat16', got '" + name + "'")
-          .c_str());
+  throw nb::value_error((std::string(what) +
+                         ": dtype must be None, 'float32', 'float16' or 'bfloat16', got '" + name +
+                         "'")
+                            .c_str());
+}
+
+/// "" (detect by the keys) or a name oft::io::parse_dialect takes; its refusal (a
+/// std::invalid_argument listing the known names) reaches Python as ValueError.
+std::optional<oft::io::Dialect> optional_dialect(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  return oft::io::parse_dialect(name);
+}
+
+/// The progress callback of merge_model and merge_diffusion: one dict per tensor, called with the
+/// GIL taken again (the merge runs without it).
+oft::io::MergeProgressCallback progress_callback(nb::object& progress) {
+  if (progress.is_none()) return {};
+  return [&progress](const oft::io::MergeProgress& p) {
+    nb::gil_scoped_acquire gil;
+    nb::dict d;
+    d["tensors_done"] = p.tensors_done;
+    d["tensors_total"] = p.tensors_total;
+    d["bytes_done"] = p.bytes_done;
+    d["bytes_total"] = p.bytes_total;
+    d["current"] = p.current;
+    progress(d);
+  };
 }
 
 oft::io::GeneratorsDtype generators_dtype(const std::string& name) {
@@ -46,22 +80,10 @@ nb::dict merge(const std::string& base, const std::string& adapter, const std::s
   options.adapter = adapter;
   options.out = out;
   options.strength = strength;
-  options.dtype = merge_dtype(dtype);
+  options.dtype = merge_dtype("merge_model", dtype);
   options.force = force;
   options.unmerge = unmerge;
-  oft::io::MergeProgressCallback callback;
-  if (!progress.is_none()) {
-    callback = [&progress](const oft::io::MergeProgress& p) {
-      nb::gil_scoped_acquire gil;
-      nb::dict d;
-      d["tensors_done"] = p.tensors_done;
-      d["tensors_total"] = p.tensors_total;
-      d["bytes_done"] = p.bytes_done;
-      d["bytes_total"] = p.bytes_total;
-      d["current"] = p.current;
-      progress(d);
-    };
-  }
+  const oft::io::MergeProgressCallback callback = progress_callback(progress);
   oft::io::MergeReport report;
   {
     nb::gil_scoped_release released;
@@ -91,10 +113,44 @@ nb::dict merge(const std::string& base, const std::string& adapter, const std::s
   return d;
 }
 
-// The library's JSON (the schema of `oft inspect --json`); oft.inspect_adapter parses it.
-std::string inspect_json(const std::string& adapter, double tolerance) {
+// Each module of the dialect's own report gains "summary", the library's uniform per-module
+// terms (oft::io::to_json(DialectModuleSummary)), as `oft inspect --json` writes it.
+template <class Json>
+Json with_summary(Json json, const std::vector<oft::io::DialectModuleSummary>& rows) {
+  for (std::size_t i = 0; i < rows.size() && i < json["modules"].size(); ++i)
+    json["modules"][i]["summary"] = oft::io::to_json(rows[i]);
+  return json;
+}
+
+// `oft inspect --json` (tools/oft/inspect.cpp, run_inspect): the dialect resolved as the tool
+// resolves it, that dialect's report and to_json, and the summary rows; oft.inspect_adapter
+// parses the string. The dispatch repeats the tool's because the library has no one function
+// for it yet.
+std::string inspect_json(const std::string& adapter, double tolerance, const std::string& dialect) {
   nb::gil_scoped_release released;
-  return oft::io::to_json(oft::io::inspect_adapter(adapter, tolerance)).dump();
+  using oft::io::Dialect;
+  const Dialect found = oft::io::resolve_dialect(adapter, optional_dialect(dialect));
+  const std::filesystem::path tensors = oft::io::dialect_tensor_file(adapter);
+  if (found == Dialect::Lycoris || found == Dialect::Kohya) {
+    const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(
+        tensors, found == Dialect::Kohya ? oft::io::LycorisAdapter::Dialect::Kohya
+                                         : oft::io::LycorisAdapter::Dialect::Lycoris));
+    return with_summary(oft::io::to_json(report), oft::io::summarize(report)).dump();
+  }
+  if (found == Dialect::OneTrainer) {
+    // A PEFT directory read as OneTrainer's: its config says what PEFT trained, to measure.
+    std::optional<oft::io::PeftOftConfig> peft;
+    if (std::filesystem::is_regular_file(std::filesystem::path(adapter) / "adapter_config.json"))
+      peft = oft::io::PeftOftAdapter::load(adapter).config;
+    const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors),
+                                                    peft ? &*peft : nullptr);
+    return with_summary(oft::io::to_json(report), oft::io::summarize(report)).dump();
+  }
+  const auto report = oft::io::inspect_adapter(adapter, tolerance);
+  std::optional<oft::io::PeftOftAdapter> peft;  // COFT's binding needs the generators
+  if (report.family == "OFT") peft = oft::io::PeftOftAdapter::load(adapter);
+  return with_summary(oft::io::to_json(report), oft::io::summarize(report, peft ? &*peft : nullptr))
+      .dump();
 }
 
 nb::dict convert(const std::string& adapter, const std::string& out, const std::string& base,
@@ -127,6 +183,80 @@ nb::dict convert(const std::string& adapter, const std::string& out, const std::
   return d;
 }
 
+nb::dict merge_diffusion(const std::string& base, const std::string& adapter,
+                         const std::string& out, std::optional<double> strength,
+                         std::optional<double> blend, const std::string& dtype, bool force,
+                         const std::string& dialect, nb::object progress) {
+  oft::io::DiffusionMergeOptions options;
+  options.base = base;
+  options.adapter = adapter;
+  options.out = out;
+  // Both given reach the library, whose refusal is the message Python shows.
+  options.strength = strength;
+  options.blend = blend;
+  options.dtype = merge_dtype("merge_diffusion", dtype);
+  options.force = force;
+  options.dialect = optional_dialect(dialect);
+  const oft::io::MergeProgressCallback callback = progress_callback(progress);
+  oft::io::DiffusionMergeReport report;
+  {
+    nb::gil_scoped_release released;
+    report = oft::io::merge_diffusion(options, callback);
+  }
+  nb::dict d;
+  d["dialect"] = oft::io::dialect_name(report.dialect);
+  nb::list targets;
+  for (const oft::io::DiffusionTarget& t : report.targets) {
+    nb::dict target;
+    target["module"] = t.module;
+    target["tensor"] = t.tensor;
+    target["row_begin"] = t.row_begin;
+    target["row_count"] = t.row_count;
+    targets.append(target);
+  }
+  d["targets"] = targets;
+  d["tensors"] = report.tensors;
+  d["files"] = report.files;
+  d["other_files"] = report.other_files;
+  d["bytes"] = report.bytes;
+  d["blend_orthogonality_error"] = report.blend_orthogonality_error;
+  return d;
+}
+
+// `oft convert --to`: `to` is the tool's word ("peft" is PEFT's OFT), checked by oft.io.
+nb::dict convert_dialect(const std::string& adapter, const std::string& out, const std::string& to,
+                         const std::string& from, bool allow_change, bool force, double tolerance) {
+  oft::io::DialectConvertOptions options;
+  options.adapter = adapter;
+  options.out = out;
+  options.to = to == "peft" ? oft::io::Dialect::PeftOft : oft::io::parse_dialect(to);
+  options.from = optional_dialect(from);
+  options.allow_change = allow_change;
+  options.force = force;
+  options.tolerance = tolerance;
+  oft::io::DialectConvertReport report;
+  {
+    nb::gil_scoped_release released;
+    report = oft::io::convert_dialect(options);
+  }
+  nb::dict d;
+  d["from"] = oft::io::dialect_name(report.from);
+  d["to"] = oft::io::dialect_name(report.to);
+  nb::list modules;
+  for (const auto& m : report.modules) {
+    nb::dict module;
+    module["name"] = m.name;
+    module["written"] = m.written;
+    module["change"] = m.change;
+    module["note"] = m.note;
+    modules.append(module);
+  }
+  d["modules"] = modules;
+  d["max_change"] = report.max_change;
+  d["round_trip"] = report.round_trip;
+  return d;
+}
+
 }  // namespace
 
 void bind_io(nb::module_& m) {
@@ -134,7 +264,15 @@ void bind_io(nb::module_& m) {
         nb::arg("strength"), nb::arg("dtype"), nb::arg("force"), nb::arg("unmerge"),
         nb::arg("progress").none(), "oft::io::merge_model (include/oft/io/model_merge.hpp).");
   m.def("inspect_adapter_json", &inspect_json, nb::arg("adapter"), nb::arg("tolerance"),
-        "oft::io::to_json(oft::io::inspect_adapter(...)) (include/oft/io/adapter_inspect.hpp).");
+        nb::arg("dialect"),
+        "What `oft inspect --json` writes, for an adapter of any dialect (tools/oft/inspect.cpp).");
+  m.def("merge_diffusion", &merge_diffusion, nb::arg("base"), nb::arg("adapter"), nb::arg("out"),
+        nb::arg("strength").none(), nb::arg("blend").none(), nb::arg("dtype"), nb::arg("force"),
+        nb::arg("dialect"), nb::arg("progress").none(),
+        "oft::io::merge_diffusion (include/oft/io/diffusion_merge.hpp).");
+  m.def("convert_dialect", &convert_dialect, nb::arg("adapter"), nb::arg("out"), nb::arg("to"),
+        nb::arg("dialect"), nb::arg("allow_change"), nb::arg("force"), nb::arg("tolerance"),
+        "oft::io::convert_dialect (include/oft/io/dialect_convert.hpp).");
   m.def("convert_adapter", &convert, nb::arg("adapter"), nb::arg("out"), nb::arg("base"),
         nb::arg("expand_block_share"), nb::arg("generators_dtype"),
         nb::arg("to_current_polynomial"), nb::arg("allow_change"), nb::arg("force"),
