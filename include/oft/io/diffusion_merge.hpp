@@ -8,8 +8,10 @@
 ///   - a diffusers model folder: `unet/`, `transformer/`, `text_encoder/`, `text_encoder_2/`,
 ///     `text_encoder_3/`, each with one `*.safetensors` file or a `*.safetensors.index.json` and
 ///     its shards; everything else of the folder (vae/, scheduler/, tokenizers,
-///     model_index.json) is copied byte for byte. The output is a folder, written whole or not at
-///     all (io/atomic_directory.hpp).
+///     model_index.json) is copied byte for byte. A component holding its weights in several
+///     diffusers variants (`*.fp16.safetensors` beside the plain file) is merged in the one
+///     `variant` names and the others are left out (DiffusionMergeOptions::variant). The output
+///     is a folder, written whole or not at all (io/atomic_directory.hpp).
 ///   - a single-file checkpoint (one `.safetensors`): SD 1.5 / SD 2 (`model.diffusion_model.*`,
 ///     `cond_stage_model.transformer.*`), SDXL (`conditioner.embedders.0.transformer.*`, and
 ///     `conditioner.embedders.1.model.*`, OpenCLIP's layout with its fused `attn.in_proj_weight`),
@@ -28,7 +30,11 @@
 /// is kohya's `down_blocks_0_attentions_0_proj_in` for SD 1.5; SDXL's kohya names are the LDM
 /// ones, offered as they are; a diffusers folder's unet/ offers its tensors' LDM names too), and
 /// OpenCLIP's `resblocks.<i>.attn.in_proj_weight` offers its three row slices as
-/// `text_model_encoder_layers_<i>_self_attn_{q,k,v}_proj`. A module whose
+/// `text_model_encoder_layers_<i>_self_attn_{q,k,v}_proj`. A FLUX or SD3 single file offers its
+/// tensors under diffusers' transformer names too, fused ones as row slices (mmdit_to_diffusers:
+/// `double_blocks.0.img_attn.qkv` is `transformer_blocks_0_attn_to_{q,k,v}`,
+/// `single_blocks.0.linear1` is `single_transformer_blocks_0_attn_to_{q,k,v}` and `_proj_mlp`,
+/// under the transformer's prefixes `lora_transformer_`, `lycoris_`, `lora_unet_`). A module whose
 /// name matches no key, or more than one tensor, is refused before anything is written, as is a
 /// tensor two modules would both change, a shape the module does not fit, or a non-float target.
 ///
@@ -80,6 +86,13 @@ struct DiffusionMergeOptions {
   MergeDtype dtype = MergeDtype::Same;
   bool force = false;
   std::optional<Dialect> dialect;  ///< lycoris, kohya or onetrainer; detected when empty
+  /// A diffusers folder whose components hold their weights in several variants (diffusers'
+  /// `variant`: `diffusion_pytorch_model.fp16.safetensors` beside the plain file): the one to
+  /// merge. Its files are written under their own names; the other variants' weights files are
+  /// left out of the output (DiffusionMergeReport::dropped), since diffusers would load them
+  /// without the adapter. A component without this variant merges its plain weights, as
+  /// diffusers loads them. Without it, several variants in a component are refused.
+  std::optional<std::string> variant;
 };
 
 /// One adapter module placed in the base.
@@ -87,6 +100,9 @@ struct DiffusionTarget {
   std::string module;  ///< the adapter's module name
   std::string tensor;  ///< the base tensor (component-qualified in a folder: `unet/<name>`)
   std::uint64_t row_begin = 0, row_count = 0;  ///< the rows it changes (a fused qkv: a slice)
+  /// The module was trained on this tensor with its two row halves swapped (diffusers'
+  /// norm_out.linear of a FLUX or SD3 single file): merged in that order, stored back in this one.
+  bool swap_halves = false;
 };
 
 /// What merge_diffusion wrote.
@@ -96,6 +112,9 @@ struct DiffusionMergeReport {
   std::size_t tensors = 0;               ///< tensors written
   std::size_t files = 0;                 ///< safetensors files written
   std::size_t other_files = 0;           ///< files copied unchanged
+  /// With a variant: the other variants' weights files of the merged components, not written
+  /// (relative to the base, as `unet/diffusion_pytorch_model.safetensors`).
+  std::vector<std::string> dropped;
   std::uint64_t bytes = 0;
   /// With `blend` s: max over modules of ||M^T M - I||_2, M = s R + (1 - s) I (per block; per
   /// stage for BOFT); 0 otherwise. What the blend costs in orthogonality.
@@ -301,10 +320,209 @@ inline std::vector<OpenClipName> open_clip_to_hf(std::string name) {
   return {};
 }
 
+/// Which MMDiT a single file holds, told by its tensor names: FLUX as Black Forest Labs saves it
+/// (`double_blocks.*`, `single_blocks.*`) or SD3 (`joint_blocks.*`), each with or without
+/// `model.diffusion_model.`. Its tensors are then also offered under the names of diffusers'
+/// FluxTransformer2DModel / SD3Transformer2DModel (mmdit_to_diffusers), which is how LyCORIS,
+/// SimpleTuner and diffusers-style kohya / OneTrainer files name the transformer they trained.
+struct TransformerLayout {
+  enum class Kind { None, Flux, Sd3 };
+  Kind kind = Kind::None;
+  int last_joint_block = -1;  ///< SD3: the last joint block, whose context stream ends there
+};
+
+/// `name` relative to the transformer (ComfyUI writes FLUX under `model.diffusion_model.` too).
+inline std::string mmdit_relative(const std::string& name) {
+  static const std::string head = "model.diffusion_model.";
+  return starts_with(name, head) ? name.substr(head.size()) : name;
+}
+
+inline TransformerLayout transformer_layout(const std::vector<std::string>& names) {
+  bool flux = false, sd3 = false;
+  TransformerLayout layout;
+  for (const std::string& name : names) {
+    std::string rest = mmdit_relative(name);
+    flux = flux || starts_with(rest, "double_blocks.") || starts_with(rest, "single_blocks.");
+    if (!starts_with(rest, "joint_blocks.")) continue;
+    sd3 = true;
+    rest = rest.substr(std::strlen("joint_blocks."));
+    int block = 0;
+    if (take_number(rest, block))
+      layout.last_joint_block = std::max(layout.last_joint_block, block);
+  }
+  // Both at once is no model diffusers converts: offer neither's names rather than guess.
+  if (flux != sd3)
+    layout.kind = flux ? TransformerLayout::Kind::Flux : TransformerLayout::Kind::Sd3;
+  return layout;
+}
+
+/// One diffusers module an MMDiT tensor holds: rows [begin, begin + count) of it (count 0: all).
+struct DiffusersPiece {
+  std::string name;  ///< the diffusers module path (no `.weight`)
+  std::uint64_t begin = 0, count = 0;
+  /// diffusers' tensor is this one with its two row halves swapped (swap_scale_shift: the
+  /// original AdaLayerNormContinuous splits its output into shift, scale; diffusers' into scale,
+  /// shift), so a module merges into the swapped tensor and is swapped back.
+  bool swap_halves = false;
+  std::string refused;  ///< non-empty: the name is this tensor's, but its shape does not split so
+};
+
+/// The diffusers names of the single-file MMDiT tensor `path` (relative to the transformer,
+/// without `.weight`; rows x cols with the trailing dimensions flattened). The renaming and the
+/// row splits are those of diffusers' own converters, src/diffusers/loaders/single_file_utils.py
+/// convert_flux_transformer_checkpoint_to_diffusers and
+/// convert_sd3_transformer_checkpoint_to_diffusers (huggingface/diffusers at commit
+/// 58eb52c0803ea9af3abec60841c2a093bdf1f951; scripts/convert_flux_to_diffusers.py at commit
+/// 1b446eb710c5d5f7cd4c7296ac151f722ff01454 splits the same way): a fused q, k, v is chunked into
+/// three equal row blocks in that order (the context stream's are add_q_proj, add_k_proj,
+/// add_v_proj); FLUX's single-block linear1 is split into q, k, v of `inner_dim` rows each and
+/// proj_mlp of `mlp_ratio` (4) x inner_dim, inner_dim being its input width; the final norm (and
+/// SD3's last context norm) swaps its halves. Every other tensor is one diffusers module whole.
+inline std::vector<DiffusersPiece> mmdit_to_diffusers(const std::string& path, std::uint64_t rows,
+                                                      std::uint64_t cols,
+                                                      const TransformerLayout& layout) {
+  using Kind = TransformerLayout::Kind;
+  // How diffusers cuts the tensor: whole, q|k|v thirds, FLUX's q|k|v|mlp, halves swapped, or
+  // SD3's context norm (swapped in the last block only).
+  enum class Cut { Whole, Thirds, QkvMlp, Swapped, SwappedInLastBlock };
+  struct Rename {
+    const char* from;  // relative to its block (top level: to the transformer), no `.weight`
+    Cut cut;
+    std::array<const char*, 4> to;
+  };
+  static const std::array<Rename, 10> flux_top{{
+      {"time_in.in_layer", Cut::Whole, {"time_text_embed.timestep_embedder.linear_1"}},
+      {"time_in.out_layer", Cut::Whole, {"time_text_embed.timestep_embedder.linear_2"}},
+      {"vector_in.in_layer", Cut::Whole, {"time_text_embed.text_embedder.linear_1"}},
+      {"vector_in.out_layer", Cut::Whole, {"time_text_embed.text_embedder.linear_2"}},
+      {"guidance_in.in_layer", Cut::Whole, {"time_text_embed.guidance_embedder.linear_1"}},
+      {"guidance_in.out_layer", Cut::Whole, {"time_text_embed.guidance_embedder.linear_2"}},
+      {"txt_in", Cut::Whole, {"context_embedder"}},
+      {"img_in", Cut::Whole, {"x_embedder"}},
+      {"final_layer.linear", Cut::Whole, {"proj_out"}},
+      {"final_layer.adaLN_modulation.1", Cut::Swapped, {"norm_out.linear"}},
+  }};
+  static const std::array<Rename, 10> flux_double{{
+      {"img_attn.qkv", Cut::Thirds, {"attn.to_q", "attn.to_k", "attn.to_v"}},
+      {"txt_attn.qkv", Cut::Thirds, {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"}},
+      {"img_attn.proj", Cut::Whole, {"attn.to_out.0"}},
+      {"txt_attn.proj", Cut::Whole, {"attn.to_add_out"}},
+      {"img_mlp.0", Cut::Whole, {"ff.net.0.proj"}},
+      {"img_mlp.2", Cut::Whole, {"ff.net.2"}},
+      {"txt_mlp.0", Cut::Whole, {"ff_context.net.0.proj"}},
+      {"txt_mlp.2", Cut::Whole, {"ff_context.net.2"}},
+      {"img_mod.lin", Cut::Whole, {"norm1.linear"}},
+      {"txt_mod.lin", Cut::Whole, {"norm1_context.linear"}},
+  }};
+  static const std::array<Rename, 3> flux_single{{
+      {"linear1", Cut::QkvMlp, {"attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"}},
+      {"linear2", Cut::Whole, {"proj_out"}},
+      {"modulation.lin", Cut::Whole, {"norm.linear"}},
+  }};
+  static const std::array<Rename, 8> sd3_top{{
+      {"x_embedder.proj", Cut::Whole, {"pos_embed.proj"}},
+      {"t_embedder.mlp.0", Cut::Whole, {"time_text_embed.timestep_embedder.linear_1"}},
+      {"t_embedder.mlp.2", Cut::Whole, {"time_text_embed.timestep_embedder.linear_2"}},
+      {"y_embedder.mlp.0", Cut::Whole, {"time_text_embed.text_embedder.linear_1"}},
+      {"y_embedder.mlp.2", Cut::Whole, {"time_text_embed.text_embedder.linear_2"}},
+      {"context_embedder", Cut::Whole, {"context_embedder"}},
+      {"final_layer.linear", Cut::Whole, {"proj_out"}},
+      {"final_layer.adaLN_modulation.1", Cut::Swapped, {"norm_out.linear"}},
+  }};
+  static const std::array<Rename, 12> sd3_joint{{
+      {"x_block.attn.qkv", Cut::Thirds, {"attn.to_q", "attn.to_k", "attn.to_v"}},
+      {"context_block.attn.qkv",
+       Cut::Thirds,
+       {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"}},
+      {"x_block.attn2.qkv", Cut::Thirds, {"attn2.to_q", "attn2.to_k", "attn2.to_v"}},
+      {"x_block.attn.proj", Cut::Whole, {"attn.to_out.0"}},
+      {"x_block.attn2.proj", Cut::Whole, {"attn2.to_out.0"}},
+      {"context_block.attn.proj", Cut::Whole, {"attn.to_add_out"}},
+      {"x_block.mlp.fc1", Cut::Whole, {"ff.net.0.proj"}},
+      {"x_block.mlp.fc2", Cut::Whole, {"ff.net.2"}},
+      {"context_block.mlp.fc1", Cut::Whole, {"ff_context.net.0.proj"}},
+      {"context_block.mlp.fc2", Cut::Whole, {"ff_context.net.2"}},
+      {"x_block.adaLN_modulation.1", Cut::Whole, {"norm1.linear"}},
+      {"context_block.adaLN_modulation.1", Cut::SwappedInLastBlock, {"norm1_context.linear"}},
+  }};
+
+  std::string rest = path, head;  // head: the diffusers block path
+  int block = -1;
+  const Rename* begin = nullptr;
+  const Rename* end = nullptr;
+  const auto in_block = [&](const char* bfl, const char* diffusers) {
+    if (!starts_with(rest, bfl)) return false;
+    rest = rest.substr(std::strlen(bfl));
+    if (!take_number(rest, block)) return false;
+    head = diffusers + std::to_string(block) + ".";
+    return true;
+  };
+  if (layout.kind == Kind::Flux) {
+    if (in_block("double_blocks.", "transformer_blocks.")) {
+      begin = flux_double.data(), end = begin + flux_double.size();
+    } else if (in_block("single_blocks.", "single_transformer_blocks.")) {
+      begin = flux_single.data(), end = begin + flux_single.size();
+    } else {
+      begin = flux_top.data(), end = begin + flux_top.size();
+    }
+  } else if (layout.kind == Kind::Sd3) {
+    if (in_block("joint_blocks.", "transformer_blocks.")) {
+      begin = sd3_joint.data(), end = begin + sd3_joint.size();
+    } else {
+      begin = sd3_top.data(), end = begin + sd3_top.size();
+    }
+  }
+  const Rename* found = nullptr;
+  for (const Rename* r = begin; r != end; ++r)
+    if (rest == r->from) found = r;
+  if (found == nullptr) return {};
+
+  const std::string model = layout.kind == Kind::Flux ? "FLUX" : "SD3";
+  const auto shape = [&] { return std::to_string(rows) + "x" + std::to_string(cols); };
+  std::vector<DiffusersPiece> pieces;
+  switch (found->cut) {
+    case Cut::Whole:
+      pieces.push_back({head + found->to[0], 0, 0, false, {}});
+      break;
+    case Cut::Swapped:
+    case Cut::SwappedInLastBlock: {
+      const bool swapped = found->cut == Cut::Swapped || block == layout.last_joint_block;
+      DiffusersPiece piece{head + found->to[0], 0, 0, swapped, {}};
+      if (swapped && rows % 2 != 0)
+        piece.refused = "this " + model + " norm has " + std::to_string(rows) +
+                        " rows, which diffusers' swap of its shift and scale halves cannot split";
+      pieces.push_back(piece);
+      break;
+    }
+    case Cut::Thirds:
+    case Cut::QkvMlp: {
+      // Each of q, k, v is square (inner_dim = the input width); FLUX's MLP has mlp_ratio 4.
+      const bool mlp = found->cut == Cut::QkvMlp;
+      const std::uint64_t parts = mlp ? 4 : 3, want = mlp ? 7 * cols : 3 * cols;
+      for (std::uint64_t p = 0; p < parts; ++p) {
+        DiffusersPiece piece{head + found->to[p], p * cols, p == 3 ? 4 * cols : cols, false, {}};
+        if (rows != want)
+          piece.refused =
+              model + " fuses " +
+              (mlp ? std::string("q, k, v (inner_dim rows each) and the 4 x inner_dim MLP rows")
+                   : std::string("q, k, v (inner_dim rows each)")) +
+              " of inner_dim = its input width, so it has " + std::to_string(want / cols) + " x " +
+              std::to_string(cols) + " = " + std::to_string(want) + " rows; this one is " +
+              shape() + ", which does not split as diffusers splits it";
+        pieces.push_back(piece);
+      }
+      break;
+    }
+  }
+  return pieces;
+}
+
 /// One base tensor an adapter module name can mean.
 struct Candidate {
   std::string tensor;  ///< qualified: "<component>/<name>" in a folder, the name in a file
   std::uint64_t row_begin = 0, row_count = 0;  ///< row_count 0: all rows
+  bool swap_halves = false;                    ///< see DiffusersPiece
+  std::string refused;  ///< non-empty: why this name's tensor cannot take the module
 };
 
 using CandidateMap = std::map<std::string, std::vector<Candidate>>;
@@ -317,7 +535,8 @@ inline void offer(CandidateMap& map, const char* component, const std::string& p
     // One tensor offered twice under one key (an LDM name equal to its own diffusers name)
     // is one candidate.
     const bool seen = std::any_of(list.begin(), list.end(), [&](const Candidate& c) {
-      return c.tensor == candidate.tensor && c.row_begin == candidate.row_begin;
+      return c.tensor == candidate.tensor && c.row_begin == candidate.row_begin &&
+             c.row_count == candidate.row_count && c.swap_halves == candidate.swap_halves;
     });
     if (!seen) list.push_back(candidate);
   }
@@ -328,10 +547,12 @@ inline bool adaptable(const TensorInfo& info) {
          (info.dtype == Dtype::F32 || info.dtype == Dtype::F16 || info.dtype == Dtype::BF16);
 }
 
-/// The keys a single file's tensor `name` offers (see the file comment).
-inline void offer_single_file(CandidateMap& map, const TensorInfo& info) {
+/// The keys a single file's tensor `name` offers (see the file comment); `layout` is the file's
+/// (transformer_layout).
+inline void offer_single_file(CandidateMap& map, const TensorInfo& info,
+                              const TransformerLayout& layout) {
   const std::string& name = info.name;
-  const Candidate whole{name, 0, 0};
+  const Candidate whole{name, 0, 0, false, {}};
   static const std::array<std::pair<const char*, const char*>, 6> encoders{{
       {"cond_stage_model.transformer.", "text_encoder"},         // SD 1.x (HF CLIP inside)
       {"conditioner.embedders.0.transformer.", "text_encoder"},  // SDXL's CLIP-L
@@ -346,7 +567,9 @@ inline void offer_single_file(CandidateMap& map, const TensorInfo& info) {
       if (std::string(head) == "cond_stage_model.model.") {
         for (const OpenClipName& o : open_clip_to_hf(rest))
           offer(map, component, o.name,
-                o.sliced ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3} : whole);
+                o.sliced
+                    ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3, false, {}}
+                    : whole);
         return;
       }
       if (detail::ends_with(rest, ".weight"))
@@ -357,7 +580,8 @@ inline void offer_single_file(CandidateMap& map, const TensorInfo& info) {
     const std::string rest = name.substr(std::strlen("conditioner.embedders.1.model."));
     for (const OpenClipName& o : open_clip_to_hf(rest))
       offer(map, "text_encoder_2", o.name,
-            o.sliced ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3} : whole);
+            o.sliced ? Candidate{name, o.slice * info.shape[0] / 3, info.shape[0] / 3, false, {}}
+                     : whole);
     return;
   }
   if (starts_with(name, "first_stage_model.") || starts_with(name, "vae.") ||
@@ -370,28 +594,101 @@ inline void offer_single_file(CandidateMap& map, const TensorInfo& info) {
     if (!diffusers.empty()) offer(map, "unet", diffusers.substr(0, diffusers.size() - 7), whole);
   }
   offer(map, "unet", path, whole);  // LDM names (kohya SDXL), SD3 / FLUX names as they are
+  std::uint64_t cols = 1;
+  for (std::size_t d = 1; d < info.shape.size(); ++d) cols *= info.shape[d];
+  for (const DiffusersPiece& p : mmdit_to_diffusers(path, info.shape[0], cols, layout))
+    offer(map, "transformer", p.name, Candidate{name, p.begin, p.count, p.swap_halves, p.refused});
 }
 
 }  // namespace detail
 
 namespace detail {
 
+/// The variant of a weights file of a diffusers component folder, by diffusers' own names: ""
+/// for none, std::nullopt when `name` is neither a `.safetensors` file nor an index. diffusers
+/// puts the variant before the extension (src/diffusers/utils/hub_utils.py `_add_variant`:
+/// `diffusion_pytorch_model.fp16.safetensors`, the index
+/// `diffusion_pytorch_model.safetensors.index.fp16.json`, the shards
+/// `diffusion_pytorch_model.fp16-00001-of-00002.safetensors`) and still reads the older
+/// `...-00001-of-00002.fp16.safetensors` and `....safetensors.fp16.index.json`
+/// (src/diffusers/pipelines/pipeline_loading_utils.py `variant_compatible_siblings`;
+/// huggingface/diffusers at commit 58eb52c0803ea9af3abec60841c2a093bdf1f951).
+inline std::optional<std::string> weights_variant(const std::string& name) {
+  static const std::string extension = ".safetensors";
+  if (detail::ends_with(name, extension)) {
+    const std::string stem = name.substr(0, name.size() - extension.size());
+    const std::size_t dot = stem.rfind('.');
+    if (dot == std::string::npos) return std::string();  // a weights name has no dot of its own
+    const std::string variant = stem.substr(dot + 1);
+    return variant.substr(0, variant.find('-'));  // "fp16-00001-of-00002": a shard's number
+  }
+  const std::size_t at = name.find(extension + ".");
+  if (at == std::string::npos || !detail::ends_with(name, ".json")) return std::nullopt;
+  const std::size_t from = at + extension.size() + 1;
+  const std::string middle = name.substr(from, name.size() - from - 5);
+  if (middle == "index") return std::string();
+  if (starts_with(middle, "index.")) return middle.substr(6);
+  if (detail::ends_with(middle, ".index")) return middle.substr(0, middle.size() - 6);
+  return std::nullopt;
+}
+
 /// A diffusers component folder opened like a model directory: a `*.safetensors.index.json`
-/// (diffusers names it after the weights file) and its shards, or exactly one `.safetensors`.
-inline ModelDirectory open_component(const std::filesystem::path& folder) {
+/// (diffusers names it after the weights file) and its shards, or exactly one `.safetensors`,
+/// of one variant (weights_variant): `variant`'s when given and present, else the plain one (as
+/// diffusers loads a component that lacks the variant); the only one there when `variant` is
+/// not given, and several are refused as ambiguous. The other variants' weights files are
+/// added to `dropped` (names relative to the folder).
+inline ModelDirectory open_component(const std::filesystem::path& folder,
+                                     const std::optional<std::string>& variant,
+                                     std::vector<std::string>& dropped) {
   namespace fs = std::filesystem;
-  std::vector<fs::path> indexes, files;
+  struct Files {
+    std::vector<fs::path> indexes, files;
+  };
+  std::map<std::string, Files> variants;  // "" is the plain one
   for (const auto& entry : fs::directory_iterator(folder)) {
     if (!entry.is_regular_file()) continue;
     const std::string name = entry.path().filename().string();
-    if (detail::ends_with(name, ".safetensors.index.json")) indexes.push_back(entry.path());
-    if (entry.path().extension() == ".safetensors") files.push_back(entry.path());
+    const std::optional<std::string> v = weights_variant(name);
+    if (!v) continue;
+    Files& files = variants[*v];
+    (entry.path().extension() == ".safetensors" ? files.files : files.indexes)
+        .push_back(entry.path());
   }
-  if (indexes.size() > 1 || (indexes.empty() && files.size() != 1))
+  const auto listed = [&] {
+    std::string list;
+    for (const auto& [v, files] : variants)
+      list += (list.empty() ? "" : ", ") + (v.empty() ? std::string("plain") : "'" + v + "'");
+    return list.empty() ? std::string("no weights files") : list;
+  };
+  std::string chosen;
+  if (variant && variants.count(*variant) != 0) {
+    chosen = *variant;
+  } else if (variant && variants.count("") == 0) {
+    throw std::invalid_argument(oft::detail::message(
+        "oft: --variant ", *variant, ": base component '", folder.string(),
+        "' has neither that variant's weights nor plain ones (it has ", listed(),
+        "), so diffusers could not load it with variant='", *variant, "' either"));
+  } else if (!variant && variants.size() > 1) {
+    throw std::invalid_argument(
+        oft::detail::message("oft: base component '", folder.string(), "' holds its weights in ",
+                             variants.size(), " variants (", listed(),
+                             "): pass --variant NAME to merge one of them (e.g. --variant fp16 for "
+                             "*.fp16.safetensors), the others are then left out of the output"));
+  } else if (!variant && variants.size() == 1) {
+    chosen = variants.begin()->first;
+  }
+  for (const auto& [v, files] : variants)
+    if (v != chosen)
+      for (const auto* list : {&files.indexes, &files.files})
+        for (const fs::path& path : *list) dropped.push_back(path.filename().string());
+  const Files& files = variants[chosen];
+  const std::vector<fs::path>& indexes = files.indexes;
+  if (indexes.size() > 1 || (indexes.empty() && files.files.size() != 1))
     throw std::invalid_argument(oft::detail::message(
         "oft: base component '", folder.string(), "' has ", indexes.size(), " indexes and ",
-        files.size(), " .safetensors files; expected one file or one index (a variant such as ",
-        "*.fp16.safetensors beside the main file is ambiguous: remove one)"));
+        files.files.size(), " .safetensors files", chosen.empty() ? "" : " of variant '", chosen,
+        chosen.empty() ? "" : "'", "; expected one file or one index"));
   ModelDirectory model;
   model.directory = folder;
   if (!indexes.empty()) {
@@ -402,7 +699,7 @@ inline ModelDirectory open_component(const std::filesystem::path& folder) {
       names.insert(fs::relative(shard.path(), folder).generic_string());
     model.file_names.assign(names.begin(), names.end());
   } else {
-    model.file_names.push_back(files.front().filename().string());
+    model.file_names.push_back(files.files.front().filename().string());
   }
   for (const std::string& name : model.file_names)
     model.files.push_back(SafetensorsFile::open(folder / name));
@@ -587,12 +884,14 @@ class DiffusionAdapter {
 struct PlannedChange {
   std::size_t module = 0;
   std::uint64_t row_begin = 0, row_count = 0;
+  bool swap_halves = false;
 };
 
 /// The part of a base that holds tensors: a component folder or the single file.
 struct BasePart {
-  std::string component;  ///< the subfolder ("" for a single file)
-  ModelDirectory model;   ///< for a single file: one file, file_names = its name
+  std::string component;             ///< the subfolder ("" for a single file)
+  ModelDirectory model;              ///< for a single file: one file, file_names = its name
+  std::vector<std::string> dropped;  ///< other variants' weights files, relative to the component
   std::string qualified(const std::string& tensor) const {
     return component.empty() ? tensor : component + "/" + tensor;
   }
@@ -608,7 +907,10 @@ inline std::vector<DiffusionTarget> plan_diffusion_targets(
   using namespace detail;
   CandidateMap map;
   std::map<std::string, std::pair<const BasePart*, TensorInfo>> infos;  // qualified -> info
-  for (const BasePart& part : parts)
+  for (const BasePart& part : parts) {
+    const TransformerLayout layout =
+        part.component.empty() ? transformer_layout(part.model.files.front().tensor_names())
+                               : TransformerLayout{};
     for (const SafetensorsFile& file : part.model.files)
       for (const TensorInfo& info : file.tensors()) {
         if (!adaptable(info)) continue;
@@ -616,10 +918,10 @@ inline std::vector<DiffusionTarget> plan_diffusion_targets(
         qualified.name = part.qualified(info.name);
         infos.emplace(qualified.name, std::make_pair(&part, info));
         if (part.component.empty()) {
-          offer_single_file(map, info);
+          offer_single_file(map, info, layout);
         } else if (detail::ends_with(info.name, ".weight")) {
           offer(map, part.component.c_str(), info.name.substr(0, info.name.size() - 7),
-                Candidate{qualified.name, 0, 0});
+                Candidate{qualified.name, 0, 0, false, {}});
           // kohya's SDXL files name the U-Net by its LDM names: offer those too.
           const auto up_attention = [&](int i) {
             const std::string head = "up_blocks." + std::to_string(i) + ".attentions.";
@@ -629,11 +931,17 @@ inline std::vector<DiffusionTarget> plan_diffusion_targets(
           const std::string ldm =
               part.component == "unet" ? diffusers_unet_to_ldm(info.name, up_attention) : "";
           if (!ldm.empty())
-            offer(map, "unet", ldm.substr(0, ldm.size() - 7), Candidate{qualified.name, 0, 0});
+            offer(map, "unet", ldm.substr(0, ldm.size() - 7),
+                  Candidate{qualified.name, 0, 0, false, {}});
         }
       }
+  }
   std::vector<DiffusionTarget> targets;
-  std::map<std::string, std::vector<std::pair<std::uint64_t, std::string>>> taken;
+  struct Taken {
+    std::uint64_t begin, end;
+    std::string module;
+  };
+  std::map<std::string, std::vector<Taken>> taken;  // tensor -> the row ranges already changed
   for (std::size_t i = 0; i < adapter.size(); ++i) {
     const std::string& name = adapter.name(i);
     const auto found = map.find(name);
@@ -661,37 +969,60 @@ inline std::vector<DiffusionTarget> plan_diffusion_targets(
     }
     const Candidate& hit = hits.front();
     const TensorInfo& info = infos.at(hit.tensor).second;
+    if (!hit.refused.empty())
+      throw std::invalid_argument(
+          oft::detail::message("oft: adapter module '", name, "' names base tensor '", hit.tensor,
+                               "' (diffusers' name), but ", hit.refused, "; refusing to guess"));
     const std::uint64_t rows = hit.row_count != 0 ? hit.row_count : info.shape[0];
     std::uint64_t cols = 1;
     for (std::size_t d = 1; d < info.shape.size(); ++d) cols *= info.shape[d];
-    for (const auto& [begin, other] : taken[hit.tensor])
-      if (begin == hit.row_begin)
+    // Ranges, not names: kohya's module on a whole fused qkv and a diffusers-named one on its k
+    // rows would otherwise rotate those rows twice.
+    for (const Taken& t : taken[hit.tensor])
+      if (hit.row_begin < t.end && t.begin < hit.row_begin + rows)
         throw std::invalid_argument(oft::detail::message(
-            "oft: adapter modules '", other, "' and '", name, "' both change base tensor '",
-            hit.tensor, "'; refusing to apply one after the other"));
+            "oft: adapter modules '", t.module, "' and '", name, "' both change base tensor '",
+            hit.tensor, "' (rows ", std::max(t.begin, hit.row_begin), " to ",
+            std::min(t.end, hit.row_begin + rows) - 1, "); refusing to apply one after the other"));
     adapter.check(i, hit.tensor, rows, cols, info.shape.size());
-    taken[hit.tensor].emplace_back(hit.row_begin, name);
-    targets.push_back({name, hit.tensor, hit.row_begin, rows});
+    taken[hit.tensor].push_back({hit.row_begin, hit.row_begin + rows, name});
+    targets.push_back({name, hit.tensor, hit.row_begin, rows, hit.swap_halves});
   }
   return targets;
 }
 
 namespace detail {
 
-/// The base opened: its component folders, or the one file.
-inline std::vector<BasePart> open_diffusion_base(const std::filesystem::path& base) {
+/// The base opened: its component folders (of `variant`, see open_component), or the one file.
+inline std::vector<BasePart> open_diffusion_base(const std::filesystem::path& base,
+                                                 const std::optional<std::string>& variant = {}) {
   namespace fs = std::filesystem;
   std::vector<BasePart> parts;
   if (fs::is_directory(base)) {
+    bool found = false;  // whether some component has the variant's weights
     for (const ComponentPrefixes& c : kComponentPrefixes)
-      if (fs::is_directory(base / c.folder))
-        parts.push_back({c.folder, open_component(base / c.folder)});
+      if (fs::is_directory(base / c.folder)) {
+        BasePart part;
+        part.component = c.folder;
+        part.model = open_component(base / c.folder, variant, part.dropped);
+        const fs::path weights = part.model.index_path.empty()
+                                     ? fs::path(part.model.file_names.front())
+                                     : part.model.index_path;
+        found = found || (variant && weights_variant(weights.filename().string()) == *variant);
+        parts.push_back(std::move(part));
+      }
     if (parts.empty())
       throw std::invalid_argument(
           "oft: base '" + base.string() +
           "' is a folder without unet/, transformer/, text_encoder/, text_encoder_2/ or "
           "text_encoder_3/ (a diffusers model folder is expected; a Hugging Face model "
           "directory takes a PEFT adapter)");
+    // diffusers' from_pretrained(variant=...) refuses a folder without any of the variant's
+    // files; merging its plain weights under that flag would be a silent surprise.
+    if (variant && !found)
+      throw std::invalid_argument(oft::detail::message(
+          "oft: --variant ", *variant, ": no component of base '", base.string(),
+          "' (unet/, transformer/, text_encoder*/) has weights of that variant"));
     return parts;
   }
   if (!fs::is_regular_file(base) || base.extension() != ".safetensors")
@@ -739,17 +1070,30 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
   if (!folder && fs::is_directory(out))
     throw std::invalid_argument("oft: --out '" + out_option.string() +
                                 "' is a folder; a single-file base merges into a file");
+  if (options.variant) {
+    const std::string& v = *options.variant;
+    // diffusers reads the variant between dots and before a shard's "-00001-of-00002".
+    if (v.empty() || v.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789_") != std::string::npos)
+      throw std::invalid_argument("oft: --variant '" + v +
+                                  "' is no diffusers variant name (letters, digits and '_', as "
+                                  "fp16, bf16 or non_ema)");
+    if (!folder)
+      throw std::invalid_argument("oft: --variant " + v +
+                                  " picks the weights files of a diffusers folder; base '" +
+                                  options.base + "' is a single file");
+  }
 
   const DiffusionAdapter adapter =
       DiffusionAdapter::load(options.adapter, options.dialect, options.strength);
-  const std::vector<BasePart> parts = open_diffusion_base(options.base);
+  const std::vector<BasePart> parts = open_diffusion_base(options.base, options.variant);
   DiffusionMergeReport report;
   report.dialect = adapter.dialect();
   report.targets = plan_diffusion_targets(parts, adapter);
   std::map<std::string, std::vector<PlannedChange>> changes;  // qualified tensor -> its rows
   for (std::size_t i = 0; i < report.targets.size(); ++i) {
     const DiffusionTarget& t = report.targets[i];
-    changes[t.tensor].push_back({i, t.row_begin, t.row_count});
+    changes[t.tensor].push_back({i, t.row_begin, t.row_count, t.swap_halves});
   }
   const double blend = options.blend.value_or(1.0);
   if (options.blend)
@@ -788,11 +1132,16 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
           const std::uint64_t cols = v.numel() / v.shape[0];
           for (const PlannedChange& c : it->second) {
             float* rows = values.data() + c.row_begin * cols;
+            float* const last = rows + c.row_count * cols;
+            // Swapping two equal halves is rotating by one of them; the same rotation undoes it.
+            float* const middle = rows + c.row_count / 2 * cols;
+            if (c.swap_halves) std::rotate(rows, middle, last);
             const ConstMatrixView<float> weight(rows, static_cast<Index>(c.row_count),
                                                 static_cast<Index>(cols));
             const RowMatrix<float> merged = adapter.apply(c.module, weight, v.shape.size(), blend);
             std::memcpy(rows, merged.data(),
                         static_cast<std::size_t>(merged.size()) * sizeof(float));
+            if (c.swap_halves) std::rotate(rows, middle, last);
           }
         }
         encode(values.data(), values.size(), output_dtype(v), dst);
@@ -816,8 +1165,12 @@ inline DiffusionMergeReport merge_diffusion(const DiffusionMergeOptions& options
   fs::remove_all(staging);
   fs::create_directories(staging);
   RemoveOnFailure cleanup(staging);
-  std::set<std::string> written;
+  std::set<std::string> written;  // and the other variants' weights, which are not copied either
   for (const BasePart& part : parts) {
+    for (const std::string& name : part.dropped) {
+      written.insert(part.component + "/" + name);
+      report.dropped.push_back(part.component + "/" + name);
+    }
     for (std::size_t f = 0; f < part.model.files.size(); ++f) {
       const std::string relative = part.component + "/" + part.model.file_names[f];
       fs::create_directories((staging / relative).parent_path());
