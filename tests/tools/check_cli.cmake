@@ -298,6 +298,22 @@ if(rc EQUAL 0 OR NOT err MATCHES "excludes" OR EXISTS "${dm}/both.safetensors"
    OR EXISTS "${dm}/missing.safetensors" OR EXISTS "${dm}/back.safetensors")
   message(FATAL_ERROR "oft merge --strength with --blend, or a refused merge, wrote: ${rc} ${err}")
 endif()
+# --variant: unet/ with the fp16 variant beside the plain file is refused without it (one line
+# naming --variant); with it the fp16 file is merged and the plain one left out, said on stdout.
+file(COPY "${diffusion}/sd15_diffusers/" DESTINATION "${dm}/variant_base")
+file(COPY_FILE "${dm}/variant_base/unet/diffusion_pytorch_model.safetensors"
+     "${dm}/variant_base/unet/diffusion_pytorch_model.fp16.safetensors")
+run(1 out err "${OFT}" merge --base "${dm}/variant_base" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/variant_out")
+expect_one_line("${err}" "^oft merge: base component '.*unet' holds its weights in 2 variants \\(plain, 'fp16'\\): pass --variant NAME"
+                "oft merge of a folder with two variants")
+run(0 out err "${OFT}" merge --base "${dm}/variant_base" --adapter
+    "${dialects}/kohya_k4.safetensors" -o "${dm}/variant_out" --variant fp16 -q)
+if(NOT out MATCHES "^oft merge: wrote .*variant_out: kohya adapter, 5 tensors in 1 file\\(s\\), 3 adapted, 2 other files copied\n  --variant fp16: left out unet/diffusion_pytorch_model.safetensors \\(another variant, unmerged\\)\n$"
+   OR NOT EXISTS "${dm}/variant_out/unet/diffusion_pytorch_model.fp16.safetensors"
+   OR EXISTS "${dm}/variant_out/unet/diffusion_pytorch_model.safetensors")
+  message(FATAL_ERROR "oft merge --variant fp16: unexpected output:\n${out}\nstderr: ${err}")
+endif()
 file(REMOVE_RECURSE "${dm}")
 message(STATUS "oft merge into diffusion checkpoints: all checks passed")
 

@@ -36,6 +36,7 @@ struct MergeCommand {
   std::string dtype = "same";
   bool force = false, quiet = false;
   std::string dialect;
+  std::string variant;  ///< --variant: a diffusers folder's weights variant (fp16, ...)
 };
 void add_merge(CLI::App& app, MergeCommand& command, bool unmerge);
 int run_merge(const MergeCommand& command);

@@ -94,6 +94,11 @@ void add_merge(CLI::App& app, MergeCommand& command, bool unmerge) {
   c.add_option("--dtype", command.dtype,
                "floating-point tensors as: same (default), f32, f16, bf16")
       ->check(CLI::IsMember({"same", "f32", "f16", "bf16"}));
+  if (!unmerge)
+    c.add_option("--variant", command.variant,
+                 "diffusers folders only: the weights variant to merge where a component has "
+                 "several (fp16 for diffusion_pytorch_model.fp16.safetensors); the other "
+                 "variants' weights are left out of the output");
   c.add_flag("--force", command.force, "replace an existing output");
   c.add_flag("--quiet,-q", command.quiet, "no progress bar");
   add_dialect_option(c, command.dialect,
@@ -115,6 +120,7 @@ int run_diffusion_merge(const MergeCommand& command,
   options.dtype = merge_dtype(command.dtype);
   options.force = command.force;
   options.dialect = dialect;
+  if (command.app->count("--variant") != 0) options.variant = command.variant;
   ProgressBar bar(!command.quiet && ::isatty(2) != 0);
   const auto report = oft::io::merge_diffusion(options, std::ref(bar));
   std::printf(
@@ -127,6 +133,10 @@ int run_diffusion_merge(const MergeCommand& command,
         "  --blend %g: the blended blocks s R + (1 - s) I are not rotations: "
         "max ||M^T M - I||_2 = %.3g (--strength %g keeps them orthogonal)\n",
         *options.blend, report.blend_orthogonality_error, *options.blend);
+  // Said, not silent: a folder without these loads only with variant=..., which is the point.
+  for (const std::string& dropped : report.dropped)
+    std::printf("  --variant %s: left out %s (another variant, unmerged)\n",
+                options.variant->c_str(), dropped.c_str());
   return 0;
 }
 
@@ -163,6 +173,10 @@ int run_merge(const MergeCommand& command) {
       throw std::invalid_argument(
           "--blend is the linear blend of LyCORIS, kohya and OneTrainer files; a PEFT adapter "
           "takes --strength");
+    if (!command.unmerge && command.app->count("--variant") != 0)
+      throw std::invalid_argument(
+          "--variant picks a diffusers folder's weights for a LyCORIS, kohya or OneTrainer file; "
+          "a PEFT adapter merges into a Hugging Face model directory, which has no variants");
     if (dialect) (void)oft::io::resolve_dialect(command.adapter, dialect);
     ProgressBar bar(!command.quiet && ::isatty(2) != 0);
     const auto report = oft::io::merge_model(options, std::ref(bar));
