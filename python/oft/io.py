@@ -73,6 +73,12 @@ def _dialect(what, dialect):
     return dialect
 
 
+def _variant(what, variant):
+    if variant is not None and not isinstance(variant, str):
+        raise TypeError(f"oft.{what}: variant must be a str or None, got {type(variant).__name__}")
+    return variant
+
+
 def _progress(what, progress):
     if progress is not None and not callable(progress):
         raise TypeError(f"oft.{what}: progress must be callable or None, "
@@ -155,7 +161,7 @@ def convert_adapter(adapter, out, *, base="", expand_block_share=False, generato
 
 
 def merge_diffusion(base, adapter, out, *, strength=None, blend=None, dtype=None, force=False,
-                    dialect=None, progress=None):
+                    dialect=None, variant=None, progress=None):
     """Folds a LyCORIS, kohya sd-scripts or OneTrainer OFT ``adapter`` (one ``.safetensors``)
     into ``base``, a diffusers model folder (unet/, transformer/, text_encoder*/; every other
     file copied) or a single-file checkpoint (SD 1.5, SD 2, SDXL, SD3, FLUX), and writes ``out``:
@@ -167,14 +173,19 @@ def merge_diffusion(base, adapter, out, *, strength=None, blend=None, dtype=None
     both at once are refused (ValueError, the library's message). ``dtype`` (None, "float32",
     "float16", "bfloat16" or a torch/NumPy dtype) converts the floating-point tensors;
     ``force`` replaces an existing ``out``; ``dialect`` (None: detected by the keys) is
-    "lycoris", "kohya" or "onetrainer"; ``progress`` is called after each tensor written with a
-    dict (tensors_done, tensors_total, bytes_done, bytes_total, current).
+    "lycoris", "kohya" or "onetrainer"; ``variant`` picks the weights variant to merge in a
+    diffusers folder whose components hold several ("fp16" for
+    ``diffusion_pytorch_model.fp16.safetensors``), the others' weights files being left out;
+    ``progress`` is called after each tensor written with a dict (tensors_done, tensors_total,
+    bytes_done, bytes_total, current).
 
     Returns a dict: dialect (the name ``--dialect`` takes), targets (per adapter module: module,
-    tensor, row_begin, row_count, the rows of the base tensor it changed), tensors, files
-    (safetensors written), other_files (copied), bytes, blend_orthogonality_error (with
-    ``blend``: max ||M^T M - I||_2 of the blended blocks; 0 otherwise). Every check runs before
-    anything is written; a refusal leaves no ``out``.
+    tensor, row_begin and row_count (the rows of the base tensor it changed), swap_halves (the
+    module was trained on the tensor with its row halves swapped: FLUX's and SD3's final norm
+    under diffusers' names)), tensors, files (safetensors written), other_files (copied),
+    dropped (with ``variant``: the other variants' weights files, not written), bytes,
+    blend_orthogonality_error (with ``blend``: max ||M^T M - I||_2 of the blended blocks; 0
+    otherwise). Every check runs before anything is written; a refusal leaves no ``out``.
     """
     _need_io("merge_diffusion")
     what = "merge_diffusion"
@@ -182,7 +193,8 @@ def merge_diffusion(base, adapter, out, *, strength=None, blend=None, dtype=None
                                  _path(what, "out", out), _number(what, "strength", strength),
                                  _number(what, "blend", blend),
                                  _dtype(what, "dtype", dtype, "same"), bool(force),
-                                 _dialect(what, dialect), _progress(what, progress))
+                                 _dialect(what, dialect), _variant(what, variant),
+                                 _progress(what, progress))
 
 
 def convert_dialect(adapter, out, *, to, dialect=None, allow_change=False, force=False,

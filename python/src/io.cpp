@@ -186,7 +186,8 @@ nb::dict convert(const std::string& adapter, const std::string& out, const std::
 nb::dict merge_diffusion(const std::string& base, const std::string& adapter,
                          const std::string& out, std::optional<double> strength,
                          std::optional<double> blend, const std::string& dtype, bool force,
-                         const std::string& dialect, nb::object progress) {
+                         const std::string& dialect, std::optional<std::string> variant,
+                         nb::object progress) {
   oft::io::DiffusionMergeOptions options;
   options.base = base;
   options.adapter = adapter;
@@ -197,6 +198,7 @@ nb::dict merge_diffusion(const std::string& base, const std::string& adapter,
   options.dtype = merge_dtype("merge_diffusion", dtype);
   options.force = force;
   options.dialect = optional_dialect(dialect);
+  options.variant = variant;
   const oft::io::MergeProgressCallback callback = progress_callback(progress);
   oft::io::DiffusionMergeReport report;
   {
@@ -212,12 +214,16 @@ nb::dict merge_diffusion(const std::string& base, const std::string& adapter,
     target["tensor"] = t.tensor;
     target["row_begin"] = t.row_begin;
     target["row_count"] = t.row_count;
+    target["swap_halves"] = t.swap_halves;
     targets.append(target);
   }
   d["targets"] = targets;
   d["tensors"] = report.tensors;
   d["files"] = report.files;
   d["other_files"] = report.other_files;
+  nb::list dropped;
+  for (const std::string& name : report.dropped) dropped.append(name);
+  d["dropped"] = dropped;
   d["bytes"] = report.bytes;
   d["blend_orthogonality_error"] = report.blend_orthogonality_error;
   return d;
@@ -268,7 +274,7 @@ void bind_io(nb::module_& m) {
         "What `oft inspect --json` writes, for an adapter of any dialect (tools/oft/inspect.cpp).");
   m.def("merge_diffusion", &merge_diffusion, nb::arg("base"), nb::arg("adapter"), nb::arg("out"),
         nb::arg("strength").none(), nb::arg("blend").none(), nb::arg("dtype"), nb::arg("force"),
-        nb::arg("dialect"), nb::arg("progress").none(),
+        nb::arg("dialect"), nb::arg("variant").none(), nb::arg("progress").none(),
         "oft::io::merge_diffusion (include/oft/io/diffusion_merge.hpp).");
   m.def("convert_dialect", &convert_dialect, nb::arg("adapter"), nb::arg("out"), nb::arg("to"),
         nb::arg("dialect"), nb::arg("allow_change"), nb::arg("force"), nb::arg("tolerance"),
