@@ -412,49 +412,14 @@ def _files(path):
     return {str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _safetensors(path):
-    """The header (JSON) and the tensor data of a safetensors file, read by the format's own
-    layout (an 8-byte little-endian header length, the header, the data): numpy has no bfloat16,
-    and the comparison below needs only the bits."""
-    raw = pathlib.Path(path).read_bytes()
-    size = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + size]), raw[8 + size:]
-
-
-_BITS = {"F64": np.int64, "F32": np.int32, "F16": np.int16, "BF16": np.int16}
-
-
-def _within_an_ulp(ours, theirs, name):
-    """Same header (names, dtypes, shapes, offsets, metadata) and every floating-point value
-    within one unit in the last place: the integer distance of the bit patterns, sign for sign."""
-    header, data = _safetensors(ours)
-    header_theirs, data_theirs = _safetensors(theirs)
-    assert header == header_theirs, name
-    for tensor, info in header.items():
-        if tensor == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        a, b = data[begin:end], data_theirs[begin:end]
-        if info["dtype"] not in _BITS:
-            assert a == b, (name, tensor)
-            continue
-        x = np.frombuffer(a, _BITS[info["dtype"]]).astype(np.int64)
-        y = np.frombuffer(b, _BITS[info["dtype"]]).astype(np.int64)
-        assert np.array_equal(x < 0, y < 0) and np.abs(x - y).max(initial=0) <= 1, (name, tensor)
-
-
 def _same_output(ours, theirs):
-    """Byte for byte where the module runs the kernels the tool was built with (a native build,
-    as the tool's default -march); under another instruction-set level the library's double
-    arithmetic may round differently, so there a written value may differ by an ulp."""
+    """Byte for byte, at every instruction-set level of the module: the merge rounds its double
+    results once to the tensor's dtype (measured equal to a native tool from the x86-64-v3 and
+    x86-64-v4 modules on these fixtures)."""
     ours, theirs = _files(ours), _files(theirs)
     assert sorted(ours) == sorted(theirs)
-    exact = oft.build_info()["level"] in ("native", "default")
     for name in ours:
-        if exact or not ours[name].name.endswith(".safetensors"):
-            assert ours[name].read_bytes() == theirs[name].read_bytes(), name
-        else:
-            _within_an_ulp(ours[name], theirs[name], name)
+        assert ours[name].read_bytes() == theirs[name].read_bytes(), name
 
 
 def _same_report(ours, theirs, where="report"):
