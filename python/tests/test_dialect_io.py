@@ -213,6 +213,9 @@ def test_strength_one_is_the_adapter_and_zero_the_base(tmp_path, adapter):
             # s = 1: the adapter itself, the same path bit for bit; R(0 Q) = I: the base.
             assert one[component][name].tobytes() == default[component][name].tobytes(), name
             assert zero[component][name].tobytes() == value.tobytes(), name
+    # ... and the adapter does change the base, so neither equality holds by accident.
+    assert any(default[c][n].tobytes() != v.tobytes()
+               for c in original for n, v in original[c].items())
 
 
 def test_variant_merges_that_variant_and_leaves_the_others_out(tmp_path):
