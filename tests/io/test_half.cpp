@@ -98,6 +98,45 @@ TEST(Half, F16OverflowAndUnderflow) {
   EXPECT_EQ(float_to_f16(std::ldexp(1023.5f, -24)), 0x0400);  // rounds up into the normals
 }
 
+// The bulk conversions (F16C eight at a time where the build has it, then the scalar tail) give
+// the scalar functions' bits. Counts that are not a multiple of 8 run the tail too; the byte
+// buffers start one byte off so that unaligned loads and stores are exercised.
+TEST(Half, BulkF16ConversionsEqualTheScalarOnes) {
+  // Widening: every binary16, as one array of 65536 + 3.
+  const std::size_t count = 0x10000 + 3;
+  std::vector<std::byte> halves(2 * count + 1);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto h = static_cast<std::uint16_t>(i & 0xffffu);
+    std::memcpy(halves.data() + 1 + 2 * i, &h, 2);
+  }
+  std::vector<float> widened(count);
+  oft::io::detail::f16_to_floats(halves.data() + 1, count, widened.data());
+  for (std::size_t i = 0; i < count; ++i)
+    ASSERT_EQ(bits_of(widened[i]), bits_of(f16_to_float(static_cast<std::uint16_t>(i & 0xffffu))))
+        << std::hex << i;
+
+  // Narrowing: every float whose low 16 bits are one of the patterns around binary16's rounding
+  // points (bit 12 is the midpoint of a normal result; bits 13 to 15 and the high half hold the
+  // subnormal results' midpoints, which the enumeration of all high halves covers), and a stride
+  // through all 2^32 bit patterns. Every NaN payload, infinity, subnormal and overflow is in it.
+  const std::uint32_t lows[] = {0x0000, 0x0001, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x2000,
+                                0x2001, 0x3fff, 0x4000, 0x4001, 0x7fff, 0x8000, 0x8001,
+                                0xbfff, 0xc000, 0xefff, 0xf000, 0xf001, 0xffff};
+  std::vector<float> floats;
+  for (std::uint32_t high = 0; high <= 0xffffu; ++high)
+    for (std::uint32_t low : lows) floats.push_back(float_of((high << 16) | low));
+  for (std::uint64_t bits = 0; bits <= 0xffffffffu; bits += 4099u)
+    floats.push_back(float_of(static_cast<std::uint32_t>(bits)));
+  floats.push_back(1.0f);  // an odd count: the scalar tail runs
+  std::vector<std::byte> narrowed(2 * floats.size() + 1);
+  oft::io::detail::floats_to_f16(floats.data(), floats.size(), narrowed.data() + 1);
+  for (std::size_t i = 0; i < floats.size(); ++i) {
+    std::uint16_t got;
+    std::memcpy(&got, narrowed.data() + 1 + 2 * i, 2);
+    ASSERT_EQ(got, float_to_f16(floats[i])) << std::hex << bits_of(floats[i]);
+  }
+}
+
 TEST(Half, Bf16WideningIsExactAndNarrowingInvertsIt) {
   for (std::uint32_t b = 0; b <= 0xffff; ++b) {
     const float x = bf16_to_float(static_cast<std::uint16_t>(b));

@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "atomic_directory.hpp"
+#include "detail/half_bulk.hpp"
 #include "merge_plan.hpp"
 #include "model_directory.hpp"
 #include "peft_adapter.hpp"
@@ -233,9 +234,12 @@ inline void encode(const float* values, std::size_t count, Dtype dtype, std::byt
     std::memcpy(out, values, count * sizeof(float));
     return;
   }
+  if (dtype == Dtype::F16) {
+    detail::floats_to_f16(values, count, out);
+    return;
+  }
   for (std::size_t i = 0; i < count; ++i) {
-    const std::uint16_t bits =
-        dtype == Dtype::F16 ? float_to_f16(values[i]) : float_to_bf16(values[i]);
+    const std::uint16_t bits = float_to_bf16(values[i]);
     std::memcpy(out + 2 * i, &bits, 2);
   }
 }

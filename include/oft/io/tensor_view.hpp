@@ -22,6 +22,7 @@
 
 #include "dtype.hpp"
 #include "errors.hpp"
+#include "detail/half_bulk.hpp"
 #include "half.hpp"
 
 namespace oft::io {
@@ -92,10 +93,14 @@ struct TensorView {
           "oft: ", file, ": tensor ", detail::quote_name(name), " is ", dtype_name(dtype),
           "; to_floats() converts F32, F16 and BF16 only (exactly)"));
     std::vector<float> out(bytes / 2);
+    if (dtype == Dtype::F16) {
+      detail::f16_to_floats(data, out.size(), out.data());
+      return out;
+    }
     for (std::size_t i = 0; i < out.size(); ++i) {
       std::uint16_t bits;
       std::memcpy(&bits, data + 2 * i, 2);
-      out[i] = dtype == Dtype::F16 ? f16_to_float(bits) : bf16_to_float(bits);
+      out[i] = bf16_to_float(bits);
     }
     return out;
   }
