@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <oft/io/adapter_convert.hpp>
 #include <oft/io/adapter_inspect.hpp>
+#include <oft/io/inspect_any.hpp>
 #include <oft/io/dialect.hpp>
 #include <oft/io/dialect_convert.hpp>
 #include <oft/io/diffusion_merge.hpp>
@@ -113,43 +114,11 @@ nb::dict merge(const std::string& base, const std::string& adapter, const std::s
   return d;
 }
 
-// Each module of the dialect's own report gains "summary", the library's uniform per-module
-// terms (oft::io::to_json(DialectModuleSummary)), as `oft inspect --json` writes it.
-template <class Json>
-Json with_summary(Json json, const std::vector<oft::io::DialectModuleSummary>& rows) {
-  for (std::size_t i = 0; i < rows.size() && i < json["modules"].size(); ++i)
-    json["modules"][i]["summary"] = oft::io::to_json(rows[i]);
-  return json;
-}
-
-// `oft inspect --json` (tools/oft/inspect.cpp, run_inspect): the dialect resolved as the tool
-// resolves it, that dialect's report and to_json, and the summary rows; oft.inspect_adapter
-// parses the string. The dispatch repeats the tool's because the library has no one function
-// for it yet.
+// `oft inspect --json` (oft::io::inspect_any_adapter and its to_json, as the tool writes it);
+// oft.inspect_adapter parses the string.
 std::string inspect_json(const std::string& adapter, double tolerance, const std::string& dialect) {
   nb::gil_scoped_release released;
-  using oft::io::Dialect;
-  const Dialect found = oft::io::resolve_dialect(adapter, optional_dialect(dialect));
-  const std::filesystem::path tensors = oft::io::dialect_tensor_file(adapter);
-  if (found == Dialect::Lycoris || found == Dialect::Kohya) {
-    const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(
-        tensors, found == Dialect::Kohya ? oft::io::LycorisAdapter::Dialect::Kohya
-                                         : oft::io::LycorisAdapter::Dialect::Lycoris));
-    return with_summary(oft::io::to_json(report), oft::io::summarize(report)).dump();
-  }
-  if (found == Dialect::OneTrainer) {
-    // A PEFT directory read as OneTrainer's: its config says what PEFT trained, to measure.
-    std::optional<oft::io::PeftOftConfig> peft;
-    if (std::filesystem::is_regular_file(std::filesystem::path(adapter) / "adapter_config.json"))
-      peft = oft::io::PeftOftAdapter::load(adapter).config;
-    const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors),
-                                                    peft ? &*peft : nullptr);
-    return with_summary(oft::io::to_json(report), oft::io::summarize(report)).dump();
-  }
-  const auto report = oft::io::inspect_adapter(adapter, tolerance);
-  std::optional<oft::io::PeftOftAdapter> peft;  // COFT's binding needs the generators
-  if (report.family == "OFT") peft = oft::io::PeftOftAdapter::load(adapter);
-  return with_summary(oft::io::to_json(report), oft::io::summarize(report, peft ? &*peft : nullptr))
+  return oft::io::to_json(oft::io::inspect_any_adapter(adapter, optional_dialect(dialect), tolerance))
       .dump();
 }
 

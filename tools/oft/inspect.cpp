@@ -10,6 +10,7 @@
 #include <oft/io/adapter_inspect.hpp>
 #include <oft/io/dialect.hpp>
 #include <oft/io/dialect_convert.hpp>
+#include <oft/io/inspect_any.hpp>
 #include <oft/io/lycoris_adapter.hpp>
 #include <oft/io/onetrainer_adapter.hpp>
 #include <optional>
@@ -184,15 +185,6 @@ void print_summary(const std::vector<oft::io::DialectModuleSummary>& rows) {
               "||R^T R - I||_2 of what the loader applies\n");
 }
 
-/// JSON: each module gains "summary" (oft::io::to_json(DialectModuleSummary)); the dialect's
-/// own fields stay as they were (scripts and Python read them).
-template <class Json>
-Json with_summary(Json json, const std::vector<oft::io::DialectModuleSummary>& rows) {
-  for (std::size_t i = 0; i < rows.size() && i < json["modules"].size(); ++i)
-    json["modules"][i]["summary"] = oft::io::to_json(rows[i]);
-  return json;
-}
-
 }  // namespace
 
 void add_inspect(CLI::App& app, InspectCommand& command) {
@@ -221,50 +213,21 @@ int run_inspect(const InspectCommand& command) {
   try {
     std::optional<oft::io::Dialect> dialect;
     if (!command.dialect.empty()) dialect = oft::io::parse_dialect(command.dialect);
-    using oft::io::Dialect;
-    const Dialect found = oft::io::resolve_dialect(adapter_path, dialect);
-    const std::filesystem::path tensors = oft::io::dialect_tensor_file(adapter_path);
-    if (found == Dialect::Lycoris || found == Dialect::Kohya) {
-      const auto report = oft::io::inspect_lycoris(oft::io::LycorisAdapter::load(
-          tensors, found == Dialect::Kohya ? oft::io::LycorisAdapter::Dialect::Kohya
-                                           : oft::io::LycorisAdapter::Dialect::Lycoris));
-      const auto rows = oft::io::summarize(report);
-      if (as_json) {
-        std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
-      } else {
-        print_lycoris_table(adapter_path, report);
-        print_summary(rows);
-      }
+    const oft::io::AnyAdapterReport report =
+        oft::io::inspect_any_adapter(adapter_path, dialect, command.tolerance);
+    if (as_json) {
+      std::cout << to_json(report).dump(2) << "\n";
       return 0;
     }
-    if (found == Dialect::OneTrainer) {
-      // A PEFT directory read as OneTrainer's: its config says what PEFT trained, to measure.
-      std::optional<oft::io::PeftOftConfig> peft;
-      if (std::filesystem::is_regular_file(std::filesystem::path(adapter_path) /
-                                           "adapter_config.json"))
-        peft = oft::io::PeftOftAdapter::load(adapter_path).config;
-      const auto report = oft::io::inspect_onetrainer(oft::io::OneTrainerAdapter::load(tensors),
-                                                      peft ? &*peft : nullptr);
-      const auto rows = oft::io::summarize(report);
-      if (as_json) {
-        std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
-      } else {
-        print_onetrainer_table(adapter_path, report);
-        print_summary(rows);
-      }
-      return 0;
-    }
-    const auto report = oft::io::inspect_adapter(adapter_path, command.tolerance);
-    std::optional<oft::io::PeftOftAdapter> peft;  // COFT's binding needs the generators
-    if (report.family == "OFT") peft = oft::io::PeftOftAdapter::load(adapter_path);
-    const auto rows = oft::io::summarize(report, peft ? &*peft : nullptr);
-    if (as_json)
-      std::cout << with_summary(to_json(report), rows).dump(2) << "\n";
-    else if (report.family != "OFT")
-      print_family_table(adapter_path, report);
+    if (report.lycoris)
+      print_lycoris_table(adapter_path, *report.lycoris);
+    else if (report.onetrainer)
+      print_onetrainer_table(adapter_path, *report.onetrainer);
+    else if (report.peft->family != "OFT")
+      print_family_table(adapter_path, *report.peft);
     else
-      print_table(adapter_path, report);
-    if (!as_json) print_summary(rows);
+      print_table(adapter_path, *report.peft);
+    print_summary(report.summary);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "oft inspect: %s\n", without_prefix(e).c_str());
     return 1;
