@@ -23,6 +23,9 @@ start=$SECONDS
 # the fresh venv of the wheel check.
 bash "$ROOT/scripts/peft_venv.sh" "$VENV"
 # The three levels compile side by side with the C++ build's parallelism (scripts/test.sh's OFT_JOBS).
+# OFT_TOOL: the tool this build made, so that python/tests/test_dialect_io.py also checks that
+# the wheel's module writes the same files and JSON as `oft` (it skips those checks without one).
+OFT_TOOL="$BUILD_DIR/tools/oft" \
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-${OFT_JOBS:-2}}" \
   bash "$ROOT/scripts/wheel_check.sh" "$BUILD_DIR/wheel"
 wheel=("$BUILD_DIR"/wheel/wheelhouse/oft-*.whl)

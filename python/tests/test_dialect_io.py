@@ -395,7 +395,10 @@ def _tool():
     # Only a tool named explicitly: one guessed from a build folder may be older than the module
     # and differ for that reason alone.
     tool = os.environ.get("OFT_TOOL", "")
-    return tool if tool and os.access(tool, os.X_OK) else None
+    if tool and not os.access(tool, os.X_OK):
+        # Named but missing (a build without the tool, a wrong path): an error, not 13 skips.
+        raise RuntimeError(f"OFT_TOOL={tool!r} is not an executable file")
+    return tool or None
 
 
 needs_tool = pytest.mark.skipif(_tool() is None,
