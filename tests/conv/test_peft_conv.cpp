@@ -3,13 +3,17 @@
 // measure_peft_conv.py): a 1x1 Conv2d (stride 2, padding 1) is merged as PEFT merges it and
 // that weight gives PEFT's unmerged outputs; a 3x3 one is refused with the reason, although its
 // merge (what PEFT's merge() writes) is oft's W_flat R^T; non-square kernels, dilation and a
-// wrong layer are refused.
+// wrong layer are refused. merge_model (`oft merge`) takes the 1x1 module into a model directory
+// and refuses the 3x3 one before writing anything.
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <oft/conv.hpp>
+#include <filesystem>
+#include <oft/io/model_merge.hpp>
 #include <oft/io/peft_conv.hpp>
 #include <oft/io/safetensors.hpp>
 #include <stdexcept>
@@ -109,6 +113,96 @@ TEST(PeftConv, RefusesNonSquareKernelsDilationAndAnotherLayer) {
   const oft::RowMatrix<float> w = oft::RowMatrix<float>::Zero(6, 9);
   EXPECT_THROW(oft::io::merge_peft_conv2d(adapter, one, {6, 8, 1, 1}, oft::view(w)),
                std::invalid_argument);
+}
+
+namespace fs = std::filesystem;
+
+// A model directory holding the fixture's two Conv2d weights (and conv1's bias), and an adapter
+// directory with the fixture's config and only `modules` of its tensors.
+struct ConvModel {
+  fs::path root;
+  explicit ConvModel(const std::string& name)
+      : root(fs::temp_directory_path() / ("oft_peft_conv_" + name)) {
+    fs::remove_all(root);
+    fs::create_directories(root / "base");
+    const auto expected = oft::io::SafetensorsFile::open(kDir + "/peft_conv_expected.safetensors");
+    oft::io::SafetensorsWriter base;
+    for (const char* key : {"conv1.weight", "conv1.bias", "conv3.weight"})
+      base.add(expected.tensor(key));
+    base.write(root / "base" / "model.safetensors");
+  }
+  ~ConvModel() { fs::remove_all(root); }
+  fs::path adapter(const std::string& name, const std::vector<std::string>& modules) const {
+    const fs::path dir = root / name;
+    fs::create_directories(dir);
+    fs::copy_file(kDir + "/peft_conv/adapter_config.json", dir / "adapter_config.json");
+    const auto file = oft::io::SafetensorsFile::open(kDir + "/peft_conv/adapter_model.safetensors");
+    oft::io::SafetensorsWriter writer;
+    for (const std::string& key : file.tensor_names())
+      for (const std::string& m : modules)
+        if (key.find("." + m + ".") != std::string::npos) writer.add(file.tensor(key));
+    writer.write(dir / "adapter_model.safetensors");
+    return dir;
+  }
+};
+
+TEST(PeftConv, MergeModelTakesTheOneByOneModuleAndRefusesTheThreeByThree) {
+  ConvModel model("merge");
+  oft::io::MergeOptions options;
+  options.base = (model.root / "base").string();
+
+  // Both modules: the 3x3 one is refused naming it and the reason; nothing is written.
+  options.adapter = kDir + "/peft_conv";
+  options.out = (model.root / "both").string();
+  try {
+    oft::io::merge_model(options);
+    FAIL() << "a 3x3 PEFT Conv2d module was merged";
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'conv3'"), std::string::npos) << what;
+    EXPECT_NE(what.find("conv3.weight"), std::string::npos) << what;
+    EXPECT_NE(what.find("sums the overlapping patches"), std::string::npos) << what;
+  }
+  EXPECT_FALSE(fs::exists(options.out));
+
+  // conv1 alone: its [6, 8, 1, 1] weight becomes the merge of merge_peft_conv2d (PEFT's merge,
+  // checked against PEFT above), bit for bit; the other tensors are copied byte for byte.
+  options.adapter = model.adapter("conv1_only", {"conv1"}).string();
+  options.out = (model.root / "merged").string();
+  const oft::io::MergeReport report = oft::io::merge_model(options);
+  ASSERT_EQ(report.adapted, std::vector<std::string>{"conv1.weight"});
+  const auto base = oft::io::SafetensorsFile::open(model.root / "base" / "model.safetensors");
+  const auto merged = oft::io::SafetensorsFile::open(model.root / "merged" / "model.safetensors");
+  const oft::io::TensorView out = merged.tensor("conv1.weight");
+  EXPECT_EQ(out.shape, (std::vector<std::uint64_t>{6, 8, 1, 1}));
+  const auto adapter = oft::io::PeftOftAdapter::load(options.adapter);
+  const oft::RowMatrix<float> w = flat(base, "conv1.weight");
+  const oft::RowMatrix<float> want =
+      oft::io::merge_peft_conv2d(adapter, adapter.module("conv1"), {6, 8, 1, 1}, oft::view(w));
+  EXPECT_EQ(flat(merged, "conv1.weight"), want);
+  for (const char* key : {"conv1.bias", "conv3.weight"}) {
+    const oft::io::TensorView a = base.tensor(key), b = merged.tensor(key);
+    ASSERT_EQ(a.bytes, b.bytes) << key;
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.bytes), 0) << key;
+  }
+
+  // And out again: unmerge (the true inverse of the Neumann R, whose condition number is within
+  // a few percent of 1 at these |Q|) restores the base weight to twice the merge's rounding
+  // bound of expect_merge_close, with a factor 2 of slack for the inverse's own rounding.
+  options.base = options.out;
+  options.out = (model.root / "restored").string();
+  options.unmerge = true;
+  oft::io::merge_model(options);
+  const auto restored =
+      oft::io::SafetensorsFile::open(model.root / "restored" / "model.safetensors");
+  const oft::RowMatrix<float> back = flat(restored, "conv1.weight");
+  const Index b = adapter.module("conv1").spec.block_size;
+  for (Index o = 0; o < w.rows(); ++o)
+    for (Index c = 0; c < w.cols(); ++c) {
+      const double block = w.row(o).segment(c / b * b, b).cwiseAbs().cast<double>().sum();
+      EXPECT_LE(std::abs(double(back(o, c)) - w(o, c)), 4.0 * (b + 8) * kEps * 2.0 * block)
+          << o << "," << c;
+    }
 }
 
 }  // namespace

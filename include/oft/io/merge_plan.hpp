@@ -1,8 +1,9 @@
 #pragma once
 /// \file io/merge_plan.hpp
-/// Where each module of a PEFT OFT, BOFT or HRA adapter lands in a model directory, checked before anything is
-/// written: each module finds exactly one 2-D floating-point base tensor (or a layer stored by
-/// bitsandbytes) of a width its rotation fits, and no two modules share one.
+/// Where each module of a PEFT OFT, BOFT or HRA adapter lands in a model directory, checked before
+/// anything is written: each module finds exactly one 2-D floating-point base tensor (or a layer
+/// stored by bitsandbytes, or for PEFT OFT a 1x1 Conv2d weight, the one Conv2d kind PEFT's own
+/// forward and merge agree on) of a width its rotation fits, and no two modules share one.
 
 #include <map>
 #include <stdexcept>
@@ -12,6 +13,7 @@
 
 #include "model_directory.hpp"
 #include "peft_adapter.hpp"
+#include "peft_conv.hpp"
 #include "peft_family_adapter.hpp"
 #include "quantized_weights.hpp"
 
@@ -30,11 +32,16 @@ struct MergeTarget {
 namespace detail {
 
 /// The base tensor of adapter module `module` (a module path), checked as plan_merge_targets
-/// says; `conv_reason` ends the refusal of a 4-D base; `fits(rows, cols)` throws when the module's rotation does not fit a 2-D float weight.
+/// says; `conv_reason` ends the refusal of a 4-D base, unless `peft_conv` (a PEFT OFT module) is
+/// given: then a 4-D [out, in, kh, kw] weight is taken where PEFT's Conv2d OFT is
+/// self-consistent (io/peft_conv.hpp: a 1x1 kernel, merged as the [out, in] Linear it is) and
+/// refused with peft_conv2d_verdict's reason otherwise; `fits(rows, cols)` throws when the
+/// module's rotation does not fit the 2-D float weight.
 template <class Fits>
 MergeTarget find_merge_target(const ModelDirectory& base, const std::string& module,
                               const std::map<std::string, MergeTarget>& targets,
-                              std::string& tensor_name, const char* conv_reason, const Fits& fits) {
+                              std::string& tensor_name, const char* conv_reason, const Fits& fits,
+                              const PeftOftModule* peft_conv = nullptr) {
   const std::map<std::string, std::size_t>& where = base.where;
   const std::string exact = module + ".weight";
   std::vector<std::string> candidates;
@@ -81,11 +88,18 @@ MergeTarget find_merge_target(const ModelDirectory& base, const std::string& mod
   tensor_name = name;
   if (t.quantized) return t;  // its shape comes from the quant_state (checked when it is read)
   const std::string at = oft::detail::message("base tensor '", name, "' (", t.view.file, ")");
-  if (t.view.shape.size() == 4)
+  if (t.view.shape.size() == 4 && peft_conv != nullptr) {
+    const auto dim = [&](std::size_t i) { return static_cast<Index>(t.view.shape[i]); };
+    const PeftConv2dVerdict verdict =
+        peft_conv2d_verdict(*peft_conv, PeftConv2dBase{dim(0), dim(1), dim(2), dim(3)});
+    if (!verdict.self_consistent)
+      throw std::invalid_argument(oft::detail::message("oft: ", at, ": ", verdict.reason));
+  } else if (t.view.shape.size() == 4) {
     throw std::invalid_argument(oft::detail::message(
         "oft: ", at,
         " is 4-D, a Conv2d weight: oft does not merge Conv2d ", conv_reason));
-  if (t.view.shape.size() != 2)
+  }
+  if (t.view.shape.size() != 2 && t.view.shape.size() != 4)
     throw std::invalid_argument(oft::detail::message("oft: ", at, " has ", t.view.shape.size(),
                                                      " dimensions; module '", module,
                                                      "' needs a 2-D weight"));
@@ -114,10 +128,10 @@ inline std::map<std::string, MergeTarget> plan_merge_targets(const ModelDirector
   std::map<std::string, MergeTarget> targets;
   for (const PeftOftModule& m : adapter.modules) {
     std::string name;
-    const char* conv = "OFT adapters (PEFT's own Conv2d path is inconsistent; see docs/io.md)";
-    MergeTarget t = detail::find_merge_target(base, m.name, targets, name, conv, [&](Index rows, Index cols) {
-      (void)PeftOftAdapter::spec_for(m, rows, cols);
-    });
+    // A 4-D base: PEFT's Conv2d OFT where it is self-consistent (1x1), refused otherwise.
+    MergeTarget t = detail::find_merge_target(
+        base, m.name, targets, name, "",
+        [&](Index rows, Index cols) { (void)PeftOftAdapter::spec_for(m, rows, cols); }, &m);
     t.module = &m;
     targets.emplace(name, std::move(t));
   }
