@@ -21,5 +21,6 @@ start=$SECONDS
 echo "== oft: Python environment ($VENV): ${PACKAGES[*]}"
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${PACKAGES[@]}"
+# No cache: it would keep a second copy of the ~3 GB of wheels on a disk CI may not have.
+"$VENV/bin/python" -m pip install -q --no-cache-dir "${PACKAGES[@]}"
 echo "== oft: Python environment ready in $((SECONDS - start)) s"

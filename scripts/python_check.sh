@@ -19,13 +19,13 @@ if [[ ! -x $PY ]]; then
   exit 1
 fi
 start=$SECONDS
-# The pinned test requirements are in the venv (scripts/peft_venv.sh), and so in pip's cache for
-# the fresh venv of the wheel check.
+# The pinned test requirements are in the venv (scripts/peft_venv.sh); the wheel check's fresh
+# venv reads them from there (OFT_WHEEL_TEST_VENV) instead of installing torch a second time.
 bash "$ROOT/scripts/peft_venv.sh" "$VENV"
 # The three levels compile side by side with the C++ build's parallelism (scripts/test.sh's OFT_JOBS).
 # OFT_TOOL: the tool this build made, so that python/tests/test_dialect_io.py also checks that
 # the wheel's module writes the same files and JSON as `oft` (it skips those checks without one).
-OFT_TOOL="$BUILD_DIR/tools/oft" \
+OFT_TOOL="$BUILD_DIR/tools/oft" OFT_WHEEL_TEST_VENV="$VENV" \
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-${OFT_JOBS:-2}}" \
   bash "$ROOT/scripts/wheel_check.sh" "$BUILD_DIR/wheel"
 wheel=("$BUILD_DIR"/wheel/wheelhouse/oft-*.whl)

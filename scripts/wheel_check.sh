@@ -5,7 +5,8 @@
 #      module once per instruction-set level (x86-64-v3, x86-64-v4, avx512bf16)
 #   2. `auditwheel repair`: a manylinux wheel that vendors libgomp
 #   3. a fresh virtual environment, the wheel installed with no compiler on PATH, `oft.build_info()`
-#   4. the test requirements (scripts/python_requirements.txt) beside it, then python/tests once per
+#   4. the test requirements (scripts/python_requirements.txt) beside it (or, with
+#      OFT_WHEEL_TEST_VENV=VENV, read from that venv: no second 6 GB torch), then python/tests once per
 #      level this CPU runs (OFT_ISA=<level>), tests/families and the README's example once
 #      (python/tests/test_isa_levels.py compares the levels' numbers)
 #
@@ -100,7 +101,9 @@ for compiler in gcc g++ cc c++ clang clang++; do
   fi
 done
 install_start=$SECONDS
-PATH="$HIDDEN_PATH" "$FRESH/bin/python" -m pip install -q "${wheel[0]}" 2>&1 | tee "$OUT/install.log"
+# numpy, the wheel's one dependency, at the pin of the other checks (reproducible runs).
+numpy_pin="$(grep '^numpy==' "$ROOT/scripts/python_requirements.txt")"
+PATH="$HIDDEN_PATH" "$FRESH/bin/python" -m pip install -q "${wheel[0]}" "$numpy_pin" 2>&1 | tee "$OUT/install.log"
 say "installed into a fresh venv in $((SECONDS - install_start)) s with no compiler on PATH (gcc, g++, cc, c++, clang: none)"
 (cd "$OUT" && PATH="$HIDDEN_PATH" "$FRESH/bin/python" -c 'import oft, pprint; pprint.pprint(oft.build_info())')
 if [[ ${OFT_WHEEL_SKIP_TESTS:-0} == 1 ]]; then
@@ -109,11 +112,31 @@ if [[ ${OFT_WHEEL_SKIP_TESTS:-0} == 1 ]]; then
 fi
 
 # 4. The test requirements at the pins of the other checks, then the suite per level.
-mapfile -t PACKAGES < <(grep -v '^#' "$ROOT/scripts/python_requirements.txt" | grep . |
-                        grep -v -e '^nanobind' -e '^scikit-build-core')
-deps_start=$SECONDS
-PATH="$HIDDEN_PATH" "$FRESH/bin/python" -m pip install -q "${PACKAGES[@]}"
-say "test requirements installed in $((SECONDS - deps_start)) s"
+if [[ -n ${OFT_WHEEL_TEST_VENV:-} ]]; then
+  # PyPI's torch with its CUDA libraries is 6 GB, and a second copy of it filled CI's disk. So,
+  # given the check venv that already holds the pinned requirements, the fresh venv reads them
+  # from there through a .pth file. Python appends .pth paths after the venv's own site-packages,
+  # so the wheel and the dependencies pip installed with it above are still the fresh venv's.
+  test_site="$("$OFT_WHEEL_TEST_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  fresh_site="$("$FRESH/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$test_site" > "$fresh_site/oft-test-requirements.pth"
+  say "test requirements read from $test_site (after the fresh venv's own packages)"
+else
+  mapfile -t PACKAGES < <(grep -v '^#' "$ROOT/scripts/python_requirements.txt" | grep . |
+                          grep -v -e '^nanobind' -e '^scikit-build-core')
+  deps_start=$SECONDS
+  PATH="$HIDDEN_PATH" "$FRESH/bin/python" -m pip install -q "${PACKAGES[@]}"
+  say "test requirements installed in $((SECONDS - deps_start)) s"
+fi
+# The oft under test must be the wheel installed into the fresh venv, not one from elsewhere.
+(cd "$OUT" && "$FRESH/bin/python" - "$FRESH" <<'PYTHON'
+import os, sys, oft
+fresh = os.path.realpath(sys.argv[1])
+where = os.path.realpath(oft.__file__)
+if not where.startswith(fresh + os.sep):
+    sys.exit(f"wheel_check.sh: oft was imported from {where}, not from the fresh venv {fresh}")
+PYTHON
+)
 levels="$(cd "$OUT" && "$FRESH/bin/python" -c 'import oft; print(" ".join(oft.build_info()["cpu_levels"]))')"
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
