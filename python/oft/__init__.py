@@ -2,7 +2,8 @@
 
 - ``oft.Parameterization`` (also ``oft.Policy``), ``oft.Rotation``: the CPU operator over NumPy
   arrays or torch tensors (no copies).
-- ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``) and the ``OFTRotation`` module.
+- ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``), the ``OFTRotation`` module and
+  ``OFTConv`` (oft's convolution OFT).
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 - ``oft.serve``: many PEFT OFT adapters served in one batch, each request through its own
   (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).

@@ -12,7 +12,8 @@ opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in dou
   tensor, with the policy's exact vector-Jacobian product.
 
 And ``OFTRotation``, an ``nn.Module`` holding PEFT's parameter (``weight``, ``[r, b(b-1)/2]``, or
-``[1, ...]`` when the blocks share one generator).
+``[1, ...]`` when the blocks share one generator), and ``OFTConv``, oft's merge-exact convolution
+OFT over a frozen ``nn.Conv1d``/``Conv2d``/``Conv3d`` (docs/conventions.md section 14).
 
 The other families, in PEFT's parameters (CPU, float32 and float64): ``butterfly_rotate`` and
 ``ButterflyLinear`` (BOFT, ``boft_R`` ``[m, N, b, b]``, ``boft_s``), ``householder_rotate`` and
@@ -41,7 +42,7 @@ from .backends import cpu as _cpu
 
 __all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES", "BF16_ARITHMETICS",
            "set_bf16_arithmetic", "get_bf16_arithmetic", "butterfly_rotate", "householder_rotate",
-           "ButterflyLinear", "HouseholderLinear"]
+           "ButterflyLinear", "HouseholderLinear", "OFTConv"]
 
 POLICIES = _ops.PARAMETERIZATIONS
 BF16_ARITHMETICS = _cpu.BF16_ARITHMETICS
@@ -376,3 +377,86 @@ class HouseholderLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.hra_u.shape[1]}, apply_GS={self.apply_GS}"
+
+
+# --- Convolutions (docs/conventions.md section 14) ----------------------------------------------
+
+_CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+class OFTConv(torch.nn.Module):
+    """oft's convolution OFT over a frozen ``nn.Conv1d``, ``Conv2d`` or ``Conv3d``.
+
+    Definition (docs/conventions.md section 14, ``oft::conv`` in C++): every patch that the
+    convolution cuts out of its input, ``p`` of ``K = (C / groups) * prod(kernel_size)`` values in
+    PyTorch's weight order ``(c, i, j)``, is rotated, ``p -> p R``, before the base's weights meet
+    it; ``R`` is the block-diagonal rotation of ``OFTRotation`` (``b`` divides ``K``). With
+    ``groups > 1`` the same ``R`` rotates each group's patch. This is exactly the convolution
+    with the merged weight ``W'_flat = W_flat R^T`` (``W_flat`` the weight as ``[O, K]``), for
+    every input size, padding, stride, dilation, group count and kernel shape, so the forward
+    computes it that way: ``R^T`` is ``R`` of the negated generators for every policy (each is a
+    function of ``Q`` that commutes with transposition), the ``O`` kernel rows are rotated
+    (``2 O K b`` flops) and the base's own convolution runs with ``W'``; autograd carries the
+    gradient to ``weight`` through the rotation op. ``merge()`` returns the plain convolution.
+
+    The parameter is ``OFTRotation``'s (``weight`` ``[K / b, b(b-1)/2]``, zero: the base's
+    output), with its ``policy`` settings; the base's parameters are frozen.
+    """
+
+    def __init__(self, base: torch.nn.Module, block_size: int, *, block_share: bool = False,
+                 policy: str = "peft_neumann", num_terms: int | None = None, k: int | None = None,
+                 tol: float | None = None):
+        super().__init__()
+        where = "OFTConv"
+        if not isinstance(base, _CONV_TYPES):  # ConvTranspose*d are not subclasses of these
+            raise TypeError(f"{where}: base must be a torch.nn.Conv1d, Conv2d or Conv3d, got "
+                            f"{type(base).__name__}")
+        w = base.weight
+        if w.dtype not in _CPU_TYPES:
+            raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
+                            "kernels take float32, float64 or bfloat16")
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+            raise ValueError(f"{where}: block_size must be a positive int, got {block_size!r}")
+        patch = w[0].numel()
+        if patch % block_size != 0:
+            kernel = "*".join(str(n) for n in base.kernel_size)
+            raise ValueError(f"{where}: block_size {block_size} does not divide the patch length "
+                             f"K = (in_channels / groups) * kernel = {w.shape[1]}*{kernel} = "
+                             f"{patch} of {type(base).__name__}{tuple(w.shape)}")
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.base = base
+        self.patch_features = patch
+        # float32 generators for a bfloat16 base, as PEFT keeps its adapter weights.
+        theta_dtype = torch.float32 if w.dtype == torch.bfloat16 else w.dtype
+        self.rotation = OFTRotation(patch, block_size, block_share=block_share, policy=policy,
+                                    num_terms=num_terms, k=k, tol=tol, dtype=theta_dtype,
+                                    device=w.device)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        """The generators (``OFTRotation.weight``): ``[K / b, b(b-1)/2]``, or ``[1, ...]``."""
+        return self.rotation.weight
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W'`` (the base's weight shape): ``W_flat R^T``, differentiable in ``weight``."""
+        rot = self.rotation
+        w = self.base.weight
+        flat = w.reshape(w.shape[0], self.patch_features)
+        merged = rotate(flat, -rot.weight, rot.block_size, shared=rot.block_share,
+                        **rot._settings())
+        return merged.reshape(w.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base._conv_forward(x, self.merged_weight(), self.base.bias)
+
+    @torch.no_grad()
+    def merge(self) -> torch.nn.Module:
+        """A copy of the base convolution with the merged weight (the same map as this layer)."""
+        import copy
+        merged = copy.deepcopy(self.base)
+        merged.weight.copy_(self.merged_weight())
+        return merged
+
+    def extra_repr(self) -> str:
+        return f"patch_features={self.patch_features}"
