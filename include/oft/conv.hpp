@@ -1,7 +1,7 @@
 #pragma once
 /// \file conv.hpp
-/// oft's convolution OFT (Conv2d, Conv3d, and Conv1d as the case H = kh = 1): a merge-exact
-/// definition.
+/// oft's convolution OFT (Conv2d, Conv3d, and Conv1d as the case H = kh = 1; any groups): a
+/// merge-exact definition.
 /// docs/conventions.md section 14 has the derivation; in short:
 ///
 /// The rotation acts on the flattened input of each patch, p in R^(C kh kw), in PyTorch's weight
@@ -28,7 +28,10 @@
 ///
 /// Conv3d is the same with patches of C kd kh kw in (c, a, i, j) order (every function has a
 /// (d, h, w) overload); Conv1d's weight [O, C, k] is a Conv2d's [O, C, 1, k] on inputs of
-/// height 1 (ConvShape::conv1d).
+/// height 1 (ConvShape::conv1d). With groups = G, a patch is one group's C / G channels
+/// (K = (C / G) kd kh kw, the width of W_flat), every group's patch is rotated by the same R,
+/// and output channel o of group g = o / (O / G) reads group g's patch: W'_flat = W_flat R^T
+/// still (docs/conventions.md section 14).
 ///
 ///   oft::conv::Conv2dShape s{/*in*/4, /*out*/8, /*kh*/3, /*kw*/5};
 ///   oft::RowMatrix<double> w_merged = oft::conv::merge(oft::view(w_flat), rot);
@@ -56,11 +59,12 @@ struct Same {
 template <class T>
 using NonDeduced = typename detail_conv::Same<T>::type;
 
-/// A convolution's geometry (groups = 1), PyTorch's meaning for every field: Conv2d's by
-/// default; a Conv3d sets the depth fields too (they follow the 2-D ones so that a Conv2d reads
-/// {C, O, kh, kw, ...}), a Conv1d is a Conv2d with kh = 1 on inputs of height 1 (conv1d()).
-/// Input [N, C, (D,) H, W] and output [N, O, (Do,) Ho, Wo], both contiguous; weight
-/// [O, C, (kd,) kh, kw] seen as W_flat [O, K], K = C kd kh kw in PyTorch's order (c, a, i, j).
+/// A convolution's geometry, PyTorch's meaning for every field: Conv2d's by default; a Conv3d
+/// sets the depth fields too (they follow the 2-D ones so that a Conv2d reads
+/// {C, O, kh, kw, ...}), a Conv1d is a Conv2d with kh = 1 on inputs of height 1 (conv1d());
+/// `groups` last. Input [N, C, (D,) H, W] and output [N, O, (Do,) Ho, Wo], both contiguous;
+/// weight [O, C / groups, (kd,) kh, kw] seen as W_flat [O, K], K = (C / groups) kd kh kw in
+/// PyTorch's order (c, a, i, j).
 struct ConvShape {
   Index in_channels = 0;
   Index out_channels = 0;
@@ -76,6 +80,7 @@ struct ConvShape {
   Index stride_d = 1;
   Index pad_d = 0;
   Index dilation_d = 1;
+  Index groups = 1;
 
   /// nn.Conv1d(in, out, k, stride, padding, dilation): its weight [O, C, k] is [O, C, 1, k].
   static ConvShape conv1d(Index in, Index out, Index k, Index stride = 1, Index pad = 0,
@@ -89,8 +94,11 @@ struct ConvShape {
             pad, dilation, dilation, kd, stride, pad,    dilation};
   }
 
-  /// K = C kd kh kw, the length of a patch vector (what the rotation acts on).
-  Index patch() const { return in_channels * kernel_d * kernel_h * kernel_w; }
+  /// K = (C / groups) kd kh kw, the length of a patch vector (what the rotation acts on, and
+  /// W_flat's width).
+  Index patch() const { return in_channels / groups * kernel_d * kernel_h * kernel_w; }
+  /// The width of im2col's rows: every group's patch side by side, C kd kh kw.
+  Index patch_row() const { return groups * patch(); }
   /// Do, Ho, Wo for an input of depth d, height h, width w (PyTorch's floor formula).
   Index out_d(Index d) const {
     return (d + 2 * pad_d - dilation_d * (kernel_d - 1) - 1) / stride_d + 1;
@@ -115,6 +123,9 @@ struct ConvShape {
                     "convolution: stride ", stride_d, "x", stride_h, "x", stride_w, ", dilation ",
                     dilation_d, "x", dilation_h, "x", dilation_w, " must be >= 1 and padding ",
                     pad_d, "x", pad_h, "x", pad_w, " >= 0");
+    detail::require(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0,
+                    "convolution: groups ", groups, " must be >= 1 and divide the channels ",
+                    in_channels, " -> ", out_channels);
     detail::require(d >= 1 && h >= 1 && w >= 1 && out_d(d) >= 1 && out_h(h) >= 1 && out_w(w) >= 1,
                     "convolution: input ", d, "x", h, "x", w, " with kernel ", kernel_d, "x",
                     kernel_h, "x", kernel_w, " leaves no output");
@@ -158,12 +169,14 @@ void for_each_patch_entry(Index n, Index d, Index h, Index w, const ConvShape& s
 }  // namespace detail_conv
 
 /// The patches of x [n, C, d, h, w] as rows: row (img, z, y, x) in that order, column
-/// (c, a, i, j) in PyTorch's weight order; padded positions read as zero.
+/// (c, a, i, j) in PyTorch's weight order over all C channels (s.patch_row() columns: with
+/// groups, group g's patch is columns [g K, (g + 1) K), so the row-major matrix is also the
+/// [rows * groups, K] matrix of single patches); padded positions read as zero.
 template <class Scalar>
 RowMatrix<Scalar> im2col(const Scalar* x, Index n, Index d, Index h, Index w, const ConvShape& s) {
   s.check(d, h, w);
   RowMatrix<Scalar> p =
-      RowMatrix<Scalar>::Zero(n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch());
+      RowMatrix<Scalar>::Zero(n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch_row());
   detail_conv::for_each_patch_entry(n, d, h, w, s,
                                     [&](Index row, Index k, Index pixel) { p(row, k) = x[pixel]; });
   return p;
@@ -180,7 +193,7 @@ template <class Scalar>
 void col2im(ConstMatrixView<Scalar> cols, Index n, Index d, Index h, Index w, const ConvShape& s,
             Scalar* dx) {
   s.check(d, h, w);
-  detail::require_shape(cols, n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch(),
+  detail::require_shape(cols, n * s.out_d(d) * s.out_h(h) * s.out_w(w), s.patch_row(),
                         "convolution patch gradients");
   std::fill(dx, dx + n * s.in_channels * d * h * w, Scalar(0));
   detail_conv::for_each_patch_entry(
@@ -204,13 +217,15 @@ void conv_direct(const Scalar* x, Index n, Index d, Index h, Index w, const Conv
   detail::require_shape(w_flat, s.out_channels, s.patch(), "convolution weight [O, K]");
   const Index dout = s.out_d(d), hout = s.out_h(h), wout = s.out_w(w);
   const Index kd = s.kernel_d, kh = s.kernel_h, kw = s.kernel_w, chans = s.in_channels;
+  const Index group_in = chans / s.groups, group_out = s.out_channels / s.groups;
   for (Index img = 0; img < n; ++img)
-    for (Index o = 0; o < s.out_channels; ++o)
+    for (Index o = 0; o < s.out_channels; ++o) {
+      const Index first = o / group_out * group_in;  // the group's first input channel
       for (Index zo = 0; zo < dout; ++zo)
         for (Index yo = 0; yo < hout; ++yo)
           for (Index xo = 0; xo < wout; ++xo) {
             Scalar acc = bias != nullptr ? bias[o] : Scalar(0);
-            for (Index c = 0; c < chans; ++c)
+            for (Index c = 0; c < group_in; ++c)
               for (Index a = 0; a < kd; ++a)
                 for (Index i = 0; i < kh; ++i)
                   for (Index j = 0; j < kw; ++j) {
@@ -219,10 +234,12 @@ void conv_direct(const Scalar* x, Index n, Index d, Index h, Index w, const Conv
                     const Index xi = xo * s.stride_w + j * s.dilation_w - s.pad_w;
                     if (zi < 0 || zi >= d || yi < 0 || yi >= h || xi < 0 || xi >= w) continue;
                     acc += w_flat(o, c * kd * kh * kw + a * kh * kw + i * kw + j) *
-                           x[img * chans * d * h * w + c * d * h * w + zi * h * w + yi * w + xi];
+                           x[img * chans * d * h * w + (first + c) * d * h * w + zi * h * w +
+                             yi * w + xi];
                   }
             z[(((img * s.out_channels + o) * dout + zo) * hout + yo) * wout + xo] = acc;
           }
+    }
 }
 /// conv_direct of x [n, C, h, w].
 template <class Scalar>
@@ -236,9 +253,31 @@ namespace detail_conv {
 template <class Scalar, class P>
 void check_operator(const BlockOrthogonal<Scalar, P>& rot, const ConvShape& s) {
   detail::require(rot.features() == s.patch(), "convolution OFT: the operator rotates ",
-                  rot.features(), " features, but a patch of C*kd*kh*kw = ", s.in_channels, "*",
-                  s.kernel_d, "*", s.kernel_h, "*", s.kernel_w, " has ", s.patch(),
-                  " (b must divide it)");
+                  rot.features(), " features, but a patch of (C/groups)*kd*kh*kw = ",
+                  s.in_channels, "/", s.groups, "*", s.kernel_d, "*", s.kernel_h, "*",
+                  s.kernel_w, " has ", s.patch(), " (b must divide it)");
+}
+
+// The im2col matrix [rows, G K] as the [rows G, K] matrix of single patches (the same memory).
+template <class Scalar>
+MatrixView<Scalar> single_patches(RowMatrix<Scalar>& cols, Index groups) {
+  return MatrixView<Scalar>(cols.data(), cols.rows() * groups, cols.cols() / groups);
+}
+template <class Scalar>
+ConstMatrixView<Scalar> single_patches(const RowMatrix<Scalar>& cols, Index groups) {
+  return ConstMatrixView<Scalar>(cols.data(), cols.rows() * groups, cols.cols() / groups);
+}
+
+// Z_rows [rows, O] = each group's patches times its output channels' rows of W_flat.
+template <class Scalar>
+RowMatrix<Scalar> grouped_product(const RowMatrix<Scalar>& y, ConstMatrixView<Scalar> w_flat,
+                                  const ConvShape& s) {
+  const Index k = s.patch(), group_out = s.out_channels / s.groups;
+  RowMatrix<Scalar> rows(y.rows(), s.out_channels);
+  for (Index g = 0; g < s.groups; ++g)
+    rows.middleCols(g * group_out, group_out).noalias() =
+        y.middleCols(g * k, k) * w_flat.map().middleRows(g * group_out, group_out).transpose();
+  return rows;
 }
 
 // Rows (img, position) x O  <->  [n, O, positions].
@@ -280,8 +319,9 @@ void forward_unmerged(const Scalar* x, Index n, Index d, Index h, Index w, const
   detail_conv::check_operator(rot, s);
   detail::require_shape(w_flat, s.out_channels, s.patch(), "convolution weight [O, K]");
   RowMatrix<Scalar> p = im2col(x, n, d, h, w, s);
-  rot.apply(view(p), view(p));
-  RowMatrix<Scalar> rows = p * w_flat.map().transpose();
+  const MatrixView<Scalar> patches = detail_conv::single_patches(p, s.groups);
+  rot.apply(patches, patches);
+  RowMatrix<Scalar> rows = detail_conv::grouped_product(p, w_flat, s);
   if (bias != nullptr)
     for (Index o = 0; o < s.out_channels; ++o) rows.col(o).array() += bias[o];
   detail_conv::rows_to_nchw(rows, n, s.out_d(d) * s.out_h(h) * s.out_w(w), s.out_channels, z);
@@ -295,9 +335,9 @@ void forward_unmerged(const Scalar* x, Index n, Index h, Index w, const ConvShap
 }
 
 /// The vector-Jacobian product of forward_unmerged for dz [n, O, (do,) ho, wo]: dx
-/// [n, C, d, h, w] (nullptr to skip) through dY = dZ W_flat, dP = dY R^T and col2im; dtheta
-/// (empty view to skip) through BlockOrthogonal::backward on (P, dY). The frozen W_flat and
-/// bias get none.
+/// [n, C, d, h, w] (nullptr to skip) through dY = dZ W_flat (group by group), dP = dY R^T and
+/// col2im; dtheta (empty view to skip) through BlockOrthogonal::backward on (P, dY), every
+/// group's patches as rows of one call. The frozen W_flat and bias get none.
 template <class Scalar, class P>
 void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index d, Index h, Index w,
                        const ConvShape& s, ConstMatrixView<NonDeduced<Scalar>> w_flat,
@@ -308,10 +348,16 @@ void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index d, Inde
   const RowMatrix<Scalar> p = im2col(x, n, d, h, w, s);
   const RowMatrix<Scalar> dzr =
       detail_conv::nchw_to_rows(dz, n, s.out_d(d) * s.out_h(h) * s.out_w(w), s.out_channels);
-  const RowMatrix<Scalar> dy = dzr * w_flat.map();
+  const Index k = s.patch(), group_out = s.out_channels / s.groups;
+  RowMatrix<Scalar> dy(dzr.rows(), s.patch_row());
+  for (Index g = 0; g < s.groups; ++g)
+    dy.middleCols(g * k, k).noalias() = dzr.middleCols(g * group_out, group_out) *
+                                        w_flat.map().middleRows(g * group_out, group_out);
   RowMatrix<Scalar> dp(dy.rows(), dy.cols());
-  rot.backward(view(p), view(dy), dx != nullptr ? view(dp) : MatrixView<Scalar>{}, dtheta,
-               workspace);
+  rot.backward(detail_conv::single_patches(p, s.groups),
+               detail_conv::single_patches(dy, s.groups),
+               dx != nullptr ? detail_conv::single_patches(dp, s.groups) : MatrixView<Scalar>{},
+               dtheta, workspace);
   if (dx != nullptr) col2im(ConstMatrixView<Scalar>(view(dp)), n, d, h, w, s, dx);
 }
 /// backward_unmerged for x [n, C, h, w].
@@ -324,7 +370,8 @@ void backward_unmerged(const Scalar* x, const Scalar* dz, Index n, Index h, Inde
 }
 
 /// dtheta by the weight side, from the gradient dW' = dL/dW'_flat of the merged weight
-/// ([O, C kh kw]; for a convolution it is dZ_rows^T P, what autograd gives a conv weight):
+/// ([O, K]; for a convolution it is dZ_rows^T P (group by group), what autograd gives a conv
+/// weight):
 /// W' = W_flat R^T, so dL/dR_i = dW'_i^T W_i per block of columns, handed to
 /// BlockOrthogonal::backward_from_block_gradients. The same dtheta as backward_unmerged
 /// (tests/conv checks it) at 2 O K b flops instead of 2 N Ho Wo K b.

@@ -1,6 +1,7 @@
 // oft's merge-exact Conv2d OFT (include/oft/conv.hpp): the unmerged forward (patches rotated,
 // then the GEMM) equals the plain convolution with the merged weight W_flat R^T for inputs larger
-// than the kernel, non-square kernels, stride, dilation and padding; gradients against central
+// than the kernel, non-square kernels, stride, dilation, padding and groups (a grouped
+// convolution also equals its groups as separate convolutions); gradients against central
 // differences in double; a transposed R and a wrong flattening order are caught; the weight-side
 // dtheta equals the unmerged one; OneTrainer's Conv2d merge is oft's with negated generators.
 
@@ -30,8 +31,13 @@ struct Case {
   Index d = 1;  // depth (Conv3d); 1 for Conv2d and Conv1d
 };
 
+oft::conv::ConvShape with_groups(oft::conv::ConvShape s, Index groups) {
+  s.groups = groups;
+  return s;
+}
+
 // Every case has inputs larger than the kernel (several output positions whose patches overlap:
-// where PEFT's variant breaks), and b dividing C*kd*kh*kw. Conv1d cases have height 1.
+// where PEFT's variant breaks), and b dividing (C/groups)*kd*kh*kw. Conv1d cases have height 1.
 std::vector<Case> cases() {
   return {
       {"3x3", {4, 6, 3, 3}, 9, 11, 4},                                              // K = 36
@@ -46,6 +52,11 @@ std::vector<Case> cases() {
       {"conv3d_2x3x3_pad1", Conv2dShape::conv3d(2, 3, 2, 3, 3, 1, 1), 5, 6, 4, 4},  // K = 36
       // kd x kh x kw = 3x1x2, stride 2 (d, h, w), padding 1, 0, 1, dilation 2, 1, 2: K = 12
       {"conv3d_3x1x2_stride2_dil2", {2, 3, 1, 2, 2, 2, 0, 1, 1, 2, 3, 2, 1, 2}, 5, 6, 6, 7},
+      {"3x3_groups2_pad1", with_groups({4, 6, 3, 3, 1, 1, 1, 1}, 2), 7, 8, 6},      // K = 18
+      {"2x3_depthwise_pad1", with_groups({3, 6, 2, 3, 1, 1, 1, 1}, 3), 6, 7, 3},    // K = 6
+      {"conv1d_k3_groups2", with_groups(Conv2dShape::conv1d(4, 2, 3, 2, 1), 2), 1, 11, 3},  // 6
+      {"conv3d_2x2x2_groups2", with_groups(Conv2dShape::conv3d(4, 2, 2, 2, 2, 1, 1), 2), 4, 5,
+       4, 4},  // K = 16
   };
 }
 
@@ -92,7 +103,12 @@ std::vector<double> rounding_bound(const std::vector<Scalar>& x, Index n, const 
       oft::conv::im2col(x.data(), n, c.d, c.h, c.w, s).template cast<double>().cwiseAbs();
   const Dense r = rot.dense().template cast<double>().cwiseAbs();
   const Dense wa = w_flat.template cast<double>().cwiseAbs();
-  const Dense m = (p * r) * wa.transpose();  // rows x O
+  // rows x O, group by group: output channel o reads its group's patch (columns [g K, (g+1) K)).
+  const Index k = s.patch(), group_out = s.out_channels / s.groups;
+  Dense m(p.rows(), s.out_channels);
+  for (Index g = 0; g < s.groups; ++g)
+    m.middleCols(g * group_out, group_out) =
+        (p.middleCols(g * k, k) * r) * wa.middleRows(g * group_out, group_out).transpose();
   const double eps = static_cast<double>(std::numeric_limits<Scalar>::epsilon());
   const double gamma = 1.01 * static_cast<double>(s.patch() + c.b) * eps;
   const Index hw = s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w);
@@ -249,11 +265,77 @@ TEST(ConvOft, GradientsMatchFiniteDifferences) {
       for (Index o = 0; o < s.out_channels; ++o)
         for (Index q = 0; q < hw; ++q)
           dz_rows(img * hw + q, o) = cot[size_t((img * s.out_channels + o) * hw + q)];
-    const oft::RowMatrix<double> d_merged = dz_rows.transpose() * p;
+    const Index group_out = s.out_channels / s.groups;
+    oft::RowMatrix<double> d_merged(s.out_channels, k);
+    for (Index g = 0; g < s.groups; ++g)
+      d_merged.middleRows(g * group_out, group_out) =
+          dz_rows.middleCols(g * group_out, group_out).transpose() * p.middleCols(g * k, k);
     oft::Generators<double> dtheta_w(theta.count(), c.b);
     oft::conv::weight_side_backward(oft::view(w_flat), oft::view(d_merged), rot, dtheta_w.view());
     for (Index i = 0; i < count; ++i)
       EXPECT_NEAR(dtheta_w.row(0)[i], dtheta.row(0)[i], 1e-11) << "weight side " << i;
+  }
+}
+
+// A grouped convolution is its groups as separate convolutions (groups = 1) over their channel
+// slices, output channels side by side: the grouped code paths against the ungrouped ones.
+TEST(ConvOft, GroupsAreSeparateConvolutionsOverTheirChannelSlices) {
+  for (const Case& c : cases()) {
+    const Conv2dShape& s = c.shape;
+    if (s.groups == 1) continue;
+    SCOPED_TRACE(c.name);
+    std::mt19937 rng(17);
+    const Index n = 2, k = s.patch(), groups = s.groups;
+    const Index group_in = s.in_channels / groups, group_out = s.out_channels / groups;
+    const Index pixels = c.d * c.h * c.w, hw = s.out_d(c.d) * s.out_h(c.h) * s.out_w(c.w);
+    const std::vector<double> x = random_vector<double>(n * s.in_channels * pixels, rng);
+    const std::vector<double> bias = random_vector<double>(s.out_channels, rng);
+    const std::vector<double> wv = random_vector<double>(s.out_channels * k, rng, 0.3);
+    const oft::RowMatrix<double> w_flat =
+        Eigen::Map<const oft::RowMatrix<double>>(wv.data(), s.out_channels, k);
+    const Rot<double> rot = make_rotation<double>(k, c.b, false, rng);
+    std::vector<double> grouped(static_cast<size_t>(n * s.out_channels * hw));
+    oft::conv::forward_unmerged(x.data(), n, c.d, c.h, c.w, s, oft::view(w_flat), bias.data(),
+                                rot, grouped.data());
+    Conv2dShape one = s;
+    one.groups = 1;
+    one.in_channels = group_in;
+    one.out_channels = group_out;
+    for (Index g = 0; g < groups; ++g) {
+      std::vector<double> xg(static_cast<size_t>(n * group_in * pixels));
+      for (Index img = 0; img < n; ++img)
+        std::copy_n(x.begin() + (img * s.in_channels + g * group_in) * pixels, group_in * pixels,
+                    xg.begin() + img * group_in * pixels);
+      const oft::RowMatrix<double> wg = w_flat.middleRows(g * group_out, group_out);
+      std::vector<double> zg(static_cast<size_t>(n * group_out * hw)), zd(zg.size());
+      oft::conv::forward_unmerged(xg.data(), n, c.d, c.h, c.w, one, oft::view(wg),
+                                  bias.data() + g * group_out, rot, zg.data());
+      oft::conv::conv_direct(xg.data(), n, c.d, c.h, c.w, one,
+                             oft::view(oft::conv::merge(oft::view(wg), rot)),
+                             bias.data() + g * group_out, zd.data());
+      for (Index img = 0; img < n; ++img)
+        for (Index o = 0; o < group_out; ++o)
+          for (Index q = 0; q < hw; ++q) {
+            const double want = zg[size_t((img * group_out + o) * hw + q)];
+            const double got = grouped[size_t((img * s.out_channels + g * group_out + o) * hw + q)];
+            EXPECT_NEAR(got, want, 1e-13 * (1.0 + std::abs(want))) << "group " << g;
+            EXPECT_NEAR(zd[size_t((img * group_out + o) * hw + q)], want,
+                        1e-12 * (1.0 + std::abs(want)));
+          }
+    }
+  }
+}
+
+TEST(ConvOft, RefusesGroupsThatDoNotDivideTheChannels) {
+  const Conv2dShape s = with_groups({4, 6, 3, 3}, 4);  // 6 output channels
+  std::vector<double> x(4 * 5 * 5);
+  try {
+    oft::conv::im2col(x.data(), 1, 5, 5, s);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("groups 4 must be >= 1 and divide the channels 4 -> 6"),
+              std::string::npos)
+        << e.what();
   }
 }
 
