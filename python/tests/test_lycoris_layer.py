@@ -1,0 +1,189 @@
+"""oft.torch.LycorisDiagOFT against lycoris-lora 4.1.3's own DiagOFTModule (PyPI): the same
+outputs and the same gradients for oft_blocks and rescale, Linear and Conv2d (a non-square
+kernel), weight and bypass modes, constraint binding and not, rescale, multipliers; gradcheck
+in double; LyCORIS reads back what the layer trained; bad input."""
+import pytest
+import torch
+
+import oft.torch as ot
+
+lycoris_diag_oft = pytest.importorskip("lycoris.modules.diag_oft")  # scripts/python_requirements.txt
+
+
+def _bases():
+    return {
+        "linear": (lambda: torch.nn.Linear(24, 16), (5, 3, 24)),
+        "conv2d": (lambda: torch.nn.Conv2d(3, 16, (3, 2), stride=2, padding=1), (2, 3, 9, 7)),
+    }
+
+
+def _pair(kind, block_size, alpha, rescaled, multiplier, bypass, seed=0, theirs_bypass=None,
+          theirs_bias=True):
+    """(oft's layer, LyCORIS's module) over copies of one seeded base, with the same random
+    oft_blocks (and rescale). LyCORIS's module runs in bypass mode when ``theirs_bypass`` (default:
+    ``bypass``) and over a copy of the base without its bias when not ``theirs_bias``."""
+    torch.manual_seed(seed)
+    make, shape = _bases()[kind]
+    base = make()
+    ours = ot.LycorisDiagOFT(base, block_size, alpha=alpha, rescaled=rescaled,
+                             multiplier=multiplier, bypass=bypass)
+    theirs_base = make()
+    theirs_base.load_state_dict(base.state_dict())
+    if not theirs_bias:
+        theirs_base.bias = None
+    theirs = lycoris_diag_oft.DiagOFTModule(
+        "lora_test", theirs_base, multiplier=multiplier, lora_dim=block_size, constraint=alpha,
+        rescaled=rescaled, bypass_mode=bypass if theirs_bypass is None else theirs_bypass)
+    assert (theirs.block_num, theirs.block_size) == (ours.block_num, ours.block_size)
+    with torch.no_grad():
+        ours.oft_blocks.copy_(0.1 * torch.randn_like(ours.oft_blocks))
+        theirs.oft_blocks.copy_(ours.oft_blocks)
+        if rescaled:
+            ours.rescale.copy_(1 + 0.2 * torch.randn_like(ours.rescale))
+            theirs.rescale.copy_(ours.rescale)
+    x = torch.randn(*shape)
+    return ours, theirs, x
+
+
+# alpha 0: no constraint; 0.002 * out binds (||Q||_F is about 0.1 sqrt(2 k b (b-1)) here);
+# 1.0 does not.
+SETTINGS = [
+    dict(alpha=0.0, rescaled=False, multiplier=1.0),
+    dict(alpha=0.002, rescaled=False, multiplier=1.0),
+    dict(alpha=1.0, rescaled=True, multiplier=1.0),
+    dict(alpha=0.002, rescaled=True, multiplier=1.0),
+    dict(alpha=0.002, rescaled=False, multiplier=0.5),
+    dict(alpha=0.0, rescaled=True, multiplier=0.7),
+]
+
+
+def _constraint_binds(layer):
+    q = layer.oft_blocks - layer.oft_blocks.transpose(1, 2)
+    c = float(layer.alpha) * layer.base.weight.shape[0]
+    return c > 0 and float(torch.norm(q.detach())) + 1e-8 > c
+
+
+# float32 on both sides; LyCORIS inverts I - Q explicitly, oft solves by LU, and they sum
+# W^T M in another order: a few float32 ulps of the outputs' scale (|z| up to about 2 here;
+# measured worst 3.2e-7 of the largest output, about 3 ulps).
+TOL = dict(rtol=1e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+@pytest.mark.parametrize("bypass", [False, True], ids=["weight", "bypass"])
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_outputs_and_gradients_equal_lycoris(kind, bypass, settings):
+    blended_bypass = bypass and settings["multiplier"] != 1.0
+    # LyCORIS's bypass raises at a multiplier other than 1 (test_lycoris_bypass_blend_raises):
+    # there the reference is its weight mode over the base without its bias, plus the bias
+    # through its own M = s R + (1 - s) I and rescale, which is what its bypass computes at 1.
+    ours, theirs, x = _pair(kind, 4, bypass=bypass, theirs_bypass=bypass and not blended_bypass,
+                            theirs_bias=not blended_bypass, **settings)
+    assert _constraint_binds(ours) == (settings["alpha"] == 0.002)
+    z, z_ref = ours(x), theirs(x)
+    if blended_bypass:
+        s = settings["multiplier"]
+        blocks = s * theirs.get_r() + (1 - s) * theirs.I
+        bias_out = torch.einsum("kn,knm->km", ours.base.bias.view(theirs.block_num, -1), blocks)
+        bias_out = bias_out.reshape(-1)
+        if settings["rescaled"]:
+            bias_out = theirs.rescale.reshape(-1) * bias_out
+        z_ref = z_ref + (bias_out if kind == "linear" else bias_out.view(1, -1, 1, 1))
+    torch.testing.assert_close(z, z_ref, **TOL)
+    cot = torch.randn_like(z)
+    (z * cot).sum().backward()
+    (z_ref * cot).sum().backward()
+    scale = theirs.oft_blocks.grad.abs().max()
+    torch.testing.assert_close(ours.oft_blocks.grad, theirs.oft_blocks.grad, rtol=1e-5,
+                               atol=1e-5 * float(scale))
+    if settings["rescaled"]:
+        torch.testing.assert_close(ours.rescale.grad, theirs.rescale.grad, rtol=1e-5, atol=1e-5)
+    assert ours.base.weight.grad is None
+
+
+def test_lycoris_bypass_blend_raises():
+    # lycoris-lora 4.1.3, modules/diag_oft.py, _bypass_forward: at a multiplier other than 1 it
+    # calls .view on einsum's non-contiguous output. If a later version runs, this fails and the
+    # reference above should become its bypass itself.
+    _, theirs, x = _pair("linear", 4, 0.0, False, 0.5, bypass=True)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        theirs(x)
+
+
+def test_weight_and_bypass_modes_differ_only_by_the_rotated_bias():
+    ours, _, x = _pair("linear", 4, 0.0, True, 1.0, bypass=False)
+    bypass = ot.LycorisDiagOFT(ours.base, 4, rescaled=True, bypass=True)
+    with torch.no_grad():
+        bypass.oft_blocks.copy_(ours.oft_blocks)
+        bypass.rescale.copy_(ours.rescale)
+        ours.base.bias.zero_()
+    torch.testing.assert_close(ours(x), bypass(x), **TOL)
+
+
+def test_zero_blocks_give_the_base():
+    for kind in ("linear", "conv2d"):
+        make, shape = _bases()[kind]
+        base = make()
+        x = torch.randn(*shape)
+        torch.testing.assert_close(ot.LycorisDiagOFT(base, 4, alpha=0.01)(x), base(x),
+                                   rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["weight", "bypass"])
+def test_gradcheck_in_double(bypass):
+    # The constraint binding (its scale's gradient included), rescale and a blend.
+    base = torch.nn.Conv2d(2, 4, (2, 3), padding=1).double()
+    layer = ot.LycorisDiagOFT(base, 2, alpha=0.05, rescaled=True, multiplier=0.8, bypass=bypass)
+    blocks = (0.3 * torch.randn(2, 2, 2, dtype=torch.float64)).requires_grad_()
+    rescale = (1 + 0.1 * torch.randn(4, 1, 1, 1, dtype=torch.float64)).requires_grad_()
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        layer.oft_blocks.copy_(blocks)
+    assert _constraint_binds(layer)
+
+    def f(inp, b, r):
+        return torch.func.functional_call(layer, {"oft_blocks": b, "rescale": r}, (inp,))
+
+    assert torch.autograd.gradcheck(f, (x, blocks, rescale))
+
+
+def test_lycoris_reads_back_what_oft_trained(tmp_path):
+    torch.manual_seed(3)
+    base = torch.nn.Conv2d(3, 8, (3, 2), padding=1)
+    layer = ot.LycorisDiagOFT(base, 2, alpha=0.05, rescaled=True)
+    opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=0.05)
+    x, target = torch.randn(2, 3, 6, 6), torch.randn(2, 8, 6, 7)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(layer(x), target).backward()
+        opt.step()
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "lyco.safetensors"
+    save_file({k: v.contiguous() for k, v in layer.adapter_state_dict("lora_unet_conv").items()},
+              str(path))
+    loaded = load_file(str(path))
+    assert set(loaded) == {"lora_unet_conv.oft_blocks", "lora_unet_conv.alpha",
+                           "lora_unet_conv.rescale"}
+    theirs_base = torch.nn.Conv2d(3, 8, (3, 2), padding=1)
+    theirs_base.load_state_dict(base.state_dict())
+    with torch.no_grad():  # as LyCORIS's own loader (create_lycoris_from_weights) calls it
+        theirs = lycoris_diag_oft.DiagOFTModule.make_module_from_state_dict(
+            "lora_unet_conv", theirs_base, loaded["lora_unet_conv.oft_blocks"],
+            loaded["lora_unet_conv.rescale"], loaded["lora_unet_conv.alpha"])
+        torch.testing.assert_close(theirs(x), layer(x), **TOL)
+        merged, _ = theirs.get_merged_weight()
+        torch.testing.assert_close(merged.reshape(base.weight.shape), layer.merged_weight(), **TOL)
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="base must be a torch.nn.Linear, Conv1d, Conv2d or "
+                                        "Conv3d, got Embedding"):
+        ot.LycorisDiagOFT(torch.nn.Embedding(4, 4), 2)
+    with pytest.raises(ValueError, match=r"block_size 3 must be a positive int dividing the 8 "
+                                         r"output channels of Linear\(8, 4\)"):
+        ot.LycorisDiagOFT(torch.nn.Linear(4, 8), 3)
+    with pytest.raises(ValueError, match="block_size 4 exceeds the block count 2 "
+                                         r"\(8 output channels\); LyCORIS always has"):
+        ot.LycorisDiagOFT(torch.nn.Linear(4, 8), 4)
+    with pytest.raises(TypeError, match="is torch.float16"):
+        ot.LycorisDiagOFT(torch.nn.Linear(4, 8).half(), 2)
