@@ -4,6 +4,7 @@
   arrays or torch tensors (no copies).
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``), the ``OFTRotation`` module and
   ``OFTConv`` (oft's convolution OFT).
+- ``oft.lycoris``: LyCORIS's diag-OFT and BOFT modules, trainable, on those ops.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 - ``oft.serve``: many PEFT OFT adapters served in one batch, each request through its own
   (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).

@@ -13,8 +13,8 @@ opaque node and never traces into it; ``torch.autograd.gradcheck`` passes in dou
 
 And ``OFTRotation``, an ``nn.Module`` holding PEFT's parameter (``weight``, ``[r, b(b-1)/2]``, or
 ``[1, ...]`` when the blocks share one generator), and ``OFTConv``, oft's merge-exact convolution
-OFT over a frozen ``nn.Conv1d``/``Conv2d``/``Conv3d`` (docs/conventions.md section 14), and
-``LycorisDiagOFT``, LyCORIS's diag-OFT, trainable with LyCORIS's parameters and map.
+OFT over a frozen ``nn.Conv1d``/``Conv2d``/``Conv3d`` (docs/conventions.md section 14).
+LyCORIS's own modules, trainable on these ops, are in ``oft.lycoris``.
 
 The other families, in PEFT's parameters (CPU, float32 and float64): ``butterfly_rotate`` and
 ``ButterflyLinear`` (BOFT, ``boft_R`` ``[m, N, b, b]``, ``boft_s``), ``householder_rotate`` and
@@ -43,7 +43,7 @@ from .backends import cpu as _cpu
 
 __all__ = ["rotate", "rotation_blocks", "OFTRotation", "POLICIES", "BF16_ARITHMETICS",
            "set_bf16_arithmetic", "get_bf16_arithmetic", "butterfly_rotate", "householder_rotate",
-           "ButterflyLinear", "HouseholderLinear", "OFTConv", "LycorisDiagOFT"]
+           "ButterflyLinear", "HouseholderLinear", "OFTConv"]
 
 POLICIES = _ops.PARAMETERIZATIONS
 BF16_ARITHMETICS = _cpu.BF16_ARITHMETICS
@@ -462,132 +462,3 @@ class OFTConv(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"patch_features={self.patch_features}"
 
-
-# --- LyCORIS diag-OFT (docs/dialects.md section 2) -----------------------------------------------
-
-_LYCORIS_BASES = (torch.nn.Linear,) + _CONV_TYPES
-
-
-class LycorisDiagOFT(torch.nn.Module):
-    """LyCORIS's diag-OFT over a frozen ``nn.Linear`` or ``nn.Conv1d/2d/3d``, trainable, on
-    oft's kernels: lycoris-lora 4.1.3's ``DiagOFTModule`` (``lycoris/modules/diag_oft.py``), the
-    same parameters under the same names and the same map, so that what it trains is a LyCORIS
-    file and LyCORIS's own loader reads it back (``adapter_state_dict()``).
-
-    The parameters: ``oft_blocks`` ``[k, b, b]`` (dense, zero: the base's output) over the
-    layer's ``k b`` output channels, the buffer ``alpha`` (the constraint, ``alpha * out`` on
-    ``||Q||_F`` over all blocks, ``alpha <= 0``: none) and with ``rescaled`` ``rescale``
-    ``[out, 1, ...]`` (ones). LyCORIS computes ``Q_i = B_i - B_i^T`` (no 1/2), scales every
-    ``Q_i`` by ``c / (||Q||_F + 1e-8)`` when that norm exceeds ``c``, ``R_i = (I + Q_i)(I -
-    Q_i)^-1`` and, with its multiplier ``s``, the linear blend ``M_i = s R_i + (1 - s) I``:
-
-    - default (LyCORIS's weight mode): ``W' = diag(rescale) blockdiag(M)^T W`` along the
-      output channels, then the base's own operation with ``W'`` and the unrotated bias;
-    - ``bypass=True`` (LyCORIS's ``bypass_mode``): the base's output ``Z`` (bias included) becomes
-      ``rescale * (Z M)`` per block of channels.
-
-    Computed with ``rotate`` (``policy="cayley"``, oft's exact Cayley of the packed upper
-    triangle of ``Q``) on ``W^T`` (weight mode: ``2 out K b`` flops, whatever the batch) or on
-    ``Z`` (bypass); autograd carries the gradient to ``oft_blocks`` (through the constraint's
-    scale where it binds, as LyCORIS's) and ``rescale``. ``b`` is the block size LyCORIS's
-    ``factorization(out, lora_dim)`` chose (its module's ``block_size``), at most ``out / b``.
-    Not reproduced: LyCORIS's dropout, rank dropout and module dropout (training only).
-    """
-
-    def __init__(self, base: torch.nn.Module, block_size: int, *, alpha: float = 0.0,
-                 rescaled: bool = False, multiplier: float = 1.0, bypass: bool = False):
-        super().__init__()
-        where = "LycorisDiagOFT"
-        if not isinstance(base, _LYCORIS_BASES):
-            raise TypeError(f"{where}: base must be a torch.nn.Linear, Conv1d, Conv2d or Conv3d, "
-                            f"got {type(base).__name__}")
-        w = base.weight
-        if w.dtype not in _CPU_TYPES:
-            raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
-                            "kernels take float32, float64 or bfloat16")
-        out = w.shape[0]
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1 \
-                or out % block_size != 0:
-            raise ValueError(f"{where}: block_size {block_size!r} must be a positive int dividing "
-                             f"the {out} output channels of {type(base).__name__}"
-                             f"{tuple(w.shape)}")
-        if block_size > out // block_size:
-            # LyCORIS's loader builds a module from a file's [k, b, b] with factorization(out, b),
-            # which puts the smaller factor first: k < b would come back as k x k blocks.
-            raise ValueError(f"{where}: block_size {block_size} exceeds the block count "
-                             f"{out // block_size} ({out} output channels); LyCORIS always has "
-                             "block_num >= block_size and could not read the result back")
-        for p in base.parameters():
-            p.requires_grad_(False)
-        self.base = base
-        self.block_size = block_size
-        self.block_num = out // block_size
-        self.multiplier = float(multiplier)
-        self.bypass = bool(bypass)
-        dtype = torch.float32 if w.dtype == torch.bfloat16 else w.dtype
-        self.oft_blocks = torch.nn.Parameter(
-            torch.zeros(self.block_num, block_size, block_size, dtype=dtype, device=w.device))
-        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=dtype, device=w.device))
-        self.rescale = None
-        if rescaled:
-            self.rescale = torch.nn.Parameter(
-                torch.ones(out, *([1] * (w.dim() - 1)), dtype=dtype, device=w.device))
-        rows, cols = torch.triu_indices(block_size, block_size, 1, device=w.device)
-        self.register_buffer("_upper_rows", rows, persistent=False)
-        self.register_buffer("_upper_cols", cols, persistent=False)
-
-    def generators(self) -> torch.Tensor:
-        """oft's packed generators ``[k, b(b-1)/2]`` of LyCORIS's constrained ``Q``."""
-        q = self.oft_blocks - self.oft_blocks.transpose(1, 2)
-        theta = q[:, self._upper_rows, self._upper_cols]
-        constraint = float(self.alpha) * self.base.weight.shape[0]
-        if constraint > 0:
-            norm = torch.norm(q) + 1e-8
-            if norm > constraint:
-                theta = theta * (constraint / norm)
-        return theta
-
-    def _blend_and_rescale(self, rotated: torch.Tensor, plain: torch.Tensor,
-                           rescale: torch.Tensor | None) -> torch.Tensor:
-        s = self.multiplier
-        out = rotated if s == 1.0 else s * rotated + (1.0 - s) * plain
-        return out if rescale is None else rescale * out
-
-    def merged_weight(self) -> torch.Tensor:
-        """``W' = diag(rescale) blockdiag(M)^T W`` (the base's weight shape), differentiable."""
-        w = self.base.weight
-        wt = w.reshape(w.shape[0], -1).t().contiguous()  # [K, out]: W'^T = W^T M diag(rescale)
-        rotated = rotate(wt, self.generators(), self.block_size, policy="cayley")
-        rescale = None if self.rescale is None else self.rescale.reshape(1, -1)
-        merged_t = self._blend_and_rescale(rotated, wt, rescale)
-        return merged_t.t().reshape(w.shape).to(w.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.base
-        if not self.bypass:
-            if isinstance(base, torch.nn.Linear):
-                return torch.nn.functional.linear(x, self.merged_weight(), base.bias)
-            return base._conv_forward(x, self.merged_weight(), base.bias)
-        z = base(x)
-        channels_last = z if isinstance(base, torch.nn.Linear) else z.movedim(1, -1)
-        rotated = rotate(channels_last.contiguous(), self.generators(), self.block_size,
-                         policy="cayley")
-        rescale = None if self.rescale is None else self.rescale.reshape(-1)
-        out = self._blend_and_rescale(rotated, channels_last, rescale).to(z.dtype)
-        return out if isinstance(base, torch.nn.Linear) else out.movedim(-1, 1)
-
-    def adapter_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """The module's tensors under LyCORIS's names (``<prefix>.oft_blocks``, ``.alpha``,
-        ``.rescale``), detached: with a LyCORIS module name such as
-        ``lora_unet_down_blocks_0_attentions_0_proj_in`` as prefix, what LyCORIS saves."""
-        head = f"{prefix}." if prefix else ""
-        tensors = {f"{head}oft_blocks": self.oft_blocks.detach(),
-                   f"{head}alpha": self.alpha.detach()}
-        if self.rescale is not None:
-            tensors[f"{head}rescale"] = self.rescale.detach()
-        return tensors
-
-    def extra_repr(self) -> str:
-        return (f"block_num={self.block_num}, block_size={self.block_size}, "
-                f"alpha={float(self.alpha)}, rescaled={self.rescale is not None}, "
-                f"multiplier={self.multiplier}, bypass={self.bypass}")

@@ -1,13 +1,18 @@
-"""oft.torch.LycorisDiagOFT against lycoris-lora 4.1.3's own DiagOFTModule (PyPI): the same
-outputs and the same gradients for oft_blocks and rescale, Linear and Conv2d (a non-square
-kernel), weight and bypass modes, constraint binding and not, rescale, multipliers; gradcheck
-in double; LyCORIS reads back what the layer trained; bad input."""
+"""oft.lycoris.DiagOFT and BOFT against lycoris-lora 4.1.3's own DiagOFTModule and
+ButterflyOFTModule (PyPI): the same outputs and the same gradients for oft_blocks and rescale,
+Linear and Conv2d (a non-square kernel), weight and bypass modes, constraint binding and not,
+rescale, multipliers; gradcheck in double; LyCORIS reads back what the modules trained; bad
+input."""
 import pytest
 import torch
 
-import oft.torch as ot
+import oft.lycoris as ol
 
 lycoris_diag_oft = pytest.importorskip("lycoris.modules.diag_oft")  # scripts/python_requirements.txt
+lycoris_boft = pytest.importorskip("lycoris.modules.boft")
+
+OURS = {"diag-oft": ol.DiagOFT, "boft": ol.BOFT}
+THEIRS = {"diag-oft": lycoris_diag_oft.DiagOFTModule, "boft": lycoris_boft.ButterflyOFTModule}
 
 
 def _bases():
@@ -18,23 +23,24 @@ def _bases():
 
 
 def _pair(kind, block_size, alpha, rescaled, multiplier, bypass, seed=0, theirs_bypass=None,
-          theirs_bias=True):
+          theirs_bias=True, algo="diag-oft"):
     """(oft's layer, LyCORIS's module) over copies of one seeded base, with the same random
     oft_blocks (and rescale). LyCORIS's module runs in bypass mode when ``theirs_bypass`` (default:
     ``bypass``) and over a copy of the base without its bias when not ``theirs_bias``."""
     torch.manual_seed(seed)
     make, shape = _bases()[kind]
     base = make()
-    ours = ot.LycorisDiagOFT(base, block_size, alpha=alpha, rescaled=rescaled,
-                             multiplier=multiplier, bypass=bypass)
+    ours = OURS[algo](base, block_size, alpha=alpha, rescaled=rescaled, multiplier=multiplier,
+                      bypass=bypass)
     theirs_base = make()
     theirs_base.load_state_dict(base.state_dict())
     if not theirs_bias:
         theirs_base.bias = None
-    theirs = lycoris_diag_oft.DiagOFTModule(
+    theirs = THEIRS[algo](
         "lora_test", theirs_base, multiplier=multiplier, lora_dim=block_size, constraint=alpha,
         rescaled=rescaled, bypass_mode=bypass if theirs_bypass is None else theirs_bypass)
     assert (theirs.block_num, theirs.block_size) == (ours.block_num, ours.block_size)
+    assert theirs.oft_blocks.shape == ours.oft_blocks.shape
     with torch.no_grad():
         ours.oft_blocks.copy_(0.1 * torch.randn_like(ours.oft_blocks))
         theirs.oft_blocks.copy_(ours.oft_blocks)
@@ -45,8 +51,8 @@ def _pair(kind, block_size, alpha, rescaled, multiplier, bypass, seed=0, theirs_
     return ours, theirs, x
 
 
-# alpha 0: no constraint; 0.002 * out binds (||Q||_F is about 0.1 sqrt(2 k b (b-1)) here);
-# 1.0 does not.
+# alpha 0: no constraint; 0.002 * out binds (||Q||_F is about 0.1 sqrt(2 k b (b-1)) here, times
+# sqrt(m) for BOFT); 1.0 does not.
 SETTINGS = [
     dict(alpha=0.0, rescaled=False, multiplier=1.0),
     dict(alpha=0.002, rescaled=False, multiplier=1.0),
@@ -69,16 +75,19 @@ def _constraint_binds(layer):
 TOL = dict(rtol=1e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
 @pytest.mark.parametrize("kind", ["linear", "conv2d"])
 @pytest.mark.parametrize("bypass", [False, True], ids=["weight", "bypass"])
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
-def test_outputs_and_gradients_equal_lycoris(kind, bypass, settings):
-    blended_bypass = bypass and settings["multiplier"] != 1.0
+def test_outputs_and_gradients_equal_lycoris(algo, kind, bypass, settings):
+    # diag-OFT's bypass raises at a multiplier other than 1 (test_lycoris_bypass_blend_raises);
+    # BOFT's runs.
+    blended_bypass = algo == "diag-oft" and bypass and settings["multiplier"] != 1.0
     # LyCORIS's bypass raises at a multiplier other than 1 (test_lycoris_bypass_blend_raises):
     # there the reference is its weight mode over the base without its bias, plus the bias
     # through its own M = s R + (1 - s) I and rescale, which is what its bypass computes at 1.
     ours, theirs, x = _pair(kind, 4, bypass=bypass, theirs_bypass=bypass and not blended_bypass,
-                            theirs_bias=not blended_bypass, **settings)
+                            theirs_bias=not blended_bypass, algo=algo, **settings)
     assert _constraint_binds(ours) == (settings["alpha"] == 0.002)
     z, z_ref = ours(x), theirs(x)
     if blended_bypass:
@@ -110,9 +119,10 @@ def test_lycoris_bypass_blend_raises():
         theirs(x)
 
 
-def test_weight_and_bypass_modes_differ_only_by_the_rotated_bias():
-    ours, _, x = _pair("linear", 4, 0.0, True, 1.0, bypass=False)
-    bypass = ot.LycorisDiagOFT(ours.base, 4, rescaled=True, bypass=True)
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_weight_and_bypass_modes_differ_only_by_the_rotated_bias(algo):
+    ours, _, x = _pair("linear", 4, 0.0, True, 1.0, bypass=False, algo=algo)
+    bypass = OURS[algo](ours.base, 4, rescaled=True, bypass=True)
     with torch.no_grad():
         bypass.oft_blocks.copy_(ours.oft_blocks)
         bypass.rescale.copy_(ours.rescale)
@@ -120,23 +130,26 @@ def test_weight_and_bypass_modes_differ_only_by_the_rotated_bias():
     torch.testing.assert_close(ours(x), bypass(x), **TOL)
 
 
-def test_zero_blocks_give_the_base():
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_zero_blocks_give_the_base(algo):
     for kind in ("linear", "conv2d"):
         make, shape = _bases()[kind]
         base = make()
         x = torch.randn(*shape)
-        torch.testing.assert_close(ot.LycorisDiagOFT(base, 4, alpha=0.01)(x), base(x),
+        torch.testing.assert_close(OURS[algo](base, 4, alpha=0.01)(x), base(x),
                                    rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
 @pytest.mark.parametrize("bypass", [False, True], ids=["weight", "bypass"])
-def test_gradcheck_in_double(bypass):
+def test_gradcheck_in_double(algo, bypass):
     # The constraint binding (its scale's gradient included), rescale and a blend.
     base = torch.nn.Conv2d(2, 4, (2, 3), padding=1).double()
-    layer = ot.LycorisDiagOFT(base, 2, alpha=0.05, rescaled=True, multiplier=0.8, bypass=bypass)
-    blocks = (0.3 * torch.randn(2, 2, 2, dtype=torch.float64)).requires_grad_()
+    layer = OURS[algo](base, 2, alpha=0.05, rescaled=True, multiplier=0.8, bypass=bypass)
+    blocks = (0.3 * torch.randn_like(layer.oft_blocks)).requires_grad_()
     rescale = (1 + 0.1 * torch.randn(4, 1, 1, 1, dtype=torch.float64)).requires_grad_()
-    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    # x's gradient is the base convolution's own (PyTorch's); the parameters' are oft's.
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
     with torch.no_grad():
         layer.oft_blocks.copy_(blocks)
     assert _constraint_binds(layer)
@@ -147,10 +160,11 @@ def test_gradcheck_in_double(bypass):
     assert torch.autograd.gradcheck(f, (x, blocks, rescale))
 
 
-def test_lycoris_reads_back_what_oft_trained(tmp_path):
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_lycoris_reads_back_what_oft_trained(tmp_path, algo):
     torch.manual_seed(3)
     base = torch.nn.Conv2d(3, 8, (3, 2), padding=1)
-    layer = ot.LycorisDiagOFT(base, 2, alpha=0.05, rescaled=True)
+    layer = OURS[algo](base, 2, alpha=0.05, rescaled=True)
     opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=0.05)
     x, target = torch.randn(2, 3, 6, 6), torch.randn(2, 8, 6, 7)
     for _ in range(3):
@@ -167,7 +181,7 @@ def test_lycoris_reads_back_what_oft_trained(tmp_path):
     theirs_base = torch.nn.Conv2d(3, 8, (3, 2), padding=1)
     theirs_base.load_state_dict(base.state_dict())
     with torch.no_grad():  # as LyCORIS's own loader (create_lycoris_from_weights) calls it
-        theirs = lycoris_diag_oft.DiagOFTModule.make_module_from_state_dict(
+        theirs = THEIRS[algo].make_module_from_state_dict(
             "lora_unet_conv", theirs_base, loaded["lora_unet_conv.oft_blocks"],
             loaded["lora_unet_conv.rescale"], loaded["lora_unet_conv.alpha"])
         torch.testing.assert_close(theirs(x), layer(x), **TOL)
@@ -178,12 +192,19 @@ def test_lycoris_reads_back_what_oft_trained(tmp_path):
 def test_bad_input():
     with pytest.raises(TypeError, match="base must be a torch.nn.Linear, Conv1d, Conv2d or "
                                         "Conv3d, got Embedding"):
-        ot.LycorisDiagOFT(torch.nn.Embedding(4, 4), 2)
+        ol.DiagOFT(torch.nn.Embedding(4, 4), 2)
     with pytest.raises(ValueError, match=r"block_size 3 must be a positive int dividing the 8 "
                                          r"output channels of Linear\(8, 4\)"):
-        ot.LycorisDiagOFT(torch.nn.Linear(4, 8), 3)
+        ol.DiagOFT(torch.nn.Linear(4, 8), 3)
     with pytest.raises(ValueError, match="block_size 4 exceeds the block count 2 "
                                          r"\(8 output channels\); LyCORIS always has"):
-        ot.LycorisDiagOFT(torch.nn.Linear(4, 8), 4)
+        ol.DiagOFT(torch.nn.Linear(4, 8), 4)
     with pytest.raises(TypeError, match="is torch.float16"):
-        ot.LycorisDiagOFT(torch.nn.Linear(4, 8).half(), 2)
+        ol.DiagOFT(torch.nn.Linear(4, 8).half(), 2)
+    with pytest.raises(ValueError, match=r"block_size 4 must be an even int dividing the 24 output "
+                                         r"channels of Linear\(24, 8\) into a power-of-two"):
+        ol.BOFT(torch.nn.Linear(8, 24), 4)  # 6 blocks
+    with pytest.raises(ValueError, match="block_size 3 must be an even int"):
+        ol.BOFT(torch.nn.Linear(8, 24), 3)
+    with pytest.raises(TypeError, match="got Embedding"):
+        ol.BOFT(torch.nn.Embedding(4, 4), 2)
