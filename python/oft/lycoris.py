@@ -1,4 +1,5 @@
-"""LyCORIS's OFT modules, trainable, on oft's kernels (docs/dialects.md sections 1 and 3).
+"""LyCORIS's OFT modules, trainable, on oft's kernels (docs/dialects.md sections 1 to 3): and
+kohya sd-scripts' OFT, LyCORIS's diag-OFT with another constraint rule.
 
 ``DiagOFT`` and ``BOFT`` are lycoris-lora 4.1.3's ``DiagOFTModule`` (``lycoris/modules/diag_oft.py``)
 and ``ButterflyOFTModule`` (``lycoris/modules/boft.py``) over a frozen ``nn.Linear`` or
@@ -43,8 +44,10 @@ class _LycorisOrthogonal(torch.nn.Module):
     and the two forwards around a channel map ``_channel_map(rows)`` over the last dimension."""
 
     def __init__(self, where: str, base: torch.nn.Module, block_size: int, blocks_shape,
-                 alpha: float, rescaled: bool, multiplier: float, bypass: bool):
+                 alpha: float, rescaled: bool, multiplier: float, bypass: bool,
+                 constraint_rule: str = "lycoris"):
         super().__init__()
+        self.constraint_rule = constraint_rule
         w = base.weight
         if w.dtype not in _CPU_TYPES:
             raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
@@ -73,6 +76,10 @@ class _LycorisOrthogonal(torch.nn.Module):
         q = self.oft_blocks - self.oft_blocks.transpose(-1, -2)
         theta = q[..., self._upper_rows, self._upper_cols]
         constraint = float(self.alpha) * self.base.weight.shape[0]
+        if self.constraint_rule == "kohya":
+            # Always applied, no 1e-8 in the norm: alpha = 0 scales Q to about 0 (R ~ I).
+            norm = torch.norm(q)
+            return theta * ((torch.clamp(norm, max=constraint) + 1e-8) / (norm + 1e-8))
         if constraint > 0:
             norm = torch.norm(q) + 1e-8
             if norm > constraint:
@@ -123,6 +130,7 @@ class _LycorisOrthogonal(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"oft_blocks={list(self.oft_blocks.shape)}, alpha={float(self.alpha)}, "
+                f"constraint_rule={self.constraint_rule!r}, "
                 f"rescaled={self.rescale is not None}, multiplier={self.multiplier}, "
                 f"bypass={self.bypass}")
 
@@ -134,22 +142,34 @@ class DiagOFT(_LycorisOrthogonal):
     ``block_size`` is the ``b`` LyCORIS's ``factorization(out, lora_dim)`` chose (its module's
     ``block_size``); ``b <= k``, as LyCORIS's loader rebuilds ``[k, b, b]`` with the smaller factor
     first.
+
+    ``constraint_rule="kohya"`` is kohya sd-scripts' OFT (``networks/oft.py``, commit 2d8ee3c, the
+    same tensors, its network ``dim`` the block count ``k``): ``Q`` scaled by
+    ``(min(n, c) + 1e-8) / (n + 1e-8)``, ``n = ||Q||_F``, always, so that ``alpha = 0`` makes
+    ``R ~ I`` (LyCORIS reads it as "no constraint"); no rescale, no bypass, any ``b``.
     """
 
     def __init__(self, base: torch.nn.Module, block_size: int, *, alpha: float = 0.0,
-                 rescaled: bool = False, multiplier: float = 1.0, bypass: bool = False):
+                 rescaled: bool = False, multiplier: float = 1.0, bypass: bool = False,
+                 constraint_rule: str = "lycoris"):
         where = "oft.lycoris.DiagOFT"
         out = _out_channels(where, base)
         if not _positive_int(block_size) or out % block_size != 0:
             raise ValueError(f"{where}: block_size {block_size!r} must be a positive int dividing "
                              f"the {out} output channels of {type(base).__name__}"
                              f"{tuple(base.weight.shape)}")
-        if block_size > out // block_size:
+        if constraint_rule not in ("lycoris", "kohya"):
+            raise ValueError(f"{where}: constraint_rule must be 'lycoris' or 'kohya', got "
+                             f"{constraint_rule!r}")
+        if constraint_rule == "kohya" and (rescaled or bypass):
+            raise ValueError(f"{where}: kohya's OFT has no rescale and no bypass mode (got "
+                             f"rescaled={rescaled}, bypass={bypass})")
+        if constraint_rule == "lycoris" and block_size > out // block_size:
             raise ValueError(f"{where}: block_size {block_size} exceeds the block count "
                              f"{out // block_size} ({out} output channels); LyCORIS always has "
                              "block_num >= block_size and could not read the result back")
         super().__init__(where, base, block_size, (out // block_size, block_size, block_size),
-                         alpha, rescaled, multiplier, bypass)
+                         alpha, rescaled, multiplier, bypass, constraint_rule)
         self.block_num = out // block_size
 
     def _channel_map(self, rows: torch.Tensor) -> torch.Tensor:

@@ -208,3 +208,54 @@ def test_bad_input():
         ol.BOFT(torch.nn.Linear(8, 24), 3)
     with pytest.raises(TypeError, match="got Embedding"):
         ol.BOFT(torch.nn.Embedding(4, 4), 2)
+
+
+def _kohya_reference():
+    """tests/dialects/make_fixtures.py's kohya_reference_merge: kohya sd-scripts networks/oft.py
+    (commit 2d8ee3c28007393386528cfeec0a9b714dafd85b) restated from its formulas, the reference
+    of the C++ kohya fixtures (kohya is not on PyPI)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "tests" / "dialects" / "make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("oft_dialect_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kohya_reference_merge
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+@pytest.mark.parametrize("alpha,multiplier", [(0.002, 1.0), (1.0, 0.6), (0.0, 1.0)],
+                         ids=["binds", "inactive-blend", "alpha0"])
+def test_kohya_rule_equals_kohyas_formulas(kind, alpha, multiplier):
+    merge = _kohya_reference()
+    torch.manual_seed(1)
+    make, shape = _bases()[kind]
+    base = make()
+    # kohya's dim is the block count: 8 blocks of 2 over 16 channels (b > k is allowed here)
+    layer = ol.DiagOFT(base, 2, alpha=alpha, multiplier=multiplier, constraint_rule="kohya")
+    with torch.no_grad():
+        layer.oft_blocks.copy_(0.1 * torch.randn_like(layer.oft_blocks))
+    blocks = layer.oft_blocks.detach().clone().requires_grad_()
+    want, binds = merge(base.weight, blocks, alpha, multiplier)
+    assert binds == (alpha == 0.002 or alpha == 0.0)
+    got = layer.merged_weight()
+    torch.testing.assert_close(got, want, **TOL)
+    if alpha == 0.0:  # kohya's alpha 0: the adapter does nothing
+        torch.testing.assert_close(got, base.weight, rtol=0, atol=1e-6)
+    cot = torch.randn_like(got)
+    (got * cot).sum().backward()
+    (want * cot).sum().backward()
+    torch.testing.assert_close(layer.oft_blocks.grad, blocks.grad, rtol=1e-5,
+                               atol=1e-5 * float(blocks.grad.abs().max()))
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        out = (torch.nn.functional.linear(x, want, base.bias) if kind == "linear"
+               else base._conv_forward(x, want, base.bias))
+        torch.testing.assert_close(layer(x), out, **TOL)
+
+
+def test_kohya_rule_refuses_what_kohya_lacks():
+    with pytest.raises(ValueError, match="kohya's OFT has no rescale and no bypass mode"):
+        ol.DiagOFT(torch.nn.Linear(4, 8), 2, rescaled=True, constraint_rule="kohya")
+    with pytest.raises(ValueError, match="constraint_rule must be 'lycoris' or 'kohya', got 'x'"):
+        ol.DiagOFT(torch.nn.Linear(4, 8), 2, constraint_rule="x")
