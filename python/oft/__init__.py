@@ -4,7 +4,8 @@
   arrays or torch tensors (no copies).
 - ``oft.torch``: autograd ops (``rotate``, ``rotation_blocks``), the ``OFTRotation`` module and
   ``OFTConv`` (oft's convolution OFT).
-- ``oft.lycoris``: LyCORIS's diag-OFT and BOFT modules, trainable, on those ops.
+- ``oft.lycoris``: LyCORIS's diag-OFT and BOFT modules (and kohya's OFT), trainable, on those ops;
+  ``oft.onetrainer``: OneTrainer's OFT module.
 - ``oft.peft``: ``accelerate(model)`` runs every PEFT OFT rotation of a model on oft's kernels.
 - ``oft.serve``: many PEFT OFT adapters served in one batch, each request through its own
   (``from_peft(model, adapters)``, ``ServingLinear``, ``AdapterBankRotation``; forward only).
