@@ -36,7 +36,7 @@ __all__ = ["merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion
 
 _DTYPES = ("float32", "float16", "bfloat16")
 # What ``oft convert --to`` takes (tools/oft/convert.cpp): "peft" is PEFT's OFT.
-_CONVERT_TO = ("peft", "lycoris", "onetrainer")
+_CONVERT_TO = ("peft", "lycoris", "kohya", "onetrainer")
 
 
 def _need_io(what):
@@ -200,9 +200,9 @@ def merge_diffusion(base, adapter, out, *, strength=None, blend=None, dtype=None
 def convert_dialect(adapter, out, *, to, dialect=None, allow_change=False, force=False,
                     tolerance=1e-6):
     """Rewrites an OFT adapter of one dialect in another where that is exact (``oft convert
-    --to``; docs/dialects.md): ``to`` "peft" (a PEFT OFT directory), "lycoris" or "onetrainer"
-    (a ``.safetensors`` file). PEFT OFT <-> OneTrainer (both rotate the input) and kohya ->
-    LyCORIS are defined; LyCORIS or kohya to the input-side dialects, and BOFT or HRA anywhere,
+    --to``; docs/dialects.md): ``to`` "peft" (a PEFT OFT directory), "lycoris", "kohya" or
+    "onetrainer" (a ``.safetensors`` file). PEFT OFT <-> OneTrainer (both rotate the input) and
+    kohya <-> LyCORIS are defined; LyCORIS or kohya to the input-side dialects, and BOFT or HRA anywhere,
     are refused (ValueError with the library's reason and measured change). A conversion that
     changes an entry of R by more than ``tolerance`` is refused unless ``allow_change``.
     ``dialect`` (None: detected by the keys) names the source's dialect; ``force`` replaces an

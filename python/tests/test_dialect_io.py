@@ -295,6 +295,19 @@ def test_merge_diffusion_refusals_name_the_argument_and_write_nothing(tmp_path):
     assert not (out / "keep").exists()
 
 
+def test_convert_kohya_to_lycoris_and_back(tmp_path):
+    oft.convert_dialect(DIALECTS / "kohya_k4.safetensors", tmp_path / "l.safetensors",
+                        to="lycoris")
+    report = oft.convert_dialect(tmp_path / "l.safetensors", tmp_path / "k.safetensors", to="kohya")
+    assert (report["from"], report["to"]) == ("lycoris", "kohya")
+    assert report["max_change"] <= 1e-6 and report["round_trip"] <= 1e-6
+    original = load_file(str(DIALECTS / "kohya_k4.safetensors"))
+    back = load_file(str(tmp_path / "k.safetensors"))
+    assert {k for k in back if k.endswith(".oft_blocks")} == \
+        {k for k in original if k.endswith(".oft_blocks")}
+    assert oft.inspect_adapter(tmp_path / "k.safetensors")["dialect"] == "kohya-oft"
+
+
 def test_convert_kohya_to_lycoris_merges_the_same(tmp_path):
     base, expected = _kohya_base(tmp_path)
     report = oft.convert_dialect(DIALECTS / "kohya_k4.safetensors", tmp_path / "l.safetensors",
@@ -339,9 +352,14 @@ def test_convert_dialect_refusals_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="already lycoris"):
         oft.convert_dialect(DIALECTS / "lycoris_plain_b4.safetensors", tmp_path / "l.safetensors",
                             to="lycoris")
-    with pytest.raises(ValueError,
-                       match="to must be one of peft, lycoris, onetrainer, got 'kohya'"):
+    with pytest.raises(ValueError, match="already kohya"):
         oft.convert_dialect(adapter, tmp_path / "x", to="kohya")
+    with pytest.raises(ValueError,
+                       match="to must be one of peft, lycoris, kohya, onetrainer, got 'comfyui'"):
+        oft.convert_dialect(adapter, tmp_path / "x", to="comfyui")
+    with pytest.raises(ValueError, match="kohya's OFT names only U-Net modules"):
+        oft.convert_dialect(DIALECTS / "lycoris_plain_b4.safetensors", tmp_path / "k.safetensors",
+                            to="kohya")
     with pytest.raises(TypeError, match="to must be a str"):
         oft.convert_dialect(adapter, tmp_path / "x", to=None)
     with pytest.raises(ValueError, match="tolerance must be a positive number"):

@@ -101,6 +101,41 @@ double peft_vs_onetrainer(const PeftOftAdapter& p, const OneTrainerAdapter& ot) 
   return worst;
 }
 
+/// Worst share of the bound (header) between the output-side merges, by oft's reader, of a
+/// LyCORIS/kohya module `s` and its conversion `o`, on a seeded random base.
+double output_side_worst(const oft::io::LycorisDiagOftModule& s,
+                         const oft::io::LycorisDiagOftModule& o, unsigned seed) {
+  const Index b = s.block_size;
+  const MatrixF w = random_base(s.out_features(), 7, seed);
+  const MatrixF want = oft::io::LycorisAdapter::merge(s, oft::view(w));
+  const MatrixF got = oft::io::LycorisAdapter::merge(o, oft::view(w));
+  const std::vector<double> blocks(s.oft_blocks.begin(), s.oft_blocks.end());
+  const oft::lycoris::DiagOft<double> op(s.blocks, b, blocks.data(), double(s.alpha), {}, 1.0,
+                                         s.rule);
+  double kappa = 1.0, r_norm = 1.0;
+  for (Index g = 0; g < s.blocks; ++g) {
+    kappa = std::max(kappa, 1.0 + double(op.generators().dense(g).squaredNorm()));
+    r_norm = std::max(r_norm, double(op.block(g).norm()));
+  }
+  double worst = 0.0;
+  for (Index r = 0; r < w.rows(); ++r)
+    for (Index c = 0; c < w.cols(); ++c) {
+      const double column_block = w.col(c).segment((r / b) * b, b).cast<double>().norm();
+      const double bound = 16.0 * double(b + 8) * kU * kappa * r_norm * column_block;
+      worst = std::max(worst, std::abs(double(got(r, c)) - double(want(r, c))) / bound);
+    }
+  return worst;
+}
+
+/// A LyCORIS fixture of make_fixtures.py (names `lycoris_<path>`) under U-Net names
+/// (`lora_unet_<path>`), written to `path`.
+oft::io::LycorisAdapter as_unet_modules(const std::string& fixture, const fs::path& path) {
+  oft::io::LycorisAdapter a = oft::io::LycorisAdapter::load(dialects(fixture));
+  for (auto& m : a.modules) m.name = "lora_unet_" + m.name.substr(std::string("lycoris_").size());
+  a.save(path);
+  return a;
+}
+
 // ---------------------------------------------------------------------------------------------
 // PEFT OFT -> OneTrainer / ComfyUI-OFTv2.
 
@@ -310,24 +345,7 @@ TEST(KohyaToLycoris, ConstraintFoldedMergesTheSame) {
       const auto& o = written.modules[i];
       EXPECT_EQ(o.name, "lora_unet_" + s.name.substr(9));
       EXPECT_EQ(o.alpha, 0.0f);
-      const Index b = s.block_size;
-      const MatrixF w = random_base(s.out_features(), 7, 3 + unsigned(i));
-      const MatrixF want = oft::io::LycorisAdapter::merge(s, oft::view(w));
-      const MatrixF got = oft::io::LycorisAdapter::merge(o, oft::view(w));
-      const std::vector<double> blocks(s.oft_blocks.begin(), s.oft_blocks.end());
-      const oft::lycoris::DiagOft<double> op(s.blocks, b, blocks.data(), double(s.alpha), {}, 1.0,
-                                             s.rule);
-      double kappa = 1.0, r_norm = 1.0;
-      for (Index g = 0; g < s.blocks; ++g) {
-        kappa = std::max(kappa, 1.0 + double(op.generators().dense(g).squaredNorm()));
-        r_norm = std::max(r_norm, double(op.block(g).norm()));
-      }
-      for (Index r = 0; r < w.rows(); ++r)
-        for (Index c = 0; c < w.cols(); ++c) {
-          const double column_block = w.col(c).segment((r / b) * b, b).cast<double>().norm();
-          const double bound = 16.0 * double(b + 8) * kU * kappa * r_norm * column_block;
-          worst = std::max(worst, std::abs(double(got(r, c)) - double(want(r, c))) / bound);
-        }
+      worst = std::max(worst, output_side_worst(s, o, 3 + unsigned(i)));
     }
     EXPECT_LT(worst, 1.0);
     std::printf("[ measured ] kohya %s -> LyCORIS: change %.3g, merge worst %.3g of the bound\n",
@@ -341,6 +359,80 @@ TEST(KohyaToLycoris, FluxSplitsOfOtherBlockSizesAreRefused) {
       options(dialects("kohya_flux.safetensors"), scratch / "l.safetensors", Dialect::Lycoris),
       scratch);
   EXPECT_NE(message.find("one block size"), std::string::npos) << message;
+}
+
+// LyCORIS -> kohya.
+
+TEST(LycorisToKohya, ConstraintFoldedMergesTheSame) {
+  for (const char* name : {"lycoris_constrained_b8.safetensors", "lycoris_plain_b4.safetensors"}) {
+    SCOPED_TRACE(name);
+    ScratchDir scratch;
+    const auto source = as_unet_modules(name, scratch / "src.safetensors");
+    const auto report = oft::io::convert_dialect(
+        options(scratch / "src.safetensors", scratch / "k.safetensors", Dialect::Kohya));
+    EXPECT_LE(report.max_change, 1e-6);
+    const auto written = oft::io::LycorisAdapter::load(scratch / "k.safetensors");
+    EXPECT_EQ(written.dialect, oft::io::LycorisAdapter::Dialect::Kohya);
+    ASSERT_EQ(written.modules.size(), source.modules.size());
+    double worst = 0.0;
+    int binding = 0;
+    for (std::size_t i = 0; i < source.modules.size(); ++i) {
+      const auto& s = source.modules[i];
+      const auto& o = written.modules[i];
+      EXPECT_EQ(o.name, "oft_unet_" + s.name.substr(10));
+      EXPECT_EQ(o.rule, oft::lycoris::ConstraintRule::Kohya);
+      EXPECT_FALSE(o.rescaled());
+      binding += s.diag_oft().constraint().active ? 1 : 0;
+      worst = std::max(worst, output_side_worst(s, o, 11 + unsigned(i)));
+    }
+    EXPECT_LT(worst, 1.0);
+    if (std::string(name).find("constrained") != std::string::npos) {
+      EXPECT_GT(binding, 0);
+    }
+    std::printf("[ measured ] LyCORIS %s -> kohya: change %.3g, merge worst %.3g of the bound, "
+                "%d module(s) binding\n", name, report.max_change, worst, binding);
+  }
+}
+
+TEST(LycorisToKohya, KohyaToLycorisAndBackMergesAsTheOriginal) {
+  ScratchDir scratch;
+  (void)oft::io::convert_dialect(
+      options(dialects("kohya_k4.safetensors"), scratch / "l.safetensors", Dialect::Lycoris));
+  (void)oft::io::convert_dialect(
+      options(scratch / "l.safetensors", scratch / "k.safetensors", Dialect::Kohya));
+  const auto original = oft::io::LycorisAdapter::load(dialects("kohya_k4.safetensors"));
+  const auto back = oft::io::LycorisAdapter::load(scratch / "k.safetensors");
+  ASSERT_EQ(back.modules.size(), original.modules.size());
+  for (std::size_t i = 0; i < back.modules.size(); ++i) {
+    EXPECT_EQ(back.modules[i].name, original.modules[i].name);
+    EXPECT_LT(output_side_worst(original.modules[i], back.modules[i], 5 + unsigned(i)), 1.0);
+  }
+}
+
+TEST(LycorisToKohya, RefusesWhatKohyaCannotHold) {
+  // One scratch directory per test: the renamed source in src/, the refused outputs in out/.
+  ScratchDir scratch;
+  fs::create_directories(scratch / "src");
+  fs::create_directories(scratch / "out");
+  (void)as_unet_modules("lycoris_rescaled_b4.safetensors", scratch / "src" / "rescaled.safetensors");
+  const struct {
+    fs::path in;
+    const char* reason;
+  } cases[] = {
+      {dialects("lycoris_plain_b4.safetensors"), "kohya's OFT names only U-Net modules"},
+      {scratch / "src" / "rescaled.safetensors", "has a rescale (largest |r - 1| = "},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.in.string());
+    try {
+      (void)oft::io::convert_dialect(
+          options(c.in, scratch / "out" / "k.safetensors", Dialect::Kohya));
+      ADD_FAILURE() << "written, expected a refusal";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(c.reason), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(fs::is_empty(scratch / "out")) << "a refused conversion left files behind";
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +449,7 @@ TEST(Side, OutputAndInputRotationsAreNotConverted) {
       {dialects("lycoris_plain_b4.safetensors"), Dialect::PeftOft, "OUTPUT channels (W' = R^T W)"},
       {dialects("kohya_k4.safetensors"), Dialect::OneTrainer, "OUTPUT channels (W' = R^T W)"},
       {peft("neumann_t5"), Dialect::Lycoris, "INPUT (W' = W R^T)"},
+      {peft("neumann_t5"), Dialect::Kohya, "INPUT (W' = W R^T)"},
       {dialects("onetrainer_plain.safetensors"), Dialect::Lycoris, "INPUT (W' = W R^T)"},
   };
   for (const auto& c : cases) {

@@ -162,6 +162,37 @@ inline MatrixD forward_tolerance(const oft::lycoris::DiagOft<float>& op, const M
   return tol;
 }
 
+/// LyCORIS BOFT's kappa (test_lycoris_boft.cpp's file comment derives its bound): the largest
+/// sqrt(1 + ||Q||_F^2) over all m N blocks of the constrained generators.
+template <class Op>
+double boft_kappa(const Op& op) {
+  double kappa = 1.0;
+  const auto& theta = op.generators();
+  for (oft::Index g = 0; g < theta.count(); ++g) {
+    double sum = 0.0;
+    for (oft::Index k = 0; k < theta.packed(); ++k)
+      sum += 2.0 * double(theta.row(g)[k]) * double(theta.row(g)[k]);
+    kappa = std::max(kappa, std::sqrt(1.0 + sum));
+  }
+  return kappa;
+}
+
+/// LyCORIS BOFT's merge bound (test_lycoris_boft.cpp's file comment), per element of W'
+/// (out x cols).
+inline MatrixD boft_merge_tolerance(const oft::lycoris::Boft<float>& op, const Matrix& w) {
+  const double s = op.multiplier(), cs = std::abs(s) + std::abs(1.0 - s);
+  const double constant = double(op.stages() * (4 * op.block_size() + 8) + 4);
+  const double scale =
+      2.0 * constant * kUnitRoundoff * boft_kappa(op) * std::pow(cs, double(op.stages()));
+  MatrixD tol(w.rows(), w.cols());
+  for (oft::Index j = 0; j < w.cols(); ++j) {
+    const double norm = w.col(j).cast<double>().norm();
+    for (oft::Index i = 0; i < w.rows(); ++i)
+      tol(i, j) = scale * rescale_factor(op.rescale(), i) * norm;
+  }
+  return tol;
+}
+
 /// max |a - b| and max |a - b| / tol over the elements.
 struct Difference {
   double worst = 0.0;

@@ -48,34 +48,6 @@ const std::vector<std::string>& boft_cases() {
   return cases;
 }
 
-/// kappa of the file comment over all m N blocks of the constrained generators.
-template <class Op>
-double boft_kappa(const Op& op) {
-  double kappa = 1.0;
-  const auto& theta = op.generators();
-  for (Index g = 0; g < theta.count(); ++g) {
-    double sum = 0.0;
-    for (Index k = 0; k < theta.packed(); ++k)
-      sum += 2.0 * double(theta.row(g)[k]) * double(theta.row(g)[k]);
-    kappa = std::max(kappa, std::sqrt(1.0 + sum));
-  }
-  return kappa;
-}
-
-/// The per-element merge bound of the file comment for W' (out x cols).
-MatrixD boft_merge_tolerance(const oft::lycoris::Boft<float>& op, const Matrix& w) {
-  const double s = op.multiplier(), cs = std::abs(s) + std::abs(1.0 - s);
-  const double constant = double(op.stages() * (4 * op.block_size() + 8) + 4);
-  const double scale =
-      2.0 * constant * kUnitRoundoff * boft_kappa(op) * std::pow(cs, double(op.stages()));
-  MatrixD tol(w.rows(), w.cols());
-  for (Index j = 0; j < w.cols(); ++j) {
-    const double norm = w.col(j).cast<double>().norm();
-    for (Index i = 0; i < w.rows(); ++i) tol(i, j) = scale * rescale_factor(op.rescale(), i) * norm;
-  }
-  return tol;
-}
-
 /// The per-element forward bound of the file comment for the N x out output.
 MatrixD boft_forward_tolerance(const oft::lycoris::Boft<float>& op, const Matrix& x,
                                const Matrix& w, const std::vector<float>& bias) {

@@ -50,10 +50,9 @@ namespace {
 
 using namespace oft::io;
 using oft::Index;
-using oft_dialects_test::kUnitRoundoff;
+using oft_dialects_test::boft_merge_tolerance;
 using oft_dialects_test::Matrix;
 using oft_dialects_test::MatrixD;
-using oft_dialects_test::rescale_factor;
 using oft_io_test::ScratchDir;
 namespace fs = std::filesystem;
 
@@ -70,27 +69,6 @@ Matrix flat(const TensorView& t) {
   Matrix m(rows, static_cast<Index>(v.size()) / rows);
   std::copy(v.begin(), v.end(), m.data());
   return m;
-}
-
-/// The BOFT bound of the file comment (test_lycoris_boft.cpp's, restated for this program).
-MatrixD boft_merge_tolerance(const oft::lycoris::Boft<float>& op, const Matrix& w) {
-  double kappa = 1.0;
-  const auto& theta = op.generators();
-  for (Index g = 0; g < theta.count(); ++g) {
-    double sum = 0.0;
-    for (Index k = 0; k < theta.packed(); ++k)
-      sum += 2.0 * double(theta.row(g)[k]) * double(theta.row(g)[k]);
-    kappa = std::max(kappa, std::sqrt(1.0 + sum));
-  }
-  const double s = op.multiplier(), cs = std::abs(s) + std::abs(1.0 - s);
-  const double constant = double(op.stages() * (4 * op.block_size() + 8) + 4);
-  const double scale = 2.0 * constant * kUnitRoundoff * kappa * std::pow(cs, double(op.stages()));
-  MatrixD tol(w.rows(), w.cols());
-  for (Index j = 0; j < w.cols(); ++j) {
-    const double norm = w.col(j).cast<double>().norm();
-    for (Index i = 0; i < w.rows(); ++i) tol(i, j) = scale * rescale_factor(op.rescale(), i) * norm;
-  }
-  return tol;
 }
 
 MatrixD merge_tolerance(const LycorisDiagOftModule& m, double s, const Matrix& w) {

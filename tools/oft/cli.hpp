@@ -47,7 +47,7 @@ struct ConvertCommand {
   bool expand_block_share = false, to_current_polynomial = false, allow_change = false,
        force = false;
   std::string generators_dtype;
-  std::string to, dialect;  ///< --to peft|lycoris|onetrainer (another dialect), --dialect
+  std::string to, dialect;  ///< --to peft|lycoris|kohya|onetrainer (another dialect), --dialect
   double tolerance = 1e-6;  ///< with --to: the change of an entry of R that still counts as exact
 };
 void add_convert(CLI::App& app, ConvertCommand& command);

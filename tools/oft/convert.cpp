@@ -34,11 +34,11 @@ void add_convert(CLI::App& app, ConvertCommand& command) {
                "PEFT OFT adapter directory (with --to: also a LyCORIS, kohya or OneTrainer file)")
       ->required();
   c.add_option("--out,-o", command.out,
-               "output adapter directory (--to lycoris|onetrainer: a .safetensors file)")
+               "output adapter directory (--to lycoris|kohya|onetrainer: a .safetensors file)")
       ->required();
   c.add_option("--to", command.to,
-               "write the adapter in this dialect: peft (OFT), lycoris or onetrainer")
-      ->check(CLI::IsMember({"peft", "lycoris", "onetrainer"}));
+               "write the adapter in this dialect: peft (OFT), lycoris, kohya or onetrainer")
+      ->check(CLI::IsMember({"peft", "lycoris", "kohya", "onetrainer"}));
   c.add_option("--tolerance", command.tolerance,
                "with --to: the largest change of an entry of R that counts as exact")
       ->check(CLI::PositiveNumber);

@@ -23,7 +23,7 @@
 //       [--generators-dtype f32|bf16|f16] [--to-current-polynomial] [--allow-change] [--force]
 //       the adapter in another form PEFT loads; a change of R is measured and refused unless
 //       allowed (oft::io::convert_adapter, io/adapter_convert.hpp).
-//   oft convert --to peft|lycoris|onetrainer --adapter IN --out OUT [--dialect NAME]
+//   oft convert --to peft|lycoris|kohya|onetrainer --adapter IN --out OUT [--dialect NAME]
 //       [--tolerance TOL] [--allow-change] [--force]: an adapter of one dialect written in
 //       another where that is exact, refused with the measured change otherwise
 //       (oft::io::convert_dialect, io/dialect_convert.hpp).

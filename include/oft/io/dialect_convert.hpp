@@ -32,7 +32,14 @@
 ///                            alpha written as 0 (LyCORIS: no constraint), the `oft_unet_` prefix
 ///                            becomes LyCORIS's `lora_unet_`; FLUX splits become one module when
 ///                            every split has the same b.
-///   LyCORIS, kohya -> PEFT, OneTrainer, and PEFT, OneTrainer -> LyCORIS: refused. LyCORIS
+///   LyCORIS -> kohya         the same math but for the constraint rule: LyCORIS's factor (where
+///                            its constraint binds) is folded into the blocks and alpha written
+///                            a power of two with alpha * out >= 2 ||Q||_F, so that kohya's
+///                            always-applied (min(n, c) + 1e-8) / (n + 1e-8) is exactly 1;
+///                            `lora_unet_` becomes `oft_unet_`. Refused: modules outside the
+///                            U-Net (kohya's OFT names no other), a rescale other than 1 (kohya
+///                            has none; all ones are dropped).
+///   LyCORIS, kohya -> PEFT, OneTrainer, and PEFT, OneTrainer -> LyCORIS, kohya: refused. LyCORIS
 ///                            rotates the OUTPUT channels, W' = R_out^T W; the others the input,
 ///                            W' = W R_in^T. Both hold for every W only when R_out = R_in = I
 ///                            (take W = e_j e_k^T), so no file of the other side carries it; only
@@ -581,6 +588,76 @@ inline DialectConvertReport kohya_to_lycoris(const DialectConvertOptions& option
   return report;
 }
 
+/// LyCORIS diag-OFT file -> kohya file (LyCORIS's constraint folded into the blocks).
+inline DialectConvertReport lycoris_to_kohya(const DialectConvertOptions& options) {
+  namespace fs = std::filesystem;
+  const std::string unet_prefix = "lora_unet_";
+  const LycorisAdapter source =
+      LycorisAdapter::load(options.adapter, LycorisAdapter::Dialect::Lycoris);
+  LycorisAdapter written;
+  written.dialect = LycorisAdapter::Dialect::Kohya;
+  written.metadata = source.metadata;
+  DialectConvertReport report;
+  std::vector<Blocks> expected;
+  for (const LycorisDiagOftModule& m : source.modules) {
+    if (m.name.rfind(unet_prefix, 0) != 0)
+      refuse(oft::detail::message("module '", m.name, "': kohya's OFT names only U-Net modules ('",
+                                  LycorisAdapter::kKohyaPrefix, "<path>', from LyCORIS's '",
+                                  unet_prefix, "<path>'); it has no name for this one"));
+    double rescale_change = 0.0;
+    for (const float r : m.rescale) rescale_change = std::max(rescale_change, std::abs(double(r) - 1.0));
+    if (rescale_change > 0.0)
+      refuse(oft::detail::message("module '", m.name, "' has a rescale (largest |r - 1| = ",
+                                  rescale_change, "): kohya's OFT has none"));
+    LycorisDiagOftModule o;
+    o.name = LycorisAdapter::kKohyaPrefix + m.name.substr(unet_prefix.size());
+    o.blocks = m.blocks;
+    o.block_size = m.block_size;
+    o.rule = lycoris::ConstraintRule::Kohya;
+    const std::vector<double> b(m.oft_blocks.begin(), m.oft_blocks.end());
+    const lycoris::DiagOft<double> op(m.blocks, m.block_size, b.data(), double(m.alpha), {}, 1.0,
+                                      lycoris::ConstraintRule::Lycoris);
+    const float f = static_cast<float>(op.constraint().factor);
+    double squares = 0.0;  // ||Q||_F^2 of the folded blocks, Q = B - B^T
+    for (Index i = 0; i < m.blocks; ++i)
+      for (Index p = 0; p < m.block_size; ++p)
+        for (Index q = 0; q < m.block_size; ++q) {
+          const std::size_t at = std::size_t((i * m.block_size + p) * m.block_size + q);
+          const std::size_t mirror = std::size_t((i * m.block_size + q) * m.block_size + p);
+          const double d = double(f * m.oft_blocks[at]) - double(f * m.oft_blocks[mirror]);
+          squares += d * d;
+        }
+    for (const float v : m.oft_blocks) o.oft_blocks.push_back(f * v);
+    // alpha * out at least twice the norm: kohya's min(n, c) is n, its factor exactly 1.
+    o.alpha = 1.0f;
+    while (double(o.alpha) * double(m.out_features()) < 2.0 * std::sqrt(squares)) o.alpha *= 2.0f;
+    Blocks want;
+    for (Index i = 0; i < m.blocks; ++i) want.emplace_back(op.block(i));
+    const Blocks got = lycoris_blocks(o);
+    std::string note = oft::detail::message(
+        op.constraint().active ? "LyCORIS's constraint factor folded into oft_blocks"
+                               : "LyCORIS's constraint does not bind",
+        "; alpha = ", o.alpha, " (kohya's rule then leaves Q unchanged)");
+    if (m.rescaled()) note += "; a rescale of ones dropped";
+    report.modules.push_back({m.name, o.name, max_entry_change(got, want), note});
+    expected.push_back(std::move(want));
+    written.modules.push_back(std::move(o));
+  }
+  note_or_refuse(report, options, "");
+  const fs::path out = fs::absolute(options.out), staging = staging_file(out);
+  RemoveFileOnFailure cleanup{staging};
+  written.save(staging);
+  const LycorisAdapter back = LycorisAdapter::load(staging, LycorisAdapter::Dialect::Detect);
+  double achieved = 0.0;
+  for (std::size_t i = 0; i < back.modules.size(); ++i)
+    achieved = std::max(achieved, max_entry_change(lycoris_blocks(back.modules[i]), expected[i]));
+  if (back.dialect != LycorisAdapter::Dialect::Kohya) achieved = HUGE_VAL;
+  check_round_trip(report, options.tolerance, achieved);
+  fs::rename(staging, out);
+  cleanup.armed = false;
+  return report;
+}
+
 /// The side refusal, with max |R - I| measured over the source's blocks.
 [[noreturn]] inline void refuse_side(const DialectConvertOptions& options, Dialect from,
                                      double distance) {
@@ -606,9 +683,9 @@ inline DialectConvertReport convert_dialect(const DialectConvertOptions& options
   namespace fs = std::filesystem;
   using detail::refuse;
   if (options.to != Dialect::PeftOft && options.to != Dialect::Lycoris &&
-      options.to != Dialect::OneTrainer)
+      options.to != Dialect::Kohya && options.to != Dialect::OneTrainer)
     refuse(oft::detail::message("--to ", dialect_name(options.to),
-                                ": oft writes peft (OFT), lycoris and onetrainer files"));
+                                ": oft writes peft (OFT), lycoris, kohya and onetrainer files"));
   if (fs::exists(options.out) && !options.force)
     throw std::invalid_argument("oft: output '" + options.out +
                                 "' exists (pass --force to replace it)");
@@ -644,6 +721,8 @@ inline DialectConvertReport convert_dialect(const DialectConvertOptions& options
             "has its butterfly (R, not R^T, and its own permutation; PEFT's BOFT differs)"));
     if (from == Dialect::Kohya && options.to == Dialect::Lycoris)
       return done(detail::kohya_to_lycoris(options));
+    if (from == Dialect::Lycoris && options.to == Dialect::Kohya)
+      return done(detail::lycoris_to_kohya(options));
     double distance = 0.0;
     for (const LycorisDiagOftModule& m : source.modules)
       for (const LycorisDiagOftModule& p :
@@ -651,7 +730,7 @@ inline DialectConvertReport convert_dialect(const DialectConvertOptions& options
         distance = std::max(distance, detail::identity_distance(detail::lycoris_blocks(p)));
     detail::refuse_side(options, from, distance);
   }
-  // PEFT OFT or OneTrainer -> LyCORIS.
+  // PEFT OFT or OneTrainer -> LyCORIS or kohya.
   double distance = 0.0;
   if (from == Dialect::OneTrainer) {
     for (const OneTrainerModule& m : OneTrainerAdapter::load(options.adapter).modules)
