@@ -344,9 +344,16 @@ run(0 out err "${OFT}" convert --to lycoris --adapter "${dialects}/kohya_alpha0.
 run(0 json err "${OFT}" inspect "${cvt}/k.safetensors" --json)
 expect_json("${json}" "lycoris-diag-oft" dialect)
 expect_json("${json}" "output" modules 0 summary side)
+run(0 out err "${OFT}" convert --to kohya --adapter "${cvt}/k.safetensors" --out "${cvt}/back.safetensors")
+run(0 json err "${OFT}" inspect "${cvt}/back.safetensors" --json)
+expect_json("${json}" "kohya-oft" dialect)
+run(1 out err "${OFT}" convert --to kohya --adapter "${dialects}/lycoris_plain_b4.safetensors" --out "${cvt}/lk.safetensors")
+expect_one_line("${err}" "^oft convert: convert: module 'lycoris_fc1': kohya's OFT names only U-Net modules"
+                "oft convert --to kohya of a module outside the U-Net")
 run(2 out err "${OFT}" convert --to lycoris --adapter "${dialects}/kohya_alpha0.safetensors" --out "${cvt}/x" --dialect nope)
 expect_one_line("${err}" "^oft convert: unknown dialect 'nope'" "oft convert --dialect nope")
-if(EXISTS "${cvt}/exact.safetensors" OR EXISTS "${cvt}/l.safetensors" OR EXISTS "${cvt}/x")
+if(EXISTS "${cvt}/exact.safetensors" OR EXISTS "${cvt}/l.safetensors" OR EXISTS "${cvt}/x" OR
+   EXISTS "${cvt}/lk.safetensors")
   message(FATAL_ERROR "oft convert --to: a refused conversion wrote a file")
 endif()
 # inspect: every dialect's table ends with the same columns, every JSON module has "summary".
