@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from .torch import _CONV_TYPES, _CPU_TYPES, rotate
+from .torch import _CONV_TYPES, _check_base, rotate
 
 __all__ = ["DiagOFT", "BOFT"]
 
@@ -48,10 +48,7 @@ class _LycorisOrthogonal(torch.nn.Module):
                  constraint_rule: str = "lycoris"):
         super().__init__()
         self.constraint_rule = constraint_rule
-        w = base.weight
-        if w.dtype not in _CPU_TYPES:
-            raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
-                            "kernels take float32, float64 or bfloat16")
+        w = base.weight  # checked by _out_channels
         for p in base.parameters():
             p.requires_grad_(False)
         self.base = base
@@ -225,7 +222,4 @@ def _positive_int(value) -> bool:
 
 
 def _out_channels(where: str, base) -> int:
-    if not isinstance(base, _BASES):
-        raise TypeError(f"{where}: base must be a torch.nn.Linear, Conv1d, Conv2d or Conv3d, "
-                        f"got {type(base).__name__}")
-    return base.weight.shape[0]
+    return _check_base(where, base, _BASES, "Linear, Conv1d, Conv2d or Conv3d").shape[0]

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .torch import _CONV_TYPES, _CPU_TYPES, OFTRotation, rotate
+from .torch import _CONV_TYPES, OFTRotation, _check_base, rotate
 
 __all__ = ["OFT"]
 
@@ -38,13 +38,7 @@ class OFT(torch.nn.Module):
                  block_share: bool = False, strength: float = 1.0):
         super().__init__()
         where = "oft.onetrainer.OFT"
-        if not isinstance(base, _BASES):
-            raise TypeError(f"{where}: base must be a torch.nn.Linear, Conv1d, Conv2d or Conv3d, "
-                            f"got {type(base).__name__}")
-        w = base.weight
-        if w.dtype not in _CPU_TYPES:
-            raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
-                            "kernels take float32, float64 or bfloat16")
+        w = _check_base(where, base, _BASES, "Linear, Conv1d, Conv2d or Conv3d")
         features = w[0].numel()
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1 \
                 or features % block_size:

@@ -385,6 +385,19 @@ class HouseholderLinear(torch.nn.Module):
 _CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
+def _check_base(where: str, base, types: tuple, kinds: str) -> torch.Tensor:
+    """The layer an adapter wraps: one of ``types`` (named ``kinds`` in the message) with a
+    weight oft's kernels take; returns the weight. Freezing is the caller's, after its own
+    checks, so that a refused adapter leaves the user's layer as it was."""
+    if not isinstance(base, types):
+        raise TypeError(f"{where}: base must be a torch.nn.{kinds}, got {type(base).__name__}")
+    w = base.weight
+    if w.dtype not in _CPU_TYPES:
+        raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
+                        "kernels take float32, float64 or bfloat16")
+    return w
+
+
 class OFTConv(torch.nn.Module):
     """oft's convolution OFT over a frozen ``nn.Conv1d``, ``Conv2d`` or ``Conv3d``.
 
@@ -409,13 +422,8 @@ class OFTConv(torch.nn.Module):
                  tol: float | None = None):
         super().__init__()
         where = "OFTConv"
-        if not isinstance(base, _CONV_TYPES):  # ConvTranspose*d are not subclasses of these
-            raise TypeError(f"{where}: base must be a torch.nn.Conv1d, Conv2d or Conv3d, got "
-                            f"{type(base).__name__}")
-        w = base.weight
-        if w.dtype not in _CPU_TYPES:
-            raise TypeError(f"{where}: the base's weight {list(w.shape)} is {w.dtype}; oft's "
-                            "kernels take float32, float64 or bfloat16")
+        # ConvTranspose*d are not subclasses of these.
+        w = _check_base(where, base, _CONV_TYPES, "Conv1d, Conv2d or Conv3d")
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
             raise ValueError(f"{where}: block_size must be a positive int, got {block_size!r}")
         patch = w[0].numel()

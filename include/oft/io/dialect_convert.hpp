@@ -530,9 +530,28 @@ inline DialectConvertReport onetrainer_to_peft(const DialectConvertOptions& opti
   return report;
 }
 
+/// Writes a LyCORIS or kohya file (`written.dialect`) after note_or_refuse, reads it back by
+/// oft's reader and checks its blocks against `expected` (the round trip) before putting it
+/// in place; nothing is left behind when a check throws.
+inline void write_checked(const LycorisAdapter& written, const std::vector<Blocks>& expected,
+                          DialectConvertReport& report, const DialectConvertOptions& options) {
+  namespace fs = std::filesystem;
+  note_or_refuse(report, options, "");
+  const fs::path out = fs::absolute(options.out), staging = staging_file(out);
+  RemoveFileOnFailure cleanup{staging};
+  written.save(staging);
+  const LycorisAdapter back = LycorisAdapter::load(staging, LycorisAdapter::Dialect::Detect);
+  double achieved = 0.0;
+  for (std::size_t i = 0; i < back.modules.size(); ++i)
+    achieved = std::max(achieved, max_entry_change(lycoris_blocks(back.modules[i]), expected[i]));
+  if (back.dialect != written.dialect) achieved = HUGE_VAL;
+  check_round_trip(report, options.tolerance, achieved);
+  fs::rename(staging, out);
+  cleanup.armed = false;
+}
+
 /// kohya file -> LyCORIS file (kohya's constraint folded into the blocks).
 inline DialectConvertReport kohya_to_lycoris(const DialectConvertOptions& options) {
-  namespace fs = std::filesystem;
   const LycorisAdapter source =
       LycorisAdapter::load(options.adapter, LycorisAdapter::Dialect::Kohya);
   LycorisAdapter written;
@@ -573,24 +592,12 @@ inline DialectConvertReport kohya_to_lycoris(const DialectConvertOptions& option
     expected.push_back(std::move(want));
     written.modules.push_back(std::move(o));
   }
-  note_or_refuse(report, options, "");
-  const fs::path out = fs::absolute(options.out), staging = staging_file(out);
-  RemoveFileOnFailure cleanup{staging};
-  written.save(staging);
-  const LycorisAdapter back = LycorisAdapter::load(staging, LycorisAdapter::Dialect::Detect);
-  double achieved = 0.0;
-  for (std::size_t i = 0; i < back.modules.size(); ++i)
-    achieved = std::max(achieved, max_entry_change(lycoris_blocks(back.modules[i]), expected[i]));
-  if (back.dialect != LycorisAdapter::Dialect::Lycoris) achieved = HUGE_VAL;
-  check_round_trip(report, options.tolerance, achieved);
-  fs::rename(staging, out);
-  cleanup.armed = false;
+  write_checked(written, expected, report, options);
   return report;
 }
 
 /// LyCORIS diag-OFT file -> kohya file (LyCORIS's constraint folded into the blocks).
 inline DialectConvertReport lycoris_to_kohya(const DialectConvertOptions& options) {
-  namespace fs = std::filesystem;
   const std::string unet_prefix = "lora_unet_";
   const LycorisAdapter source =
       LycorisAdapter::load(options.adapter, LycorisAdapter::Dialect::Lycoris);
@@ -643,18 +650,7 @@ inline DialectConvertReport lycoris_to_kohya(const DialectConvertOptions& option
     expected.push_back(std::move(want));
     written.modules.push_back(std::move(o));
   }
-  note_or_refuse(report, options, "");
-  const fs::path out = fs::absolute(options.out), staging = staging_file(out);
-  RemoveFileOnFailure cleanup{staging};
-  written.save(staging);
-  const LycorisAdapter back = LycorisAdapter::load(staging, LycorisAdapter::Dialect::Detect);
-  double achieved = 0.0;
-  for (std::size_t i = 0; i < back.modules.size(); ++i)
-    achieved = std::max(achieved, max_entry_change(lycoris_blocks(back.modules[i]), expected[i]));
-  if (back.dialect != LycorisAdapter::Dialect::Kohya) achieved = HUGE_VAL;
-  check_round_trip(report, options.tolerance, achieved);
-  fs::rename(staging, out);
-  cleanup.armed = false;
+  write_checked(written, expected, report, options);
   return report;
 }
 
