@@ -114,6 +114,42 @@ class _LycorisOrthogonal(torch.nn.Module):
         out = out.to(z.dtype)
         return out if linear else out.movedim(-1, 1)
 
+    @classmethod
+    def from_adapter(cls, base: torch.nn.Module, tensors, prefix: str, **options):
+        """The module over ``base`` holding the adapter module ``prefix`` of a LyCORIS (or kohya)
+        file's ``tensors`` (e.g. ``safetensors.torch.load_file``): ``<prefix>.oft_blocks`` gives
+        the block size, ``.alpha`` the constraint, ``.rescale`` (present or not) ``rescaled``;
+        ``options`` are the constructor's others (``multiplier``, ``bypass``,
+        ``constraint_rule``). To go on training a file, or to run its forward. Raises ValueError
+        naming the tensor for a missing or misshaped tensor, or one that is not this module's."""
+        where = f"oft.lycoris.{cls.__name__}.from_adapter"
+        head = f"{prefix}."
+        names = {"oft_blocks", "alpha", "rescale"}
+        extra = sorted(k for k in tensors if k.startswith(head) and k[len(head):] not in names)
+        if extra:
+            raise ValueError(f"{where}: {', '.join(extra)} belong to no {cls.__name__} module "
+                             "(another algorithm's tensors?)")
+        for name in ("oft_blocks", "alpha"):
+            if head + name not in tensors:
+                raise ValueError(f"{where}: no tensor '{head}{name}'")
+        blocks, alpha = tensors[head + "oft_blocks"], tensors[head + "alpha"]
+        if alpha.numel() != 1:
+            raise ValueError(f"{where}: '{head}alpha' has {alpha.numel()} elements, not 1")
+        rescale = tensors.get(head + "rescale")
+        module = cls(base, int(blocks.shape[-1]), alpha=float(alpha), rescaled=rescale is not None,
+                     **options)
+        for name, value, param in (("oft_blocks", blocks, module.oft_blocks),
+                                   ("rescale", rescale, module.rescale)):
+            if value is None:
+                continue
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{where}: '{head}{name}' is {list(value.shape)}, but "
+                                 f"{type(base).__name__}{tuple(base.weight.shape)} needs "
+                                 f"{list(param.shape)}")
+            with torch.no_grad():
+                param.copy_(value)
+        return module
+
     def adapter_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The tensors under LyCORIS's names (``<prefix>.oft_blocks``, ``.alpha``, ``.rescale``),
         detached: with a LyCORIS module name such as ``lora_unet_mid_block_resnets_0_conv1`` as

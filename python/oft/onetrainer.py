@@ -139,6 +139,53 @@ class OFT(torch.nn.Module):
             return torch.nn.functional.linear(x, self.merged_weight(), base.bias)
         return base._conv_forward(x, self.merged_weight(), base.bias)
 
+    @classmethod
+    def from_adapter(cls, base: torch.nn.Module, tensors, prefix: str, **options) -> "OFT":
+        """The module over ``base`` holding OneTrainer module ``prefix`` of a file's ``tensors``:
+        ``<prefix>.oft_R.weight`` ``[r, b(b-1)/2]`` gives ``b`` (and ``block_share`` when
+        ``r = 1`` for several blocks), ``.oft_R.scaled_oft`` and ``.oft_R.cans_oft`` the flags
+        (a boolean scalar; absent = off); ``options``: ``strength``, ``cans_order``. Raises
+        ValueError naming the tensor for a missing or misshaped one, ``clipped_oft`` (no
+        single map, see the module doc) or a tensor that is not this module's."""
+        where = "oft.onetrainer.OFT.from_adapter"
+        head = f"{prefix}.oft_R."
+        known = {"weight", "scaled_oft", "cans_oft", "clipped_oft"}
+        extra = sorted(k for k in tensors if k.startswith(f"{prefix}.") and
+                       not (k.startswith(head) and k[len(head):] in known))
+        if extra:
+            raise ValueError(f"{where}: {', '.join(extra)} belong to no OneTrainer OFT module")
+        if head + "clipped_oft" in tensors:
+            raise ValueError(f"{where}: '{head}clipped_oft': the loader clips by a power "
+                             "iteration from a new random start on every load, so the module "
+                             "has no single map to train or run")
+        if head + "weight" not in tensors:
+            raise ValueError(f"{where}: no tensor '{head}weight'")
+        weight = tensors[head + "weight"]
+        packed = int(weight.shape[-1]) if weight.dim() == 2 else -1
+        b = (1 + math.isqrt(1 + 8 * packed)) // 2 if packed >= 0 else 0
+        if packed < 0 or b * (b - 1) // 2 != packed:
+            raise ValueError(f"{where}: '{head}weight' is {list(weight.shape)}, not [r, b(b-1)/2]")
+        features = base.weight[0].numel() if isinstance(base, _BASES) else 0
+        if isinstance(base, _BASES) and features % b:
+            raise ValueError(f"{where}: '{head}weight' has blocks of b = {b}, which does not "
+                             f"divide the {features} input features of {type(base).__name__}"
+                             f"{tuple(base.weight.shape)}")
+        shared = weight.shape[0] == 1 and features > b
+
+        def flag(name):
+            value = tensors.get(head + name)
+            return value is not None and bool(value)
+
+        module = cls(base, b, scaled=flag("scaled_oft"), block_share=shared, cans=flag("cans_oft"),
+                     **options)
+        if tuple(weight.shape) != tuple(module.oft_R.weight.shape):
+            raise ValueError(f"{where}: '{head}weight' is {list(weight.shape)}, but "
+                             f"{type(base).__name__}{tuple(base.weight.shape)} with b = {b} needs "
+                             f"{list(module.oft_R.weight.shape)}")
+        with torch.no_grad():
+            module.oft_R.weight.copy_(weight)
+        return module
+
     def adapter_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The tensors under OneTrainer's names: ``<prefix>.oft_R.weight`` and the flags that are
         on, ``<prefix>.oft_R.scaled_oft`` and ``.cans_oft`` (boolean scalars), detached."""
