@@ -96,7 +96,9 @@ struct ConvShape {
 
   /// K = (C / groups) kd kh kw, the length of a patch vector (what the rotation acts on, and
   /// W_flat's width).
-  Index patch() const { return in_channels / groups * kernel_d * kernel_h * kernel_w; }
+  Index patch() const {
+    return in_channels / std::max<Index>(groups, 1) * kernel_d * kernel_h * kernel_w;
+  }
   /// The width of im2col's rows: every group's patch side by side, C kd kh kw.
   Index patch_row() const { return groups * patch(); }
   /// Do, Ho, Wo for an input of depth d, height h, width w (PyTorch's floor formula).
@@ -108,6 +110,13 @@ struct ConvShape {
   }
   Index out_w(Index w) const {
     return (w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  }
+
+  /// Throws std::invalid_argument unless groups is >= 1 and divides both channel counts.
+  void check_groups() const {
+    detail::require(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0,
+                    "convolution: groups ", groups, " must be >= 1 and divide the channels ",
+                    in_channels, " -> ", out_channels);
   }
 
   /// Throws std::invalid_argument naming the field at fault, or when an input of d x h x w
@@ -123,9 +132,7 @@ struct ConvShape {
                     "convolution: stride ", stride_d, "x", stride_h, "x", stride_w, ", dilation ",
                     dilation_d, "x", dilation_h, "x", dilation_w, " must be >= 1 and padding ",
                     pad_d, "x", pad_h, "x", pad_w, " >= 0");
-    detail::require(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0,
-                    "convolution: groups ", groups, " must be >= 1 and divide the channels ",
-                    in_channels, " -> ", out_channels);
+    check_groups();
     detail::require(d >= 1 && h >= 1 && w >= 1 && out_d(d) >= 1 && out_h(h) >= 1 && out_w(w) >= 1,
                     "convolution: input ", d, "x", h, "x", w, " with kernel ", kernel_d, "x",
                     kernel_h, "x", kernel_w, " leaves no output");
@@ -252,6 +259,7 @@ void conv_direct(const Scalar* x, Index n, Index h, Index w, const ConvShape& s,
 namespace detail_conv {
 template <class Scalar, class P>
 void check_operator(const BlockOrthogonal<Scalar, P>& rot, const ConvShape& s) {
+  s.check_groups();
   detail::require(rot.features() == s.patch(), "convolution OFT: the operator rotates ",
                   rot.features(), " features, but a patch of (C/groups)*kd*kh*kw = ",
                   s.in_channels, "/", s.groups, "*", s.kernel_d, "*", s.kernel_h, "*",

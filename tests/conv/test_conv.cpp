@@ -327,15 +327,25 @@ TEST(ConvOft, GroupsAreSeparateConvolutionsOverTheirChannelSlices) {
 }
 
 TEST(ConvOft, RefusesGroupsThatDoNotDivideTheChannels) {
-  const Conv2dShape s = with_groups({4, 6, 3, 3}, 4);  // 6 output channels
-  std::vector<double> x(4 * 5 * 5);
-  try {
-    oft::conv::im2col(x.data(), 1, 5, 5, s);
-    FAIL() << "no exception";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("groups 4 must be >= 1 and divide the channels 4 -> 6"),
-              std::string::npos)
-        << e.what();
+  std::vector<double> x(4 * 5 * 5), z(6 * 3 * 3);
+  const oft::RowMatrix<double> w = oft::RowMatrix<double>::Zero(6, 9);
+  Rot<double> rot(oft::BlockSpec::from_features(9, 3));
+  for (const Index groups : {Index(4), Index(0)}) {  // 4 does not divide 6; 0 is no group count
+    const Conv2dShape s = with_groups({4, 6, 3, 3}, groups);
+    const std::string want = "groups " + std::to_string(groups) +
+                             " must be >= 1 and divide the channels 4 -> 6";
+    for (int call = 0; call < 2; ++call) {
+      try {
+        if (call == 0) {
+          (void)oft::conv::im2col(x.data(), 1, 5, 5, s);
+        } else {
+          oft::conv::forward_unmerged(x.data(), 1, 5, 5, s, oft::view(w), nullptr, rot, z.data());
+        }
+        ADD_FAILURE() << "no exception for groups " << groups;
+      } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+      }
+    }
   }
 }
 
