@@ -43,7 +43,7 @@ class _LycorisOrthogonal(torch.nn.Module):
     """What DiagOFT and BOFT share: the parameters, LyCORIS's constrained generators, rescale
     and the two forwards around a channel map ``_channel_map(rows)`` over the last dimension."""
 
-    def __init__(self, where: str, base: torch.nn.Module, block_size: int, blocks_shape,
+    def __init__(self, base: torch.nn.Module, block_size: int, blocks_shape,
                  alpha: float, rescaled: bool, multiplier: float, bypass: bool,
                  constraint_rule: str = "lycoris"):
         super().__init__()
@@ -201,7 +201,7 @@ class DiagOFT(_LycorisOrthogonal):
             raise ValueError(f"{where}: block_size {block_size} exceeds the block count "
                              f"{out // block_size} ({out} output channels); LyCORIS always has "
                              "block_num >= block_size and could not read the result back")
-        super().__init__(where, base, block_size, (out // block_size, block_size, block_size),
+        super().__init__(base, block_size, (out // block_size, block_size, block_size),
                          alpha, rescaled, multiplier, bypass, constraint_rule)
         self.block_num = out // block_size
 
@@ -230,7 +230,7 @@ class BOFT(_LycorisOrthogonal):
                              f"{tuple(base.weight.shape)} into a power-of-two number of blocks "
                              "(LyCORIS's butterfly factorization)")
         stages = n.bit_length()  # log2(N) + 1
-        super().__init__(where, base, block_size, (stages, n, block_size, block_size), alpha,
+        super().__init__(base, block_size, (stages, n, block_size, block_size), alpha,
                          rescaled, multiplier, bypass)
         self.block_num, self.stages = n, stages
         device = base.weight.device
