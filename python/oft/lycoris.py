@@ -233,24 +233,20 @@ class BOFT(_LycorisOrthogonal):
         super().__init__(base, block_size, (stages, n, block_size, block_size), alpha,
                          rescaled, multiplier, bypass)
         self.block_num, self.stages = n, stages
-        device = base.weight.device
-        for i in range(stages):
-            # LyCORIS's stage i views the channels as (c, 2, k), k = 2^i b / 2, and reads them as
-            # (c, k, 2): a gather by `order`, undone by its inverse after the blocks.
-            k = (1 << i) * block_size // 2
-            order = torch.arange(out, device=device).view(-1, 2, k).transpose(1, 2).reshape(-1)
-            self.register_buffer(f"_order_{i}", order, persistent=False)
-            self.register_buffer(f"_undo_{i}", torch.argsort(order), persistent=False)
 
     def _channel_map(self, rows: torch.Tensor) -> torch.Tensor:
-        # Each stage multiplies a block of channels v by M (v -> M v); as rows, v^T M^T, which
-        # is rotate's X R with R(-theta) = R(theta)^T (the exact Cayley of -Q).
+        # LyCORIS's stage i views the channels as (c, 2, k), k = 2^i b / 2, reads them as
+        # (c, k, 2), multiplies each block of b by M (v -> M v; as rows v^T M^T, which is
+        # rotate's X R with R(-theta) = R(theta)^T, the exact Cayley of -Q) and puts them back.
+        # The reorderings are transposed copies (their backward too), not gathers.
         theta = self.generators()
         for i in range(self.stages):
-            gathered = rows[..., getattr(self, f"_order_{i}")]
-            mapped = rotate(gathered, (-theta[i]).contiguous(), self.block_size, policy="cayley")
-            rows = self._blend(mapped, gathered)[..., getattr(self, f"_undo_{i}")]
-        return rows
+            k = (1 << i) * self.block_size // 2
+            gathered = rows.unflatten(-1, (-1, 2, k)).transpose(-1, -2).flatten(-3).contiguous()
+            mapped = self._blend(rotate(gathered, (-theta[i]).contiguous(), self.block_size,
+                                        policy="cayley"), gathered)
+            rows = mapped.unflatten(-1, (-1, k, 2)).transpose(-1, -2).flatten(-3)
+        return rows.contiguous()
 
 
 def _positive_int(value) -> bool:
