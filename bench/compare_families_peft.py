@@ -40,24 +40,15 @@ import sys
 import time
 import warnings
 
-_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if any(k in os.environ for k in _DROP):
-    env = {k: v for k, v in os.environ.items() if k not in _DROP}
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+from bench_host import cpu_name, restart_without_openblas_presets  # noqa: E402
+
+restart_without_openblas_presets()
 
 import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "families"))
 from peft_fbd_stand_in import FbdStandIn  # noqa: E402  (PEFT's fbd_cuda on the CPU)
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 class OneLayer(torch.nn.Module):

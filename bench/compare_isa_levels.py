@@ -19,10 +19,11 @@ is the native build. Shapes: d = 4096, b = 32, N = 2048, float32 (the rotation b
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
+
+from bench_host import cpu_name  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -49,14 +50,6 @@ times.sort()
 print(json.dumps({"median_ms": 1e3 * times[len(times) // 2], "level": oft.build_info()["level"],
                   "module": oft.__file__}))
 """
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():

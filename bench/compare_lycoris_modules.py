@@ -28,27 +28,17 @@ Run: python3 bench/compare_lycoris_modules.py [--rounds 5] [--tokens 2048] [--fe
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
-_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if any(k in os.environ for k in _DROP):
-    env = {k: v for k, v in os.environ.items() if k not in _DROP}
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+from bench_host import cpu_name, restart_without_openblas_presets  # noqa: E402
+
+restart_without_openblas_presets()
 
 import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():

@@ -80,10 +80,9 @@ import sys
 import time
 import warnings
 
-_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if any(k in os.environ for k in _DROP):
-    env = {k: v for k, v in os.environ.items() if k not in _DROP}
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+from bench_host import restart_without_openblas_presets  # noqa: E402
+
+restart_without_openblas_presets()
 
 import torch  # noqa: E402
 
