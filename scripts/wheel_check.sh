@@ -61,12 +61,19 @@ if ! grep -q 'oft.libs/libgomp' <<<"$listing"; then
   echo "wheel_check.sh: the repaired wheel does not vendor libgomp" >&2
   exit 1
 fi
+# The model-file functions (oft._io, one module for every level): the wheel has them.
+if ! grep -q 'oft/_io\.' <<<"$listing"; then
+  echo "wheel_check.sh: the wheel has no oft/_io module (was nlohmann_json found?)" >&2
+  exit 1
+fi
 # The ODR trap, looked for in the machine code: no AVX-512 register in the x86-64-v3 module and no
-# vdpbf16ps in the x86-64-v4 one (an inline kernel of a higher level kept by the linker would show).
+# vdpbf16ps in the x86-64-v4 one (an inline kernel of a higher level kept by the linker would show);
+# no AVX-512 register in oft._io, compiled for x86-64-v3 so that it runs on every CPU the wheel
+# runs on.
 if command -v objdump > /dev/null; then
   rm -rf "$OUT/unpacked" && mkdir -p "$OUT/unpacked" && (cd "$OUT/unpacked" && unzip -q "${wheel[0]}")
-  for pair in "x86_64_v3:zmm" "x86_64_v4:vdpbf16ps"; do
-    module=("$OUT"/unpacked/oft/_core_"${pair%%:*}".*so)
+  for pair in "_core_x86_64_v3:zmm" "_core_x86_64_v4:vdpbf16ps" "_io:zmm"; do
+    module=("$OUT"/unpacked/oft/"${pair%%:*}".*so)
     [[ -f ${module[0]} ]] || continue
     count="$(objdump -d --no-show-raw-insn "${module[0]}" | grep -c "${pair#*:}" || true)"
     if [[ $count != 0 ]]; then

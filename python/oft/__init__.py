@@ -22,11 +22,12 @@ from ._dispatch import load as _load
 _core, _build_info = _load()
 from ._core import (Parameterization, Policy, get_num_threads, has_bf16_dot_product, has_cuda,
                     set_num_threads)
-from .io import convert_adapter, convert_dialect, inspect_adapter, merge_diffusion, merge_model
+from .io import (convert_adapter, convert_dialect, has_io, inspect_adapter, merge_diffusion,
+                 merge_model)
 
 __all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
-           "get_num_threads", "set_num_threads", "has_cuda", "has_bf16_dot_product", "dtype_name",
-           "merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion", "convert_dialect",
+           "get_num_threads", "set_num_threads", "has_cuda", "has_io", "has_bf16_dot_product",
+           "dtype_name", "merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion", "convert_dialect",
            "build_info"]
 # From include/oft/version.hpp, compiled into the module (pyproject reads the same line).
 __version__ = _build_info.get("version", "unknown")
@@ -38,9 +39,12 @@ def build_info() -> dict:
     or forced by OFT_ISA), ``levels_built`` (this installation's), ``cpu_levels`` (those this CPU
     runs), ``compiled_flags`` (the instruction-set macros the module was compiled with),
     ``compiler``, ``bf16_dot_product`` (the vdpbf16ps kernels), ``openmp``, ``io`` (the model-file
-    functions), ``cuda``, ``version``, ``machine``."""
+    functions), ``io_level`` (the one level their module, oft._io, is compiled at; None without
+    it), ``cuda``, ``version``, ``machine``."""
+    from . import io
     info = dict(_build_info)
-    info.update(io=bool(_core.has_io), cuda=bool(_core.has_cuda))
+    info.update(io=io.has_io, io_level=io._io.level if io.has_io else None,
+                cuda=bool(_core.has_cuda))
     return info
 
 

@@ -25,11 +25,16 @@ library's message, naming the file, tensor and values), ``RuntimeError`` for the
 Nothing is written unless everything checked first passed; the output directory appears whole
 or not at all.
 """
+import importlib
+import importlib.util
 import json
 import numbers
 import os
 
-from . import _core
+# The model-file functions are their own compiled module, oft._io (one instruction-set level for
+# all CPUs: python/CMakeLists.txt), absent from a build made without nlohmann_json.
+_io = importlib.import_module("oft._io") if importlib.util.find_spec("oft._io") else None
+has_io = _io is not None
 
 __all__ = ["merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion",
            "convert_dialect"]
@@ -40,9 +45,9 @@ _CONVERT_TO = ("peft", "lycoris", "kohya", "onetrainer")
 
 
 def _need_io(what):
-    if not _core.has_io:
-        raise RuntimeError(f"oft.{what}: this build of oft._core has no model-file support "
-                           "(nlohmann_json was not found when it was built; Debian: "
+    if not has_io:
+        raise RuntimeError(f"oft.{what}: this build of oft has no model-file support (no oft._io: "
+                           "nlohmann_json was not found when it was built; Debian: "
                            "nlohmann-json3-dev)")
 
 
@@ -116,7 +121,7 @@ def merge_model(base, adapter, out, *, strength=1.0, dtype=None, force=False, un
     """
     _need_io("merge_model")
     _progress("merge_model", progress)
-    return _core.merge_model(_path("merge_model", "base", base),
+    return _io.merge_model(_path("merge_model", "base", base),
                              _path("merge_model", "adapter", adapter),
                              _path("merge_model", "out", out), float(strength),
                              _dtype("merge_model", "dtype", dtype, "same"), bool(force),
@@ -141,7 +146,7 @@ def inspect_adapter(adapter, *, tolerance=1e-6, dialect=None):
     "peft-hra", "lycoris", "kohya" or "onetrainer" (``oft inspect --dialect``); ``tolerance``
     only concerns PEFT OFT."""
     _need_io("inspect_adapter")
-    return json.loads(_core.inspect_adapter_json(_path("inspect_adapter", "adapter", adapter),
+    return json.loads(_io.inspect_adapter_json(_path("inspect_adapter", "adapter", adapter),
                                                  float(tolerance),
                                                  _dialect("inspect_adapter", dialect)))
 
@@ -153,7 +158,7 @@ def convert_adapter(adapter, out, *, base="", expand_block_share=False, generato
     polynomial relabelled as the current one; a conversion that changes R is refused unless
     ``allow_change``. Returns a dict with the largest |R_new - R_old| per module."""
     _need_io("convert_adapter")
-    return _core.convert_adapter(
+    return _io.convert_adapter(
         _path("convert_adapter", "adapter", adapter), _path("convert_adapter", "out", out),
         _path("convert_adapter", "base", base) if base else "", bool(expand_block_share),
         _dtype("convert_adapter", "generators_dtype", generators_dtype, "unchanged"),
@@ -189,7 +194,7 @@ def merge_diffusion(base, adapter, out, *, strength=None, blend=None, dtype=None
     """
     _need_io("merge_diffusion")
     what = "merge_diffusion"
-    return _core.merge_diffusion(_path(what, "base", base), _path(what, "adapter", adapter),
+    return _io.merge_diffusion(_path(what, "base", base), _path(what, "adapter", adapter),
                                  _path(what, "out", out), _number(what, "strength", strength),
                                  _number(what, "blend", blend),
                                  _dtype(what, "dtype", dtype, "same"), bool(force),
@@ -222,6 +227,6 @@ def convert_dialect(adapter, out, *, to, dialect=None, allow_change=False, force
     tolerance = _number(what, "tolerance", tolerance)
     if tolerance is None or not tolerance > 0:
         raise ValueError(f"oft.{what}: tolerance must be a positive number, got {tolerance!r}")
-    return _core.convert_dialect(_path(what, "adapter", adapter), _path(what, "out", out), to,
+    return _io.convert_dialect(_path(what, "adapter", adapter), _path(what, "out", out), to,
                                  _dialect(what, dialect), bool(allow_change), bool(force),
                                  tolerance)

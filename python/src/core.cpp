@@ -42,9 +42,6 @@
 #ifdef OFT_PYTHON_CUDA
 #include "cuda_rotation.hpp"
 #endif
-#ifdef OFT_PYTHON_IO
-#include "io.hpp"
-#endif
 
 namespace nb = nanobind;
 
@@ -1010,10 +1007,5 @@ NB_MODULE(OFT_PYTHON_MODULE, m) {
   m.attr("has_cuda") = true;
 #else
   m.attr("has_cuda") = false;
-#endif
-#ifdef OFT_PYTHON_IO
-  bind_io(m);
-#else
-  m.attr("has_io") = false;
 #endif
 }

@@ -1,12 +1,11 @@
-// oft._core's model-file functions: thin wrappers over the library's merge, convert and inspect
+// oft._io, the model-file functions: thin wrappers over the library's merge, convert and inspect
 // (include/oft/io/), the same functions the `oft` tool calls, so the three faces share one
 // implementation: PEFT directories (merge_model, convert_adapter) and LyCORIS / kohya /
 // OneTrainer files (merge_diffusion, convert_dialect). Reports come back as dicts (inspect's as
 // the library's JSON, the schema of `oft inspect --json`); the progress callback gets one dict
 // per tensor.
 // The GIL is released while the library works and taken again only to call the callback.
-#include "io.hpp"
-
+// Its own module, compiled once (python/CMakeLists.txt says why), not once per level of _core.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
@@ -234,7 +233,11 @@ nb::dict convert_dialect(const std::string& adapter, const std::string& out, con
 
 }  // namespace
 
-void bind_io(nb::module_& m) {
+#ifndef OFT_PYTHON_ISA
+#define OFT_PYTHON_ISA "unspecified"
+#endif
+
+NB_MODULE(_io, m) {
   m.def("merge_model", &merge, nb::arg("base"), nb::arg("adapter"), nb::arg("out"),
         nb::arg("strength"), nb::arg("dtype"), nb::arg("force"), nb::arg("unmerge"),
         nb::arg("progress").none(), "oft::io::merge_model (include/oft/io/model_merge.hpp).");
@@ -252,5 +255,5 @@ void bind_io(nb::module_& m) {
         nb::arg("expand_block_share"), nb::arg("generators_dtype"),
         nb::arg("to_current_polynomial"), nb::arg("allow_change"), nb::arg("force"),
         "oft::io::convert_adapter (include/oft/io/adapter_convert.hpp).");
-  m.attr("has_io") = true;
+  m.attr("level") = OFT_PYTHON_ISA;
 }

@@ -23,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DIALECTS = ROOT / "tests" / "dialects" / "fixtures"
 DIFFUSION = ROOT / "tests" / "diffusion" / "fixtures"
 PEFT = ROOT / "tests" / "peft" / "fixtures" / "adapters"
-pytestmark = pytest.mark.skipif(not oft._core.has_io,
-                                reason="oft._core built without nlohmann_json")
+pytestmark = pytest.mark.skipif(not oft.has_io,
+                                reason="oft built without nlohmann_json (no oft._io)")
 
 # OneTrainer's kohya-style module names in onetrainer_*.safetensors -> (diffusers component, the
 # base tensor): the '_' of a module name cannot be turned back into '.' without the model.

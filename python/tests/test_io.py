@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 import oft
 
 ADAPTERS = pathlib.Path(__file__).resolve().parents[2] / "tests" / "peft" / "fixtures" / "adapters"
-pytestmark = pytest.mark.skipif(not oft._core.has_io, reason="oft._core built without nlohmann_json")
+pytestmark = pytest.mark.skipif(not oft.has_io, reason="oft built without nlohmann_json (no oft._io)")
 
 
 def _base_dir(tmp_path, name):

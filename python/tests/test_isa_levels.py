@@ -22,12 +22,20 @@ V4 = set(_dispatch.REQUIRED_FLAGS["x86-64-v4"])
 def test_build_info_names_the_running_level():
     info = oft.build_info()
     for key in ("level", "chosen", "levels_built", "cpu_levels", "compiled_flags", "compiler",
-                "bf16_dot_product", "openmp", "io", "cuda", "version", "machine"):
+                "bf16_dot_product", "openmp", "io", "io_level", "cuda", "version", "machine"):
         assert key in info, key
     assert info["level"] in info["levels_built"]
     assert info["level"] in info["cpu_levels"]
     assert info["bf16_dot_product"] == oft.has_bf16_dot_product
-    assert info["io"] == oft._core.has_io and info["cuda"] == oft.has_cuda
+    assert info["io"] == oft.has_io and info["cuda"] == oft.has_cuda
+    if info["io"]:
+        # oft._io is compiled once, at the most widely runnable level built (the wheel's
+        # x86-64-v3), whatever level _core runs at.
+        assert info["io_level"] in info["cpu_levels"]
+        if "x86-64-v3" in info["levels_built"]:
+            assert info["io_level"] == "x86-64-v3"
+    else:
+        assert info["io_level"] is None
     level = info["level"]
     if level in ("x86-64-v3", "x86-64-v4", "avx512bf16"):
         assert {"avx2", "fma"} <= set(info["compiled_flags"])

@@ -31,7 +31,7 @@ rc=$?
 say "build rc=$rc"
 if [[ $rc -ne 0 ]]; then tail -30 "$OUT/python_build.log"; exit 4; fi
 rm -rf build-py-gpu/pkg && mkdir -p build-py-gpu/pkg && cp -r python/oft build-py-gpu/pkg/ \
-  && cp build-py-gpu/_core*.so build-py-gpu/pkg/oft/
+  && cp build-py-gpu/_*.so build-py-gpu/pkg/oft/
 # One process per test file, so that a crash in one keeps the others' reports; the C++ frames of
 # a crash come from gdb where the machine has it.
 for file in test_cuda.py test_torch.py test_core.py; do
