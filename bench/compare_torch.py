@@ -350,6 +350,7 @@ def main():
 
     with open(out, "w") as f:
         json.dump({"smoke": a.smoke, "threads": a.threads, "torch_version": torch.__version__,
+                   "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "python": platform.python_version(), "machine": platform.machine(),
                    "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                    "torch_runs": rows, "table": table, "oft_context": oft_context,

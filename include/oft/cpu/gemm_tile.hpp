@@ -276,6 +276,37 @@ constexpr bool one_register_tile(Index cols) {
   return cols == kTilePackets * kLanes<Scalar> || is_packet_width<Scalar>(cols);
 }
 
+/// The tile that spans a block of four packets (b = 32 floats or 16 doubles) with 16 vector
+/// registers (AVX2), where the 6-row, two-packet tile spans half of it: 3 rows x 4 packets, 12
+/// accumulators and the broadcast, B's packets read by the FMAs from L1. Used where one tile
+/// must span the block, the in-place apply; AVX-512's two-packet tile already spans 32 floats.
+inline constexpr int kWideTileRows = 3;
+inline constexpr int kWidePackets = 4;
+
+template <class Scalar>
+constexpr bool wide_register_tile(Index cols) {
+  return kTileRows == 6 && cols == kWidePackets * kLanes<Scalar>;
+}
+
+/// C = A * B for wide_register_tile(cols) columns, each tile all of them: a tile reads all of
+/// its rows of A before it stores any of C, so C may be A itself (in place, a_inner = 1,
+/// depth = cols) without a copy. Every output is the same sum in the same order as gemm_small's.
+template <class Scalar>
+inline void gemm_small_wide(Index rows, Index depth, const Scalar* a, Index a_row, Index a_inner,
+                            const Scalar* b, Index ldb, Scalar* c, Index ldc) {
+  Index t = 0;
+  for (; t + kWideTileRows <= rows; t += kWideTileRows)
+    gemm_register_tile<Scalar, kWideTileRows, kWidePackets>(a + t * a_row, a_row, a_inner, b, ldb,
+                                                            c + t * ldc, ldc, depth, false);
+  static_assert(kWideTileRows == 3, "the tail below covers 1 and 2 rows");
+  if (rows - t == 2)
+    gemm_register_tile<Scalar, 2, kWidePackets>(a + t * a_row, a_row, a_inner, b, ldb, c + t * ldc,
+                                                ldc, depth, false);
+  else if (rows - t == 1)
+    gemm_register_tile<Scalar, 1, kWidePackets>(a + t * a_row, a_row, a_inner, b, ldb, c + t * ldc,
+                                                ldc, depth, false);
+}
+
 /// Calls tail(std::integral_constant<int, count>{}) for a row tail of count = 1..7 rows, nothing
 /// for 0: register tiles take their row count as a template argument.
 template <class Tail>
