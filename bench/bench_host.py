@@ -1,7 +1,10 @@
 """What the comparison scripts in bench/ share about the machine they measure on."""
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 
 # Presets of this VM's environment that slow OpenBLAS (and so torch) on AVX-512 CPUs.
 OPENBLAS_PRESETS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -22,3 +25,25 @@ def cpu_name():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def measuring_env(threads):
+    """The environment benchmarks run in: this one without OPENBLAS_PRESETS, OMP_NUM_THREADS =
+    threads, OpenMP threads that wait passively."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_PRESETS}
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_WAIT_POLICY"] = "passive"
+    return env
+
+
+def run_benchmark_json(binary, args, env):
+    """Runs the Google Benchmark program `binary` with `args` in `env` and returns its JSON
+    report; a failed run ends the script with the program's stderr."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [binary, *args, f"--benchmark_out={out.name}", "--benchmark_out_format=json"]
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{binary} failed ({proc.returncode}):\n{proc.stderr}")
+        with open(out.name) as f:
+            return json.load(f)

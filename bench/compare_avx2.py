@@ -39,7 +39,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_host import OPENBLAS_PRESETS, cpu_name  # noqa: E402
+from bench_host import cpu_name, measuring_env, run_benchmark_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, B, N, K_STEP, K_LAYER = 4096, 32, 2048, 3, 4
@@ -59,24 +59,12 @@ def cpu_flags():
     return set()
 
 
-def base_env(threads):
-    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_PRESETS}
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["OMP_WAIT_POLICY"] = "passive"
-    return env
-
-
 def google_benchmark(binary, pattern, env, min_time, repetitions):
     """{run name: median real time in ms, plus its user counters} of one Google Benchmark run."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [binary, f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}",
-               f"--benchmark_repetitions={repetitions}", "--benchmark_enable_random_interleaving=true",
-               f"--benchmark_out={out.name}", "--benchmark_out_format=json"]
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{binary} failed ({proc.returncode}):\n{proc.stderr}")
-        report = json.load(open(out.name))
+    report = run_benchmark_json(
+        binary, [f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}",
+                 f"--benchmark_repetitions={repetitions}",
+                 "--benchmark_enable_random_interleaving=true"], env)
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
     runs = {}
     for bm in report["benchmarks"]:
@@ -93,7 +81,7 @@ def google_benchmark(binary, pattern, env, min_time, repetitions):
 
 
 def one_round(a, proxy, tmp):
-    env = base_env(a.threads)
+    env = measuring_env(a.threads)
     fig = {}
     roof = google_benchmark(os.path.join(a.build, "bench", "bench_roofline"),
                             f"^(BM_FmaPeak<float>|BM_StreamScaleInPlace)/threads:{a.threads}/",

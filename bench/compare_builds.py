@@ -19,25 +19,16 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_host import measuring_env, run_benchmark_json  # noqa: E402
 
 
 def run_once(binary, pattern, threads, min_time):
-    env = dict(os.environ)
-    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        env.pop(name, None)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["OMP_WAIT_POLICY"] = "passive"
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [binary, f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}",
-               f"--benchmark_out={out.name}", "--benchmark_out_format=json"]
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{binary} failed ({proc.returncode}):\n{proc.stderr}")
-        report = json.load(open(out.name))
+    report = run_benchmark_json(
+        binary, [f"--benchmark_filter={pattern}", f"--benchmark_min_time={min_time}"],
+        measuring_env(threads))
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
     times = {}
     for bm in report["benchmarks"]:
