@@ -10,12 +10,16 @@ import tempfile
 OPENBLAS_PRESETS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+def without_openblas_presets():
+    """This process's environment without OPENBLAS_PRESETS."""
+    return {k: v for k, v in os.environ.items() if k not in OPENBLAS_PRESETS}
+
+
 def restart_without_openblas_presets():
     """Re-executes the running script without OPENBLAS_PRESETS, if any is set: call it before
     torch (and so OpenBLAS) is imported."""
     if any(k in os.environ for k in OPENBLAS_PRESETS):
-        env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_PRESETS}
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+        os.execve(sys.executable, [sys.executable] + sys.argv, without_openblas_presets())
 
 
 def cpu_name():
@@ -30,7 +34,7 @@ def cpu_name():
 def measuring_env(threads):
     """The environment benchmarks run in: this one without OPENBLAS_PRESETS, OMP_NUM_THREADS =
     threads, OpenMP threads that wait passively."""
-    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_PRESETS}
+    env = without_openblas_presets()
     env["OMP_NUM_THREADS"] = str(threads)
     env["OMP_WAIT_POLICY"] = "passive"
     return env

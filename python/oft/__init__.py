@@ -27,8 +27,8 @@ from .io import (convert_adapter, convert_dialect, has_io, inspect_adapter, merg
 
 __all__ = ["Parameterization", "Policy", "Rotation", "RotationFloat32", "RotationFloat64",
            "get_num_threads", "set_num_threads", "has_cuda", "has_io", "has_bf16_dot_product",
-           "dtype_name", "merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion", "convert_dialect",
-           "build_info"]
+           "dtype_name", "merge_model", "inspect_adapter", "convert_adapter", "merge_diffusion",
+           "convert_dialect", "build_info"]
 # From include/oft/version.hpp, compiled into the module (pyproject reads the same line).
 __version__ = _build_info.get("version", "unknown")
 
